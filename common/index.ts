@@ -1,0 +1,4 @@
+export * from './errors.js';
+export * from './lifecycle.js';
+export * from './log.js';
+export * from './types.js';

@@ -1,0 +1,106 @@
+import ipaddr from 'ipaddr.js';
+import { InputError } from './errors.js';
+
+/** PeerName identifies a router for its whole life: 48 bits written like a MAC, `aa:bb:cc:dd:ee:ff`. */
+export type PeerName = string & { readonly __brand: 'PeerName' };
+
+/** PeerUid distinguishes incarnations of one peer: random per start, never 0. */
+export type PeerUid = bigint & { readonly __brand: 'PeerUid' };
+
+/** IPv4 is an address as an unsigned 32-bit integer in host order (10.0.0.1 = 0x0a000001). */
+export type IPv4 = number & { readonly __brand: 'IPv4' };
+
+/** Cidr is an IPv4 prefix; `addr` may have host bits set (an interface address such as 10.32.0.1/12). */
+export interface Cidr {
+  readonly addr: IPv4;
+  readonly prefix: number;
+}
+
+const PEER_NAME_RE = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/;
+
+/** parsePeerName validates and normalises a peer name (lower-case MAC form). */
+export function parsePeerName(s: string): PeerName {
+  const v = s.trim().toLowerCase();
+  if (!PEER_NAME_RE.test(v)) throw new InputError(`invalid peer name "${s}": want 6 hex bytes like 02:42:0a:00:00:01`);
+  return v as PeerName;
+}
+
+/** peerNameToBytes writes the 6 bytes of a peer name into buf at off. */
+export function peerNameToBytes(name: PeerName, buf: Uint8Array, off: number): void {
+  for (let i = 0; i < 6; i++) buf[off + i] = Number.parseInt(name.slice(i * 3, i * 3 + 2), 16);
+}
+
+/** peerNameFromBytes reads 6 bytes at off as a peer name. */
+export function peerNameFromBytes(buf: Uint8Array, off: number): PeerName {
+  let s = '';
+  for (let i = 0; i < 6; i++) {
+    if (i > 0) s += ':';
+    s += (buf[off + i] ?? 0).toString(16).padStart(2, '0');
+  }
+  return s as PeerName;
+}
+
+/** peerNameToBigInt packs a peer name into a 48-bit integer (for table keys off the hot path). */
+export function peerNameToBigInt(name: PeerName): bigint {
+  return BigInt(`0x${name.replaceAll(':', '')}`);
+}
+
+/** randomPeerName makes a locally administered, unicast MAC-form name. */
+export function randomPeerName(random: (n: number) => Uint8Array): PeerName {
+  const b = random(6);
+  b[0] = ((b[0] ?? 0) & 0xfc) | 0x02;
+  return peerNameFromBytes(b, 0);
+}
+
+/** parseIPv4 parses dotted-quad text strictly (no octal, no short forms). */
+export function parseIPv4(s: string): IPv4 {
+  if (!ipaddr.IPv4.isValidFourPartDecimal(s)) throw new InputError(`invalid IPv4 address "${s}"`);
+  const o = ipaddr.IPv4.parse(s).octets;
+  return ((((o[0] ?? 0) << 24) | ((o[1] ?? 0) << 16) | ((o[2] ?? 0) << 8) | (o[3] ?? 0)) >>> 0) as IPv4;
+}
+
+/** formatIPv4 renders an address as dotted-quad text. */
+export function formatIPv4(a: number): string {
+  return `${a >>> 24}.${(a >>> 16) & 255}.${(a >>> 8) & 255}.${a & 255}`;
+}
+
+/** prefixMask returns the netmask of a prefix length as an unsigned integer. */
+export function prefixMask(prefix: number): number {
+  return prefix === 0 ? 0 : (0xffffffff << (32 - prefix)) >>> 0;
+}
+
+/** parseCidr parses `a.b.c.d/n`; a bare address is taken as /32 when `bareAs32` is set. */
+export function parseCidr(s: string, opts: { bareAs32?: boolean } = {}): Cidr {
+  const slash = s.indexOf('/');
+  if (slash < 0) {
+    if (opts.bareAs32) return { addr: parseIPv4(s), prefix: 32 };
+    throw new InputError(`invalid CIDR "${s}": want address/prefix, e.g. 10.32.0.1/12`);
+  }
+  const addr = parseIPv4(s.slice(0, slash));
+  const p = s.slice(slash + 1);
+  if (!/^\d{1,2}$/.test(p) || Number(p) > 32) throw new InputError(`invalid prefix length in "${s}": want 0-32`);
+  return { addr, prefix: Number(p) };
+}
+
+/** formatCidr renders a CIDR as `a.b.c.d/n`. */
+export function formatCidr(c: Cidr): string {
+  return `${formatIPv4(c.addr)}/${c.prefix}`;
+}
+
+/** cidrNetwork returns the network address of a CIDR (host bits cleared). */
+export function cidrNetwork(c: Cidr): IPv4 {
+  return ((c.addr & prefixMask(c.prefix)) >>> 0) as IPv4;
+}
+
+/** cidrContains says whether an address lies inside a prefix. */
+export function cidrContains(c: Cidr, a: number): boolean {
+  const m = prefixMask(c.prefix);
+  return ((a & m) >>> 0) === ((c.addr & m) >>> 0);
+}
+
+/** cidrsOverlap says whether two prefixes share any address. */
+export function cidrsOverlap(a: Cidr, b: Cidr): boolean {
+  const p = Math.min(a.prefix, b.prefix);
+  const m = prefixMask(p);
+  return ((a.addr & m) >>> 0) === ((b.addr & m) >>> 0);
+}

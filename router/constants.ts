@@ -1,0 +1,101 @@
+/**
+ * Protocol and implementation constants. Units are in the names. Everything a wire format or a
+ * default depends on lives here, split into what a specification fixes and what we chose.
+ */
+
+// ---- Specification (RFCs and Linux ABI) ----
+
+/** IPV4_HEADER_MIN_LEN is the length of an IPv4 header without options (RFC 791). */
+export const IPV4_HEADER_MIN_LEN = 20;
+/** UDP_HEADER_LEN is the UDP header length (RFC 768). */
+export const UDP_HEADER_LEN = 8;
+/** ETH_HEADER_LEN is an untagged Ethernet II header: dst MAC, src MAC, EtherType. */
+export const ETH_HEADER_LEN = 14;
+/** ETHERTYPE_IPV4 and ETHERTYPE_ARP are the EtherTypes we handle. */
+export const ETHERTYPE_IPV4 = 0x0800;
+export const ETHERTYPE_ARP = 0x0806;
+/** ARP_IPV4_LEN is the length of an Ethernet/IPv4 ARP packet (RFC 826). */
+export const ARP_IPV4_LEN = 28;
+/** VXLAN_HEADER_LEN is the 8-byte VXLAN header (RFC 7348 §5). */
+export const VXLAN_HEADER_LEN = 8;
+/** VXLAN_FLAG_I is the "valid VNI" flag in the first byte of the VXLAN header. */
+export const VXLAN_FLAG_I = 0x08;
+/** VXLAN_IANA_PORT is the IANA port for VXLAN; Weft defaults to VXLAN_PORT instead. */
+export const VXLAN_IANA_PORT = 4789;
+/** VXLAN_VNI_MAX is the largest 24-bit VNI. */
+export const VXLAN_VNI_MAX = 0xffffff;
+
+// ---- Weft wire formats ----
+
+/** SLEEVE_MAGIC is the first byte of every sleeve datagram ('W'). */
+export const SLEEVE_MAGIC = 0x57;
+/** SLEEVE_VERSION is the sleeve framing version we speak; datagrams with another are dropped. */
+export const SLEEVE_VERSION = 1;
+/** SLEEVE_HEADER_LEN: magic, version, type, ttl, source peer (6), destination peer (6). */
+export const SLEEVE_HEADER_LEN = 16;
+/** SLEEVE_FRAME_HEADER_LEN is the 2-byte length before each inner IP packet in a sleeve datagram. */
+export const SLEEVE_FRAME_HEADER_LEN = 2;
+/** SLEEVE_TTL_INITIAL bounds how many relays a sleeve datagram may cross. */
+export const SLEEVE_TTL_INITIAL = 8;
+
+/**
+ * ENCAP_OVERHEAD_MAX is the most any encapsulation adds to an inner IP packet on the underlay:
+ * outer IPv4 (20) + UDP (8) + VXLAN (8) + inner Ethernet (14) = 50. Sleeve adds 20+8+16+2 = 46.
+ * The default overlay MTU is the underlay MTU minus this, so it fits both and relaying.
+ */
+export const ENCAP_OVERHEAD_MAX = IPV4_HEADER_MIN_LEN + UDP_HEADER_LEN + VXLAN_HEADER_LEN + ETH_HEADER_LEN;
+
+// ---- Ports and defaults ----
+
+/** CONTROL_PORT is the TCP port of control connections; sleeve data uses the same number over UDP. */
+export const CONTROL_PORT = 6783;
+/** SLEEVE_PORT is the default UDP port for sleeve data. */
+export const SLEEVE_PORT = 6783;
+/** VXLAN_PORT is Weft's default VXLAN UDP port (the kernel's vxlan device must use the same dstport). */
+export const VXLAN_PORT = 6784;
+/** VXLAN_VNI_DEFAULT is the default VXLAN network identifier. */
+export const VXLAN_VNI_DEFAULT = 0x5746; // "WF"
+/** HTTP_ADDR is the default HTTP API address: loopback only. */
+export const HTTP_ADDR = '127.0.0.1:6784';
+/** IPALLOC_RANGE is the default cluster address range. */
+export const IPALLOC_RANGE = '10.32.0.0/12';
+/** DNS_DOMAIN is the default DNS domain. */
+export const DNS_DOMAIN = 'weft.local';
+/** TUN_DEVICE_NAME is the default name of the router's TUN device. */
+export const TUN_DEVICE_NAME = 'weft';
+/** MTU_MIN and MTU_MAX bound the overlay MTU we accept (IPv4 minimum 576; TUN maximum 65535). */
+export const MTU_MIN = 576;
+export const MTU_MAX = 65535;
+/** UNDERLAY_MTU_DEFAULT is assumed when the underlay MTU cannot be read. */
+export const UNDERLAY_MTU_DEFAULT = 1500;
+
+// ---- Implementation choices ----
+
+/**
+ * HEADROOM_BYTES is reserved before every packet read from TUN so that any encapsulation header
+ * (sleeve 18, VXLAN + Ethernet 22) is written in place in front of it. 64 keeps slots aligned.
+ */
+export const HEADROOM_BYTES = 64;
+/** SLOT_BYTES is one pool slot: headroom plus the largest packet a TUN device can hand us. */
+export const SLOT_BYTES = HEADROOM_BYTES + 65536;
+/** BATCH_MAX is how many packets one readiness wake-up drains at most (per direction). */
+export const BATCH_MAX = 64;
+/** UDP_RCVBUF_BYTES and UDP_SNDBUF_BYTES size the data sockets' kernel buffers. */
+export const UDP_RCVBUF_BYTES = 4 * 1024 * 1024;
+export const UDP_SNDBUF_BYTES = 4 * 1024 * 1024;
+
+/** CONTROL_MESSAGE_MAX_BYTES bounds one control-connection frame; larger ones close the connection. */
+export const CONTROL_MESSAGE_MAX_BYTES = 8 * 1024 * 1024;
+/** PROTOCOL_VERSION_MIN/MAX is the control protocol version range we speak. */
+export const PROTOCOL_VERSION_MIN = 1;
+export const PROTOCOL_VERSION_MAX = 1;
+/** HANDSHAKE_TIMEOUT_MS is how long a new control connection may take to complete its handshake. */
+export const HANDSHAKE_TIMEOUT_MS = 5_000;
+/** HEARTBEAT_INTERVAL_MS is how often a control connection sends a heartbeat when otherwise idle. */
+export const HEARTBEAT_INTERVAL_MS = 1_000;
+/** HEARTBEAT_TIMEOUT_MS closes a control connection that has been silent this long. */
+export const HEARTBEAT_TIMEOUT_MS = 5_000;
+/** RECONNECT_INITIAL_MS, RECONNECT_FACTOR, RECONNECT_MAX_MS: backoff for dialling targets (with jitter). */
+export const RECONNECT_INITIAL_MS = 2_000;
+export const RECONNECT_FACTOR = 1.5;
+export const RECONNECT_MAX_MS = 180_000;
