@@ -95,12 +95,12 @@ export function cidrNetwork(c: Cidr): IPv4 {
 /** cidrContains says whether an address lies inside a prefix. */
 export function cidrContains(c: Cidr, a: number): boolean {
   const m = prefixMask(c.prefix);
-  return ((a & m) >>> 0) === ((c.addr & m) >>> 0);
+  return (a & m) >>> 0 === (c.addr & m) >>> 0;
 }
 
 /** cidrsOverlap says whether two prefixes share any address. */
 export function cidrsOverlap(a: Cidr, b: Cidr): boolean {
   const p = Math.min(a.prefix, b.prefix);
   const m = prefixMask(p);
-  return ((a.addr & m) >>> 0) === ((b.addr & m) >>> 0);
+  return (a.addr & m) >>> 0 === (b.addr & m) >>> 0;
 }
