@@ -1,0 +1,121 @@
+import type { Cidr, PeerName } from '../../common/types.js';
+import { prefixMask } from '../../common/types.js';
+
+/** Encap names the encapsulation used towards a hop. */
+export const Encap = { Sleeve: 0, Vxlan: 1 } as const;
+export type Encap = (typeof Encap)[keyof typeof Encap];
+
+/** encapName renders an Encap for status and logs. */
+export function encapName(e: Encap): 'sleeve' | 'vxlan' {
+  return e === Encap.Vxlan ? 'vxlan' : 'sleeve';
+}
+
+/**
+ * Hop is where the datapath sends a packet: a Weft peer (named) or a VXLAN endpoint learned from
+ * traffic (a kernel vxlan device, unnamed). Identity fields are fixed; the counters are bumped by
+ * the datapath only.
+ */
+export class Hop {
+  /** txPackets/txBytes count inner packets and bytes sent towards this hop. */
+  txPackets = 0;
+  txBytes = 0;
+  /** rxPackets/rxBytes count inner packets and bytes received from this hop. */
+  rxPackets = 0;
+  rxBytes = 0;
+
+  constructor(
+    /** peer is the Weft peer name, or undefined for a learned kernel VXLAN endpoint. */
+    readonly peer: PeerName | undefined,
+    /** nameHi/nameLo are the peer name's 48 bits (0 for learned endpoints). */
+    readonly nameHi: number,
+    readonly nameLo: number,
+    /** macHi/macLo is the inner destination MAC used with VXLAN. */
+    readonly macHi: number,
+    readonly macLo: number,
+    /** addr is the hop's underlay IPv4 address (host order). */
+    readonly addr: number,
+    /** port is the hop's UDP port for `encap`. */
+    readonly port: number,
+    readonly encap: Encap,
+  ) {}
+}
+
+/** peerNameHi and peerNameLo split a MAC-form peer name into 16 + 32 bits. */
+export function peerNameHi(name: PeerName): number {
+  return Number.parseInt(name.slice(0, 5).replace(':', ''), 16);
+}
+export function peerNameLo(name: PeerName): number {
+  return Number.parseInt(name.slice(6).replaceAll(':', ''), 16) >>> 0;
+}
+
+/** peerKey makes one number (48 bits, exact in a double) from a peer name's halves. */
+export function peerKey(hi: number, lo: number): number {
+  return hi * 0x1_0000_0000 + lo;
+}
+
+/** FibRoute is one prefix announced by a peer. */
+export interface FibRoute {
+  readonly cidr: Cidr;
+  readonly hop: Hop;
+}
+
+/**
+ * Fib is an immutable forwarding snapshot: destination address → hop, plus the set of addresses
+ * this host itself serves. The control plane builds a new Fib on every change and installs it
+ * with one assignment; the datapath only reads it. Longest prefix wins; /32s are one Map lookup.
+ */
+export class Fib {
+  private readonly hosts = new Map<number, Hop>();
+  private readonly prefixes: { net: number; mask: number; hop: Hop }[] = [];
+  private readonly local = new Set<number>();
+  private readonly byPeer = new Map<number, Hop>();
+
+  constructor(routes: readonly FibRoute[] = [], localAddrs: readonly number[] = []) {
+    for (const r of routes) {
+      if (r.hop.peer !== undefined) this.byPeer.set(peerKey(r.hop.nameHi, r.hop.nameLo), r.hop);
+      if (r.cidr.prefix === 32) {
+        this.hosts.set(r.cidr.addr >>> 0, r.hop);
+      } else {
+        const mask = prefixMask(r.cidr.prefix);
+        this.prefixes.push({ net: (r.cidr.addr & mask) >>> 0, mask, hop: r.hop });
+      }
+    }
+    // Longest prefix first, so the first match wins.
+    this.prefixes.sort((a, b) => b.mask - a.mask);
+    for (const a of localAddrs) this.local.add(a >>> 0);
+  }
+
+  /** withPeers returns a copy of this Fib that also knows `hops` by peer (for peers with no routes). */
+  static build(routes: readonly FibRoute[], localAddrs: readonly number[], peers: readonly Hop[]): Fib {
+    const fib = new Fib(routes, localAddrs);
+    for (const h of peers) if (h.peer !== undefined) fib.byPeer.set(peerKey(h.nameHi, h.nameLo), h);
+    return fib;
+  }
+
+  /** lookup returns the hop for a destination address, or undefined. */
+  lookup(dst: number): Hop | undefined {
+    const h = this.hosts.get(dst);
+    if (h !== undefined) return h;
+    const p = this.prefixes;
+    for (let i = 0; i < p.length; i++) {
+      const e = p[i]!;
+      if ((dst & e.mask) >>> 0 === e.net) return e.hop;
+    }
+    return undefined;
+  }
+
+  /** isLocal says whether an address is served by this host itself. */
+  isLocal(addr: number): boolean {
+    return this.local.has(addr);
+  }
+
+  /** peer returns the hop of a connected Weft peer by its name halves, or undefined. */
+  peer(hi: number, lo: number): Hop | undefined {
+    return this.byPeer.get(peerKey(hi, lo));
+  }
+
+  /** hops lists every distinct peer hop (for status). */
+  hops(): Hop[] {
+    return [...this.byPeer.values()];
+  }
+}

@@ -1,0 +1,488 @@
+/**
+ * Forwarder is the data plane: it moves packets between the TUN device and the UDP data sockets.
+ *
+ *   inside (host → overlay):
+ *     TUN readable → readBatch into `inBuf` at HEADROOM → per packet: validate IPv4, look up the
+ *     destination in the Fib (then in learned VXLAN endpoints) → write the sleeve or VXLAN+Ethernet
+ *     prefix in place, in the headroom → one sendBatch per socket for the whole batch.
+ *
+ *   outside (overlay → host):
+ *     UDP readable → recvBatch into `outBuf` → per datagram: validate the sleeve or VXLAN header,
+ *     check who sent it and to whom → note where each inner IPv4 packet starts (no copy) → one
+ *     writeBatch to the TUN. ARP requests for addresses this host serves are answered from a
+ *     preallocated scratch buffer.
+ *
+ * Everything per packet is synchronous and allocation-free: buffers and index arrays are
+ * preallocated here, headers are read and written in place, and bad packets become a counted
+ * Drop, never an exception. The control plane changes routing only by assigning `fib`.
+ */
+import type { Logger } from '../../common/log.js';
+import { noopLogger } from '../../common/log.js';
+import type { PeerName } from '../../common/types.js';
+import type { PacketConn } from '../conn/packet-conn.js';
+import {
+  BATCH_MAX,
+  ETH_HEADER_LEN,
+  HEADROOM_BYTES,
+  SLEEVE_TTL_INITIAL,
+  SLOT_BYTES,
+  VXLAN_HEADER_LEN,
+} from '../constants.js';
+import {
+  ARP_FRAME_LEN,
+  ARP_OP_REPLY,
+  ARP_OP_REQUEST,
+  ARP_PAD_LEN,
+  arpIsIPv4,
+  arpOp,
+  arpSenderIp,
+  arpSenderMacHi,
+  arpSenderMacLo,
+  arpTargetIp,
+  checkSleeveHeader,
+  checkVxlan,
+  ETHERTYPE_ARP,
+  ETHERTYPE_IPV4,
+  ethDstHi,
+  ethDstLo,
+  ethSrcHi,
+  ethSrcLo,
+  ethType,
+  ipv4PacketLen,
+  isGroupMac,
+  SLEEVE_PREFIX_LEN,
+  SleeveCheck,
+  SleeveType,
+  sleeveDstHi,
+  sleeveDstLo,
+  sleeveFrameLen,
+  sleeveSrcHi,
+  sleeveSrcLo,
+  sleeveType,
+  VXLAN_PREFIX_LEN,
+  VxlanCheck,
+  writeArp,
+  writeEthernetHeader,
+  writeSleevePrefix,
+  writeVxlanHeader,
+  writeVxlanPrefix,
+} from '../overlay/frame.js';
+import type { TunDevice } from '../tun/device.js';
+import { Counters, Drop } from './counters.js';
+import { Encap, Fib, type Hop, peerNameHi, peerNameLo } from './fib.js';
+import { LearnedEndpoints } from './learned.js';
+
+/** ROUNDS_PER_WAKEUP bounds how many batches one readiness event drains, so neither direction starves. */
+const ROUNDS_PER_WAKEUP = 8;
+/** TUN_WRITE_MAX is how many inner packets one writeBatch carries at most (sleeve datagrams may bundle). */
+const TUN_WRITE_MAX = BATCH_MAX * 16;
+
+/** ControlDatagram is a non-data sleeve datagram handed to the control plane (heartbeats, #3). */
+export interface ControlDatagram {
+  type: number;
+  srcHi: number;
+  srcLo: number;
+  addr: number;
+  port: number;
+}
+
+/** ForwarderOptions configures a Forwarder. */
+export interface ForwarderOptions {
+  /** tun is the overlay device; the Forwarder reads and writes it but does not close it. */
+  tun: TunDevice;
+  /** sleeve is the socket bound to the sleeve port. */
+  sleeve: PacketConn;
+  /** vxlan is the socket bound to the VXLAN port; without it VXLAN is neither sent nor received. */
+  vxlan?: PacketConn;
+  /** localName is this router's peer name; its 48 bits double as our inner MAC for VXLAN. */
+  localName: PeerName;
+  /** vni is the VXLAN network identifier we send and accept. */
+  vni: number;
+  /** vxlanPort is the UDP port learned kernel VXLAN endpoints listen on. */
+  vxlanPort: number;
+  counters?: Counters;
+  log?: Logger;
+  /** onControl receives non-data sleeve datagrams (rare; may allocate). */
+  onControl?: (d: ControlDatagram) => void;
+  /** nowMs is the clock used for learning (tests pass a fake). */
+  nowMs?: () => number;
+}
+
+/** Forwarder moves packets between a TUN device and the data sockets; see the file comment. */
+export class Forwarder {
+  /** fib is the forwarding snapshot; the control plane replaces it with one assignment. */
+  fib: Fib = new Fib();
+  /** learned holds VXLAN endpoints learned from received traffic. */
+  readonly learned: LearnedEndpoints;
+  readonly counters: Counters;
+
+  private readonly tun: TunDevice;
+  private readonly sleeve: PacketConn;
+  private readonly vxlan: PacketConn | undefined;
+  private readonly log: Logger;
+  private readonly vni: number;
+  private readonly vxlanPort: number;
+  private readonly onControl: ((d: ControlDatagram) => void) | undefined;
+  private readonly nowMs: () => number;
+  private readonly nameHi: number;
+  private readonly nameLo: number;
+  private running = false;
+
+  // inside: TUN → UDP. Packet i is read at i*SLOT_BYTES + HEADROOM_BYTES.
+  private readonly inBuf = Buffer.allocUnsafeSlow(BATCH_MAX * SLOT_BYTES);
+  private readonly inLens = new Int32Array(BATCH_MAX);
+  private readonly sOff = new Int32Array(BATCH_MAX);
+  private readonly sLen = new Int32Array(BATCH_MAX);
+  private readonly sAddr = new Uint32Array(BATCH_MAX);
+  private readonly sPort = new Uint16Array(BATCH_MAX);
+  private readonly vOff = new Int32Array(BATCH_MAX);
+  private readonly vLen = new Int32Array(BATCH_MAX);
+  private readonly vAddr = new Uint32Array(BATCH_MAX);
+  private readonly vPort = new Uint16Array(BATCH_MAX);
+
+  // outside: UDP → TUN. Datagram i is received at i*SLOT_BYTES; inner packets are written from there.
+  private readonly outBuf = Buffer.allocUnsafeSlow(BATCH_MAX * SLOT_BYTES);
+  private readonly rLens = new Int32Array(BATCH_MAX);
+  private readonly rAddrs = new Uint32Array(BATCH_MAX);
+  private readonly rPorts = new Uint16Array(BATCH_MAX);
+  private readonly tOff = new Int32Array(TUN_WRITE_MAX);
+  private readonly tLen = new Int32Array(TUN_WRITE_MAX);
+  private readonly tHop: (Hop | undefined)[] = new Array(TUN_WRITE_MAX).fill(undefined);
+  private tCount = 0;
+
+  // ARP replies are built here, one at a time.
+  private readonly arpBuf = Buffer.alloc(ARP_FRAME_LEN);
+  private readonly arpOff = new Int32Array(1);
+  private readonly arpLen = new Int32Array([ARP_FRAME_LEN]);
+  private readonly arpAddr = new Uint32Array(1);
+  private readonly arpPort = new Uint16Array(1);
+
+  constructor(opts: ForwarderOptions) {
+    this.tun = opts.tun;
+    this.sleeve = opts.sleeve;
+    this.vxlan = opts.vxlan;
+    this.vni = opts.vni;
+    this.vxlanPort = opts.vxlanPort;
+    this.counters = opts.counters ?? new Counters();
+    this.log = opts.log ?? noopLogger;
+    this.onControl = opts.onControl;
+    this.nowMs = opts.nowMs ?? Date.now;
+    this.nameHi = peerNameHi(opts.localName);
+    this.nameLo = peerNameLo(opts.localName);
+    this.learned = new LearnedEndpoints(opts.vxlanPort);
+  }
+
+  /** start begins forwarding (installs readiness callbacks); idempotent. */
+  start(): void {
+    if (this.running) return;
+    this.running = true;
+    this.tun.onReadable(this.onTunReadable);
+    this.sleeve.onReadable(this.onSleeveReadable);
+    this.vxlan?.onReadable(this.onVxlanReadable);
+  }
+
+  /** stop removes the readiness callbacks; the devices stay open (their owner closes them). */
+  stop(): void {
+    if (!this.running) return;
+    this.running = false;
+    this.tun.onReadable(undefined);
+    this.sleeve.onReadable(undefined);
+    this.vxlan?.onReadable(undefined);
+  }
+
+  /** onTunReadable drains the TUN device: the inside path. */
+  readonly onTunReadable = (): void => {
+    const buf = this.inBuf;
+    const c = this.counters;
+    for (let round = 0; round < ROUNDS_PER_WAKEUP; round++) {
+      const n = this.tun.readBatch(buf, HEADROOM_BYTES, SLOT_BYTES, BATCH_MAX, this.inLens);
+      if (n <= 0) return;
+      c.tunBatches++;
+      const fib = this.fib;
+      let ns = 0;
+      let nv = 0;
+      for (let i = 0; i < n; i++) {
+        const off = i * SLOT_BYTES + HEADROOM_BYTES;
+        const len = this.inLens[i] as number;
+        c.tunRxPackets++;
+        c.tunRxBytes += len;
+        if (len < 20 || (buf[off] as number) >>> 4 !== 4) {
+          c.drop(Drop.Malformed);
+          continue;
+        }
+        if (len > 0xffff - VXLAN_PREFIX_LEN) {
+          c.drop(Drop.TooBig);
+          continue;
+        }
+        const dst = buf.readUInt32BE(off + 16);
+        let hop = fib.lookup(dst);
+        if (hop === undefined) {
+          hop = this.learned.lookup(dst);
+          if (hop === undefined) {
+            c.drop(fib.isLocal(dst) ? Drop.Loop : Drop.NoRoute);
+            continue;
+          }
+        }
+        if (hop.encap === Encap.Vxlan && this.vxlan !== undefined) {
+          const start = writeVxlanPrefix(
+            buf,
+            off,
+            this.vni,
+            hop.macHi,
+            hop.macLo,
+            this.nameHi,
+            this.nameLo,
+            ETHERTYPE_IPV4,
+          );
+          this.vOff[nv] = start;
+          this.vLen[nv] = len + VXLAN_PREFIX_LEN;
+          this.vAddr[nv] = hop.addr;
+          this.vPort[nv] = hop.port;
+          nv++;
+        } else {
+          const start = writeSleevePrefix(
+            buf,
+            off,
+            len,
+            SleeveType.Data,
+            SLEEVE_TTL_INITIAL,
+            this.nameHi,
+            this.nameLo,
+            hop.nameHi,
+            hop.nameLo,
+          );
+          this.sOff[ns] = start;
+          this.sLen[ns] = len + SLEEVE_PREFIX_LEN;
+          this.sAddr[ns] = hop.addr;
+          this.sPort[ns] = hop.port;
+          ns++;
+        }
+        hop.txPackets++;
+        hop.txBytes += len;
+      }
+      if (ns > 0) this.flushSend(this.sleeve, this.sOff, this.sLen, this.sAddr, this.sPort, ns);
+      if (nv > 0 && this.vxlan !== undefined)
+        this.flushSend(this.vxlan, this.vOff, this.vLen, this.vAddr, this.vPort, nv);
+      if (n < BATCH_MAX) return;
+    }
+  };
+
+  private flushSend(
+    conn: PacketConn,
+    offs: Int32Array,
+    lens: Int32Array,
+    addrs: Uint32Array,
+    ports: Uint16Array,
+    n: number,
+  ): void {
+    const c = this.counters;
+    const sent = conn.sendBatch(this.inBuf, offs, lens, addrs, ports, n);
+    c.udpTxPackets += sent;
+    for (let i = 0; i < sent; i++) c.udpTxBytes += lens[i] as number;
+    if (sent < n) c.drop(Drop.UdpSend, n - sent);
+  }
+
+  /** onSleeveReadable drains the sleeve socket: the outside path for sleeve. */
+  readonly onSleeveReadable = (): void => {
+    const buf = this.outBuf;
+    const c = this.counters;
+    for (let round = 0; round < ROUNDS_PER_WAKEUP; round++) {
+      const n = this.sleeve.recvBatch(buf, 0, SLOT_BYTES, BATCH_MAX, this.rLens, this.rAddrs, this.rPorts);
+      if (n <= 0) return;
+      c.udpBatches++;
+      const fib = this.fib;
+      this.tCount = 0;
+      for (let i = 0; i < n; i++) {
+        const off = i * SLOT_BYTES;
+        const len = this.rLens[i] as number;
+        if (len < 0) {
+          c.drop(Drop.Truncated);
+          continue;
+        }
+        c.udpRxPackets++;
+        c.udpRxBytes += len;
+        const chk = checkSleeveHeader(buf, off, len);
+        if (chk !== SleeveCheck.Ok) {
+          c.drop(sleeveDrop(chk));
+          continue;
+        }
+        const type = sleeveType(buf, off);
+        if (type !== SleeveType.Data) {
+          this.control(type, buf, off, i);
+          continue;
+        }
+        if (sleeveDstLo(buf, off) !== this.nameLo || sleeveDstHi(buf, off) !== this.nameHi) {
+          c.drop(Drop.NotForUs);
+          continue;
+        }
+        const hop = fib.peer(sleeveSrcHi(buf, off), sleeveSrcLo(buf, off));
+        if (hop === undefined) {
+          c.drop(Drop.UnknownPeer);
+          continue;
+        }
+        const end = off + len;
+        let fo = off + SLEEVE_PREFIX_LEN - 2;
+        while (fo < end) {
+          const fl = sleeveFrameLen(buf, fo, end);
+          if (fl < 0) {
+            c.drop(Drop.Truncated);
+            break;
+          }
+          const p = fo + 2;
+          const pl = ipv4PacketLen(buf, p, fl);
+          if (pl < 0) c.drop(Drop.Malformed);
+          else this.queueTun(p, pl, hop);
+          fo = p + fl;
+        }
+      }
+      this.flushTun(buf);
+      if (n < BATCH_MAX) return;
+    }
+  };
+
+  /** onVxlanReadable drains the VXLAN socket: the outside path for VXLAN (Weft peers and kernel vxlan). */
+  readonly onVxlanReadable = (): void => {
+    const conn = this.vxlan;
+    if (conn === undefined) return;
+    const buf = this.outBuf;
+    const c = this.counters;
+    for (let round = 0; round < ROUNDS_PER_WAKEUP; round++) {
+      const n = conn.recvBatch(buf, 0, SLOT_BYTES, BATCH_MAX, this.rLens, this.rAddrs, this.rPorts);
+      if (n <= 0) return;
+      c.udpBatches++;
+      const now = this.nowMs();
+      this.tCount = 0;
+      for (let i = 0; i < n; i++) {
+        const off = i * SLOT_BYTES;
+        const len = this.rLens[i] as number;
+        if (len < 0) {
+          c.drop(Drop.Truncated);
+          continue;
+        }
+        c.udpRxPackets++;
+        c.udpRxBytes += len;
+        const chk = checkVxlan(buf, off, len, this.vni);
+        if (chk !== VxlanCheck.Ok) {
+          c.drop(chk === VxlanCheck.Truncated ? Drop.Truncated : Drop.BadVni);
+          continue;
+        }
+        const e = off + VXLAN_HEADER_LEN;
+        const dHi = ethDstHi(buf, e);
+        if (!isGroupMac(dHi) && (dHi !== this.nameHi || ethDstLo(buf, e) !== this.nameLo)) {
+          c.drop(Drop.NotForOurMac);
+          continue;
+        }
+        const p = e + ETH_HEADER_LEN;
+        const avail = off + len - p;
+        const et = ethType(buf, e);
+        if (et === ETHERTYPE_IPV4) {
+          const pl = ipv4PacketLen(buf, p, avail);
+          if (pl < 0) {
+            c.drop(Drop.Malformed);
+            continue;
+          }
+          const src = buf.readUInt32BE(p + 12);
+          const addr = this.rAddrs[i] as number;
+          if (this.learned.learn(src, ethSrcHi(buf, e), ethSrcLo(buf, e), addr, now)) c.learned++;
+          this.queueTun(p, pl, this.fib.lookup(src) ?? this.learned.lookup(src));
+        } else if (et === ETHERTYPE_ARP) {
+          this.arp(buf, p, avail, this.rAddrs[i] as number, now);
+        } else {
+          c.drop(Drop.UnsupportedEtherType);
+        }
+      }
+      this.flushTun(buf);
+      if (n < BATCH_MAX) return;
+    }
+  };
+
+  private queueTun(off: number, len: number, hop: Hop | undefined): void {
+    if (this.tCount === TUN_WRITE_MAX) this.flushTun(this.outBuf);
+    const k = this.tCount++;
+    this.tOff[k] = off;
+    this.tLen[k] = len;
+    this.tHop[k] = hop;
+  }
+
+  private flushTun(buf: Buffer): void {
+    const n = this.tCount;
+    if (n === 0) return;
+    const c = this.counters;
+    const w = this.tun.writeBatch(buf, this.tOff, this.tLen, n);
+    c.tunTxPackets += w;
+    for (let i = 0; i < n; i++) {
+      const len = this.tLen[i] as number;
+      if (i < w) c.tunTxBytes += len;
+      const hop = this.tHop[i];
+      if (hop !== undefined) {
+        hop.rxPackets++;
+        hop.rxBytes += len;
+        this.tHop[i] = undefined;
+      }
+    }
+    if (w < n) c.drop(Drop.TunWrite, n - w);
+    this.tCount = 0;
+  }
+
+  /** arp learns the sender of an ARP packet and answers requests for addresses this host serves. */
+  private arp(buf: Buffer, p: number, avail: number, fromAddr: number, now: number): void {
+    const c = this.counters;
+    if (!arpIsIPv4(buf, p, avail)) {
+      c.drop(Drop.Malformed);
+      return;
+    }
+    const op = arpOp(buf, p);
+    const senderIp = arpSenderIp(buf, p);
+    const sHi = arpSenderMacHi(buf, p);
+    const sLo = arpSenderMacLo(buf, p);
+    if (senderIp !== 0 && this.learned.learn(senderIp, sHi, sLo, fromAddr, now)) c.learned++;
+    if (op === ARP_OP_REPLY) return;
+    const target = arpTargetIp(buf, p);
+    if (op !== ARP_OP_REQUEST || !this.fib.isLocal(target)) {
+      c.drop(Drop.ArpNotOurs);
+      return;
+    }
+    const a = this.arpBuf;
+    writeVxlanHeader(a, 0, this.vni);
+    writeEthernetHeader(a, VXLAN_HEADER_LEN, sHi, sLo, this.nameHi, this.nameLo, ETHERTYPE_ARP);
+    const ap = VXLAN_HEADER_LEN + ETH_HEADER_LEN;
+    writeArp(a, ap, ARP_OP_REPLY, this.nameHi, this.nameLo, target, sHi, sLo, senderIp);
+    a.fill(0, ap + 28, ap + 28 + ARP_PAD_LEN);
+    this.arpAddr[0] = fromAddr;
+    this.arpPort[0] = this.vxlanPort;
+    if (
+      this.vxlan !== undefined &&
+      this.vxlan.sendBatch(a, this.arpOff, this.arpLen, this.arpAddr, this.arpPort, 1) === 1
+    ) {
+      c.arpReplies++;
+      c.udpTxPackets++;
+      c.udpTxBytes += ARP_FRAME_LEN;
+    } else {
+      c.drop(Drop.UdpSend);
+    }
+  }
+
+  private control(type: number, buf: Buffer, off: number, i: number): void {
+    if (this.onControl === undefined) return;
+    this.onControl({
+      type,
+      srcHi: sleeveSrcHi(buf, off),
+      srcLo: sleeveSrcLo(buf, off),
+      addr: this.rAddrs[i] as number,
+      port: this.rPorts[i] as number,
+    });
+  }
+}
+
+function sleeveDrop(chk: SleeveCheck): Drop {
+  switch (chk) {
+    case SleeveCheck.BadMagic:
+      return Drop.BadMagic;
+    case SleeveCheck.BadVersion:
+      return Drop.BadVersion;
+    case SleeveCheck.BadType:
+      return Drop.BadType;
+    default:
+      return Drop.Truncated;
+  }
+}
