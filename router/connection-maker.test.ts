@@ -1,0 +1,404 @@
+import { once } from 'node:events';
+import { createServer, type Server } from 'node:net';
+import { performance } from 'node:perf_hooks';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import { InputError } from '../common/errors.js';
+import { noopLogger } from '../common/log.js';
+import type { PeerName } from '../common/types.js';
+import type { Connection } from './connection.js';
+import {
+  backoffMs,
+  CLOSE_DUPLICATE,
+  ConnectionMaker,
+  type ConnectionMakerOptions,
+  parseTarget,
+} from './connection-maker.js';
+import { CONTROL_PORT, RECONNECT_FACTOR, RECONNECT_INITIAL_MS, RECONNECT_MAX_MS } from './constants.js';
+
+// ---- helpers ----
+
+function name(n: number): PeerName {
+  return `02:00:00:00:00:${n.toString(16).padStart(2, '0')}` as PeerName;
+}
+
+const makers: ConnectionMaker[] = [];
+const servers: Server[] = [];
+let before: Record<string, number>;
+
+function maker(n: number, extra: Partial<ConnectionMakerOptions> = {}): ConnectionMaker {
+  const m = new ConnectionMaker({
+    local: {
+      name: name(n),
+      nickname: `host-${n}`,
+      uid: BigInt(1000 + n),
+      sleevePort: 6783,
+      vxlanPort: 6784,
+      vni: 1,
+      encap: 'sleeve',
+      mtu: 1400,
+    },
+    host: '127.0.0.1',
+    port: 0,
+    log: noopLogger,
+    random: () => 0.5, // no jitter: exact delays
+    ...extra,
+  });
+  makers.push(m);
+  return m;
+}
+
+/** Events records what a maker announced. */
+interface Events {
+  established: Connection[];
+  closed: [Connection, string][];
+}
+
+function record(m: ConnectionMaker): Events {
+  const e: Events = { established: [], closed: [] };
+  m.on('connection-established', (c) => e.established.push(c));
+  m.on('connection-closed', (c, reason) => e.closed.push([c, reason]));
+  return e;
+}
+
+function addr(m: ConnectionMaker): string {
+  return `127.0.0.1:${m.address().port}`;
+}
+
+/** freePort finds a port nothing listens on (bound, then released). */
+async function freePort(): Promise<number> {
+  const s = createServer();
+  s.listen(0, '127.0.0.1');
+  await once(s, 'listening');
+  const a = s.address();
+  await new Promise<void>((r) => s.close(() => r()));
+  if (typeof a !== 'object' || a === null) throw new Error('no address');
+  return a.port;
+}
+
+function counted(): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const r of process.getActiveResourcesInfo()) {
+    if (/^(TCP|Timeout|GetAddrInfo|Pipe)/.test(r)) out[r] = (out[r] ?? 0) + 1;
+  }
+  return out;
+}
+
+/** expectNoLeaks: see connection.test.ts; Vitest's own hook timers may only make Timeouts go down. */
+async function expectNoLeaks(snapshot: Record<string, number>): Promise<void> {
+  for (let i = 0; i < 3; i++) await new Promise<void>((r) => setImmediate(r));
+  const { Timeout: t0 = 0, ...rest0 } = snapshot;
+  const { Timeout: t1 = 0, ...rest1 } = counted();
+  expect(rest1).toEqual(rest0);
+  expect(t1).toBeLessThanOrEqual(t0);
+}
+
+/** until polls with real (unfaked) setImmediate until cond holds or 5 s of real time pass. */
+async function until(cond: () => boolean, what = 'condition'): Promise<void> {
+  const deadline = performance.now() + 5_000;
+  while (!cond()) {
+    if (performance.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise<void>((r) => setImmediate(r));
+  }
+}
+
+/** settled waits until neither maker has a pending connection and each has the expected established count. */
+async function settled(ms: ConnectionMaker[], established: number): Promise<void> {
+  await until(
+    () =>
+      ms.every((m) => {
+        const cs = m.connections();
+        return cs.every((c) => c.state === 'established') && cs.length === established;
+      }),
+    `${established} established connection(s) on every maker`,
+  );
+}
+
+beforeEach(() => {
+  before = counted();
+});
+
+afterEach(async () => {
+  await Promise.all(makers.map((m) => m.stop()));
+  await Promise.all(servers.map((s) => new Promise<void>((r) => s.close(() => r()))));
+  makers.length = 0;
+  servers.length = 0;
+  vi.useRealTimers();
+  await expectNoLeaks(before);
+});
+
+// ---- tests ----
+
+describe('parseTarget and backoffMs', () => {
+  it('normalises targets and applies the default port', () => {
+    expect(parseTarget('10.0.0.1')).toEqual({ host: '10.0.0.1', port: CONTROL_PORT, address: '10.0.0.1:6783' });
+    expect(parseTarget(' Host-1.Example:7000 ')).toEqual({
+      host: 'host-1.example',
+      port: 7000,
+      address: 'host-1.example:7000',
+    });
+    for (const bad of [
+      '',
+      ':6783',
+      '10.0.0.256',
+      '10.0.0.1:0',
+      '10.0.0.1:65536',
+      'a b',
+      '::1',
+      '[::1]:6783',
+      'h:x',
+      '1.2.3',
+    ]) {
+      expect(() => parseTarget(bad)).toThrow(InputError);
+    }
+  });
+
+  it('grows by the factor from the initial delay, with ±10% jitter, up to the maximum', () => {
+    expect(backoffMs(0, () => 0.5)).toBe(RECONNECT_INITIAL_MS);
+    expect(backoffMs(1, () => 0.5)).toBe(RECONNECT_INITIAL_MS * RECONNECT_FACTOR);
+    expect(backoffMs(0, () => 0)).toBeCloseTo(RECONNECT_INITIAL_MS * 0.9);
+    expect(backoffMs(0, () => 0.999999)).toBeCloseTo(RECONNECT_INITIAL_MS * 1.1, 0);
+    expect(backoffMs(50, () => 0.999999)).toBe(RECONNECT_MAX_MS);
+  });
+});
+
+describe('ConnectionMaker', () => {
+  it('connects two makers and reports the connection on both sides', async () => {
+    const a = maker(1);
+    const b = maker(2);
+    const ea = record(a);
+    const eb = record(b);
+    await a.start();
+    await b.start();
+    b.addTargets([addr(a)]);
+    await settled([a, b], 1);
+    expect(ea.established).toHaveLength(1);
+    expect(eb.established).toHaveLength(1);
+    expect(eb.established[0]!.remote.name).toBe(name(1));
+    expect(b.targets()).toEqual([{ address: addr(a), state: 'established', attempts: 0, peer: name(1) }]);
+    const [ca] = a.connections();
+    expect(ca).toMatchObject({ peer: name(2), nickname: 'host-2', outbound: false, state: 'established' });
+    expect(ca!.remoteAddr).toMatch(/^127\.0\.0\.1:\d+$/);
+    expect(b.connections()[0]).toMatchObject({ peer: name(1), outbound: true, remoteAddr: addr(a) });
+    expect(eb.established[0]!.remote.tcpPort).toBe(a.address().port);
+    expect(a.peerConnection(name(2))).toBe(ea.established[0]);
+    // Adding the same target again (as discovery will) changes nothing.
+    b.addTargets([addr(a), `127.0.0.1:${a.address().port}`]);
+    expect(b.connections()).toHaveLength(1);
+  });
+
+  for (const [low, high] of [
+    [1, 2],
+    [4, 3],
+  ] as const) {
+    it(`keeps exactly one connection when both dial each other (names ${low} and ${high})`, async () => {
+      for (let round = 0; round < 5; round++) {
+        const a = maker(low);
+        const b = maker(high);
+        const ea = record(a);
+        const eb = record(b);
+        await Promise.all([a.start(), b.start()]);
+        a.addTargets([addr(b)]);
+        b.addTargets([addr(a)]);
+        await settled([a, b], 1);
+        const ka = a.peerConnection(name(high))!;
+        const kb = b.peerConnection(name(low))!;
+        expect(ka.connectionId).toBe(kb.connectionId);
+        // The survivor was dialled by the smaller name.
+        const dialler = low < high ? a : b;
+        expect(dialler.connections()[0]!.outbound).toBe(true);
+        expect(a.targets()[0]).toMatchObject({ state: 'established', peer: name(high) });
+        expect(b.targets()[0]).toMatchObject({ state: 'established', peer: name(low) });
+        // Whatever was announced and then dropped was a duplicate; one announcement is left.
+        for (const e of [ea, eb]) {
+          expect(e.established.length - e.closed.length).toBe(1);
+          for (const [, reason] of e.closed) expect(reason).toMatch(/duplicate connection/);
+        }
+        await Promise.all([a.stop(), b.stop()]);
+      }
+    });
+  }
+
+  it('closes a duplicate that loses with the duplicate reason', async () => {
+    const a = maker(1);
+    const b = maker(2);
+    await Promise.all([a.start(), b.start()]);
+    b.addTargets([addr(a)]); // b (larger name) dials first and gets established
+    await settled([a, b], 1);
+    const first = b.peerConnection(name(1))!;
+    const firstClosed = new Promise<string>((r) => first.once('closed', (i) => r(i.reason)));
+    a.addTargets([addr(b)]); // a (smaller name) dials: its connection must win on both sides
+    expect(await firstClosed).toMatch(new RegExp(CLOSE_DUPLICATE));
+    await settled([a, b], 1);
+    expect(a.connections()[0]!.outbound).toBe(true);
+    expect(b.targets()[0]).toMatchObject({ state: 'established', peer: name(1) });
+  });
+
+  it('refuses itself and gives up on that target', async () => {
+    const a = maker(1);
+    await a.start();
+    a.addTargets([addr(a)]);
+    await until(() => a.targets()[0]?.state === 'failed');
+    expect(a.targets()[0]).toEqual({
+      address: addr(a),
+      state: 'failed',
+      attempts: 1,
+      lastError: 'connection to self',
+      peer: name(1),
+    });
+    await settled([a], 0);
+  });
+
+  it('refuses inbound connections beyond the limit with a reason', async () => {
+    const a = maker(1, { connLimit: 1 });
+    const b = maker(2);
+    const c = maker(3);
+    await Promise.all([a.start(), b.start(), c.start()]);
+    b.addTargets([addr(a)]);
+    await settled([a, b], 1);
+    c.addTargets([addr(a)]);
+    await until(() => c.targets()[0]?.state === 'failed');
+    expect(c.targets()[0]!.lastError).toBe('peer closed connection: too many connections (limit 1)');
+    expect(a.connections()).toHaveLength(1);
+    expect(a.connections()[0]!.peer).toBe(name(2));
+  });
+
+  it('lets forget keep an established connection', async () => {
+    const a = maker(1);
+    const b = maker(2);
+    await Promise.all([a.start(), b.start()]);
+    b.addTargets([addr(a)]);
+    await settled([a, b], 1);
+    b.removeTargets([addr(a)]);
+    expect(b.targets()).toEqual([]);
+    expect(b.connections()).toHaveLength(1);
+    expect(() => b.removeTargets(['not a target'])).toThrow(InputError);
+  });
+
+  it('stops idempotently, closing every connection and releasing every handle', async () => {
+    const a = maker(1);
+    const b = maker(2);
+    const ea = record(a);
+    await Promise.all([a.start(), b.start()]);
+    b.addTargets([addr(a), `127.0.0.1:${await freePort()}`, `localhost:${await freePort()}`]);
+    await settled([a, b], 1);
+    await b.stop();
+    await b.stop();
+    await until(() => ea.closed.length === 1);
+    expect(ea.closed[0]![1]).toBe('peer closed connection: router shutting down');
+    await expect(b.start()).rejects.toThrow(/stopped/);
+    await a.stop();
+    await expectNoLeaks(before);
+  });
+
+  it('fails to start with a clear error when the port is taken', async () => {
+    const a = maker(1);
+    await a.start();
+    const b = maker(2, { port: a.address().port });
+    await expect(b.start()).rejects.toMatchObject({ code: 'EWEFT_SYSTEM', message: /cannot listen/ });
+  });
+});
+
+describe('ConnectionMaker backoff', () => {
+  beforeEach(() => {
+    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'setInterval', 'clearInterval', 'Date'] });
+  });
+
+  it('retries a refused target with growing delays and connects once the listener appears', async () => {
+    const port = await freePort();
+    const b = maker(2);
+    await b.start();
+    b.addTargets([`127.0.0.1:${port}`]);
+    const t = () => b.targets()[0]!;
+    expect(t().state).toBe('connecting');
+    await until(() => t().state === 'failed', 'first refusal');
+    expect(t().attempts).toBe(1);
+    expect(t().lastError).toMatch(/ECONNREFUSED/);
+    expect(t().nextRetryAt! - Date.now()).toBe(RECONNECT_INITIAL_MS);
+
+    vi.advanceTimersByTime(RECONNECT_INITIAL_MS - 1);
+    expect(t().state).toBe('failed');
+    vi.advanceTimersByTime(1);
+    expect(t().state).toBe('retrying');
+    await until(() => t().state === 'failed', 'second refusal');
+    expect(t().attempts).toBe(2);
+    expect(t().nextRetryAt! - Date.now()).toBe(RECONNECT_INITIAL_MS * RECONNECT_FACTOR);
+
+    const a = maker(1, { port });
+    await a.start();
+    vi.advanceTimersByTime(RECONNECT_INITIAL_MS * RECONNECT_FACTOR);
+    await settled([a, b], 1);
+    expect(t()).toEqual({ address: `127.0.0.1:${port}`, state: 'established', attempts: 0, peer: name(1) });
+  });
+
+  it('reconnects a dropped target starting again from the initial delay', async () => {
+    const port = await freePort();
+    const a = maker(1, { port });
+    const b = maker(2);
+    const eb = record(b);
+    await Promise.all([a.start(), b.start()]);
+    b.addTargets([`127.0.0.1:${port}`]);
+    await settled([a, b], 1);
+    await a.stop();
+    await until(() => b.targets()[0]?.state === 'failed', 'drop noticed');
+    expect(eb.closed).toHaveLength(1);
+    const t = b.targets()[0]!;
+    expect(t.lastError).toBe('peer closed connection: router shutting down');
+    expect(t.nextRetryAt! - Date.now()).toBe(RECONNECT_INITIAL_MS);
+
+    const a2 = maker(1, { port, local: { ...baseLocal(1), uid: 5000n } }); // restarted: new uid
+    await a2.start();
+    vi.advanceTimersByTime(RECONNECT_INITIAL_MS);
+    await settled([a2, b], 1);
+    expect(eb.established).toHaveLength(2);
+    expect(eb.established[1]!.remote.uid).toBe(5000n);
+  });
+
+  it('stops retrying a forgotten target', async () => {
+    const port = await freePort();
+    const b = maker(2);
+    await b.start();
+    b.addTargets([`127.0.0.1:${port}`]);
+    await until(() => b.targets()[0]?.state === 'failed');
+    b.removeTargets([`127.0.0.1:${port}`]);
+    let dialled = 0;
+    const server = createServer((s) => {
+      dialled++;
+      s.destroy();
+    });
+    servers.push(server);
+    server.listen(port, '127.0.0.1');
+    await once(server, 'listening');
+    vi.advanceTimersByTime(RECONNECT_MAX_MS * 2);
+    for (let i = 0; i < 20; i++) await new Promise<void>((r) => setImmediate(r));
+    expect(dialled).toBe(0);
+    expect(b.targets()).toEqual([]);
+  });
+
+  it('keeps heartbeats flowing between makers', async () => {
+    const a = maker(1);
+    const b = maker(2);
+    await Promise.all([a.start(), b.start()]);
+    b.addTargets([addr(a)]);
+    await settled([a, b], 1);
+    const conn = b.peerConnection(name(1))!;
+    for (let i = 0; i < 12; i++) {
+      const n = conn.stats.framesIn;
+      vi.advanceTimersByTime(1_000);
+      await until(() => conn.stats.framesIn > n, `heartbeat ${i}`);
+    }
+    expect(conn.state).toBe('established');
+  });
+});
+
+function baseLocal(n: number): ConnectionMakerOptions['local'] {
+  return {
+    name: name(n),
+    nickname: `host-${n}`,
+    uid: BigInt(1000 + n),
+    sleevePort: 6783,
+    vxlanPort: 6784,
+    vni: 1,
+    encap: 'sleeve',
+    mtu: 1400,
+  };
+}

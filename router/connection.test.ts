@@ -1,0 +1,454 @@
+import { once } from 'node:events';
+import { connect, createServer, type Server, type Socket } from 'node:net';
+import { performance } from 'node:perf_hooks';
+import { Packr } from 'msgpackr';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import { ProtocolError } from '../common/errors.js';
+import { noopLogger } from '../common/log.js';
+import type { PeerName } from '../common/types.js';
+import {
+  authMac,
+  CLOSE_HEARTBEAT_TIMEOUT,
+  CLOSE_REMOTE_PREFIX,
+  CLOSE_SELF,
+  Connection,
+  type ConnectionClosed,
+  type ConnectionOptions,
+  type LocalPeerInfo,
+} from './connection.js';
+import { HANDSHAKE_TIMEOUT_MS, HEARTBEAT_INTERVAL_MS, HEARTBEAT_TIMEOUT_MS } from './constants.js';
+import { decodeBody, encodeFrame, FRAME_HEADER_LEN, FrameDecoder, type Hello, type PeerMessage } from './protocol.js';
+
+// ---- helpers ----
+
+const NAME_A = '02:00:00:00:00:0a' as PeerName;
+const NAME_B = '02:00:00:00:00:0b' as PeerName;
+
+function local(name: PeerName, uid: bigint, extra: Partial<LocalPeerInfo> = {}): LocalPeerInfo {
+  return {
+    name,
+    nickname: `nick-${name.slice(-2)}`,
+    uid,
+    sleevePort: 7000,
+    vxlanPort: 7001,
+    vni: 42,
+    encap: 'sleeve',
+    mtu: 1400,
+    tcpPort: 7002,
+    ...extra,
+  };
+}
+
+/** helloFrom builds a valid Hello, as a raw (non-Connection) peer would send. */
+function helloFrom(name: PeerName, patch: Partial<Hello> = {}): Buffer {
+  return encodeFrame({
+    proto: 'weft',
+    versionMin: 1,
+    versionMax: 1,
+    name,
+    nickname: 'raw',
+    uid: '99',
+    tcpPort: 6783,
+    sleevePort: 6783,
+    vxlanPort: 6784,
+    vni: 1,
+    encap: 'sleeve',
+    mtu: 1400,
+    nonce: new Uint8Array(16),
+    auth: false,
+    ...patch,
+  });
+}
+
+const rawPackr = new Packr({ useRecords: false });
+
+/** rawFrame frames any value without validation, as a broken or hostile peer could. */
+function rawFrame(value: unknown): Buffer {
+  const body = rawPackr.pack(value);
+  const f = Buffer.alloc(FRAME_HEADER_LEN + body.length);
+  f.writeUInt32BE(body.length, 0);
+  f.set(body, FRAME_HEADER_LEN);
+  return f;
+}
+
+/** counted returns the live handles a test could leak (sockets, servers, timers, lookups). */
+function counted(): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const r of process.getActiveResourcesInfo()) {
+    if (/^(TCP|Timeout|GetAddrInfo|Pipe)/.test(r)) out[r] = (out[r] ?? 0) + 1;
+  }
+  return out;
+}
+
+/**
+ * expectNoLeaks compares live handles with a snapshot taken before the test, after letting closed
+ * handles finish closing. Vitest keeps hook timers of its own, so Timeouts may only go down.
+ */
+async function expectNoLeaks(snapshot: Record<string, number>): Promise<void> {
+  for (let i = 0; i < 3; i++) await new Promise<void>((r) => setImmediate(r));
+  const { Timeout: t0 = 0, ...rest0 } = snapshot;
+  const { Timeout: t1 = 0, ...rest1 } = counted();
+  expect(rest1).toEqual(rest0);
+  expect(t1).toBeLessThanOrEqual(t0);
+}
+
+/** until polls with real (unfaked) setImmediate until cond holds or 5 s of real time pass. */
+async function until(cond: () => boolean, what = 'condition'): Promise<void> {
+  const deadline = performance.now() + 5_000;
+  while (!cond()) {
+    if (performance.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise<void>((r) => setImmediate(r));
+  }
+}
+
+const conns: Connection[] = [];
+const sockets: Socket[] = [];
+const servers: Server[] = [];
+let before: Record<string, number>;
+
+/** listen starts a server on 127.0.0.1:0 whose sockets are handed to onSocket. */
+async function listen(onSocket: (s: Socket) => void): Promise<number> {
+  const server = createServer(onSocket);
+  servers.push(server);
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const a = server.address();
+  if (typeof a !== 'object' || a === null) throw new Error('no address');
+  return a.port;
+}
+
+function wrap(opts: Partial<ConnectionOptions> & Pick<ConnectionOptions, 'socket' | 'outbound' | 'local'>): Connection {
+  const c = new Connection({ log: noopLogger, ...opts });
+  conns.push(c);
+  return c;
+}
+
+function closedOf(c: Connection): Promise<ConnectionClosed> {
+  return new Promise((resolve) => {
+    if (c.closedInfo) resolve(c.closedInfo);
+    else c.once('closed', resolve);
+  });
+}
+
+/** pair connects an outbound Connection (a) to an inbound one (b) over loopback. */
+async function pair(
+  a: Partial<ConnectionOptions> & Pick<ConnectionOptions, 'local'>,
+  b: Partial<ConnectionOptions> & Pick<ConnectionOptions, 'local'>,
+): Promise<{ a: Connection; b: Connection }> {
+  let inbound: Connection | undefined;
+  const port = await listen((socket) => {
+    inbound = wrap({ ...b, socket, outbound: false });
+  });
+  const out = wrap({ ...a, socket: connect(port, '127.0.0.1'), outbound: true });
+  await until(() => inbound !== undefined, 'inbound connection');
+  return { a: out, b: inbound! };
+}
+
+beforeEach(() => {
+  before = counted();
+});
+
+afterEach(async () => {
+  for (const c of conns) c.close('test over');
+  for (const s of sockets) s.destroy();
+  await Promise.all(conns.map((c) => c.done));
+  await Promise.all(servers.map((s) => new Promise<void>((r) => s.close(() => r()))));
+  conns.length = 0;
+  sockets.length = 0;
+  servers.length = 0;
+  vi.useRealTimers();
+  await expectNoLeaks(before);
+});
+
+// ---- tests ----
+
+describe('Connection', () => {
+  it('completes the handshake and exchanges messages', async () => {
+    const { a, b } = await pair({ local: local(NAME_A, 1n) }, { local: local(NAME_B, 2n, { encap: 'vxlan' }) });
+    const [ra] = (await once(a, 'established')) as [Connection['remote']];
+    if (b.state !== 'established') await once(b, 'established');
+    expect(ra).toEqual({
+      name: NAME_B,
+      nickname: 'nick-0b',
+      uid: 2n,
+      version: 1,
+      sleevePort: 7000,
+      vxlanPort: 7001,
+      vni: 42,
+      encap: 'vxlan',
+      mtu: 1400,
+      addr: '127.0.0.1',
+      tcpPort: 7002,
+    });
+    expect(b.remote.name).toBe(NAME_A);
+    expect(b.remote.addr).toBe('127.0.0.1');
+    expect(a.connectionId).toMatch(/^[0-9a-f]{64}$/);
+    expect(a.connectionId).toBe(b.connectionId);
+    expect(a.outbound).toBe(true);
+    expect(b.outbound).toBe(false);
+
+    const got: PeerMessage[] = [];
+    b.on('message', (m) => got.push(m));
+    expect(a.send({ t: 'addrs', cidrs: ['10.32.0.1/32'] })).toBe(true);
+    expect(a.send({ t: 'gossip', channel: 'topology', payload: Buffer.from('hi') })).toBe(true);
+    await until(() => got.length === 2, 'messages');
+    expect(got[0]).toEqual({ t: 'addrs', cidrs: ['10.32.0.1/32'] });
+    expect(got[1]?.t).toBe('gossip');
+
+    const bClosed = closedOf(b);
+    a.close('bye');
+    expect(a.state).toBe('closed');
+    expect(a.closedInfo).toEqual({ reason: 'bye', initiator: 'local' });
+    expect(await bClosed).toEqual({ reason: `${CLOSE_REMOTE_PREFIX}bye`, initiator: 'remote' });
+    await Promise.all([a.done, b.done]);
+    expect(a.send({ t: 'hb' })).toBe(false);
+  });
+
+  it('closes both sides with the version error when ranges do not overlap', async () => {
+    const { a, b } = await pair(
+      { local: local(NAME_A, 1n), versionMin: 2, versionMax: 3 },
+      { local: local(NAME_B, 2n), versionMin: 1, versionMax: 1 },
+    );
+    const [ca, cb] = await Promise.all([closedOf(a), closedOf(b)]);
+    expect(ca.error?.code).toBe('EWEFT_PROTOCOL_VERSION');
+    expect(cb.error?.code).toBe('EWEFT_PROTOCOL_VERSION');
+    expect(cb.reason).toBe('remote version range [2,3] is incompatible with ours [1,1]');
+    expect(ca.reason).toBe('remote version range [1,1] is incompatible with ours [2,3]');
+    expect(a.wasEstablished || b.wasEstablished).toBe(false);
+  });
+
+  it('authenticates peers that share a password', async () => {
+    const password = Buffer.from('s3cret');
+    const { a, b } = await pair({ local: local(NAME_A, 1n), password }, { local: local(NAME_B, 2n), password });
+    await Promise.all([
+      a.state === 'established' ? undefined : once(a, 'established'),
+      b.state === 'established' ? undefined : once(b, 'established'),
+    ]);
+    expect(a.remote.name).toBe(NAME_B);
+  });
+
+  it('refuses peers whose passwords differ, on both sides', async () => {
+    const { a, b } = await pair(
+      { local: local(NAME_A, 1n), password: Buffer.from('one') },
+      { local: local(NAME_B, 2n), password: Buffer.from('two') },
+    );
+    const [ca, cb] = await Promise.all([closedOf(a), closedOf(b)]);
+    expect(ca.error?.code).toBe('EWEFT_AUTH');
+    expect(ca.reason).toBe(`peer ${NAME_B} failed authentication: passwords differ`);
+    expect(cb.error?.code).toBe('EWEFT_AUTH');
+    expect(cb.reason).toBe(`peer ${NAME_A} failed authentication: passwords differ`);
+  });
+
+  it('refuses a peer without a password when we have one, and the other way round', async () => {
+    const { a, b } = await pair(
+      { local: local(NAME_A, 1n), password: Buffer.from('pw') },
+      { local: local(NAME_B, 2n) },
+    );
+    const [ca, cb] = await Promise.all([closedOf(a), closedOf(b)]);
+    expect(ca.error?.code).toBe('EWEFT_AUTH');
+    expect(ca.reason).toBe(`peer ${NAME_B} sent no authentication but a password is configured here`);
+    expect(cb.error?.code).toBe('EWEFT_AUTH');
+    expect(cb.reason).toBe(`peer ${NAME_A} requires a password but none is configured here`);
+  });
+
+  it('refuses a peer that announces auth but sends something else, and a forged mac', async () => {
+    const password = Buffer.from('pw');
+    for (const second of [encodeFrame({ t: 'hb' }), encodeFrame({ t: 'auth', mac: new Uint8Array(32) })]) {
+      let conn: Connection | undefined;
+      const port = await listen((socket) => {
+        conn = wrap({ socket, outbound: false, local: local(NAME_A, 1n), password });
+      });
+      const raw = connect(port, '127.0.0.1');
+      sockets.push(raw);
+      raw.write(Buffer.concat([helloFrom(NAME_B, { auth: true }), second]));
+      await until(() => conn !== undefined);
+      const c = await closedOf(conn!);
+      expect(c.error?.code).toBe('EWEFT_AUTH');
+      expect(c.reason).toMatch(
+        second.length > 20 ? /passwords differ/ : /sent a "hb" message instead of authentication/,
+      );
+    }
+  });
+
+  it('computes a mac bound to direction, nonces and name', () => {
+    const pw = Buffer.from('pw');
+    const n1 = new Uint8Array(16).fill(1);
+    const n2 = new Uint8Array(16).fill(2);
+    const m = authMac(pw, n1, n2, NAME_A);
+    expect(m.length).toBe(32);
+    expect(m.equals(authMac(pw, n2, n1, NAME_A))).toBe(false);
+    expect(m.equals(authMac(pw, n1, n2, NAME_B))).toBe(false);
+    expect(m.equals(authMac(Buffer.from('pW'), n1, n2, NAME_A))).toBe(false);
+    expect(m.equals(authMac(pw, n1, n2, NAME_A))).toBe(true);
+  });
+
+  it('refuses a connection to itself', async () => {
+    const me = local(NAME_A, 7n);
+    const { a, b } = await pair({ local: me }, { local: me });
+    const [ca, cb] = await Promise.all([closedOf(a), closedOf(b)]);
+    expect(ca.reason).toBe(CLOSE_SELF);
+    expect(cb.reason).toBe(CLOSE_SELF);
+    expect(ca.error).toBeUndefined();
+  });
+
+  it('reports a peer name collision', async () => {
+    const { a, b } = await pair({ local: local(NAME_A, 7n) }, { local: local(NAME_A, 8n) });
+    const [ca, cb] = await Promise.all([closedOf(a), closedOf(b)]);
+    expect(ca.error?.code).toBe('EWEFT_PEER_NAME_COLLISION');
+    expect(cb.error?.code).toBe('EWEFT_PEER_NAME_COLLISION');
+    expect(ca.reason).toMatch(
+      /peer name collision: 02:00:00:00:00:0a is also used by another router \(uid 8, ours 7\)/,
+    );
+  });
+
+  it('closes a peer that sends garbage instead of a hello, tells it why, and keeps accepting', async () => {
+    const inbound: Connection[] = [];
+    const port = await listen((socket) => inbound.push(wrap({ socket, outbound: false, local: local(NAME_A, 1n) })));
+    const raw = connect(port, '127.0.0.1');
+    sockets.push(raw);
+    const received: Buffer[] = [];
+    raw.on('data', (d: Buffer) => received.push(d));
+    raw.write('GET / HTTP/1.1\r\nHost: example\r\n\r\n');
+    await until(() => inbound.length === 1);
+    const c = await closedOf(inbound[0]!);
+    expect(c.error).toBeInstanceOf(ProtocolError);
+    expect(c.error?.code).toBe('EWEFT_PROTOCOL');
+    expect(c.reason).toMatch(/frame length \d+ exceeds the limit/);
+    await once(raw, 'end');
+    // The raw peer got our Hello, then a Close with the reason.
+    const d = new FrameDecoder();
+    d.push(Buffer.concat(received));
+    expect(decodeBody(d.next()!).proto).toBe('weft');
+    expect(decodeBody(d.next()!)).toEqual({ t: 'close', reason: c.reason });
+
+    // A well-formed msgpack error inside a valid frame is refused the same way.
+    const raw2 = connect(port, '127.0.0.1');
+    sockets.push(raw2);
+    raw2.write(Buffer.from([0, 0, 0, 2, 0xc1, 0xc1]));
+    await until(() => inbound.length === 2);
+    expect((await closedOf(inbound[1]!)).reason).toMatch(/^undecodable message|message is not a map/);
+
+    // The server still accepts and completes a normal handshake.
+    const good = wrap({ socket: connect(port, '127.0.0.1'), outbound: true, local: local(NAME_B, 2n) });
+    await once(good, 'established');
+    expect(good.remote.name).toBe(NAME_A);
+  });
+
+  it('counts and ignores unknown message types, and closes on malformed known ones', async () => {
+    let conn: Connection | undefined;
+    const port = await listen((socket) => {
+      conn = wrap({ socket, outbound: false, local: local(NAME_A, 1n) });
+    });
+    const raw = connect(port, '127.0.0.1');
+    sockets.push(raw);
+    const messages: PeerMessage[] = [];
+    raw.write(
+      Buffer.concat([
+        helloFrom(NAME_B),
+        rawFrame({ t: 'v9-feature', data: [1, 2, 3] }),
+        encodeFrame({ t: 'addrs', cidrs: ['10.0.0.1/32'] }),
+      ]),
+    );
+    await until(() => conn !== undefined);
+    conn!.on('message', (m) => messages.push(m));
+    await until(() => messages.length === 1, 'addrs after the unknown message');
+    expect(conn!.stats.unknownIn).toBe(1);
+    expect(conn!.state).toBe('established');
+
+    raw.write(rawFrame({ t: 'addrs', cidrs: ['10.0.0.1'] }));
+    const c = await closedOf(conn!);
+    expect(c.error?.code).toBe('EWEFT_PROTOCOL');
+    expect(c.reason).toBe('invalid addrs message: cidrs.0: want a.b.c.d/n');
+  });
+
+  it('drops sends while not established and while the socket buffer is over its bound', async () => {
+    const { a, b } = await pair({ local: local(NAME_A, 1n), sendBufferMaxBytes: 1024 }, { local: local(NAME_B, 2n) });
+    expect(a.send({ t: 'hb' })).toBe(false);
+    expect(a.stats.sendDropped).toBe(1);
+    await Promise.all([once(a, 'established'), b.state === 'established' ? undefined : once(b, 'established')]);
+    const payload = Buffer.alloc(7 * 1024 * 1024);
+    let sent = 0;
+    while (a.send({ t: 'gossip', channel: 'bulk', payload })) sent++;
+    expect(sent).toBeGreaterThanOrEqual(1);
+    expect(a.stats.sendDropped).toBe(2);
+    expect(() => a.send({ t: 'addrs', cidrs: ['nope'] })).toThrow(/refusing to send invalid addrs/);
+  });
+});
+
+describe('Connection timers', () => {
+  beforeEach(() => {
+    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'setInterval', 'clearInterval', 'Date'] });
+  });
+
+  it('sends heartbeats when idle and stays up while the peer does too', async () => {
+    const { a, b } = await pair({ local: local(NAME_A, 1n) }, { local: local(NAME_B, 2n) });
+    await until(() => a.state === 'established' && b.state === 'established');
+    for (let i = 0; i < 3 * (HEARTBEAT_TIMEOUT_MS / HEARTBEAT_INTERVAL_MS); i++) {
+      const inA = a.stats.framesIn;
+      const inB = b.stats.framesIn;
+      vi.advanceTimersByTime(HEARTBEAT_INTERVAL_MS);
+      await until(() => a.stats.framesIn > inA && b.stats.framesIn > inB, `heartbeat ${i}`);
+    }
+    expect(a.state).toBe('established');
+    expect(b.state).toBe('established');
+  });
+
+  it('closes after the heartbeat timeout when the peer goes silent', async () => {
+    let rawSide: Socket | undefined;
+    let heard = 0;
+    const port = await listen((socket) => {
+      rawSide = socket;
+      socket.write(helloFrom(NAME_B)); // then silence
+      socket.on('data', (d: Buffer) => {
+        heard += d.length;
+      });
+    });
+    const a = wrap({ socket: connect(port, '127.0.0.1'), outbound: true, local: local(NAME_A, 1n) });
+    await once(a, 'established');
+    const closed = closedOf(a);
+    const afterHandshake = a.stats.framesOut;
+    vi.advanceTimersByTime(HEARTBEAT_TIMEOUT_MS - HEARTBEAT_INTERVAL_MS);
+    expect(a.state).toBe('established');
+    expect(a.stats.framesOut - afterHandshake).toBeGreaterThanOrEqual(3); // heartbeats while idle
+    vi.advanceTimersByTime(HEARTBEAT_INTERVAL_MS);
+    expect(a.state).toBe('closed');
+    expect((await closed).reason).toBe(CLOSE_HEARTBEAT_TIMEOUT);
+    await until(() => heard > 0 && rawSide !== undefined);
+    await a.done; // the raw side answered our FIN: no linger timer needed
+  });
+
+  it('closes a peer that never completes the handshake', async () => {
+    let conn: Connection | undefined;
+    const port = await listen((socket) => {
+      conn = wrap({ socket, outbound: false, local: local(NAME_A, 1n) });
+    });
+    const raw = connect(port, '127.0.0.1');
+    sockets.push(raw);
+    await until(() => conn !== undefined);
+    vi.advanceTimersByTime(HANDSHAKE_TIMEOUT_MS - 1);
+    expect(conn!.state).toBe('handshake');
+    vi.advanceTimersByTime(1);
+    const c = await closedOf(conn!);
+    expect(c.error?.code).toBe('EWEFT_PROTOCOL');
+    expect(c.reason).toBe(`handshake not completed within ${HANDSHAKE_TIMEOUT_MS} ms`);
+  });
+
+  it('destroys a socket whose peer never answers our close', async () => {
+    const port = await listen((socket) => {
+      socket.pause(); // never reads, so never sees our FIN
+      sockets.push(socket);
+    });
+    const raw = connect(port, '127.0.0.1');
+    const a = wrap({ socket: raw, outbound: true, local: local(NAME_A, 1n) });
+    await once(raw, 'connect');
+    a.close('leaving');
+    let released = false;
+    void a.done.then(() => {
+      released = true;
+    });
+    await new Promise<void>((r) => setImmediate(r));
+    expect(released).toBe(false);
+    vi.advanceTimersByTime(2_000);
+    await a.done;
+  });
+});

@@ -1,0 +1,635 @@
+/**
+ * Connection: one TCP control connection to another router (handshake, heartbeats, typed messages).
+ *
+ * Lifecycle:
+ *
+ * ```
+ *  new Connection ──Hello──▶ handshake ──(Hello ok [, Auth ok])──▶ established ──▶ closed
+ *        │                      │                                      │
+ *        └──────────────────────┴── error / timeout / close() / EOF ───┘
+ * ```
+ *
+ * `closed` is emitted exactly once, synchronously inside whatever caused it (a `close()` call, a
+ * bad frame, a timer); `established` at most once, before it. After `closed` the socket lingers
+ * until the peer's FIN (at most CLOSE_LINGER_MS) so that our Close frame reaches it; `done`
+ * resolves when the socket is fully released.
+ */
+import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
+import { EventEmitter } from 'node:events';
+import type { Socket } from 'node:net';
+import { ProtocolError, WeftError } from '../common/errors.js';
+import type { Logger } from '../common/log.js';
+import { type PeerName, type PeerUid, peerNameToBytes } from '../common/types.js';
+import {
+  CONTROL_PORT,
+  HANDSHAKE_TIMEOUT_MS,
+  HEARTBEAT_INTERVAL_MS,
+  HEARTBEAT_TIMEOUT_MS,
+  PROTOCOL_VERSION_MAX,
+  PROTOCOL_VERSION_MIN,
+} from './constants.js';
+import {
+  CLOSE_REASON_MAX_CHARS,
+  decodeBody,
+  type Encap,
+  encodeFrame,
+  FrameDecoder,
+  type Hello,
+  type Message,
+  messageType,
+  NONCE_LEN,
+  type PeerMessage,
+  PROTOCOL_ID,
+  parseAuth,
+  parseClose,
+  parseHello,
+  parseMessage,
+} from './protocol.js';
+
+// ---- Implementation choices (candidates for router/constants.ts) ----
+
+/** SEND_BUFFER_MAX_BYTES: `send()` drops (and counts) a message while more than this is queued on the socket. */
+export const SEND_BUFFER_MAX_BYTES = 16 * 1024 * 1024;
+/** CLOSE_LINGER_MS is how long a closed connection waits for the peer's FIN before destroying the socket. */
+export const CLOSE_LINGER_MS = 2_000;
+/** TCP_KEEPALIVE_DELAY_MS is the kernel keepalive idle time; heartbeats do the real liveness check. */
+export const TCP_KEEPALIVE_DELAY_MS = 30_000;
+/** AUTH_CONTEXT is the domain-separation prefix of the Auth HMAC input. */
+export const AUTH_CONTEXT = 'weft-auth-v1';
+
+/** CLOSE_SELF is the close reason for a connection whose other end is this very router. */
+export const CLOSE_SELF = 'connection to self';
+/** CLOSE_HEARTBEAT_TIMEOUT is the close reason after HEARTBEAT_TIMEOUT_MS of silence. */
+export const CLOSE_HEARTBEAT_TIMEOUT = 'heartbeat timeout';
+/** CLOSE_PEER_EOF is the close reason when the peer ends the stream without a Close message. */
+export const CLOSE_PEER_EOF = 'connection closed by peer';
+/** CLOSE_REMOTE_PREFIX starts the close reason when the peer sent a Close message; its reason follows. */
+export const CLOSE_REMOTE_PREFIX = 'peer closed connection: ';
+
+/** LocalPeerInfo is what we announce about ourselves in Hello. `tcpPort` defaults to CONTROL_PORT. */
+export interface LocalPeerInfo {
+  readonly name: PeerName;
+  readonly nickname: string;
+  readonly uid: bigint;
+  readonly sleevePort: number;
+  readonly vxlanPort: number;
+  readonly vni: number;
+  readonly encap: Encap;
+  readonly mtu: number;
+  /** tcpPort is the port we accept control connections on (announced for discovery). */
+  readonly tcpPort?: number;
+}
+
+/** RemotePeerInfo is what the handshake established about the other router. */
+export interface RemotePeerInfo {
+  readonly name: PeerName;
+  readonly nickname: string;
+  readonly uid: PeerUid;
+  /** version is the negotiated protocol version. */
+  readonly version: number;
+  readonly sleevePort: number;
+  readonly vxlanPort: number;
+  readonly vni: number;
+  readonly encap: Encap;
+  readonly mtu: number;
+  /** addr is the peer's IPv4 address as seen on this socket. */
+  readonly addr: string;
+  /** tcpPort is the port the peer accepts control connections on (from its Hello, not this socket's port). */
+  readonly tcpPort: number;
+}
+
+/** ConnectionClosed describes why a connection closed. */
+export interface ConnectionClosed {
+  /** reason is one line for humans and logs; see the CLOSE_* constants for the fixed ones. */
+  readonly reason: string;
+  /** error is set when the close was caused by a failure (protocol, auth, version, socket). */
+  readonly error?: WeftError;
+  /** initiator says which side decided to close: 'remote' for a peer's Close, EOF or socket error. */
+  readonly initiator: 'local' | 'remote';
+}
+
+/** ConnectionEvents are the events a Connection emits; listeners must not throw. */
+export interface ConnectionEvents {
+  /** established fires once when the handshake completes. */
+  established: [remote: RemotePeerInfo];
+  /** message fires for every valid Addresses or Gossip message after the handshake. */
+  message: [msg: PeerMessage];
+  /** closed fires exactly once. */
+  closed: [info: ConnectionClosed];
+}
+
+/** ConnectionState: 'handshake' until Hello (and Auth) are verified, then 'established', then 'closed'. */
+export type ConnectionState = 'handshake' | 'established' | 'closed';
+
+/** ConnectionStats are live counters; read them, never write them. */
+export interface ConnectionStats {
+  framesIn: number;
+  framesOut: number;
+  bytesIn: number;
+  bytesOut: number;
+  /** unknownIn counts messages with a type this version does not know (ignored). */
+  unknownIn: number;
+  /** sendDropped counts `send()` calls refused because the socket buffer was full or the connection not established. */
+  sendDropped: number;
+}
+
+/** ConnectionOptions configure a Connection; the timing and version overrides exist for tests. */
+export interface ConnectionOptions {
+  /** socket may still be connecting; Hello is queued until it connects. The Connection owns it from now on. */
+  readonly socket: Socket;
+  /** outbound is true when we dialled. */
+  readonly outbound: boolean;
+  readonly local: LocalPeerInfo;
+  /** password, when set, requires the peer to prove it knows the same bytes. */
+  readonly password?: Buffer;
+  readonly log: Logger;
+  /** label names the other end in logs until the socket is connected (e.g. the dialled `host:port`). */
+  readonly label?: string;
+  /** now returns the current time in ms (default Date.now). */
+  readonly now?: () => number;
+  readonly versionMin?: number;
+  readonly versionMax?: number;
+  readonly handshakeTimeoutMs?: number;
+  readonly heartbeatIntervalMs?: number;
+  readonly heartbeatTimeoutMs?: number;
+  readonly sendBufferMaxBytes?: number;
+}
+
+/**
+ * authMac computes the Auth tag `HMAC-SHA256(password, "weft-auth-v1" | senderNonce |
+ * receiverNonce | senderName)`, the name as its 6 bytes. Binding both nonces and the sender's name
+ * makes a tag useless on any other connection or in the other direction.
+ */
+export function authMac(
+  password: Buffer,
+  senderNonce: Uint8Array,
+  receiverNonce: Uint8Array,
+  senderName: PeerName,
+): Buffer {
+  const name = new Uint8Array(6);
+  peerNameToBytes(senderName, name, 0);
+  return createHmac('sha256', password)
+    .update(AUTH_CONTEXT)
+    .update(senderNonce)
+    .update(receiverNonce)
+    .update(name)
+    .digest();
+}
+
+/**
+ * Connection wraps one control-connection socket. Both ends send Hello at once; with a password
+ * both then send Auth. After the handshake it sends a heartbeat whenever it has sent nothing for
+ * HEARTBEAT_INTERVAL_MS and closes after HEARTBEAT_TIMEOUT_MS without receiving a byte (checked
+ * every heartbeat interval). Unknown message types are counted and ignored.
+ */
+export class Connection extends EventEmitter<ConnectionEvents> {
+  /** outbound is true when we dialled. */
+  readonly outbound: boolean;
+  /** stats are this connection's live counters. */
+  readonly stats: ConnectionStats = {
+    framesIn: 0,
+    framesOut: 0,
+    bytesIn: 0,
+    bytesOut: 0,
+    unknownIn: 0,
+    sendDropped: 0,
+  };
+  /** done resolves when the socket has been fully released (after `closed`). Never rejects. */
+  readonly done: Promise<void>;
+
+  private readonly socket: Socket;
+  private readonly local: LocalPeerInfo;
+  private readonly password: Buffer | undefined;
+  private readonly now: () => number;
+  private readonly versionMin: number;
+  private readonly versionMax: number;
+  private readonly heartbeatIntervalMs: number;
+  private readonly heartbeatTimeoutMs: number;
+  private readonly sendBufferMaxBytes: number;
+  private readonly decoder = new FrameDecoder();
+  private readonly localNonce: Buffer = randomBytes(NONCE_LEN);
+  private log: Logger;
+  private label: string;
+
+  private phase: 'hello' | 'auth' | 'established' | 'closed' = 'hello';
+  private hello: Hello | undefined;
+  private version = 0;
+  private remoteInfo: RemotePeerInfo | undefined;
+  private closeInfo: ConnectionClosed | undefined;
+  private createdAt: number;
+  private establishedAt: number | undefined;
+  private lastRecvAt: number;
+  private lastSentAt: number;
+  private handshakeTimer: ReturnType<typeof setTimeout> | undefined;
+  private heartbeatTimer: ReturnType<typeof setInterval> | undefined;
+  private lingerTimer: ReturnType<typeof setTimeout> | undefined;
+  private resolveDone!: () => void;
+
+  constructor(opts: ConnectionOptions) {
+    super();
+    this.socket = opts.socket;
+    this.outbound = opts.outbound;
+    this.local = opts.local;
+    this.password = opts.password;
+    this.now = opts.now ?? (() => Date.now());
+    this.versionMin = opts.versionMin ?? PROTOCOL_VERSION_MIN;
+    this.versionMax = opts.versionMax ?? PROTOCOL_VERSION_MAX;
+    this.heartbeatIntervalMs = opts.heartbeatIntervalMs ?? HEARTBEAT_INTERVAL_MS;
+    this.heartbeatTimeoutMs = opts.heartbeatTimeoutMs ?? HEARTBEAT_TIMEOUT_MS;
+    this.sendBufferMaxBytes = opts.sendBufferMaxBytes ?? SEND_BUFFER_MAX_BYTES;
+    this.label = opts.label ?? 'unknown';
+    this.refreshLabel();
+    this.log = opts.log.child({ remoteAddr: this.label, outbound: this.outbound });
+    this.createdAt = this.now();
+    this.lastRecvAt = this.createdAt;
+    this.lastSentAt = this.createdAt;
+    this.done = new Promise((resolve) => {
+      this.resolveDone = resolve;
+    });
+
+    const s = this.socket;
+    s.setNoDelay(true);
+    s.setKeepAlive(true, TCP_KEEPALIVE_DELAY_MS);
+    s.on('connect', () => {
+      this.refreshLabel();
+      this.log = opts.log.child({ remoteAddr: this.label, outbound: this.outbound });
+    });
+    s.on('data', (chunk: Buffer) => this.onData(chunk));
+    s.on('end', () => this.shutdown({ reason: CLOSE_PEER_EOF, initiator: 'remote' }, false));
+    s.on('error', (err: Error) => {
+      const error = new WeftError('EWEFT_SYSTEM', `connection to ${this.label} failed: ${err.message}`, {
+        cause: err,
+      });
+      this.shutdown({ reason: err.message, error, initiator: 'remote' }, false);
+    });
+    s.on('close', () => {
+      if (this.lingerTimer !== undefined) clearTimeout(this.lingerTimer);
+      this.lingerTimer = undefined;
+      this.shutdown({ reason: CLOSE_PEER_EOF, initiator: 'remote' }, false);
+      this.resolveDone();
+    });
+
+    this.handshakeTimer = setTimeout(() => {
+      this.handshakeTimer = undefined;
+      this.fail(
+        new ProtocolError(`handshake not completed within ${opts.handshakeTimeoutMs ?? HANDSHAKE_TIMEOUT_MS} ms`),
+      );
+    }, opts.handshakeTimeoutMs ?? HANDSHAKE_TIMEOUT_MS);
+
+    if (s.destroyed) {
+      // Already gone: report it on the next tick so the owner can attach listeners first.
+      process.nextTick(() => {
+        this.shutdown({ reason: 'socket already closed', initiator: 'local' }, false);
+        this.resolveDone();
+      });
+      return;
+    }
+    this.write(
+      encodeFrame({
+        proto: PROTOCOL_ID,
+        versionMin: this.versionMin,
+        versionMax: this.versionMax,
+        name: this.local.name,
+        nickname: this.local.nickname,
+        uid: this.local.uid.toString(),
+        tcpPort: this.local.tcpPort ?? CONTROL_PORT,
+        sleevePort: this.local.sleevePort,
+        vxlanPort: this.local.vxlanPort,
+        vni: this.local.vni,
+        encap: this.local.encap,
+        mtu: this.local.mtu,
+        nonce: this.localNonce,
+        auth: this.password !== undefined,
+      }),
+    );
+  }
+
+  /** state is where the connection is in its life. */
+  get state(): ConnectionState {
+    return this.phase === 'hello' || this.phase === 'auth' ? 'handshake' : this.phase;
+  }
+
+  /**
+   * remote is what the handshake established about the peer. It stays readable after close.
+   * Throws WeftError (EWEFT_NOT_READY) before `established`: check `state` or `remoteName` first.
+   */
+  get remote(): RemotePeerInfo {
+    if (this.remoteInfo === undefined) {
+      throw new WeftError('EWEFT_NOT_READY', `connection to ${this.label} has not completed its handshake`);
+    }
+    return this.remoteInfo;
+  }
+
+  /** remoteName is the peer's name as soon as its Hello has been validated (before auth), else undefined. */
+  get remoteName(): PeerName | undefined {
+    return this.hello?.name as PeerName | undefined;
+  }
+
+  /** remoteAddr is `ip:port` of the other end of the socket (or the dial label before it connects). */
+  get remoteAddr(): string {
+    return this.label;
+  }
+
+  /**
+   * connectionId identifies this connection identically at both ends (dialler's nonce, then the
+   * acceptor's, in hex); undefined before the peer's Hello. Used to break ties between duplicates.
+   */
+  get connectionId(): string | undefined {
+    if (this.hello === undefined) return undefined;
+    const theirs = Buffer.from(this.hello.nonce).toString('hex');
+    const ours = this.localNonce.toString('hex');
+    return this.outbound ? ours + theirs : theirs + ours;
+  }
+
+  /** since is when the connection was established, or created if it is still in the handshake (ms). */
+  get since(): number {
+    return this.establishedAt ?? this.createdAt;
+  }
+
+  /** wasEstablished is true once the handshake has completed, and stays true after close. */
+  get wasEstablished(): boolean {
+    return this.establishedAt !== undefined;
+  }
+
+  /** closedInfo is why the connection closed, once it has. */
+  get closedInfo(): ConnectionClosed | undefined {
+    return this.closeInfo;
+  }
+
+  /**
+   * send queues a message. Returns false, dropping and counting it, when the connection is not
+   * established or more than `sendBufferMaxBytes` is already queued on the socket. Throws
+   * InputError for a message that does not match its schema (a local bug).
+   */
+  send(msg: Exclude<Message, { t: 'close' }>): boolean {
+    if (this.phase !== 'established') {
+      this.stats.sendDropped++;
+      return false;
+    }
+    const frame = encodeFrame(msg);
+    if (this.socket.writableLength > this.sendBufferMaxBytes) {
+      this.stats.sendDropped++;
+      if (this.log.isDebug)
+        this.log.debug('message dropped', { reason: 'send buffer full', count: this.stats.sendDropped });
+      return false;
+    }
+    this.write(frame);
+    return true;
+  }
+
+  /**
+   * close sends a Close message with `reason` (if the socket is connected), ends the stream and
+   * emits `closed` before it returns. Idempotent: later calls do nothing.
+   */
+  close(reason: string, error?: WeftError): void {
+    this.shutdown(error === undefined ? { reason, initiator: 'local' } : { reason, error, initiator: 'local' }, true);
+  }
+
+  // ---- receive ----
+
+  private onData(chunk: Buffer): void {
+    if (this.closeInfo !== undefined) return; // lingering: discard until the peer's FIN
+    this.stats.bytesIn += chunk.length;
+    this.lastRecvAt = this.now();
+    this.decoder.push(chunk);
+    for (;;) {
+      if (this.closeInfo !== undefined) return; // a listener or the last frame closed us
+      let body: Uint8Array | undefined;
+      try {
+        body = this.decoder.next();
+      } catch (err) {
+        this.fail(err);
+        return;
+      }
+      if (body === undefined) return;
+      this.stats.framesIn++;
+      this.onFrame(body);
+    }
+  }
+
+  private onFrame(body: Uint8Array): void {
+    let value: Record<string, unknown>;
+    let t: string | undefined;
+    try {
+      value = decodeBody(body);
+      t = messageType(value);
+      if (t === 'close') {
+        const c = parseClose(value);
+        this.shutdown({ reason: CLOSE_REMOTE_PREFIX + c.reason, initiator: 'remote' }, false);
+        return;
+      }
+    } catch (err) {
+      this.fail(err);
+      return;
+    }
+    switch (this.phase) {
+      case 'hello':
+        this.onHello(value, t);
+        return;
+      case 'auth':
+        this.onAuth(value, t);
+        return;
+      case 'established':
+        this.onMessage(value);
+        return;
+      default:
+        return;
+    }
+  }
+
+  private onHello(value: Record<string, unknown>, t: string | undefined): void {
+    let hello: Hello;
+    try {
+      if (t !== undefined) throw new ProtocolError(`expected hello, got a "${t}" message`);
+      const r = parseHello(value, { min: this.versionMin, max: this.versionMax });
+      hello = r.hello;
+      this.version = r.version;
+    } catch (err) {
+      this.fail(err);
+      return;
+    }
+    this.hello = hello;
+    this.log = this.log.child({ peer: hello.name });
+    const local = this.local;
+    if (hello.name === local.name) {
+      if (hello.uid === local.uid.toString()) {
+        this.close(CLOSE_SELF);
+      } else {
+        this.fail(
+          new ProtocolError(
+            `peer name collision: ${hello.name} is also used by another router (uid ${hello.uid}, ours ${local.uid})`,
+            { code: 'EWEFT_PEER_NAME_COLLISION' },
+          ),
+        );
+      }
+      return;
+    }
+    if (hello.auth && this.password === undefined) {
+      this.fail(
+        new ProtocolError(`peer ${hello.name} requires a password but none is configured here`, {
+          code: 'EWEFT_AUTH',
+        }),
+      );
+      return;
+    }
+    if (!hello.auth && this.password !== undefined) {
+      this.fail(
+        new ProtocolError(`peer ${hello.name} sent no authentication but a password is configured here`, {
+          code: 'EWEFT_AUTH',
+        }),
+      );
+      return;
+    }
+    if (this.password !== undefined) {
+      this.phase = 'auth';
+      this.write(encodeFrame({ t: 'auth', mac: authMac(this.password, this.localNonce, hello.nonce, local.name) }));
+      return;
+    }
+    this.establish();
+  }
+
+  private onAuth(value: Record<string, unknown>, t: string | undefined): void {
+    const hello = this.hello!;
+    const password = this.password!;
+    try {
+      if (t !== 'auth') {
+        throw new ProtocolError(
+          `peer ${hello.name} sent ${t === undefined ? 'a second hello' : `a "${t}" message`} instead of authentication`,
+          { code: 'EWEFT_AUTH' },
+        );
+      }
+      const auth = parseAuth(value);
+      const want = authMac(password, hello.nonce, this.localNonce, hello.name as PeerName);
+      if (!timingSafeEqual(want, auth.mac)) {
+        throw new ProtocolError(`peer ${hello.name} failed authentication: passwords differ`, { code: 'EWEFT_AUTH' });
+      }
+    } catch (err) {
+      this.fail(err);
+      return;
+    }
+    this.establish();
+  }
+
+  private onMessage(value: Record<string, unknown>): void {
+    let decoded: ReturnType<typeof parseMessage>;
+    try {
+      decoded = parseMessage(value);
+    } catch (err) {
+      this.fail(err);
+      return;
+    }
+    if (!decoded.known) {
+      this.stats.unknownIn++;
+      if (this.log.isDebug) this.log.debug('unknown message ignored', { type: decoded.t });
+      return;
+    }
+    const msg = decoded.msg;
+    if (msg.t === 'hb' || msg.t === 'close') return; // close is handled in onFrame
+    this.emit('message', msg);
+  }
+
+  private establish(): void {
+    const hello = this.hello!;
+    if (this.handshakeTimer !== undefined) clearTimeout(this.handshakeTimer);
+    this.handshakeTimer = undefined;
+    this.phase = 'established';
+    this.establishedAt = this.now();
+    this.remoteInfo = {
+      name: hello.name as PeerName,
+      nickname: hello.nickname,
+      uid: BigInt(hello.uid) as PeerUid,
+      version: this.version,
+      sleevePort: hello.sleevePort,
+      vxlanPort: hello.vxlanPort,
+      vni: hello.vni,
+      encap: hello.encap,
+      mtu: hello.mtu,
+      addr: normaliseIPv4(this.socket.remoteAddress),
+      tcpPort: hello.tcpPort,
+    };
+    this.heartbeatTimer = setInterval(() => this.tick(), this.heartbeatIntervalMs);
+    this.log.info('connection established', {
+      peer: hello.name,
+      nickname: hello.nickname,
+      remoteAddr: this.label,
+      version: this.version,
+    });
+    this.emit('established', this.remoteInfo);
+  }
+
+  private tick(): void {
+    const t = this.now();
+    if (t - this.lastRecvAt >= this.heartbeatTimeoutMs) {
+      this.close(CLOSE_HEARTBEAT_TIMEOUT);
+      return;
+    }
+    if (t - this.lastSentAt >= this.heartbeatIntervalMs) this.send({ t: 'hb' });
+  }
+
+  // ---- send and shutdown ----
+
+  private write(frame: Buffer): void {
+    this.socket.write(frame);
+    this.stats.framesOut++;
+    this.stats.bytesOut += frame.length;
+    this.lastSentAt = this.now();
+  }
+
+  /** fail closes the connection because of an error; anything not a WeftError becomes a ProtocolError. */
+  private fail(err: unknown): void {
+    const error =
+      err instanceof WeftError
+        ? err
+        : new ProtocolError(`internal error: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
+    this.shutdown({ reason: error.message, error, initiator: 'local' }, true);
+  }
+
+  private shutdown(info: ConnectionClosed, sendClose: boolean): void {
+    if (this.phase === 'closed') return;
+    this.phase = 'closed';
+    this.closeInfo = info;
+    if (this.handshakeTimer !== undefined) clearTimeout(this.handshakeTimer);
+    if (this.heartbeatTimer !== undefined) clearInterval(this.heartbeatTimer);
+    this.handshakeTimer = undefined;
+    this.heartbeatTimer = undefined;
+
+    const s = this.socket;
+    if (s.connecting || s.destroyed || info.error?.code === 'EWEFT_SYSTEM') {
+      s.destroy();
+    } else {
+      if (sendClose && s.writable) {
+        const reason =
+          info.reason.length > CLOSE_REASON_MAX_CHARS ? info.reason.slice(0, CLOSE_REASON_MAX_CHARS) : info.reason;
+        this.write(encodeFrame({ t: 'close', reason }));
+      }
+      s.end();
+      this.lingerTimer = setTimeout(() => {
+        this.lingerTimer = undefined;
+        s.destroy();
+      }, CLOSE_LINGER_MS);
+    }
+
+    const fields = {
+      peer: this.hello?.name,
+      reason: info.reason,
+      code: info.error?.code,
+      initiator: info.initiator,
+    };
+    if (this.establishedAt !== undefined) this.log.info('connection closed', fields);
+    else if (info.error !== undefined) this.log.warn('connection failed', fields);
+    else this.log.debug('connection closed during handshake', fields);
+    this.emit('closed', info);
+  }
+
+  private refreshLabel(): void {
+    const addr = this.socket.remoteAddress;
+    const port = this.socket.remotePort;
+    if (addr !== undefined && port !== undefined) this.label = `${normaliseIPv4(addr)}:${port}`;
+  }
+}
+
+/** normaliseIPv4 strips the IPv4-mapped IPv6 prefix a dual-stack socket reports. */
+function normaliseIPv4(addr: string | undefined): string {
+  if (addr === undefined) return '';
+  return addr.startsWith('::ffff:') ? addr.slice(7) : addr;
+}
