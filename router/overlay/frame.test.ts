@@ -178,7 +178,10 @@ describe('decoders under random and mutated input', () => {
         b = randomBytes(round % 150);
       } else {
         b = Buffer.from(kind === 1 ? valid : vx).subarray(0, 40 + (round % 160));
-        for (let k = 0; k < 1 + (round % 4); k++) b[(round * 7919 + k * 104729) % b.length] ^= 1 << (round % 8);
+        for (let k = 0; k < 1 + (round % 4); k++) {
+          const at = (round * 7919 + k * 104729) % b.length;
+          b[at] = (b[at] as number) ^ (1 << (round % 8));
+        }
       }
       const len = b.length;
       if (checkSleeveHeader(b, 0, len) === SleeveCheck.Ok) {

@@ -1,0 +1,304 @@
+#!/usr/bin/env node
+import { spawn } from 'node:child_process';
+import { closeSync, mkdirSync, openSync, readFileSync, realpathSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Argument, Command, CommanderError, Option } from 'commander';
+import { errorMessage, InputError, isWeftError, WeftError, type WeftErrorCode } from '../common/errors.js';
+import { parseCidr } from '../common/types.js';
+import { ApiClient } from './client.js';
+import { buildLaunchConfig, clientHttpAddr, type LaunchFlags, parsePeerAddress } from './config.js';
+import { runForeground } from './daemon.js';
+import { runDemo } from './demo.js';
+import { VERSION } from './version.js';
+
+/** EXIT maps failures to exit statuses: 1 error, 2 usage, 3 no router running. */
+const EXIT = { error: 1, usage: 2, notRunning: 3 } as const;
+
+function exitCodeFor(code: WeftErrorCode): number {
+  if (code === 'EWEFT_NOT_RUNNING') return EXIT.notRunning;
+  if (code === 'EWEFT_INPUT' || code === 'EWEFT_CONFIG') return EXIT.usage;
+  return EXIT.error;
+}
+
+const LAUNCH_READY_TIMEOUT_MS = 30_000;
+
+function client(cmd: Command): ApiClient {
+  const opts = cmd.optsWithGlobals() as { httpAddr?: string };
+  return new ApiClient(clientHttpAddr(opts.httpAddr));
+}
+
+function out(text: string): void {
+  process.stdout.write(text.endsWith('\n') || text === '' ? text : `${text}\n`);
+}
+
+/** buildProgram defines every subcommand; exported for tests of argument handling. */
+export function buildProgram(): Command {
+  const program = new Command('weft')
+    .exitOverride()
+    .configureOutput({ writeErr: (s) => process.stderr.write(s) })
+    .description('Weft: a mesh overlay network for containers (a Weave Net-style router).')
+    .version(VERSION, '-v, --version')
+    .option('--http-addr <host:port>', 'HTTP API of the router to talk to (env WEFT_HTTP_ADDR)', undefined)
+    .showHelpAfterError('(run `weft --help` for usage)')
+    .addHelpText(
+      'after',
+      `
+Every command talks to the router of the network namespace it runs in, over its HTTP API
+(127.0.0.1:6784 by default), so \`ip netns exec h1 weft status\` addresses the router of h1.
+
+Examples:
+  weft launch 192.168.1.2            start this host's router and connect it to a peer
+  weft expose 10.32.0.1/12           give this host an address on the overlay
+  weft status                        what the router knows now (--json for machines)
+  weft demo                          build hosts from network namespaces and show the mesh`,
+    );
+
+  program
+    .command('launch')
+    .description("start this host's router in the background, wait until it is ready, print its peer name (idempotent)")
+    .argument('[peers...]', 'peers to connect to, as host[:port]')
+    .option('--name <mac>', 'peer name (default: persisted, else random)')
+    .option('--nickname <name>', 'human name shown in status (default: netns name or hostname)')
+    .option('--port <port>', 'TCP control port and UDP sleeve port (default 6783)')
+    .addOption(
+      new Option('--encap <encap>', 'preferred encapsulation (VXLAN is used when both peers prefer it)').choices([
+        'sleeve',
+        'vxlan',
+      ]),
+    )
+    .option('--vxlan-port <port>', 'UDP port for VXLAN (default 6784; must match a kernel vxlan dstport)')
+    .option('--vni <n>', 'VXLAN network identifier (default 22342)')
+    .option('--ipalloc-range <cidr>', 'overlay address range routed into the router (default 10.32.0.0/12)')
+    .option('--dns-domain <domain>', 'DNS domain (default weft.local)')
+    .option('--no-dns', 'do not run the embedded DNS server')
+    .option(
+      '--state-dir <dir>',
+      'state directory (default per network namespace under /var/lib/weft; env WEFT_STATE_DIR)',
+    )
+    .option('--mtu <bytes>', 'overlay MTU (default: underlay MTU minus 50; env WEFT_MTU)')
+    .option('--password-file <file>', 'peers must share this password (env WEFT_PASSWORD)')
+    .option('--no-discovery', 'only connect to the peers given, not to peers they know')
+    .option('--device <name>', 'TUN device name (default weft)')
+    .addOption(
+      new Option('--datapath <kind>', 'socket layer: native batched I/O or portable Node dgram').choices([
+        'native',
+        'dgram',
+      ]),
+    )
+    .option('--conn-limit <n>', 'maximum control connections (default 200)')
+    .addOption(new Option('--log-level <level>', 'log level').choices(['debug', 'info', 'warn', 'error']))
+    .option('--foreground', 'run the router in this process (for containers and supervisors)')
+    .action(async (peers: string[], flags: LaunchFlags & { httpAddr?: string }, cmd: Command) => {
+      const globals = cmd.optsWithGlobals() as { httpAddr?: string };
+      const cfg = buildLaunchConfig(peers, { ...flags, httpAddr: globals.httpAddr });
+      if (cfg.foreground) {
+        await runForeground(cfg);
+        return;
+      }
+      const api = new ApiClient(cfg.httpAddr, 3_000);
+      const running = await statusIfRunning(api);
+      if (running !== undefined) {
+        if (cfg.peers.length > 0) await api.ok('POST', '/connect', { body: { peers: cfg.peers } });
+        out(running.name);
+        return;
+      }
+      out(await launchBackground(cfg.stateDir, api));
+    });
+
+  program
+    .command('stop')
+    .description('stop the router (exposed addresses and targets are kept for the next launch)')
+    .action(async (_opts: unknown, cmd: Command) => {
+      const api = client(cmd);
+      try {
+        await api.ok('POST', '/stop');
+      } catch (err) {
+        if (isWeftError(err) && err.code === 'EWEFT_NOT_RUNNING') {
+          process.stderr.write('weft: no router is running in this network namespace\n');
+          return;
+        }
+        throw err;
+      }
+      const deadline = Date.now() + 15_000;
+      while (Date.now() < deadline) {
+        if ((await statusIfRunning(api).catch(() => undefined)) === undefined) return;
+        await sleep(100);
+      }
+      throw new WeftError('EWEFT_SYSTEM', 'router did not stop within 15 s');
+    });
+
+  program
+    .command('status')
+    .description('what the router knows now')
+    .addArgument(new Argument('[what]', 'one part of the status').choices(['peers', 'connections', 'targets']))
+    .option('--json', 'JSON output')
+    .action(async (what: string | undefined, opts: { json?: boolean }, cmd: Command) => {
+      const r = await client(cmd).ok('GET', what === undefined ? '/status' : `/status/${what}`, { json: opts.json });
+      out(r.body);
+    });
+
+  program
+    .command('report')
+    .description("the router's whole state as JSON")
+    .action(async (_opts: unknown, cmd: Command) => {
+      out((await client(cmd).ok('GET', '/report', { json: true })).body);
+    });
+
+  program
+    .command('connect')
+    .description('add connection targets (persisted)')
+    .argument('<peers...>', 'host[:port]')
+    .option('--replace', 'forget all existing targets first')
+    .action(async (peers: string[], opts: { replace?: boolean }, cmd: Command) => {
+      const list = peers.map(parsePeerAddress);
+      await client(cmd).ok('POST', '/connect', { body: { peers: list, replace: opts.replace === true } });
+    });
+
+  program
+    .command('forget')
+    .description('remove connection targets (an established connection stays until it drops)')
+    .argument('<peers...>', 'host[:port]')
+    .action(async (peers: string[], _opts: unknown, cmd: Command) => {
+      await client(cmd).ok('POST', '/forget', { body: { peers: peers.map(parsePeerAddress) } });
+    });
+
+  program
+    .command('expose')
+    .description('give this host an address on the overlay, e.g. 10.32.0.1/12 (persisted)')
+    .argument('<cidr>', 'address/prefix inside the overlay range')
+    .action(async (cidr: string, _opts: unknown, cmd: Command) => {
+      parseCidr(cidr);
+      await client(cmd).ok('POST', '/expose', { body: { cidr } });
+      out(cidr.split('/')[0] ?? cidr);
+    });
+
+  program
+    .command('hide')
+    .description('remove an exposed address (all of them without an argument)')
+    .argument('[cidr]', 'address or address/prefix')
+    .action(async (cidr: string | undefined, _opts: unknown, cmd: Command) => {
+      if (cidr !== undefined) parseCidr(cidr, { bareAs32: true });
+      await client(cmd).ok('POST', '/hide', { body: cidr === undefined ? {} : { cidr } });
+    });
+
+  program
+    .command('demo')
+    .description('build hosts from network namespaces on this machine, launch a router in each, show the mesh working')
+    .option('--hosts <n>', 'how many hosts (2-9)', '2')
+    .addOption(new Option('--encap <encap>', 'encapsulation').choices(['sleeve', 'vxlan']).default('sleeve'))
+    .option('--keep', 'leave the hosts running; remove them later with `weft demo --down`')
+    .option('--down', 'remove the hosts a previous `weft demo --keep` left running')
+    .action(async (opts: { hosts: string; encap: 'sleeve' | 'vxlan'; keep?: boolean; down?: boolean }) => {
+      const hosts = Number(opts.hosts);
+      if (!Number.isInteger(hosts) || hosts < 2 || hosts > 9)
+        throw new InputError(`invalid --hosts "${opts.hosts}": want 2-9`);
+      await runDemo({ hosts, encap: opts.encap, keep: opts.keep === true, down: opts.down === true, cli: cliPath() });
+    });
+
+  return program;
+}
+
+/** cliPath is the path of this script, so the launcher can re-run it in the foreground. */
+function cliPath(): string {
+  return fileURLToPath(import.meta.url);
+}
+
+async function statusIfRunning(api: ApiClient): Promise<{ name: string } | undefined> {
+  try {
+    const r = await api.call('GET', '/status', { json: true });
+    if (r.status === 200) return r.json as { name: string };
+    return r.status === 503 ? { name: '' } : undefined;
+  } catch (err) {
+    if (isWeftError(err) && err.code === 'EWEFT_NOT_RUNNING') return undefined;
+    throw err;
+  }
+}
+
+/**
+ * launchBackground re-runs this CLI as `launch --foreground` in a detached process logging to
+ * `<stateDir>/weft.log`, then waits until the router answers ready. If the process exits
+ * first, its last error line becomes ours.
+ */
+async function launchBackground(stateDir: string, api: ApiClient): Promise<string> {
+  mkdirSync(stateDir, { recursive: true, mode: 0o700 });
+  const logFile = path.join(stateDir, 'weft.log');
+  const fd = openSync(logFile, 'a');
+  const argv = process.argv.slice(2);
+  const child = spawn(process.execPath, [cliPath(), ...argv, '--foreground'], {
+    detached: true,
+    stdio: ['ignore', fd, fd],
+    env: process.env,
+  });
+  closeSync(fd);
+  let exited: number | null = null;
+  child.on('exit', (code) => {
+    exited = code ?? 1;
+  });
+  child.unref();
+  const deadline = Date.now() + LAUNCH_READY_TIMEOUT_MS;
+  while (Date.now() < deadline) {
+    if (exited !== null)
+      throw new WeftError('EWEFT_SYSTEM', lastError(logFile) ?? `router exited with status ${exited}; see ${logFile}`);
+    const s = await statusIfRunning(api).catch(() => undefined);
+    if (s !== undefined && s.name !== '') return s.name;
+    await sleep(100);
+  }
+  throw new WeftError(
+    'EWEFT_SYSTEM',
+    `router did not become ready within ${LAUNCH_READY_TIMEOUT_MS / 1000} s; see ${logFile}`,
+  );
+}
+
+/** lastError finds the last "weft: ..." line the foreground router printed before exiting. */
+function lastError(logFile: string): string | undefined {
+  try {
+    const lines = readFileSync(logFile, 'utf8').trimEnd().split('\n').slice(-50).reverse();
+    const line = lines.find((l) => l.startsWith('weft: '));
+    return line?.slice('weft: '.length);
+  } catch {
+    return undefined;
+  }
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+/** main runs the CLI and maps failures to one line on stderr and an exit status. */
+export async function main(argv: string[]): Promise<number> {
+  const program = buildProgram();
+  try {
+    await program.parseAsync(argv);
+    return 0;
+  } catch (err) {
+    if (err instanceof CommanderError) {
+      if (err.code === 'commander.helpDisplayed' || err.code === 'commander.version' || err.code === 'commander.help')
+        return 0;
+      return EXIT.usage;
+    }
+    if (isWeftError(err)) {
+      process.stderr.write(`weft: ${err.message}\n`);
+      return exitCodeFor(err.code);
+    }
+    process.stderr.write(`weft: ${errorMessage(err)}\n`);
+    return EXIT.error;
+  }
+}
+
+function isMain(): boolean {
+  try {
+    return process.argv[1] !== undefined && realpathSync(process.argv[1]) === realpathSync(cliPath());
+  } catch {
+    return false;
+  }
+}
+
+const invokedDirectly = isMain();
+if (invokedDirectly) {
+  main(process.argv).then((code) => {
+    // A foreground router returns only when it has stopped; exit explicitly in every case.
+    process.exitCode = code;
+    if (code !== 0 || !process.argv.includes('--foreground')) setImmediate(() => process.exit(code));
+  });
+}

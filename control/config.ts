@@ -1,0 +1,202 @@
+import { readFileSync } from 'node:fs';
+import { ConfigError } from '../common/errors.js';
+import type { LogLevel } from '../common/log.js';
+import type { Cidr, PeerName } from '../common/types.js';
+import { parseCidr, parsePeerName } from '../common/types.js';
+import {
+  CONTROL_PORT,
+  DNS_DOMAIN,
+  HTTP_ADDR,
+  IPALLOC_RANGE,
+  MTU_MAX,
+  MTU_MIN,
+  TUN_DEVICE_NAME,
+  VXLAN_PORT,
+  VXLAN_VNI_DEFAULT,
+  VXLAN_VNI_MAX,
+} from '../router/index.js';
+import { defaultStateDir } from './state-dir.js';
+
+/** HostPort is a listen or dial address. */
+export interface HostPort {
+  host: string;
+  port: number;
+}
+
+/** LaunchConfig is the router's whole configuration, built once from defaults, environment and flags. */
+export interface LaunchConfig {
+  /** peers are the targets given on the command line (host[:port]). */
+  readonly peers: readonly string[];
+  readonly name: PeerName | undefined;
+  readonly nickname: string | undefined;
+  /** port is the TCP control port and the sleeve UDP port. */
+  readonly port: number;
+  readonly encap: 'sleeve' | 'vxlan';
+  readonly vxlanPort: number;
+  readonly vni: number;
+  readonly ipallocRange: Cidr;
+  readonly dnsDomain: string;
+  readonly noDns: boolean;
+  readonly httpAddr: HostPort;
+  readonly stateDir: string;
+  /** mtu is the overlay MTU; undefined means the underlay MTU minus the encapsulation overhead. */
+  readonly mtu: number | undefined;
+  /** password authenticates peers when set (from --password-file or WEFT_PASSWORD). */
+  readonly password: Buffer | undefined;
+  readonly noDiscovery: boolean;
+  readonly foreground: boolean;
+  readonly logLevel: LogLevel;
+  readonly device: string;
+  /** datapath picks the socket layer: the native batched addon, or Node's dgram (portable, slower). */
+  readonly datapath: 'native' | 'dgram';
+  readonly connLimit: number;
+}
+
+/** LaunchFlags are the raw values from the command line (strings as typed). */
+export interface LaunchFlags {
+  name?: string;
+  nickname?: string;
+  port?: string;
+  encap?: string;
+  vxlanPort?: string;
+  vni?: string;
+  ipallocRange?: string;
+  dnsDomain?: string;
+  dns?: boolean; // commander's --no-dns sets dns=false
+  httpAddr?: string;
+  stateDir?: string;
+  mtu?: string;
+  passwordFile?: string;
+  discovery?: boolean; // --no-discovery
+  foreground?: boolean;
+  logLevel?: string;
+  device?: string;
+  datapath?: string;
+  connLimit?: string;
+}
+
+/** parsePort validates a TCP/UDP port number given as text. */
+export function parsePort(s: string, what: string): number {
+  if (!/^\d{1,5}$/.test(s) || Number(s) < 1 || Number(s) > 65535) {
+    throw new ConfigError(`invalid ${what} "${s}": want a port number 1-65535`);
+  }
+  return Number(s);
+}
+
+function parseIntIn(s: string, what: string, min: number, max: number): number {
+  if (!/^\d+$/.test(s) || Number(s) < min || Number(s) > max) {
+    throw new ConfigError(`invalid ${what} "${s}": want a whole number ${min}-${max}`);
+  }
+  return Number(s);
+}
+
+/** parseHostPort parses `host:port` (IPv4 or a name); `defaultPort` fills a missing port. */
+export function parseHostPort(s: string, what: string, defaultPort?: number): HostPort {
+  const m = /^([^:\s]+)(?::(\d+))?$/.exec(s.trim());
+  if (m === null || (m[2] === undefined && defaultPort === undefined)) {
+    throw new ConfigError(`invalid ${what} "${s}": want host:port`);
+  }
+  const host = m[1] as string;
+  const port = m[2] === undefined ? (defaultPort as number) : parsePort(m[2], `${what} port`);
+  return { host, port };
+}
+
+/** parsePeerAddress validates a peer given as `host[:port]`. */
+export function parsePeerAddress(s: string): string {
+  const hp = parseHostPort(s, 'peer', CONTROL_PORT);
+  if (!/^[A-Za-z0-9.-]{1,253}$/.test(hp.host)) throw new ConfigError(`invalid peer "${s}": want host[:port]`);
+  return `${hp.host}:${hp.port}`;
+}
+
+const DOMAIN_RE = /^(?=.{1,200}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.?$/i;
+
+/**
+ * buildLaunchConfig merges defaults, environment (WEFT_*) and flags (flags win) into one frozen,
+ * validated LaunchConfig. It is the only place that reads the environment.
+ */
+export function buildLaunchConfig(
+  peers: readonly string[],
+  flags: LaunchFlags,
+  env: NodeJS.ProcessEnv = process.env,
+): LaunchConfig {
+  const encap = flags.encap ?? env.WEFT_ENCAP ?? 'sleeve';
+  if (encap !== 'sleeve' && encap !== 'vxlan')
+    throw new ConfigError(`invalid --encap "${encap}": want sleeve or vxlan`);
+  const datapath = flags.datapath ?? env.WEFT_DATAPATH ?? 'native';
+  if (datapath !== 'native' && datapath !== 'dgram') {
+    throw new ConfigError(`invalid --datapath "${datapath}": want native or dgram`);
+  }
+  const logLevel = flags.logLevel ?? env.WEFT_LOG_LEVEL ?? 'info';
+  if (!['debug', 'info', 'warn', 'error'].includes(logLevel)) {
+    throw new ConfigError(`invalid --log-level "${logLevel}": want debug, info, warn or error`);
+  }
+  const mtuText = flags.mtu ?? env.WEFT_MTU;
+  const mtu = mtuText === undefined ? undefined : parseIntIn(mtuText, '--mtu', MTU_MIN, MTU_MAX);
+  let ipallocRange: Cidr;
+  try {
+    ipallocRange = parseCidr(flags.ipallocRange ?? IPALLOC_RANGE);
+  } catch (err) {
+    throw new ConfigError(`invalid --ipalloc-range: ${(err as Error).message}`, { cause: err });
+  }
+  const dnsDomain = flags.dnsDomain ?? DNS_DOMAIN;
+  if (!DOMAIN_RE.test(dnsDomain)) throw new ConfigError(`invalid --dns-domain "${dnsDomain}"`);
+  const device = flags.device ?? TUN_DEVICE_NAME;
+  if (!/^[A-Za-z0-9_.-]{1,15}$/.test(device))
+    throw new ConfigError(`invalid --device "${device}": 1-15 letters, digits, _ . -`);
+  const nickname = flags.nickname;
+  if (nickname !== undefined && !/^[\w.-]{1,64}$/.test(nickname)) {
+    throw new ConfigError(`invalid --nickname "${nickname}": 1-64 letters, digits, _ . -`);
+  }
+  let name: PeerName | undefined;
+  if (flags.name !== undefined) {
+    try {
+      name = parsePeerName(flags.name);
+    } catch (err) {
+      throw new ConfigError(`invalid --name: ${(err as Error).message}`, { cause: err });
+    }
+  }
+  let password: Buffer | undefined;
+  if (flags.passwordFile !== undefined) {
+    try {
+      password = Buffer.from(readFileSync(flags.passwordFile, 'utf8').trim());
+    } catch (err) {
+      throw new ConfigError(`cannot read --password-file ${flags.passwordFile}: ${(err as Error).message}`, {
+        cause: err,
+      });
+    }
+    if (password.length === 0) throw new ConfigError(`--password-file ${flags.passwordFile} is empty`);
+  } else if (env.WEFT_PASSWORD !== undefined && env.WEFT_PASSWORD !== '') {
+    password = Buffer.from(env.WEFT_PASSWORD);
+  }
+  const cfg: LaunchConfig = {
+    peers: peers.map(parsePeerAddress),
+    name,
+    nickname,
+    port: flags.port === undefined ? CONTROL_PORT : parsePort(flags.port, '--port'),
+    encap,
+    vxlanPort: flags.vxlanPort === undefined ? VXLAN_PORT : parsePort(flags.vxlanPort, '--vxlan-port'),
+    vni: flags.vni === undefined ? VXLAN_VNI_DEFAULT : parseIntIn(flags.vni, '--vni', 1, VXLAN_VNI_MAX),
+    ipallocRange,
+    dnsDomain,
+    noDns: flags.dns === false,
+    httpAddr: parseHostPort(flags.httpAddr ?? env.WEFT_HTTP_ADDR ?? HTTP_ADDR, '--http-addr'),
+    stateDir: flags.stateDir ?? env.WEFT_STATE_DIR ?? defaultStateDir(),
+    mtu,
+    password,
+    noDiscovery: flags.discovery === false,
+    foreground: flags.foreground === true,
+    logLevel: logLevel as LogLevel,
+    device,
+    datapath,
+    connLimit: flags.connLimit === undefined ? 200 : parseIntIn(flags.connLimit, '--conn-limit', 1, 10_000),
+  };
+  if (cfg.port === cfg.vxlanPort && cfg.encap === 'vxlan') {
+    throw new ConfigError(`--vxlan-port ${cfg.vxlanPort} must differ from --port (sleeve uses UDP ${cfg.port})`);
+  }
+  return Object.freeze(cfg);
+}
+
+/** clientHttpAddr returns where the CLI finds the router of this namespace (flag, env, default). */
+export function clientHttpAddr(flag: string | undefined, env: NodeJS.ProcessEnv = process.env): HostPort {
+  return parseHostPort(flag ?? env.WEFT_HTTP_ADDR ?? HTTP_ADDR, '--http-addr');
+}

@@ -1,0 +1,93 @@
+import type { RouterStatus } from '../router/index.js';
+
+/** ConnectionView is the shape of one entry of RouterStatus.connections. */
+interface ConnectionView {
+  peer?: string;
+  nickname?: string;
+  remoteAddr?: string;
+  outbound?: boolean;
+  state?: string;
+  since?: number | string;
+}
+
+/** TargetView is the shape of one entry of RouterStatus.targets. */
+interface TargetView {
+  address?: string;
+  state?: string;
+  lastError?: string;
+  nextRetryAt?: number | string;
+  attempts?: number;
+  peer?: string;
+}
+
+/** formatStatus renders the human summary of `weft status`. */
+export function formatStatus(s: RouterStatus): string {
+  const conns = s.connections as ConnectionView[];
+  const established = conns.filter((c) => c.state === 'established').length;
+  const rows: [string, string][] = [
+    ['Version', s.version],
+    ['Name', `${s.name} (${s.nickname})`],
+    ['Encapsulation', `${s.encap} (sleeve UDP ${s.port}, VXLAN UDP ${s.vxlanPort} VNI ${s.vni})`],
+    ['Device', `${s.device} (mtu ${s.mtu}, ${s.datapath} datapath)`],
+    ['Encryption', s.encryption ? 'peers authenticate with a password' : 'disabled'],
+    ['Range', s.ipallocRange],
+    ['Exposed', s.exposed.length > 0 ? s.exposed.join(', ') : 'none'],
+    ['Targets', String(s.targets.length)],
+    ['Connections', `${conns.length} (${established} established)`],
+    ['Peers', String(s.peers.length + 1)],
+    [
+      'Traffic',
+      `tx ${s.counters.tunRxPackets} pkts ${bytes(s.counters.tunRxBytes)}, rx ${s.counters.tunTxPackets} pkts ${bytes(s.counters.tunTxBytes)}, dropped ${totalDrops(s)}`,
+    ],
+  ];
+  if (!s.ready) rows.unshift(['Status', 'starting']);
+  const w = Math.max(...rows.map(([k]) => k.length));
+  return `${rows.map(([k, v]) => `${k.padStart(w + 4)}: ${v}`).join('\n')}\n`;
+}
+
+/** formatPeers renders `weft status peers`: ourselves, then every connected peer. */
+export function formatPeers(s: RouterStatus): string {
+  const lines = [`${s.name}(${s.nickname})  this router  ${s.exposed.join(' ')}`.trimEnd()];
+  for (const p of s.peers) {
+    lines.push(
+      `${p.name}(${p.nickname})  ${p.addr}  ${p.encap}  mtu=${p.mtu}  ${p.cidrs.join(' ')}`.trimEnd(),
+      `   tx ${p.txPackets} pkts ${bytes(p.txBytes)}  rx ${p.rxPackets} pkts ${bytes(p.rxBytes)}`,
+    );
+  }
+  return `${lines.join('\n')}\n`;
+}
+
+/** formatConnections renders `weft status connections`, one line per connection. */
+export function formatConnections(s: RouterStatus): string {
+  const peers = new Map(s.peers.map((p) => [p.name, p]));
+  const lines = (s.connections as ConnectionView[]).map((c) => {
+    const dir = c.outbound ? '->' : '<-';
+    const p = c.peer === undefined ? undefined : peers.get(c.peer);
+    const overlay = p === undefined ? '' : `  ${p.encap}  mtu=${p.mtu}`;
+    const who = c.peer === undefined ? '' : `  ${c.peer}(${c.nickname ?? ''})`;
+    return `${dir} ${c.remoteAddr ?? '?'}  ${c.state ?? '?'}${overlay}${who}`;
+  });
+  for (const t of s.targets as TargetView[]) {
+    if (t.state === 'established') continue;
+    const next = t.nextRetryAt === undefined ? '' : `, next retry ${new Date(t.nextRetryAt).toISOString()}`;
+    lines.push(`-> ${t.address ?? '?'}  ${t.state ?? '?'}${t.lastError ? ` (${t.lastError}${next})` : next}`);
+  }
+  return lines.length === 0 ? 'no connections\n' : `${lines.join('\n')}\n`;
+}
+
+/** formatTargets renders `weft status targets`, one address per line. */
+export function formatTargets(s: RouterStatus): string {
+  const t = s.targets as TargetView[];
+  return t.length === 0 ? '' : `${t.map((x) => x.address ?? '?').join('\n')}\n`;
+}
+
+function totalDrops(s: RouterStatus): number {
+  return Object.values(s.counters.drops).reduce((a, b) => a + b, 0);
+}
+
+function bytes(n: number): string {
+  if (n < 1024) return `${n} B`;
+  if (n < 1024 ** 2) return `${(n / 1024).toFixed(1)} KiB`;
+  if (n < 1024 ** 3) return `${(n / 1024 ** 2).toFixed(1)} MiB`;
+  return `${(n / 1024 ** 3).toFixed(2)} GiB`;
+}

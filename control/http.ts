@@ -1,0 +1,249 @@
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { Registry } from 'prom-client';
+import { errorMessage, InputError, isWeftError, type WeftErrorCode } from '../common/errors.js';
+import type { Logger } from '../common/log.js';
+import { formatCidr, parseCidr } from '../common/types.js';
+import type { Router, RouterStatus } from '../router/index.js';
+import { parsePeerAddress } from './config.js';
+import { formatConnections, formatPeers, formatStatus, formatTargets } from './format.js';
+
+/** BODY_MAX_BYTES bounds a request body; larger ones get 413. */
+const BODY_MAX_BYTES = 64 * 1024;
+
+/** ApiOptions configures the HTTP API. */
+export interface ApiOptions {
+  router: Router;
+  metrics: Registry;
+  log: Logger;
+  /** onStop is called after a POST /stop has been answered. */
+  onStop: () => void;
+  /** onChange is called after connect/forget/expose/hide so the owner can persist state. */
+  onChange?: () => void;
+}
+
+/** statusForCode maps a WeftError code to an HTTP status. */
+export function statusForCode(code: WeftErrorCode): number {
+  switch (code) {
+    case 'EWEFT_INPUT':
+    case 'EWEFT_CONFIG':
+      return 400;
+    case 'EWEFT_NOT_FOUND':
+      return 404;
+    case 'EWEFT_CONFLICT':
+      return 409;
+    case 'EWEFT_NOT_READY':
+      return 503;
+    default:
+      return 500;
+  }
+}
+
+type Handler = (req: IncomingMessage, url: URL, body: Buffer) => Promise<Reply> | Reply;
+interface Reply {
+  status?: number;
+  json?: unknown;
+  text?: string;
+  contentType?: string;
+}
+
+/**
+ * createApi builds the HTTP API server (not yet listening). Every request is answered; bad
+ * input gets a 4xx with a one-line message, never a crash. Until the router is ready every
+ * endpoint answers 503.
+ */
+export function createApi(opts: ApiOptions): Server {
+  const { router, metrics, log } = opts;
+  const statusView =
+    (part: string | undefined) =>
+    (req: IncomingMessage, url: URL): Reply => {
+      const s = router.status();
+      if (wantsJson(req, url)) return { json: part === undefined ? s : pick(s, part) };
+      return { text: render(s, part) };
+    };
+  const routes: Record<string, Handler> = {
+    'GET /status': statusView(undefined),
+    'GET /status/peers': statusView('peers'),
+    'GET /status/connections': statusView('connections'),
+    'GET /status/targets': statusView('targets'),
+    'GET /report': () => ({ json: router.status() }),
+    'GET /metrics': async () => ({ text: await metrics.metrics(), contentType: metrics.contentType }),
+    'POST /connect': (req, url, body) => {
+      const { peers, replace } = peerList(req, url, body);
+      if (replace) router.forget(router.targetList());
+      const targets = router.connect(peers);
+      opts.onChange?.();
+      return { json: { targets } };
+    },
+    'POST /forget': (req, url, body) => {
+      const targets = router.forget(peerList(req, url, body).peers);
+      opts.onChange?.();
+      return { json: { targets } };
+    },
+    'POST /expose': async (req, url, body) => {
+      const cidr = field(req, url, body, 'cidr');
+      if (cidr === undefined) throw new InputError('missing "cidr", e.g. {"cidr":"10.32.0.1/12"}');
+      const exposed = await router.expose(parseCidr(cidr));
+      opts.onChange?.();
+      return { json: { exposed: exposed.map(formatCidr) } };
+    },
+    'POST /hide': async (req, url, body) => {
+      const cidr = field(req, url, body, 'cidr');
+      const exposed = await router.hide(cidr === undefined ? undefined : parseCidr(cidr, { bareAs32: true }));
+      opts.onChange?.();
+      return { json: { exposed: exposed.map(formatCidr) } };
+    },
+    'POST /stop': () => {
+      setImmediate(opts.onStop);
+      return { json: { stopping: true } };
+    },
+  };
+
+  return createServer((req, res) => {
+    handle(req, res).catch((err) => {
+      log.error('http handler failed', { err: errorMessage(err) });
+      if (!res.headersSent) send(res, { status: 500, json: { error: 'internal error' } });
+    });
+  });
+
+  async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    let url: URL;
+    try {
+      url = new URL(req.url ?? '/', 'http://localhost');
+    } catch {
+      send(res, { status: 400, json: { error: 'bad request URL', code: 'EWEFT_INPUT' } });
+      return;
+    }
+    const path = url.pathname.replace(/\/+$/, '') || '/';
+    const route = routes[`${req.method} ${path}`];
+    if (route === undefined) {
+      const known = Object.keys(routes).some((k) => k.endsWith(` ${path}`));
+      send(res, {
+        status: known ? 405 : 404,
+        json: { error: known ? `method ${req.method} not allowed on ${path}` : `no such endpoint ${path}` },
+      });
+      return;
+    }
+    let body: Buffer;
+    try {
+      body = await readBody(req);
+    } catch (err) {
+      send(res, { status: 413, json: { error: errorMessage(err), code: 'EWEFT_INPUT' } });
+      return;
+    }
+    if (!router.isReady && path !== '/stop') {
+      send(res, { status: 503, json: { error: 'router is starting', code: 'EWEFT_NOT_READY' } });
+      return;
+    }
+    try {
+      send(res, await route(req, url, body));
+    } catch (err) {
+      if (isWeftError(err)) {
+        send(res, { status: statusForCode(err.code), json: { error: err.message, code: err.code } });
+      } else {
+        throw err;
+      }
+    }
+  }
+}
+
+function send(res: ServerResponse, r: Reply): void {
+  if (r.json !== undefined) {
+    const body = `${JSON.stringify(r.json, null, 2)}\n`;
+    res.writeHead(r.status ?? 200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) });
+    res.end(body);
+  } else {
+    const body = r.text ?? '';
+    res.writeHead(r.status ?? 200, {
+      'content-type': r.contentType ?? 'text/plain; charset=utf-8',
+      'content-length': Buffer.byteLength(body),
+    });
+    res.end(body);
+  }
+}
+
+function readBody(req: IncomingMessage): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    req.on('data', (c: Buffer) => {
+      size += c.length;
+      if (size > BODY_MAX_BYTES) {
+        reject(new InputError(`request body larger than ${BODY_MAX_BYTES} bytes`));
+        req.destroy();
+        return;
+      }
+      chunks.push(c);
+    });
+    req.on('end', () => resolve(Buffer.concat(chunks)));
+    req.on('error', reject);
+  });
+}
+
+function wantsJson(req: IncomingMessage, url: URL): boolean {
+  return url.searchParams.get('format') === 'json' || (req.headers.accept ?? '').includes('application/json');
+}
+
+function pick(s: RouterStatus, part: string): unknown {
+  return s[part as keyof RouterStatus];
+}
+
+function render(s: RouterStatus, part: string | undefined): string {
+  switch (part) {
+    case 'peers':
+      return formatPeers(s);
+    case 'connections':
+      return formatConnections(s);
+    case 'targets':
+      return formatTargets(s);
+    default:
+      return formatStatus(s);
+  }
+}
+
+/** parseBody reads a JSON object or an urlencoded form; anything else is a 400. */
+function parseBody(req: IncomingMessage, body: Buffer): Record<string, unknown> {
+  if (body.length === 0) return {};
+  const type = req.headers['content-type'] ?? '';
+  const text = body.toString('utf8');
+  if (type.includes('application/x-www-form-urlencoded')) {
+    const out: Record<string, unknown> = {};
+    for (const [k, v] of new URLSearchParams(text)) {
+      const prev = out[k];
+      out[k] = prev === undefined ? v : Array.isArray(prev) ? [...prev, v] : [prev, v];
+    }
+    return out;
+  }
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch {
+    throw new InputError('request body is not valid JSON');
+  }
+  if (json === null || typeof json !== 'object' || Array.isArray(json))
+    throw new InputError('request body must be a JSON object');
+  return json as Record<string, unknown>;
+}
+
+function field(req: IncomingMessage, url: URL, body: Buffer, name: string): string | undefined {
+  const v = parseBody(req, body)[name] ?? url.searchParams.get(name) ?? undefined;
+  if (v === undefined) return undefined;
+  if (typeof v !== 'string') throw new InputError(`"${name}" must be a string`);
+  return v;
+}
+
+function peerList(req: IncomingMessage, url: URL, body: Buffer): { peers: string[]; replace: boolean } {
+  const b = parseBody(req, body);
+  const raw = b.peers ?? b.peer ?? url.searchParams.getAll('peer');
+  const list = Array.isArray(raw) ? raw : [raw];
+  if (list.length === 0 || list.length > 1000) throw new InputError('want 1-1000 peers as host[:port]');
+  const peers = list.map((p) => {
+    if (typeof p !== 'string') throw new InputError('each peer must be a string host[:port]');
+    try {
+      return parsePeerAddress(p);
+    } catch (err) {
+      throw new InputError(errorMessage(err));
+    }
+  });
+  const replace = b.replace === true || b.replace === 'true' || url.searchParams.get('replace') === 'true';
+  return { peers, replace };
+}

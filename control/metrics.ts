@@ -1,0 +1,103 @@
+import { Counter, collectDefaultMetrics, Gauge, Registry } from 'prom-client';
+import type { Router } from '../router/index.js';
+import { DROP_NAMES } from '../router/index.js';
+
+/**
+ * createMetrics builds a Prometheus registry whose values are read from the router at scrape
+ * time (the datapath keeps plain counters; nothing is updated per packet here).
+ */
+export function createMetrics(router: Router): Registry {
+  const register = new Registry();
+  collectDefaultMetrics({ register, prefix: 'weft_process_' });
+  const snap = () => router.status();
+
+  new Gauge({
+    name: 'weft_connections',
+    help: 'Live control connections by state (pending = handshake in progress).',
+    labelNames: ['state'],
+    registers: [register],
+    collect() {
+      this.reset();
+      const conns = snap().connections as { state?: string }[];
+      for (const st of ['pending', 'established']) this.set({ state: st }, conns.filter((c) => c.state === st).length);
+    },
+  });
+  new Gauge({
+    name: 'weft_target_states',
+    help: 'Connection targets by state (connecting, established, retrying, failed).',
+    labelNames: ['state'],
+    registers: [register],
+    collect() {
+      this.reset();
+      const targets = snap().targets as { state?: string }[];
+      for (const st of ['connecting', 'established', 'retrying', 'failed']) {
+        this.set({ state: st }, targets.filter((t) => t.state === st).length);
+      }
+    },
+  });
+  new Gauge({
+    name: 'weft_peers',
+    help: 'Peers this router is connected to.',
+    registers: [register],
+    collect() {
+      this.set(snap().peers.length);
+    },
+  });
+  new Gauge({
+    name: 'weft_targets',
+    help: 'Connection targets (from launch and connect).',
+    registers: [register],
+    collect() {
+      this.set(snap().targets.length);
+    },
+  });
+  new Counter({
+    name: 'weft_packets_total',
+    help: 'Packets through the datapath: tun_rx (host to overlay), tun_tx, udp_rx, udp_tx.',
+    labelNames: ['direction'],
+    registers: [register],
+    collect() {
+      const c = router.counters;
+      this.reset();
+      this.inc({ direction: 'tun_rx' }, c.tunRxPackets);
+      this.inc({ direction: 'tun_tx' }, c.tunTxPackets);
+      this.inc({ direction: 'udp_rx' }, c.udpRxPackets);
+      this.inc({ direction: 'udp_tx' }, c.udpTxPackets);
+    },
+  });
+  new Counter({
+    name: 'weft_bytes_total',
+    help: 'Bytes through the datapath, by direction (as weft_packets_total).',
+    labelNames: ['direction'],
+    registers: [register],
+    collect() {
+      const c = router.counters;
+      this.reset();
+      this.inc({ direction: 'tun_rx' }, c.tunRxBytes);
+      this.inc({ direction: 'tun_tx' }, c.tunTxBytes);
+      this.inc({ direction: 'udp_rx' }, c.udpRxBytes);
+      this.inc({ direction: 'udp_tx' }, c.udpTxBytes);
+    },
+  });
+  new Counter({
+    name: 'weft_drops_total',
+    help: 'Packets dropped by the datapath, by reason.',
+    labelNames: ['reason'],
+    registers: [register],
+    collect() {
+      const c = router.counters;
+      this.reset();
+      for (let i = 0; i < DROP_NAMES.length; i++) this.inc({ reason: DROP_NAMES[i] as string }, c.drops[i] as number);
+    },
+  });
+  new Counter({
+    name: 'weft_arp_replies_total',
+    help: 'ARP replies sent to VXLAN endpoints for addresses this host serves.',
+    registers: [register],
+    collect() {
+      this.reset();
+      this.inc(router.counters.arpReplies);
+    },
+  });
+  return register;
+}

@@ -1,0 +1,57 @@
+import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { z } from 'zod';
+import { ConfigError } from '../common/errors.js';
+
+/** PersistedState is what a router keeps across restarts in `<stateDir>/state.json`. */
+export interface PersistedState {
+  /** peerName is this router's name, made once. */
+  peerName?: string;
+  /** targets are the peers given to launch/connect, minus those forgotten. */
+  targets: string[];
+  /** exposed lists the CIDRs `weft expose` gave this host. */
+  exposed: string[];
+}
+
+const StateSchema = z.object({
+  peerName: z.string().max(64).optional(),
+  targets: z.array(z.string().max(300)).max(10_000).default([]),
+  exposed: z.array(z.string().max(64)).max(1_000).default([]),
+});
+
+/** StateFile reads and atomically rewrites a router's persisted state. */
+export class StateFile {
+  readonly file: string;
+
+  constructor(readonly dir: string) {
+    this.file = path.join(dir, 'state.json');
+  }
+
+  /** load returns the persisted state, or an empty one when there is none yet. */
+  load(): PersistedState {
+    let text: string;
+    try {
+      text = readFileSync(this.file, 'utf8');
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return { targets: [], exposed: [] };
+      throw new ConfigError(`cannot read ${this.file}: ${(err as Error).message}`, { cause: err });
+    }
+    let json: unknown;
+    try {
+      json = JSON.parse(text);
+    } catch (err) {
+      throw new ConfigError(`${this.file} is not valid JSON; move it away to start afresh`, { cause: err });
+    }
+    const r = StateSchema.safeParse(json);
+    if (!r.success) throw new ConfigError(`${this.file} is not a weft state file: ${r.error.issues[0]?.message}`);
+    return r.data;
+  }
+
+  /** save writes the state atomically (temporary file + rename). */
+  save(state: PersistedState): void {
+    mkdirSync(this.dir, { recursive: true, mode: 0o700 });
+    const tmp = `${this.file}.${process.pid}.tmp`;
+    writeFileSync(tmp, `${JSON.stringify(state, null, 2)}\n`, { mode: 0o600 });
+    renameSync(tmp, this.file);
+  }
+}

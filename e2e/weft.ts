@@ -1,0 +1,73 @@
+import { mkdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { ExecResult, Netns, Topology } from './netns.js';
+import { waitUntil } from './netns.js';
+
+/** CLI is the compiled `weft` entry point the e2e tests run inside namespaces. */
+export const CLI = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../dist/control/cli.js');
+
+/** stateDir returns a per-run, per-namespace state directory under the system temp dir. */
+export function stateDir(ns: Netns): string {
+  const d = path.join(tmpdir(), 'weft-e2e', ns.name);
+  mkdirSync(d, { recursive: true });
+  return d;
+}
+
+/** removeStateDirs deletes the state directories of a topology's namespaces. */
+export function removeStateDirs(topo: Topology): void {
+  for (const name of topo.namespaces) rmSync(path.join(tmpdir(), 'weft-e2e', name), { recursive: true, force: true });
+}
+
+/** weft runs the CLI in a namespace and rejects with its stderr when it fails (unless allowFail). */
+export function weft(
+  ns: Netns,
+  args: string[],
+  opts: { allowFail?: boolean; timeoutMs?: number } = {},
+): Promise<ExecResult> {
+  return ns.exec(process.execPath, [CLI, ...args], { allowFail: opts.allowFail, timeoutMs: opts.timeoutMs ?? 60_000 });
+}
+
+/** launch starts a router in `ns` with a run-id device name and its own state dir; returns the peer name. */
+export async function launch(ns: Netns, peers: string[], flags: string[] = []): Promise<string> {
+  const r = await weft(ns, ['launch', ...peers, '--device', ns.ifname('t'), '--state-dir', stateDir(ns), ...flags]);
+  return r.stdout.trim();
+}
+
+/** status reads `weft status --json` from a namespace. */
+export async function status(ns: Netns): Promise<StatusJson> {
+  return JSON.parse((await weft(ns, ['status', '--json'])).stdout) as StatusJson;
+}
+
+/** StatusJson is the part of the router's status the tests read. */
+export interface StatusJson {
+  name: string;
+  nickname: string;
+  mtu: number;
+  encap: string;
+  exposed: string[];
+  peers: { name: string; encap: string; cidrs: string[]; txPackets: number; rxPackets: number }[];
+  connections: { state: string; peer?: string }[];
+  counters: {
+    drops: Record<string, number>;
+    udpRxPackets: number;
+    tunTxPackets: number;
+    arpReplies: number;
+    learned: number;
+  };
+  learned: { ip: string; endpoint: string }[];
+}
+
+/** waitPeers waits until the router in `ns` is connected to `n` peers that announce addresses. */
+export async function waitPeers(ns: Netns, n: number, timeoutMs = 20_000): Promise<StatusJson> {
+  let last: StatusJson | undefined;
+  await waitUntil(
+    async () => {
+      last = await status(ns);
+      return last.peers.length >= n && last.peers.every((p) => p.cidrs.length > 0);
+    },
+    { timeoutMs, what: `${ns.name} to connect to ${n} peer(s)` },
+  );
+  return last as StatusJson;
+}

@@ -1,0 +1,9 @@
+/** The router's public surface: the only module dns/, control/, bench/ and e2e/ import from router/. */
+
+export type { PacketConn } from './conn/packet-conn.js';
+export * from './constants.js';
+export { Counters, type CountersSnapshot, DROP_NAMES, Drop } from './datapath/counters.js';
+export { Router, type RouterOptions } from './router.js';
+export type { LearnedStatus, PeerStatus, RouterStatus } from './status.js';
+export type { TunDevice } from './tun/device.js';
+export { underlayMtu } from './underlay.js';

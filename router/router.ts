@@ -1,0 +1,403 @@
+import { InputError, WeftError } from '../common/errors.js';
+import type { Startable } from '../common/lifecycle.js';
+import type { Logger } from '../common/log.js';
+import { noopLogger } from '../common/log.js';
+import type { Cidr, PeerName } from '../common/types.js';
+import { cidrNetwork, formatCidr, formatIPv4, parseCidr } from '../common/types.js';
+import { DgramUdp } from './conn/dgram-udp.js';
+import { NativeUdp } from './conn/native-udp.js';
+import type { PacketConn } from './conn/packet-conn.js';
+import type { Connection } from './connection.js';
+import { ConnectionMaker } from './connection-maker.js';
+import { ENCAP_OVERHEAD_MAX, MTU_MAX, MTU_MIN, UDP_RCVBUF_BYTES, UDP_SNDBUF_BYTES } from './constants.js';
+import { Counters } from './datapath/counters.js';
+import { Encap, encapName, Fib, type FibRoute, Hop, peerNameHi, peerNameLo } from './datapath/fib.js';
+import { Forwarder } from './datapath/forwarder.js';
+import type { Addresses, PeerMessage } from './protocol.js';
+import type { RouterStatus } from './status.js';
+import { buildStatus } from './status.js';
+import type { TunDevice } from './tun/device.js';
+import { LinuxTun } from './tun/linux.js';
+import { underlayMtu } from './underlay.js';
+
+/** RouterOptions configures a Router; control/ builds it from the LaunchConfig. */
+export interface RouterOptions {
+  name: PeerName;
+  nickname: string;
+  /** uid distinguishes this incarnation of the peer (random per start, non-zero). */
+  uid: bigint;
+  /** port is the TCP control port and the sleeve UDP port. */
+  port: number;
+  /** listenHost is where the mesh ports bind (default all addresses). */
+  listenHost?: string;
+  vxlanPort: number;
+  vni: number;
+  /** encap is what this router prefers; VXLAN is used towards a peer only when both prefer it. */
+  encap: 'sleeve' | 'vxlan';
+  /** mtu is the overlay MTU; undefined means underlay MTU minus ENCAP_OVERHEAD_MAX. */
+  mtu?: number;
+  /** device is the TUN device name. */
+  device: string;
+  /** ipallocRange is the overlay range routed into the TUN device. */
+  ipallocRange: Cidr;
+  password?: Buffer;
+  connLimit?: number;
+  datapath?: 'native' | 'dgram';
+  log?: Logger;
+  /** version is reported in status. */
+  version?: string;
+  /** tun/sleeveConn/vxlanConn inject devices (tests); when tun is injected it is not configured with `ip`. */
+  tun?: TunDevice;
+  sleeveConn?: PacketConn;
+  vxlanConn?: PacketConn;
+}
+
+/** PeerState is what the router knows about one connected peer. */
+interface PeerState {
+  conn: Connection;
+  hop: Hop;
+  cidrs: Cidr[];
+}
+
+/**
+ * Router is one host's router: it owns the TUN device, the data sockets, the forwarder and the
+ * control connections, and turns what peers announce into the forwarding table.
+ */
+export class Router implements Startable {
+  readonly counters = new Counters();
+  readonly name: PeerName;
+  readonly nickname: string;
+  readonly uid: bigint;
+  private readonly opts: RouterOptions;
+  private readonly log: Logger;
+  private tun: TunDevice | undefined;
+  private sleeveConn: PacketConn | undefined;
+  private vxlanConn: PacketConn | undefined;
+  private forwarder: Forwarder | undefined;
+  private maker: ConnectionMaker | undefined;
+  private readonly peers = new Map<PeerName, PeerState>();
+  private exposed: Cidr[] = [];
+  private mtuValue = 0;
+  private started = false;
+  private ready = false;
+  private readonly startedAt = Date.now();
+  private learnTimer: NodeJS.Timeout | undefined;
+  /** onTargetsChanged is called after connect/forget so the owner can persist targets. */
+  onTargetsChanged: ((targets: string[]) => void) | undefined;
+
+  constructor(opts: RouterOptions) {
+    this.opts = opts;
+    this.name = opts.name;
+    this.nickname = opts.nickname;
+    this.uid = opts.uid;
+    this.log = opts.log ?? noopLogger;
+  }
+
+  /** mtu is the overlay MTU in use (0 before start). */
+  get mtu(): number {
+    return this.mtuValue;
+  }
+
+  /** isReady is true once start() has completed and until stop(). */
+  get isReady(): boolean {
+    return this.ready;
+  }
+
+  /** start opens the device and sockets, starts forwarding and the connection maker; idempotent. */
+  async start(): Promise<void> {
+    if (this.started) return;
+    this.started = true;
+    try {
+      await this.openDataPlane();
+      this.maker = new ConnectionMaker({
+        host: this.opts.listenHost ?? '0.0.0.0',
+        port: this.opts.port,
+        local: {
+          name: this.name,
+          nickname: this.nickname,
+          uid: this.uid,
+          sleevePort: this.sleeveConn?.port ?? this.opts.port,
+          vxlanPort: this.vxlanConn?.port ?? this.opts.vxlanPort,
+          vni: this.opts.vni,
+          encap: this.opts.encap,
+          mtu: this.mtuValue,
+        },
+        password: this.opts.password,
+        connLimit: this.opts.connLimit ?? 200,
+        log: this.log,
+      });
+      this.maker.on('connection-established', (conn: Connection) => this.onEstablished(conn));
+      this.maker.on('connection-closed', (conn: Connection) => this.onClosed(conn));
+      await this.maker.start();
+      this.learnTimer = setInterval(() => this.forwarder?.learned.expire(Date.now() - 300_000), 30_000);
+      this.learnTimer.unref();
+      this.ready = true;
+      this.log.info('router started', {
+        peer: this.name,
+        nickname: this.nickname,
+        device: this.tun?.name,
+        encap: this.opts.encap,
+        mtu: this.mtuValue,
+      });
+    } catch (err) {
+      await this.stop();
+      throw err;
+    }
+  }
+
+  private async openDataPlane(): Promise<void> {
+    const o = this.opts;
+    if (o.tun !== undefined) {
+      this.tun = o.tun;
+      this.mtuValue = o.mtu ?? 1400;
+    } else {
+      const tun = LinuxTun.open({ name: o.device, mode: 'tun' });
+      this.tun = tun;
+      const mtu = o.mtu ?? (await underlayMtu(tun.name)) - ENCAP_OVERHEAD_MAX;
+      this.mtuValue = Math.max(MTU_MIN, Math.min(MTU_MAX, mtu));
+      await tun.setMtu(this.mtuValue);
+      await tun.setUp();
+      await tun.addRoute(formatCidr({ addr: cidrNetwork(o.ipallocRange), prefix: o.ipallocRange.prefix }));
+    }
+    const host = o.listenHost ?? '0.0.0.0';
+    this.sleeveConn = o.sleeveConn ?? (await this.openConn(host, o.port));
+    this.vxlanConn = o.vxlanConn ?? (await this.openConn(host, o.vxlanPort));
+    this.forwarder = new Forwarder({
+      tun: this.tun,
+      sleeve: this.sleeveConn,
+      vxlan: this.vxlanConn,
+      localName: this.name,
+      vni: o.vni,
+      vxlanPort: o.vxlanPort,
+      counters: this.counters,
+      log: this.log,
+    });
+    this.forwarder.start();
+  }
+
+  private async openConn(host: string, port: number): Promise<PacketConn> {
+    const bindAddr = host === '0.0.0.0' ? 0 : ipToU32(host);
+    if ((this.opts.datapath ?? 'native') === 'native') {
+      return NativeUdp.open({ bindAddr, port, rcvbuf: UDP_RCVBUF_BYTES, sndbuf: UDP_SNDBUF_BYTES });
+    }
+    return DgramUdp.open({ bindAddr, port, rcvbuf: UDP_RCVBUF_BYTES, sndbuf: UDP_SNDBUF_BYTES });
+  }
+
+  /** stop closes every connection, socket and the device; idempotent. */
+  async stop(): Promise<void> {
+    if (!this.started) return;
+    this.started = false;
+    this.ready = false;
+    if (this.learnTimer !== undefined) clearInterval(this.learnTimer);
+    this.learnTimer = undefined;
+    await this.maker?.stop();
+    this.maker = undefined;
+    this.forwarder?.stop();
+    this.forwarder = undefined;
+    if (this.opts.sleeveConn === undefined) this.sleeveConn?.close();
+    if (this.opts.vxlanConn === undefined) this.vxlanConn?.close();
+    if (this.opts.tun === undefined) this.tun?.close();
+    this.sleeveConn = undefined;
+    this.vxlanConn = undefined;
+    this.tun = undefined;
+    this.peers.clear();
+    this.log.info('router stopped', { peer: this.name });
+  }
+
+  /** connect adds connection targets (host[:port]); returns the full target list. */
+  connect(targets: readonly string[]): string[] {
+    const maker = this.requireMaker();
+    maker.addTargets(targets);
+    const list = maker.targets().map((t) => t.address);
+    this.onTargetsChanged?.(list);
+    return list;
+  }
+
+  /** forget removes connection targets; established connections stay until they drop. */
+  forget(targets: readonly string[]): string[] {
+    const maker = this.requireMaker();
+    maker.removeTargets(targets);
+    const list = maker.targets().map((t) => t.address);
+    this.onTargetsChanged?.(list);
+    return list;
+  }
+
+  /** targetList returns the current connection targets. */
+  targetList(): string[] {
+    return this.maker?.targets().map((t) => t.address) ?? [];
+  }
+
+  /**
+   * expose gives this host an overlay address: it is added to the TUN device and announced to
+   * every peer. Idempotent for the same CIDR; another CIDR with the same address is a conflict.
+   */
+  async expose(cidr: Cidr): Promise<Cidr[]> {
+    if (cidr.prefix === 32 || cidr.prefix < 1)
+      throw new InputError(`cannot expose ${formatCidr(cidr)}: want a prefix between /1 and /31`);
+    const same = this.exposed.find((c) => c.addr === cidr.addr);
+    if (same !== undefined) {
+      if (same.prefix === cidr.prefix) return [...this.exposed];
+      throw new WeftError('EWEFT_CONFLICT', `${formatIPv4(cidr.addr)} is already exposed as ${formatCidr(same)}`);
+    }
+    for (const [peer, st] of this.peers) {
+      if (st.cidrs.some((c) => c.addr === cidr.addr)) {
+        throw new WeftError('EWEFT_CONFLICT', `${formatIPv4(cidr.addr)} is already in use by peer ${peer}`);
+      }
+    }
+    if (this.tun instanceof LinuxTun) await this.tun.addAddress(formatCidr(cidr));
+    this.exposed = [...this.exposed, cidr];
+    this.rebuild();
+    this.announce();
+    this.log.info('address exposed', { cidr: formatCidr(cidr) });
+    return [...this.exposed];
+  }
+
+  /** hide removes an exposed address (or all of them when `cidr` is undefined); returns what remains. */
+  async hide(cidr?: Cidr): Promise<Cidr[]> {
+    const gone = cidr === undefined ? this.exposed : this.exposed.filter((c) => c.addr === cidr.addr);
+    if (cidr !== undefined && gone.length === 0) {
+      throw new WeftError('EWEFT_NOT_FOUND', `${formatIPv4(cidr.addr)} is not exposed`);
+    }
+    for (const c of gone) {
+      if (this.tun instanceof LinuxTun) await this.tun.delAddress(formatCidr(c));
+    }
+    this.exposed = this.exposed.filter((c) => !gone.includes(c));
+    this.rebuild();
+    this.announce();
+    return [...this.exposed];
+  }
+
+  /** exposedCidrs lists the host's overlay addresses. */
+  exposedCidrs(): Cidr[] {
+    return [...this.exposed];
+  }
+
+  /** status returns a JSON-safe snapshot of everything the router knows now. */
+  status(): RouterStatus {
+    return buildStatus({
+      version: this.opts.version ?? '0.0.0',
+      name: this.name,
+      nickname: this.nickname,
+      uid: this.uid,
+      ready: this.ready,
+      startedAt: this.startedAt,
+      encap: this.opts.encap,
+      port: this.opts.port,
+      vxlanPort: this.opts.vxlanPort,
+      vni: this.opts.vni,
+      mtu: this.mtuValue,
+      device: this.tun?.name ?? this.opts.device,
+      datapath: this.opts.datapath ?? 'native',
+      encryption: this.opts.password !== undefined,
+      ipallocRange: formatCidr(this.opts.ipallocRange),
+      exposed: this.exposed.map(formatCidr),
+      peers: [...this.peers.values()].map((p) => ({
+        name: p.conn.remote.name,
+        nickname: p.conn.remote.nickname,
+        uid: p.conn.remote.uid.toString(),
+        addr: p.conn.remote.addr,
+        encap: encapName(p.hop.encap),
+        mtu: p.conn.remote.mtu,
+        cidrs: p.cidrs.map(formatCidr),
+        txPackets: p.hop.txPackets,
+        txBytes: p.hop.txBytes,
+        rxPackets: p.hop.rxPackets,
+        rxBytes: p.hop.rxBytes,
+      })),
+      connections: this.maker?.connections() ?? [],
+      targets: this.maker?.targets() ?? [],
+      counters: this.counters.snapshot(),
+      learned: this.forwarder?.learned.snapshot() ?? [],
+    });
+  }
+
+  private requireMaker(): ConnectionMaker {
+    if (this.maker === undefined) throw new WeftError('EWEFT_NOT_READY', 'router is not running');
+    return this.maker;
+  }
+
+  private onEstablished(conn: Connection): void {
+    const r = conn.remote;
+    const vx = this.opts.encap === 'vxlan' && r.encap === 'vxlan';
+    const hop = new Hop(
+      r.name,
+      peerNameHi(r.name),
+      peerNameLo(r.name),
+      peerNameHi(r.name),
+      peerNameLo(r.name),
+      ipToU32(r.addr),
+      vx ? r.vxlanPort : r.sleevePort,
+      vx ? Encap.Vxlan : Encap.Sleeve,
+    );
+    this.peers.set(r.name, { conn, hop, cidrs: [] });
+    conn.on('message', (msg: PeerMessage) => {
+      if (msg.t === 'addrs') this.onAddresses(r.name, msg.cidrs);
+    });
+    conn.send({ t: 'addrs', cidrs: this.announced() });
+    this.rebuild();
+    this.log.info('peer connected', {
+      peer: r.name,
+      nickname: r.nickname,
+      remoteAddr: r.addr,
+      overlay: encapName(hop.encap),
+    });
+  }
+
+  private onClosed(conn: Connection): void {
+    if (!conn.wasEstablished) return;
+    const name = conn.remote.name;
+    const st = this.peers.get(name);
+    if (st === undefined || st.conn !== conn) return;
+    this.peers.delete(name);
+    this.rebuild();
+    this.log.info('peer disconnected', { peer: name });
+  }
+
+  private onAddresses(peer: PeerName, cidrs: string[]): void {
+    const st = this.peers.get(peer);
+    if (st === undefined) return;
+    const parsed: Cidr[] = [];
+    for (const c of cidrs) {
+      try {
+        parsed.push(parseCidr(c));
+      } catch {
+        this.log.warn('ignoring invalid address from peer', { peer, cidr: c });
+      }
+    }
+    st.cidrs = parsed;
+    this.rebuild();
+  }
+
+  /** announced is what we tell peers we serve: each exposed address as a /32. */
+  private announced(): string[] {
+    return this.exposed.map((c) => `${formatIPv4(c.addr)}/32`);
+  }
+
+  private announce(): void {
+    const msg: Addresses = { t: 'addrs', cidrs: this.announced() };
+    for (const st of this.peers.values()) st.conn.send(msg);
+  }
+
+  /** rebuild makes a new Fib from the peers' announcements and installs it with one assignment. */
+  private rebuild(): void {
+    const routes: FibRoute[] = [];
+    const hops: Hop[] = [];
+    const sorted = [...this.peers.entries()].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+    for (const [, st] of sorted) {
+      hops.push(st.hop);
+      for (const cidr of st.cidrs) routes.push({ cidr, hop: st.hop });
+    }
+    const fib = Fib.build(
+      routes,
+      this.exposed.map((c) => c.addr),
+      hops,
+    );
+    if (this.forwarder !== undefined) this.forwarder.fib = fib;
+  }
+}
+
+function ipToU32(s: string): number {
+  const m = /^(?:::ffff:)?(\d+)\.(\d+)\.(\d+)\.(\d+)$/.exec(s);
+  if (m === null) throw new InputError(`not an IPv4 address: "${s}"`);
+  return ((Number(m[1]) << 24) | (Number(m[2]) << 16) | (Number(m[3]) << 8) | Number(m[4])) >>> 0;
+}

@@ -1,0 +1,83 @@
+import type { CountersSnapshot } from './datapath/counters.js';
+
+/** PeerStatus describes one connected peer. */
+export interface PeerStatus {
+  name: string;
+  nickname: string;
+  uid: string;
+  /** addr is the peer's underlay address. */
+  addr: string;
+  encap: 'sleeve' | 'vxlan';
+  mtu: number;
+  /** cidrs are the overlay addresses the peer announced. */
+  cidrs: string[];
+  txPackets: number;
+  txBytes: number;
+  rxPackets: number;
+  rxBytes: number;
+}
+
+/** LearnedStatus is a VXLAN endpoint learned from traffic (e.g. a kernel vxlan device). */
+export interface LearnedStatus {
+  ip: string;
+  mac: string;
+  endpoint: string;
+  ageSeconds: number;
+}
+
+/** RouterStatus is a JSON-safe snapshot of a router; never live objects. */
+export interface RouterStatus {
+  version: string;
+  name: string;
+  nickname: string;
+  uid: string;
+  ready: boolean;
+  uptimeSeconds: number;
+  encap: 'sleeve' | 'vxlan';
+  port: number;
+  vxlanPort: number;
+  vni: number;
+  mtu: number;
+  device: string;
+  datapath: 'native' | 'dgram';
+  encryption: boolean;
+  ipallocRange: string;
+  exposed: string[];
+  peers: PeerStatus[];
+  connections: unknown[];
+  targets: unknown[];
+  counters: CountersSnapshot;
+  learned: LearnedStatus[];
+}
+
+/** StatusInput is what the Router hands buildStatus. */
+export interface StatusInput extends Omit<RouterStatus, 'uid' | 'uptimeSeconds' | 'learned'> {
+  uid: bigint;
+  startedAt: number;
+  learned: { ip: number; macHi: number; macLo: number; addr: number; seenMs: number }[];
+}
+
+/** buildStatus assembles a RouterStatus; plain data in, plain data out. */
+export function buildStatus(s: StatusInput, nowMs = Date.now()): RouterStatus {
+  const { startedAt, learned, uid, ...rest } = s;
+  return {
+    ...rest,
+    uid: uid.toString(),
+    uptimeSeconds: Math.round((nowMs - startedAt) / 1000),
+    learned: learned.map((l) => ({
+      ip: ip(l.ip),
+      mac: mac(l.macHi, l.macLo),
+      endpoint: ip(l.addr),
+      ageSeconds: Math.round((nowMs - l.seenMs) / 1000),
+    })),
+  };
+}
+
+function ip(a: number): string {
+  return `${a >>> 24}.${(a >>> 16) & 255}.${(a >>> 8) & 255}.${a & 255}`;
+}
+
+function mac(hi: number, lo: number): string {
+  const b = [hi >>> 8, hi & 255, lo >>> 24, (lo >>> 16) & 255, (lo >>> 8) & 255, lo & 255];
+  return b.map((x) => x.toString(16).padStart(2, '0')).join(':');
+}

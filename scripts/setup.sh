@@ -1,0 +1,31 @@
+#!/bin/sh
+# Sets up a fresh Debian/Ubuntu machine to build, run and test Weft:
+#   - Debian packages: iproute2 (the router configures its device with `ip`), build tools for the
+#     native addon, and the tools the tests and benchmarks drive (ping, iperf3, dig, nft, socat,
+#     wireguard-go + wg, nebula) - only those that are missing, only when run as root;
+#   - npm dependencies (npm ci), the native TUN/UDP addon (node-gyp), the TypeScript build.
+# Idempotent: a second run does little.
+set -eu
+cd "$(dirname "$0")/.."
+
+PKGS="iproute2 iputils-ping iperf3 dnsutils nftables socat wireguard-go wireguard-tools nebula python3 make g++ procps"
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  missing=""
+  for p in $PKGS; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+  done
+  if [ -n "$missing" ]; then
+    echo "setup: installing Debian packages:$missing"
+    apt-get update -q >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $missing >/dev/null
+  fi
+else
+  echo "setup: not root (or no apt-get): skipping Debian packages ($PKGS)"
+fi
+
+if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  npm ci --no-audit --no-fund --ignore-scripts
+fi
+npm run -s build:native
+npm run -s build
+echo "setup: done (weft CLI: node dist/control/cli.js, or npm link)"
