@@ -8,7 +8,7 @@
 set -eu
 cd "$(dirname "$0")/.."
 
-PKGS="iproute2 iputils-ping iperf3 dnsutils nftables socat wireguard-go wireguard-tools nebula python3 make g++ procps"
+PKGS="iproute2 ethtool iputils-ping iperf3 dnsutils nftables socat wireguard-go wireguard-tools nebula python3 make g++ procps"
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   missing=""
   for p in $PKGS; do

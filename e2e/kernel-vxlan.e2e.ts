@@ -1,0 +1,105 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { type Host, requireRoot, Topology } from './netns.js';
+import { launch, removeStateDirs, status, weft } from './weft.js';
+
+const reason = requireRoot();
+
+/** VNI is Weft's default VXLAN network identifier (router/constants.ts VXLAN_VNI_DEFAULT). */
+const VNI = 22342;
+
+/**
+ * The Linux kernel's own vxlan device is a peer Weft did not write: host 2 runs no router at all,
+ * only `ip link add ... type vxlan` with a static all-zeros FDB entry towards host 1.
+ */
+describe.skipIf(reason)('a kernel vxlan device talks to a Weft router', () => {
+  let topo: Topology;
+  let weftHost: Host;
+  let kernelHost: Host;
+
+  beforeAll(async () => {
+    topo = await Topology.create({ hosts: 2 });
+    [weftHost, kernelHost] = topo.hosts as [Host, Host];
+    await launch(weftHost, [], ['--encap', 'vxlan']);
+    await weft(weftHost, ['expose', '10.32.0.1/12']);
+    const vx = kernelHost.ifname('vx');
+    await kernelHost.ip(
+      'link',
+      'add',
+      vx,
+      'type',
+      'vxlan',
+      'id',
+      String(VNI),
+      'dstport',
+      '6784',
+      'local',
+      kernelHost.underlayIp,
+      'dev',
+      kernelHost.underlayDev,
+    );
+    await kernelHost.exec('bridge', ['fdb', 'append', '00:00:00:00:00:00', 'dev', vx, 'dst', weftHost.underlayIp]);
+    await kernelHost.ip('addr', 'add', '10.32.0.9/12', 'dev', vx);
+    await kernelHost.ip('link', 'set', vx, 'mtu', '1450', 'up');
+    // Over veth nobody completes an offloaded inner checksum (a real NIC would): have the kernel
+    // host's TCP stack checksum in software, as it does when the NIC lacks tunnel offloads.
+    await kernelHost.exec('ethtool', ['-K', vx, 'tx', 'off']);
+  });
+
+  afterAll(async () => {
+    await topo?.destroy();
+    if (topo) removeStateDirs(topo);
+  });
+
+  it('answers the kernel host ARP and ping, and learns where it is', async () => {
+    const p = await kernelHost.ping('10.32.0.1', { count: 3, intervalS: 0.1 });
+    expect(p.received).toBe(3);
+    const s = await status(weftHost);
+    expect(s.counters.arpReplies).toBeGreaterThanOrEqual(1);
+    expect(s.learned).toContainEqual(expect.objectContaining({ ip: '10.32.0.9', endpoint: kernelHost.underlayIp }));
+  });
+
+  it('pings the kernel host from the Weft host once learned', async () => {
+    const p = await weftHost.ping('10.32.0.9', { count: 3, intervalS: 0.1 });
+    expect(p.received).toBe(3);
+  });
+
+  it('carries TCP both ways (iperf3)', async () => {
+    const server = await kernelHost.iperf3Server(5201);
+    try {
+      const up = await weftHost.iperf3Client('10.32.0.9', { seconds: 2 });
+      const down = await weftHost.iperf3Client('10.32.0.9', { seconds: 2, reverse: true });
+      expect(up.bitsPerSecond).toBeGreaterThan(1e6);
+      expect(down.bitsPerSecond).toBeGreaterThan(1e6);
+    } finally {
+      await server.stop();
+    }
+  });
+
+  it('drops VXLAN frames for another VNI and counts them', async () => {
+    const other = kernelHost.ifname('vy');
+    await kernelHost.ip(
+      'link',
+      'add',
+      other,
+      'type',
+      'vxlan',
+      'id',
+      String(VNI + 1),
+      'dstport',
+      '6784',
+      'local',
+      kernelHost.underlayIp,
+      'dev',
+      kernelHost.underlayDev,
+    );
+    await kernelHost.exec('bridge', ['fdb', 'append', '00:00:00:00:00:00', 'dev', other, 'dst', weftHost.underlayIp]);
+    await kernelHost.ip('addr', 'add', '10.33.0.9/16', 'dev', other);
+    await kernelHost.ip('link', 'set', other, 'up');
+    const p = await kernelHost.ping('10.33.0.1', { count: 2, intervalS: 0.1 });
+    expect(p.received).toBe(0);
+    const s = await status(weftHost);
+    expect(s.counters.drops.bad_vni).toBeGreaterThanOrEqual(2);
+    // ...and the router still serves the right VNI.
+    expect((await kernelHost.ping('10.32.0.1', { count: 1 })).received).toBe(1);
+  });
+});
