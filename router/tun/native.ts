@@ -1,0 +1,166 @@
+import { existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { errorMessage, TunOpenError } from '../../common/errors.js';
+
+/**
+ * NativeWatchHandle is the opaque handle `watch` returns; pass it to `unwatch` (twice is fine).
+ * If it is garbage collected while still watching, the watcher is stopped then.
+ */
+export type NativeWatchHandle = { readonly __brand: 'NativeWatchHandle' };
+
+/**
+ * NativeSystemError is what the addon throws when a system call fails while opening or setting
+ * up a device or socket: `code` is the errno name ('ENOENT', 'EBUSY'...), `errno` is -errno as
+ * in Node, `syscall` the call that failed, and the message reads "open /dev/net/tun: No such
+ * file or directory".
+ */
+export interface NativeSystemError extends Error {
+  readonly code: string;
+  readonly errno: number;
+  readonly syscall: string;
+}
+
+/**
+ * NativeAddon is the typed surface of `weft_native.node` (source: native/weft_native.c, whose
+ * header comment is the full contract).
+ *
+ * Ownership: every Buffer and typed array argument is borrowed only until the call returns.
+ * Batch calls throw a TypeError on misuse (bad types, slots or spans outside `buf`, counts larger
+ * than the arrays) and never throw for a per-packet error. Addresses are IPv4 as unsigned 32-bit
+ * integers in host order.
+ *
+ * Slots: item i of a batch read lands at `buf[offset + i*stride]`; its room is
+ * `stride - offset % stride`, cut at the end of `buf`; every slot must start inside `buf`; an
+ * item that did not fit is reported with length -1.
+ */
+export interface NativeAddon {
+  /** tunOpen opens /dev/net/tun non-blocking and attaches it (IFF_NO_PI always); throws NativeSystemError. */
+  tunOpen(name: string, mode: 'tun' | 'tap', multiQueue: boolean, vnetHdr: boolean): { fd: number; name: string };
+  /** tunSetOffload sets TUNSETOFFLOAD flags (TUN_F_*); the device must have been opened with vnetHdr. */
+  tunSetOffload(fd: number, flags: number): void;
+  /** tunSetVnetHdrSize sets TUNSETVNETHDRSZ (10 or 12 bytes, see VIRTIO_NET_HDR_*). */
+  tunSetVnetHdrSize(fd: number, size: number): void;
+  /**
+   * udpOpen opens a non-blocking UDP/IPv4 socket bound to bindAddr:port (0 = any / ephemeral).
+   * rcvbuf/sndbuf (0 = kernel default) are forced past the sysctl limits when privileged. DF is
+   * never set, so oversized datagrams are fragmented rather than refused. No SO_REUSEADDR, so a
+   * port in use fails with EADDRINUSE.
+   */
+  udpOpen(bindAddr: number, port: number, rcvbuf: number, sndbuf: number): { fd: number; port: number };
+  /** socketBuffers reads SO_RCVBUF/SO_SNDBUF as the kernel reports them (twice what was asked). */
+  socketBuffers(fd: number): { rcvbuf: number; sndbuf: number };
+  /** watch runs `cb` once per event-loop turn while fd is readable; exceptions go to 'uncaughtException'. */
+  watch(fd: number, cb: () => void): NativeWatchHandle;
+  /** unwatch stops and closes a watcher (freed on the loop's next close phase); idempotent. */
+  unwatch(handle: NativeWatchHandle): void;
+  /** activeWatchers counts this thread's watchers whose libuv handle is not closed yet (leak checks). */
+  activeWatchers(): number;
+  /** readBatch reads up to max packets with read(2); returns the count, or -errno if the first read failed. */
+  readBatch(fd: number, buf: Buffer, offset: number, stride: number, max: number, lengths: Int32Array): number;
+  /** writeBatch writes count packets with write(2); returns how many were accepted (a refused packet is skipped). */
+  writeBatch(fd: number, buf: Buffer, offsets: Int32Array, lengths: Int32Array, count: number): number;
+  /** recvBatch receives up to max datagrams with recvmmsg(2); returns the count, or -errno. */
+  recvBatch(
+    fd: number,
+    buf: Buffer,
+    offset: number,
+    stride: number,
+    max: number,
+    lengths: Int32Array,
+    addrs: Uint32Array,
+    ports: Uint16Array,
+  ): number;
+  /** sendBatch sends count datagrams with sendmmsg(2); returns how many were accepted (failed destinations skipped). */
+  sendBatch(
+    fd: number,
+    buf: Buffer,
+    offsets: Int32Array,
+    lengths: Int32Array,
+    addrs: Uint32Array,
+    ports: Uint16Array,
+    count: number,
+  ): number;
+  /** close closes an fd; returns 0 or -errno and never throws for a bad fd. */
+  close(fd: number): number;
+
+  /** IFF_* are the TUNSETIFF flags tunOpen combines (exported for diagnostics). */
+  readonly IFF_TUN: number;
+  readonly IFF_TAP: number;
+  readonly IFF_NO_PI: number;
+  readonly IFF_MULTI_QUEUE: number;
+  readonly IFF_VNET_HDR: number;
+  /** TUN_F_* are the TUNSETOFFLOAD flags: checksum offload and the segmentation offloads that need it. */
+  readonly TUN_F_CSUM: number;
+  readonly TUN_F_TSO4: number;
+  readonly TUN_F_TSO6: number;
+  readonly TUN_F_TSO_ECN: number;
+  readonly TUN_F_UFO: number;
+  /** TUN_F_USO4/6 exist only when the addon was built against kernel headers >= 6.2. */
+  readonly TUN_F_USO4?: number;
+  readonly TUN_F_USO6?: number;
+  /** VIRTIO_NET_HDR_LEN is sizeof(struct virtio_net_hdr) = 10. */
+  readonly VIRTIO_NET_HDR_LEN: number;
+  /** VIRTIO_NET_HDR_MRG_RXBUF_LEN is sizeof(struct virtio_net_hdr_mrg_rxbuf) = 12. */
+  readonly VIRTIO_NET_HDR_MRG_RXBUF_LEN: number;
+  /** MMSG_CHUNK is how many datagrams one recvmmsg/sendmmsg call handles; larger batches are chunked. */
+  readonly MMSG_CHUNK: number;
+}
+
+/** NATIVE_ADDON_RELPATH is where `npm run build:native` puts the addon, relative to the package root. */
+export const NATIVE_ADDON_RELPATH = 'router/tun/native/build/Release/weft_native.node';
+
+const require = createRequire(import.meta.url);
+const here = dirname(fileURLToPath(import.meta.url));
+let cached: NativeAddon | undefined;
+
+/**
+ * nativeAddonCandidates lists where the addon may be, nearest first: beside this file when it
+ * runs from source (router/tun/native.ts), then the package root found by walking up (covers
+ * dist/router/tun/native.js and an installed package).
+ */
+export function nativeAddonCandidates(): string[] {
+  const out = [join(here, 'native', 'build', 'Release', 'weft_native.node')];
+  let dir = here;
+  for (let i = 0; i < 5; i++) {
+    dir = dirname(dir);
+    out.push(join(dir, NATIVE_ADDON_RELPATH));
+  }
+  return [...new Set(out.map((p) => resolve(p)))];
+}
+
+/** isNativeSystemError narrows a thrown value to the addon's system-call error. */
+export function isNativeSystemError(err: unknown): err is NativeSystemError {
+  return err instanceof Error && typeof (err as { code?: unknown }).code === 'string' && 'syscall' in err;
+}
+
+/**
+ * loadNative returns the addon, loading it once per process (thread). It throws TunOpenError
+ * ("native addon not built: run `npm run build:native`") when no candidate exists, and
+ * TunOpenError with the loader's reason when the file exists but does not load (e.g. it was
+ * built for another Node ABI). A failure is not cached, so a later build is picked up.
+ */
+export function loadNative(): NativeAddon {
+  if (cached !== undefined) return cached;
+  const path = nativeAddonCandidates().find((p) => existsSync(p));
+  if (path === undefined) throw new TunOpenError('native addon not built: run `npm run build:native`');
+  try {
+    cached = require(path) as NativeAddon;
+  } catch (err) {
+    throw new TunOpenError(
+      `native addon at ${path} does not load (${errorMessage(err).split('\n')[0]}): run \`npm run build:native\``,
+      { cause: err },
+    );
+  }
+  return cached;
+}
+
+/** tryLoadNative is loadNative that returns undefined instead of throwing (to pick a fallback or skip tests). */
+export function tryLoadNative(): NativeAddon | undefined {
+  try {
+    return loadNative();
+  } catch {
+    return undefined;
+  }
+}

@@ -1,0 +1,718 @@
+/*
+ * weft_native: the part of Weft's data plane that Node cannot do itself (Linux only).
+ *
+ *   tunOpen(name, mode, multiQueue, vnetHdr) -> { fd, name }   open /dev/net/tun + TUNSETIFF
+ *   tunSetOffload(fd, flags), tunSetVnetHdrSize(fd, size)      TUNSETOFFLOAD / TUNSETVNETHDRSZ
+ *   udpOpen(bindAddr, port, rcvbuf, sndbuf) -> { fd, port }    non-blocking UDP/IPv4 socket
+ *   socketBuffers(fd) -> { rcvbuf, sndbuf }                    kernel buffer sizes in effect
+ *   watch(fd, cb) -> handle, unwatch(handle), activeWatchers() libuv readiness (UV_READABLE)
+ *   readBatch / writeBatch                                     read()/write() loops (TUN fd)
+ *   recvBatch / sendBatch                                      recvmmsg()/sendmmsg() (UDP fd)
+ *   close(fd) -> 0 | -errno
+ *
+ * Ownership: every Buffer and typed array argument is borrowed only for the duration of the
+ * call; nothing is retained once a function returns. The one exception is watch(), which holds
+ * a strong reference to its callback until unwatch() or until the handle is garbage collected.
+ *
+ * Slots: batch reads place item i at buf[offset + i*stride]. Its room is stride - offset%stride
+ * (the rest of its stride-aligned slot, so the headroom at the start of the next slot is never
+ * overwritten), cut at the end of buf. Every slot must start inside buf. An item that did not
+ * fit its room is reported with length -1; the bytes in its slot are then meaningless.
+ *
+ * Errors: misuse (wrong types, out-of-bounds offsets or counts) throws a TypeError; it is a
+ * programming error. Open and setup failures throw an Error whose `code` is the errno name
+ * ('ENOENT'), `errno` is -errno (as in Node) and `syscall` the failed call. Per-packet I/O
+ * never throws:
+ *   readBatch  returns the count read; stops at EAGAIN; retries EINTR; any other error ends the
+ *              batch and returns the count so far, or -errno when nothing was read.
+ *   recvBatch  the same rules (recvmmsg reports an error met after some datagrams on the next
+ *              call).
+ *   writeBatch returns how many packets the kernel accepted. It stops at EAGAIN/ENOBUFS (queue
+ *              full: the rest are the caller's drops) and at errors about the fd itself (EBADF,
+ *              EBADFD). Any other error (EINVAL for a non-IP packet on a TUN, EIO while the link
+ *              is down, EMSGSIZE...) skips that packet only and the loop goes on.
+ *   sendBatch  returns how many datagrams the kernel accepted, with the same rules: stop at
+ *              EAGAIN/ENOBUFS/EBADF/ENOTSOCK, skip a datagram whose destination fails
+ *              (EMSGSIZE, ENETUNREACH, EPERM, ECONNREFUSED, EINVAL for port 0...).
+ *
+ * Threads: the recvmmsg/sendmmsg scratch arrays are thread-local and hold MMSG_CHUNK items, so
+ * no call allocates and each worker thread may load the addon. Larger batches are chunked.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <arpa/inet.h>
+#include <net/if.h>
+#include <netinet/in.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <linux/if_tun.h>
+#include <linux/virtio_net.h>
+#include <node_api.h>
+#include <uv.h>
+
+#define MMSG_CHUNK 256
+#define WATCH_MAGIC 0x77656674u /* "weft" */
+
+static __thread struct mmsghdr t_msgs[MMSG_CHUNK];
+static __thread struct iovec t_iovs[MMSG_CHUNK];
+static __thread struct sockaddr_in t_names[MMSG_CHUNK];
+static __thread int t_active_watchers; /* uv_poll handles started and not yet closed */
+
+/* ---- errors ---- */
+
+static const char *errno_name(int e) {
+  switch (e) {
+#define E(x) case x: return #x;
+    E(EPERM) E(ENOENT) E(EINTR) E(EIO) E(ENXIO) E(EBADF) E(EAGAIN) E(ENOMEM) E(EACCES)
+    E(EFAULT) E(EBUSY) E(EEXIST) E(ENODEV) E(EINVAL) E(ENFILE) E(EMFILE) E(ENOTTY) E(ENOSPC)
+    E(ENOSYS) E(EBADFD) E(ENOTSOCK) E(EMSGSIZE) E(EPROTONOSUPPORT) E(EOPNOTSUPP)
+    E(EAFNOSUPPORT) E(EADDRINUSE) E(EADDRNOTAVAIL) E(ENETDOWN) E(ENETUNREACH) E(ENOBUFS)
+    E(ECONNREFUSED) E(EHOSTUNREACH)
+#undef E
+    default: return "EUNKNOWN";
+  }
+}
+
+static const char *errno_text(int e, char *tmp, size_t n) {
+#if defined(__GLIBC__)
+  return strerror_r(e, tmp, n);
+#else
+  if (strerror_r(e, tmp, n) != 0) snprintf(tmp, n, "errno %d", e);
+  return tmp;
+#endif
+}
+
+/* throw_errno throws Error("<what>: <strerror>") with code, errno and syscall set. */
+static napi_value throw_errno(napi_env env, int e, const char *syscall, const char *fmt, ...) {
+  char what[192], msg[320], tmp[128];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(what, sizeof what, fmt, ap);
+  va_end(ap);
+  snprintf(msg, sizeof msg, "%s: %s", what, errno_text(e, tmp, sizeof tmp));
+  napi_value code, message, err, v;
+  napi_create_string_utf8(env, errno_name(e), NAPI_AUTO_LENGTH, &code);
+  napi_create_string_utf8(env, msg, NAPI_AUTO_LENGTH, &message);
+  napi_create_error(env, code, message, &err);
+  napi_create_int32(env, -e, &v);
+  napi_set_named_property(env, err, "errno", v);
+  napi_create_string_utf8(env, syscall, NAPI_AUTO_LENGTH, &v);
+  napi_set_named_property(env, err, "syscall", v);
+  napi_throw(env, err);
+  return NULL;
+}
+
+static bool throw_type(napi_env env, const char *fmt, ...) {
+  char msg[256];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  napi_throw_type_error(env, "ERR_INVALID_ARG_VALUE", msg);
+  return false;
+}
+
+/* ---- argument helpers (all cheap; they run once per batch) ---- */
+
+static bool get_args(napi_env env, napi_callback_info info, size_t want, napi_value *argv,
+                     const char *fn) {
+  size_t argc = want;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok) return false;
+  if (argc < want) return throw_type(env, "%s: expected %zu arguments, got %zu", fn, want, argc);
+  return true;
+}
+
+static bool get_int(napi_env env, napi_value v, int64_t lo, int64_t hi, int64_t *out,
+                    const char *fn, const char *name) {
+  double d;
+  if (napi_get_value_double(env, v, &d) != napi_ok || !(d >= (double)lo && d <= (double)hi) ||
+      d != (double)(int64_t)d)
+    return throw_type(env, "%s: %s must be an integer in [%lld, %lld]", fn, name, (long long)lo,
+                      (long long)hi);
+  *out = (int64_t)d;
+  return true;
+}
+
+static bool get_fd(napi_env env, napi_value v, int *fd, const char *fn) {
+  int64_t x;
+  if (!get_int(env, v, 0, INT32_MAX, &x, fn, "fd")) return false;
+  *fd = (int)x;
+  return true;
+}
+
+static bool get_buf(napi_env env, napi_value v, uint8_t **data, size_t *len, const char *fn) {
+  void *d = NULL;
+  size_t n = 0;
+  if (napi_get_buffer_info(env, v, &d, &n) != napi_ok)
+    return throw_type(env, "%s: buf must be a Buffer", fn);
+  *data = d;
+  *len = n;
+  return true;
+}
+
+static bool get_typed(napi_env env, napi_value v, napi_typedarray_type want, void **data,
+                      size_t *len, const char *fn, const char *what) {
+  bool is = false;
+  napi_typedarray_type t;
+  if (napi_is_typedarray(env, v, &is) != napi_ok || !is ||
+      napi_get_typedarray_info(env, v, &t, len, data, NULL, NULL) != napi_ok || t != want)
+    return throw_type(env, "%s: %s", fn, what);
+  return true;
+}
+
+/* check_slots: slots 0..max-1 at off + i*stride must each start inside buf. */
+static bool check_slots(napi_env env, const char *fn, size_t buflen, int64_t off, int64_t stride,
+                        int64_t max) {
+  if (max > 0 && ((uint64_t)off >= buflen ||
+                  (uint64_t)(max - 1) > ((uint64_t)buflen - 1 - (uint64_t)off) / (uint64_t)stride))
+    return throw_type(env, "%s: %lld slots of %lld bytes from offset %lld do not fit a %zu-byte buffer",
+                      fn, (long long)max, (long long)stride, (long long)off, buflen);
+  return true;
+}
+
+/* check_spans: count <= array lengths and every [off, off+len) lies inside buf. */
+static bool check_spans(napi_env env, const char *fn, size_t buflen, const int32_t *offs,
+                        const int32_t *lens, int64_t count) {
+  for (int64_t i = 0; i < count; i++) {
+    if (offs[i] < 0 || lens[i] < 0 || (uint64_t)offs[i] + (uint64_t)lens[i] > buflen)
+      return throw_type(env, "%s: packet %lld [%d, +%d) lies outside the %zu-byte buffer", fn,
+                        (long long)i, offs[i], lens[i], buflen);
+  }
+  return true;
+}
+
+static napi_value num(napi_env env, double x) {
+  napi_value v;
+  napi_create_double(env, x, &v);
+  return v;
+}
+
+static void set_num(napi_env env, napi_value obj, const char *key, double x) {
+  napi_set_named_property(env, obj, key, num(env, x));
+}
+
+/* ---- TUN ---- */
+
+static napi_value TunOpen(napi_env env, napi_callback_info info) {
+  napi_value argv[4];
+  char name[64], mode[8];
+  size_t nlen = 0, mlen = 0;
+  bool mq = false, vnet = false;
+  if (!get_args(env, info, 4, argv, "tunOpen")) return NULL;
+  if (napi_get_value_string_utf8(env, argv[0], name, sizeof name, &nlen) != napi_ok)
+    return throw_type(env, "tunOpen: name must be a string"), NULL;
+  if (napi_get_value_string_utf8(env, argv[1], mode, sizeof mode, &mlen) != napi_ok ||
+      (strcmp(mode, "tun") != 0 && strcmp(mode, "tap") != 0))
+    return throw_type(env, "tunOpen: mode must be 'tun' or 'tap'"), NULL;
+  if (napi_get_value_bool(env, argv[2], &mq) != napi_ok ||
+      napi_get_value_bool(env, argv[3], &vnet) != napi_ok)
+    return throw_type(env, "tunOpen: multiQueue and vnetHdr must be booleans"), NULL;
+  if (nlen >= IFNAMSIZ)
+    return throw_errno(env, EINVAL, "ioctl", "TUN device name \"%s\" is longer than %d bytes", name,
+                       IFNAMSIZ - 1);
+
+  int fd = open("/dev/net/tun", O_RDWR | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0) return throw_errno(env, errno, "open", "open /dev/net/tun");
+  struct ifreq ifr;
+  memset(&ifr, 0, sizeof ifr);
+  ifr.ifr_flags = (short)((mode[1] == 'a' ? IFF_TAP : IFF_TUN) | IFF_NO_PI |
+                          (mq ? IFF_MULTI_QUEUE : 0) | (vnet ? IFF_VNET_HDR : 0));
+  memcpy(ifr.ifr_name, name, nlen);
+  if (ioctl(fd, TUNSETIFF, &ifr) < 0) {
+    int e = errno;
+    close(fd);
+    return throw_errno(env, e, "ioctl", "ioctl TUNSETIFF %s", nlen ? name : "(any name)");
+  }
+  napi_value out, v;
+  napi_create_object(env, &out);
+  set_num(env, out, "fd", fd);
+  napi_create_string_utf8(env, ifr.ifr_name, strnlen(ifr.ifr_name, IFNAMSIZ), &v);
+  napi_set_named_property(env, out, "name", v);
+  return out;
+}
+
+static napi_value TunSetOffload(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  int fd;
+  int64_t flags;
+  if (!get_args(env, info, 2, argv, "tunSetOffload") || !get_fd(env, argv[0], &fd, "tunSetOffload") ||
+      !get_int(env, argv[1], 0, UINT32_MAX, &flags, "tunSetOffload", "flags"))
+    return NULL;
+  if (ioctl(fd, TUNSETOFFLOAD, (unsigned long)flags) < 0)
+    return throw_errno(env, errno, "ioctl", "ioctl TUNSETOFFLOAD 0x%llx", (long long)flags);
+  return NULL;
+}
+
+static napi_value TunSetVnetHdrSize(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  int fd;
+  int64_t size;
+  if (!get_args(env, info, 2, argv, "tunSetVnetHdrSize") ||
+      !get_fd(env, argv[0], &fd, "tunSetVnetHdrSize") ||
+      !get_int(env, argv[1], 0, INT32_MAX, &size, "tunSetVnetHdrSize", "size"))
+    return NULL;
+  int sz = (int)size;
+  if (ioctl(fd, TUNSETVNETHDRSZ, &sz) < 0)
+    return throw_errno(env, errno, "ioctl", "ioctl TUNSETVNETHDRSZ %d", sz);
+  return NULL;
+}
+
+/* ReadBatch(fd, buf, offset, stride, max, lengths: Int32Array) -> count | -errno */
+static napi_value ReadBatch(napi_env env, napi_callback_info info) {
+  napi_value argv[6];
+  int fd;
+  int64_t off, stride, max;
+  uint8_t *buf = NULL, spill;
+  size_t buflen = 0, nlens = 0;
+  int32_t *lens;
+  if (!get_args(env, info, 6, argv, "readBatch") || !get_fd(env, argv[0], &fd, "readBatch") ||
+      !get_buf(env, argv[1], &buf, &buflen, "readBatch") ||
+      !get_int(env, argv[2], 0, INT64_C(1) << 52, &off, "readBatch", "offset") ||
+      !get_int(env, argv[3], 1, INT32_MAX, &stride, "readBatch", "stride") ||
+      !get_int(env, argv[4], 0, INT32_MAX, &max, "readBatch", "max") ||
+      !get_typed(env, argv[5], napi_int32_array, (void **)&lens, &nlens, "readBatch",
+                 "lengths must be an Int32Array"))
+    return NULL;
+  if ((uint64_t)max > nlens) return throw_type(env, "readBatch: max %lld > lengths.length %zu", (long long)max, nlens), NULL;
+  if (!check_slots(env, "readBatch", buflen, off, stride, max)) return NULL;
+
+  /* A second 1-byte iovec tells a packet that exactly fills its room from a truncated one:
+   * the TUN driver returns min(packet length, iov total). */
+  size_t room0 = (size_t)(stride - off % stride);
+  struct iovec iov[2] = {{NULL, 0}, {&spill, 1}};
+  int64_t i = 0;
+  while (i < max) {
+    size_t pos = (size_t)(off + i * stride);
+    size_t room = buflen - pos < room0 ? buflen - pos : room0;
+    iov[0].iov_base = buf + pos;
+    iov[0].iov_len = room;
+    ssize_t n = readv(fd, iov, 2);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno != EAGAIN && i == 0) return num(env, -errno);
+      break;
+    }
+    lens[i++] = (size_t)n > room ? -1 : (int32_t)n;
+  }
+  return num(env, (double)i);
+}
+
+/* WriteBatch(fd, buf, offsets: Int32Array, lengths: Int32Array, count) -> accepted */
+static napi_value WriteBatch(napi_env env, napi_callback_info info) {
+  napi_value argv[5];
+  int fd;
+  int64_t count;
+  uint8_t *buf = NULL;
+  size_t buflen = 0, noffs = 0, nlens = 0;
+  int32_t *offs, *lens;
+  if (!get_args(env, info, 5, argv, "writeBatch") || !get_fd(env, argv[0], &fd, "writeBatch") ||
+      !get_buf(env, argv[1], &buf, &buflen, "writeBatch") ||
+      !get_typed(env, argv[2], napi_int32_array, (void **)&offs, &noffs, "writeBatch",
+                 "offsets must be an Int32Array") ||
+      !get_typed(env, argv[3], napi_int32_array, (void **)&lens, &nlens, "writeBatch",
+                 "lengths must be an Int32Array") ||
+      !get_int(env, argv[4], 0, INT32_MAX, &count, "writeBatch", "count"))
+    return NULL;
+  if ((uint64_t)count > noffs || (uint64_t)count > nlens)
+    return throw_type(env, "writeBatch: count %lld exceeds offsets/lengths", (long long)count), NULL;
+  if (!check_spans(env, "writeBatch", buflen, offs, lens, count)) return NULL;
+
+  int64_t written = 0;
+  for (int64_t i = 0; i < count; i++) {
+    ssize_t n;
+    do n = write(fd, buf + offs[i], (size_t)lens[i]);
+    while (n < 0 && errno == EINTR);
+    if (n >= 0) {
+      written++;
+    } else if (errno == EAGAIN || errno == ENOBUFS || errno == EBADF || errno == EBADFD) {
+      break;
+    } /* else: this packet was refused (EINVAL, EIO, EMSGSIZE...): skip it */
+  }
+  return num(env, (double)written);
+}
+
+/* ---- UDP ---- */
+
+static void set_sockbuf(int fd, int force_opt, int opt, int64_t bytes) {
+  int v = (int)bytes;
+  if (bytes <= 0) return;
+  /* SO_*BUFFORCE needs CAP_NET_ADMIN but may exceed net.core.[rw]mem_max; fall back silently. */
+  if (setsockopt(fd, SOL_SOCKET, force_opt, &v, sizeof v) < 0)
+    (void)setsockopt(fd, SOL_SOCKET, opt, &v, sizeof v);
+}
+
+/* UdpOpen(bindAddr: u32 host order, port, rcvbuf, sndbuf) -> { fd, port }
+ * No SO_REUSEADDR: on Linux it lets a second UDP socket bind the same port, so two routers
+ * would silently share (and split) one port instead of the second failing with EADDRINUSE.
+ * UDP has no TIME_WAIT, so a restarted router rebinds without it. */
+static napi_value UdpOpen(napi_env env, napi_callback_info info) {
+  napi_value argv[4];
+  int64_t addr, port, rcvbuf, sndbuf;
+  if (!get_args(env, info, 4, argv, "udpOpen") ||
+      !get_int(env, argv[0], 0, UINT32_MAX, &addr, "udpOpen", "bindAddr") ||
+      !get_int(env, argv[1], 0, 65535, &port, "udpOpen", "port") ||
+      !get_int(env, argv[2], 0, INT32_MAX, &rcvbuf, "udpOpen", "rcvbuf") ||
+      !get_int(env, argv[3], 0, INT32_MAX, &sndbuf, "udpOpen", "sndbuf"))
+    return NULL;
+  int fd = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) return throw_errno(env, errno, "socket", "socket AF_INET SOCK_DGRAM");
+  set_sockbuf(fd, SO_RCVBUFFORCE, SO_RCVBUF, rcvbuf);
+  set_sockbuf(fd, SO_SNDBUFFORCE, SO_SNDBUF, sndbuf);
+  /* Never set DF on our datagrams. A datagram bigger than the path MTU (an encapsulated packet
+   * near the overlay MTU, or a jumbo overlay MTU over a 1500-byte underlay) is then fragmented
+   * by the kernel or a router on the way instead of failing here with EMSGSIZE or being dropped
+   * on the path with an ICMP "fragmentation needed" that the inner sender would never see. */
+  int pmtu = IP_PMTUDISC_DONT;
+  struct sockaddr_in sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sin_family = AF_INET;
+  sa.sin_port = htons((uint16_t)port);
+  sa.sin_addr.s_addr = htonl((uint32_t)addr);
+  socklen_t sl = sizeof sa;
+  const char *call = "setsockopt";
+  if (setsockopt(fd, IPPROTO_IP, IP_MTU_DISCOVER, &pmtu, sizeof pmtu) < 0 ||
+      (call = "bind", bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0) ||
+      (call = "getsockname", getsockname(fd, (struct sockaddr *)&sa, &sl) < 0)) {
+    int e = errno;
+    close(fd);
+    uint32_t a = (uint32_t)addr;
+    return throw_errno(env, e, call, "%s udp %u.%u.%u.%u:%u", call, a >> 24, (a >> 16) & 255,
+                       (a >> 8) & 255, a & 255, (unsigned)port);
+  }
+  napi_value out;
+  napi_create_object(env, &out);
+  set_num(env, out, "fd", fd);
+  set_num(env, out, "port", ntohs(sa.sin_port));
+  return out;
+}
+
+static napi_value SocketBuffers(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  int fd, rcv = 0, snd = 0;
+  socklen_t l1 = sizeof rcv, l2 = sizeof snd;
+  if (!get_args(env, info, 1, argv, "socketBuffers") || !get_fd(env, argv[0], &fd, "socketBuffers"))
+    return NULL;
+  if (getsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcv, &l1) < 0 ||
+      getsockopt(fd, SOL_SOCKET, SO_SNDBUF, &snd, &l2) < 0)
+    return throw_errno(env, errno, "getsockopt", "getsockopt SO_RCVBUF/SO_SNDBUF fd %d", fd);
+  napi_value out;
+  napi_create_object(env, &out);
+  set_num(env, out, "rcvbuf", rcv);
+  set_num(env, out, "sndbuf", snd);
+  return out;
+}
+
+/* RecvBatch(fd, buf, offset, stride, max, lengths, addrs: Uint32Array, ports: Uint16Array) */
+static napi_value RecvBatch(napi_env env, napi_callback_info info) {
+  napi_value argv[8];
+  int fd;
+  int64_t off, stride, max;
+  uint8_t *buf = NULL;
+  size_t buflen = 0, nlens = 0, naddrs = 0, nports = 0;
+  int32_t *lens;
+  uint32_t *addrs;
+  uint16_t *ports;
+  if (!get_args(env, info, 8, argv, "recvBatch") || !get_fd(env, argv[0], &fd, "recvBatch") ||
+      !get_buf(env, argv[1], &buf, &buflen, "recvBatch") ||
+      !get_int(env, argv[2], 0, INT64_C(1) << 52, &off, "recvBatch", "offset") ||
+      !get_int(env, argv[3], 1, INT32_MAX, &stride, "recvBatch", "stride") ||
+      !get_int(env, argv[4], 0, INT32_MAX, &max, "recvBatch", "max") ||
+      !get_typed(env, argv[5], napi_int32_array, (void **)&lens, &nlens, "recvBatch",
+                 "lengths must be an Int32Array") ||
+      !get_typed(env, argv[6], napi_uint32_array, (void **)&addrs, &naddrs, "recvBatch",
+                 "addrs must be a Uint32Array") ||
+      !get_typed(env, argv[7], napi_uint16_array, (void **)&ports, &nports, "recvBatch",
+                 "ports must be a Uint16Array"))
+    return NULL;
+  if ((uint64_t)max > nlens || (uint64_t)max > naddrs || (uint64_t)max > nports)
+    return throw_type(env, "recvBatch: max %lld exceeds lengths/addrs/ports", (long long)max), NULL;
+  if (!check_slots(env, "recvBatch", buflen, off, stride, max)) return NULL;
+
+  size_t room0 = (size_t)(stride - off % stride);
+  int64_t got = 0;
+  while (got < max) {
+    unsigned n = max - got < MMSG_CHUNK ? (unsigned)(max - got) : MMSG_CHUNK;
+    for (unsigned j = 0; j < n; j++) {
+      size_t pos = (size_t)(off + (got + j) * stride);
+      t_iovs[j].iov_base = buf + pos;
+      t_iovs[j].iov_len = buflen - pos < room0 ? buflen - pos : room0;
+      struct msghdr *h = &t_msgs[j].msg_hdr;
+      h->msg_name = &t_names[j];
+      h->msg_namelen = sizeof t_names[j];
+      h->msg_iov = &t_iovs[j];
+      h->msg_iovlen = 1;
+      h->msg_control = NULL;
+      h->msg_controllen = 0;
+      h->msg_flags = 0;
+      t_msgs[j].msg_len = 0;
+    }
+    int r = recvmmsg(fd, t_msgs, n, MSG_DONTWAIT, NULL);
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      if (errno != EAGAIN && got == 0) return num(env, -errno);
+      break;
+    }
+    for (int j = 0; j < r; j++) {
+      const struct msghdr *h = &t_msgs[j].msg_hdr;
+      int64_t k = got + j;
+      lens[k] = (h->msg_flags & MSG_TRUNC) ? -1 : (int32_t)t_msgs[j].msg_len;
+      if (h->msg_namelen >= sizeof(struct sockaddr_in) && t_names[j].sin_family == AF_INET) {
+        addrs[k] = ntohl(t_names[j].sin_addr.s_addr);
+        ports[k] = ntohs(t_names[j].sin_port);
+      } else {
+        addrs[k] = 0;
+        ports[k] = 0;
+      }
+    }
+    got += r;
+    if ((unsigned)r < n) break;
+  }
+  return num(env, (double)got);
+}
+
+/* SendBatch(fd, buf, offsets, lengths, addrs: Uint32Array, ports: Uint16Array, count) -> sent */
+static napi_value SendBatch(napi_env env, napi_callback_info info) {
+  napi_value argv[7];
+  int fd;
+  int64_t count;
+  uint8_t *buf = NULL;
+  size_t buflen = 0, noffs = 0, nlens = 0, naddrs = 0, nports = 0;
+  int32_t *offs, *lens;
+  uint32_t *addrs;
+  uint16_t *ports;
+  if (!get_args(env, info, 7, argv, "sendBatch") || !get_fd(env, argv[0], &fd, "sendBatch") ||
+      !get_buf(env, argv[1], &buf, &buflen, "sendBatch") ||
+      !get_typed(env, argv[2], napi_int32_array, (void **)&offs, &noffs, "sendBatch",
+                 "offsets must be an Int32Array") ||
+      !get_typed(env, argv[3], napi_int32_array, (void **)&lens, &nlens, "sendBatch",
+                 "lengths must be an Int32Array") ||
+      !get_typed(env, argv[4], napi_uint32_array, (void **)&addrs, &naddrs, "sendBatch",
+                 "addrs must be a Uint32Array") ||
+      !get_typed(env, argv[5], napi_uint16_array, (void **)&ports, &nports, "sendBatch",
+                 "ports must be a Uint16Array") ||
+      !get_int(env, argv[6], 0, INT32_MAX, &count, "sendBatch", "count"))
+    return NULL;
+  if ((uint64_t)count > noffs || (uint64_t)count > nlens || (uint64_t)count > naddrs ||
+      (uint64_t)count > nports)
+    return throw_type(env, "sendBatch: count %lld exceeds offsets/lengths/addrs/ports", (long long)count), NULL;
+  if (!check_spans(env, "sendBatch", buflen, offs, lens, count)) return NULL;
+
+  int64_t sent = 0;
+  for (int64_t base = 0; base < count;) {
+    unsigned n = count - base < MMSG_CHUNK ? (unsigned)(count - base) : MMSG_CHUNK;
+    for (unsigned j = 0; j < n; j++) {
+      int64_t k = base + j;
+      memset(&t_names[j], 0, sizeof t_names[j]);
+      t_names[j].sin_family = AF_INET;
+      t_names[j].sin_port = htons(ports[k]);
+      t_names[j].sin_addr.s_addr = htonl(addrs[k]);
+      t_iovs[j].iov_base = buf + offs[k];
+      t_iovs[j].iov_len = (size_t)lens[k];
+      struct msghdr *h = &t_msgs[j].msg_hdr;
+      h->msg_name = &t_names[j];
+      h->msg_namelen = sizeof t_names[j];
+      h->msg_iov = &t_iovs[j];
+      h->msg_iovlen = 1;
+      h->msg_control = NULL;
+      h->msg_controllen = 0;
+      h->msg_flags = 0;
+    }
+    /* sendmmsg stops at the first failing datagram and, if some were sent, hides its error;
+     * the next call then starts with it and reports the error. */
+    for (unsigned i = 0; i < n;) {
+      int r = sendmmsg(fd, t_msgs + i, n - i, MSG_DONTWAIT);
+      if (r > 0) {
+        sent += r;
+        i += (unsigned)r;
+      } else if (r < 0 && errno == EINTR) {
+        continue;
+      } else if (r == 0 || errno == EAGAIN || errno == ENOBUFS || errno == EBADF ||
+                 errno == ENOTSOCK) {
+        return num(env, (double)sent);
+      } else {
+        i++; /* this destination failed: skip the datagram */
+      }
+    }
+    base += n;
+  }
+  return num(env, (double)sent);
+}
+
+/* ---- readiness ---- */
+
+enum { W_ACTIVE, W_CLOSING, W_CLOSED };
+
+typedef struct {
+  uint32_t magic;
+  int state;
+  bool js_gone; /* the JS handle was garbage collected: free on close */
+  napi_env env;
+  napi_ref cb;
+  napi_async_context actx;
+  uv_poll_t poll;
+} watch_t;
+
+static void watch_on_close(uv_handle_t *h) {
+  watch_t *w = h->data;
+  w->state = W_CLOSED;
+  t_active_watchers--;
+  if (w->js_gone) {
+    w->magic = 0;
+    free(w);
+  }
+}
+
+static void watch_stop(napi_env env, watch_t *w) {
+  if (w->state != W_ACTIVE) return;
+  w->state = W_CLOSING;
+  uv_poll_stop(&w->poll);
+  uv_close((uv_handle_t *)&w->poll, watch_on_close);
+  napi_delete_reference(env, w->cb);
+  napi_async_destroy(env, w->actx);
+  w->cb = NULL;
+  w->actx = NULL;
+}
+
+static void watch_finalize(napi_env env, void *data, void *hint) {
+  (void)hint;
+  watch_t *w = data;
+  w->js_gone = true;
+  if (w->state == W_ACTIVE) watch_stop(env, w);
+  else if (w->state == W_CLOSED) free(w);
+}
+
+static void watch_on_poll(uv_poll_t *h, int status, int events) {
+  (void)status; /* on error libuv has stopped the handle; the callback's read sees the error */
+  (void)events;
+  watch_t *w = h->data;
+  if (w->state != W_ACTIVE) return;
+  napi_env env = w->env;
+  napi_handle_scope scope;
+  napi_value cb, recv, result;
+  if (napi_open_handle_scope(env, &scope) != napi_ok) return;
+  if (napi_get_reference_value(env, w->cb, &cb) == napi_ok && cb != NULL &&
+      napi_get_global(env, &recv) == napi_ok && /* MakeCallback wants an object receiver */
+      napi_make_callback(env, w->actx, recv, cb, 0, NULL, &result) != napi_ok) {
+    /* The callback threw: hand it to process 'uncaughtException' as Node does for its own
+     * callbacks, instead of leaving it pending (or aborting). */
+    bool pending = false;
+    napi_value exc;
+    if (napi_is_exception_pending(env, &pending) == napi_ok && pending &&
+        napi_get_and_clear_last_exception(env, &exc) == napi_ok)
+      napi_fatal_exception(env, exc);
+  }
+  napi_close_handle_scope(env, scope);
+}
+
+/* Watch(fd, cb) -> handle: cb() runs on each loop turn while fd is readable (level-triggered). */
+static napi_value Watch(napi_env env, napi_callback_info info) {
+  napi_value argv[2], name, resource, handle;
+  napi_valuetype t;
+  uv_loop_t *loop;
+  int fd;
+  if (!get_args(env, info, 2, argv, "watch") || !get_fd(env, argv[0], &fd, "watch")) return NULL;
+  if (napi_typeof(env, argv[1], &t) != napi_ok || t != napi_function)
+    return throw_type(env, "watch: callback must be a function"), NULL;
+  if (napi_get_uv_event_loop(env, &loop) != napi_ok) return throw_errno(env, EINVAL, "watch", "no event loop");
+  watch_t *w = calloc(1, sizeof *w);
+  if (w == NULL) return throw_errno(env, ENOMEM, "watch", "watch fd %d", fd);
+  int r = uv_poll_init(loop, &w->poll, fd);
+  if (r < 0) {
+    free(w);
+    return throw_errno(env, -r, "uv_poll_init", "watch fd %d", fd);
+  }
+  w->magic = WATCH_MAGIC;
+  w->env = env;
+  w->poll.data = w;
+  w->state = W_ACTIVE;
+  t_active_watchers++;
+  napi_create_string_utf8(env, "weft:watch", NAPI_AUTO_LENGTH, &name);
+  napi_create_object(env, &resource);
+  if (napi_create_reference(env, argv[1], 1, &w->cb) != napi_ok ||
+      napi_async_init(env, resource, name, &w->actx) != napi_ok ||
+      (r = uv_poll_start(&w->poll, UV_READABLE, watch_on_poll)) < 0 ||
+      napi_create_external(env, w, watch_finalize, NULL, &handle) != napi_ok) {
+    w->js_gone = true;
+    watch_stop(env, w); /* frees w once libuv has closed the handle */
+    return r < 0 ? throw_errno(env, -r, "uv_poll_start", "watch fd %d", fd) : NULL;
+  }
+  return handle;
+}
+
+static napi_value Unwatch(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  napi_valuetype t;
+  void *p = NULL;
+  if (!get_args(env, info, 1, argv, "unwatch")) return NULL;
+  if (napi_typeof(env, argv[0], &t) != napi_ok || t != napi_external ||
+      napi_get_value_external(env, argv[0], &p) != napi_ok || p == NULL ||
+      ((watch_t *)p)->magic != WATCH_MAGIC)
+    return throw_type(env, "unwatch: not a watch handle"), NULL;
+  watch_stop(env, p);
+  return NULL;
+}
+
+static napi_value ActiveWatchers(napi_env env, napi_callback_info info) {
+  (void)info;
+  return num(env, t_active_watchers);
+}
+
+static napi_value Close(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  int fd;
+  if (!get_args(env, info, 1, argv, "close") || !get_fd(env, argv[0], &fd, "close")) return NULL;
+  /* Linux releases the fd even when close() fails (EINTR included): never retry. */
+  return num(env, close(fd) < 0 ? -errno : 0);
+}
+
+/* ---- module ---- */
+
+NAPI_MODULE_INIT() {
+  static const struct { const char *name; napi_callback fn; } fns[] = {
+      {"tunOpen", TunOpen},       {"tunSetOffload", TunSetOffload},
+      {"tunSetVnetHdrSize", TunSetVnetHdrSize},
+      {"udpOpen", UdpOpen},       {"socketBuffers", SocketBuffers},
+      {"watch", Watch},           {"unwatch", Unwatch},
+      {"activeWatchers", ActiveWatchers},
+      {"readBatch", ReadBatch},   {"writeBatch", WriteBatch},
+      {"recvBatch", RecvBatch},   {"sendBatch", SendBatch},
+      {"close", Close},
+  };
+  static const struct { const char *name; double value; } consts[] = {
+      {"IFF_TUN", IFF_TUN},
+      {"IFF_TAP", IFF_TAP},
+      {"IFF_NO_PI", IFF_NO_PI},
+      {"IFF_MULTI_QUEUE", IFF_MULTI_QUEUE},
+      {"IFF_VNET_HDR", IFF_VNET_HDR},
+      {"TUN_F_CSUM", TUN_F_CSUM},
+      {"TUN_F_TSO4", TUN_F_TSO4},
+      {"TUN_F_TSO6", TUN_F_TSO6},
+      {"TUN_F_TSO_ECN", TUN_F_TSO_ECN},
+      {"TUN_F_UFO", TUN_F_UFO},
+#ifdef TUN_F_USO4
+      {"TUN_F_USO4", TUN_F_USO4},
+      {"TUN_F_USO6", TUN_F_USO6},
+#endif
+      {"VIRTIO_NET_HDR_LEN", sizeof(struct virtio_net_hdr)},
+      {"VIRTIO_NET_HDR_MRG_RXBUF_LEN", sizeof(struct virtio_net_hdr_mrg_rxbuf)},
+      {"MMSG_CHUNK", MMSG_CHUNK},
+  };
+  for (size_t i = 0; i < sizeof fns / sizeof fns[0]; i++) {
+    napi_value f;
+    if (napi_create_function(env, fns[i].name, NAPI_AUTO_LENGTH, fns[i].fn, NULL, &f) != napi_ok ||
+        napi_set_named_property(env, exports, fns[i].name, f) != napi_ok)
+      return NULL;
+  }
+  for (size_t i = 0; i < sizeof consts / sizeof consts[0]; i++)
+    set_num(env, exports, consts[i].name, consts[i].value);
+  return exports;
+}
