@@ -27,7 +27,7 @@ export function formatStatus(s: RouterStatus): string {
   const rows: [string, string][] = [
     ['Version', s.version],
     ['Name', `${s.name} (${s.nickname})`],
-    ['Encapsulation', `${s.encap} (sleeve UDP ${s.port}, VXLAN UDP ${s.vxlanPort} VNI ${s.vni})`],
+    ['Encapsulation', `${s.encap} (control TCP ${s.port}, sleeve UDP ${s.sleevePort}, VXLAN UDP ${s.vxlanPort} VNI ${s.vni})`],
     ['Device', `${s.device} (mtu ${s.mtu}, ${s.datapath} datapath)`],
     ['Encryption', s.encryption ? 'peers authenticate with a password' : 'disabled'],
     ['Range', s.ipallocRange],

@@ -98,6 +98,11 @@ export class Router implements Startable {
     return this.mtuValue;
   }
 
+  /** controlPort is the TCP port control connections are accepted on (0 before start). */
+  get controlPort(): number {
+    return this.maker?.address().port ?? 0;
+  }
+
   /** isReady is true once start() has completed and until stop(). */
   get isReady(): boolean {
     return this.ready;
@@ -282,8 +287,9 @@ export class Router implements Startable {
       ready: this.ready,
       startedAt: this.startedAt,
       encap: this.opts.encap,
-      port: this.opts.port,
-      vxlanPort: this.opts.vxlanPort,
+      port: this.controlPort || this.opts.port,
+      sleevePort: this.sleeveConn?.port ?? this.opts.port,
+      vxlanPort: this.vxlanConn?.port ?? this.opts.vxlanPort,
       vni: this.opts.vni,
       mtu: this.mtuValue,
       device: this.tun?.name ?? this.opts.device,

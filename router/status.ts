@@ -34,7 +34,10 @@ export interface RouterStatus {
   ready: boolean;
   uptimeSeconds: number;
   encap: 'sleeve' | 'vxlan';
+  /** port is the TCP control port. */
   port: number;
+  /** sleevePort and vxlanPort are the UDP data ports. */
+  sleevePort: number;
   vxlanPort: number;
   vni: number;
   mtu: number;

@@ -1,0 +1,118 @@
+/**
+ * `npm run bench`: every benchmark in one run, side by side, written to bench/RESULTS.md.
+ *
+ *   1. the hot path in one process (bench/hotpath.ts): ≥ 1M packets, packets/s, heap growth, GCs;
+ *   2. two hosts from network namespaces (root): raw veth, kernel vxlan, socat, wireguard-go,
+ *      nebula and Weft (sleeve, VXLAN) for a 1500-byte and a 9000-byte underlay, as ratios to
+ *      raw veth.
+ *
+ *   node dist/bench/run.js [--packets 1000000] [--seconds 5] [--mtu 1500,9000] [--no-write]
+ */
+import { writeFileSync } from 'node:fs';
+import { cpus, loadavg, release } from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { requireRoot, Topology } from '../e2e/netns.js';
+import { type HotpathResult, runHotpath } from './hotpath.js';
+import { baselineScenarios, measureScenarios, renderTable } from './tunnels.js';
+import { weftScenario } from './weft-scenarios.js';
+
+const { values } = parseArgs({
+  options: {
+    packets: { type: 'string', default: '1000000' },
+    seconds: { type: 'string', default: '5' },
+    'udp-seconds': { type: 'string', default: '3' },
+    mtu: { type: 'string', default: '1500,9000' },
+    'no-write': { type: 'boolean', default: false },
+    'hotpath-only': { type: 'boolean', default: false },
+  },
+});
+const packets = Number(values.packets);
+const seconds = Number(values.seconds);
+const udpSeconds = Number(values['udp-seconds']);
+const mtus = values.mtu.split(',').map(Number);
+
+const cpu = cpus();
+const machine = `${cpu.length}× ${cpu[0]?.model.trim() ?? 'unknown cpu'}, Linux ${release()}, Node ${process.version}`;
+const date = new Date().toISOString();
+const sections: string[] = [
+  '# Benchmark results',
+  '',
+  `Latest run: ${date} on ${machine} (load average before the run ${loadavg()
+    .map((l) => l.toFixed(2))
+    .join(' ')}). Produced by \`npm run bench\` (bench/run.ts); every row of a table is measured in the same run.`,
+  '',
+];
+
+function hotpathTable(rows: HotpathResult[]): string {
+  const lines = [
+    '| encap | packet bytes | packets | delivered | Mpps | Gbit/s (inner) | heap growth | GCs during run | drops |',
+    '|---|---:|---:|---:|---:|---:|---:|---:|---:|',
+  ];
+  for (const r of rows) {
+    lines.push(
+      `| ${r.encap} | ${r.packetBytes} | ${r.sent} | ${r.delivered} | ${(r.packetsPerSecond / 1e6).toFixed(3)} | ${r.gbitPerSecond.toFixed(2)} | ${(r.heapGrowthBytes / 1024).toFixed(0)} KiB | ${r.gcCount} | ${r.drops} |`,
+    );
+  }
+  return lines.join('\n');
+}
+
+console.error(`hot path: ${packets} packets per row`);
+const hot: HotpathResult[] = [];
+for (const encap of ['sleeve', 'vxlan'] as const) {
+  for (const size of [64, 1400]) {
+    const r = await runHotpath(encap, size, packets);
+    console.error(`  ${encap} ${size} B: ${(r.packetsPerSecond / 1e6).toFixed(3)} Mpps, heap +${r.heapGrowthBytes} B, ${r.gcCount} GCs`);
+    hot.push(r);
+  }
+}
+sections.push(
+  '## Hot path in one process (bench/hotpath.ts)',
+  '',
+  'Generator TUN → forwarder A (look up, encapsulate in place) → native batched UDP on loopback → forwarder B',
+  '(validate, decapsulate) → counting TUN; both directions on one core. Heap growth and GC count are measured over',
+  'the whole run: the per-packet path allocates nothing, so neither grows with the packet count.',
+  '',
+  hotpathTable(hot),
+  '',
+);
+
+if (!values['hotpath-only']) {
+  const reason = requireRoot();
+  if (reason) {
+    sections.push(`## Two hosts\n\nnot run: ${reason}\n`);
+  } else {
+    const started = Date.now();
+    for (const underlayMtu of mtus) {
+      const overlayMtu = underlayMtu - 50;
+      const topo = await Topology.create({ hosts: 2, underlayMtu });
+      try {
+        const results = await measureScenarios(
+          topo,
+          [...baselineScenarios, weftScenario('sleeve'), weftScenario('vxlan')],
+          {
+            seconds,
+            udpSeconds,
+            overlayMtu,
+            underlayMtu,
+            log: (line) => console.error(`[${((Date.now() - started) / 1000).toFixed(0)} s] mtu ${underlayMtu}: ${line}`),
+          },
+        );
+        const table = renderTable(results, { date, machine, underlayMtu, overlayMtu });
+        console.log(`${table}\n`);
+        sections.push(`## Two hosts, underlay MTU ${underlayMtu}, overlay MTU ${overlayMtu}`, '', table, '');
+      } finally {
+        await topo.destroy();
+      }
+    }
+  }
+}
+
+const text = `${sections.join('\n')}\n`;
+console.log(text);
+if (!values['no-write']) {
+  const out = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../bench/RESULTS.md');
+  writeFileSync(out, text);
+  console.error(`written to ${out}`);
+}

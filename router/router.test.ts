@@ -1,0 +1,145 @@
+import { afterEach, describe, expect, it } from 'vitest';
+import type { PeerName } from '../common/types.js';
+import { parseCidr } from '../common/types.js';
+import { peerNameHi, peerNameLo } from './datapath/fib.js';
+import { SLEEVE_PREFIX_LEN, SleeveType, writeSleevePrefix } from './overlay/frame.js';
+import { ipv4Packet, LOOPBACK, MemoryMesh, type MemoryRouter, until } from './testing/memory-router.js';
+
+const A = 0x0a200001; // 10.32.0.1
+const B = 0x0a200002; // 10.32.0.2
+
+async function connectedPair(mesh: MemoryMesh, encap: 'sleeve' | 'vxlan'): Promise<[MemoryRouter, MemoryRouter]> {
+  const a = await mesh.add({ encap });
+  const b = await mesh.add({ encap });
+  b.router.connect([`127.0.0.1:${a.router.controlPort}`]);
+  await a.router.expose(parseCidr('10.32.0.1/12'));
+  await b.router.expose(parseCidr('10.32.0.2/12'));
+  await until(
+    () => a.router.status().peers[0]?.cidrs.length === 1 && b.router.status().peers[0]?.cidrs.length === 1,
+    'both routers to learn the other address',
+  );
+  return [a, b];
+}
+
+describe('Router', () => {
+  let mesh: MemoryMesh;
+  afterEach(async () => {
+    await mesh?.stop();
+  });
+
+  for (const encap of ['sleeve', 'vxlan'] as const) {
+    it(`delivers a packet for an exposed address to the peer that announced it (${encap})`, async () => {
+      mesh = new MemoryMesh();
+      const [a, b] = await connectedPair(mesh, encap);
+      expect(a.router.status().peers[0]).toMatchObject({ encap, cidrs: ['10.32.0.2/32'] });
+      const pkt = ipv4Packet(300, A, B, 0xab);
+      a.tun.inject(pkt);
+      await until(() => b.tun.written.length === 1, 'the packet at b');
+      expect(b.tun.written[0]).toEqual(pkt);
+      expect(a.router.status().peers[0]?.txPackets).toBe(1);
+      expect(b.router.status().peers[0]?.rxPackets).toBe(1);
+    });
+  }
+
+  it('uses sleeve towards a peer that does not prefer VXLAN', async () => {
+    mesh = new MemoryMesh();
+    const a = await mesh.add({ encap: 'vxlan' });
+    const b = await mesh.add({ encap: 'sleeve' });
+    b.router.connect([`127.0.0.1:${a.router.controlPort}`]);
+    await until(() => a.router.status().peers.length === 1, 'connection');
+    expect(a.router.status().peers[0]?.encap).toBe('sleeve');
+  });
+
+  it('counts a packet for an address nobody announced as a no_route drop', async () => {
+    mesh = new MemoryMesh();
+    const [a] = await connectedPair(mesh, 'sleeve');
+    a.tun.inject(ipv4Packet(100, A, 0x0a200063));
+    await until(() => a.router.counters.snapshot().drops.no_route === 1, 'the drop');
+  });
+
+  it('counts garbage datagrams on its data ports as drops and keeps forwarding', async () => {
+    mesh = new MemoryMesh();
+    const [a, b] = await connectedPair(mesh, 'sleeve');
+    const attacker = mesh.net.open({ addr: LOOPBACK });
+    const bPorts = b.router.status();
+    const garbage = [Buffer.from('hello'), Buffer.alloc(64, 0x57), Buffer.from([0x57, 9, 0, 8, ...Array(40).fill(1)])];
+    const buf = Buffer.concat(garbage);
+    let off = 0;
+    const offs = new Int32Array(garbage.length);
+    const lens = new Int32Array(garbage.length);
+    garbage.forEach((g, i) => {
+      offs[i] = off;
+      lens[i] = g.length;
+      off += g.length;
+    });
+    const addrs = new Uint32Array(garbage.length).fill(LOOPBACK);
+    for (const port of [bPorts.sleevePort, bPorts.vxlanPort]) {
+      attacker.sendBatch(buf, offs, lens, addrs, new Uint16Array(garbage.length).fill(port), garbage.length);
+    }
+    await until(() => b.router.counters.udpRxPackets >= 6, 'the garbage to arrive');
+    const drops = b.router.counters.snapshot().drops;
+    expect(drops.truncated + drops.bad_magic + drops.bad_version + drops.bad_vni).toBe(6);
+    expect(b.tun.written).toHaveLength(0);
+    a.tun.inject(ipv4Packet(100, A, B));
+    await until(() => b.tun.written.length === 1, 'traffic after the garbage');
+    attacker.close();
+  });
+
+  it('drops well-formed sleeve data from a peer it has no connection with, or addressed to another peer', async () => {
+    mesh = new MemoryMesh();
+    const [, b] = await connectedPair(mesh, 'sleeve');
+    const attacker = mesh.net.open({ addr: LOOPBACK });
+    const send = (src: string, dst: string) => {
+      const inner = ipv4Packet(60, A, B);
+      const buf = Buffer.alloc(SLEEVE_PREFIX_LEN + inner.length);
+      inner.copy(buf, SLEEVE_PREFIX_LEN);
+      const n = (x: string) => [peerNameHi(x as PeerName), peerNameLo(x as PeerName)] as const;
+      writeSleevePrefix(buf, SLEEVE_PREFIX_LEN, inner.length, SleeveType.Data, 8, ...n(src), ...n(dst));
+      const one = (v: number) => new Int32Array([v]);
+      attacker.sendBatch(
+        buf,
+        one(0),
+        one(buf.length),
+        new Uint32Array([LOOPBACK]),
+        new Uint16Array([b.router.status().sleevePort]),
+        1,
+      );
+    };
+    send('02:00:00:00:00:99', b.router.name); // a stranger
+    send('02:00:00:00:00:01', '02:00:00:00:00:77'); // a known peer, but not for b
+    await until(() => b.router.counters.udpRxPackets >= 2, 'both datagrams');
+    const drops = b.router.counters.snapshot().drops;
+    expect(drops.unknown_peer).toBe(1);
+    expect(drops.not_for_us).toBe(1);
+    expect(b.tun.written).toHaveLength(0);
+    attacker.close();
+  });
+
+  it('withdraws a peer routes when its connection closes', async () => {
+    mesh = new MemoryMesh();
+    const [a, b] = await connectedPair(mesh, 'sleeve');
+    await b.router.stop();
+    await until(() => a.router.status().peers.length === 0, 'a to notice');
+    a.tun.inject(ipv4Packet(100, A, B));
+    await until(() => a.router.counters.snapshot().drops.no_route === 1, 'no_route after withdrawal');
+  });
+
+  it('refuses to expose an address a peer already uses, and a /32', async () => {
+    mesh = new MemoryMesh();
+    const [a] = await connectedPair(mesh, 'sleeve');
+    await expect(a.router.expose(parseCidr('10.32.0.2/12'))).rejects.toThrow(/already in use by peer/);
+    await expect(a.router.expose(parseCidr('10.32.0.7/32'))).rejects.toThrow(/want a prefix/);
+    expect(await a.router.expose(parseCidr('10.32.0.1/12'))).toHaveLength(1);
+    await expect(a.router.expose(parseCidr('10.32.0.1/16'))).rejects.toThrow(/already exposed/);
+    await expect(a.router.hide(parseCidr('10.32.0.5/32'))).rejects.toThrow(/not exposed/);
+  });
+
+  it('stops cleanly and can be stopped twice', async () => {
+    mesh = new MemoryMesh();
+    const { router } = await mesh.add();
+    expect(router.isReady).toBe(true);
+    await router.stop();
+    await router.stop();
+    expect(router.isReady).toBe(false);
+  });
+});

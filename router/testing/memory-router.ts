@@ -1,0 +1,82 @@
+import type { PeerName, PeerUid } from '../../common/types.js';
+import { parseCidr } from '../../common/types.js';
+import { MemoryUdpNet } from '../conn/memory-udp.js';
+import { Router, type RouterOptions } from '../router.js';
+import { MemoryTun } from '../tun/memory.js';
+
+/** LOOPBACK is 127.0.0.1: control connections are real TCP on loopback, data goes through MemoryUdpNet. */
+export const LOOPBACK = 0x7f000001;
+
+/** MemoryRouter is a Router whose TUN device and data sockets are in-process fakes. */
+export interface MemoryRouter {
+  router: Router;
+  tun: MemoryTun;
+}
+
+/**
+ * MemoryMesh builds Routers in one process without root: each gets a MemoryTun and MemoryUdp
+ * sockets on one MemoryUdpNet (at 127.0.0.1, distinct ports), and real TCP control connections on
+ * 127.0.0.1 port 0. `stop()` stops them all.
+ */
+export class MemoryMesh {
+  readonly net = new MemoryUdpNet();
+  readonly routers: MemoryRouter[] = [];
+
+  /** add starts a router named `02:00:00:00:00:<n>`; `opts` override RouterOptions. */
+  async add(opts: Partial<RouterOptions> = {}): Promise<MemoryRouter> {
+    const n = this.routers.length + 1;
+    const tun = new MemoryTun({ name: `mem${n}` });
+    const router = new Router({
+      name: `02:00:00:00:00:${n.toString(16).padStart(2, '0')}` as PeerName,
+      nickname: `r${n}`,
+      uid: BigInt(1000 + n) as PeerUid,
+      port: 0,
+      listenHost: '127.0.0.1',
+      vxlanPort: 0,
+      vni: 42,
+      encap: 'sleeve',
+      mtu: 1400,
+      device: `mem${n}`,
+      ipallocRange: parseCidr('10.32.0.0/12'),
+      tun,
+      sleeveConn: this.net.open({ addr: LOOPBACK }),
+      vxlanConn: this.net.open({ addr: LOOPBACK }),
+      ...opts,
+    });
+    await router.start();
+    const r = { router, tun };
+    this.routers.push(r);
+    return r;
+  }
+
+  /** stop stops every router. */
+  async stop(): Promise<void> {
+    for (const r of this.routers) await r.router.stop();
+    this.routers.length = 0;
+  }
+}
+
+/** ipv4Packet builds a UDP-in-IPv4 packet of `len` bytes from `src` to `dst` (host-order integers). */
+export function ipv4Packet(len: number, src: number, dst: number, fill = 0): Buffer {
+  const b = Buffer.alloc(len, fill);
+  b[0] = 0x45;
+  b[1] = 0;
+  b.writeUInt16BE(len, 2);
+  b.writeUInt16BE(0, 4);
+  b.writeUInt16BE(0, 6);
+  b[8] = 64;
+  b[9] = 17;
+  b.writeUInt16BE(0, 10);
+  b.writeUInt32BE(src >>> 0, 12);
+  b.writeUInt32BE(dst >>> 0, 16);
+  return b;
+}
+
+/** until polls `cond` every 10 ms for up to `ms`; rejects with `what` on timeout. */
+export async function until(cond: () => boolean, what: string, ms = 5_000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
