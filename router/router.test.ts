@@ -78,7 +78,7 @@ describe('Router', () => {
     }
     await until(() => b.router.counters.udpRxPackets >= 6, 'the garbage to arrive');
     const drops = b.router.counters.snapshot().drops;
-    expect(drops.truncated + drops.bad_magic + drops.bad_version + drops.bad_vni).toBe(6);
+    expect((drops.truncated ?? 0) + (drops.bad_magic ?? 0) + (drops.bad_version ?? 0) + (drops.bad_vni ?? 0)).toBe(6);
     expect(b.tun.written).toHaveLength(0);
     a.tun.inject(ipv4Packet(100, A, B));
     await until(() => b.tun.written.length === 1, 'traffic after the garbage');
