@@ -63,7 +63,9 @@ const hot: HotpathResult[] = [];
 for (const encap of ['sleeve', 'vxlan'] as const) {
   for (const size of [64, 1400]) {
     const r = await runHotpath(encap, size, packets);
-    console.error(`  ${encap} ${size} B: ${(r.packetsPerSecond / 1e6).toFixed(3)} Mpps, heap +${r.heapGrowthBytes} B, ${r.gcCount} GCs`);
+    console.error(
+      `  ${encap} ${size} B: ${(r.packetsPerSecond / 1e6).toFixed(3)} Mpps, heap +${r.heapGrowthBytes} B, ${r.gcCount} GCs`,
+    );
     hot.push(r);
   }
 }
@@ -96,7 +98,8 @@ if (!values['hotpath-only']) {
             udpSeconds,
             overlayMtu,
             underlayMtu,
-            log: (line) => console.error(`[${((Date.now() - started) / 1000).toFixed(0)} s] mtu ${underlayMtu}: ${line}`),
+            log: (line) =>
+              console.error(`[${((Date.now() - started) / 1000).toFixed(0)} s] mtu ${underlayMtu}: ${line}`),
           },
         );
         const table = renderTable(results, { date, machine, underlayMtu, overlayMtu });

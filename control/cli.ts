@@ -87,6 +87,7 @@ Examples:
       ]),
     )
     .option('--conn-limit <n>', 'maximum control connections (default 200)')
+    .option('--no-offload', 'do not take TCP super-packets from the kernel (TSO); slower, for debugging')
     .addOption(new Option('--log-level <level>', 'log level').choices(['debug', 'info', 'warn', 'error']))
     .option('--foreground', 'run the router in this process (for containers and supervisors)')
     .action(async (peers: string[], flags: LaunchFlags & { httpAddr?: string }, cmd: Command) => {

@@ -50,6 +50,8 @@ export interface LaunchConfig {
   /** datapath picks the socket layer: the native batched addon, or Node's dgram (portable, slower). */
   readonly datapath: 'native' | 'dgram';
   readonly connLimit: number;
+  /** offload lets the kernel hand the router TCP super-packets (TSO); `--no-offload` turns it off. */
+  readonly offload: boolean;
 }
 
 /** LaunchFlags are the raw values from the command line (strings as typed). */
@@ -73,6 +75,7 @@ export interface LaunchFlags {
   device?: string;
   datapath?: string;
   connLimit?: string;
+  offload?: boolean; // --no-offload
 }
 
 /** parsePort validates a TCP/UDP port number given as text. */
@@ -189,6 +192,7 @@ export function buildLaunchConfig(
     device,
     datapath,
     connLimit: flags.connLimit === undefined ? 200 : parseIntIn(flags.connLimit, '--conn-limit', 1, 10_000),
+    offload: flags.offload !== false && env.WEFT_NO_OFFLOAD !== '1',
   };
   if (cfg.port === cfg.vxlanPort && cfg.encap === 'vxlan') {
     throw new ConfigError(`--vxlan-port ${cfg.vxlanPort} must differ from --port (sleeve uses UDP ${cfg.port})`);

@@ -44,6 +44,7 @@ export async function runForeground(cfg: LaunchConfig, log: Logger = createLogge
     password: cfg.password,
     connLimit: cfg.connLimit,
     datapath: cfg.datapath,
+    offload: cfg.offload,
     log,
     version: VERSION,
   });

@@ -27,8 +27,11 @@ export function formatStatus(s: RouterStatus): string {
   const rows: [string, string][] = [
     ['Version', s.version],
     ['Name', `${s.name} (${s.nickname})`],
-    ['Encapsulation', `${s.encap} (control TCP ${s.port}, sleeve UDP ${s.sleevePort}, VXLAN UDP ${s.vxlanPort} VNI ${s.vni})`],
-    ['Device', `${s.device} (mtu ${s.mtu}, ${s.datapath} datapath)`],
+    [
+      'Encapsulation',
+      `${s.encap} (control TCP ${s.port}, sleeve UDP ${s.sleevePort}, VXLAN UDP ${s.vxlanPort} VNI ${s.vni})`,
+    ],
+    ['Device', `${s.device} (mtu ${s.mtu}, ${s.datapath} datapath${s.offload ? ', TCP segmentation offload' : ''})`],
     ['Encryption', s.encryption ? 'peers authenticate with a password' : 'disabled'],
     ['Range', s.ipallocRange],
     ['Exposed', s.exposed.length > 0 ? s.exposed.join(', ') : 'none'],

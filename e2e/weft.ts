@@ -5,8 +5,11 @@ import { fileURLToPath } from 'node:url';
 import type { ExecResult, Netns, Topology } from './netns.js';
 import { waitUntil } from './netns.js';
 
+const here = path.dirname(fileURLToPath(import.meta.url));
+/** ROOT is the repository root, whether this file runs from source (e2e/) or compiled (dist/e2e/). */
+const ROOT = path.basename(path.dirname(here)) === 'dist' ? path.resolve(here, '../..') : path.resolve(here, '..');
 /** CLI is the compiled `weft` entry point the e2e tests run inside namespaces. */
-export const CLI = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../dist/control/cli.js');
+export const CLI = path.join(ROOT, 'dist/control/cli.js');
 
 /** stateDir returns a per-run, per-namespace state directory under the system temp dir. */
 export function stateDir(ns: Netns): string {

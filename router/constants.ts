@@ -78,6 +78,11 @@ export const UNDERLAY_MTU_DEFAULT = 1500;
 export const HEADROOM_BYTES = 64;
 /** SLOT_BYTES is one pool slot: headroom plus the largest packet a TUN device can hand us. */
 export const SLOT_BYTES = HEADROOM_BYTES + 65536;
+/**
+ * GSO_MAX_BYTES caps the TCP super-packets the kernel builds on our TUN device so that one, with
+ * the virtio-net (10) and sleeve (18) headers, fits a UDP datagram (65507) with room to spare.
+ */
+export const GSO_MAX_BYTES = 62_000;
 /** BATCH_MAX is how many packets one readiness wake-up drains at most (per direction). */
 export const BATCH_MAX = 64;
 /** UDP_RCVBUF_BYTES and UDP_SNDBUF_BYTES size the data sockets' kernel buffers. */

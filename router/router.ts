@@ -9,15 +9,24 @@ import { NativeUdp } from './conn/native-udp.js';
 import type { PacketConn } from './conn/packet-conn.js';
 import type { Connection } from './connection.js';
 import { ConnectionMaker } from './connection-maker.js';
-import { ENCAP_OVERHEAD_MAX, MTU_MAX, MTU_MIN, UDP_RCVBUF_BYTES, UDP_SNDBUF_BYTES } from './constants.js';
+import {
+  ENCAP_OVERHEAD_MAX,
+  GSO_MAX_BYTES,
+  MTU_MAX,
+  MTU_MIN,
+  UDP_RCVBUF_BYTES,
+  UDP_SNDBUF_BYTES,
+} from './constants.js';
 import { Counters } from './datapath/counters.js';
 import { Encap, encapName, Fib, type FibRoute, Hop, peerNameHi, peerNameLo } from './datapath/fib.js';
 import { Forwarder } from './datapath/forwarder.js';
+import { VNET_HDR_LEN } from './datapath/gso.js';
 import type { Addresses, PeerMessage } from './protocol.js';
 import type { RouterStatus } from './status.js';
 import { buildStatus } from './status.js';
 import type { TunDevice } from './tun/device.js';
 import { LinuxTun } from './tun/linux.js';
+import { loadNative } from './tun/native.js';
 import { underlayMtu } from './underlay.js';
 
 /** RouterOptions configures a Router; control/ builds it from the LaunchConfig. */
@@ -43,6 +52,11 @@ export interface RouterOptions {
   password?: Buffer;
   connLimit?: number;
   datapath?: 'native' | 'dgram';
+  /**
+   * offload lets the kernel hand the router TCP super-packets with partial checksums (TSO over
+   * the TUN device's virtio-net header); sleeve carries them whole. Default true.
+   */
+  offload?: boolean;
   log?: Logger;
   /** version is reported in status. */
   version?: string;
@@ -78,6 +92,7 @@ export class Router implements Startable {
   private readonly peers = new Map<PeerName, PeerState>();
   private exposed: Cidr[] = [];
   private mtuValue = 0;
+  private vnetHdr = false;
   private started = false;
   private ready = false;
   private readonly startedAt = Date.now();
@@ -156,11 +171,19 @@ export class Router implements Startable {
       this.tun = o.tun;
       this.mtuValue = o.mtu ?? 1400;
     } else {
-      const tun = LinuxTun.open({ name: o.device, mode: 'tun' });
+      const tun = LinuxTun.open({ name: o.device, mode: 'tun', vnetHdr: true });
       this.tun = tun;
+      this.vnetHdr = true;
+      tun.setVnetHdrSize(VNET_HDR_LEN);
       const mtu = o.mtu ?? (await underlayMtu(tun.name)) - ENCAP_OVERHEAD_MAX;
       this.mtuValue = Math.max(MTU_MIN, Math.min(MTU_MAX, mtu));
       await tun.setMtu(this.mtuValue);
+      if (o.offload !== false) {
+        // Super-packets must fit one sleeve datagram (65507 bytes) with its headers.
+        await tun.setGsoMaxSize(GSO_MAX_BYTES);
+        const n = loadNative();
+        tun.setOffload(n.TUN_F_CSUM | n.TUN_F_TSO4 | n.TUN_F_TSO_ECN);
+      }
       await tun.setUp();
       await tun.addRoute(formatCidr({ addr: cidrNetwork(o.ipallocRange), prefix: o.ipallocRange.prefix }));
     }
@@ -176,6 +199,7 @@ export class Router implements Startable {
       vxlanPort: o.vxlanPort,
       counters: this.counters,
       log: this.log,
+      vnetHdr: this.vnetHdr,
     });
     this.forwarder.start();
   }
@@ -294,6 +318,7 @@ export class Router implements Startable {
       mtu: this.mtuValue,
       device: this.tun?.name ?? this.opts.device,
       datapath: this.opts.datapath ?? 'native',
+      offload: this.vnetHdr && this.opts.offload !== false,
       encryption: this.opts.password !== undefined,
       ipallocRange: formatCidr(this.opts.ipallocRange),
       exposed: this.exposed.map(formatCidr),

@@ -43,6 +43,8 @@ export interface RouterStatus {
   mtu: number;
   device: string;
   datapath: 'native' | 'dgram';
+  /** offload is true when the kernel hands the router TCP super-packets (TSO over virtio-net headers). */
+  offload: boolean;
   encryption: boolean;
   ipallocRange: string;
   exposed: string[];

@@ -33,6 +33,8 @@ export const Drop = {
   TooBig: 14,
   /** Loop: a packet whose destination is this router itself arrived from the TUN. */
   Loop: 15,
+  /** GsoUnsupported: a TCP super-packet arrived for a TUN device without virtio-net headers. */
+  GsoUnsupported: 16,
 } as const;
 export type Drop = (typeof Drop)[keyof typeof Drop];
 
@@ -54,6 +56,7 @@ export const DROP_NAMES: readonly string[] = [
   'udp_send',
   'too_big',
   'loop',
+  'gso_unsupported',
 ];
 
 /**

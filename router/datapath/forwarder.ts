@@ -70,12 +70,32 @@ import {
 import type { TunDevice } from '../tun/device.js';
 import { Counters, Drop } from './counters.js';
 import { Encap, Fib, type Hop, peerNameHi, peerNameLo } from './fib.js';
+import {
+  completeChecksum,
+  segmentTcp4,
+  VNET_F_NEEDS_CSUM,
+  VNET_GSO_ECN,
+  VNET_GSO_TCPV4,
+  VNET_HDR_LEN,
+  vnetCsumOffset,
+  vnetCsumStart,
+  vnetFlags,
+  vnetGsoSize,
+  vnetGsoType,
+  vnetValid,
+  writeVnetNone,
+} from './gso.js';
 import { LearnedEndpoints } from './learned.js';
 
 /** ROUNDS_PER_WAKEUP bounds how many batches one readiness event drains, so neither direction starves. */
 const ROUNDS_PER_WAKEUP = 8;
 /** TUN_WRITE_MAX is how many inner packets one writeBatch carries at most (sleeve datagrams may bundle). */
 const TUN_WRITE_MAX = BATCH_MAX * 16;
+/** SEG_MAX and SEG_STRIDE size the buffer TCP super-packets are segmented into (for VXLAN). */
+const SEG_MAX = 256;
+const SEG_STRIDE = HEADROOM_BYTES + 9216;
+/** SLEEVE_DATAGRAM_MAX is the largest UDP payload (65535 - IPv4 20 - UDP 8). */
+const SLEEVE_DATAGRAM_MAX = 65507;
 
 /** ControlDatagram is a non-data sleeve datagram handed to the control plane (heartbeats, #3). */
 export interface ControlDatagram {
@@ -104,6 +124,11 @@ export interface ForwarderOptions {
   log?: Logger;
   /** onControl receives non-data sleeve datagrams (rare; may allocate). */
   onControl?: (d: ControlDatagram) => void;
+  /**
+   * vnetHdr says the TUN device carries a virtio-net header before every packet (IFF_VNET_HDR),
+   * so TCP super-packets and partial checksums may be read from it and written to it.
+   */
+  vnetHdr?: boolean;
   /** nowMs is the clock used for learning (tests pass a fake). */
   nowMs?: () => number;
 }
@@ -126,6 +151,8 @@ export class Forwarder {
   private readonly nowMs: () => number;
   private readonly nameHi: number;
   private readonly nameLo: number;
+  /** vnet is VNET_HDR_LEN when the TUN device has virtio-net headers, else 0. */
+  private readonly vnet: number;
   private running = false;
 
   // inside: TUN → UDP. Packet i is read at i*SLOT_BYTES + HEADROOM_BYTES.
@@ -139,6 +166,14 @@ export class Forwarder {
   private readonly vLen = new Int32Array(BATCH_MAX);
   private readonly vAddr = new Uint32Array(BATCH_MAX);
   private readonly vPort = new Uint16Array(BATCH_MAX);
+  // Segments of TCP super-packets bound for VXLAN: segment i at i*SEG_STRIDE + HEADROOM_BYTES.
+  private readonly segBuf = Buffer.allocUnsafeSlow(SEG_MAX * SEG_STRIDE);
+  private readonly segLens = new Int32Array(SEG_MAX);
+  private readonly gOff = new Int32Array(SEG_MAX);
+  private readonly gLen = new Int32Array(SEG_MAX);
+  private readonly gAddr = new Uint32Array(SEG_MAX);
+  private readonly gPort = new Uint16Array(SEG_MAX);
+  private ng = 0;
 
   // outside: UDP → TUN. Datagram i is received at i*SLOT_BYTES; inner packets are written from there.
   private readonly outBuf = Buffer.allocUnsafeSlow(BATCH_MAX * SLOT_BYTES);
@@ -169,6 +204,7 @@ export class Forwarder {
     this.nowMs = opts.nowMs ?? Date.now;
     this.nameHi = peerNameHi(opts.localName);
     this.nameLo = peerNameLo(opts.localName);
+    this.vnet = opts.vnetHdr === true ? VNET_HDR_LEN : 0;
     this.learned = new LearnedEndpoints(opts.vxlanPort);
   }
 
@@ -194,6 +230,7 @@ export class Forwarder {
   readonly onTunReadable = (): void => {
     const buf = this.inBuf;
     const c = this.counters;
+    const v = this.vnet;
     for (let round = 0; round < ROUNDS_PER_WAKEUP; round++) {
       const n = this.tun.readBatch(buf, HEADROOM_BYTES, SLOT_BYTES, BATCH_MAX, this.inLens);
       if (n <= 0) return;
@@ -202,19 +239,21 @@ export class Forwarder {
       let ns = 0;
       let nv = 0;
       for (let i = 0; i < n; i++) {
-        const off = i * SLOT_BYTES + HEADROOM_BYTES;
+        const base = i * SLOT_BYTES + HEADROOM_BYTES; // the virtio-net header, if any, then the packet
         const len = this.inLens[i] as number;
-        c.tunRxPackets++;
-        c.tunRxBytes += len;
-        if (len < 20 || (buf[off] as number) >>> 4 !== 4) {
-          c.drop(Drop.Malformed);
-          continue;
-        }
-        if (len > 0xffff - VXLAN_PREFIX_LEN) {
+        if (len < 0) {
           c.drop(Drop.TooBig);
           continue;
         }
-        const dst = buf.readUInt32BE(off + 16);
+        const ip = base + v;
+        const ipLen = len - v;
+        c.tunRxPackets++;
+        c.tunRxBytes += ipLen;
+        if (ipLen < 20 || (buf[ip] as number) >>> 4 !== 4) {
+          c.drop(Drop.Malformed);
+          continue;
+        }
+        const dst = buf.readUInt32BE(ip + 16);
         let hop = fib.lookup(dst);
         if (hop === undefined) {
           hop = this.learned.lookup(dst);
@@ -224,9 +263,23 @@ export class Forwarder {
           }
         }
         if (hop.encap === Encap.Vxlan && this.vxlan !== undefined) {
-          const start = writeVxlanPrefix(
+          if (v !== 0) {
+            const gso = vnetGsoType(buf, base) & ~VNET_GSO_ECN;
+            if (gso === VNET_GSO_TCPV4) {
+              this.segmentForVxlan(buf, ip, ipLen, vnetGsoSize(buf, base), hop);
+              continue;
+            }
+            if ((vnetFlags(buf, base) & VNET_F_NEEDS_CSUM) !== 0) {
+              completeChecksum(buf, ip, ipLen, vnetCsumStart(buf, base), vnetCsumOffset(buf, base));
+            }
+          }
+          if (ipLen > 0xffff - VXLAN_PREFIX_LEN) {
+            c.drop(Drop.TooBig);
+            continue;
+          }
+          this.vOff[nv] = writeVxlanPrefix(
             buf,
-            off,
+            ip,
             this.vni,
             hop.macHi,
             hop.macLo,
@@ -234,16 +287,23 @@ export class Forwarder {
             this.nameLo,
             ETHERTYPE_IPV4,
           );
-          this.vOff[nv] = start;
-          this.vLen[nv] = len + VXLAN_PREFIX_LEN;
+          this.vLen[nv] = ipLen + VXLAN_PREFIX_LEN;
           this.vAddr[nv] = hop.addr;
           this.vPort[nv] = hop.port;
           nv++;
         } else {
-          const start = writeSleevePrefix(
+          // A sleeve frame is the virtio-net header and the packet, so offloads cross the wire.
+          const frame = ip - VNET_HDR_LEN;
+          if (v === 0) writeVnetNone(buf, frame);
+          const frameLen = ipLen + VNET_HDR_LEN;
+          if (frameLen + SLEEVE_PREFIX_LEN > SLEEVE_DATAGRAM_MAX) {
+            c.drop(Drop.TooBig);
+            continue;
+          }
+          this.sOff[ns] = writeSleevePrefix(
             buf,
-            off,
-            len,
+            frame,
+            frameLen,
             SleeveType.Data,
             SLEEVE_TTL_INITIAL,
             this.nameHi,
@@ -251,24 +311,79 @@ export class Forwarder {
             hop.nameHi,
             hop.nameLo,
           );
-          this.sOff[ns] = start;
-          this.sLen[ns] = len + SLEEVE_PREFIX_LEN;
+          this.sLen[ns] = frameLen + SLEEVE_PREFIX_LEN;
           this.sAddr[ns] = hop.addr;
           this.sPort[ns] = hop.port;
           ns++;
         }
         hop.txPackets++;
-        hop.txBytes += len;
+        hop.txBytes += ipLen;
       }
-      if (ns > 0) this.flushSend(this.sleeve, this.sOff, this.sLen, this.sAddr, this.sPort, ns);
+      if (ns > 0) this.flushSend(this.sleeve, buf, this.sOff, this.sLen, this.sAddr, this.sPort, ns);
       if (nv > 0 && this.vxlan !== undefined)
-        this.flushSend(this.vxlan, this.vOff, this.vLen, this.vAddr, this.vPort, nv);
+        this.flushSend(this.vxlan, buf, this.vOff, this.vLen, this.vAddr, this.vPort, nv);
+      this.flushSegments();
       if (n < BATCH_MAX) return;
     }
   };
 
+  /**
+   * segmentForVxlan splits a TCP super-packet into MSS-sized packets (as a NIC doing TSO would)
+   * so a VXLAN peer, which may be a kernel vxlan device, gets ordinary frames.
+   */
+  private segmentForVxlan(buf: Buffer, ip: number, ipLen: number, mss: number, hop: Hop): void {
+    const c = this.counters;
+    const need = Math.ceil(ipLen / Math.max(1, mss));
+    if (this.ng + need > SEG_MAX) this.flushSegments();
+    const first = this.ng;
+    const n = segmentTcp4(
+      buf,
+      ip,
+      ipLen,
+      mss,
+      this.segBuf,
+      first * SEG_STRIDE + HEADROOM_BYTES,
+      SEG_STRIDE,
+      SEG_MAX - first,
+      this.segLens,
+    );
+    if (n < 0) {
+      c.drop(Drop.Malformed);
+      return;
+    }
+    const seg = this.segBuf;
+    for (let k = 0; k < n; k++) {
+      const at = (first + k) * SEG_STRIDE + HEADROOM_BYTES;
+      const segLen = this.segLens[k] as number;
+      const g = first + k;
+      this.gOff[g] = writeVxlanPrefix(
+        seg,
+        at,
+        this.vni,
+        hop.macHi,
+        hop.macLo,
+        this.nameHi,
+        this.nameLo,
+        ETHERTYPE_IPV4,
+      );
+      this.gLen[g] = segLen + VXLAN_PREFIX_LEN;
+      this.gAddr[g] = hop.addr;
+      this.gPort[g] = hop.port;
+      hop.txPackets++;
+      hop.txBytes += segLen;
+    }
+    this.ng = first + n;
+  }
+
+  private flushSegments(): void {
+    if (this.ng === 0 || this.vxlan === undefined) return;
+    this.flushSend(this.vxlan, this.segBuf, this.gOff, this.gLen, this.gAddr, this.gPort, this.ng);
+    this.ng = 0;
+  }
+
   private flushSend(
     conn: PacketConn,
+    buf: Buffer,
     offs: Int32Array,
     lens: Int32Array,
     addrs: Uint32Array,
@@ -276,7 +391,7 @@ export class Forwarder {
     n: number,
   ): void {
     const c = this.counters;
-    const sent = conn.sendBatch(this.inBuf, offs, lens, addrs, ports, n);
+    const sent = conn.sendBatch(buf, offs, lens, addrs, ports, n);
     c.udpTxPackets += sent;
     for (let i = 0; i < sent; i++) c.udpTxBytes += lens[i] as number;
     if (sent < n) c.drop(Drop.UdpSend, n - sent);
@@ -329,9 +444,7 @@ export class Forwarder {
             break;
           }
           const p = fo + 2;
-          const pl = ipv4PacketLen(buf, p, fl);
-          if (pl < 0) c.drop(Drop.Malformed);
-          else this.queueTun(p, pl, hop);
+          this.sleeveFrame(buf, p, fl, hop);
           fo = p + fl;
         }
       }
@@ -384,7 +497,14 @@ export class Forwarder {
           const src = buf.readUInt32BE(p + 12);
           const addr = this.rAddrs[i] as number;
           if (this.learned.learn(src, ethSrcHi(buf, e), ethSrcLo(buf, e), addr, now)) c.learned++;
-          this.queueTun(p, pl, this.fib.lookup(src) ?? this.learned.lookup(src));
+          const hop = this.fib.lookup(src) ?? this.learned.lookup(src);
+          if (this.vnet !== 0) {
+            // The Ethernet header has been read: its last 10 bytes become the virtio-net header.
+            writeVnetNone(buf, p - VNET_HDR_LEN);
+            this.queueTun(p - VNET_HDR_LEN, pl + VNET_HDR_LEN, hop);
+          } else {
+            this.queueTun(p, pl, hop);
+          }
         } else if (et === ETHERTYPE_ARP) {
           this.arp(buf, p, avail, this.rAddrs[i] as number, now);
         } else {
@@ -395,6 +515,33 @@ export class Forwarder {
       if (n < BATCH_MAX) return;
     }
   };
+
+  /**
+   * sleeveFrame handles one sleeve frame of `fl` bytes at `p`: a virtio-net header and an IPv4
+   * packet. With a virtio-net TUN both go to the kernel as they are (super-packets included);
+   * without one the checksum is completed here, and super-packets cannot be delivered.
+   */
+  private sleeveFrame(buf: Buffer, p: number, fl: number, hop: Hop): void {
+    const c = this.counters;
+    const ip = p + VNET_HDR_LEN;
+    const pl = fl < VNET_HDR_LEN ? -1 : ipv4PacketLen(buf, ip, fl - VNET_HDR_LEN);
+    if (pl < 0 || !vnetValid(buf, p, pl)) {
+      c.drop(Drop.Malformed);
+      return;
+    }
+    if (this.vnet !== 0) {
+      this.queueTun(p, pl + VNET_HDR_LEN, hop);
+      return;
+    }
+    if ((vnetGsoType(buf, p) & ~VNET_GSO_ECN) !== 0) {
+      c.drop(Drop.GsoUnsupported);
+      return;
+    }
+    if ((vnetFlags(buf, p) & VNET_F_NEEDS_CSUM) !== 0) {
+      completeChecksum(buf, ip, pl, vnetCsumStart(buf, p), vnetCsumOffset(buf, p));
+    }
+    this.queueTun(ip, pl, hop);
+  }
 
   private queueTun(off: number, len: number, hop: Hop | undefined): void {
     if (this.tCount === TUN_WRITE_MAX) this.flushTun(this.outBuf);
@@ -411,7 +558,7 @@ export class Forwarder {
     const w = this.tun.writeBatch(buf, this.tOff, this.tLen, n);
     c.tunTxPackets += w;
     for (let i = 0; i < n; i++) {
-      const len = this.tLen[i] as number;
+      const len = (this.tLen[i] as number) - this.vnet;
       if (i < w) c.tunTxBytes += len;
       const hop = this.tHop[i];
       if (hop !== undefined) {

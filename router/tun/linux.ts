@@ -150,6 +150,14 @@ export class LinuxTun implements TunDevice {
     await this.#ip('link', 'set', 'dev', this.name, 'mtu', String(mtu));
   }
 
+  /** setGsoMaxSize caps the size of the segmentation-offload packets the kernel builds for this device. */
+  async setGsoMaxSize(bytes: number): Promise<void> {
+    if (!Number.isInteger(bytes) || bytes < 1 || bytes > 65536) {
+      throw new InputError(`invalid gso_max_size ${bytes}: want an integer in 1-65536`);
+    }
+    await this.#ip('link', 'set', 'dev', this.name, 'gso_max_size', String(bytes));
+  }
+
   /** setUp brings the interface up. */
   async setUp(): Promise<void> {
     await this.#ip('link', 'set', 'dev', this.name, 'up');
