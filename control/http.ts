@@ -127,6 +127,7 @@ export function createApi(opts: ApiOptions): Server {
     try {
       body = await readBody(req);
     } catch (err) {
+      res.setHeader('connection', 'close');
       send(res, { status: 413, json: { error: errorMessage(err), code: 'EWEFT_INPUT' } });
       return;
     }
@@ -161,15 +162,28 @@ function send(res: ServerResponse, r: Reply): void {
   }
 }
 
+/** DISCARD_MAX_BYTES: past this much of an oversized body the connection is cut. */
+const DISCARD_MAX_BYTES = 1024 * 1024;
+
+/**
+ * readBody collects the request body. An oversized one is refused (the caller answers 413 and
+ * closes the connection) while the rest is read and discarded, up to DISCARD_MAX_BYTES.
+ */
 function readBody(req: IncomingMessage): Promise<Buffer> {
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
     let size = 0;
+    let refused = false;
     req.on('data', (c: Buffer) => {
       size += c.length;
+      if (refused) {
+        if (size > DISCARD_MAX_BYTES) req.destroy();
+        return;
+      }
       if (size > BODY_MAX_BYTES) {
+        refused = true;
+        chunks.length = 0;
         reject(new InputError(`request body larger than ${BODY_MAX_BYTES} bytes`));
-        req.destroy();
         return;
       }
       chunks.push(c);

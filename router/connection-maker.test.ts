@@ -14,6 +14,7 @@ import {
   parseTarget,
 } from './connection-maker.js';
 import { CONTROL_PORT, RECONNECT_FACTOR, RECONNECT_INITIAL_MS, RECONNECT_MAX_MS } from './constants.js';
+import { expectNoLeaks, NET_HANDLES, type ResourceSnapshot, snapshotResources } from './testing/leaks.js';
 
 // ---- helpers ----
 
@@ -23,7 +24,7 @@ function name(n: number): PeerName {
 
 const makers: ConnectionMaker[] = [];
 const servers: Server[] = [];
-let before: Record<string, number>;
+let before: ResourceSnapshot;
 
 function maker(n: number, extra: Partial<ConnectionMakerOptions> = {}): ConnectionMaker {
   const m = new ConnectionMaker({
@@ -75,23 +76,6 @@ async function freePort(): Promise<number> {
   return a.port;
 }
 
-function counted(): Record<string, number> {
-  const out: Record<string, number> = {};
-  for (const r of process.getActiveResourcesInfo()) {
-    if (/^(TCP|Timeout|GetAddrInfo|Pipe)/.test(r)) out[r] = (out[r] ?? 0) + 1;
-  }
-  return out;
-}
-
-/** expectNoLeaks: see connection.test.ts; Vitest's own hook timers may only make Timeouts go down. */
-async function expectNoLeaks(snapshot: Record<string, number>): Promise<void> {
-  for (let i = 0; i < 3; i++) await new Promise<void>((r) => setImmediate(r));
-  const { Timeout: t0 = 0, ...rest0 } = snapshot;
-  const { Timeout: t1 = 0, ...rest1 } = counted();
-  expect(rest1).toEqual(rest0);
-  expect(t1).toBeLessThanOrEqual(t0);
-}
-
 /** until polls with real (unfaked) setImmediate until cond holds or 5 s of real time pass. */
 async function until(cond: () => boolean, what = 'condition'): Promise<void> {
   const deadline = performance.now() + 5_000;
@@ -114,7 +98,7 @@ async function settled(ms: ConnectionMaker[], established: number): Promise<void
 }
 
 beforeEach(() => {
-  before = counted();
+  before = snapshotResources(NET_HANDLES);
 });
 
 afterEach(async () => {

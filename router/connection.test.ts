@@ -18,6 +18,7 @@ import {
 } from './connection.js';
 import { HANDSHAKE_TIMEOUT_MS, HEARTBEAT_INTERVAL_MS, HEARTBEAT_TIMEOUT_MS } from './constants.js';
 import { decodeBody, encodeFrame, FRAME_HEADER_LEN, FrameDecoder, type Hello, type PeerMessage } from './protocol.js';
+import { expectNoLeaks, NET_HANDLES, type ResourceSnapshot, snapshotResources } from './testing/leaks.js';
 
 // ---- helpers ----
 
@@ -71,27 +72,6 @@ function rawFrame(value: unknown): Buffer {
   return f;
 }
 
-/** counted returns the live handles a test could leak (sockets, servers, timers, lookups). */
-function counted(): Record<string, number> {
-  const out: Record<string, number> = {};
-  for (const r of process.getActiveResourcesInfo()) {
-    if (/^(TCP|Timeout|GetAddrInfo|Pipe)/.test(r)) out[r] = (out[r] ?? 0) + 1;
-  }
-  return out;
-}
-
-/**
- * expectNoLeaks compares live handles with a snapshot taken before the test, after letting closed
- * handles finish closing. Vitest keeps hook timers of its own, so Timeouts may only go down.
- */
-async function expectNoLeaks(snapshot: Record<string, number>): Promise<void> {
-  for (let i = 0; i < 3; i++) await new Promise<void>((r) => setImmediate(r));
-  const { Timeout: t0 = 0, ...rest0 } = snapshot;
-  const { Timeout: t1 = 0, ...rest1 } = counted();
-  expect(rest1).toEqual(rest0);
-  expect(t1).toBeLessThanOrEqual(t0);
-}
-
 /** until polls with real (unfaked) setImmediate until cond holds or 5 s of real time pass. */
 async function until(cond: () => boolean, what = 'condition'): Promise<void> {
   const deadline = performance.now() + 5_000;
@@ -104,7 +84,7 @@ async function until(cond: () => boolean, what = 'condition'): Promise<void> {
 const conns: Connection[] = [];
 const sockets: Socket[] = [];
 const servers: Server[] = [];
-let before: Record<string, number>;
+let before: ResourceSnapshot;
 
 /** listen starts a server on 127.0.0.1:0 whose sockets are handed to onSocket. */
 async function listen(onSocket: (s: Socket) => void): Promise<number> {
@@ -145,7 +125,7 @@ async function pair(
 }
 
 beforeEach(() => {
-  before = counted();
+  before = snapshotResources(NET_HANDLES);
 });
 
 afterEach(async () => {

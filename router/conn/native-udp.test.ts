@@ -46,7 +46,6 @@ describe.skipIf(why !== undefined)(`NativeUdp${why ? ` (skipped: ${why})` : ''}`
       addrA: LOOPBACK,
       addrB: LOOPBACK,
       unusedPort: await unusedPort(),
-      nativeHandles: () => native?.activeWatchers() ?? 0,
       async teardown() {
         a.close();
         b.close();

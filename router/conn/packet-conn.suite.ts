@@ -1,5 +1,5 @@
 import { afterEach, describe, expect, it } from 'vitest';
-import { activeResources, leakedResources, settle } from '../tun/device.suite.js';
+import { expectNoLeaks, settle, snapshotResources } from '../testing/leaks.js';
 import type { PacketConn } from './packet-conn.js';
 
 /**
@@ -14,8 +14,6 @@ export interface PacketConnHarness {
   readonly addrB: number;
   /** unusedPort is a port on addrB where no socket is bound. */
   readonly unusedPort: number;
-  /** nativeHandles counts native handles still open in this thread, when the implementation has any. */
-  nativeHandles?(): number;
   /** teardown closes both sockets and anything else the harness made; idempotent. */
   teardown(): Promise<void>;
 }
@@ -250,7 +248,7 @@ export function packetConnSuite(name: string, factory: PacketConnHarnessFactory)
 
     it('leaves no handles behind', async () => {
       await settle();
-      const before = activeResources();
+      const before = snapshotResources();
       const t = await open();
       const o = outgoing([10], t.addrB, t.b.port);
       const got = receive(t.b, 1);
@@ -259,9 +257,7 @@ export function packetConnSuite(name: string, factory: PacketConnHarnessFactory)
       t.a.onReadable(() => undefined);
       t.b.onReadable(() => undefined);
       await t.teardown();
-      await settle();
-      expect(leakedResources(before)).toEqual([]);
-      if (t.nativeHandles !== undefined) expect(t.nativeHandles()).toBe(0);
+      await expectNoLeaks(before);
     });
   });
 }

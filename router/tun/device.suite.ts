@@ -1,5 +1,6 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { HEADROOM_BYTES } from '../constants.js';
+import { expectNoLeaks, settle, snapshotResources } from '../testing/leaks.js';
 import type { TunDevice } from './device.js';
 
 /**
@@ -18,8 +19,6 @@ export interface TunHarness {
   sendPackets(count: number, payloadBytes: number): Promise<void>;
   /** ping makes the peer ping targetAddr once; resolves true if an echo reply reached it within timeoutMs. */
   ping(timeoutMs: number): Promise<boolean>;
-  /** nativeHandles counts native handles still open in this thread, when the implementation has any. */
-  nativeHandles?(): number;
   /** teardown closes the device and whatever the harness created; idempotent. */
   teardown(): Promise<void>;
 }
@@ -115,34 +114,6 @@ export function isUdpTo(buf: Buffer, off: number, len: number, dst: number, port
     buf.readUInt32BE(off + 16) === dst >>> 0 &&
     buf.readUInt16BE(off + 22) === port
   );
-}
-
-/** activeResources lists the event-loop resources keeping the process alive, sorted (leak checks). */
-export function activeResources(): string[] {
-  return process.getActiveResourcesInfo().sort();
-}
-
-/**
- * leakedResources returns the resources active now beyond those in `before` (a multiset
- * difference): what a component opened and did not release. The test runner's own timers may
- * come and go, so a resource that disappeared is not a leak.
- */
-export function leakedResources(before: readonly string[]): string[] {
-  const left = new Map<string, number>();
-  for (const r of before) left.set(r, (left.get(r) ?? 0) + 1);
-  const extra: string[] = [];
-  for (const r of activeResources()) {
-    const n = left.get(r) ?? 0;
-    if (n > 0) left.set(r, n - 1);
-    else extra.push(r);
-  }
-  return extra;
-}
-
-/** settle lets closed handles finish closing (close callbacks run after the check phase). */
-export async function settle(): Promise<void> {
-  for (let i = 0; i < 3; i++) await new Promise<void>((r) => setImmediate(r));
-  await new Promise<void>((r) => setTimeout(r, 5));
 }
 
 const STRIDE = 2048;
@@ -336,16 +307,14 @@ export function tunDeviceSuite(name: string, factory: TunHarnessFactory): void {
 
     it('leaves no handles behind', async () => {
       await settle();
-      const before = activeResources();
+      const before = snapshotResources();
       const t = await open();
       const got = collect(t, buf, lengths, 1, 10);
       await t.sendPackets(1, 10);
       await got;
       t.device.onReadable(() => undefined);
       await t.teardown();
-      await settle();
-      expect(leakedResources(before)).toEqual([]);
-      if (t.nativeHandles !== undefined) expect(t.nativeHandles()).toBe(0);
+      await expectNoLeaks(before);
     });
   });
 }

@@ -22,9 +22,12 @@ export interface TunDevice {
 
   /**
    * readBatch reads up to `max` packets. Packet i lands at `buf[offset + i*stride ..]` and its
-   * length is stored in `lengths[i]`; a packet longer than `stride - (offset % stride)`... is
-   * truncated by the kernel, so callers size `stride` for the device MTU. Returns how many were
-   * read (0 when none are queued). `lengths.length` must be >= max.
+   * length is stored in `lengths[i]`. Its room is `stride - offset % stride` (so the headroom of
+   * the next slot is never written), cut at the end of `buf`. A packet longer than its room is
+   * not truncated silently: it is consumed and reported with length -1 (LinuxTun reads one spare
+   * byte to notice), and the bytes in its slot are then meaningless; callers size `stride` for
+   * the device MTU and count -1 as a drop. Returns how many were read, -1 entries included (0
+   * when none are queued). `lengths.length` must be >= max.
    */
   readBatch(buf: Buffer, offset: number, stride: number, max: number, lengths: Int32Array): number;
 
