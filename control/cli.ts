@@ -190,12 +190,23 @@ Examples:
     .addOption(new Option('--encap <encap>', 'encapsulation').choices(['sleeve', 'vxlan']).default('sleeve'))
     .option('--keep', 'leave the hosts running; remove them later with `weft demo --down`')
     .option('--down', 'remove the hosts a previous `weft demo --keep` left running')
-    .action(async (opts: { hosts: string; encap: 'sleeve' | 'vxlan'; keep?: boolean; down?: boolean }) => {
-      const hosts = Number(opts.hosts);
-      if (!Number.isInteger(hosts) || hosts < 2 || hosts > 9)
-        throw new InputError(`invalid --hosts "${opts.hosts}": want 2-9`);
-      await runDemo({ hosts, encap: opts.encap, keep: opts.keep === true, down: opts.down === true, cli: cliPath() });
-    });
+    .addOption(new Option('--prefix <name>', 'name prefix of the namespaces').default('weftdemo').hideHelp())
+    .action(
+      async (opts: { hosts: string; encap: 'sleeve' | 'vxlan'; keep?: boolean; down?: boolean; prefix: string }) => {
+        if (!/^[a-z][a-z0-9]{0,11}$/.test(opts.prefix)) throw new InputError(`invalid --prefix "${opts.prefix}"`);
+        const hosts = Number(opts.hosts);
+        if (!Number.isInteger(hosts) || hosts < 2 || hosts > 9)
+          throw new InputError(`invalid --hosts "${opts.hosts}": want 2-9`);
+        await runDemo({
+          hosts,
+          encap: opts.encap,
+          keep: opts.keep === true,
+          down: opts.down === true,
+          cli: cliPath(),
+          prefix: opts.prefix,
+        });
+      },
+    );
 
   return program;
 }

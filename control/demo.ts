@@ -5,9 +5,8 @@ import { WeftError } from '../common/errors.js';
 
 const run = promisify(execFile);
 
-/** DEMO_PREFIX names everything the demo creates, so `weft demo --down` finds it again. */
-const DEMO_PREFIX = 'weftdemo';
-const DEMO_STATE = '/run/weft-demo';
+/** DEFAULT_PREFIX names everything the demo creates, so `weft demo --down` finds it again. */
+export const DEFAULT_PREFIX = 'weftdemo';
 const UNDERLAY_NET = '192.168.211';
 
 /** DemoOptions configures `weft demo`. */
@@ -18,6 +17,8 @@ export interface DemoOptions {
   down: boolean;
   /** cli is the path of the weft CLI script to run inside each host. */
   cli: string;
+  /** prefix names the namespaces (`<prefix>-h1`...); default DEFAULT_PREFIX. */
+  prefix?: string;
   /** print receives the demo's narration (default: stdout). */
   print?: (line: string) => void;
 }
@@ -30,6 +31,9 @@ export interface DemoOptions {
  */
 export async function runDemo(o: DemoOptions): Promise<void> {
   const print = o.print ?? ((l: string) => process.stdout.write(`${l}\n`));
+  const prefix = o.prefix ?? DEFAULT_PREFIX;
+  const stateRoot = `/run/weft-demo/${prefix}`;
+  const teardown = () => removeDemo(prefix, stateRoot);
   if (o.down) {
     await teardown();
     print('demo hosts removed');
@@ -40,39 +44,26 @@ export async function runDemo(o: DemoOptions): Promise<void> {
   if (!existsSync('/dev/net/tun'))
     throw new WeftError('EWEFT_TUN_OPEN', '/dev/net/tun is missing: the demo needs TUN devices');
   await teardown();
-  const hosts = Array.from({ length: o.hosts }, (_, i) => `${DEMO_PREFIX}-h${i + 1}`);
+  const hosts = Array.from({ length: o.hosts }, (_, i) => `${prefix}-h${i + 1}`);
   try {
     print(
       `building ${o.hosts} hosts (network namespaces ${hosts.join(', ')}) on a bridged underlay ${UNDERLAY_NET}.0/24`,
     );
-    await ip('netns', 'add', `${DEMO_PREFIX}-sw`);
-    await ip('-n', `${DEMO_PREFIX}-sw`, 'link', 'add', 'br0', 'type', 'bridge');
-    await ip('-n', `${DEMO_PREFIX}-sw`, 'link', 'set', 'br0', 'up');
+    await ip('netns', 'add', `${prefix}-sw`);
+    await ip('-n', `${prefix}-sw`, 'link', 'add', 'br0', 'type', 'bridge');
+    await ip('-n', `${prefix}-sw`, 'link', 'set', 'br0', 'up');
     for (const [i, h] of hosts.entries()) {
       await ip('netns', 'add', h);
       await ip('-n', h, 'link', 'set', 'lo', 'up');
-      await ip(
-        '-n',
-        h,
-        'link',
-        'add',
-        'eth0',
-        'type',
-        'veth',
-        'peer',
-        'name',
-        `p${i + 1}`,
-        'netns',
-        `${DEMO_PREFIX}-sw`,
-      );
+      await ip('-n', h, 'link', 'add', 'eth0', 'type', 'veth', 'peer', 'name', `p${i + 1}`, 'netns', `${prefix}-sw`);
       await ip('-n', h, 'addr', 'add', `${UNDERLAY_NET}.${i + 1}/24`, 'dev', 'eth0');
       await ip('-n', h, 'link', 'set', 'eth0', 'up');
-      await ip('-n', `${DEMO_PREFIX}-sw`, 'link', 'set', `p${i + 1}`, 'master', 'br0', 'up');
+      await ip('-n', `${prefix}-sw`, 'link', 'set', `p${i + 1}`, 'master', 'br0', 'up');
     }
     for (const [i, h] of hosts.entries()) {
       // Until discovery arrives (#3), each host is told about every host launched before it.
       const peers = hosts.slice(0, i).map((_, j) => `${UNDERLAY_NET}.${j + 1}`);
-      const name = await weft(o.cli, h, 'launch', ...peers, '--encap', o.encap, '--state-dir', `${DEMO_STATE}/${h}`);
+      const name = await weft(o.cli, h, 'launch', ...peers, '--encap', o.encap, '--state-dir', `${stateRoot}/${h}`);
       await weft(o.cli, h, 'expose', `10.32.0.${i + 1}/12`);
       print(`  ${h}: router ${name.trim()} launched, overlay address 10.32.0.${i + 1}`);
     }
@@ -129,14 +120,14 @@ async function waitConnected(cli: string, hosts: string[]): Promise<void> {
   }
 }
 
-async function teardown(): Promise<void> {
+async function removeDemo(prefix: string, stateRoot: string): Promise<void> {
   let names: string[] = [];
   try {
     const { stdout } = await run('ip', ['netns', 'list']);
     names = stdout
       .split('\n')
       .map((l) => l.split(' ')[0] ?? '')
-      .filter((n) => n.startsWith(`${DEMO_PREFIX}-`));
+      .filter((n) => n.startsWith(`${prefix}-`));
   } catch {
     return;
   }
@@ -156,7 +147,7 @@ async function teardown(): Promise<void> {
   }
   if (names.length > 0) await new Promise((r) => setTimeout(r, 300));
   for (const n of names) await run('ip', ['netns', 'del', n]).catch(() => undefined);
-  rmSync(DEMO_STATE, { recursive: true, force: true });
+  rmSync(stateRoot, { recursive: true, force: true });
 }
 
 async function ip(...args: string[]): Promise<void> {

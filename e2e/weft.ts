@@ -46,6 +46,7 @@ export async function status(ns: Netns): Promise<StatusJson> {
 /** StatusJson is the part of the router's status the tests read. */
 export interface StatusJson {
   name: string;
+  ready: boolean;
   nickname: string;
   mtu: number;
   encap: string;

@@ -1,0 +1,89 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { type Host, requireRoot, Topology } from './netns.js';
+import { launch, removeStateDirs, status, waitPeers, weft } from './weft.js';
+
+const reason = requireRoot();
+
+/**
+ * A script run with node inside a namespace that throws random and mutated datagrams at a
+ * router's data ports and random bytes at its control port.
+ */
+const FLOOD = `
+const dgram = require('node:dgram');
+const net = require('node:net');
+const crypto = require('node:crypto');
+const [host, count] = [process.argv[1], Number(process.argv[2])];
+const s = dgram.createSocket('udp4');
+let sent = 0;
+const valid = Buffer.alloc(60); valid[0] = 0x57; valid[1] = 1; // sleeve-looking
+function next() {
+  if (sent >= count) { s.close(); return; }
+  for (let i = 0; i < 50 && sent < count; i++, sent++) {
+    const b = sent % 2 ? crypto.randomBytes(sent % 300) : Buffer.from(valid);
+    if (sent % 2 === 0) b[(sent * 7) % b.length] ^= 0xff;
+    s.send(b, sent % 3 ? 6783 : 6784, host);
+  }
+  setImmediate(next);
+}
+next();
+const c = net.connect(6783, host, () => { c.end(crypto.randomBytes(4096)); });
+c.on('error', () => {});
+`;
+
+describe.skipIf(reason)('bad input does not disturb a router', () => {
+  let topo: Topology;
+  let h1: Host;
+  let h2: Host;
+
+  beforeAll(async () => {
+    topo = await Topology.create({ hosts: 2 });
+    [h1, h2] = topo.hosts as [Host, Host];
+    await launch(h1, []);
+    await launch(h2, [h1.underlayIp]);
+    await weft(h1, ['expose', '10.32.0.1/12']);
+    await weft(h2, ['expose', '10.32.0.2/12']);
+    await waitPeers(h1, 1);
+  });
+
+  afterAll(async () => {
+    await topo?.destroy();
+    if (topo) removeStateDirs(topo);
+  });
+
+  it('counts garbage datagrams and garbage control bytes as drops, and keeps forwarding', async () => {
+    await h2.exec(process.execPath, ['-e', FLOOD, h1.underlayIp, '5000']);
+    const s = await status(h1);
+    const dropped = Object.values(s.counters.drops).reduce((a, b) => a + b, 0);
+    expect(dropped).toBeGreaterThanOrEqual(4000);
+    expect(s.connections.filter((c) => c.state === 'established')).toHaveLength(1);
+    expect((await h2.ping('10.32.0.1', { count: 3, intervalS: 0.1 })).received).toBe(3);
+  });
+
+  it('answers CLI mistakes with one line and a usage exit status', async () => {
+    const r = await weft(h1, ['expose', '10.32.0.400/12'], { allowFail: true });
+    expect(r.code).toBe(2);
+    expect(r.stderr.trim()).toBe('weft: invalid IPv4 address "10.32.0.400"');
+    const c = await weft(h1, ['connect', 'bad host'], { allowFail: true });
+    expect(c.code).toBe(2);
+    expect(c.stderr.trim().split('\n')).toHaveLength(1);
+    const l = await weft(h1, ['launch', '--encap', 'gre'], { allowFail: true });
+    expect(l.code).toBe(2);
+    expect(l.stderr).toMatch(/Allowed choices are sleeve, vxlan/);
+  });
+
+  it('refuses a second router in the same namespace with a clear error', async () => {
+    const r = await weft(h1, ['launch', '--foreground', '--device', h1.ifname('u'), '--http-addr', '127.0.0.1:6799'], {
+      allowFail: true,
+      timeoutMs: 20_000,
+    });
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toMatch(/cannot listen for control connections on 0\.0\.0\.0:6783|already in use/);
+    expect((await status(h1)).ready).toBe(true);
+  });
+
+  it('exposes an address as an HTTP API answer of 409 on conflict', async () => {
+    const r = await weft(h1, ['expose', '10.32.0.2/12'], { allowFail: true });
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/already in use by peer/);
+  });
+});
