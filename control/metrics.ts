@@ -8,7 +8,9 @@ import { DROP_NAMES } from '../router/index.js';
  */
 export function createMetrics(router: Router): Registry {
   const register = new Registry();
-  collectDefaultMetrics({ register, prefix: 'weft_process_' });
+  // The event-loop delay monitor samples every eventLoopMonitoringPrecision ms; the default (10) would wake
+  // an idle router 100 times a second.
+  collectDefaultMetrics({ register, prefix: 'weft_process_', eventLoopMonitoringPrecision: 1000 });
   const snap = () => router.status();
 
   new Gauge({
