@@ -51,7 +51,16 @@ export interface StatusJson {
   mtu: number;
   encap: string;
   exposed: string[];
-  peers: { name: string; encap: string; cidrs: string[]; txPackets: number; rxPackets: number }[];
+  peers: {
+    name: string;
+    nickname: string;
+    encap: string;
+    cidrs: string[];
+    txPackets: number;
+    rxPackets: number;
+    state: string;
+    rttMs?: number;
+  }[];
   connections: { state: string; peer?: string }[];
   counters: {
     drops: Record<string, number>;
@@ -63,13 +72,13 @@ export interface StatusJson {
   learned: { ip: string; endpoint: string }[];
 }
 
-/** waitPeers waits until the router in `ns` is connected to `n` peers that announce addresses. */
+/** waitPeers waits until the router in `ns` has `n` peers with addresses and a proven data path. */
 export async function waitPeers(ns: Netns, n: number, timeoutMs = 20_000): Promise<StatusJson> {
   let last: StatusJson | undefined;
   await waitUntil(
     async () => {
       last = await status(ns);
-      return last.peers.length >= n && last.peers.every((p) => p.cidrs.length > 0);
+      return last.peers.length >= n && last.peers.every((p) => p.cidrs.length > 0 && p.state === 'established');
     },
     { timeoutMs, what: `${ns.name} to connect to ${n} peer(s)` },
   );

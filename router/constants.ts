@@ -100,6 +100,10 @@ export const HANDSHAKE_TIMEOUT_MS = 5_000;
 export const HEARTBEAT_INTERVAL_MS = 1_000;
 /** HEARTBEAT_TIMEOUT_MS closes a control connection that has been silent this long. */
 export const HEARTBEAT_TIMEOUT_MS = 5_000;
+/** DATA_HEARTBEAT_INTERVAL_MS is how often each router sends a data-path heartbeat to each peer. */
+export const DATA_HEARTBEAT_INTERVAL_MS = 500;
+/** PEER_DOWN_TIMEOUT_MS: a data path silent this long in either direction is failed and avoided. */
+export const PEER_DOWN_TIMEOUT_MS = 5_000;
 /** RECONNECT_INITIAL_MS, RECONNECT_FACTOR, RECONNECT_MAX_MS: backoff for dialling targets (with jitter). */
 export const RECONNECT_INITIAL_MS = 2_000;
 export const RECONNECT_FACTOR = 1.5;

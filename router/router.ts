@@ -10,17 +10,22 @@ import type { PacketConn } from './conn/packet-conn.js';
 import type { Connection } from './connection.js';
 import { ConnectionMaker } from './connection-maker.js';
 import {
+  DATA_HEARTBEAT_INTERVAL_MS,
   ENCAP_OVERHEAD_MAX,
   GSO_MAX_BYTES,
   MTU_MAX,
   MTU_MIN,
+  PEER_DOWN_TIMEOUT_MS,
   UDP_RCVBUF_BYTES,
   UDP_SNDBUF_BYTES,
 } from './constants.js';
+import { DataPath } from './data-path.js';
 import { Counters } from './datapath/counters.js';
-import { Encap, encapName, Fib, type FibRoute, Hop, peerNameHi, peerNameLo } from './datapath/fib.js';
+import { Encap, encapName, Fib, type FibRoute, Hop, peerKey, peerNameHi, peerNameLo } from './datapath/fib.js';
+import type { ControlDatagram } from './datapath/forwarder.js';
 import { Forwarder } from './datapath/forwarder.js';
 import { VNET_HDR_LEN } from './datapath/gso.js';
+import { SleeveType } from './overlay/frame.js';
 import type { Addresses, PeerMessage } from './protocol.js';
 import type { RouterStatus } from './status.js';
 import { buildStatus } from './status.js';
@@ -57,6 +62,8 @@ export interface RouterOptions {
    * the TUN device's virtio-net header); sleeve carries them whole. Default true.
    */
   offload?: boolean;
+  /** peerTimeoutMs: a data path silent this long in either direction is failed (default PEER_DOWN_TIMEOUT_MS). */
+  peerTimeoutMs?: number;
   log?: Logger;
   /** version is reported in status. */
   version?: string;
@@ -71,6 +78,7 @@ interface PeerState {
   conn: Connection;
   hop: Hop;
   cidrs: Cidr[];
+  data: DataPath;
 }
 
 /**
@@ -90,6 +98,7 @@ export class Router implements Startable {
   private forwarder: Forwarder | undefined;
   private maker: ConnectionMaker | undefined;
   private readonly peers = new Map<PeerName, PeerState>();
+  private readonly peersByKey = new Map<number, PeerState>();
   private exposed: Cidr[] = [];
   private mtuValue = 0;
   private vnetHdr = false;
@@ -97,6 +106,7 @@ export class Router implements Startable {
   private ready = false;
   private readonly startedAt = Date.now();
   private learnTimer: NodeJS.Timeout | undefined;
+  private heartbeatTimer: NodeJS.Timeout | undefined;
   /** onTargetsChanged is called after connect/forget so the owner can persist targets. */
   onTargetsChanged: ((targets: string[]) => void) | undefined;
 
@@ -151,6 +161,8 @@ export class Router implements Startable {
       await this.maker.start();
       this.learnTimer = setInterval(() => this.forwarder?.learned.expire(Date.now() - 300_000), 30_000);
       this.learnTimer.unref();
+      this.heartbeatTimer = setInterval(() => this.heartbeat(), DATA_HEARTBEAT_INTERVAL_MS);
+      this.heartbeatTimer.unref();
       this.ready = true;
       this.log.info('router started', {
         peer: this.name,
@@ -200,6 +212,7 @@ export class Router implements Startable {
       counters: this.counters,
       log: this.log,
       vnetHdr: this.vnetHdr,
+      onControl: (d) => this.onDataControl(d),
     });
     this.forwarder.start();
   }
@@ -219,6 +232,8 @@ export class Router implements Startable {
     this.ready = false;
     if (this.learnTimer !== undefined) clearInterval(this.learnTimer);
     this.learnTimer = undefined;
+    if (this.heartbeatTimer !== undefined) clearInterval(this.heartbeatTimer);
+    this.heartbeatTimer = undefined;
     await this.maker?.stop();
     this.maker = undefined;
     this.forwarder?.stop();
@@ -230,6 +245,7 @@ export class Router implements Startable {
     this.vxlanConn = undefined;
     this.tun = undefined;
     this.peers.clear();
+    this.peersByKey.clear();
     this.log.info('router stopped', { peer: this.name });
   }
 
@@ -334,6 +350,10 @@ export class Router implements Startable {
         txBytes: p.hop.txBytes,
         rxPackets: p.hop.rxPackets,
         rxBytes: p.hop.rxBytes,
+        state: p.data.state,
+        stateSince: p.data.since,
+        reason: p.data.reason,
+        rttMs: p.data.rttMs,
       })),
       connections: this.maker?.connections() ?? [],
       targets: this.maker?.targets() ?? [],
@@ -359,8 +379,13 @@ export class Router implements Startable {
       ipToU32(r.addr),
       vx ? r.vxlanPort : r.sleevePort,
       vx ? Encap.Vxlan : Encap.Sleeve,
+      r.sleevePort,
     );
-    this.peers.set(r.name, { conn, hop, cidrs: [] });
+    const data = new DataPath(Date.now());
+    const st: PeerState = { conn, hop, cidrs: [], data };
+    this.peers.set(r.name, st);
+    this.peersByKey.set(peerKey(hop.nameHi, hop.nameLo), st);
+    this.forwarder?.sendHeartbeat(hop, Date.now());
     conn.on('message', (msg: PeerMessage) => {
       if (msg.t === 'addrs') this.onAddresses(r.name, msg.cidrs);
     });
@@ -374,12 +399,43 @@ export class Router implements Startable {
     });
   }
 
+  /** heartbeat sends a data-path heartbeat to every peer and re-evaluates their data paths. */
+  private heartbeat(): void {
+    const now = Date.now();
+    let changed = false;
+    for (const st of this.peers.values()) {
+      this.forwarder?.sendHeartbeat(st.hop, now);
+      changed = this.evaluate(st, now) || changed;
+    }
+    if (changed) this.rebuild();
+  }
+
+  private evaluate(st: PeerState, now: number): boolean {
+    const before = st.data.state;
+    if (!st.data.evaluate(now, this.opts.peerTimeoutMs ?? PEER_DOWN_TIMEOUT_MS)) return false;
+    const fields = { peer: st.hop.peer, overlay: encapName(st.hop.encap), reason: st.data.reason };
+    if (st.data.state === 'failed') this.log.warn('data path failed', fields);
+    else if (st.data.state === 'established') this.log.info('data path established', { ...fields, from: before });
+    return true;
+  }
+
+  /** onDataControl records heartbeats and acks from the forwarder. */
+  private onDataControl(d: ControlDatagram): void {
+    const st = this.peersByKey.get(peerKey(d.srcHi, d.srcLo));
+    if (st === undefined) return;
+    const now = Date.now();
+    if (d.type === SleeveType.Heartbeat) st.data.heard(now);
+    else st.data.acked(now, d.stamp);
+    if (this.evaluate(st, now)) this.rebuild();
+  }
+
   private onClosed(conn: Connection): void {
     if (!conn.wasEstablished) return;
     const name = conn.remote.name;
     const st = this.peers.get(name);
     if (st === undefined || st.conn !== conn) return;
     this.peers.delete(name);
+    this.peersByKey.delete(peerKey(st.hop.nameHi, st.hop.nameLo));
     this.rebuild();
     this.log.info('peer disconnected', { peer: name });
   }
@@ -415,6 +471,7 @@ export class Router implements Startable {
     const hops: Hop[] = [];
     const sorted = [...this.peers.entries()].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
     for (const [, st] of sorted) {
+      if (st.data.state === 'failed') continue;
       hops.push(st.hop);
       for (const cidr of st.cidrs) routes.push({ cidr, hop: st.hop });
     }

@@ -15,6 +15,14 @@ export interface PeerStatus {
   txBytes: number;
   rxPackets: number;
   rxBytes: number;
+  /** state of the data path: pending, established (heartbeats both ways) or failed. */
+  state: 'pending' | 'established' | 'failed';
+  /** stateSince is when the state last changed (ms since the epoch). */
+  stateSince: number;
+  /** reason says why a data path failed. */
+  reason?: string;
+  /** rttMs is the last heartbeat round trip through the tunnel. */
+  rttMs?: number;
 }
 
 /** LearnedStatus is a VXLAN endpoint learned from traffic (e.g. a kernel vxlan device). */

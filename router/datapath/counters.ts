@@ -15,7 +15,7 @@ export const Drop = {
   BadType: 5,
   /** BadVni: a VXLAN datagram without the I flag or for another VNI. */
   BadVni: 6,
-  /** NotForUs: a sleeve datagram addressed to another peer (relaying comes with the mesh). */
+  /** NotForUs: a sleeve datagram addressed to a peer we know no route to. */
   NotForUs: 7,
   /** UnknownPeer: a sleeve datagram from a peer we have no control connection with. */
   UnknownPeer: 8,
@@ -35,6 +35,8 @@ export const Drop = {
   Loop: 15,
   /** GsoUnsupported: a TCP super-packet arrived for a TUN device without virtio-net headers. */
   GsoUnsupported: 16,
+  /** TtlExceeded: a sleeve datagram to relay had crossed too many relays (a transient loop). */
+  TtlExceeded: 17,
 } as const;
 export type Drop = (typeof Drop)[keyof typeof Drop];
 
@@ -57,6 +59,7 @@ export const DROP_NAMES: readonly string[] = [
   'too_big',
   'loop',
   'gso_unsupported',
+  'ttl_exceeded',
 ];
 
 /**
@@ -78,6 +81,10 @@ export class Counters {
   udpTxBytes = 0;
   /** arpReplies: ARP replies sent to VXLAN peers for addresses we serve. */
   arpReplies = 0;
+  /** relayed: sleeve datagrams forwarded for other peers. */
+  relayed = 0;
+  /** heartbeats: data-path heartbeats received (acks included). */
+  heartbeats = 0;
   /** learned: VXLAN endpoints learned from received traffic. */
   learned = 0;
   /** batches: readiness wake-ups served (TUN and UDP), for average batch size. */
@@ -110,6 +117,8 @@ export class Counters {
       udpTxPackets: this.udpTxPackets,
       udpTxBytes: this.udpTxBytes,
       arpReplies: this.arpReplies,
+      relayed: this.relayed,
+      heartbeats: this.heartbeats,
       learned: this.learned,
       tunBatches: this.tunBatches,
       udpBatches: this.udpBatches,
@@ -129,6 +138,8 @@ export interface CountersSnapshot {
   udpTxPackets: number;
   udpTxBytes: number;
   arpReplies: number;
+  relayed: number;
+  heartbeats: number;
   learned: number;
   tunBatches: number;
   udpBatches: number;

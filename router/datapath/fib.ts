@@ -37,6 +37,8 @@ export class Hop {
     /** port is the hop's UDP port for `encap`. */
     readonly port: number,
     readonly encap: Encap,
+    /** sleevePort is the hop's sleeve UDP port, used to relay sleeve datagrams whatever `encap` is. */
+    readonly sleevePort: number = port,
   ) {}
 }
 

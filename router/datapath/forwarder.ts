@@ -50,12 +50,14 @@ import {
   ethType,
   ipv4PacketLen,
   isGroupMac,
+  SLEEVE_HEARTBEAT_LEN,
   SLEEVE_PREFIX_LEN,
   SleeveCheck,
   SleeveType,
   sleeveDstHi,
   sleeveDstLo,
   sleeveFrameLen,
+  sleeveHeartbeatStamp,
   sleeveSrcHi,
   sleeveSrcLo,
   sleeveType,
@@ -63,6 +65,7 @@ import {
   VxlanCheck,
   writeArp,
   writeEthernetHeader,
+  writeSleeveHeartbeat,
   writeSleevePrefix,
   writeVxlanHeader,
   writeVxlanPrefix,
@@ -97,13 +100,19 @@ const SEG_STRIDE = HEADROOM_BYTES + 9216;
 /** SLEEVE_DATAGRAM_MAX is the largest UDP payload (65535 - IPv4 20 - UDP 8). */
 const SLEEVE_DATAGRAM_MAX = 65507;
 
-/** ControlDatagram is a non-data sleeve datagram handed to the control plane (heartbeats, #3). */
+/**
+ * ControlDatagram is a heartbeat or heartbeat ack addressed to us, handed to the control plane
+ * (the forwarder has already answered a heartbeat with an ack).
+ */
 export interface ControlDatagram {
   type: number;
   srcHi: number;
   srcLo: number;
+  /** addr/port: where the datagram came from on the underlay. */
   addr: number;
   port: number;
+  /** stamp is the timestamp the heartbeat's sender put in (echoed back in the ack). */
+  stamp: number;
 }
 
 /** ForwarderOptions configures a Forwarder. */
@@ -184,6 +193,20 @@ export class Forwarder {
   private readonly tLen = new Int32Array(TUN_WRITE_MAX);
   private readonly tHop: (Hop | undefined)[] = new Array(TUN_WRITE_MAX).fill(undefined);
   private tCount = 0;
+
+  // Relayed sleeve datagrams, sent from outBuf where they were received.
+  private readonly relOff = new Int32Array(BATCH_MAX);
+  private readonly relLen = new Int32Array(BATCH_MAX);
+  private readonly relAddr = new Uint32Array(BATCH_MAX);
+  private readonly relPort = new Uint16Array(BATCH_MAX);
+  private nr = 0;
+
+  // Heartbeats and acks are built here, one at a time.
+  private readonly hbBuf = Buffer.alloc(SLEEVE_HEARTBEAT_LEN);
+  private readonly hbOff = new Int32Array(1);
+  private readonly hbLen = new Int32Array(1);
+  private readonly hbAddr = new Uint32Array(1);
+  private readonly hbPort = new Uint16Array(1);
 
   // ARP replies are built here, one at a time.
   private readonly arpBuf = Buffer.alloc(ARP_FRAME_LEN);
@@ -423,11 +446,11 @@ export class Forwarder {
         }
         const type = sleeveType(buf, off);
         if (type !== SleeveType.Data) {
-          this.control(type, buf, off, i);
+          this.control(type, buf, off, len, i);
           continue;
         }
         if (sleeveDstLo(buf, off) !== this.nameLo || sleeveDstHi(buf, off) !== this.nameHi) {
-          c.drop(Drop.NotForUs);
+          this.relay(buf, off, len);
           continue;
         }
         const hop = fib.peer(sleeveSrcHi(buf, off), sleeveSrcLo(buf, off));
@@ -449,6 +472,7 @@ export class Forwarder {
         }
       }
       this.flushTun(buf);
+      this.flushRelay();
       if (n < BATCH_MAX) return;
     }
   };
@@ -609,15 +633,88 @@ export class Forwarder {
     }
   }
 
-  private control(type: number, buf: Buffer, off: number, i: number): void {
-    if (this.onControl === undefined) return;
-    this.onControl({
-      type,
-      srcHi: sleeveSrcHi(buf, off),
-      srcLo: sleeveSrcLo(buf, off),
-      addr: this.rAddrs[i] as number,
-      port: this.rPorts[i] as number,
-    });
+  /**
+   * relay forwards a sleeve datagram addressed to another peer towards it, unchanged but for the
+   * ttl: relays need no knowledge of the inner packet. The route is the Fib's hop for that peer.
+   */
+  private relay(buf: Buffer, off: number, len: number): void {
+    const c = this.counters;
+    const next = this.fib.peer(sleeveDstHi(buf, off), sleeveDstLo(buf, off));
+    if (next === undefined) {
+      c.drop(Drop.NotForUs);
+      return;
+    }
+    const ttl = buf[off + 3] as number;
+    if (ttl <= 1) {
+      c.drop(Drop.TtlExceeded);
+      return;
+    }
+    buf[off + 3] = ttl - 1;
+    const k = this.nr++;
+    this.relOff[k] = off;
+    this.relLen[k] = len;
+    this.relAddr[k] = next.addr;
+    this.relPort[k] = next.sleevePort;
+    c.relayed++;
+  }
+
+  private flushRelay(): void {
+    if (this.nr === 0) return;
+    this.flushSend(this.sleeve, this.outBuf, this.relOff, this.relLen, this.relAddr, this.relPort, this.nr);
+    this.nr = 0;
+  }
+
+  /**
+   * sendHeartbeat sends a data-path heartbeat to a directly connected peer, in sleeve framing to
+   * the hop's sleeve port. Control plane: twice a second per peer.
+   * TODO(weft): prove the VXLAN port too (a heartbeat frame inside VXLAN) and fall back to sleeve
+   * per peer when only sleeve works, as Weave's overlay switch does (#3).
+   */
+  sendHeartbeat(hop: Hop, stamp: number): boolean {
+    return this.sendHeartbeatTo(SleeveType.Heartbeat, hop.nameHi, hop.nameLo, hop.addr, hop.sleevePort, stamp);
+  }
+
+  private sendHeartbeatTo(
+    type: number,
+    dstHi: number,
+    dstLo: number,
+    addr: number,
+    port: number,
+    stamp: number,
+  ): boolean {
+    const b = this.hbBuf;
+    this.hbLen[0] = writeSleeveHeartbeat(b, 0, type, this.nameHi, this.nameLo, dstHi, dstLo, stamp);
+    this.hbAddr[0] = addr;
+    this.hbPort[0] = port;
+    const ok = this.sleeve.sendBatch(b, this.hbOff, this.hbLen, this.hbAddr, this.hbPort, 1) === 1;
+    if (ok) {
+      this.counters.udpTxPackets++;
+      this.counters.udpTxBytes += this.hbLen[0] as number;
+    } else {
+      this.counters.drop(Drop.UdpSend);
+    }
+    return ok;
+  }
+
+  /** control answers heartbeats addressed to us with an ack and tells the control plane about both. */
+  private control(type: number, buf: Buffer, off: number, len: number, i: number): void {
+    const c = this.counters;
+    if (len < SLEEVE_HEARTBEAT_LEN) {
+      c.drop(Drop.Truncated);
+      return;
+    }
+    if (sleeveDstLo(buf, off) !== this.nameLo || sleeveDstHi(buf, off) !== this.nameHi) {
+      c.drop(Drop.NotForUs);
+      return;
+    }
+    const srcHi = sleeveSrcHi(buf, off);
+    const srcLo = sleeveSrcLo(buf, off);
+    const addr = this.rAddrs[i] as number;
+    const port = this.rPorts[i] as number;
+    const stamp = sleeveHeartbeatStamp(buf, off);
+    c.heartbeats++;
+    if (type === SleeveType.Heartbeat) this.sendHeartbeatTo(SleeveType.HeartbeatAck, srcHi, srcLo, addr, port, stamp);
+    this.onControl?.({ type, srcHi, srcLo, addr, port, stamp });
   }
 }
 

@@ -15,9 +15,13 @@
  *   +       +-------+-------+-------+
  *   |       | destination peer (6)  |   the peer that must decapsulate it (relays forward, see #3)
  *   +-------+-------+-------+-------+
- *   then one or more frames, each a 2-byte big-endian length followed by that many bytes.
+ *   then, for DATA, one or more frames, each a 2-byte big-endian length followed by that many
+ *   bytes: a virtio-net header (10, see datapath/gso.ts) and an IPv4 packet, which may be a TCP
+ *   super-packet that the receiving kernel takes whole. For HEARTBEAT and HEARTBEAT_ACK, an
+ *   8-byte big-endian float64 timestamp of the sender (echoed in the ack, for RTT).
  *
- *   Overhead for one frame: 20 + 8 + 16 + 2 = 46 bytes.
+ *   Overhead for one frame: 20 + 8 + 16 + 2 + 10 = 56 bytes, once per (super-)packet.
+ *   A relay forwards a datagram not addressed to it unchanged but for ttl - 1.
  *
  * VXLAN (RFC 7348), one UDP datagram:
  *
@@ -53,6 +57,9 @@ export const SleeveType = {
   Heartbeat: 1,
   HeartbeatAck: 2,
 } as const;
+
+/** SLEEVE_HEARTBEAT_LEN is a heartbeat or ack datagram: header and an 8-byte timestamp. */
+export const SLEEVE_HEARTBEAT_LEN = SLEEVE_HEADER_LEN + 8;
 
 /** SLEEVE_TYPE_MAX is the largest type value a receiver understands. */
 export const SLEEVE_TYPE_MAX = 2;
@@ -133,6 +140,34 @@ export function sleeveDstHi(buf: Buffer, off: number): number {
 }
 export function sleeveDstLo(buf: Buffer, off: number): number {
   return buf.readUInt32BE(off + 12);
+}
+
+/** writeSleeveHeartbeat writes a heartbeat or ack datagram at `off`; returns its length. */
+export function writeSleeveHeartbeat(
+  buf: Buffer,
+  off: number,
+  type: number,
+  srcHi: number,
+  srcLo: number,
+  dstHi: number,
+  dstLo: number,
+  stamp: number,
+): number {
+  buf[off] = SLEEVE_MAGIC;
+  buf[off + 1] = SLEEVE_VERSION;
+  buf[off + 2] = type;
+  buf[off + 3] = 1;
+  buf.writeUInt16BE(srcHi, off + 4);
+  buf.writeUInt32BE(srcLo, off + 6);
+  buf.writeUInt16BE(dstHi, off + 10);
+  buf.writeUInt32BE(dstLo, off + 12);
+  buf.writeDoubleBE(stamp, off + SLEEVE_HEADER_LEN);
+  return SLEEVE_HEARTBEAT_LEN;
+}
+
+/** sleeveHeartbeatStamp reads the timestamp of a heartbeat or ack of at least SLEEVE_HEARTBEAT_LEN bytes. */
+export function sleeveHeartbeatStamp(buf: Buffer, off: number): number {
+  return buf.readDoubleBE(off + SLEEVE_HEADER_LEN);
 }
 
 /**
