@@ -45,6 +45,7 @@ export async function runForeground(cfg: LaunchConfig, log: Logger = createLogge
     connLimit: cfg.connLimit,
     datapath: cfg.datapath,
     offload: cfg.offload,
+    discovery: !cfg.noDiscovery,
     log,
     version: VERSION,
   });

@@ -8,7 +8,7 @@ import { DgramUdp } from './conn/dgram-udp.js';
 import { NativeUdp } from './conn/native-udp.js';
 import type { PacketConn } from './conn/packet-conn.js';
 import type { Connection } from './connection.js';
-import { ConnectionMaker } from './connection-maker.js';
+import { ConnectionMaker, parseTarget } from './connection-maker.js';
 import {
   DATA_HEARTBEAT_INTERVAL_MS,
   ENCAP_OVERHEAD_MAX,
@@ -62,6 +62,8 @@ export interface RouterOptions {
    * the TUN device's virtio-net header); sleeve carries them whole. Default true.
    */
   offload?: boolean;
+  /** discovery connects to peers learned from the topology (default true). */
+  discovery?: boolean;
   /** peerTimeoutMs: a data path silent this long in either direction is failed (default PEER_DOWN_TIMEOUT_MS). */
   peerTimeoutMs?: number;
   log?: Logger;
@@ -99,6 +101,8 @@ export class Router implements Startable {
   private maker: ConnectionMaker | undefined;
   private readonly peers = new Map<PeerName, PeerState>();
   private readonly peersByKey = new Map<number, PeerState>();
+  /** persistent are the targets given to launch/connect (saved); discovered ones are not. */
+  private readonly persistent = new Set<string>();
   private exposed: Cidr[] = [];
   private mtuValue = 0;
   private vnetHdr = false;
@@ -249,27 +253,39 @@ export class Router implements Startable {
     this.log.info('router stopped', { peer: this.name });
   }
 
-  /** connect adds connection targets (host[:port]); returns the full target list. */
+  /** connect adds persistent connection targets (host[:port]); returns the persistent list. */
   connect(targets: readonly string[]): string[] {
     const maker = this.requireMaker();
-    maker.addTargets(targets);
-    const list = maker.targets().map((t) => t.address);
+    const normal = targets.map((t) => parseTarget(t).address);
+    maker.addTargets(normal);
+    for (const t of normal) this.persistent.add(t);
+    const list = this.targetList();
     this.onTargetsChanged?.(list);
     return list;
   }
 
-  /** forget removes connection targets; established connections stay until they drop. */
+  /** forget removes connection targets (persistent or discovered); established connections stay until they drop. */
   forget(targets: readonly string[]): string[] {
     const maker = this.requireMaker();
-    maker.removeTargets(targets);
-    const list = maker.targets().map((t) => t.address);
+    const normal = targets.map((t) => parseTarget(t).address);
+    maker.removeTargets(normal);
+    for (const t of normal) this.persistent.delete(t);
+    const list = this.targetList();
     this.onTargetsChanged?.(list);
     return list;
   }
 
-  /** targetList returns the current connection targets. */
+  /**
+   * discover adds targets learned from the topology (not persisted); a no-op with discovery off.
+   */
+  discover(targets: readonly string[]): void {
+    if (this.opts.discovery === false || this.maker === undefined) return;
+    this.maker.addTargets(targets);
+  }
+
+  /** targetList returns the persistent connection targets (from launch and connect). */
   targetList(): string[] {
-    return this.maker?.targets().map((t) => t.address) ?? [];
+    return [...this.persistent];
   }
 
   /**

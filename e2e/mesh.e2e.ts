@@ -1,0 +1,107 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { type Host, requireRoot, Topology, waitUntil } from './netns.js';
+import { launch, removeStateDirs, status, weft } from './weft.js';
+
+const reason = requireRoot();
+const HOSTS = 5;
+const ip = (h: Host) => `10.32.0.${h.index}`;
+
+/** established lists the names of the peers `h` has an established data path with. */
+async function establishedPeers(h: Host): Promise<string[]> {
+  return (await status(h)).peers.filter((p) => p.state === 'established').map((p) => p.nickname);
+}
+
+/**
+ * Five hosts, each launched knowing only the one before it (a chain): discovery must turn the
+ * chain into a full mesh; a cut link must be routed around through a third host; a killed
+ * router must be noticed and must rejoin when relaunched.
+ */
+describe.skipIf(reason)('a mesh of five hosts launched as a chain', () => {
+  let topo: Topology;
+  let hosts: Host[];
+
+  beforeAll(async () => {
+    topo = await Topology.create({ hosts: HOSTS });
+    hosts = topo.hosts;
+    for (const [i, h] of hosts.entries()) {
+      const prev = hosts[i - 1];
+      await launch(h, prev === undefined ? [] : [prev.underlayIp], ['--nickname', `h${h.index}`]);
+      await weft(h, ['expose', `${ip(h)}/12`]);
+    }
+  });
+
+  afterAll(async () => {
+    await topo?.destroy();
+    if (topo) removeStateDirs(topo);
+  });
+
+  it('discovers every peer and forms a full mesh', async () => {
+    for (const h of hosts) {
+      await waitUntil(async () => (await establishedPeers(h)).length === HOSTS - 1, {
+        timeoutMs: 30_000,
+        what: `${h.name} to connect to all ${HOSTS - 1} peers`,
+      });
+    }
+    const s = await status(hosts[0] as Host);
+    expect(s.connections.filter((c) => c.state === 'established')).toHaveLength(HOSTS - 1);
+    for (const h of hosts.slice(1)) {
+      expect((await (hosts[0] as Host).ping(ip(h), { count: 2, intervalS: 0.1 })).received).toBe(2);
+    }
+  });
+
+  it('relays through a third host when two hosts cannot reach each other', async () => {
+    const [h1, h2] = hosts as [Host, Host];
+    await h1.exec('nft', ['-f', '-'], {
+      input: `table inet weftcut {
+  chain out { type filter hook output priority 0; ip daddr ${h2.underlayIp} drop; }
+  chain in { type filter hook input priority 0; ip saddr ${h2.underlayIp} drop; }
+}
+`,
+    });
+    try {
+      await waitUntil(async () => !(await establishedPeers(h1)).includes('h2'), {
+        timeoutMs: 20_000,
+        what: 'h1 to give up its direct path to h2',
+      });
+      const before = (await Promise.all(hosts.slice(2).map(status))).reduce(
+        (n, s) => n + (s.counters as { relayed?: number }).relayed!,
+        0,
+      );
+      await waitUntil(async () => (await h1.ping(ip(h2), { count: 1, timeoutMs: 2_000 })).received === 1, {
+        timeoutMs: 20_000,
+        what: 'h1 to reach h2 through a relay',
+      });
+      const p = await h1.ping(ip(h2), { count: 5, intervalS: 0.1 });
+      expect(p.received).toBe(5);
+      const after = (await Promise.all(hosts.slice(2).map(status))).reduce(
+        (n, s) => n + (s.counters as { relayed?: number }).relayed!,
+        0,
+      );
+      expect(after).toBeGreaterThan(before);
+    } finally {
+      await h1.exec('nft', ['delete', 'table', 'inet', 'weftcut']);
+    }
+  });
+
+  it('notices a killed router, and takes it back when it is relaunched', async () => {
+    const h5 = hosts[HOSTS - 1] as Host;
+    const h1 = hosts[0] as Host;
+    const before = await status(h5);
+    const pids = (await h5.exec('ip', ['netns', 'pids', h5.name])).stdout.split('\n').filter(Boolean);
+    const t0 = Date.now();
+    for (const pid of pids) process.kill(Number(pid), 'SIGKILL');
+    await waitUntil(async () => !(await establishedPeers(h1)).includes('h5'), {
+      timeoutMs: 15_000,
+      what: 'h1 to notice h5 is gone',
+    });
+    const noticedMs = Date.now() - t0;
+    console.info(`e2e mesh: h1 noticed the killed router after ${noticedMs} ms`);
+    const name = await launch(h5, [], ['--nickname', 'h5']);
+    expect(name).toBe(before.name);
+    await waitUntil(async () => (await establishedPeers(h1)).includes('h5'), {
+      timeoutMs: 30_000,
+      what: 'h5 to rejoin',
+    });
+    expect((await h1.ping(ip(h5), { count: 3, intervalS: 0.1 })).received).toBe(3);
+  });
+});
