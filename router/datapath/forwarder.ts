@@ -300,16 +300,7 @@ export class Forwarder {
             c.drop(Drop.TooBig);
             continue;
           }
-          this.vOff[nv] = writeVxlanPrefix(
-            buf,
-            ip,
-            this.vni,
-            hop.macHi,
-            hop.macLo,
-            this.nameHi,
-            this.nameLo,
-            ETHERTYPE_IPV4,
-          );
+          this.vOff[nv] = this.vxlanEncap(buf, ip, hop);
           this.vLen[nv] = ipLen + VXLAN_PREFIX_LEN;
           this.vAddr[nv] = hop.addr;
           this.vPort[nv] = hop.port;
@@ -379,16 +370,7 @@ export class Forwarder {
       const at = (first + k) * SEG_STRIDE + HEADROOM_BYTES;
       const segLen = this.segLens[k] as number;
       const g = first + k;
-      this.gOff[g] = writeVxlanPrefix(
-        seg,
-        at,
-        this.vni,
-        hop.macHi,
-        hop.macLo,
-        this.nameHi,
-        this.nameLo,
-        ETHERTYPE_IPV4,
-      );
+      this.gOff[g] = this.vxlanEncap(seg, at, hop);
       this.gLen[g] = segLen + VXLAN_PREFIX_LEN;
       this.gAddr[g] = hop.addr;
       this.gPort[g] = hop.port;
@@ -396,6 +378,11 @@ export class Forwarder {
       hop.txBytes += segLen;
     }
     this.ng = first + n;
+  }
+
+  /** vxlanEncap writes the VXLAN and inner Ethernet headers before the IPv4 packet at `ip`; returns the datagram start. */
+  private vxlanEncap(buf: Buffer, ip: number, hop: Hop): number {
+    return writeVxlanPrefix(buf, ip, this.vni, hop.macHi, hop.macLo, this.nameHi, this.nameLo, ETHERTYPE_IPV4);
   }
 
   private flushSegments(): void {
