@@ -172,3 +172,51 @@ describe('Router data path', () => {
     await until(() => b.tun.written.length === 1, 'traffic after recovery');
   }, 20_000);
 });
+
+describe('Router mesh', () => {
+  let mesh: MemoryMesh;
+  afterEach(async () => {
+    await mesh?.stop();
+  });
+
+  it('learns a peer it is not connected to by gossip, and relays through the peer in between', async () => {
+    mesh = new MemoryMesh();
+    const a = await mesh.add({ discovery: false });
+    const b = await mesh.add({ discovery: false });
+    const c = await mesh.add({ discovery: false });
+    a.router.connect([`127.0.0.1:${b.router.controlPort}`]);
+    c.router.connect([`127.0.0.1:${b.router.controlPort}`]);
+    await a.router.expose(parseCidr('10.32.0.1/12'));
+    await c.router.expose(parseCidr('10.32.0.3/12'));
+    const peerOf = (r: MemoryRouter, n: string) => r.router.status().peers.find((p) => p.nickname === n);
+    await until(
+      () => peerOf(a, 'r3')?.state === 'relayed' && peerOf(c, 'r1')?.state === 'relayed',
+      'relayed routes',
+      8_000,
+    );
+    expect(peerOf(a, 'r3')).toMatchObject({ via: b.router.name, cidrs: ['10.32.0.3/32'] });
+    const pkt = ipv4Packet(200, A, 0x0a200003, 7);
+    a.tun.inject(pkt);
+    await until(() => c.tun.written.length === 1, 'the relayed packet at c');
+    expect(c.tun.written[0]).toEqual(pkt);
+    expect(b.router.counters.relayed).toBe(1);
+    expect(b.tun.written).toHaveLength(0);
+  }, 15_000);
+
+  it('connects to peers it hears about when discovery is on', async () => {
+    mesh = new MemoryMesh();
+    const a = await mesh.add();
+    const b = await mesh.add();
+    const c = await mesh.add();
+    b.router.connect([`127.0.0.1:${a.router.controlPort}`]);
+    c.router.connect([`127.0.0.1:${b.router.controlPort}`]);
+    await until(
+      () => a.router.status().peers.filter((p) => p.state === 'established').length === 2,
+      'a to connect to c, which it only heard of',
+      10_000,
+    );
+    // Discovered targets are not persisted: only what launch/connect gave.
+    expect(a.router.targetList()).toEqual([]);
+    expect(c.router.targetList()).toEqual([`127.0.0.1:${b.router.controlPort}`]);
+  }, 15_000);
+});

@@ -25,10 +25,13 @@ import { Encap, encapName, Fib, type FibRoute, Hop, peerKey, peerNameHi, peerNam
 import type { ControlDatagram } from './datapath/forwarder.js';
 import { Forwarder } from './datapath/forwarder.js';
 import { VNET_HDR_LEN } from './datapath/gso.js';
+import { GOSSIP_INTERVAL_MS, type GossipChannel, GossipMux } from './gossip/channel.js';
 import { SleeveType } from './overlay/frame.js';
-import type { Addresses, PeerMessage } from './protocol.js';
-import type { RouterStatus } from './status.js';
+import type { PeerMessage } from './protocol.js';
+import { computeRoutes, emptyRoutes, PEER_GC_DELAY_MS, type Routes, unreachable } from './routes.js';
+import type { PeerStatus, RouterStatus } from './status.js';
 import { buildStatus } from './status.js';
+import { type ConnectionSummary, type MergeResult, TOPOLOGY_CHANNEL, Topology, TopologyGossiper } from './topology.js';
 import type { TunDevice } from './tun/device.js';
 import { LinuxTun } from './tun/linux.js';
 import { loadNative } from './tun/native.js';
@@ -79,7 +82,6 @@ export interface RouterOptions {
 interface PeerState {
   conn: Connection;
   hop: Hop;
-  cidrs: Cidr[];
   data: DataPath;
 }
 
@@ -110,6 +112,18 @@ export class Router implements Startable {
   private ready = false;
   private readonly startedAt = Date.now();
   private learnTimer: NodeJS.Timeout | undefined;
+  private gossipTimer: NodeJS.Timeout | undefined;
+  private gcTimer: NodeJS.Timeout | undefined;
+  private topology: Topology | undefined;
+  private mux: GossipMux | undefined;
+  private topoChannel: GossipChannel | undefined;
+  private routes: Routes;
+  /** discovered are targets learned from the topology (not persisted). */
+  private discovered = new Set<string>();
+  /** relayHops keeps one Hop per (destination, next hop) so its counters survive rebuilds. */
+  private relayHops = new Map<string, Hop>();
+  /** collisions counts topology entries refused because another router uses our name. */
+  private collisions = 0;
   private heartbeatTimer: NodeJS.Timeout | undefined;
   /** onTargetsChanged is called after connect/forget so the owner can persist targets. */
   onTargetsChanged: ((targets: string[]) => void) | undefined;
@@ -120,6 +134,7 @@ export class Router implements Startable {
     this.nickname = opts.nickname;
     this.uid = opts.uid;
     this.log = opts.log ?? noopLogger;
+    this.routes = emptyRoutes(opts.name);
   }
 
   /** mtu is the overlay MTU in use (0 before start). */
@@ -143,6 +158,7 @@ export class Router implements Startable {
     this.started = true;
     try {
       await this.openDataPlane();
+      this.startMesh();
       this.maker = new ConnectionMaker({
         host: this.opts.listenHost ?? '0.0.0.0',
         port: this.opts.port,
@@ -167,6 +183,8 @@ export class Router implements Startable {
       this.learnTimer.unref();
       this.heartbeatTimer = setInterval(() => this.heartbeat(), DATA_HEARTBEAT_INTERVAL_MS);
       this.heartbeatTimer.unref();
+      this.gossipTimer = setInterval(() => this.mux?.tick(), GOSSIP_INTERVAL_MS);
+      this.gossipTimer.unref();
       this.ready = true;
       this.log.info('router started', {
         peer: this.name,
@@ -179,6 +197,103 @@ export class Router implements Startable {
       await this.stop();
       throw err;
     }
+  }
+
+  /** startMesh creates the topology (with our own entry) and the gossip channels. */
+  private startMesh(): void {
+    this.topology = new Topology({
+      name: this.name,
+      nickname: this.nickname,
+      uid: this.uid.toString(),
+      incarnation: this.startedAt,
+      version: 1,
+      connections: [],
+      cidrs: this.announced(),
+      sleevePort: this.sleeveConn?.port ?? this.opts.port,
+      vxlanPort: this.vxlanConn?.port ?? this.opts.vxlanPort,
+      encap: this.opts.encap,
+    });
+    this.mux = new GossipMux({
+      local: this.name,
+      send: (neighbour, channel, payload) => {
+        this.peers.get(neighbour)?.conn.send({ t: 'gossip', channel, payload });
+      },
+      neighbours: () => [...this.peers.keys()],
+      routes: () => this.routes,
+      random: Math.random,
+      log: this.log,
+    });
+    this.topoChannel = this.mux.addChannel(
+      TOPOLOGY_CHANNEL,
+      new TopologyGossiper(this.topology, (result) => this.onTopologyMerge(result)),
+    );
+  }
+
+  /** updateLocal publishes our own connections and addresses: a new version of our entry, gossiped. */
+  private updateLocal(): void {
+    const topology = this.topology;
+    if (topology === undefined) return;
+    const connections: ConnectionSummary[] = [...this.peers.values()].map((st) => ({
+      peer: st.conn.remote.name,
+      addr: st.conn.remote.addr,
+      tcpPort: st.conn.remote.tcpPort,
+      outbound: st.conn.outbound,
+      established: st.data.state === 'established',
+    }));
+    topology.setLocal({ connections, cidrs: this.announced() });
+    this.topoChannel?.broadcast(topology.encode([this.name]));
+    this.recompute();
+  }
+
+  private onTopologyMerge(result: MergeResult): void {
+    for (const r of result.rejected) {
+      if (r.reason.includes('collision')) this.collisions++;
+      this.log.warn('topology entry refused', { peer: r.entry.name, reason: r.reason });
+    }
+    if (result.changed.length > 0) this.recompute();
+  }
+
+  /**
+   * recompute derives routes from the topology, connects to newly discovered peers, schedules
+   * forgetting unreachable ones, and installs a new forwarding table. Off the hot path.
+   */
+  private recompute(): void {
+    const topology = this.topology;
+    if (topology === undefined) return;
+    const entries = topology.entries();
+    this.routes = computeRoutes(this.name, entries);
+    this.rediscover(entries);
+    if (unreachable(entries, this.routes).length > 0 && this.gcTimer === undefined) {
+      this.gcTimer = setTimeout(() => {
+        this.gcTimer = undefined;
+        const t = this.topology;
+        if (t === undefined) return;
+        const gone = t.remove(unreachable(t.entries(), this.routes));
+        if (gone.length > 0) {
+          this.log.info('forgot unreachable peers', { count: gone.length });
+          this.recompute();
+        }
+      }, PEER_GC_DELAY_MS);
+      this.gcTimer.unref();
+    }
+    this.rebuild();
+  }
+
+  /** rediscover targets the peers our peers are connected to and we are not (unless discovery is off). */
+  private rediscover(entries: readonly { name: PeerName; connections: readonly ConnectionSummary[] }[]): void {
+    if (this.opts.discovery === false || this.maker === undefined) return;
+    const want = new Set<string>();
+    for (const e of entries) {
+      for (const c of e.connections) {
+        if (c.peer === this.name || this.peers.has(c.peer)) continue;
+        want.add(`${c.addr}:${c.tcpPort}`);
+      }
+    }
+    const stale = [...this.discovered].filter((t) => !want.has(t) && !this.persistent.has(t));
+    if (stale.length > 0) this.maker.removeTargets(stale);
+    const fresh = [...want].filter((t) => !this.discovered.has(t));
+    this.discovered = want;
+    if (fresh.length > 0) this.maker.addTargets(fresh);
   }
 
   private async openDataPlane(): Promise<void> {
@@ -238,6 +353,10 @@ export class Router implements Startable {
     this.learnTimer = undefined;
     if (this.heartbeatTimer !== undefined) clearInterval(this.heartbeatTimer);
     this.heartbeatTimer = undefined;
+    if (this.gossipTimer !== undefined) clearInterval(this.gossipTimer);
+    this.gossipTimer = undefined;
+    if (this.gcTimer !== undefined) clearTimeout(this.gcTimer);
+    this.gcTimer = undefined;
     await this.maker?.stop();
     this.maker = undefined;
     this.forwarder?.stop();
@@ -250,6 +369,12 @@ export class Router implements Startable {
     this.tun = undefined;
     this.peers.clear();
     this.peersByKey.clear();
+    this.topology = undefined;
+    this.mux = undefined;
+    this.topoChannel = undefined;
+    this.routes = emptyRoutes(this.name);
+    this.discovered.clear();
+    this.relayHops.clear();
     this.log.info('router stopped', { peer: this.name });
   }
 
@@ -275,14 +400,6 @@ export class Router implements Startable {
     return list;
   }
 
-  /**
-   * discover adds targets learned from the topology (not persisted); a no-op with discovery off.
-   */
-  discover(targets: readonly string[]): void {
-    if (this.opts.discovery === false || this.maker === undefined) return;
-    this.maker.addTargets(targets);
-  }
-
   /** targetList returns the persistent connection targets (from launch and connect). */
   targetList(): string[] {
     return [...this.persistent];
@@ -300,15 +417,15 @@ export class Router implements Startable {
       if (same.prefix === cidr.prefix) return [...this.exposed];
       throw new WeftError('EWEFT_CONFLICT', `${formatIPv4(cidr.addr)} is already exposed as ${formatCidr(same)}`);
     }
-    for (const [peer, st] of this.peers) {
-      if (st.cidrs.some((c) => c.addr === cidr.addr)) {
-        throw new WeftError('EWEFT_CONFLICT', `${formatIPv4(cidr.addr)} is already in use by peer ${peer}`);
+    const host = `${formatIPv4(cidr.addr)}/32`;
+    for (const e of this.topology?.entries() ?? []) {
+      if (e.name !== this.name && e.cidrs.includes(host)) {
+        throw new WeftError('EWEFT_CONFLICT', `${formatIPv4(cidr.addr)} is already in use by peer ${e.name}`);
       }
     }
     if (this.tun instanceof LinuxTun) await this.tun.addAddress(formatCidr(cidr));
     this.exposed = [...this.exposed, cidr];
-    this.rebuild();
-    this.announce();
+    this.updateLocal();
     this.log.info('address exposed', { cidr: formatCidr(cidr) });
     return [...this.exposed];
   }
@@ -323,8 +440,7 @@ export class Router implements Startable {
       if (this.tun instanceof LinuxTun) await this.tun.delAddress(formatCidr(c));
     }
     this.exposed = this.exposed.filter((c) => !gone.includes(c));
-    this.rebuild();
-    this.announce();
+    this.updateLocal();
     return [...this.exposed];
   }
 
@@ -354,28 +470,44 @@ export class Router implements Startable {
       encryption: this.opts.password !== undefined,
       ipallocRange: formatCidr(this.opts.ipallocRange),
       exposed: this.exposed.map(formatCidr),
-      peers: [...this.peers.values()].map((p) => ({
-        name: p.conn.remote.name,
-        nickname: p.conn.remote.nickname,
-        uid: p.conn.remote.uid.toString(),
-        addr: p.conn.remote.addr,
-        encap: encapName(p.hop.encap),
-        mtu: p.conn.remote.mtu,
-        cidrs: p.cidrs.map(formatCidr),
-        txPackets: p.hop.txPackets,
-        txBytes: p.hop.txBytes,
-        rxPackets: p.hop.rxPackets,
-        rxBytes: p.hop.rxBytes,
-        state: p.data.state,
-        stateSince: p.data.since,
-        reason: p.data.reason,
-        rttMs: p.data.rttMs,
-      })),
+      peers: this.peerStatus(),
       connections: this.maker?.connections() ?? [],
       targets: this.maker?.targets() ?? [],
       counters: this.counters.snapshot(),
       learned: this.forwarder?.learned.snapshot() ?? [],
     });
+  }
+
+  /** peerStatus describes every peer in the topology: how it is reached and what it serves. */
+  private peerStatus(): PeerStatus[] {
+    const out: PeerStatus[] = [];
+    for (const e of this.topology?.entries() ?? []) {
+      if (e.name === this.name) continue;
+      const st = this.peers.get(e.name);
+      const next = this.routes.unicast.get(e.name);
+      const relayed = next !== undefined && next !== e.name;
+      const hop = relayed ? this.relayHops.get(`${e.name}/${next}`) : st?.hop;
+      out.push({
+        name: e.name,
+        nickname: e.nickname,
+        uid: e.uid,
+        addr: st?.conn.remote.addr ?? '',
+        encap: relayed || st === undefined ? 'sleeve' : encapName(st.hop.encap),
+        mtu: st?.conn.remote.mtu ?? 0,
+        cidrs: [...e.cidrs],
+        connections: e.connections.length,
+        txPackets: hop?.txPackets ?? 0,
+        txBytes: hop?.txBytes ?? 0,
+        rxPackets: hop?.rxPackets ?? 0,
+        rxBytes: hop?.rxBytes ?? 0,
+        state: st !== undefined && !relayed ? st.data.state : relayed ? 'relayed' : 'unreachable',
+        stateSince: st?.data.since ?? 0,
+        reason: st?.data.reason,
+        rttMs: st?.data.rttMs,
+        via: relayed ? next : undefined,
+      });
+    }
+    return out;
   }
 
   private requireMaker(): ConnectionMaker {
@@ -398,15 +530,15 @@ export class Router implements Startable {
       r.sleevePort,
     );
     const data = new DataPath(Date.now());
-    const st: PeerState = { conn, hop, cidrs: [], data };
+    const st: PeerState = { conn, hop, data };
     this.peers.set(r.name, st);
     this.peersByKey.set(peerKey(hop.nameHi, hop.nameLo), st);
     this.forwarder?.sendHeartbeat(hop, Date.now());
     conn.on('message', (msg: PeerMessage) => {
-      if (msg.t === 'addrs') this.onAddresses(r.name, msg.cidrs);
+      if (msg.t === 'gossip') this.mux?.receive(r.name, msg.channel, msg.payload);
     });
-    conn.send({ t: 'addrs', cidrs: this.announced() });
-    this.rebuild();
+    this.mux?.onNewNeighbour(r.name);
+    this.updateLocal();
     this.log.info('peer connected', {
       peer: r.name,
       nickname: r.nickname,
@@ -423,7 +555,7 @@ export class Router implements Startable {
       this.forwarder?.sendHeartbeat(st.hop, now);
       changed = this.evaluate(st, now) || changed;
     }
-    if (changed) this.rebuild();
+    if (changed) this.updateLocal();
   }
 
   private evaluate(st: PeerState, now: number): boolean {
@@ -442,7 +574,7 @@ export class Router implements Startable {
     const now = Date.now();
     if (d.type === SleeveType.Heartbeat) st.data.heard(now);
     else st.data.acked(now, d.stamp);
-    if (this.evaluate(st, now)) this.rebuild();
+    if (this.evaluate(st, now)) this.updateLocal();
   }
 
   private onClosed(conn: Connection): void {
@@ -452,23 +584,8 @@ export class Router implements Startable {
     if (st === undefined || st.conn !== conn) return;
     this.peers.delete(name);
     this.peersByKey.delete(peerKey(st.hop.nameHi, st.hop.nameLo));
-    this.rebuild();
+    this.updateLocal();
     this.log.info('peer disconnected', { peer: name });
-  }
-
-  private onAddresses(peer: PeerName, cidrs: string[]): void {
-    const st = this.peers.get(peer);
-    if (st === undefined) return;
-    const parsed: Cidr[] = [];
-    for (const c of cidrs) {
-      try {
-        parsed.push(parseCidr(c));
-      } catch {
-        this.log.warn('ignoring invalid address from peer', { peer, cidr: c });
-      }
-    }
-    st.cidrs = parsed;
-    this.rebuild();
   }
 
   /** announced is what we tell peers we serve: each exposed address as a /32. */
@@ -476,21 +593,42 @@ export class Router implements Startable {
     return this.exposed.map((c) => `${formatIPv4(c.addr)}/32`);
   }
 
-  private announce(): void {
-    const msg: Addresses = { t: 'addrs', cidrs: this.announced() };
-    for (const st of this.peers.values()) st.conn.send(msg);
-  }
-
-  /** rebuild makes a new Fib from the peers' announcements and installs it with one assignment. */
+  /**
+   * rebuild makes a new Fib from the topology and the routes and installs it with one assignment:
+   * a peer reached directly uses the direct hop (sleeve or VXLAN); a peer reached through another
+   * uses sleeve towards that next hop, with the final peer named in the header.
+   */
   private rebuild(): void {
+    const topology = this.topology;
     const routes: FibRoute[] = [];
     const hops: Hop[] = [];
-    const sorted = [...this.peers.entries()].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
-    for (const [, st] of sorted) {
-      if (st.data.state === 'failed') continue;
-      hops.push(st.hop);
-      for (const cidr of st.cidrs) routes.push({ cidr, hop: st.hop });
+    const relayHops = new Map<string, Hop>();
+    for (const e of topology?.entries() ?? []) {
+      if (e.name === this.name) continue;
+      const next = this.routes.unicast.get(e.name);
+      if (next === undefined) continue;
+      let hop: Hop | undefined;
+      if (next === e.name) {
+        hop = this.peers.get(e.name)?.hop;
+      } else {
+        const via = this.peers.get(next)?.hop;
+        if (via !== undefined) {
+          const key = `${e.name}/${next}`;
+          hop = this.relayHops.get(key) ?? relayHop(e.name, via);
+          relayHops.set(key, hop);
+        }
+      }
+      if (hop === undefined) continue;
+      hops.push(hop);
+      for (const c of e.cidrs) {
+        try {
+          routes.push({ cidr: parseCidr(c), hop });
+        } catch {
+          // entries are validated on merge; an unparsable CIDR here is skipped, not fatal
+        }
+      }
     }
+    this.relayHops = relayHops;
     const fib = Fib.build(
       routes,
       this.exposed.map((c) => c.addr),
@@ -498,6 +636,13 @@ export class Router implements Startable {
     );
     if (this.forwarder !== undefined) this.forwarder.fib = fib;
   }
+}
+
+/** relayHop is the hop towards `dest` through the neighbour `via`: sleeve to its sleeve port. */
+function relayHop(dest: PeerName, via: Hop): Hop {
+  const hi = peerNameHi(dest);
+  const lo = peerNameLo(dest);
+  return new Hop(dest, hi, lo, hi, lo, via.addr, via.sleevePort, Encap.Sleeve, via.sleevePort);
 }
 
 function ipToU32(s: string): number {

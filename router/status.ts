@@ -15,8 +15,15 @@ export interface PeerStatus {
   txBytes: number;
   rxPackets: number;
   rxBytes: number;
-  /** state of the data path: pending, established (heartbeats both ways) or failed. */
-  state: 'pending' | 'established' | 'failed';
+  /**
+   * state: for a direct connection, its data path (pending, established = heartbeats both ways,
+   * failed); 'relayed' when the peer is reached through another peer (`via`); 'unreachable'.
+   */
+  state: 'pending' | 'established' | 'failed' | 'relayed' | 'unreachable';
+  /** via is the neighbour traffic to this peer goes through, when relayed. */
+  via?: string;
+  /** connections is how many connections the peer itself reports. */
+  connections: number;
   /** stateSince is when the state last changed (ms since the epoch). */
   stateSince: number;
   /** reason says why a data path failed. */
