@@ -37,7 +37,10 @@ export function formatStatus(s: RouterStatus): string {
     ['Exposed', s.exposed.length > 0 ? s.exposed.join(', ') : 'none'],
     ['Targets', String(s.targets.length)],
     ['Connections', `${conns.length} (${established} established)`],
-    ['Peers', String(s.peers.length + 1)],
+    [
+      'Peers',
+      `${s.peers.length + 1} (${s.peers.filter((p) => p.state === 'established').length} direct, ${s.peers.filter((p) => p.state === 'relayed').length} relayed)`,
+    ],
     [
       'Traffic',
       `tx ${s.counters.tunRxPackets} pkts ${bytes(s.counters.tunRxBytes)}, rx ${s.counters.tunTxPackets} pkts ${bytes(s.counters.tunTxBytes)}, dropped ${totalDrops(s)}`,
@@ -51,10 +54,17 @@ export function formatStatus(s: RouterStatus): string {
 /** formatPeers renders `weft status peers`: ourselves, then every connected peer. */
 export function formatPeers(s: RouterStatus): string {
   const lines = [`${s.name}(${s.nickname})  this router  ${s.exposed.join(' ')}`.trimEnd()];
+  const names = new Map(s.peers.map((p) => [p.name, p.nickname]));
   for (const p of s.peers) {
+    const how =
+      p.state === 'relayed'
+        ? `relayed via ${p.via}(${names.get(p.via ?? '') ?? '?'})`
+        : p.state === 'unreachable'
+          ? 'unreachable'
+          : `${p.addr}  ${p.encap}  ${p.state}${p.reason ? ` (${p.reason})` : ''}${p.rttMs === undefined ? '' : `  rtt=${p.rttMs}ms`}`;
     lines.push(
-      `${p.name}(${p.nickname})  ${p.addr}  ${p.encap}  mtu=${p.mtu}  ${p.cidrs.join(' ')}`.trimEnd(),
-      `   tx ${p.txPackets} pkts ${bytes(p.txBytes)}  rx ${p.rxPackets} pkts ${bytes(p.rxBytes)}`,
+      `${p.name}(${p.nickname})  ${how}  ${p.cidrs.join(' ')}`.trimEnd(),
+      `   ${p.connections} connections  tx ${p.txPackets} pkts ${bytes(p.txBytes)}  rx ${p.rxPackets} pkts ${bytes(p.rxBytes)}`,
     );
   }
   return `${lines.join('\n')}\n`;
