@@ -27,6 +27,8 @@ export async function runForeground(cfg: LaunchConfig, log: Logger = createLogge
   else name = randomPeerName((n) => randomBytes(n));
   const ns = netnsIdentity();
   const nickname = cfg.nickname ?? ns.name ?? hostname();
+  // A restarted router must supersede its old self everywhere even if the clock stepped back.
+  const incarnation = Math.max(Date.now(), (state.incarnation ?? 0) + 1);
   let uid = 0n;
   while (uid === 0n) uid = randomBytes(8).readBigUInt64BE();
 
@@ -48,6 +50,7 @@ export async function runForeground(cfg: LaunchConfig, log: Logger = createLogge
     discovery: !cfg.noDiscovery,
     log,
     version: VERSION,
+    incarnation,
   });
   const persist = () => {
     try {
@@ -55,6 +58,7 @@ export async function runForeground(cfg: LaunchConfig, log: Logger = createLogge
         peerName: name,
         targets: router.targetList(),
         exposed: router.exposedCidrs().map(formatCidr),
+        incarnation,
       });
     } catch (err) {
       log.error('cannot save state', { err: errorMessage(err) });

@@ -93,6 +93,38 @@ export function createMetrics(router: Router): Registry {
     },
   });
   new Counter({
+    name: 'weft_connection_terminations_total',
+    help: 'Closed control connections by kind: an error code (EWEFT_PROTOCOL, EWEFT_AUTH, ...) or who closed it.',
+    labelNames: ['reason'],
+    registers: [register],
+    collect() {
+      this.reset();
+      for (const [reason, n] of Object.entries(snap().terminations)) this.inc({ reason }, n);
+    },
+  });
+  new Gauge({
+    name: 'weft_peer_states',
+    help: 'Known peers by how they are reached: established (direct), pending, failed, relayed, unreachable.',
+    labelNames: ['state'],
+    registers: [register],
+    collect() {
+      this.reset();
+      const peers = snap().peers;
+      for (const st of ['pending', 'established', 'failed', 'relayed', 'unreachable']) {
+        this.set({ state: st }, peers.filter((p) => p.state === st).length);
+      }
+    },
+  });
+  new Counter({
+    name: 'weft_relayed_total',
+    help: 'Sleeve datagrams this router forwarded for other peers.',
+    registers: [register],
+    collect() {
+      this.reset();
+      this.inc(router.counters.relayed);
+    },
+  });
+  new Counter({
     name: 'weft_arp_replies_total',
     help: 'ARP replies sent to VXLAN endpoints for addresses this host serves.',
     registers: [register],

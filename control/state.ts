@@ -11,12 +11,15 @@ export interface PersistedState {
   targets: string[];
   /** exposed lists the CIDRs `weft expose` gave this host. */
   exposed: string[];
+  /** incarnation is the topology incarnation of the last start; each start uses a larger one. */
+  incarnation?: number;
 }
 
 const StateSchema = z.object({
   peerName: z.string().max(64).optional(),
   targets: z.array(z.string().max(300)).max(10_000).default([]),
   exposed: z.array(z.string().max(64)).max(1_000).default([]),
+  incarnation: z.number().int().nonnegative().max(Number.MAX_SAFE_INTEGER).optional(),
 });
 
 /** StateFile reads and atomically rewrites a router's persisted state. */

@@ -171,6 +171,11 @@ export class ConnectionMaker extends EventEmitter<ConnectionMakerEvents> impleme
   private readonly announced = new Set<Connection>();
   private server: Server | undefined;
   private boundPort = 0;
+  /**
+   * terminations counts closed connections by kind: the error code for failures
+   * (EWEFT_PROTOCOL, EWEFT_AUTH, EWEFT_PROTOCOL_VERSION, ...), else 'closed_by_peer' / 'closed_by_us'.
+   */
+  readonly terminations = new Map<string, number>();
   private started = false;
   private stopped = false;
   private stopping: Promise<void> | undefined;
@@ -375,6 +380,8 @@ export class ConnectionMaker extends EventEmitter<ConnectionMakerEvents> impleme
 
   private onClosed(conn: Connection, target: Target | undefined, info: ConnectionClosed): void {
     this.conns.delete(conn);
+    const kind = terminationKind(info);
+    this.terminations.set(kind, (this.terminations.get(kind) ?? 0) + 1);
     const name = conn.remoteName;
     let peerLost = false;
     if (name !== undefined && this.byPeer.get(name) === conn) {
@@ -480,4 +487,10 @@ function prefer(a: Connection, b: Connection, localName: PeerName): Connection {
 export function backoffMs(failures: number, random: () => number = Math.random): number {
   const base = RECONNECT_INITIAL_MS * RECONNECT_FACTOR ** Math.max(0, failures);
   return Math.min(RECONNECT_MAX_MS, base * (1 + RECONNECT_JITTER * (2 * random() - 1)));
+}
+
+/** terminationKind classifies a closed connection for the terminations counter. */
+function terminationKind(info: ConnectionClosed): string {
+  if (info.error !== undefined) return info.error.code;
+  return info.initiator === 'remote' ? 'closed_by_peer' : 'closed_by_us';
 }

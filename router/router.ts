@@ -31,7 +31,14 @@ import type { PeerMessage } from './protocol.js';
 import { computeRoutes, emptyRoutes, PEER_GC_DELAY_MS, type Routes, unreachable } from './routes.js';
 import type { PeerStatus, RouterStatus } from './status.js';
 import { buildStatus } from './status.js';
-import { type ConnectionSummary, type MergeResult, TOPOLOGY_CHANNEL, Topology, TopologyGossiper } from './topology.js';
+import {
+  type ConnectionSummary,
+  type MergeResult,
+  REJECT_COLLISION,
+  TOPOLOGY_CHANNEL,
+  Topology,
+  TopologyGossiper,
+} from './topology.js';
 import type { TunDevice } from './tun/device.js';
 import { LinuxTun } from './tun/linux.js';
 import { loadNative } from './tun/native.js';
@@ -65,6 +72,11 @@ export interface RouterOptions {
    * the TUN device's virtio-net header); sleeve carries them whole. Default true.
    */
   offload?: boolean;
+  /**
+   * incarnation orders this start of the router after every earlier one in the topology; it must
+   * only ever grow for a name (the owner persists it). Default: the start time in ms.
+   */
+  incarnation?: number;
   /** discovery connects to peers learned from the topology (default true). */
   discovery?: boolean;
   /** peerTimeoutMs: a data path silent this long in either direction is failed (default PEER_DOWN_TIMEOUT_MS). */
@@ -124,6 +136,7 @@ export class Router implements Startable {
   private relayHops = new Map<string, Hop>();
   /** collisions counts topology entries refused because another router uses our name. */
   private collisions = 0;
+  private readonly refusalsLogged = new Map<string, number>();
   private heartbeatTimer: NodeJS.Timeout | undefined;
   /** onTargetsChanged is called after connect/forget so the owner can persist targets. */
   onTargetsChanged: ((targets: string[]) => void) | undefined;
@@ -205,7 +218,7 @@ export class Router implements Startable {
       name: this.name,
       nickname: this.nickname,
       uid: this.uid.toString(),
-      incarnation: this.startedAt,
+      incarnation: this.opts.incarnation ?? this.startedAt,
       version: 1,
       connections: [],
       cidrs: this.announced(),
@@ -241,14 +254,25 @@ export class Router implements Startable {
       established: st.data.state === 'established',
     }));
     topology.setLocal({ connections, cidrs: this.announced() });
-    this.topoChannel?.broadcast(topology.encode([this.name]));
+    // Our direct neighbours always hear of a change to their own link from us.
+    this.topoChannel?.broadcast(topology.encode([this.name]), [...this.peers.keys()]);
     this.recompute();
   }
 
   private onTopologyMerge(result: MergeResult): void {
+    const now = Date.now();
     for (const r of result.rejected) {
-      if (r.reason.includes('collision')) this.collisions++;
-      this.log.warn('topology entry refused', { peer: r.entry.name, reason: r.reason });
+      if (r.reason === REJECT_COLLISION) this.collisions++;
+      // The same refusal comes back with every full state a peer sends: log it once a minute.
+      const key = `${r.entry.name} ${r.reason}`;
+      if ((this.refusalsLogged.get(key) ?? 0) + 60_000 > now) continue;
+      this.refusalsLogged.set(key, now);
+      const fields = { peer: r.entry.name, nickname: r.entry.nickname, reason: r.reason };
+      if (r.reason === REJECT_COLLISION) {
+        this.log.error('another router uses our peer name', { ...fields, code: 'EWEFT_PEER_NAME_COLLISION' });
+      } else {
+        this.log.warn('topology entry refused', fields);
+      }
     }
     if (result.changed.length > 0) this.recompute();
   }
@@ -475,6 +499,12 @@ export class Router implements Startable {
       targets: this.maker?.targets() ?? [],
       counters: this.counters.snapshot(),
       learned: this.forwarder?.learned.snapshot() ?? [],
+      terminations: Object.fromEntries(this.maker?.terminations ?? []),
+      gossip: {
+        collisions: this.collisions,
+        channels: (this.mux?.channels() ?? []).map((c) => ({ name: c.name, ...c.stats })),
+        unknownChannels: this.mux === undefined ? undefined : { ...this.mux.unknown },
+      },
     });
   }
 

@@ -68,6 +68,10 @@ export interface RouterStatus {
   targets: unknown[];
   counters: CountersSnapshot;
   learned: LearnedStatus[];
+  /** terminations counts closed control connections by kind (error code, or who closed it). */
+  terminations: Record<string, number>;
+  /** gossip: per-channel message counters and refused entries. */
+  gossip: { collisions: number; channels: unknown[]; unknownChannels: unknown };
 }
 
 /** StatusInput is what the Router hands buildStatus. */
