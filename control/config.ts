@@ -5,11 +5,13 @@ import type { Cidr, PeerName } from '../common/types.js';
 import { parseCidr, parsePeerName } from '../common/types.js';
 import {
   CONTROL_PORT,
+  DISCOVERY_DEGREE,
   DNS_DOMAIN,
   HTTP_ADDR,
   IPALLOC_RANGE,
   MTU_MAX,
   MTU_MIN,
+  PEER_DOWN_TIMEOUT_MS,
   TUN_DEVICE_NAME,
   VXLAN_PORT,
   VXLAN_VNI_DEFAULT,
@@ -52,6 +54,10 @@ export interface LaunchConfig {
   readonly connLimit: number;
   /** offload lets the kernel hand the router TCP super-packets (TSO); `--no-offload` turns it off. */
   readonly offload: boolean;
+  /** discoveryDegree: discovery stops dialling once the router has this many connections. */
+  readonly discoveryDegree: number;
+  /** peerTimeoutMs: a data path silent this long either way is failed and routed around. */
+  readonly peerTimeoutMs: number;
 }
 
 /** LaunchFlags are the raw values from the command line (strings as typed). */
@@ -76,6 +82,8 @@ export interface LaunchFlags {
   datapath?: string;
   connLimit?: string;
   offload?: boolean; // --no-offload
+  discoveryDegree?: string;
+  peerTimeout?: string;
 }
 
 /** parsePort validates a TCP/UDP port number given as text. */
@@ -193,6 +201,14 @@ export function buildLaunchConfig(
     datapath,
     connLimit: flags.connLimit === undefined ? 200 : parseIntIn(flags.connLimit, '--conn-limit', 1, 10_000),
     offload: flags.offload !== false && env.WEFT_NO_OFFLOAD !== '1',
+    discoveryDegree:
+      flags.discoveryDegree === undefined
+        ? DISCOVERY_DEGREE
+        : parseIntIn(flags.discoveryDegree, '--discovery-degree', 1, 10_000),
+    peerTimeoutMs:
+      flags.peerTimeout === undefined
+        ? PEER_DOWN_TIMEOUT_MS
+        : parseIntIn(flags.peerTimeout, '--peer-timeout', 1_000, 600_000),
   };
   if (cfg.port === cfg.vxlanPort && cfg.encap === 'vxlan') {
     throw new ConfigError(`--vxlan-port ${cfg.vxlanPort} must differ from --port (sleeve uses UDP ${cfg.port})`);

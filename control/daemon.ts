@@ -48,6 +48,8 @@ export async function runForeground(cfg: LaunchConfig, log: Logger = createLogge
     datapath: cfg.datapath,
     offload: cfg.offload,
     discovery: !cfg.noDiscovery,
+    discoveryDegree: cfg.discoveryDegree,
+    peerTimeoutMs: cfg.peerTimeoutMs,
     log,
     version: VERSION,
     incarnation,

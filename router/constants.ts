@@ -104,6 +104,12 @@ export const HEARTBEAT_TIMEOUT_MS = 5_000;
 export const DATA_HEARTBEAT_INTERVAL_MS = 500;
 /** PEER_DOWN_TIMEOUT_MS: a data path silent this long in either direction is failed and avoided. */
 export const PEER_DOWN_TIMEOUT_MS = 5_000;
+/**
+ * DISCOVERY_DEGREE: discovery connects to every peer it learns of until the router has this many
+ * connections (a full mesh for clusters up to DISCOVERY_DEGREE + 1 hosts); beyond, peers are
+ * reached through relays so that topology gossip stays O(N) per peer.
+ */
+export const DISCOVERY_DEGREE = 16;
 /** RECONNECT_INITIAL_MS, RECONNECT_FACTOR, RECONNECT_MAX_MS: backoff for dialling targets (with jitter). */
 export const RECONNECT_INITIAL_MS = 2_000;
 export const RECONNECT_FACTOR = 1.5;

@@ -219,4 +219,28 @@ describe('Router mesh', () => {
     expect(a.router.targetList()).toEqual([]);
     expect(c.router.targetList()).toEqual([`127.0.0.1:${b.router.controlPort}`]);
   }, 15_000);
+
+  it('stops dialling discovered peers at the discovery degree and relays to the rest', async () => {
+    mesh = new MemoryMesh();
+    const hub = await mesh.add({ discoveryDegree: 1 });
+    const spokes = [
+      await mesh.add({ discoveryDegree: 1 }),
+      await mesh.add({ discoveryDegree: 1 }),
+      await mesh.add({ discoveryDegree: 1 }),
+    ];
+    for (const s of spokes) s.router.connect([`127.0.0.1:${hub.router.controlPort}`]);
+    const first = spokes[0] as MemoryRouter;
+    await until(
+      () => first.router.status().peers.filter((p) => p.state === 'relayed').length === 2,
+      'the first spoke to reach the other two through the hub',
+      10_000,
+    );
+    expect(first.router.status().targets).toHaveLength(1);
+    expect(
+      first.router
+        .status()
+        .peers.filter((p) => p.state === 'established')
+        .map((p) => p.name),
+    ).toEqual([hub.router.name]);
+  }, 15_000);
 });

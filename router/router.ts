@@ -11,6 +11,7 @@ import type { Connection } from './connection.js';
 import { ConnectionMaker, parseTarget } from './connection-maker.js';
 import {
   DATA_HEARTBEAT_INTERVAL_MS,
+  DISCOVERY_DEGREE,
   ENCAP_OVERHEAD_MAX,
   GSO_MAX_BYTES,
   MTU_MAX,
@@ -77,6 +78,8 @@ export interface RouterOptions {
    * only ever grow for a name (the owner persists it). Default: the start time in ms.
    */
   incarnation?: number;
+  /** discoveryDegree caps how many connections discovery makes (default DISCOVERY_DEGREE). */
+  discoveryDegree?: number;
   /** discovery connects to peers learned from the topology (default true). */
   discovery?: boolean;
   /** peerTimeoutMs: a data path silent this long in either direction is failed (default PEER_DOWN_TIMEOUT_MS). */
@@ -303,16 +306,26 @@ export class Router implements Startable {
     this.rebuild();
   }
 
-  /** rediscover targets the peers our peers are connected to and we are not (unless discovery is off). */
+  /**
+   * rediscover targets the peers our peers are connected to and we are not (unless discovery is
+   * off). Up to `discoveryDegree` connections that makes a full mesh; past it, each router dials
+   * only enough discovered peers to reach the degree (chosen by a hash of both names, so choices
+   * spread evenly) and reaches the rest through relays: gossip then grows O(N), not O(N²).
+   */
   private rediscover(entries: readonly { name: PeerName; connections: readonly ConnectionSummary[] }[]): void {
     if (this.opts.discovery === false || this.maker === undefined) return;
-    const want = new Set<string>();
+    const addrOf = new Map<PeerName, string>();
     for (const e of entries) {
       for (const c of e.connections) {
         if (c.peer === this.name || this.peers.has(c.peer)) continue;
-        want.add(`${c.addr}:${c.tcpPort}`);
+        addrOf.set(c.peer, `${c.addr}:${c.tcpPort}`);
       }
     }
+    const room = Math.max(0, (this.opts.discoveryDegree ?? DISCOVERY_DEGREE) - this.peers.size);
+    const chosen = [...addrOf.keys()]
+      .sort((a, b) => pairHash(this.name, a) - pairHash(this.name, b) || (a < b ? -1 : 1))
+      .slice(0, room);
+    const want = new Set(chosen.map((p) => addrOf.get(p) as string));
     const stale = [...this.discovered].filter((t) => !want.has(t) && !this.persistent.has(t));
     if (stale.length > 0) this.maker.removeTargets(stale);
     const fresh = [...want].filter((t) => !this.discovered.has(t));
@@ -666,6 +679,14 @@ export class Router implements Startable {
     );
     if (this.forwarder !== undefined) this.forwarder.fib = fib;
   }
+}
+
+/** pairHash mixes two peer names into a 32-bit number (FNV-1a), the same on both peers' sides. */
+function pairHash(a: string, b: string): number {
+  const s = a < b ? `${a}${b}` : `${b}${a}`;
+  let h = 0x811c9dc5;
+  for (let i = 0; i < s.length; i++) h = Math.imul(h ^ s.charCodeAt(i), 0x01000193);
+  return h >>> 0;
 }
 
 /** relayHop is the hop towards `dest` through the neighbour `via`: sleeve to its sleeve port. */
