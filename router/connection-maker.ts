@@ -32,14 +32,17 @@ import {
   type ConnectionOptions,
   type LocalPeerInfo,
 } from './connection.js';
-import { CONTROL_PORT, RECONNECT_FACTOR, RECONNECT_INITIAL_MS, RECONNECT_MAX_MS } from './constants.js';
+import {
+  CONN_LIMIT_DEFAULT,
+  CONTROL_PORT,
+  RECONNECT_FACTOR,
+  RECONNECT_INITIAL_MS,
+  RECONNECT_JITTER,
+  RECONNECT_MAX_MS,
+} from './constants.js';
 
 // ---- Implementation choices (candidates for router/constants.ts) ----
 
-/** CONN_LIMIT_DEFAULT is the default cap on live control connections; more inbound ones are refused. */
-export const CONN_LIMIT_DEFAULT = 200;
-/** RECONNECT_JITTER is the ± fraction applied to every backoff delay so restarts do not dial in lock-step. */
-export const RECONNECT_JITTER = 0.1;
 /** CLOSE_DUPLICATE is the close reason of the connection dropped when two connect the same pair of peers. */
 export const CLOSE_DUPLICATE = 'duplicate connection';
 /** CLOSE_SHUTDOWN is the close reason of every connection when the maker stops. */
@@ -494,3 +497,5 @@ function terminationKind(info: ConnectionClosed): string {
   if (info.error !== undefined) return info.error.code;
   return info.initiator === 'remote' ? 'closed_by_peer' : 'closed_by_us';
 }
+
+export { CONN_LIMIT_DEFAULT, RECONNECT_JITTER };

@@ -21,12 +21,15 @@ import { ProtocolError, WeftError } from '../common/errors.js';
 import type { Logger } from '../common/log.js';
 import { type PeerName, type PeerUid, peerNameToBytes } from '../common/types.js';
 import {
+  CLOSE_LINGER_MS,
   CONTROL_PORT,
   HANDSHAKE_TIMEOUT_MS,
   HEARTBEAT_INTERVAL_MS,
   HEARTBEAT_TIMEOUT_MS,
   PROTOCOL_VERSION_MAX,
   PROTOCOL_VERSION_MIN,
+  SEND_BUFFER_MAX_BYTES,
+  TCP_KEEPALIVE_DELAY_MS,
 } from './constants.js';
 import {
   CLOSE_REASON_MAX_CHARS,
@@ -48,12 +51,6 @@ import {
 
 // ---- Implementation choices (candidates for router/constants.ts) ----
 
-/** SEND_BUFFER_MAX_BYTES: `send()` drops (and counts) a message while more than this is queued on the socket. */
-export const SEND_BUFFER_MAX_BYTES = 16 * 1024 * 1024;
-/** CLOSE_LINGER_MS is how long a closed connection waits for the peer's FIN before destroying the socket. */
-export const CLOSE_LINGER_MS = 2_000;
-/** TCP_KEEPALIVE_DELAY_MS is the kernel keepalive idle time; heartbeats do the real liveness check. */
-export const TCP_KEEPALIVE_DELAY_MS = 30_000;
 /** AUTH_CONTEXT is the domain-separation prefix of the Auth HMAC input. */
 export const AUTH_CONTEXT = 'weft-auth-v1';
 
@@ -633,3 +630,5 @@ function normaliseIPv4(addr: string | undefined): string {
   if (addr === undefined) return '';
   return addr.startsWith('::ffff:') ? addr.slice(7) : addr;
 }
+
+export { CLOSE_LINGER_MS, SEND_BUFFER_MAX_BYTES, TCP_KEEPALIVE_DELAY_MS };

@@ -114,3 +114,26 @@ export const DISCOVERY_DEGREE = 16;
 export const RECONNECT_INITIAL_MS = 2_000;
 export const RECONNECT_FACTOR = 1.5;
 export const RECONNECT_MAX_MS = 180_000;
+
+// ---- Mesh (control connections, gossip, routes) ----
+
+/** GOSSIP_INTERVAL_MS is how often the owner calls `tick()`: one full-state exchange per channel (mesh: 30 s). */
+export const GOSSIP_INTERVAL_MS = 30_000;
+/** GOSSIP_RELAY_TTL is the hop budget of a gossip unicast; a relay that would make it 0 drops it. */
+export const GOSSIP_RELAY_TTL = 16;
+/**
+ * PEER_GC_DELAY_MS is how long after a topology change the owner waits before forgetting
+ * unreachable peers, so that an entry that arrives just before the connections that reach it is
+ * not dropped in between (mesh waits 1 s too).
+ */
+export const PEER_GC_DELAY_MS = 1_000;
+/** SEND_BUFFER_MAX_BYTES: `send()` drops (and counts) a message while more than this is queued on the socket. */
+export const SEND_BUFFER_MAX_BYTES = 16 * 1024 * 1024;
+/** CLOSE_LINGER_MS is how long a closed connection waits for the peer's FIN before destroying the socket. */
+export const CLOSE_LINGER_MS = 2_000;
+/** TCP_KEEPALIVE_DELAY_MS is the kernel keepalive idle time; heartbeats do the real liveness check. */
+export const TCP_KEEPALIVE_DELAY_MS = 30_000;
+/** CONN_LIMIT_DEFAULT is the default cap on live control connections; more inbound ones are refused. */
+export const CONN_LIMIT_DEFAULT = 200;
+/** RECONNECT_JITTER is the ± fraction applied to every backoff delay so restarts do not dial in lock-step. */
+export const RECONNECT_JITTER = 0.1;

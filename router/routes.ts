@@ -17,16 +17,10 @@
  * in X's tree, so that in a stable topology every peer receives each broadcast exactly once.
  */
 import type { PeerName } from '../common/types.js';
+import { PEER_GC_DELAY_MS } from './constants.js';
 import type { PeerEntry } from './topology.js';
 
 // ---- Constants (candidates for router/constants.ts) ----
-
-/**
- * PEER_GC_DELAY_MS is how long after a topology change the owner waits before forgetting
- * unreachable peers, so that an entry that arrives just before the connections that reach it is
- * not dropped in between (mesh waits 1 s too).
- */
-export const PEER_GC_DELAY_MS = 1_000;
 
 /**
  * Routes is one immutable snapshot of the routing tables; the owner swaps it by one assignment.
@@ -209,3 +203,5 @@ export function computeRoutes(local: PeerName, entries: readonly PeerEntry[]): R
 export function unreachable(entries: readonly PeerEntry[], routes: Routes): PeerName[] {
   return entries.filter((e) => !routes.reachable.has(e.name)).map((e) => e.name);
 }
+
+export { PEER_GC_DELAY_MS };

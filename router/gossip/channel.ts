@@ -38,16 +38,13 @@
 import { InputError } from '../../common/errors.js';
 import type { Logger } from '../../common/log.js';
 import { type PeerName, peerNameFromBytes, peerNameToBytes } from '../../common/types.js';
+import { GOSSIP_INTERVAL_MS, GOSSIP_RELAY_TTL } from '../constants.js';
 import { CHANNEL_MAX_CHARS } from '../protocol.js';
 import type { Routes } from '../routes.js';
 import type { Gossip, Gossiper } from './gossip.js';
 
 // ---- Constants (candidates for router/constants.ts) ----
 
-/** GOSSIP_INTERVAL_MS is how often the owner calls `tick()`: one full-state exchange per channel (mesh: 30 s). */
-export const GOSSIP_INTERVAL_MS = 30_000;
-/** GOSSIP_RELAY_TTL is the hop budget of a gossip unicast; a relay that would make it 0 drops it. */
-export const GOSSIP_RELAY_TTL = 16;
 /** ENVELOPE_GOSSIP and ENVELOPE_UNICAST are the first byte of a channel payload. */
 export const ENVELOPE_GOSSIP = 1;
 export const ENVELOPE_UNICAST = 2;
@@ -399,3 +396,5 @@ export class GossipMux {
     for (const ch of this.byName.values()) ch.tick();
   }
 }
+
+export { GOSSIP_INTERVAL_MS, GOSSIP_RELAY_TTL };
