@@ -243,4 +243,20 @@ describe('Router mesh', () => {
         .map((p) => p.name),
     ).toEqual([hub.router.name]);
   }, 15_000);
+
+  it('uses VXLAN while its heartbeats flow, and switches to sleeve when only the VXLAN port is blocked', async () => {
+    mesh = new MemoryMesh();
+    const [a, b] = await connectedPair(mesh, 'vxlan');
+    const peer = () => a.router.status().peers[0];
+    await until(() => peer()?.state === 'established' && peer()?.encap === 'vxlan', 'vxlan established', 5_000);
+    const vxlanPorts = new Set([a.router.status().vxlanPort, b.router.status().vxlanPort]);
+    mesh.net.filter = (_sa, _sp, _da, dp) => !vxlanPorts.has(dp);
+    await until(() => peer()?.encap === 'sleeve', 'the switch to sleeve', 10_000);
+    expect(peer()?.state).toBe('established');
+    expect(peer()?.reason).toMatch(/vxlan .*using sleeve/);
+    a.tun.inject(ipv4Packet(120, A, B));
+    await until(() => b.tun.written.length === 1, 'traffic over sleeve');
+    mesh.net.filter = undefined;
+    await until(() => peer()?.encap === 'vxlan', 'back to vxlan', 5_000);
+  }, 20_000);
 });

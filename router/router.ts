@@ -20,7 +20,7 @@ import {
   UDP_RCVBUF_BYTES,
   UDP_SNDBUF_BYTES,
 } from './constants.js';
-import { DataPath } from './data-path.js';
+import { DataPath, type DataState } from './data-path.js';
 import { Counters } from './datapath/counters.js';
 import { Encap, encapName, Fib, type FibRoute, Hop, peerKey, peerNameHi, peerNameLo } from './datapath/fib.js';
 import type { ControlDatagram } from './datapath/forwarder.js';
@@ -96,8 +96,34 @@ export interface RouterOptions {
 /** PeerState is what the router knows about one connected peer. */
 interface PeerState {
   conn: Connection;
+  /** hop is the hop in use: vxlanHop while the VXLAN path works, else sleeveHop. */
   hop: Hop;
+  sleeveHop: Hop;
+  /** data is the sleeve data path (heartbeats in sleeve framing). */
   data: DataPath;
+  /** vxlanHop/vxData exist when both ends prefer VXLAN: heartbeats inside VXLAN prove that path. */
+  vxlanHop: Hop | undefined;
+  vxData: DataPath | undefined;
+  /** vxlanPort is the peer's VXLAN port. */
+  vxlanPort: number;
+}
+
+/** linkState is what a direct link offers: established if either overlay works (VXLAN preferred). */
+function linkState(st: PeerState): {
+  state: DataState;
+  reason: string | undefined;
+  rttMs: number | undefined;
+  since: number;
+} {
+  const vx = st.vxData;
+  if (vx !== undefined && vx.state === 'established')
+    return { state: 'established', reason: undefined, rttMs: vx.rttMs, since: vx.since };
+  const d = st.data;
+  const reason =
+    vx !== undefined && vx.state === 'failed'
+      ? `vxlan ${vx.reason ?? 'failed'}${d.state === 'established' ? ': using sleeve' : ''}`
+      : d.reason;
+  return { state: d.state, reason, rttMs: d.rttMs, since: d.since };
 }
 
 /**
@@ -254,7 +280,7 @@ export class Router implements Startable {
       addr: st.conn.remote.addr,
       tcpPort: st.conn.remote.tcpPort,
       outbound: st.conn.outbound,
-      established: st.data.state === 'established',
+      established: linkState(st).state === 'established',
     }));
     topology.setLocal({ connections, cidrs: this.announced() });
     // Our direct neighbours always hear of a change to their own link from us.
@@ -529,7 +555,8 @@ export class Router implements Startable {
       const st = this.peers.get(e.name);
       const next = this.routes.unicast.get(e.name);
       const relayed = next !== undefined && next !== e.name;
-      const hop = relayed ? this.relayHops.get(`${e.name}/${next}`) : st?.hop;
+      const hops = relayed ? [this.relayHops.get(`${e.name}/${next}`)] : [st?.sleeveHop, st?.vxlanHop];
+      const sum = (k: 'txPackets' | 'txBytes' | 'rxPackets' | 'rxBytes') => hops.reduce((n, h) => n + (h?.[k] ?? 0), 0);
       out.push({
         name: e.name,
         nickname: e.nickname,
@@ -539,14 +566,14 @@ export class Router implements Startable {
         mtu: st?.conn.remote.mtu ?? 0,
         cidrs: [...e.cidrs],
         connections: e.connections.length,
-        txPackets: hop?.txPackets ?? 0,
-        txBytes: hop?.txBytes ?? 0,
-        rxPackets: hop?.rxPackets ?? 0,
-        rxBytes: hop?.rxBytes ?? 0,
-        state: st !== undefined && !relayed ? st.data.state : relayed ? 'relayed' : 'unreachable',
-        stateSince: st?.data.since ?? 0,
-        reason: st?.data.reason,
-        rttMs: st?.data.rttMs,
+        txPackets: sum('txPackets'),
+        txBytes: sum('txBytes'),
+        rxPackets: sum('rxPackets'),
+        rxBytes: sum('rxBytes'),
+        state: st !== undefined && !relayed ? linkState(st).state : relayed ? 'relayed' : 'unreachable',
+        stateSince: st === undefined ? 0 : linkState(st).since,
+        reason: st === undefined ? undefined : linkState(st).reason,
+        rttMs: st === undefined ? undefined : linkState(st).rttMs,
         via: relayed ? next : undefined,
       });
     }
@@ -561,22 +588,24 @@ export class Router implements Startable {
   private onEstablished(conn: Connection): void {
     const r = conn.remote;
     const vx = this.opts.encap === 'vxlan' && r.encap === 'vxlan';
-    const hop = new Hop(
-      r.name,
-      peerNameHi(r.name),
-      peerNameLo(r.name),
-      peerNameHi(r.name),
-      peerNameLo(r.name),
-      ipToU32(r.addr),
-      vx ? r.vxlanPort : r.sleevePort,
-      vx ? Encap.Vxlan : Encap.Sleeve,
-      r.sleevePort,
-    );
-    const data = new DataPath(Date.now());
-    const st: PeerState = { conn, hop, data };
+    const hi = peerNameHi(r.name);
+    const lo = peerNameLo(r.name);
+    const addr = ipToU32(r.addr);
+    const sleeveHop = new Hop(r.name, hi, lo, hi, lo, addr, r.sleevePort, Encap.Sleeve, r.sleevePort);
+    const vxlanHop = vx ? new Hop(r.name, hi, lo, hi, lo, addr, r.vxlanPort, Encap.Vxlan, r.sleevePort) : undefined;
+    const now = Date.now();
+    const st: PeerState = {
+      conn,
+      hop: sleeveHop,
+      sleeveHop,
+      data: new DataPath(now),
+      vxlanHop,
+      vxData: vx ? new DataPath(now) : undefined,
+      vxlanPort: r.vxlanPort,
+    };
     this.peers.set(r.name, st);
-    this.peersByKey.set(peerKey(hop.nameHi, hop.nameLo), st);
-    this.forwarder?.sendHeartbeat(hop, Date.now());
+    this.peersByKey.set(peerKey(hi, lo), st);
+    this.sendHeartbeats(st, now);
     conn.on('message', (msg: PeerMessage) => {
       if (msg.t === 'gossip') this.mux?.receive(r.name, msg.channel, msg.payload);
     });
@@ -586,37 +615,59 @@ export class Router implements Startable {
       peer: r.name,
       nickname: r.nickname,
       remoteAddr: r.addr,
-      overlay: encapName(hop.encap),
+      overlay: vx ? 'vxlan' : 'sleeve',
     });
   }
 
-  /** heartbeat sends a data-path heartbeat to every peer and re-evaluates their data paths. */
+  private sendHeartbeats(st: PeerState, now: number): void {
+    this.forwarder?.sendHeartbeat(st.sleeveHop, now);
+    if (st.vxlanHop !== undefined) this.forwarder?.sendVxlanHeartbeat(st.vxlanHop, st.vxlanPort, now);
+  }
+
+  /** heartbeat sends data-path heartbeats to every peer and re-evaluates their data paths. */
   private heartbeat(): void {
     const now = Date.now();
     let changed = false;
     for (const st of this.peers.values()) {
-      this.forwarder?.sendHeartbeat(st.hop, now);
+      this.sendHeartbeats(st, now);
       changed = this.evaluate(st, now) || changed;
     }
     if (changed) this.updateLocal();
   }
 
+  /**
+   * evaluate updates both data paths of a peer and picks the overlay: VXLAN while its heartbeats
+   * flow both ways, else sleeve (the overlay switch). Returns true when anything changed.
+   */
   private evaluate(st: PeerState, now: number): boolean {
-    const before = st.data.state;
-    if (!st.data.evaluate(now, this.opts.peerTimeoutMs ?? PEER_DOWN_TIMEOUT_MS)) return false;
-    const fields = { peer: st.hop.peer, overlay: encapName(st.hop.encap), reason: st.data.reason };
-    if (st.data.state === 'failed') this.log.warn('data path failed', fields);
-    else if (st.data.state === 'established') this.log.info('data path established', { ...fields, from: before });
-    return true;
+    const timeout = this.opts.peerTimeoutMs ?? PEER_DOWN_TIMEOUT_MS;
+    const before = linkState(st).state;
+    let changed = st.data.evaluate(now, timeout);
+    if (st.vxData !== undefined) changed = st.vxData.evaluate(now, timeout) || changed;
+    const hop = st.vxlanHop !== undefined && st.vxData?.state === 'established' ? st.vxlanHop : st.sleeveHop;
+    const link = linkState(st);
+    const fields = { peer: st.sleeveHop.peer, overlay: encapName(hop.encap), reason: link.reason };
+    if (hop !== st.hop) {
+      this.log.info('overlay switched', { ...fields, from: encapName(st.hop.encap) });
+      st.hop = hop;
+      changed = true;
+    }
+    if (link.state !== before) {
+      if (link.state === 'failed') this.log.warn('data path failed', fields);
+      else if (link.state === 'established') this.log.info('data path established', { ...fields, from: before });
+    }
+    return changed;
   }
 
-  /** onDataControl records heartbeats and acks from the forwarder. */
+  /** onDataControl records heartbeats and acks from the forwarder, per overlay. */
   private onDataControl(d: ControlDatagram): void {
     const st = this.peersByKey.get(peerKey(d.srcHi, d.srcLo));
     if (st === undefined) return;
+    const path = d.overlay === Encap.Vxlan ? st.vxData : st.data;
+    if (path === undefined) return;
     const now = Date.now();
-    if (d.type === SleeveType.Heartbeat) st.data.heard(now);
-    else st.data.acked(now, d.stamp);
+    if (d.type === SleeveType.Heartbeat) path.heard(now);
+    else path.acked(now, d.stamp);
     if (this.evaluate(st, now)) this.updateLocal();
   }
 

@@ -90,6 +90,11 @@ import {
 } from './gso.js';
 import { LearnedEndpoints } from './learned.js';
 
+/**
+ * ETHERTYPE_WEFT_HEARTBEAT marks a data-path heartbeat carried inside VXLAN (IEEE 802 local
+ * experimental EtherType 1).
+ */
+export const ETHERTYPE_WEFT_HEARTBEAT = 0x88b5;
 /** ROUNDS_PER_WAKEUP bounds how many batches one readiness event drains, so neither direction starves. */
 const ROUNDS_PER_WAKEUP = 8;
 /** TUN_WRITE_MAX is how many inner packets one writeBatch carries at most (sleeve datagrams may bundle). */
@@ -113,6 +118,8 @@ export interface ControlDatagram {
   port: number;
   /** stamp is the timestamp the heartbeat's sender put in (echoed back in the ack). */
   stamp: number;
+  /** overlay is the encapsulation it arrived in: sleeve, or VXLAN (a heartbeat frame inside VXLAN). */
+  overlay: Encap;
 }
 
 /** ForwarderOptions configures a Forwarder. */
@@ -202,7 +209,7 @@ export class Forwarder {
   private nr = 0;
 
   // Heartbeats and acks are built here, one at a time.
-  private readonly hbBuf = Buffer.alloc(SLEEVE_HEARTBEAT_LEN);
+  private readonly hbBuf = Buffer.alloc(VXLAN_PREFIX_LEN + SLEEVE_HEARTBEAT_LEN);
   private readonly hbOff = new Int32Array(1);
   private readonly hbLen = new Int32Array(1);
   private readonly hbAddr = new Uint32Array(1);
@@ -518,6 +525,10 @@ export class Forwarder {
           }
         } else if (et === ETHERTYPE_ARP) {
           this.arp(buf, p, avail, this.rAddrs[i] as number, now);
+        } else if (et === ETHERTYPE_WEFT_HEARTBEAT && checkSleeveHeader(buf, p, avail) === SleeveCheck.Ok) {
+          const type = sleeveType(buf, p);
+          if (type === SleeveType.Data) c.drop(Drop.Malformed);
+          else this.control(type, buf, p, avail, i, Encap.Vxlan);
         } else {
           c.drop(Drop.UnsupportedEtherType);
         }
@@ -654,11 +665,38 @@ export class Forwarder {
   /**
    * sendHeartbeat sends a data-path heartbeat to a directly connected peer, in sleeve framing to
    * the hop's sleeve port. Control plane: twice a second per peer.
-   * TODO(weft): prove the VXLAN port too (a heartbeat frame inside VXLAN) and fall back to sleeve
-   * per peer when only sleeve works, as Weave's overlay switch does (#3).
    */
   sendHeartbeat(hop: Hop, stamp: number): boolean {
-    return this.sendHeartbeatTo(SleeveType.Heartbeat, hop.nameHi, hop.nameLo, hop.addr, hop.sleevePort, stamp);
+    return this.sendHeartbeatTo(
+      SleeveType.Heartbeat,
+      hop.nameHi,
+      hop.nameLo,
+      hop.addr,
+      hop.sleevePort,
+      stamp,
+      Encap.Sleeve,
+      0,
+      0,
+    );
+  }
+
+  /**
+   * sendVxlanHeartbeat proves the VXLAN path to a Weft peer: the same heartbeat, carried in a
+   * VXLAN frame with EtherType ETHERTYPE_WEFT_HEARTBEAT to the peer's VXLAN port. Kernel vxlan
+   * devices drop such frames; Weft peers ack them over VXLAN.
+   */
+  sendVxlanHeartbeat(hop: Hop, vxlanPort: number, stamp: number): boolean {
+    return this.sendHeartbeatTo(
+      SleeveType.Heartbeat,
+      hop.nameHi,
+      hop.nameLo,
+      hop.addr,
+      vxlanPort,
+      stamp,
+      Encap.Vxlan,
+      hop.macHi,
+      hop.macLo,
+    );
   }
 
   private sendHeartbeatTo(
@@ -668,12 +706,35 @@ export class Forwarder {
     addr: number,
     port: number,
     stamp: number,
+    overlay: Encap,
+    macHi: number,
+    macLo: number,
   ): boolean {
     const b = this.hbBuf;
-    this.hbLen[0] = writeSleeveHeartbeat(b, 0, type, this.nameHi, this.nameLo, dstHi, dstLo, stamp);
+    let conn: PacketConn = this.sleeve;
+    const at = VXLAN_PREFIX_LEN;
+    const n = writeSleeveHeartbeat(b, at, type, this.nameHi, this.nameLo, dstHi, dstLo, stamp);
+    if (overlay === Encap.Vxlan) {
+      if (this.vxlan === undefined) return false;
+      conn = this.vxlan;
+      this.hbOff[0] = writeVxlanPrefix(
+        b,
+        at,
+        this.vni,
+        macHi,
+        macLo,
+        this.nameHi,
+        this.nameLo,
+        ETHERTYPE_WEFT_HEARTBEAT,
+      );
+      this.hbLen[0] = VXLAN_PREFIX_LEN + n;
+    } else {
+      this.hbOff[0] = at;
+      this.hbLen[0] = n;
+    }
     this.hbAddr[0] = addr;
     this.hbPort[0] = port;
-    const ok = this.sleeve.sendBatch(b, this.hbOff, this.hbLen, this.hbAddr, this.hbPort, 1) === 1;
+    const ok = conn.sendBatch(b, this.hbOff, this.hbLen, this.hbAddr, this.hbPort, 1) === 1;
     if (ok) {
       this.counters.udpTxPackets++;
       this.counters.udpTxBytes += this.hbLen[0] as number;
@@ -684,7 +745,7 @@ export class Forwarder {
   }
 
   /** control answers heartbeats addressed to us with an ack and tells the control plane about both. */
-  private control(type: number, buf: Buffer, off: number, len: number, i: number): void {
+  private control(type: number, buf: Buffer, off: number, len: number, i: number, overlay: Encap = Encap.Sleeve): void {
     const c = this.counters;
     if (len < SLEEVE_HEARTBEAT_LEN) {
       c.drop(Drop.Truncated);
@@ -700,8 +761,10 @@ export class Forwarder {
     const port = this.rPorts[i] as number;
     const stamp = sleeveHeartbeatStamp(buf, off);
     c.heartbeats++;
-    if (type === SleeveType.Heartbeat) this.sendHeartbeatTo(SleeveType.HeartbeatAck, srcHi, srcLo, addr, port, stamp);
-    this.onControl?.({ type, srcHi, srcLo, addr, port, stamp });
+    if (type === SleeveType.Heartbeat) {
+      this.sendHeartbeatTo(SleeveType.HeartbeatAck, srcHi, srcLo, addr, port, stamp, overlay, srcHi, srcLo);
+    }
+    this.onControl?.({ type, srcHi, srcLo, addr, port, stamp, overlay });
   }
 }
 
