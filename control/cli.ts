@@ -80,7 +80,10 @@ Examples:
     .option('--password-file <file>', 'peers must share this password (env WEFT_PASSWORD)')
     .option('--no-discovery', 'only connect to the peers given, not to peers they know')
     .option('--discovery-degree <n>', 'discovery dials peers until this many connections; beyond, relays (default 16)')
-    .option('--peer-timeout <ms>', 'a data path silent this long either way is declared down and routed around (default 5000)')
+    .option(
+      '--peer-timeout <ms>',
+      'a data path silent this long either way is declared down and routed around (default 5000)',
+    )
     .option('--device <name>', 'TUN device name (default weft)')
     .addOption(
       new Option('--datapath <kind>', 'socket layer: native batched I/O or portable Node dgram').choices([

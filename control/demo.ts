@@ -61,13 +61,14 @@ export async function runDemo(o: DemoOptions): Promise<void> {
       await ip('-n', `${prefix}-sw`, 'link', 'set', `p${i + 1}`, 'master', 'br0', 'up');
     }
     for (const [i, h] of hosts.entries()) {
-      // Until discovery arrives (#3), each host is told about every host launched before it.
-      const peers = hosts.slice(0, i).map((_, j) => `${UNDERLAY_NET}.${j + 1}`);
+      // Each host is told only about the one before it: discovery turns the chain into a mesh.
+      const peers = i === 0 ? [] : [`${UNDERLAY_NET}.${i}`];
       const name = await weft(o.cli, h, 'launch', ...peers, '--encap', o.encap, '--state-dir', `${stateRoot}/${h}`);
       await weft(o.cli, h, 'expose', `10.32.0.${i + 1}/12`);
-      print(`  ${h}: router ${name.trim()} launched, overlay address 10.32.0.${i + 1}`);
+      const told = peers.length === 0 ? 'the first host' : `told only about ${peers[0]}`;
+      print(`  ${h}: router ${name.trim()} launched (${told}), overlay address 10.32.0.${i + 1}`);
     }
-    print('waiting for the mesh to connect...');
+    print('waiting for discovery to connect every host to every other...');
     await waitConnected(o.cli, hosts);
     for (const [i, h] of hosts.entries()) {
       for (const [j] of hosts.entries()) {
@@ -93,6 +94,8 @@ export async function runDemo(o: DemoOptions): Promise<void> {
     print((await weft(o.cli, hosts[0] as string, 'status')).trimEnd());
     print(`\n$ ip netns exec ${hosts[0]} weft status connections`);
     print((await weft(o.cli, hosts[0] as string, 'status', 'connections')).trimEnd());
+    print(`\n$ ip netns exec ${hosts[0]} weft status peers`);
+    print((await weft(o.cli, hosts[0] as string, 'status', 'peers')).trimEnd());
     if (o.keep) {
       print(
         `\nhosts left running: try \`ip netns exec ${hosts[0]} weft status peers\`; remove them with \`weft demo --down\``,
@@ -111,8 +114,9 @@ async function waitConnected(cli: string, hosts: string[]): Promise<void> {
   const deadline = Date.now() + 30_000;
   for (const h of hosts) {
     for (;;) {
-      const s = JSON.parse(await weft(cli, h, 'status', '--json')) as { peers: unknown[] };
-      if (s.peers.length >= hosts.length - 1) break;
+      const s = JSON.parse(await weft(cli, h, 'status', '--json')) as { peers: { state: string; cidrs: string[] }[] };
+      const ready = s.peers.filter((p) => p.state === 'established' && p.cidrs.length > 0);
+      if (ready.length >= hosts.length - 1) break;
       if (Date.now() > deadline)
         throw new WeftError('EWEFT_SYSTEM', `${h} did not connect to every other host within 30 s`);
       await new Promise((r) => setTimeout(r, 200));

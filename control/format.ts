@@ -61,7 +61,7 @@ export function formatPeers(s: RouterStatus): string {
         ? `relayed via ${p.via}(${names.get(p.via ?? '') ?? '?'})`
         : p.state === 'unreachable'
           ? 'unreachable'
-          : `${p.addr}  ${p.encap}  ${p.state}${p.reason ? ` (${p.reason})` : ''}${p.rttMs === undefined ? '' : `  rtt=${p.rttMs}ms`}`;
+          : `${p.addr}  ${p.encap}  ${p.state}${p.reason ? ` (${p.reason})` : ''}${p.rttMs === undefined ? '' : `  rtt=${p.rttMs.toFixed(2)}ms`}`;
     lines.push(
       `${p.name}(${p.nickname})  ${how}  ${p.cidrs.join(' ')}`.trimEnd(),
       `   ${p.connections} connections  tx ${p.txPackets} pkts ${bytes(p.txBytes)}  rx ${p.rxPackets} pkts ${bytes(p.rxBytes)}`,

@@ -593,7 +593,7 @@ export class Router implements Startable {
     const addr = ipToU32(r.addr);
     const sleeveHop = new Hop(r.name, hi, lo, hi, lo, addr, r.sleevePort, Encap.Sleeve, r.sleevePort);
     const vxlanHop = vx ? new Hop(r.name, hi, lo, hi, lo, addr, r.vxlanPort, Encap.Vxlan, r.sleevePort) : undefined;
-    const now = Date.now();
+    const now = preciseNow();
     const st: PeerState = {
       conn,
       hop: sleeveHop,
@@ -626,7 +626,7 @@ export class Router implements Startable {
 
   /** heartbeat sends data-path heartbeats to every peer and re-evaluates their data paths. */
   private heartbeat(): void {
-    const now = Date.now();
+    const now = preciseNow();
     let changed = false;
     for (const st of this.peers.values()) {
       this.sendHeartbeats(st, now);
@@ -665,7 +665,7 @@ export class Router implements Startable {
     if (st === undefined) return;
     const path = d.overlay === Encap.Vxlan ? st.vxData : st.data;
     if (path === undefined) return;
-    const now = Date.now();
+    const now = preciseNow();
     if (d.type === SleeveType.Heartbeat) path.heard(now);
     else path.acked(now, d.stamp);
     if (this.evaluate(st, now)) this.updateLocal();
@@ -730,6 +730,11 @@ export class Router implements Startable {
     );
     if (this.forwarder !== undefined) this.forwarder.fib = fib;
   }
+}
+
+/** preciseNow is the time in ms since the epoch with sub-millisecond precision (heartbeat RTTs). */
+function preciseNow(): number {
+  return performance.timeOrigin + performance.now();
 }
 
 /** pairHash mixes two peer names into a 32-bit number (FNV-1a), the same on both peers' sides. */

@@ -37,6 +37,8 @@ export const Drop = {
   GsoUnsupported: 16,
   /** TtlExceeded: a sleeve datagram to relay had crossed too many relays (a transient loop). */
   TtlExceeded: 17,
+  /** NotIPv4: an IPv6 packet from the TUN device (the overlay carries IPv4 only, for now). */
+  NotIPv4: 18,
 } as const;
 export type Drop = (typeof Drop)[keyof typeof Drop];
 
@@ -60,6 +62,7 @@ export const DROP_NAMES: readonly string[] = [
   'loop',
   'gso_unsupported',
   'ttl_exceeded',
+  'not_ipv4',
 ];
 
 /**

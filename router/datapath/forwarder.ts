@@ -280,7 +280,7 @@ export class Forwarder {
         c.tunRxPackets++;
         c.tunRxBytes += ipLen;
         if (ipLen < 20 || (buf[ip] as number) >>> 4 !== 4) {
-          c.drop(Drop.Malformed);
+          c.drop(ipLen > 0 && (buf[ip] as number) >>> 4 === 6 ? Drop.NotIPv4 : Drop.Malformed);
           continue;
         }
         const dst = buf.readUInt32BE(ip + 16);
