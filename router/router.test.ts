@@ -8,9 +8,13 @@ import { ipv4Packet, LOOPBACK, MemoryMesh, type MemoryRouter, until } from './te
 const A = 0x0a200001; // 10.32.0.1
 const B = 0x0a200002; // 10.32.0.2
 
-async function connectedPair(mesh: MemoryMesh, encap: 'sleeve' | 'vxlan'): Promise<[MemoryRouter, MemoryRouter]> {
-  const a = await mesh.add({ encap });
-  const b = await mesh.add({ encap });
+async function connectedPair(
+  mesh: MemoryMesh,
+  encap: 'sleeve' | 'vxlan',
+  opts: { peerTimeoutMs?: number } = {},
+): Promise<[MemoryRouter, MemoryRouter]> {
+  const a = await mesh.add({ encap, ...opts });
+  const b = await mesh.add({ encap, ...opts });
   b.router.connect([`127.0.0.1:${a.router.controlPort}`]);
   await a.router.expose(parseCidr('10.32.0.1/12'));
   await b.router.expose(parseCidr('10.32.0.2/12'));
@@ -156,18 +160,18 @@ describe('Router data path', () => {
 
   it('proves the data path with heartbeats both ways, then fails it when UDP is blocked', async () => {
     mesh = new MemoryMesh();
-    const [a, b] = await connectedPair(mesh, 'sleeve');
-    await until(() => a.router.status().peers[0]?.state === 'established', 'established', 3_000);
+    const [a, b] = await connectedPair(mesh, 'sleeve', { peerTimeoutMs: 1_500 });
+    await until(() => a.router.status().peers[0]?.state === 'established', 'established', 5_000);
     expect(a.router.status().peers[0]?.rttMs).toBeGreaterThanOrEqual(0);
     // Block the data path only (control connections are real TCP and stay up).
     mesh.net.block(LOOPBACK, LOOPBACK);
-    await until(() => a.router.status().peers[0]?.state === 'failed', 'failed', 8_000);
+    await until(() => a.router.status().peers[0]?.state === 'failed', 'failed', 10_000);
     expect(a.router.status().peers[0]?.reason).toMatch(/heartbeats/);
     // Its routes are withdrawn: traffic for b is now a counted no_route drop, not a black hole.
     a.tun.inject(ipv4Packet(100, A, B));
     await until(() => a.router.counters.snapshot().drops.no_route === 1, 'no_route');
     mesh.net.unblockAll();
-    await until(() => a.router.status().peers[0]?.state === 'established', 'recovered', 3_000);
+    await until(() => a.router.status().peers[0]?.state === 'established', 'recovered', 10_000);
     a.tun.inject(ipv4Packet(100, A, B));
     await until(() => b.tun.written.length === 1, 'traffic after recovery');
   }, 20_000);
@@ -246,7 +250,7 @@ describe('Router mesh', () => {
 
   it('uses VXLAN while its heartbeats flow, and switches to sleeve when only the VXLAN port is blocked', async () => {
     mesh = new MemoryMesh();
-    const [a, b] = await connectedPair(mesh, 'vxlan');
+    const [a, b] = await connectedPair(mesh, 'vxlan', { peerTimeoutMs: 1_500 });
     const peer = () => a.router.status().peers[0];
     await until(() => peer()?.state === 'established' && peer()?.encap === 'vxlan', 'vxlan established', 5_000);
     const vxlanPorts = new Set([a.router.status().vxlanPort, b.router.status().vxlanPort]);
