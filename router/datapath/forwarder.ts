@@ -414,25 +414,40 @@ export class Forwarder {
     if (sent < n) c.drop(Drop.UdpSend, n - sent);
   }
 
+  /**
+   * receive reads one batch from `conn` into outBuf and counts it; a datagram cut short by its
+   * slot keeps length -1 and is counted as a truncated drop. Returns the batch size (0: none).
+   */
+  private receive(conn: PacketConn): number {
+    const n = conn.recvBatch(this.outBuf, 0, SLOT_BYTES, BATCH_MAX, this.rLens, this.rAddrs, this.rPorts);
+    if (n <= 0) return 0;
+    const c = this.counters;
+    c.udpBatches++;
+    this.tCount = 0;
+    for (let i = 0; i < n; i++) {
+      const len = this.rLens[i] as number;
+      if (len < 0) {
+        c.drop(Drop.Truncated);
+      } else {
+        c.udpRxPackets++;
+        c.udpRxBytes += len;
+      }
+    }
+    return n;
+  }
+
   /** onSleeveReadable drains the sleeve socket: the outside path for sleeve. */
   readonly onSleeveReadable = (): void => {
     const buf = this.outBuf;
     const c = this.counters;
     for (let round = 0; round < ROUNDS_PER_WAKEUP; round++) {
-      const n = this.sleeve.recvBatch(buf, 0, SLOT_BYTES, BATCH_MAX, this.rLens, this.rAddrs, this.rPorts);
-      if (n <= 0) return;
-      c.udpBatches++;
+      const n = this.receive(this.sleeve);
+      if (n === 0) return;
       const fib = this.fib;
-      this.tCount = 0;
       for (let i = 0; i < n; i++) {
         const off = i * SLOT_BYTES;
         const len = this.rLens[i] as number;
-        if (len < 0) {
-          c.drop(Drop.Truncated);
-          continue;
-        }
-        c.udpRxPackets++;
-        c.udpRxBytes += len;
+        if (len < 0) continue;
         const chk = checkSleeveHeader(buf, off, len);
         if (chk !== SleeveCheck.Ok) {
           c.drop(sleeveDrop(chk));
@@ -478,20 +493,13 @@ export class Forwarder {
     const buf = this.outBuf;
     const c = this.counters;
     for (let round = 0; round < ROUNDS_PER_WAKEUP; round++) {
-      const n = conn.recvBatch(buf, 0, SLOT_BYTES, BATCH_MAX, this.rLens, this.rAddrs, this.rPorts);
-      if (n <= 0) return;
-      c.udpBatches++;
+      const n = this.receive(conn);
+      if (n === 0) return;
       const now = this.nowMs();
-      this.tCount = 0;
       for (let i = 0; i < n; i++) {
         const off = i * SLOT_BYTES;
         const len = this.rLens[i] as number;
-        if (len < 0) {
-          c.drop(Drop.Truncated);
-          continue;
-        }
-        c.udpRxPackets++;
-        c.udpRxBytes += len;
+        if (len < 0) continue;
         const chk = checkVxlan(buf, off, len, this.vni);
         if (chk !== VxlanCheck.Ok) {
           c.drop(chk === VxlanCheck.Truncated ? Drop.Truncated : Drop.BadVni);
