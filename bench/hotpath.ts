@@ -16,6 +16,7 @@ import type { PacketConn } from '../router/conn/packet-conn.js';
 import { Counters } from '../router/datapath/counters.js';
 import { Encap, Fib, Hop, peerNameHi, peerNameLo } from '../router/datapath/fib.js';
 import { Forwarder } from '../router/datapath/forwarder.js';
+import { ipv4Packet } from '../router/testing/memory-router.js';
 import type { TunDevice } from '../router/tun/device.js';
 
 /** GeneratorTun produces copies of one IPv4 packet until `remaining` reaches 0. */
@@ -102,17 +103,6 @@ export interface HotpathResult {
   heapGrowthBytes: number;
   gcCount: number;
   drops: number;
-}
-
-function ipv4Packet(len: number, src: number, dst: number): Buffer {
-  const b = Buffer.alloc(len);
-  b[0] = 0x45;
-  b.writeUInt16BE(len, 2);
-  b[8] = 64;
-  b[9] = 17;
-  b.writeUInt32BE(src, 12);
-  b.writeUInt32BE(dst, 16);
-  return b;
 }
 
 /** runHotpath pushes `total` packets of `packetBytes` through A → B and measures. */

@@ -1,35 +1,12 @@
-import { createSocket } from 'node:dgram';
 import { describe, expect, it } from 'vitest';
 import { WeftError } from '../../common/errors.js';
 import { DgramUdp } from './dgram-udp.js';
-import { packetConnSuite, receive } from './packet-conn.suite.js';
+import { LOOPBACK_ADDR as LOOPBACK, loopbackHarness, packetConnSuite, receive } from './packet-conn.suite.js';
 
-const LOOPBACK = 0x7f000001;
-
-/** unusedPort finds a UDP port on 127.0.0.1 with nobody bound (bind, read the port, close). */
-async function unusedPort(): Promise<number> {
-  const s = createSocket('udp4');
-  await new Promise<void>((r) => s.bind(0, '127.0.0.1', r));
-  const { port } = s.address();
-  await new Promise<void>((r) => s.close(() => r()));
-  return port;
-}
-
-packetConnSuite('DgramUdp', async () => {
-  const a = await DgramUdp.open({ bindAddr: LOOPBACK, port: 0 });
-  const b = await DgramUdp.open({ bindAddr: LOOPBACK, port: 0 });
-  return {
-    a,
-    b,
-    addrA: LOOPBACK,
-    addrB: LOOPBACK,
-    unusedPort: await unusedPort(),
-    async teardown() {
-      a.close();
-      b.close();
-    },
-  };
-});
+packetConnSuite(
+  'DgramUdp',
+  loopbackHarness((bindAddr) => DgramUdp.open({ bindAddr, port: 0 })),
+);
 
 describe('DgramUdp', () => {
   it('says a port in use is a configuration error', async () => {

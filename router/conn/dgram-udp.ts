@@ -2,6 +2,7 @@ import { createSocket, type RemoteInfo, type Socket } from 'node:dgram';
 import { errorMessage, WeftError } from '../../common/errors.js';
 import { formatIPv4 } from '../../common/types.js';
 import { UDP_RCVBUF_BYTES, UDP_SNDBUF_BYTES } from '../constants.js';
+import { checkSlots, checkSpans, ImmediateReadiness, UDP_BATCH_WORDS } from '../readiness.js';
 import type { PacketConn } from './packet-conn.js';
 
 /** DgramUdpOptions says where to bind and how much to queue in user space. */
@@ -75,20 +76,8 @@ export class DgramUdp implements PacketConn {
   readonly #tx: Buffer;
   #txPos = 0;
   readonly #addrCache = new Map<number, string>();
-  #cb: (() => void) | undefined;
-  #immediate: NodeJS.Immediate | undefined;
+  readonly #readiness = new ImmediateReadiness(() => this.#count > 0);
   #closed = false;
-
-  readonly #fire = (): void => {
-    this.#immediate = undefined;
-    const cb = this.#cb;
-    if (cb === undefined || this.#count === 0 || this.#closed) return;
-    try {
-      cb();
-    } finally {
-      this.#schedule();
-    }
-  };
 
   readonly #onMessage = (msg: Buffer, rinfo: RemoteInfo): void => {
     if (this.#closed) return;
@@ -105,7 +94,7 @@ export class DgramUdp implements PacketConn {
     this.#rxAddr[slot] = parseDottedQuad(rinfo.address);
     this.#rxPort[slot] = rinfo.port;
     this.#count++;
-    this.#schedule();
+    this.#readiness.notify();
   };
 
   readonly #onError = (err: Error & { code?: string }): void => {
@@ -166,14 +155,7 @@ export class DgramUdp implements PacketConn {
 
   /** onReadable: see PacketConn. */
   onReadable(cb: (() => void) | undefined): void {
-    if (this.#closed) return;
-    this.#cb = cb;
-    if (cb === undefined) {
-      if (this.#immediate !== undefined) clearImmediate(this.#immediate);
-      this.#immediate = undefined;
-    } else {
-      this.#schedule();
-    }
+    this.#readiness.set(cb);
   }
 
   /** recvBatch: see PacketConn. All arrays and `buf` are borrowed until this call returns. */
@@ -187,7 +169,8 @@ export class DgramUdp implements PacketConn {
     ports: Uint16Array,
   ): number {
     if (this.#closed) return 0;
-    checkSlots('recvBatch', buf.length, offset, stride, max, Math.min(lengths.length, addrs.length, ports.length));
+    const n = Math.min(lengths.length, addrs.length, ports.length);
+    checkSlots('recvBatch', buf.length, offset, stride, max, n, UDP_BATCH_WORDS);
     const room0 = stride - (offset % stride);
     const cap = this.#rxStart.length;
     let i = 0;
@@ -227,7 +210,7 @@ export class DgramUdp implements PacketConn {
     count: number,
   ): number {
     if (this.#closed) return 0;
-    checkSpans('sendBatch', buf.length, offsets, lengths, count, Math.min(addrs.length, ports.length));
+    checkSpans('sendBatch', buf.length, offsets, lengths, count, Math.min(addrs.length, ports.length), UDP_BATCH_WORDS);
     const socket = this.#socket;
     const tx = this.#tx;
     if (socket.getSendQueueCount() === 0) this.#txPos = 0;
@@ -266,9 +249,7 @@ export class DgramUdp implements PacketConn {
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
-    this.#cb = undefined;
-    if (this.#immediate !== undefined) clearImmediate(this.#immediate);
-    this.#immediate = undefined;
+    this.#readiness.close();
     this.#count = 0;
     this.#socket.off('message', this.#onMessage);
     try {
@@ -307,12 +288,6 @@ export class DgramUdp implements PacketConn {
       this.#addrCache.set(addr, s);
     }
     return s;
-  }
-
-  #schedule(): void {
-    if (this.#immediate === undefined && this.#cb !== undefined && this.#count > 0 && !this.#closed) {
-      this.#immediate = setImmediate(this.#fire);
-    }
   }
 }
 
@@ -360,45 +335,5 @@ export function udpOpenError(
       return new WeftError('EWEFT_CONFIG', `permission denied binding UDP ${where}`, { cause: err });
     default:
       return new WeftError(otherCode, `cannot open UDP socket ${where}: ${errorMessage(err)}`, { cause: err });
-  }
-}
-
-/** checkSlots throws the TypeError the native addon throws for slots outside the buffer. */
-export function checkSlots(fn: string, bufLen: number, offset: number, stride: number, max: number, n: number): void {
-  if (
-    Number.isInteger(offset) &&
-    offset >= 0 &&
-    Number.isInteger(stride) &&
-    stride >= 1 &&
-    Number.isInteger(max) &&
-    max >= 0 &&
-    max <= n &&
-    (max === 0 || offset + (max - 1) * stride < bufLen)
-  ) {
-    return;
-  }
-  throw new TypeError(
-    `${fn}: ${max} slots of ${stride} bytes from offset ${offset} do not fit a ${bufLen}-byte buffer and ${n} entries`,
-  );
-}
-
-/** checkSpans throws the TypeError the native addon throws for datagrams outside the buffer. */
-export function checkSpans(
-  fn: string,
-  bufLen: number,
-  offsets: Int32Array,
-  lengths: Int32Array,
-  count: number,
-  n: number,
-): void {
-  if (!Number.isInteger(count) || count < 0 || count > offsets.length || count > lengths.length || count > n) {
-    throw new TypeError(`${fn}: count ${count} exceeds the offsets/lengths/addrs/ports arrays`);
-  }
-  for (let i = 0; i < count; i++) {
-    const off = offsets[i] as number;
-    const len = lengths[i] as number;
-    if (off < 0 || len < 0 || off + len > bufLen) {
-      throw new TypeError(`${fn}: datagram ${i} [${off}, +${len}) lies outside the ${bufLen}-byte buffer`);
-    }
   }
 }

@@ -1,6 +1,6 @@
 import { WeftError } from '../../common/errors.js';
 import { formatIPv4 } from '../../common/types.js';
-import { checkSlots, checkSpans } from './dgram-udp.js';
+import { checkSlots, checkSpans, ImmediateReadiness, UDP_BATCH_WORDS } from '../readiness.js';
 import type { PacketConn } from './packet-conn.js';
 
 /**
@@ -164,19 +164,8 @@ export class MemoryUdp implements PacketConn {
   readonly #srcPort: Uint16Array;
   #head = 0;
   #count = 0;
-  #cb: (() => void) | undefined;
-  #immediate: NodeJS.Immediate | undefined;
+  readonly #readiness = new ImmediateReadiness(() => this.#count > 0);
   #closed = false;
-  readonly #fire = (): void => {
-    this.#immediate = undefined;
-    const cb = this.#cb;
-    if (cb === undefined || this.#count === 0 || this.#closed) return;
-    try {
-      cb();
-    } finally {
-      this.#schedule();
-    }
-  };
 
   /** Use MemoryUdpNet.open; the constructor is wiring between the two. */
   constructor(addr: number, port: number, queueLimit: number, route: Route, release: () => void) {
@@ -195,14 +184,7 @@ export class MemoryUdp implements PacketConn {
 
   /** onReadable: see PacketConn. */
   onReadable(cb: (() => void) | undefined): void {
-    if (this.#closed) return;
-    this.#cb = cb;
-    if (cb === undefined) {
-      if (this.#immediate !== undefined) clearImmediate(this.#immediate);
-      this.#immediate = undefined;
-    } else {
-      this.#schedule();
-    }
+    this.#readiness.set(cb);
   }
 
   /** recvBatch: see PacketConn. All arrays and `buf` are borrowed until this call returns. */
@@ -216,7 +198,8 @@ export class MemoryUdp implements PacketConn {
     ports: Uint16Array,
   ): number {
     if (this.#closed) return 0;
-    checkSlots('recvBatch', buf.length, offset, stride, max, Math.min(lengths.length, addrs.length, ports.length));
+    const n = Math.min(lengths.length, addrs.length, ports.length);
+    checkSlots('recvBatch', buf.length, offset, stride, max, n, UDP_BATCH_WORDS);
     const room0 = stride - (offset % stride);
     let i = 0;
     while (i < max && this.#count > 0) {
@@ -249,7 +232,7 @@ export class MemoryUdp implements PacketConn {
     count: number,
   ): number {
     if (this.#closed) return 0;
-    checkSpans('sendBatch', buf.length, offsets, lengths, count, Math.min(addrs.length, ports.length));
+    checkSpans('sendBatch', buf.length, offsets, lengths, count, Math.min(addrs.length, ports.length), UDP_BATCH_WORDS);
     let sent = 0;
     for (let i = 0; i < count; i++) {
       const port = ports[i] as number;
@@ -270,7 +253,7 @@ export class MemoryUdp implements PacketConn {
     this.#srcAddr[slot] = srcAddr;
     this.#srcPort[slot] = srcPort;
     this.#count++;
-    this.#schedule();
+    this.#readiness.notify();
     return true;
   }
 
@@ -283,18 +266,10 @@ export class MemoryUdp implements PacketConn {
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
-    this.#cb = undefined;
-    if (this.#immediate !== undefined) clearImmediate(this.#immediate);
-    this.#immediate = undefined;
+    this.#readiness.close();
     this.#queue.fill(undefined);
     this.#count = 0;
     this.#release();
-  }
-
-  #schedule(): void {
-    if (this.#immediate === undefined && this.#cb !== undefined && this.#count > 0 && !this.#closed) {
-      this.#immediate = setImmediate(this.#fire);
-    }
   }
 }
 

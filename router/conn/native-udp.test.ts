@@ -1,5 +1,4 @@
 import { execFile } from 'node:child_process';
-import { createSocket } from 'node:dgram';
 import { existsSync } from 'node:fs';
 import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
@@ -7,20 +6,11 @@ import { WeftError } from '../../common/errors.js';
 import { UDP_RCVBUF_BYTES } from '../constants.js';
 import { nativeAddonCandidates, tryLoadNative } from '../tun/native.js';
 import { NativeUdp } from './native-udp.js';
-import { packetConnSuite, receive } from './packet-conn.suite.js';
+import { LOOPBACK_ADDR as LOOPBACK, loopbackHarness, packetConnSuite, receive } from './packet-conn.suite.js';
 
 const run = promisify(execFile);
-const LOOPBACK = 0x7f000001;
 const native = tryLoadNative();
 const why = native === undefined ? 'native addon not built (run `npm run build:native`)' : undefined;
-
-async function unusedPort(): Promise<number> {
-  const s = createSocket('udp4');
-  await new Promise<void>((r) => s.bind(0, '127.0.0.1', r));
-  const { port } = s.address();
-  await new Promise<void>((r) => s.close(() => r()));
-  return port;
-}
 
 /** runAddonScript runs a CommonJS snippet in a fresh node with `a` bound to the addon. */
 async function runAddonScript(body: string, flags: string[] = []): Promise<{ stdout: string; code: number }> {
@@ -37,21 +27,10 @@ async function runAddonScript(body: string, flags: string[] = []): Promise<{ std
 }
 
 describe.skipIf(why !== undefined)(`NativeUdp${why ? ` (skipped: ${why})` : ''}`, () => {
-  packetConnSuite('NativeUdp', async () => {
-    const a = NativeUdp.open({ bindAddr: LOOPBACK, port: 0 });
-    const b = NativeUdp.open({ bindAddr: LOOPBACK, port: 0 });
-    return {
-      a,
-      b,
-      addrA: LOOPBACK,
-      addrB: LOOPBACK,
-      unusedPort: await unusedPort(),
-      async teardown() {
-        a.close();
-        b.close();
-      },
-    };
-  });
+  packetConnSuite(
+    'NativeUdp',
+    loopbackHarness((bindAddr) => NativeUdp.open({ bindAddr, port: 0 })),
+  );
 
   it('says a port in use is a configuration error', () => {
     const a = NativeUdp.open({ bindAddr: LOOPBACK, port: 0 });

@@ -1,3 +1,4 @@
+import { createSocket } from 'node:dgram';
 import { afterEach, describe, expect, it } from 'vitest';
 import { expectNoLeaks, settle, snapshotResources } from '../testing/leaks.js';
 import type { PacketConn } from './packet-conn.js';
@@ -20,6 +21,42 @@ export interface PacketConnHarness {
 
 /** PacketConnHarnessFactory builds a fresh harness for one test. */
 export type PacketConnHarnessFactory = () => Promise<PacketConnHarness>;
+
+/** LOOPBACK_ADDR is 127.0.0.1 in host order. */
+export const LOOPBACK_ADDR = 0x7f000001;
+
+/** unusedLoopbackPort finds a UDP port on 127.0.0.1 with nobody bound (bind, read the port, close). */
+export async function unusedLoopbackPort(): Promise<number> {
+  const s = createSocket('udp4');
+  await new Promise<void>((r) => s.bind(0, '127.0.0.1', r));
+  const { port } = s.address();
+  await new Promise<void>((r) => s.close(() => r()));
+  return port;
+}
+
+/**
+ * loopbackHarness is the factory for a kernel-backed PacketConn: `open` binds one socket on
+ * 127.0.0.1 (any port); a and b are two of them, and teardown closes both.
+ */
+export function loopbackHarness(
+  open: (bindAddr: number) => Promise<PacketConn> | PacketConn,
+): PacketConnHarnessFactory {
+  return async () => {
+    const a = await open(LOOPBACK_ADDR);
+    const b = await open(LOOPBACK_ADDR);
+    return {
+      a,
+      b,
+      addrA: LOOPBACK_ADDR,
+      addrB: LOOPBACK_ADDR,
+      unusedPort: await unusedLoopbackPort(),
+      async teardown() {
+        a.close();
+        b.close();
+      },
+    };
+  };
+}
 
 const STRIDE = 2048;
 const SLOTS = 64;

@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { SLEEVE_MAGIC, SLEEVE_VERSION, VXLAN_FLAG_I } from '../constants.js';
+import { ipv4Packet } from '../testing/memory-router.js';
 import {
   ARP_OP_REQUEST,
   arpIsIPv4,
@@ -33,17 +34,8 @@ import {
   writeVxlanPrefix,
 } from './frame.js';
 
-/** ipv4 builds a minimal IPv4 packet of `len` bytes from src to dst. */
-function ipv4(len: number, src = 0x0a200001, dst = 0x0a200002): Buffer {
-  const b = Buffer.alloc(len);
-  b[0] = 0x45;
-  b.writeUInt16BE(len, 2);
-  b[8] = 64;
-  b[9] = 1;
-  b.writeUInt32BE(src, 12);
-  b.writeUInt32BE(dst, 16);
-  return b;
-}
+/** ipv4 builds a minimal IPv4 packet of `len` bytes from 10.32.0.1 to 10.32.0.2. */
+const ipv4 = (len: number): Buffer => ipv4Packet(len, 0x0a200001, 0x0a200002);
 
 describe('sleeve framing', () => {
   it('writes a header in the headroom and reads every field back', () => {

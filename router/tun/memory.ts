@@ -1,3 +1,4 @@
+import { checkSlots, checkSpans, ImmediateReadiness, TUN_BATCH_WORDS } from '../readiness.js';
 import type { TunDevice } from './device.js';
 
 /** MemoryTunOptions configures a MemoryTun. */
@@ -50,19 +51,8 @@ export class MemoryTun implements TunDevice {
   readonly #queue: (Buffer | undefined)[];
   #head = 0;
   #count = 0;
-  #cb: (() => void) | undefined;
-  #immediate: NodeJS.Immediate | undefined;
+  readonly #readiness = new ImmediateReadiness(() => this.#count > 0);
   #closed = false;
-  readonly #fire = (): void => {
-    this.#immediate = undefined;
-    const cb = this.#cb;
-    if (cb === undefined || this.#count === 0 || this.#closed) return;
-    try {
-      cb();
-    } finally {
-      this.#schedule();
-    }
-  };
 
   constructor(opts: MemoryTunOptions = {}) {
     this.name = opts.name ?? 'mem0';
@@ -100,7 +90,7 @@ export class MemoryTun implements TunDevice {
     }
     this.#queue[(this.#head + this.#count) % this.queueLimit] = packet;
     this.#count++;
-    this.#schedule();
+    this.#readiness.notify();
     return true;
   }
 
@@ -116,20 +106,13 @@ export class MemoryTun implements TunDevice {
 
   /** onReadable: see TunDevice. */
   onReadable(cb: (() => void) | undefined): void {
-    if (this.#closed) return;
-    this.#cb = cb;
-    if (cb === undefined) {
-      if (this.#immediate !== undefined) clearImmediate(this.#immediate);
-      this.#immediate = undefined;
-    } else {
-      this.#schedule();
-    }
+    this.#readiness.set(cb);
   }
 
   /** readBatch: see TunDevice. `buf` and `lengths` are borrowed until this call returns. */
   readBatch(buf: Buffer, offset: number, stride: number, max: number, lengths: Int32Array): number {
     if (this.#closed) return 0;
-    checkSlots('readBatch', buf.length, offset, stride, max, lengths.length);
+    checkSlots('readBatch', buf.length, offset, stride, max, lengths.length, TUN_BATCH_WORDS);
     const room0 = stride - (offset % stride);
     let i = 0;
     while (i < max && this.#count > 0) {
@@ -153,7 +136,7 @@ export class MemoryTun implements TunDevice {
   /** writeBatch: see TunDevice. Borrowed until this call returns; accepted packets are copied. */
   writeBatch(buf: Buffer, offsets: Int32Array, lengths: Int32Array, count: number): number {
     if (this.#closed) return 0;
-    checkSpans('writeBatch', buf.length, offsets, lengths, count);
+    checkSpans('writeBatch', buf.length, offsets, lengths, count, offsets.length, TUN_BATCH_WORDS);
     let accepted = 0;
     for (let i = 0; i < count; i++) {
       const off = offsets[i] as number;
@@ -186,9 +169,7 @@ export class MemoryTun implements TunDevice {
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
-    this.#cb = undefined;
-    if (this.#immediate !== undefined) clearImmediate(this.#immediate);
-    this.#immediate = undefined;
+    this.#readiness.close();
     this.#queue.fill(undefined);
     this.#head = 0;
     this.#count = 0;
@@ -199,44 +180,5 @@ export class MemoryTun implements TunDevice {
     if (len === 0) return true;
     const version = (buf[off] as number) >> 4;
     return version !== 4 && version !== 6;
-  }
-
-  #schedule(): void {
-    if (this.#immediate === undefined && this.#cb !== undefined && this.#count > 0 && !this.#closed) {
-      this.#immediate = setImmediate(this.#fire);
-    }
-  }
-}
-
-/** checkSlots throws the TypeError the native addon throws for slots outside the buffer. */
-function checkSlots(fn: string, bufLen: number, offset: number, stride: number, max: number, nLengths: number): void {
-  if (
-    Number.isInteger(offset) &&
-    offset >= 0 &&
-    Number.isInteger(stride) &&
-    stride >= 1 &&
-    Number.isInteger(max) &&
-    max >= 0 &&
-    max <= nLengths &&
-    (max === 0 || offset + (max - 1) * stride < bufLen)
-  ) {
-    return;
-  }
-  throw new TypeError(
-    `${fn}: ${max} slots of ${stride} bytes from offset ${offset} do not fit a ${bufLen}-byte buffer and ${nLengths} lengths`,
-  );
-}
-
-/** checkSpans throws the TypeError the native addon throws for packets outside the buffer. */
-function checkSpans(fn: string, bufLen: number, offsets: Int32Array, lengths: Int32Array, count: number): void {
-  if (!Number.isInteger(count) || count < 0 || count > offsets.length || count > lengths.length) {
-    throw new TypeError(`${fn}: count ${count} exceeds offsets/lengths`);
-  }
-  for (let i = 0; i < count; i++) {
-    const off = offsets[i] as number;
-    const len = lengths[i] as number;
-    if (off < 0 || len < 0 || off + len > bufLen) {
-      throw new TypeError(`${fn}: packet ${i} [${off}, +${len}) lies outside the ${bufLen}-byte buffer`);
-    }
   }
 }
