@@ -288,13 +288,15 @@ describe('Connection', () => {
     sockets.push(raw);
     const received: Buffer[] = [];
     raw.on('data', (d: Buffer) => received.push(d));
+    // Listen for 'end' before anything can close the socket, so the event cannot be missed.
+    const ended = once(raw, 'end');
     raw.write('GET / HTTP/1.1\r\nHost: example\r\n\r\n');
     await until(() => inbound.length === 1);
     const c = await closedOf(inbound[0]!);
     expect(c.error).toBeInstanceOf(ProtocolError);
     expect(c.error?.code).toBe('EWEFT_PROTOCOL');
     expect(c.reason).toMatch(/frame length \d+ exceeds the limit/);
-    await once(raw, 'end');
+    await ended;
     // The raw peer got our Hello, then a Close with the reason.
     const d = new FrameDecoder();
     d.push(Buffer.concat(received));
