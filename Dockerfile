@@ -20,7 +20,6 @@ RUN npm ci --ignore-scripts
 COPY tsconfig.json tsconfig.build.json ./
 COPY common common
 COPY router router
-COPY dns dns
 COPY control control
 COPY bench bench
 COPY e2e e2e
