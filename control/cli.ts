@@ -189,6 +189,41 @@ Examples:
     });
 
   program
+    .command('attach')
+    .description('plug a container (a network namespace name or a pid) into the overlay; prints its address')
+    .argument('<args...>', '[CIDR...] TARGET: addresses with the overlay prefix, e.g. 10.32.1.5/12, then the container')
+    .option('--name <name>', 'DNS name of the container')
+    .action(async (args: string[], opts: { name?: string }, cmd: Command) => {
+      const target = args[args.length - 1] as string;
+      const cidrs = args.slice(0, -1);
+      for (const c of cidrs) parseCidr(c);
+      const r = await client(cmd).ok('POST', '/attach', { body: { target, cidrs, name: opts.name }, json: true });
+      out(((r.json as { cidrs: string[] }).cidrs ?? []).map((c) => c.split('/')[0]).join(' '));
+    });
+
+  program
+    .command('detach')
+    .description('unplug a container: removes its interface and stops routing its addresses')
+    .argument('<target>', 'network namespace name or pid')
+    .action(async (target: string, _opts: unknown, cmd: Command) => {
+      await client(cmd).ok('POST', '/detach', { body: { target } });
+    });
+
+  program
+    .command('ps')
+    .description('attached containers with their interface, MAC and addresses')
+    .option('--json', 'JSON output')
+    .action(async (opts: { json?: boolean }, cmd: Command) => {
+      const r = await client(cmd).ok('GET', '/ps', { json: true });
+      if (opts.json) {
+        out(r.body);
+        return;
+      }
+      const list = r.json as { target: string; ifname: string; mac?: string; cidrs: string[]; name?: string }[];
+      out(list.map((a) => `${a.target} ${a.mac ?? '-'} ${a.cidrs.join(' ')}${a.name ? ` ${a.name}` : ''}`).join('\n'));
+    });
+
+  program
     .command('demo')
     .description('build hosts from network namespaces on this machine, launch a router in each, show the mesh working')
     .option('--hosts <n>', 'how many hosts (2-9)', '2')

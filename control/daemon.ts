@@ -6,6 +6,7 @@ import { createLogger, type Logger } from '../common/log.js';
 import type { PeerName, PeerUid } from '../common/types.js';
 import { formatCidr, parseCidr, parsePeerName, randomPeerName } from '../common/types.js';
 import { Router } from '../router/index.js';
+import { Attacher } from './attach.js';
 import type { LaunchConfig } from './config.js';
 import { createApi } from './http.js';
 import { createMetrics } from './metrics.js';
@@ -61,12 +62,14 @@ export async function runForeground(cfg: LaunchConfig, log: Logger = createLogge
         targets: router.targetList(),
         exposed: router.exposedCidrs().map(formatCidr),
         incarnation,
+        attached: attacher.list(),
       });
     } catch (err) {
       log.error('cannot save state', { err: errorMessage(err) });
     }
   };
 
+  const attacher = new Attacher(router, cfg.ipallocRange, log, () => persist());
   let stopping: Promise<void> | undefined;
   let resolveDone: () => void = () => {};
   const done = new Promise<void>((r) => {
@@ -74,6 +77,7 @@ export async function runForeground(cfg: LaunchConfig, log: Logger = createLogge
   });
   const server: Server = createApi({
     router,
+    attacher,
     metrics: createMetrics(router),
     log,
     onStop: () => void shutdown('stop requested'),
@@ -112,6 +116,7 @@ export async function runForeground(cfg: LaunchConfig, log: Logger = createLogge
       log.warn('cannot restore exposed address', { cidr: c, err: errorMessage(err) });
     }
   }
+  await attacher.restore(state.attached);
   router.connect([...new Set([...state.targets, ...cfg.peers])]);
   persist();
   log.info('router ready', { peer: name, nickname, addr: `${cfg.httpAddr.host}:${cfg.httpAddr.port}` });

@@ -75,6 +75,8 @@ describe('HTTP API', () => {
     ['POST', '/expose', '{"cidr":"10.32.0.300/12"}', 400, /invalid IPv4/],
     ['POST', '/expose', '{"cidr":{"x":1}}', 400, /must be a string/],
     ['GET', '/nope', '', 404, /no such endpoint/],
+    ['POST', '/attach', '{"cidrs":["10.32.1.1/12"]}', 404, /does not attach containers/],
+    ['POST', '/detach', '{}', 400, /missing \\"target\\"/],
     ['GET', '/connect', '', 405, /not allowed/],
   ])('%s %s %s → %i', async (method, path, body, status, msg) => {
     const r = await rawCall(api, method, path, body);

@@ -1,9 +1,10 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { Registry } from 'prom-client';
-import { errorMessage, InputError, isWeftError, type WeftErrorCode } from '../common/errors.js';
+import { errorMessage, InputError, isWeftError, WeftError, type WeftErrorCode } from '../common/errors.js';
 import type { Logger } from '../common/log.js';
 import { formatCidr, parseCidr } from '../common/types.js';
 import type { Router, RouterStatus } from '../router/index.js';
+import type { Attacher } from './attach.js';
 import { parsePeerAddress } from './config.js';
 import { formatConnections, formatPeers, formatStatus, formatTargets } from './format.js';
 
@@ -13,6 +14,8 @@ const BODY_MAX_BYTES = 64 * 1024;
 /** ApiOptions configures the HTTP API. */
 export interface ApiOptions {
   router: Router;
+  /** attacher plugs containers in; without one the container endpoints answer 404. */
+  attacher?: Attacher;
   metrics: Registry;
   log: Logger;
   /** onStop is called after a POST /stop has been answered. */
@@ -92,6 +95,28 @@ export function createApi(opts: ApiOptions): Server {
       opts.onChange?.();
       return { json: { exposed: exposed.map(formatCidr) } };
     },
+    'GET /ps': () => ({ json: opts.attacher?.list() ?? [] }),
+    'POST /attach': async (req, url, body) => {
+      const b = parseBody(req, body);
+      const attacher = requireAttacher(opts.attacher);
+      if (typeof b.target !== 'string') throw new InputError('missing "target": a network namespace name or a pid');
+      const cidrs = b.cidrs === undefined ? [] : b.cidrs;
+      if (!Array.isArray(cidrs) || cidrs.length > 64 || cidrs.some((c) => typeof c !== 'string')) {
+        throw new InputError('"cidrs" must be a list of up to 64 strings like 10.32.1.5/12');
+      }
+      if (b.name !== undefined && typeof b.name !== 'string') throw new InputError('"name" must be a string');
+      const a = await attacher.attach(
+        b.target,
+        (cidrs as string[]).map((c) => parseCidr(c)),
+        b.name as string | undefined,
+      );
+      return { json: a };
+    },
+    'POST /detach': async (req, url, body) => {
+      const target = field(req, url, body, 'target');
+      if (target === undefined) throw new InputError('missing "target"');
+      return { json: await requireAttacher(opts.attacher).detach(target) };
+    },
     'POST /stop': () => {
       setImmediate(opts.onStop);
       return { json: { stopping: true } };
@@ -145,6 +170,11 @@ export function createApi(opts: ApiOptions): Server {
       }
     }
   }
+}
+
+function requireAttacher(a: Attacher | undefined): Attacher {
+  if (a === undefined) throw new WeftError('EWEFT_NOT_FOUND', 'this router does not attach containers');
+  return a;
 }
 
 function send(res: ServerResponse, r: Reply): void {

@@ -2,6 +2,7 @@ import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { z } from 'zod';
 import { ConfigError } from '../common/errors.js';
+import type { AttachedContainer } from './attach.js';
 
 /** PersistedState is what a router keeps across restarts in `<stateDir>/state.json`. */
 export interface PersistedState {
@@ -13,6 +14,8 @@ export interface PersistedState {
   exposed: string[];
   /** incarnation is the topology incarnation of the last start; each start uses a larger one. */
   incarnation?: number;
+  /** attached lists the containers `weft attach` plugged in. */
+  attached: AttachedContainer[];
 }
 
 const StateSchema = z.object({
@@ -20,6 +23,18 @@ const StateSchema = z.object({
   targets: z.array(z.string().max(300)).max(10_000).default([]),
   exposed: z.array(z.string().max(64)).max(1_000).default([]),
   incarnation: z.number().int().nonnegative().max(Number.MAX_SAFE_INTEGER).optional(),
+  attached: z
+    .array(
+      z.object({
+        target: z.string().max(64),
+        ifname: z.string().max(15),
+        cidrs: z.array(z.string().max(18)).max(64),
+        name: z.string().max(63).optional(),
+        mac: z.string().max(17).optional(),
+      }),
+    )
+    .max(10_000)
+    .default([]),
 });
 
 /** StateFile reads and atomically rewrites a router's persisted state. */
@@ -36,7 +51,7 @@ export class StateFile {
     try {
       text = readFileSync(this.file, 'utf8');
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return { targets: [], exposed: [] };
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return { targets: [], exposed: [], attached: [] };
       throw new ConfigError(`cannot read ${this.file}: ${(err as Error).message}`, { cause: err });
     }
     let json: unknown;

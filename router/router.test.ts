@@ -263,4 +263,20 @@ describe('Router mesh', () => {
     mesh.net.filter = undefined;
     await until(() => peer()?.encap === 'vxlan', 'back to vxlan', 5_000);
   }, 20_000);
+
+  it('announces container addresses it claims, and refuses a claim on an address in use', async () => {
+    mesh = new MemoryMesh();
+    const [a, b] = await connectedPair(mesh, 'sleeve');
+    a.router.claim('c1', [parseCidr('10.32.1.1/12')]);
+    await until(() => b.router.status().peers[0]?.cidrs.includes('10.32.1.1/32') === true, 'the claim at b');
+    expect(() => b.router.claim('c2', [parseCidr('10.32.1.1/12')])).toThrow(/already in use by peer/);
+    expect(() => a.router.claim('c3', [parseCidr('10.32.1.1/12')])).toThrow(/already used by c1/);
+    expect(() => a.router.claim('c3', [parseCidr('10.32.0.1/12')])).toThrow(/exposed address/);
+    a.tun.inject(ipv4Packet(80, B, 0x0a200101));
+    // b's packet for the container goes to a.
+    b.tun.inject(ipv4Packet(80, B, 0x0a200101));
+    await until(() => a.tun.written.length === 1, 'the packet for the container at a');
+    expect(a.router.release('c1')).toHaveLength(1);
+    await until(() => b.router.status().peers[0]?.cidrs.includes('10.32.1.1/32') === false, 'the release at b');
+  }, 15_000);
 });

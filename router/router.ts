@@ -147,6 +147,8 @@ export class Router implements Startable {
   /** persistent are the targets given to launch/connect (saved); discovered ones are not. */
   private readonly persistent = new Set<string>();
   private exposed: Cidr[] = [];
+  /** claims are container addresses served here, by owner (container reference). */
+  private readonly claims = new Map<string, Cidr[]>();
   private mtuValue = 0;
   private vnetHdr = false;
   private started = false;
@@ -480,12 +482,7 @@ export class Router implements Startable {
       if (same.prefix === cidr.prefix) return [...this.exposed];
       throw new WeftError('EWEFT_CONFLICT', `${formatIPv4(cidr.addr)} is already exposed as ${formatCidr(same)}`);
     }
-    const host = `${formatIPv4(cidr.addr)}/32`;
-    for (const e of this.topology?.entries() ?? []) {
-      if (e.name !== this.name && e.cidrs.includes(host)) {
-        throw new WeftError('EWEFT_CONFLICT', `${formatIPv4(cidr.addr)} is already in use by peer ${e.name}`);
-      }
-    }
+    this.checkFree(cidr.addr);
     if (this.tun instanceof LinuxTun) await this.tun.addAddress(formatCidr(cidr));
     this.exposed = [...this.exposed, cidr];
     this.updateLocal();
@@ -505,6 +502,43 @@ export class Router implements Startable {
     this.exposed = this.exposed.filter((c) => !gone.includes(c));
     this.updateLocal();
     return [...this.exposed];
+  }
+
+  /**
+   * checkFree throws EWEFT_CONFLICT when an address is already served here (exposed or claimed by
+   * a container) or announced by another peer.
+   */
+  checkFree(addr: number, exceptOwner?: string): void {
+    const ip = formatIPv4(addr);
+    if (this.exposed.some((c) => c.addr === addr)) throw new WeftError('EWEFT_CONFLICT', `${ip} is this host's exposed address`);
+    for (const [owner, addrs] of this.claims) {
+      if (owner !== exceptOwner && addrs.some((c) => c.addr === addr)) {
+        throw new WeftError('EWEFT_CONFLICT', `${ip} is already used by ${owner} on this host`);
+      }
+    }
+    const host = `${ip}/32`;
+    for (const e of this.topology?.entries() ?? []) {
+      if (e.name !== this.name && e.cidrs.includes(host)) {
+        throw new WeftError('EWEFT_CONFLICT', `${ip} is already in use by peer ${e.name}`);
+      }
+    }
+  }
+
+  /**
+   * claim makes this router serve container addresses for `owner` (a container reference): they
+   * are announced to every peer and routed here. Replaces the owner's previous claim.
+   */
+  claim(owner: string, addrs: readonly Cidr[]): void {
+    for (const a of addrs) this.checkFree(a.addr, owner);
+    this.claims.set(owner, [...addrs]);
+    this.updateLocal();
+  }
+
+  /** release stops serving an owner's addresses; returns them (empty when it had none). */
+  release(owner: string): Cidr[] {
+    const had = this.claims.get(owner) ?? [];
+    if (this.claims.delete(owner)) this.updateLocal();
+    return had;
   }
 
   /** exposedCidrs lists the host's overlay addresses. */
@@ -682,9 +716,16 @@ export class Router implements Startable {
     this.log.info('peer disconnected', { peer: name });
   }
 
-  /** announced is what we tell peers we serve: each exposed address as a /32. */
+  /** announced is what we tell peers we serve: each exposed and container address as a /32. */
   private announced(): string[] {
-    return this.exposed.map((c) => `${formatIPv4(c.addr)}/32`);
+    return this.localAddrs().map((a) => `${formatIPv4(a)}/32`);
+  }
+
+  /** localAddrs lists the addresses this host serves itself. */
+  private localAddrs(): number[] {
+    const out = this.exposed.map((c) => c.addr as number);
+    for (const addrs of this.claims.values()) for (const c of addrs) out.push(c.addr);
+    return out;
   }
 
   /**
@@ -725,7 +766,7 @@ export class Router implements Startable {
     this.relayHops = relayHops;
     const fib = Fib.build(
       routes,
-      this.exposed.map((c) => c.addr),
+      this.localAddrs(),
       hops,
     );
     if (this.forwarder !== undefined) this.forwarder.fib = fib;
