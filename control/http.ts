@@ -96,7 +96,7 @@ export function createApi(opts: ApiOptions): Server {
       return { json: { exposed: exposed.map(formatCidr) } };
     },
     'GET /ps': () => ({ json: opts.attacher?.list() ?? [] }),
-    'POST /attach': async (req, url, body) => {
+    'POST /attach': async (req, _url, body) => {
       const b = parseBody(req, body);
       const attacher = requireAttacher(opts.attacher);
       if (typeof b.target !== 'string') throw new InputError('missing "target": a network namespace name or a pid');

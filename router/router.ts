@@ -510,7 +510,8 @@ export class Router implements Startable {
    */
   checkFree(addr: number, exceptOwner?: string): void {
     const ip = formatIPv4(addr);
-    if (this.exposed.some((c) => c.addr === addr)) throw new WeftError('EWEFT_CONFLICT', `${ip} is this host's exposed address`);
+    if (this.exposed.some((c) => c.addr === addr))
+      throw new WeftError('EWEFT_CONFLICT', `${ip} is this host's exposed address`);
     for (const [owner, addrs] of this.claims) {
       if (owner !== exceptOwner && addrs.some((c) => c.addr === addr)) {
         throw new WeftError('EWEFT_CONFLICT', `${ip} is already used by ${owner} on this host`);
@@ -764,11 +765,7 @@ export class Router implements Startable {
       }
     }
     this.relayHops = relayHops;
-    const fib = Fib.build(
-      routes,
-      this.localAddrs(),
-      hops,
-    );
+    const fib = Fib.build(routes, this.localAddrs(), hops);
     if (this.forwarder !== undefined) this.forwarder.fib = fib;
   }
 }
