@@ -20,7 +20,7 @@ function median(xs: number[]): number {
 }
 
 /** runRelay builds three hosts, measures `pings` pings direct and relayed between hosts 1 and 3. */
-export async function runRelay(pings = 30): Promise<RelayResult> {
+export async function runRelay(pings = 100): Promise<RelayResult> {
   const topo = await Topology.create({ hosts: 3 });
   try {
     const [h1, h2, h3] = topo.hosts as [Host, Host, Host];
@@ -34,7 +34,7 @@ export async function runRelay(pings = 30): Promise<RelayResult> {
       timeoutMs: 30_000,
       what: 'h1–h3 direct',
     });
-    const direct = await h1.ping('10.32.0.3', { count: pings, intervalS: 0.05 });
+    const direct = await h1.ping('10.32.0.3', { count: pings, intervalS: 0.02 });
     await h1.exec('nft', ['-f', '-'], {
       input: `table inet weftrelay {
   chain out { type filter hook output priority 0; ip daddr ${h3.underlayIp} drop; }
@@ -47,7 +47,7 @@ export async function runRelay(pings = 30): Promise<RelayResult> {
       timeoutMs: 20_000,
       what: 'relayed ping',
     });
-    const relayed = await h1.ping('10.32.0.3', { count: pings, intervalS: 0.05 });
+    const relayed = await h1.ping('10.32.0.3', { count: pings, intervalS: 0.02 });
     const d = median(direct.rttsMs);
     const r = median(relayed.rttsMs);
     return { directMedianMs: d, relayedMedianMs: r, ratio: r / d, pings };

@@ -131,7 +131,7 @@ if (!values['hotpath-only']) {
     sections.push(
       '## Relayed vs direct RTT (bench/relay.ts)',
       '',
-      'Three Weft hosts (sleeve); median of 30 pings 50 ms apart from host 1 to host 3, first directly, then with',
+      'Three Weft hosts (sleeve); median of 100 pings 20 ms apart from host 1 to host 3, first directly, then with',
       'the direct link cut by nftables inside host 1 so that traffic is relayed by host 2. Target: relayed ≤ 1.6× direct.',
       '',
       '| direct median ms | relayed median ms | relayed / direct |',

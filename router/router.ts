@@ -276,7 +276,7 @@ export class Router implements Startable {
   /** updateLocal publishes our own connections and addresses: a new version of our entry, gossiped. */
   private updateLocal(): void {
     const topology = this.topology;
-    if (topology === undefined) return;
+    if (topology === undefined || !this.started) return;
     const connections: ConnectionSummary[] = [...this.peers.values()].map((st) => ({
       peer: st.conn.remote.name,
       addr: st.conn.remote.addr,
@@ -314,7 +314,7 @@ export class Router implements Startable {
    */
   private recompute(): void {
     const topology = this.topology;
-    if (topology === undefined) return;
+    if (topology === undefined || !this.started) return;
     const entries = topology.entries();
     this.routes = computeRoutes(this.name, entries);
     this.rediscover(entries);
