@@ -396,6 +396,8 @@ export class Router implements Startable {
       counters: this.counters,
       log: this.log,
       vnetHdr: this.vnetHdr,
+      // Bundles fit the underlay unfragmented: overlay MTU + 50 = underlay MTU; minus IPv4 + UDP.
+      bundleBytes: this.mtuValue + ENCAP_OVERHEAD_MAX - 28,
       onControl: (d) => this.onDataControl(d),
     });
     this.forwarder.start();

@@ -84,6 +84,8 @@ export class Counters {
   udpTxBytes = 0;
   /** arpReplies: ARP replies sent to VXLAN peers for addresses we serve. */
   arpReplies = 0;
+  /** bundled: packets sent as an extra frame in another packet's sleeve datagram. */
+  bundled = 0;
   /** relayed: sleeve datagrams forwarded for other peers. */
   relayed = 0;
   /** heartbeats: data-path heartbeats received (acks included). */
@@ -121,6 +123,7 @@ export class Counters {
       udpTxBytes: this.udpTxBytes,
       arpReplies: this.arpReplies,
       relayed: this.relayed,
+      bundled: this.bundled,
       heartbeats: this.heartbeats,
       learned: this.learned,
       tunBatches: this.tunBatches,
@@ -142,6 +145,7 @@ export interface CountersSnapshot {
   udpTxBytes: number;
   arpReplies: number;
   relayed: number;
+  bundled: number;
   heartbeats: number;
   learned: number;
   tunBatches: number;

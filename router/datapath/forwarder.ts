@@ -24,6 +24,7 @@ import {
   BATCH_MAX,
   ETH_HEADER_LEN,
   HEADROOM_BYTES,
+  SLEEVE_FRAME_HEADER_LEN,
   SLEEVE_TTL_INITIAL,
   SLOT_BYTES,
   VXLAN_HEADER_LEN,
@@ -102,6 +103,10 @@ const TUN_WRITE_MAX = BATCH_MAX * 16;
 /** SEG_MAX and SEG_STRIDE size the buffer TCP super-packets are segmented into (for VXLAN). */
 const SEG_MAX = 256;
 const SEG_STRIDE = HEADROOM_BYTES + 9216;
+/** BUNDLE_FRAME_MAX_BYTES: only frames this small are bundled (the copy stays cheap). */
+const BUNDLE_FRAME_MAX_BYTES = 512;
+/** BUNDLE_BYTES_DEFAULT fits a 1500-byte underlay (1500 - 20 - 8). */
+const BUNDLE_BYTES_DEFAULT = 1472;
 /** SLEEVE_DATAGRAM_MAX is the largest UDP payload (65535 - IPv4 20 - UDP 8). */
 const SLEEVE_DATAGRAM_MAX = 65507;
 
@@ -145,6 +150,12 @@ export interface ForwarderOptions {
    * so TCP super-packets and partial checksums may be read from it and written to it.
    */
   vnetHdr?: boolean;
+  /**
+   * bundleBytes is the largest sleeve datagram (UDP payload) made by bundling small packets; keep
+   * it within the underlay MTU minus IPv4 and UDP headers so bundles are never fragmented.
+   * 0 turns bundling off. Default BUNDLE_BYTES_DEFAULT.
+   */
+  bundleBytes?: number;
   /** nowMs is the clock used for learning (tests pass a fake). */
   nowMs?: () => number;
 }
@@ -178,6 +189,11 @@ export class Forwarder {
   private readonly sLen = new Int32Array(BATCH_MAX);
   private readonly sAddr = new Uint32Array(BATCH_MAX);
   private readonly sPort = new Uint16Array(BATCH_MAX);
+  /** sHop/sEnd: the hop and the end of the slot of each sleeve datagram in the batch (for bundling). */
+  private readonly sHop: (Hop | undefined)[] = new Array(BATCH_MAX).fill(undefined);
+  private readonly sEnd = new Int32Array(BATCH_MAX);
+  /** bundleBytes caps a sleeve datagram that bundles several small packets. */
+  private readonly bundleBytes: number;
   private readonly vOff = new Int32Array(BATCH_MAX);
   private readonly vLen = new Int32Array(BATCH_MAX);
   private readonly vAddr = new Uint32Array(BATCH_MAX);
@@ -235,6 +251,7 @@ export class Forwarder {
     this.nameHi = peerNameHi(opts.localName);
     this.nameLo = peerNameLo(opts.localName);
     this.vnet = opts.vnetHdr === true ? VNET_HDR_LEN : 0;
+    this.bundleBytes = opts.bundleBytes ?? BUNDLE_BYTES_DEFAULT;
     this.learned = new LearnedEndpoints(opts.vxlanPort);
   }
 
@@ -321,6 +338,30 @@ export class Forwarder {
             c.drop(Drop.TooBig);
             continue;
           }
+          // Bundling: a small packet for the same peer as the previous datagram of this batch rides
+          // in it as one more frame while the datagram stays within bundleBytes (no added delay:
+          // only packets already read together are bundled).
+          const last = ns - 1;
+          if (
+            last >= 0 &&
+            this.sHop[last] === hop &&
+            frameLen <= BUNDLE_FRAME_MAX_BYTES &&
+            (this.sLen[last] as number) + SLEEVE_FRAME_HEADER_LEN + frameLen <= this.bundleBytes
+          ) {
+            const at = (this.sOff[last] as number) + (this.sLen[last] as number);
+            if (at + SLEEVE_FRAME_HEADER_LEN + frameLen <= (this.sEnd[last] as number)) {
+              buf.writeUInt16BE(frameLen, at);
+              // copyWithin, not copy: Node's Buffer#copy makes a view object per call.
+              buf.copyWithin(at + SLEEVE_FRAME_HEADER_LEN, frame, frame + frameLen);
+              this.sLen[last] = (this.sLen[last] as number) + SLEEVE_FRAME_HEADER_LEN + frameLen;
+              c.bundled++;
+              hop.txPackets++;
+              hop.txBytes += ipLen;
+              continue;
+            }
+          }
+          this.sHop[ns] = hop;
+          this.sEnd[ns] = base - HEADROOM_BYTES + SLOT_BYTES;
           this.sOff[ns] = writeSleevePrefix(
             buf,
             frame,
@@ -340,7 +381,10 @@ export class Forwarder {
         hop.txPackets++;
         hop.txBytes += ipLen;
       }
-      if (ns > 0) this.flushSend(this.sleeve, buf, this.sOff, this.sLen, this.sAddr, this.sPort, ns);
+      if (ns > 0) {
+        this.flushSend(this.sleeve, buf, this.sOff, this.sLen, this.sAddr, this.sPort, ns);
+        this.sHop.fill(undefined, 0, ns);
+      }
       if (nv > 0 && this.vxlan !== undefined)
         this.flushSend(this.vxlan, buf, this.vOff, this.vLen, this.vAddr, this.vPort, nv);
       this.flushSegments();

@@ -2,6 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import {
   completeChecksum,
+  copyBytes,
   fold16,
   ipv4HeaderChecksum,
   segmentTcp4,
@@ -93,6 +94,18 @@ describe('segmentTcp4', () => {
     const badThl = tcpPacket(randomBytes(100));
     badThl[32] = 0x20;
     expect(segmentTcp4(badThl, 0, badThl.length, 1400, out, 0, 2048, 4, lens)).toBe(-1);
+  });
+});
+
+describe('copyBytes', () => {
+  it('copies any length at any offsets', () => {
+    const src = randomBytes(100);
+    for (const len of [0, 1, 3, 4, 7, 64, 99]) {
+      const dst = Buffer.alloc(120);
+      copyBytes(src, 1, dst, 5, len);
+      expect(dst.subarray(5, 5 + len)).toEqual(src.subarray(1, 1 + len));
+      expect(dst[5 + len] ?? 0).toBe(0);
+    }
   });
 });
 

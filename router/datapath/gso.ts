@@ -109,6 +109,17 @@ export function ipv4HeaderChecksum(buf: Buffer, ip: number): void {
   buf.writeUInt16BE(~fold16(sum16(buf, ip, ip + ihl, 0)) & 0xffff, ip + 10);
 }
 
+/**
+ * copyBytes copies `len` bytes between two buffers without allocating: Node's Buffer#copy and
+ * TypedArray#set with a subarray both create a view object per call, which the per-packet path
+ * must not. Copies 4 bytes at a time.
+ */
+export function copyBytes(src: Buffer, srcStart: number, dst: Buffer, dstStart: number, len: number): void {
+  let i = 0;
+  for (; i + 4 <= len; i += 4) dst.writeUInt32LE(src.readUInt32LE(srcStart + i), dstStart + i);
+  for (; i < len; i++) dst[dstStart + i] = src[srcStart + i] as number;
+}
+
 const TCP_FIN = 0x01;
 const TCP_PSH = 0x08;
 const TCP_CWR = 0x80;
@@ -149,8 +160,8 @@ export function segmentTcp4(
   for (let i = 0; i < n; i++) {
     const o = dstOff + i * stride;
     const chunk = Math.min(mss, payload - i * mss);
-    src.copy(dst, o, pkt, pkt + hdr);
-    src.copy(dst, o + hdr, pkt + hdr + i * mss, pkt + hdr + i * mss + chunk);
+    copyBytes(src, pkt, dst, o, hdr);
+    copyBytes(src, pkt + hdr + i * mss, dst, o + hdr, chunk);
     const segLen = hdr + chunk;
     dst.writeUInt16BE(segLen, o + 2);
     dst.writeUInt16BE((id0 + i) & 0xffff, o + 4);
