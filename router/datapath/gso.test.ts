@@ -3,6 +3,7 @@ import { describe, expect, it } from 'vitest';
 import {
   completeChecksum,
   copyBytes,
+  copyBytesJs,
   fold16,
   ipv4HeaderChecksum,
   segmentTcp4,
@@ -98,11 +99,14 @@ describe('segmentTcp4', () => {
 });
 
 describe('copyBytes', () => {
-  it('copies any length at any offsets', () => {
+  it.each([
+    ['native or fallback', copyBytes],
+    ['JavaScript', copyBytesJs],
+  ])('copies any length at any offsets (%s)', (_name, copy) => {
     const src = randomBytes(100);
     for (const len of [0, 1, 3, 4, 7, 64, 99]) {
       const dst = Buffer.alloc(120);
-      copyBytes(src, 1, dst, 5, len);
+      copy(src, 1, dst, 5, len);
       expect(dst.subarray(5, 5 + len)).toEqual(src.subarray(1, 1 + len));
       expect(dst[5 + len] ?? 0).toBe(0);
     }

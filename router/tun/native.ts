@@ -84,6 +84,8 @@ export interface NativeAddon {
   ): number;
   /** close closes an fd; returns 0 or -errno and never throws for a bad fd. */
   close(fd: number): number;
+  /** copyBytes memmoves `len` bytes from src[srcOff] to dst[dstOff] without allocating; throws TypeError out of bounds. */
+  copyBytes(src: Buffer, srcOff: number, dst: Buffer, dstOff: number, len: number): void;
 
   /** IFF_* are the TUNSETIFF flags tunOpen combines (exported for diagnostics). */
   readonly IFF_TUN: number;

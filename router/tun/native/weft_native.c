@@ -666,6 +666,30 @@ static napi_value ActiveWatchers(napi_env env, napi_callback_info info) {
   return num(env, t_active_watchers);
 }
 
+/*
+ * copyBytes(src, srcOff, dst, dstOff, len): memmove between two Buffers (or within one). Node's
+ * Buffer#copy and TypedArray#set with a subarray create a view object per call; the per-packet
+ * path (TSO segmentation) copies without allocating through this. Bounds are checked.
+ */
+static napi_value CopyBytes(napi_env env, napi_callback_info info) {
+  napi_value argv[5];
+  uint8_t *src = NULL, *dst = NULL;
+  size_t srcLen = 0, dstLen = 0;
+  int64_t so = 0, dOff = 0, len = 0;
+  if (!get_args(env, info, 5, argv, "copyBytes") || !get_buf(env, argv[0], &src, &srcLen, "copyBytes") ||
+      !get_int(env, argv[1], 0, INT32_MAX, &so, "copyBytes", "srcOff") ||
+      !get_buf(env, argv[2], &dst, &dstLen, "copyBytes") ||
+      !get_int(env, argv[3], 0, INT32_MAX, &dOff, "copyBytes", "dstOff") ||
+      !get_int(env, argv[4], 0, INT32_MAX, &len, "copyBytes", "len"))
+    return NULL;
+  if ((size_t)(so + len) > srcLen || (size_t)(dOff + len) > dstLen) {
+    throw_type(env, "copyBytes: range out of bounds");
+    return NULL;
+  }
+  memmove(dst + dOff, src + so, (size_t)len);
+  return NULL;
+}
+
 static napi_value Close(napi_env env, napi_callback_info info) {
   napi_value argv[1];
   int fd;
@@ -686,6 +710,7 @@ NAPI_MODULE_INIT() {
       {"readBatch", ReadBatch},   {"writeBatch", WriteBatch},
       {"recvBatch", RecvBatch},   {"sendBatch", SendBatch},
       {"close", Close},
+      {"copyBytes", CopyBytes},
   };
   static const struct { const char *name; double value; } consts[] = {
       {"IFF_TUN", IFF_TUN},
