@@ -70,8 +70,8 @@ Examples:
     .option('--vxlan-port <port>', 'UDP port for VXLAN (default 6784; must match a kernel vxlan dstport)')
     .option('--vni <n>', 'VXLAN network identifier (default 22342)')
     .option('--ipalloc-range <cidr>', 'overlay address range routed into the router (default 10.32.0.0/12)')
-    .option('--dns-domain <domain>', 'DNS domain (default weft.local)')
-    .option('--no-dns', 'do not run the embedded DNS server')
+    .option('--dns-domain <domain>', 'DNS domain (default weft.local; the embedded DNS server is not built yet)')
+    .option('--no-dns', 'do not run the embedded DNS server (not built yet)')
     .option(
       '--state-dir <dir>',
       'state directory (default per network namespace under /var/lib/weft; env WEFT_STATE_DIR)',
