@@ -1,5 +1,5 @@
 import { UDP_RCVBUF_BYTES, UDP_SNDBUF_BYTES } from '../constants.js';
-import { loadNative, type NativeAddon, type NativeWatchHandle } from '../tun/native.js';
+import { FdWatcher, loadNative, type NativeAddon } from '../tun/native.js';
 import { udpOpenError } from './dgram-udp.js';
 import type { PacketConn } from './packet-conn.js';
 
@@ -35,15 +35,12 @@ export class NativeUdp implements PacketConn {
 
   readonly #native: NativeAddon;
   #closed = false;
-  #watch: NativeWatchHandle | undefined;
-  #cb: (() => void) | undefined;
-  readonly #dispatch = (): void => {
-    if (this.#cb !== undefined) this.#cb();
-  };
+  readonly #watcher: FdWatcher;
 
   private constructor(native: NativeAddon, fd: number, port: number) {
     this.#native = native;
     this.fd = fd;
+    this.#watcher = new FdWatcher(native, fd);
     this.port = port;
   }
 
@@ -65,14 +62,7 @@ export class NativeUdp implements PacketConn {
 
   /** onReadable: see PacketConn. */
   onReadable(cb: (() => void) | undefined): void {
-    this.#cb = cb;
-    if (this.#closed) return;
-    if (cb !== undefined && this.#watch === undefined) {
-      this.#watch = this.#native.watch(this.fd, this.#dispatch);
-    } else if (cb === undefined && this.#watch !== undefined) {
-      this.#native.unwatch(this.#watch);
-      this.#watch = undefined;
-    }
+    if (!this.#closed) this.#watcher.set(cb);
   }
 
   /** recvBatch: see PacketConn. All arrays and `buf` are borrowed until this call returns. */
@@ -120,11 +110,7 @@ export class NativeUdp implements PacketConn {
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
-    this.#cb = undefined;
-    if (this.#watch !== undefined) {
-      this.#native.unwatch(this.#watch);
-      this.#watch = undefined;
-    }
+    this.#watcher.close();
     this.#native.close(this.fd);
   }
 }

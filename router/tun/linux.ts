@@ -5,7 +5,7 @@ import { errorMessage, InputError, TunOpenError, WeftError } from '../../common/
 import { formatCidr, parseCidr } from '../../common/types.js';
 import { MTU_MAX, MTU_MIN } from '../constants.js';
 import type { TunDevice } from './device.js';
-import { isNativeSystemError, loadNative, type NativeAddon, type NativeWatchHandle } from './native.js';
+import { FdWatcher, isNativeSystemError, loadNative, type NativeAddon } from './native.js';
 
 const execFileAsync = promisify(execFile);
 
@@ -44,17 +44,13 @@ export class LinuxTun implements TunDevice {
 
   readonly #native: NativeAddon;
   #closed = false;
-  #watch: NativeWatchHandle | undefined;
-  #cb: (() => void) | undefined;
+  readonly #watcher: FdWatcher;
   #netns: string | undefined;
-  /** #dispatch is created once so installing a new callback never re-creates the watcher. */
-  readonly #dispatch = (): void => {
-    if (this.#cb !== undefined) this.#cb();
-  };
 
   private constructor(native: NativeAddon, fd: number, name: string, kind: 'tun' | 'tap') {
     this.#native = native;
     this.fd = fd;
+    this.#watcher = new FdWatcher(native, fd);
     this.name = name;
     this.kind = kind;
   }
@@ -77,14 +73,7 @@ export class LinuxTun implements TunDevice {
 
   /** onReadable installs (or with undefined removes) the readiness callback; see TunDevice. */
   onReadable(cb: (() => void) | undefined): void {
-    this.#cb = cb;
-    if (this.#closed) return;
-    if (cb !== undefined && this.#watch === undefined) {
-      this.#watch = this.#native.watch(this.fd, this.#dispatch);
-    } else if (cb === undefined && this.#watch !== undefined) {
-      this.#native.unwatch(this.#watch);
-      this.#watch = undefined;
-    }
+    if (!this.#closed) this.#watcher.set(cb);
   }
 
   /** readBatch: see TunDevice. `buf` and `lengths` are borrowed until this call returns. */
@@ -110,11 +99,7 @@ export class LinuxTun implements TunDevice {
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
-    this.#cb = undefined;
-    if (this.#watch !== undefined) {
-      this.#native.unwatch(this.#watch);
-      this.#watch = undefined;
-    }
+    this.#watcher.close();
     this.#native.close(this.fd);
   }
 

@@ -166,3 +166,41 @@ export function tryLoadNative(): NativeAddon | undefined {
     return undefined;
   }
 }
+
+/**
+ * FdWatcher is the readiness watcher of one native fd (TUN device or UDP socket): `set(cb)`
+ * starts the addon's libuv poll watcher once and swaps the callback without re-creating it;
+ * `set(undefined)` stops watching; after `close()` the callback never runs again.
+ */
+export class FdWatcher {
+  #watch: NativeWatchHandle | undefined;
+  #cb: (() => void) | undefined;
+  #closed = false;
+  /** #dispatch is created once so installing a new callback never re-creates the watcher. */
+  readonly #dispatch = (): void => {
+    if (this.#cb !== undefined) this.#cb();
+  };
+
+  constructor(
+    private readonly native: NativeAddon,
+    private readonly fd: number,
+  ) {}
+
+  /** set installs the readiness callback, or with undefined stops watching. */
+  set(cb: (() => void) | undefined): void {
+    this.#cb = cb;
+    if (this.#closed) return;
+    if (cb !== undefined && this.#watch === undefined) {
+      this.#watch = this.native.watch(this.fd, this.#dispatch);
+    } else if (cb === undefined && this.#watch !== undefined) {
+      this.native.unwatch(this.#watch);
+      this.#watch = undefined;
+    }
+  }
+
+  /** close stops the watcher for good (the fd itself belongs to the caller); idempotent. */
+  close(): void {
+    this.set(undefined);
+    this.#closed = true;
+  }
+}
