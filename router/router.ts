@@ -592,6 +592,7 @@ export class Router implements Startable {
       const st = this.peers.get(e.name);
       const next = this.routes.unicast.get(e.name);
       const relayed = next !== undefined && next !== e.name;
+      const link = st === undefined ? undefined : linkState(st);
       const hops = relayed ? [this.relayHops.get(`${e.name}/${next}`)] : [st?.sleeveHop, st?.vxlanHop];
       const sum = (k: 'txPackets' | 'txBytes' | 'rxPackets' | 'rxBytes') => hops.reduce((n, h) => n + (h?.[k] ?? 0), 0);
       out.push({
@@ -607,10 +608,10 @@ export class Router implements Startable {
         txBytes: sum('txBytes'),
         rxPackets: sum('rxPackets'),
         rxBytes: sum('rxBytes'),
-        state: st !== undefined && !relayed ? linkState(st).state : relayed ? 'relayed' : 'unreachable',
-        stateSince: st === undefined ? 0 : linkState(st).since,
-        reason: st === undefined ? undefined : linkState(st).reason,
-        rttMs: st === undefined ? undefined : linkState(st).rttMs,
+        state: link !== undefined && !relayed ? link.state : relayed ? 'relayed' : 'unreachable',
+        stateSince: link?.since ?? 0,
+        reason: link?.reason,
+        rttMs: link?.rttMs,
         via: relayed ? next : undefined,
       });
     }
