@@ -19,8 +19,11 @@ async function connectedPair(
   await a.router.expose(parseCidr('10.32.0.1/12'));
   await b.router.expose(parseCidr('10.32.0.2/12'));
   await until(
-    () => a.router.status().peers[0]?.cidrs.length === 1 && b.router.status().peers[0]?.cidrs.length === 1,
-    'both routers to learn the other address',
+    () =>
+      [a, b].every(
+        (r) => r.router.status().peers[0]?.cidrs.length === 1 && r.router.status().peers[0]?.state === 'established',
+      ),
+    'both routers to learn the other address and route to it',
   );
   return [a, b];
 }
@@ -185,9 +188,19 @@ describe('Router data path', () => {
     await until(() => a.router.counters.snapshot().drops.no_route === 1, 'no_route');
     mesh.net.unblockAll();
     await until(() => a.router.status().peers[0]?.state === 'established', 'recovered', 10_000);
-    a.tun.inject(ipv4Packet(100, A, B));
-    await until(() => b.tun.written.length === 1, 'traffic after recovery');
-  }, 20_000);
+    // The route comes back once b's entry (saying its side works too) has reached a by gossip:
+    // send until a packet gets through.
+    let sent = 0;
+    await until(
+      () => {
+        if (b.tun.written.length > 0) return true;
+        if (sent++ % 10 === 0) a.tun.inject(ipv4Packet(100, A, B));
+        return false;
+      },
+      'traffic after recovery',
+      10_000,
+    );
+  }, 30_000);
 });
 
 describe('Router mesh', () => {

@@ -608,7 +608,7 @@ export class Router implements Startable {
         txBytes: sum('txBytes'),
         rxPackets: sum('rxPackets'),
         rxBytes: sum('rxBytes'),
-        state: link !== undefined && !relayed ? link.state : relayed ? 'relayed' : 'unreachable',
+        state: relayed ? 'relayed' : directState(link, next === e.name),
         stateSince: link?.since ?? 0,
         reason: link?.reason,
         rttMs: link?.rttMs,
@@ -771,6 +771,17 @@ export class Router implements Startable {
     const fib = Fib.build(routes, this.localAddrs(), hops);
     if (this.forwarder !== undefined) this.forwarder.fib = fib;
   }
+}
+
+/**
+ * directState is what status reports for a directly connected peer: 'established' only once the
+ * route to it is installed (both ends have gossiped that the link works), so a user (or a test)
+ * seeing 'established' can send traffic.
+ */
+function directState(link: { state: DataState } | undefined, routed: boolean): PeerStatus['state'] {
+  if (link === undefined) return 'unreachable';
+  if (link.state === 'established' && !routed) return 'pending';
+  return link.state;
 }
 
 /** preciseNow is the time in ms since the epoch with sub-millisecond precision (heartbeat RTTs). */
