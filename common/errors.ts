@@ -15,6 +15,7 @@ export type WeftErrorCode =
   | 'EWEFT_NOT_READY' // the router is starting
   | 'EWEFT_CONFLICT' // the request conflicts with current state
   | 'EWEFT_NOT_FOUND' // the named thing does not exist
+  | 'EWEFT_UNAVAILABLE' // nothing to give now (no free address, no seeded ring): retry later
   | 'EWEFT_SYSTEM'; // an external command or system call failed
 
 /**

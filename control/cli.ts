@@ -8,12 +8,20 @@ import { errorMessage, InputError, isWeftError, WeftError, type WeftErrorCode } 
 import { parseCidr } from '../common/types.js';
 import { ApiClient } from './client.js';
 import { buildLaunchConfig, clientHttpAddr, type LaunchFlags, parsePeerAddress } from './config.js';
-import { runForeground } from './daemon.js';
-import { runDemo } from './demo.js';
 import { VERSION } from './version.js';
 
 /** EXIT maps failures to exit statuses: 1 error, 2 usage, 3 no router running. */
 const EXIT = { error: 1, usage: 2, notRunning: 3 } as const;
+
+/** waitStopped waits until the router no longer answers (up to 15 s). */
+async function waitStopped(api: ApiClient): Promise<void> {
+  const deadline = Date.now() + 15_000;
+  while (Date.now() < deadline) {
+    if ((await statusIfRunning(api).catch(() => undefined)) === undefined) return;
+    await sleep(100);
+  }
+  throw new WeftError('EWEFT_SYSTEM', 'router did not stop within 15 s');
+}
 
 function exitCodeFor(code: WeftErrorCode): number {
   if (code === 'EWEFT_NOT_RUNNING') return EXIT.notRunning;
@@ -49,7 +57,9 @@ Every command talks to the router of the network namespace it runs in, over its 
 
 Examples:
   weft launch 192.168.1.2            start this host's router and connect it to a peer
-  weft expose 10.32.0.1/12           give this host an address on the overlay
+  weft attach c1                      plug network namespace c1 in; prints the address IPAM gave it
+  weft expose                        give this host an address on the overlay
+  weft status ipam                   who owns which share of the address range
   weft status                        what the router knows now (--json for machines)
   weft demo                          build hosts from network namespaces and show the mesh`,
     );
@@ -69,7 +79,18 @@ Examples:
     )
     .option('--vxlan-port <port>', 'UDP port for VXLAN (default 6784; must match a kernel vxlan dstport)')
     .option('--vni <n>', 'VXLAN network identifier (default 22342)')
-    .option('--ipalloc-range <cidr>', 'overlay address range routed into the router (default 10.32.0.0/12)')
+    .option(
+      '--ipalloc-range <cidr>',
+      'overlay address range, shared out among peers by IPAM (default 10.32.0.0/12; refused if it overlaps a host route, unless given)',
+    )
+    .option(
+      '--ipalloc-init <how>',
+      'how the address ring starts: auto (a router launched without peers seeds it alone on first use; with peers it waits for theirs), observer, or seed=NAME,... (every router given the same list)',
+    )
+    .option(
+      '--container-grace <ms>',
+      'a container gone without `weft detach` keeps its address this long before it is freed (default 30000)',
+    )
     .option('--dns-domain <domain>', 'DNS domain (default weft.local; the embedded DNS server is not built yet)')
     .option('--no-dns', 'do not run the embedded DNS server (not built yet)')
     .option(
@@ -99,6 +120,8 @@ Examples:
       const globals = cmd.optsWithGlobals() as { httpAddr?: string };
       const cfg = buildLaunchConfig(peers, { ...flags, httpAddr: globals.httpAddr });
       if (cfg.foreground) {
+        // Loaded only here: the router and its native addon would slow every other command's start.
+        const { runForeground } = await import('./daemon.js');
         await runForeground(cfg);
         return;
       }
@@ -126,18 +149,13 @@ Examples:
         }
         throw err;
       }
-      const deadline = Date.now() + 15_000;
-      while (Date.now() < deadline) {
-        if ((await statusIfRunning(api).catch(() => undefined)) === undefined) return;
-        await sleep(100);
-      }
-      throw new WeftError('EWEFT_SYSTEM', 'router did not stop within 15 s');
+      await waitStopped(api);
     });
 
   program
     .command('status')
     .description('what the router knows now')
-    .addArgument(new Argument('[what]', 'one part of the status').choices(['peers', 'connections', 'targets']))
+    .addArgument(new Argument('[what]', 'one part of the status').choices(['peers', 'connections', 'targets', 'ipam']))
     .option('--json', 'JSON output')
     .action(async (what: string | undefined, opts: { json?: boolean }, cmd: Command) => {
       const r = await client(cmd).ok('GET', what === undefined ? '/status' : `/status/${what}`, { json: opts.json });
@@ -171,12 +189,14 @@ Examples:
 
   program
     .command('expose')
-    .description('give this host an address on the overlay, e.g. 10.32.0.1/12 (persisted)')
-    .argument('<cidr>', 'address/prefix inside the overlay range')
-    .action(async (cidr: string, _opts: unknown, cmd: Command) => {
-      parseCidr(cidr);
-      await client(cmd).ok('POST', '/expose', { body: { cidr } });
-      out(cidr.split('/')[0] ?? cidr);
+    .description('give this host an address on the overlay, from IPAM or the CIDR given (persisted); prints it')
+    .argument('[cidr]', 'address/prefix inside the overlay range, e.g. 10.32.0.1/12')
+    .action(async (cidr: string | undefined, _opts: unknown, cmd: Command) => {
+      if (cidr !== undefined) parseCidr(cidr);
+      const r = await client(cmd).ok('POST', '/expose', { body: cidr === undefined ? {} : { cidr }, json: true });
+      const exposed = (r.json as { exposed: string[] }).exposed;
+      const shown = cidr === undefined ? exposed.find((c) => c.includes('/')) : cidr;
+      out((shown ?? '').split('/')[0] ?? '');
     });
 
   program
@@ -190,8 +210,13 @@ Examples:
 
   program
     .command('attach')
-    .description('plug a container (a network namespace name or a pid) into the overlay; prints its address')
-    .argument('<args...>', '[CIDR...] TARGET: addresses with the overlay prefix, e.g. 10.32.1.5/12, then the container')
+    .description(
+      'plug a container (a network namespace name, a pid, or a Docker container) into the overlay; prints its address',
+    )
+    .argument(
+      '<args...>',
+      '[CIDR...] TARGET: optional addresses with the overlay prefix (e.g. 10.32.1.5/12; default: one from IPAM), then the container',
+    )
     .option('--name <name>', 'DNS name of the container')
     .action(async (args: string[], opts: { name?: string }, cmd: Command) => {
       const target = args[args.length - 1] as string;
@@ -203,7 +228,7 @@ Examples:
 
   program
     .command('detach')
-    .description('unplug a container: removes its interface and stops routing its addresses')
+    .description('unplug a container: removes its interface and frees its addresses')
     .argument('<target>', 'network namespace name or pid')
     .action(async (target: string, _opts: unknown, cmd: Command) => {
       await client(cmd).ok('POST', '/detach', { body: { target } });
@@ -224,6 +249,33 @@ Examples:
     });
 
   program
+    .command('rmpeer')
+    .description('take over the address space of a peer that is gone for good (run on one host only)')
+    .argument('<peer>', 'peer name or nickname')
+    .action(async (peer: string, _opts: unknown, cmd: Command) => {
+      const r = await client(cmd).ok('POST', '/rmpeer', { body: { peer }, json: true });
+      const j = r.json as { peer: string; addresses: number };
+      out(`${j.addresses} IPs taken over from ${j.peer}`);
+    });
+
+  program
+    .command('reset')
+    .description(
+      'leave the network for good: detach containers, hand address space to a reachable peer, remove state, stop',
+    )
+    .action(async (_opts: unknown, cmd: Command) => {
+      const r = await client(cmd).ok('POST', '/reset', { json: true });
+      const j = r.json as { heir?: string; addresses: number };
+      if (j.heir !== undefined) out(`${j.addresses} IPs handed to ${j.heir}`);
+      else if (j.addresses > 0) {
+        process.stderr.write(
+          `no reachable peer to hand ${j.addresses} IPs to: run \`weft rmpeer\` for this peer on another host\n`,
+        );
+      }
+      await waitStopped(client(cmd));
+    });
+
+  program
     .command('demo')
     .description('build hosts from network namespaces on this machine, launch a router in each, show the mesh working')
     .option('--hosts <n>', 'how many hosts (2-9)', '2')
@@ -237,6 +289,7 @@ Examples:
         const hosts = Number(opts.hosts);
         if (!Number.isInteger(hosts) || hosts < 2 || hosts > 9)
           throw new InputError(`invalid --hosts "${opts.hosts}": want 2-9`);
+        const { runDemo } = await import('./demo.js');
         await runDemo({
           hosts,
           encap: opts.encap,

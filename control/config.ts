@@ -4,6 +4,7 @@ import type { LogLevel } from '../common/log.js';
 import type { Cidr, PeerName } from '../common/types.js';
 import { parseCidr, parsePeerName } from '../common/types.js';
 import {
+  CONTAINER_GRACE_MS,
   CONTROL_PORT,
   DISCOVERY_DEGREE,
   DNS_DOMAIN,
@@ -16,7 +17,9 @@ import {
   VXLAN_PORT,
   VXLAN_VNI_DEFAULT,
   VXLAN_VNI_MAX,
-} from '../router/index.js';
+} from '../router/constants.js';
+// Direct imports (not router/index.js): the CLI must start without loading the router.
+import { type IpamInit, parseIpamInit } from '../router/ipam/init.js';
 import { defaultStateDir } from './state-dir.js';
 
 /** HostPort is a listen or dial address. */
@@ -37,6 +40,12 @@ export interface LaunchConfig {
   readonly vxlanPort: number;
   readonly vni: number;
   readonly ipallocRange: Cidr;
+  /** ipallocRangeGiven: the range was chosen by the user (an overlap with a host route is then only a warning). */
+  readonly ipallocRangeGiven: boolean;
+  /** ipallocInit says how IPAM's ring starts (`--ipalloc-init auto|observer|seed=NAME,...`). */
+  readonly ipallocInit: IpamInit;
+  /** containerGraceMs: a container gone without detach has its address freed after this long. */
+  readonly containerGraceMs: number;
   readonly dnsDomain: string;
   readonly noDns: boolean;
   readonly httpAddr: HostPort;
@@ -84,6 +93,8 @@ export interface LaunchFlags {
   offload?: boolean; // --no-offload
   discoveryDegree?: string;
   peerTimeout?: string;
+  ipallocInit?: string;
+  containerGrace?: string;
 }
 
 /** parsePort validates a TCP/UDP port number given as text. */
@@ -149,6 +160,7 @@ export function buildLaunchConfig(
   } catch (err) {
     throw new ConfigError(`invalid --ipalloc-range: ${(err as Error).message}`, { cause: err });
   }
+  const ipallocInit = parseIpamInit(flags.ipallocInit ?? env.WEFT_IPALLOC_INIT ?? 'auto', peers.length === 0);
   const dnsDomain = flags.dnsDomain ?? DNS_DOMAIN;
   if (!DOMAIN_RE.test(dnsDomain)) throw new ConfigError(`invalid --dns-domain "${dnsDomain}"`);
   const device = flags.device ?? TUN_DEVICE_NAME;
@@ -188,6 +200,12 @@ export function buildLaunchConfig(
     vxlanPort: flags.vxlanPort === undefined ? VXLAN_PORT : parsePort(flags.vxlanPort, '--vxlan-port'),
     vni: flags.vni === undefined ? VXLAN_VNI_DEFAULT : parseIntIn(flags.vni, '--vni', 1, VXLAN_VNI_MAX),
     ipallocRange,
+    ipallocRangeGiven: flags.ipallocRange !== undefined,
+    ipallocInit,
+    containerGraceMs:
+      flags.containerGrace === undefined
+        ? CONTAINER_GRACE_MS
+        : parseIntIn(flags.containerGrace, '--container-grace', 0, 86_400_000),
     dnsDomain,
     noDns: flags.dns === false,
     httpAddr: parseHostPort(flags.httpAddr ?? env.WEFT_HTTP_ADDR ?? HTTP_ADDR, '--http-addr'),

@@ -1,16 +1,18 @@
+import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import type { Server } from 'node:http';
 import { hostname } from 'node:os';
-import { errorMessage, WeftError } from '../common/errors.js';
+import { promisify } from 'node:util';
+import { ConfigError, errorMessage, WeftError } from '../common/errors.js';
 import { createLogger, type Logger } from '../common/log.js';
-import type { PeerName, PeerUid } from '../common/types.js';
-import { formatCidr, parseCidr, parsePeerName, randomPeerName } from '../common/types.js';
+import type { Cidr, PeerName, PeerUid } from '../common/types.js';
+import { cidrsOverlap, formatCidr, parseCidr, parsePeerName, randomPeerName } from '../common/types.js';
 import { Router } from '../router/index.js';
-import { Attacher } from './attach.js';
+import { Attacher, isContainerIfname } from './attach.js';
 import type { LaunchConfig } from './config.js';
 import { createApi } from './http.js';
 import { createMetrics } from './metrics.js';
-import { StateFile } from './state.js';
+import { loadIpam, StateFile, saveIpam } from './state.js';
 import { netnsIdentity } from './state-dir.js';
 import { VERSION } from './version.js';
 
@@ -32,6 +34,8 @@ export async function runForeground(cfg: LaunchConfig, log: Logger = createLogge
   const incarnation = Math.max(Date.now(), (state.incarnation ?? 0) + 1);
   let uid = 0n;
   while (uid === 0n) uid = randomBytes(8).readBigUInt64BE();
+  await checkRangeRoutes(cfg, log);
+  let resetting = false;
 
   const router = new Router({
     name,
@@ -51,11 +55,19 @@ export async function runForeground(cfg: LaunchConfig, log: Logger = createLogge
     discovery: !cfg.noDiscovery,
     discoveryDegree: cfg.discoveryDegree,
     peerTimeoutMs: cfg.peerTimeoutMs,
+    ipam: {
+      init: cfg.ipallocInit,
+      persisted: loadIpam(cfg.stateDir),
+      persist: (st) => {
+        if (!resetting) saveIpam(cfg.stateDir, st);
+      },
+    },
     log,
     version: VERSION,
     incarnation,
   });
   const persist = () => {
+    if (resetting) return;
     try {
       stateFile.save({
         peerName: name,
@@ -69,7 +81,7 @@ export async function runForeground(cfg: LaunchConfig, log: Logger = createLogge
     }
   };
 
-  const attacher = new Attacher(router, cfg.ipallocRange, log, () => persist());
+  const attacher = new Attacher(router, cfg.ipallocRange, log, () => persist(), cfg.containerGraceMs);
   let stopping: Promise<void> | undefined;
   let resolveDone: () => void = () => {};
   const done = new Promise<void>((r) => {
@@ -82,10 +94,23 @@ export async function runForeground(cfg: LaunchConfig, log: Logger = createLogge
     log,
     onStop: () => void shutdown('stop requested'),
     onChange: persist,
+    onReset: async () => {
+      // Leave for good: containers off, space handed to a live peer, then no state left behind.
+      await attacher.detachAll();
+      await router.hide().catch(() => undefined);
+      const left = router.leave();
+      resetting = true;
+      stateFile.remove();
+      log.info('leaving the network', { heir: left.heir, addresses: left.addresses });
+      // Give the gossip of the handed-over ring a moment to leave before the connections close.
+      setTimeout(() => void shutdown('reset'), RESET_LINGER_MS).unref();
+      return left;
+    },
   });
   const shutdown = (reason: string): Promise<void> => {
     stopping ??= (async () => {
       log.info('router stopping', { reason });
+      attacher.stop();
       await router.stop();
       await new Promise<void>((r) => server.close(() => r()));
       server.closeAllConnections();
@@ -117,10 +142,52 @@ export async function runForeground(cfg: LaunchConfig, log: Logger = createLogge
     }
   }
   await attacher.restore(state.attached);
+  attacher.start();
   router.connect([...new Set([...state.targets, ...cfg.peers])]);
   persist();
   log.info('router ready', { peer: name, nickname, addr: `${cfg.httpAddr.host}:${cfg.httpAddr.port}` });
   await done;
+}
+
+/** RESET_LINGER_MS: after `weft reset` hands its space over, the router stays up this long for the gossip to go out. */
+const RESET_LINGER_MS = 1_000;
+
+/**
+ * checkRangeRoutes refuses a launch whose IPAM range overlaps a route of this host (it would
+ * hijack or be hijacked by that network), unless the user chose the range: then it only warns.
+ * Routes on the router's own device and to its attached containers (kept across a restart) do not count.
+ */
+async function checkRangeRoutes(cfg: LaunchConfig, log: Logger): Promise<void> {
+  const clash = (await hostRoutes()).find(
+    (r) =>
+      r.dev !== cfg.device && !isContainerIfname(r.dev) && r.cidr.prefix > 0 && cidrsOverlap(r.cidr, cfg.ipallocRange),
+  );
+  if (clash === undefined) return;
+  const range = formatCidr(cfg.ipallocRange);
+  const text = `the address range ${range} overlaps the host route ${formatCidr(clash.cidr)} dev ${clash.dev}`;
+  if (cfg.ipallocRangeGiven) {
+    log.warn(`${text}; using it as asked`);
+    return;
+  }
+  throw new ConfigError(`${text}: choose another range with --ipalloc-range`);
+}
+
+async function hostRoutes(): Promise<{ cidr: Cidr; dev: string }[]> {
+  try {
+    const { stdout } = await promisify(execFile)('ip', ['-j', '-4', 'route', 'show', 'table', 'all']);
+    const out: { cidr: Cidr; dev: string }[] = [];
+    for (const r of JSON.parse(stdout) as { dst?: string; dev?: string; type?: string }[]) {
+      if (r.dst === undefined || r.dst === 'default' || (r.type !== undefined && r.type !== 'unicast')) continue;
+      try {
+        out.push({ cidr: parseCidr(r.dst, { bareAs32: true }), dev: r.dev ?? '' });
+      } catch {
+        // not an IPv4 prefix: not ours to judge
+      }
+    }
+    return out;
+  } catch {
+    return [];
+  }
 }
 
 function listen(server: Server, host: string, port: number): Promise<void> {

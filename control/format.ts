@@ -34,6 +34,7 @@ export function formatStatus(s: RouterStatus): string {
     ['Device', `${s.device} (mtu ${s.mtu}, ${s.datapath} datapath${s.offload ? ', TCP segmentation offload' : ''})`],
     ['Encryption', s.encryption ? 'peers authenticate with a password' : 'disabled'],
     ['Range', s.ipallocRange],
+    ['IPAM', ipamLine(s)],
     ['Exposed', s.exposed.length > 0 ? s.exposed.join(', ') : 'none'],
     ['Targets', String(s.targets.length)],
     ['Connections', `${conns.length} (${established} established)`],
@@ -92,6 +93,33 @@ export function formatConnections(s: RouterStatus): string {
 export function formatTargets(s: RouterStatus): string {
   const t = s.targets as TargetView[];
   return t.length === 0 ? '' : `${t.map((x) => x.address ?? '?').join('\n')}\n`;
+}
+
+/** formatIpam renders `weft status ipam`: the state, then each owner's share of the range. */
+export function formatIpam(s: RouterStatus): string {
+  const i = s.ipam;
+  const lines = [`${ipamLine(s)}  range ${i.range}  init ${i.init}`];
+  for (const p of i.peers) {
+    const pct = ((100 * p.owned) / i.size).toFixed(1);
+    const who = `${p.name}(${p.nickname ?? (p.self ? s.nickname : '?')})`;
+    const extra = p.self
+      ? `  (${i.used} used)`
+      : p.reachable
+        ? ''
+        : '  - unreachable! use `weft rmpeer` if it is gone for good';
+    lines.push(`${who}  ${p.owned} IPs (${pct}% of total)  ${p.free} free${extra}`);
+  }
+  for (const p of i.pending) lines.push(`waiting: ${p.owner} for ${(p.sinceMs / 1000).toFixed(1)} s: ${p.reason}`);
+  for (const c of i.conflicts) lines.push(`conflict: ${c}`);
+  return `${lines.join('\n')}\n`;
+}
+
+function ipamLine(s: RouterStatus): string {
+  const i = s.ipam;
+  if (i.state === 'awaiting-seed') return `awaiting a seeded ring: ${i.message ?? ''}`;
+  const unreachable = i.unreachableOwned > 0 ? `, ${i.unreachableOwned} IPs owned by unreachable peers` : '';
+  const waiting = i.state === 'waiting-for-space' ? `, waiting for space: ${i.message ?? ''}` : '';
+  return `ready: ${i.owned} IPs owned here, ${i.used} in use${unreachable}${waiting}`;
 }
 
 function totalDrops(s: RouterStatus): number {

@@ -65,13 +65,34 @@ describe('HTTP API', () => {
     expect((await api.call('POST', '/hide', { body: { cidr: '10.32.0.1' } })).status).toBe(404);
   });
 
+  it('exposes an address from IPAM when none is given, and reports the ring', async () => {
+    const e = await api.call('POST', '/expose', { body: {} });
+    expect(e.json).toEqual({ exposed: ['10.96.0.1/12'] });
+    const again = await api.call('POST', '/expose', { body: {} });
+    expect(again.json).toEqual({ exposed: ['10.96.0.1/12'] });
+    const ipam = (await api.call('GET', '/status/ipam', { json: true })).json as {
+      state: string;
+      owned: number;
+      used: number;
+      allocations: unknown[];
+    };
+    expect(ipam).toMatchObject({ state: 'ready', owned: 2 ** 20, used: 1 });
+    expect(ipam.allocations).toEqual([{ addr: '10.96.0.1', owner: 'weft:expose' }]);
+    expect((await api.call('GET', '/status/ipam')).body).toMatch(/ready: 1048576 IPs owned here, 1 in use/);
+    await api.call('POST', '/hide', { body: {} });
+    expect(((await api.call('GET', '/status/ipam', { json: true })).json as { used: number }).used).toBe(0);
+  });
+
   it.each([
     ['POST', '/connect', '{not json', 400, /not valid JSON/],
     ['POST', '/connect', '[]', 400, /JSON object/],
     ['POST', '/connect', '{"peers":[]}', 400, /1-1000 peers/],
     ['POST', '/connect', '{"peers":[42]}', 400, /must be a string/],
     ['POST', '/connect', '{"peers":["a b"]}', 400, /invalid peer/],
-    ['POST', '/expose', '{}', 400, /missing \\"cidr\\"/],
+    ['POST', '/rmpeer', '{}', 400, /missing \\"peer\\"/],
+    ['POST', '/rmpeer', '{"peer":"nobody"}', 404, /no peer \\"nobody\\"/],
+    ['POST', '/rmpeer', '{"peer":"02:00:00:00:00:01"}', 400, /cannot rmpeer this router itself/],
+    ['POST', '/reset', '', 404, /cannot be reset/],
     ['POST', '/expose', '{"cidr":"10.32.0.300/12"}', 400, /invalid IPv4/],
     ['POST', '/expose', '{"cidr":{"x":1}}', 400, /must be a string/],
     ['GET', '/nope', '', 404, /no such endpoint/],

@@ -6,7 +6,7 @@ import { formatCidr, parseCidr } from '../common/types.js';
 import type { Router, RouterStatus } from '../router/index.js';
 import type { Attacher } from './attach.js';
 import { parsePeerAddress } from './config.js';
-import { formatConnections, formatPeers, formatStatus, formatTargets } from './format.js';
+import { formatConnections, formatIpam, formatPeers, formatStatus, formatTargets } from './format.js';
 
 /** BODY_MAX_BYTES bounds a request body; larger ones get 413. */
 const BODY_MAX_BYTES = 64 * 1024;
@@ -22,6 +22,8 @@ export interface ApiOptions {
   onStop: () => void;
   /** onChange is called after connect/forget/expose/hide so the owner can persist state. */
   onChange?: () => void;
+  /** onReset leaves the network for good (detach all, hand over address space, remove state, stop). */
+  onReset?: () => Promise<{ heir: string | undefined; addresses: number }>;
 }
 
 /** statusForCode maps a WeftError code to an HTTP status. */
@@ -35,6 +37,7 @@ export function statusForCode(code: WeftErrorCode): number {
     case 'EWEFT_CONFLICT':
       return 409;
     case 'EWEFT_NOT_READY':
+    case 'EWEFT_UNAVAILABLE':
       return 503;
     default:
       return 500;
@@ -68,6 +71,7 @@ export function createApi(opts: ApiOptions): Server {
     'GET /status/peers': statusView('peers'),
     'GET /status/connections': statusView('connections'),
     'GET /status/targets': statusView('targets'),
+    'GET /status/ipam': statusView('ipam'),
     'GET /report': () => ({ json: router.status() }),
     'GET /metrics': async () => ({ text: await metrics.metrics(), contentType: metrics.contentType }),
     'POST /connect': (req, url, body) => {
@@ -84,14 +88,15 @@ export function createApi(opts: ApiOptions): Server {
     },
     'POST /expose': async (req, url, body) => {
       const cidr = field(req, url, body, 'cidr');
-      if (cidr === undefined) throw new InputError('missing "cidr", e.g. {"cidr":"10.32.0.1/12"}');
-      const exposed = await router.expose(parseCidr(cidr));
+      const exposed = await router.expose(cidr === undefined ? undefined : parseCidr(cidr));
+      await opts.attacher?.refreshRoutes();
       opts.onChange?.();
       return { json: { exposed: exposed.map(formatCidr) } };
     },
     'POST /hide': async (req, url, body) => {
       const cidr = field(req, url, body, 'cidr');
       const exposed = await router.hide(cidr === undefined ? undefined : parseCidr(cidr, { bareAs32: true }));
+      await opts.attacher?.refreshRoutes();
       opts.onChange?.();
       return { json: { exposed: exposed.map(formatCidr) } };
     },
@@ -116,6 +121,15 @@ export function createApi(opts: ApiOptions): Server {
       const target = field(req, url, body, 'target');
       if (target === undefined) throw new InputError('missing "target"');
       return { json: await requireAttacher(opts.attacher).detach(target) };
+    },
+    'POST /rmpeer': (req, url, body) => {
+      const peer = field(req, url, body, 'peer');
+      if (peer === undefined) throw new InputError('missing "peer": a peer name or nickname');
+      return { json: router.rmpeer(peer) };
+    },
+    'POST /reset': async () => {
+      if (opts.onReset === undefined) throw new WeftError('EWEFT_NOT_FOUND', 'this router cannot be reset');
+      return { json: await opts.onReset() };
     },
     'POST /stop': () => {
       setImmediate(opts.onStop);
@@ -156,7 +170,7 @@ export function createApi(opts: ApiOptions): Server {
       send(res, { status: 413, json: { error: errorMessage(err), code: 'EWEFT_INPUT' } });
       return;
     }
-    if (!router.isReady && path !== '/stop') {
+    if (!router.isReady && path !== '/stop' && path !== '/reset') {
       send(res, { status: 503, json: { error: 'router is starting', code: 'EWEFT_NOT_READY' } });
       return;
     }
@@ -239,6 +253,8 @@ function render(s: RouterStatus, part: string | undefined): string {
       return formatConnections(s);
     case 'targets':
       return formatTargets(s);
+    case 'ipam':
+      return formatIpam(s);
     default:
       return formatStatus(s);
   }

@@ -133,5 +133,27 @@ export function createMetrics(router: Router): Registry {
       this.inc(router.counters.arpReplies);
     },
   });
+  new Gauge({
+    name: 'weft_ipam_addresses',
+    help: 'IPAM addresses: owned by this router, in use here, owned by unreachable peers, and the whole range.',
+    labelNames: ['kind'],
+    registers: [register],
+    collect() {
+      this.reset();
+      const i = snap().ipam;
+      this.set({ kind: 'owned' }, i.owned);
+      this.set({ kind: 'used' }, i.used);
+      this.set({ kind: 'unreachable' }, i.unreachableOwned);
+      this.set({ kind: 'range' }, i.size);
+    },
+  });
+  new Gauge({
+    name: 'weft_ipam_pending_allocations',
+    help: 'Allocations waiting for a seeded ring or for space from another router.',
+    registers: [register],
+    collect() {
+      this.set(snap().ipam.pending.length);
+    },
+  });
   return register;
 }

@@ -1,4 +1,4 @@
-import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { closeSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, writeSync } from 'node:fs';
 import path from 'node:path';
 import { z } from 'zod';
 import { ConfigError } from '../common/errors.js';
@@ -67,9 +67,63 @@ export class StateFile {
 
   /** save writes the state atomically (temporary file + rename). */
   save(state: PersistedState): void {
-    mkdirSync(this.dir, { recursive: true, mode: 0o700 });
-    const tmp = `${this.file}.${process.pid}.tmp`;
-    writeFileSync(tmp, `${JSON.stringify(state, null, 2)}\n`, { mode: 0o600 });
-    renameSync(tmp, this.file);
+    writeJsonAtomic(this.dir, this.file, state);
+  }
+
+  /** remove deletes the state and the IPAM file (for `weft reset`). */
+  remove(): void {
+    rmSync(this.file, { force: true });
+    rmSync(ipamFile(this.dir), { force: true });
+  }
+}
+
+/** ipamFile is where the IPAM ring and allocations are kept. */
+export function ipamFile(dir: string): string {
+  return path.join(dir, 'ipam.json');
+}
+
+/** loadIpam returns the persisted IPAM JSON (validated by the allocator), or undefined when there is none. */
+export function loadIpam(dir: string): unknown {
+  const file = ipamFile(dir);
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw new ConfigError(`cannot read ${file}: ${(err as Error).message}`, { cause: err });
+  }
+  try {
+    return JSON.parse(text);
+  } catch (err) {
+    throw new ConfigError(`${file} is not valid JSON; restore it, or remove it to give up this peer's addresses`, {
+      cause: err,
+    });
+  }
+}
+
+/** saveIpam writes the IPAM state atomically and durably: it must survive `kill -9` and power loss before it is gossiped. */
+export function saveIpam(dir: string, state: unknown): void {
+  writeJsonAtomic(dir, ipamFile(dir), state, true);
+}
+
+/** writeJsonAtomic writes JSON to a temporary file, optionally fsyncs it, and renames it over `file`. */
+function writeJsonAtomic(dir: string, file: string, value: unknown, sync = false): void {
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  const tmp = `${file}.${process.pid}.tmp`;
+  const fd = openSync(tmp, 'w', 0o600);
+  try {
+    writeSync(fd, `${JSON.stringify(value, null, 2)}\n`);
+    if (sync) fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+  renameSync(tmp, file);
+  if (sync) {
+    const dfd = openSync(dir, 'r');
+    try {
+      fsyncSync(dfd);
+    } finally {
+      closeSync(dfd);
+    }
   }
 }

@@ -57,6 +57,11 @@ export const VXLAN_PORT = 6784;
 export const VXLAN_VNI_DEFAULT = 0x5746; // "WF"
 /** HTTP_ADDR is the default HTTP API address: loopback only. */
 export const HTTP_ADDR = '127.0.0.1:6784';
+/** CONTAINER_GRACE_MS: an attached container gone without detach keeps its address this long (it may come back). */
+export const CONTAINER_GRACE_MS = 30_000;
+/** CONTAINER_CHECK_MS is how often the router looks for attached containers that went away. */
+export const CONTAINER_CHECK_MS = 2_000;
+
 /** IPALLOC_RANGE is the default cluster address range. */
 export const IPALLOC_RANGE = '10.32.0.0/12';
 /** DNS_DOMAIN is the default DNS domain. */

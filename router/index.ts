@@ -3,7 +3,13 @@
 export type { PacketConn } from './conn/packet-conn.js';
 export * from './constants.js';
 export { Counters, type CountersSnapshot, DROP_NAMES, Drop } from './datapath/counters.js';
-export { Router, type RouterOptions } from './router.js';
+export {
+  formatIpamInit,
+  type IpamInit,
+  type IpamStatus,
+  parseIpamInit,
+} from './ipam/service.js';
+export { EXPOSE_OWNER, Router, type RouterOptions } from './router.js';
 export type { LearnedStatus, PeerStatus, RouterStatus } from './status.js';
 export type { TunDevice } from './tun/device.js';
 export { underlayMtu } from './underlay.js';

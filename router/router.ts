@@ -2,8 +2,8 @@ import { InputError, WeftError } from '../common/errors.js';
 import type { Startable } from '../common/lifecycle.js';
 import type { Logger } from '../common/log.js';
 import { noopLogger } from '../common/log.js';
-import type { Cidr, PeerName } from '../common/types.js';
-import { cidrNetwork, formatCidr, formatIPv4, parseCidr } from '../common/types.js';
+import type { Cidr, IPv4, PeerName } from '../common/types.js';
+import { cidrContains, cidrNetwork, formatCidr, formatIPv4, parseCidr } from '../common/types.js';
 import { DgramUdp } from './conn/dgram-udp.js';
 import { NativeUdp } from './conn/native-udp.js';
 import type { PacketConn } from './conn/packet-conn.js';
@@ -22,11 +22,24 @@ import {
 } from './constants.js';
 import { DataPath, type DataState } from './data-path.js';
 import { Counters } from './datapath/counters.js';
-import { Encap, encapName, Fib, type FibRoute, Hop, peerKey, peerNameHi, peerNameLo } from './datapath/fib.js';
+import {
+  Encap,
+  encapName,
+  Fib,
+  type FibRange,
+  type FibRoute,
+  Hop,
+  peerKey,
+  peerNameHi,
+  peerNameLo,
+} from './datapath/fib.js';
 import type { ControlDatagram } from './datapath/forwarder.js';
 import { Forwarder } from './datapath/forwarder.js';
 import { VNET_HDR_LEN } from './datapath/gso.js';
 import { GOSSIP_INTERVAL_MS, type GossipChannel, GossipMux } from './gossip/channel.js';
+import type { Persisted } from './ipam/allocator.js';
+import { IPAM_CHANNEL } from './ipam/ipam.js';
+import { type IpamInit, IpamService } from './ipam/service.js';
 import { SleeveType } from './overlay/frame.js';
 import type { PeerMessage } from './protocol.js';
 import { computeRoutes, emptyRoutes, PEER_GC_DELAY_MS, type Routes, unreachable } from './routes.js';
@@ -84,6 +97,16 @@ export interface RouterOptions {
   discovery?: boolean;
   /** peerTimeoutMs: a data path silent this long in either direction is failed (default PEER_DOWN_TIMEOUT_MS). */
   peerTimeoutMs?: number;
+  /**
+   * ipam configures address allocation in `ipallocRange`: how the ring starts, the persisted
+   * state and where to save it. Default: seed alone on first use, nothing persisted.
+   */
+  ipam?: {
+    init: IpamInit;
+    persisted?: unknown;
+    persist?: (state: Persisted) => void;
+    allocateTimeoutMs?: number;
+  };
   log?: Logger;
   /** version is reported in status. */
   version?: string;
@@ -160,6 +183,11 @@ export class Router implements Startable {
   private topology: Topology | undefined;
   private mux: GossipMux | undefined;
   private topoChannel: GossipChannel | undefined;
+  private ipamChannel: GossipChannel | undefined;
+  /** ipam allocates container and host addresses in the range (see router/ipam/service.ts). */
+  readonly ipam: IpamService;
+  /** lastAnnounced is what our topology entry says we serve (re-announced when the ring moves). */
+  private lastAnnounced = '';
   private routes: Routes;
   /** discovered are targets learned from the topology (not persisted). */
   private discovered = new Set<string>();
@@ -179,6 +207,23 @@ export class Router implements Startable {
     this.uid = opts.uid;
     this.log = opts.log ?? noopLogger;
     this.routes = emptyRoutes(opts.name);
+    const ipamOpts = opts.ipam ?? { init: { mode: 'auto', alone: true } };
+    this.ipam = new IpamService(
+      {
+        self: opts.name,
+        range: opts.ipallocRange,
+        init: ipamOpts.init,
+        persisted: ipamOpts.persisted,
+        persist: ipamOpts.persist,
+        allocateTimeoutMs: ipamOpts.allocateTimeoutMs,
+        log: this.log,
+        onRingChange: () => this.onRingChange(),
+      },
+      {
+        broadcast: (payload, include) => this.ipamChannel?.broadcast(payload, include),
+        unicast: (dst, payload) => this.ipamChannel?.unicast(dst, payload) ?? false,
+      },
+    );
   }
 
   /** mtu is the overlay MTU in use (0 before start). */
@@ -271,6 +316,15 @@ export class Router implements Startable {
       TOPOLOGY_CHANNEL,
       new TopologyGossiper(this.topology, (result) => this.onTopologyMerge(result)),
     );
+    this.ipamChannel = this.mux.addChannel(IPAM_CHANNEL, this.ipam.gossiper);
+    this.ipam.start();
+  }
+
+  /** onRingChange re-announces what moved between the ring and explicit claims, and reroutes. */
+  private onRingChange(): void {
+    if (!this.started) return;
+    if (this.announced().join() !== this.lastAnnounced) this.updateLocal();
+    else this.rebuild();
   }
 
   /** updateLocal publishes our own connections and addresses: a new version of our entry, gossiped. */
@@ -284,7 +338,9 @@ export class Router implements Startable {
       outbound: st.conn.outbound,
       established: linkState(st).state === 'established',
     }));
-    topology.setLocal({ connections, cidrs: this.announced() });
+    const cidrs = this.announced();
+    this.lastAnnounced = cidrs.join();
+    topology.setLocal({ connections, cidrs });
     // Our direct neighbours always hear of a change to their own link from us.
     this.topoChannel?.broadcast(topology.encode([this.name]), [...this.peers.keys()]);
     this.recompute();
@@ -318,6 +374,7 @@ export class Router implements Startable {
     const entries = topology.entries();
     this.routes = computeRoutes(this.name, entries);
     this.rediscover(entries);
+    this.ipam.onTopologyChange();
     if (unreachable(entries, this.routes).length > 0 && this.gcTimer === undefined) {
       this.gcTimer = setTimeout(() => {
         this.gcTimer = undefined;
@@ -424,6 +481,7 @@ export class Router implements Startable {
     this.gossipTimer = undefined;
     if (this.gcTimer !== undefined) clearTimeout(this.gcTimer);
     this.gcTimer = undefined;
+    this.ipam.stop();
     await this.maker?.stop();
     this.maker = undefined;
     this.forwarder?.stop();
@@ -439,6 +497,7 @@ export class Router implements Startable {
     this.topology = undefined;
     this.mux = undefined;
     this.topoChannel = undefined;
+    this.ipamChannel = undefined;
     this.routes = emptyRoutes(this.name);
     this.discovered.clear();
     this.relayHops.clear();
@@ -473,19 +532,33 @@ export class Router implements Startable {
   }
 
   /**
-   * expose gives this host an overlay address: it is added to the TUN device and announced to
-   * every peer. Idempotent for the same CIDR; another CIDR with the same address is a conflict.
+   * expose gives this host an overlay address: the CIDR given, or one from IPAM (with the range's
+   * prefix) when none is given. It is added to the TUN device and routed here by every peer.
+   * Idempotent: without a CIDR it returns the address the host already has.
    */
-  async expose(cidr: Cidr): Promise<Cidr[]> {
-    if (cidr.prefix === 32 || cidr.prefix < 1)
+  async expose(cidr?: Cidr): Promise<Cidr[]> {
+    if (cidr === undefined) {
+      const have = this.exposed.find((c) => cidrContains(this.opts.ipallocRange, c.addr));
+      if (have !== undefined) return [...this.exposed];
+      const addr = await this.ipam.allocate(EXPOSE_OWNER);
+      cidr = { addr, prefix: this.opts.ipallocRange.prefix };
+    } else if (cidr.prefix === 32 || cidr.prefix < 1) {
       throw new InputError(`cannot expose ${formatCidr(cidr)}: want a prefix between /1 and /31`);
+    }
     const same = this.exposed.find((c) => c.addr === cidr.addr);
     if (same !== undefined) {
       if (same.prefix === cidr.prefix) return [...this.exposed];
       throw new WeftError('EWEFT_CONFLICT', `${formatIPv4(cidr.addr)} is already exposed as ${formatCidr(same)}`);
     }
-    this.checkFree(cidr.addr);
-    if (this.tun instanceof LinuxTun) await this.tun.addAddress(formatCidr(cidr));
+    const had = this.ipam.lookup(EXPOSE_OWNER);
+    try {
+      this.checkFree(cidr.addr, EXPOSE_OWNER);
+      this.ipam.claim(EXPOSE_OWNER, cidr.addr);
+      if (this.tun instanceof LinuxTun) await this.tun.addAddress(formatCidr(cidr));
+    } catch (err) {
+      this.ipam.keepOnly(EXPOSE_OWNER, had);
+      throw err;
+    }
     this.exposed = [...this.exposed, cidr];
     this.updateLocal();
     this.log.info('address exposed', { cidr: formatCidr(cidr) });
@@ -502,6 +575,10 @@ export class Router implements Startable {
       if (this.tun instanceof LinuxTun) await this.tun.delAddress(formatCidr(c));
     }
     this.exposed = this.exposed.filter((c) => !gone.includes(c));
+    this.ipam.keepOnly(
+      EXPOSE_OWNER,
+      this.exposed.map((c) => c.addr as IPv4),
+    );
     this.updateLocal();
     return [...this.exposed];
   }
@@ -512,7 +589,7 @@ export class Router implements Startable {
    */
   checkFree(addr: number, exceptOwner?: string): void {
     const ip = formatIPv4(addr);
-    if (this.exposed.some((c) => c.addr === addr))
+    if (exceptOwner !== EXPOSE_OWNER && this.exposed.some((c) => c.addr === addr))
       throw new WeftError('EWEFT_CONFLICT', `${ip} is this host's exposed address`);
     for (const [owner, addrs] of this.claims) {
       if (owner !== exceptOwner && addrs.some((c) => c.addr === addr)) {
@@ -528,20 +605,83 @@ export class Router implements Startable {
   }
 
   /**
+   * allocate gives `owner` (a container reference) an address from this peer's IPAM space, waiting
+   * for space from peers if need be. The owner's existing address is returned again.
+   */
+  allocate(owner: string, subnet?: Cidr): Promise<IPv4> {
+    if (owner === EXPOSE_OWNER) {
+      return Promise.reject(new InputError(`"${EXPOSE_OWNER}" is reserved for the host's address`));
+    }
+    return this.ipam.allocate(owner, subnet);
+  }
+
+  /**
+   * reserve records given addresses for `owner` in IPAM before they are plumbed: each must be free
+   * here and, inside the range, in this peer's space. Throws EWEFT_CONFLICT saying who has it.
+   */
+  reserve(owner: string, addrs: readonly Cidr[]): void {
+    for (const a of addrs) this.checkFree(a.addr, owner);
+    for (const a of addrs) this.ipam.claim(owner, a.addr as IPv4);
+  }
+
+  /**
    * claim makes this router serve container addresses for `owner` (a container reference): they
-   * are announced to every peer and routed here. Replaces the owner's previous claim.
+   * are reserved in IPAM and routed here by every peer. Replaces the owner's previous claim.
    */
   claim(owner: string, addrs: readonly Cidr[]): void {
-    for (const a of addrs) this.checkFree(a.addr, owner);
+    this.reserve(owner, addrs);
     this.claims.set(owner, [...addrs]);
     this.updateLocal();
   }
 
-  /** release stops serving an owner's addresses; returns them (empty when it had none). */
+  /** release stops serving an owner's addresses and frees them in IPAM; returns them (empty when it had none). */
   release(owner: string): Cidr[] {
     const had = this.claims.get(owner) ?? [];
+    this.ipam.free(owner);
     if (this.claims.delete(owner)) this.updateLocal();
     return had;
+  }
+
+  /**
+   * rmpeer takes over the address space of a peer gone for good (by name, or by nickname while it
+   * is still in the topology). Refused while the peer is reachable. Run it on one host only.
+   */
+  rmpeer(peer: string): { peer: PeerName; addresses: number } {
+    const name = this.resolvePeer(peer);
+    if (name === this.name) throw new InputError('cannot rmpeer this router itself: use `weft reset` to leave');
+    if (this.peers.has(name) || this.routes.unicast.has(name)) {
+      throw new WeftError('EWEFT_CONFLICT', `peer ${name} is reachable: stop it (or \`weft reset\` it) first`);
+    }
+    if (!this.ipam.spans().some((s) => s.owner === name)) {
+      throw new WeftError('EWEFT_NOT_FOUND', `peer ${name} owns no address space`);
+    }
+    return { peer: name, addresses: this.ipam.rmpeer(name) };
+  }
+
+  /**
+   * leave hands all our address space to a reachable peer (the one owning the most) and gossips
+   * it, for `weft reset`; the caller detaches containers first. Returns the heir, or undefined
+   * when no peer is reachable (the space stays ours until someone runs rmpeer).
+   */
+  leave(): { heir: PeerName | undefined; addresses: number } {
+    const owned = new Map<string, number>();
+    for (const s of this.ipam.spans()) owned.set(s.owner, (owned.get(s.owner) ?? 0) + s.end - s.start);
+    const candidates = [...this.routes.unicast.keys()]
+      .filter((p) => p !== this.name)
+      .sort((a, b) => (owned.get(b) ?? 0) - (owned.get(a) ?? 0) || (a < b ? -1 : 1));
+    const heir = candidates[0];
+    if (heir === undefined) return { heir: undefined, addresses: owned.get(this.name) ?? 0 };
+    return { heir, addresses: this.ipam.leave(heir) };
+  }
+
+  private resolvePeer(peer: string): PeerName {
+    const entries = this.topology?.entries() ?? [];
+    const byName = entries.find((e) => e.name === peer) ?? this.ipam.spans().find((s) => s.owner === peer);
+    if (byName !== undefined) return peer as PeerName;
+    const byNick = entries.filter((e) => e.nickname === peer);
+    if (byNick.length === 1) return byNick[0]!.name;
+    if (byNick.length > 1) throw new InputError(`nickname "${peer}" is ambiguous: give the peer name`);
+    throw new WeftError('EWEFT_NOT_FOUND', `no peer "${peer}" (give a peer name like 0a:1b:2c:3d:4e:5f)`);
   }
 
   /** exposedCidrs lists the host's overlay addresses. */
@@ -576,6 +716,10 @@ export class Router implements Startable {
       counters: this.counters.snapshot(),
       learned: this.forwarder?.learned.snapshot() ?? [],
       terminations: Object.fromEntries(this.maker?.terminations ?? []),
+      ipam: this.ipam.status((p) => {
+        const e = this.topology?.entries().find((x) => x.name === p);
+        return { nickname: e?.nickname, reachable: this.routes.unicast.has(p) };
+      }),
       gossip: {
         collisions: this.collisions,
         channels: (this.mux?.channels() ?? []).map((c) => ({ name: c.name, ...c.stats })),
@@ -720,9 +864,14 @@ export class Router implements Startable {
     this.log.info('peer disconnected', { peer: name });
   }
 
-  /** announced is what we tell peers we serve: each exposed and container address as a /32. */
+  /**
+   * announced is what we tell peers we serve as /32s: exposed and container addresses that are not
+   * in our IPAM space (addresses in it are routed here by the ring itself).
+   */
   private announced(): string[] {
-    return this.localAddrs().map((a) => `${formatIPv4(a)}/32`);
+    return this.localAddrs()
+      .filter((a) => !this.ipam.isOurs(a))
+      .map((a) => `${formatIPv4(a)}/32`);
   }
 
   /** localAddrs lists the addresses this host serves itself. */
@@ -733,14 +882,16 @@ export class Router implements Startable {
   }
 
   /**
-   * rebuild makes a new Fib from the topology and the routes and installs it with one assignment:
-   * a peer reached directly uses the direct hop (sleeve or VXLAN); a peer reached through another
-   * uses sleeve towards that next hop, with the final peer named in the header.
+   * rebuild makes a new Fib from the topology, the routes and the IPAM ring and installs it with
+   * one assignment: a peer reached directly uses the direct hop (sleeve or VXLAN); a peer reached
+   * through another uses sleeve towards that next hop, with the final peer named in the header.
+   * Addresses go to the peer announcing them, else to the owner of their part of the ring.
    */
   private rebuild(): void {
     const topology = this.topology;
     const routes: FibRoute[] = [];
     const hops: Hop[] = [];
+    const hopOf = new Map<PeerName, Hop>();
     const relayHops = new Map<string, Hop>();
     for (const e of topology?.entries() ?? []) {
       if (e.name === this.name) continue;
@@ -759,6 +910,7 @@ export class Router implements Startable {
       }
       if (hop === undefined) continue;
       hops.push(hop);
+      hopOf.set(e.name, hop);
       for (const c of e.cidrs) {
         try {
           routes.push({ cidr: parseCidr(c), hop });
@@ -768,10 +920,18 @@ export class Router implements Startable {
       }
     }
     this.relayHops = relayHops;
-    const fib = Fib.build(routes, this.localAddrs(), hops);
+    const ranges: FibRange[] = [];
+    for (const span of this.ipam.spans()) {
+      const hop = span.owner === this.name ? undefined : hopOf.get(span.owner);
+      if (hop !== undefined) ranges.push({ start: span.start, end: span.end, hop });
+    }
+    const fib = Fib.build(routes, this.localAddrs(), hops, ranges);
     if (this.forwarder !== undefined) this.forwarder.fib = fib;
   }
 }
+
+/** EXPOSE_OWNER is the IPAM owner key of the host's own overlay addresses. */
+export const EXPOSE_OWNER = 'weft:expose';
 
 /**
  * directState is what status reports for a directly connected peer: 'established' only once the

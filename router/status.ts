@@ -40,6 +40,8 @@ export interface LearnedStatus {
   ageSeconds: number;
 }
 
+import type { IpamStatus } from './ipam/service.js';
+
 /** RouterStatus is a JSON-safe snapshot of a router; never live objects. */
 export interface RouterStatus {
   version: string;
@@ -72,6 +74,8 @@ export interface RouterStatus {
   terminations: Record<string, number>;
   /** gossip: per-channel message counters and refused entries. */
   gossip: { collisions: number; channels: unknown[]; unknownChannels: unknown };
+  /** ipam: the address ring, our share, allocations and what waits. */
+  ipam: IpamStatus;
 }
 
 /** StatusInput is what the Router hands buildStatus. */

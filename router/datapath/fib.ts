@@ -61,18 +61,34 @@ export interface FibRoute {
   readonly hop: Hop;
 }
 
+/** FibRange is a run of addresses [start, end) owned by a peer in the IPAM ring (end may be 2^32). */
+export interface FibRange {
+  readonly start: number;
+  readonly end: number;
+  readonly hop: Hop;
+}
+
 /**
  * Fib is an immutable forwarding snapshot: destination address → hop, plus the set of addresses
  * this host itself serves. The control plane builds a new Fib on every change and installs it
- * with one assignment; the datapath only reads it. Longest prefix wins; /32s are one Map lookup.
+ * with one assignment; the datapath only reads it. Lookup order: announced /32s (one Map
+ * lookup), then the IPAM ring's ranges (binary search over sorted, disjoint runs), then other
+ * announced prefixes, longest first.
  */
 export class Fib {
   private readonly hosts = new Map<number, Hop>();
   private readonly prefixes: { net: number; mask: number; hop: Hop }[] = [];
   private readonly local = new Set<number>();
   private readonly byPeer = new Map<number, Hop>();
+  private readonly rangeStarts: Float64Array;
+  private readonly rangeEnds: Float64Array;
+  private readonly rangeHops: Hop[];
 
-  constructor(routes: readonly FibRoute[] = [], localAddrs: readonly number[] = []) {
+  constructor(routes: readonly FibRoute[] = [], localAddrs: readonly number[] = [], ranges: readonly FibRange[] = []) {
+    const sorted = ranges.filter((r) => r.end > r.start).sort((a, b) => a.start - b.start);
+    this.rangeStarts = new Float64Array(sorted.map((r) => r.start));
+    this.rangeEnds = new Float64Array(sorted.map((r) => r.end));
+    this.rangeHops = sorted.map((r) => r.hop);
     for (const r of routes) {
       if (r.hop.peer !== undefined) this.byPeer.set(peerKey(r.hop.nameHi, r.hop.nameLo), r.hop);
       if (r.cidr.prefix === 32) {
@@ -88,8 +104,13 @@ export class Fib {
   }
 
   /** withPeers returns a copy of this Fib that also knows `hops` by peer (for peers with no routes). */
-  static build(routes: readonly FibRoute[], localAddrs: readonly number[], peers: readonly Hop[]): Fib {
-    const fib = new Fib(routes, localAddrs);
+  static build(
+    routes: readonly FibRoute[],
+    localAddrs: readonly number[],
+    peers: readonly Hop[],
+    ranges: readonly FibRange[] = [],
+  ): Fib {
+    const fib = new Fib(routes, localAddrs, ranges);
     for (const h of peers) if (h.peer !== undefined) fib.byPeer.set(peerKey(h.nameHi, h.nameLo), h);
     return fib;
   }
@@ -98,6 +119,17 @@ export class Fib {
   lookup(dst: number): Hop | undefined {
     const h = this.hosts.get(dst);
     if (h !== undefined) return h;
+    const starts = this.rangeStarts;
+    if (starts.length > 0 && dst >= starts[0]!) {
+      let lo = 0;
+      let hi = starts.length - 1;
+      while (lo < hi) {
+        const mid = (lo + hi + 1) >> 1;
+        if (starts[mid]! <= dst) lo = mid;
+        else hi = mid - 1;
+      }
+      if (dst < this.rangeEnds[lo]!) return this.rangeHops[lo];
+    }
     const p = this.prefixes;
     for (let i = 0; i < p.length; i++) {
       const e = p[i]!;

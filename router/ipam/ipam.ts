@@ -30,8 +30,12 @@ export const IPAM_CHANNEL = 'ipam';
 export const IPAM_FORMAT = 1;
 export const KIND_RING = 1;
 export const KIND_SPACE_REQUEST = 2;
-/** DEFAULT_WANT is the block size asked for when out of space. */
-export const DEFAULT_WANT = 256;
+/**
+ * DEFAULT_WANT is the block size asked for when out of space: as much as the donor will give
+ * (it gives at most half of its free space), so a new peer gets a large share at once and asks
+ * again only rarely, and the ring stays a few tokens per peer.
+ */
+export const DEFAULT_WANT = 2 ** 32;
 
 const packr = new Packr({ useRecords: false, moreTypes: false });
 const unpackr = new Unpackr({ useRecords: false, mapsAsObjects: true, structuredClone: false, moreTypes: false });
@@ -157,6 +161,11 @@ export class Ipam {
     return out;
   }
 
+  /** forgetTried lets {@link requestSpace} ask every donor again (a request or its answer may have been lost). */
+  forgetTried(): void {
+    this.tried.clear();
+  }
+
   /** requestSpace unicasts a space request to the best donor not yet tried; returns it, or undefined. */
   requestSpace(want = DEFAULT_WANT): PeerName | undefined {
     const candidates = [...this.ring.freeByPeer().entries()]
@@ -196,7 +205,13 @@ export class Ipam {
 
   /** mergeRing folds a received ring in and reports what happened. Throws on another range or seed. */
   mergeRing(state: RingState): RingMergeResult {
-    const r = this.ring.merge(state);
+    let r: RingMergeResult;
+    try {
+      r = this.ring.merge(state);
+    } catch (err) {
+      this.events.onConflict?.(err instanceof Error ? err.message : String(err));
+      throw err;
+    }
     for (const c of r.conflicts) this.events.onConflict?.(`ipam conflict: ${c}`);
     if (r.lost.length > 0) {
       const orphans = this.allocator.orphans();

@@ -1,0 +1,39 @@
+/**
+ * How an IPAM ring starts (`--ipalloc-init`); see router/ipam/service.ts. Kept apart, with no
+ * heavy imports, so the CLI can validate the flag without loading the router.
+ */
+import { WeftError } from '../../common/errors.js';
+import { type PeerName, parsePeerName } from '../../common/types.js';
+
+/** IpamInit says how this router may start the ring (see the module comment). */
+export type IpamInit =
+  | { readonly mode: 'auto'; readonly alone: boolean }
+  | { readonly mode: 'seed'; readonly seed: readonly PeerName[] }
+  | { readonly mode: 'observer' };
+
+/** parseIpamInit parses `auto`, `observer` or `seed=NAME,...`; `alone` says whether launch had no peers. */
+export function parseIpamInit(text: string, alone: boolean): IpamInit {
+  if (text === 'auto') return { mode: 'auto', alone };
+  if (text === 'observer') return { mode: 'observer' };
+  const m = /^seed=(.+)$/.exec(text);
+  if (m !== null) {
+    const names = m[1]!.split(',').map((s) => {
+      try {
+        return parsePeerName(s.trim());
+      } catch {
+        throw new WeftError(
+          'EWEFT_CONFIG',
+          `invalid --ipalloc-init seed name "${s}": want a peer name like 0a:1b:2c:3d:4e:5f`,
+        );
+      }
+    });
+    return { mode: 'seed', seed: names };
+  }
+  throw new WeftError('EWEFT_CONFIG', `invalid --ipalloc-init "${text}": want auto, observer or seed=NAME,...`);
+}
+
+/** formatIpamInit is the inverse of {@link parseIpamInit} (for status). */
+export function formatIpamInit(init: IpamInit): string {
+  if (init.mode === 'seed') return `seed=${init.seed.join(',')}`;
+  return init.mode;
+}
