@@ -14,8 +14,10 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { requireRoot, Topology } from '../e2e/netns.js';
+import { renderAttachTable, runAttach } from './attach.js';
 import { renderConvergenceTable, runConvergence } from './convergence.js';
 import { type HotpathResult, runHotpath } from './hotpath.js';
+import { renderIpamTable, runIpamBench } from './ipam.js';
 import { runRelay } from './relay.js';
 import { baselineScenarios, measureScenarios, renderTable } from './tunnels.js';
 import { weftScenario } from './weft-scenarios.js';
@@ -97,6 +99,17 @@ sections.push(
   '',
 );
 
+console.error('ipam allocator');
+sections.push(
+  '## IPAM allocator in isolation (bench/ipam.ts)',
+  '',
+  'One peer owning the default 10.32.0.0/12 alone, in one process: what `weft attach` costs in address',
+  'bookkeeping before any plumbing, and what a persisted write of the state costs.',
+  '',
+  renderIpamTable(await runIpamBench()),
+  '',
+);
+
 if (!values['hotpath-only']) {
   const reason = requireRoot();
   if (reason) {
@@ -137,6 +150,17 @@ if (!values['hotpath-only']) {
       '| direct median ms | relayed median ms | relayed / direct |',
       '|---:|---:|---:|',
       `| ${relay.directMedianMs.toFixed(3)} | ${relay.relayedMedianMs.toFixed(3)} | ${relay.ratio.toFixed(2)} |`,
+      '',
+    );
+    console.error('attach latency');
+    sections.push(
+      '## Attach latency (bench/attach.ts)',
+      '',
+      'One Weft host; 100 network namespaces attached one after another through the HTTP API (veth pair made in the',
+      'container under its final name, address from IPAM persisted with fsync, routes, sysctls, claim gossiped), then',
+      'detached; then whole `weft attach` CLI runs.',
+      '',
+      renderAttachTable(await runAttach()),
       '',
     );
   }

@@ -3,6 +3,14 @@
  * the lowest free address first, never the network or broadcast address of the subnet asked for,
  * and donates free aligned blocks to peers that ask. Pure and synchronous.
  *
+ * Cost: the addresses in use are also kept in a {@link UsedBitmap} over the range, so the lowest
+ * free address at or above any point costs O(log₃₂ range) word operations, however many addresses
+ * are allocated. allocate is that for each of our tokens it has to look in (one, unless the first
+ * ones are full), plus a binary search of the ring; claim and free cost O(1) per address plus that
+ * search. used(), refreshFree() and freeRuns() (hence donate()) walk our tokens and count or scan
+ * the bitmap 1024 addresses at a time where they can: O(tokens + owned / 1024), plus O(log₃₂ range)
+ * per free run for freeRuns(). None of them looks at the allocations one by one.
+ *
  * Persistence ({@link Allocator.toJSON}): the ring and the allocations, as JSON validated with zod
  * on load. Write it (fsync + rename) before acting on or gossiping a change, so that a restart,
  * even after `kill -9`, never forgets a donation or an allocation.
@@ -60,12 +68,169 @@ function pow2Floor(n: number): number {
   return n < 1 ? 0 : 2 ** Math.floor(Math.log2(n));
 }
 
+/** FULL is a bitmap word with every bit set. */
+const FULL = 0xffffffff;
+
+/** ctz32 returns the index of the lowest set bit of a non-zero 32-bit word. */
+function ctz32(x: number): number {
+  return 31 - Math.clz32(x & -x);
+}
+
+/** popcount32 counts the set bits of a 32-bit word. */
+function popcount32(x: number): number {
+  let v = x - ((x >>> 1) & 0x55555555);
+  v = (v & 0x33333333) + ((v >>> 2) & 0x33333333);
+  return Math.imul((v + (v >>> 4)) & 0x0f0f0f0f, 0x01010101) >>> 24;
+}
+
+/** BLOCK_WORDS is the number of bitmap words (32 offsets each) per counted block of {@link UsedBitmap}. */
+const BLOCK_WORDS = 32;
+const BLOCK_OFFSETS = BLOCK_WORDS * 32;
+
+/**
+ * UsedBitmap records which offsets 0 … size-1 of the range are allocated. Summary levels let
+ * {@link UsedBitmap.nextClear} skip allocated stretches 32, 1024, 32768 … offsets at a time. For a
+ * range of 32,768 addresses (a /17):
+ *
+ *   level 2   [ w0 ]                         bit j set ⇔ word j of level 1 is full
+ *   level 1   [ w0 ][ w1 ] … [ w31 ]         bit j set ⇔ word j of level 0 is full
+ *   level 0   [ w0 ][ w1 ] … [ w1023 ]       bit i set ⇔ offset i is allocated
+ *   blocks    [ n0 ]                         allocated offsets in words 0 … 31 of level 0 (1024 offsets)
+ *
+ * Levels are added until one word covers everything. Bits past the end of a level (padding of the
+ * last word, or summary bits for words that do not exist) are set once at construction, so they
+ * read as "allocated" / "full" and nextClear never returns them; the block counts leave them out.
+ * The counts let {@link UsedBitmap.count} and {@link UsedBitmap.nextSet} skip 1024 offsets at a
+ * time. Memory: the default /12 takes 128 KiB + 6 KiB; a /8 (2^24 addresses) 2 MiB + 98 KiB.
+ */
+class UsedBitmap {
+  /** levels[0] is the bitmap itself; levels[k + 1] summarises the full words of levels[k]. */
+  private readonly levels: Uint32Array[] = [];
+  /** bits is levels[0]. */
+  private readonly bits: Uint32Array;
+  /** blocks[b] counts the allocated offsets in words b·32 … b·32 + 31 of levels[0] (0 … 1024). */
+  private readonly blocks: Uint16Array;
+
+  constructor(readonly size: number) {
+    let n = size;
+    for (;;) {
+      const words = new Uint32Array(Math.ceil(n / 32));
+      const used = n % 32;
+      if (used !== 0) words[words.length - 1] = (FULL << used) >>> 0;
+      this.levels.push(words);
+      if (words.length === 1) break;
+      n = words.length;
+    }
+    this.bits = this.levels[0]!;
+    this.blocks = new Uint16Array(Math.ceil(this.bits.length / BLOCK_WORDS));
+  }
+
+  has(i: number): boolean {
+    return ((this.bits[i >>> 5]! >>> (i & 31)) & 1) === 1;
+  }
+
+  /** add marks offset i allocated; a word that becomes full is marked full one level up, and so on. */
+  add(i: number): void {
+    if (this.has(i)) return;
+    this.blocks[Math.floor(i / BLOCK_OFFSETS)]!++;
+    let idx = i;
+    for (const words of this.levels) {
+      const w = idx >>> 5;
+      words[w] = words[w]! | (1 << (idx & 31));
+      if (words[w] !== FULL) return;
+      idx = w;
+    }
+  }
+
+  /** delete marks offset i free; a word that was full is marked not full one level up, and so on. */
+  delete(i: number): void {
+    if (!this.has(i)) return;
+    this.blocks[Math.floor(i / BLOCK_OFFSETS)]!--;
+    let idx = i;
+    for (const words of this.levels) {
+      const w = idx >>> 5;
+      const wasFull = words[w] === FULL;
+      words[w] = words[w]! & ~(1 << (idx & 31));
+      if (!wasFull) return;
+      idx = w;
+    }
+  }
+
+  /** nextClear returns the lowest free offset ≥ i, or `size` when there is none. */
+  nextClear(i: number): number {
+    // Climb while the word holding idx has no clear bit at or after it: one level up, idx becomes
+    // the next word's index, and a clear bit there means "that word is not full".
+    let level = 0;
+    let idx = i;
+    for (;;) {
+      const words = this.levels[level];
+      if (words === undefined || idx >>> 5 >= words.length) return this.size;
+      const clear = ~words[idx >>> 5]! & (-1 << (idx & 31));
+      if (clear !== 0) {
+        idx = (idx & ~31) + ctz32(clear);
+        break;
+      }
+      idx = (idx >>> 5) + 1;
+      level++;
+    }
+    // Descend: at each level take the lowest clear bit of the word the level above points at.
+    while (level > 0) {
+      level--;
+      idx = idx * 32 + ctz32(~this.levels[level]![idx]!);
+    }
+    return idx;
+  }
+
+  /** nextSet returns the lowest allocated offset ≥ i, or a value ≥ `size` when there is none. */
+  nextSet(i: number): number {
+    const words = this.bits;
+    let w = i >>> 5;
+    if (w >= words.length) return this.size;
+    let x = words[w]! & (-1 << (i & 31));
+    while (x === 0) {
+      w++;
+      while (w % BLOCK_WORDS === 0 && w < words.length && this.blocks[w / BLOCK_WORDS] === 0) w += BLOCK_WORDS;
+      if (w >= words.length) return this.size;
+      x = words[w]!;
+    }
+    return w * 32 + ctz32(x);
+  }
+
+  /** count returns the number of allocated offsets in [lo, hi) (hi ≤ size). */
+  count(lo: number, hi: number): number {
+    if (lo >= hi) return 0;
+    const words = this.bits;
+    const first = lo >>> 5;
+    const last = (hi - 1) >>> 5;
+    const lowMask = -1 << (lo & 31); // bits ≥ lo in the first word
+    const highMask = -1 >>> (31 - ((hi - 1) & 31)); // bits ≤ hi - 1 in the last word
+    if (first === last) return popcount32(words[first]! & lowMask & highMask);
+    let n = popcount32(words[first]! & lowMask) + popcount32(words[last]! & highMask);
+    let w = first + 1;
+    while (w < last) {
+      if (w % BLOCK_WORDS === 0 && w + BLOCK_WORDS <= last) {
+        n += this.blocks[w / BLOCK_WORDS]!;
+        w += BLOCK_WORDS;
+      } else {
+        n += popcount32(words[w]!);
+        w++;
+      }
+    }
+    return n;
+  }
+}
+
 /** Allocator tracks which addresses of our space are in use, and by which owner key (container id). */
 export class Allocator {
+  /** byAddr holds every allocation, including orphans (no longer in our space, or, from a state file, outside the range). */
   private readonly byAddr = new Map<number, string>();
   private readonly byOwner = new Map<string, Set<number>>();
+  /** inUse mirrors the keys of byAddr that lie inside the range, as offsets from `ring.base`. */
+  private readonly inUse: UsedBitmap;
 
-  constructor(readonly ring: Ring) {}
+  constructor(readonly ring: Ring) {
+    this.inUse = new UsedBitmap(ring.end - ring.base);
+  }
 
   get self(): PeerName {
     return this.ring.self;
@@ -98,7 +263,9 @@ export class Allocator {
 
   used(): number {
     let n = 0;
-    for (const a of this.byAddr.keys()) if (this.isOurs(a)) n++;
+    this.forOurTokens((_, start, end) => {
+      n += this.usedIn(start, end);
+    });
     return n;
   }
 
@@ -123,12 +290,18 @@ export class Allocator {
     for (const a of this.byOwner.get(owner) ?? []) if (cidrContains(net, a) && this.isOurs(a)) return a as IPv4;
     const lo = net.addr + 1;
     const hi = net.addr + 2 ** (32 - net.prefix) - 1; // broadcast, excluded
-    for (const s of this.ring.rangesOf(this.self)) {
-      for (let a = Math.max(s.start, lo); a < Math.min(s.end, hi); a++) {
-        if (!this.byAddr.has(a)) {
-          this.take(owner, a);
-          return a as IPv4;
-        }
+    // Our tokens in address order, from the one holding lo: the first free address found in one
+    // of them is the lowest free address of our space in [lo, hi).
+    const toks = this.ring.tokens();
+    for (let i = Math.max(0, this.ring.indexOf(lo)); i < toks.length && toks[i]!.start < hi; i++) {
+      if (toks[i]!.owner !== this.self) continue;
+      const start = Math.max(toks[i]!.start, lo);
+      const end = Math.min(this.ring.tokenEnd(i), hi);
+      if (start >= end) continue;
+      const a = this.ring.base + this.inUse.nextClear(start - this.ring.base);
+      if (a < end) {
+        this.take(owner, a);
+        return a as IPv4;
       }
     }
     return undefined;
@@ -157,25 +330,36 @@ export class Allocator {
   /** free releases every address of `owner`; returns them (sorted). */
   free(owner: string): IPv4[] {
     const addrs = this.lookup(owner);
-    for (const a of addrs) this.byAddr.delete(a);
+    for (const a of addrs) {
+      this.byAddr.delete(a);
+      if (this.inRange(a)) this.inUse.delete(a - this.ring.base);
+    }
     this.byOwner.delete(owner);
     return addrs;
   }
 
   /** freeRuns returns the maximal runs of unused addresses in our space. */
   freeRuns(): Span[] {
-    const used = [...this.byAddr.keys()].sort((a, b) => a - b);
+    const base = this.ring.base;
+    const toks = this.ring.tokens();
     const out: Span[] = [];
-    let u = 0;
-    for (const s of this.ring.rangesOf(this.self)) {
-      let cur = s.start;
-      while (u < used.length && used[u]! < s.start) u++;
-      while (u < used.length && used[u]! < s.end) {
-        if (used[u]! > cur) out.push({ start: cur, end: used[u]!, owner: this.self });
-        cur = used[u]! + 1;
-        u++;
+    for (let i = 0; i < toks.length; ) {
+      if (toks[i]!.owner !== this.self) {
+        i++;
+        continue;
       }
-      if (cur < s.end) out.push({ start: cur, end: s.end, owner: this.self });
+      // Our adjacent tokens make one span, as in Ring.rangesOf (without building the list).
+      const spanStart = toks[i]!.start;
+      while (i < toks.length && toks[i]!.owner === this.self) i++;
+      const spanEnd = this.ring.tokenEnd(i - 1);
+      let cur: number = spanStart;
+      while (cur < spanEnd) {
+        const start = base + this.inUse.nextClear(cur - base);
+        if (start >= spanEnd) break;
+        const end = Math.min(base + this.inUse.nextSet(start - base), spanEnd);
+        out.push({ start, end, owner: this.self });
+        cur = end + 1; // end is in use, or the end of the span
+      }
     }
     return out;
   }
@@ -205,18 +389,9 @@ export class Allocator {
 
   /** refreshFree sets the free hints of our tokens from our allocations; true if any changed. */
   refreshFree(): boolean {
-    const toks = this.ring.tokens();
-    const counts = new Array<number>(toks.length).fill(0);
-    for (const a of this.byAddr.keys()) {
-      const i = this.ring.indexOf(a);
-      if (i >= 0) counts[i]!++;
-    }
     let changed = false;
-    toks.forEach((t, i) => {
-      if (t.owner === this.self) {
-        const free = this.ring.tokenEnd(i) - t.start - counts[i]!;
-        if (this.ring.setFree(i, free)) changed = true;
-      }
+    this.forOurTokens((i, start, end) => {
+      if (this.ring.setFree(i, end - start - this.usedIn(start, end))) changed = true;
     });
     return changed;
   }
@@ -288,8 +463,26 @@ export class Allocator {
     }
   }
 
+  /** forOurTokens calls fn with the index and [start, end) of each of our tokens, in address order. */
+  private forOurTokens(fn: (index: number, start: number, end: number) => void): void {
+    const toks = this.ring.tokens();
+    for (let i = 0; i < toks.length; i++) {
+      if (toks[i]!.owner === this.self) fn(i, toks[i]!.start, this.ring.tokenEnd(i));
+    }
+  }
+
+  /** usedIn counts the allocated addresses in [start, end), which must lie inside the range. */
+  private usedIn(start: number, end: number): number {
+    return this.inUse.count(start - this.ring.base, end - this.ring.base);
+  }
+
+  private inRange(addr: number): boolean {
+    return addr >= this.ring.base && addr < this.ring.end;
+  }
+
   private take(owner: string, addr: number): void {
     this.byAddr.set(addr, owner);
+    if (this.inRange(addr)) this.inUse.add(addr - this.ring.base);
     let set = this.byOwner.get(owner);
     if (set === undefined) {
       set = new Set();
@@ -302,5 +495,9 @@ export class Allocator {
 function checkKey(owner: string): void {
   if (typeof owner !== 'string' || owner.length === 0 || owner.length > OWNER_KEY_MAX_CHARS) {
     throw new WeftError('EWEFT_INPUT', 'ipam: owner key must be 1-256 characters');
+  }
+  // Keys become JSON object keys when persisted: one that is not a plain data key would be lost.
+  if (owner === '__proto__' || owner === 'constructor' || owner === 'prototype') {
+    throw new WeftError('EWEFT_INPUT', `ipam: "${owner}" cannot be an owner key`);
   }
 }
