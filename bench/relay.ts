@@ -3,7 +3,7 @@
  * direct link cut (nftables inside one host's namespace) so traffic crosses a third host.
  */
 import { type Host, Topology, waitUntil } from '../e2e/netns.js';
-import { launch, removeStateDirs, status, weft } from '../e2e/weft.js';
+import { expose, launch, removeStateDirs, status } from '../e2e/weft.js';
 
 /** RelayResult is the median RTTs and their ratio. */
 export interface RelayResult {
@@ -27,14 +27,22 @@ export async function runRelay(pings = 100): Promise<RelayResult> {
     await launch(h1, []);
     await launch(h2, [h1.underlayIp]);
     await launch(h3, [h2.underlayIp]);
-    for (const h of [h1, h2, h3]) await weft(h, ['expose', `10.32.0.${h.index}/12`]);
+    // h1 exposes first and seeds the IPAM ring; h2 and h3 then get space from a peer.
+    await expose(h1);
+    await expose(h2);
+    const a3 = await expose(h3);
     const state = async (h: Host, nickname: string) =>
       (await status(h)).peers.find((p) => p.nickname === nickname)?.state;
     await waitUntil(async () => (await state(h1, h3.name)) === 'established', {
       timeoutMs: 30_000,
       what: 'h1–h3 direct',
     });
-    const direct = await h1.ping('10.32.0.3', { count: pings, intervalS: 0.02 });
+    // h1 may hear the ring that routes h3's address a moment after the connection is up.
+    await waitUntil(async () => (await h1.ping(a3, { count: 1, timeoutMs: 1_000 })).received === 1, {
+      timeoutMs: 20_000,
+      what: 'direct ping',
+    });
+    const direct = await h1.ping(a3, { count: pings, intervalS: 0.02 });
     await h1.exec('nft', ['-f', '-'], {
       input: `table inet weftrelay {
   chain out { type filter hook output priority 0; ip daddr ${h3.underlayIp} drop; }
@@ -43,11 +51,11 @@ export async function runRelay(pings = 100): Promise<RelayResult> {
 `,
     });
     await waitUntil(async () => (await state(h1, h3.name)) === 'relayed', { timeoutMs: 30_000, what: 'h1–h3 relayed' });
-    await waitUntil(async () => (await h1.ping('10.32.0.3', { count: 1, timeoutMs: 2_000 })).received === 1, {
+    await waitUntil(async () => (await h1.ping(a3, { count: 1, timeoutMs: 2_000 })).received === 1, {
       timeoutMs: 20_000,
       what: 'relayed ping',
     });
-    const relayed = await h1.ping('10.32.0.3', { count: pings, intervalS: 0.02 });
+    const relayed = await h1.ping(a3, { count: pings, intervalS: 0.02 });
     const d = median(direct.rttsMs);
     const r = median(relayed.rttsMs);
     return { directMedianMs: d, relayedMedianMs: r, ratio: r / d, pings };

@@ -1,11 +1,11 @@
 import { rmSync } from 'node:fs';
 import type { Topology } from '../e2e/netns.js';
-import { launch, stateDir, waitPeers, weft } from '../e2e/weft.js';
+import { expose, launch, stateDir, waitPeers, weft } from '../e2e/weft.js';
 import type { TunnelScenario } from './tunnels.js';
 
 /**
  * weftScenario is a tunnel-table row for Weft itself: the real `weft` CLI launches a router in
- * each of the two hosts (the second told about the first), each exposes an overlay address,
+ * each of the two hosts (the second told about the first), each exposes an overlay address from IPAM,
  * and the measurement runs between those addresses.
  */
 export function weftScenario(encap: 'sleeve' | 'vxlan', extraFlags: string[] = []): TunnelScenario {
@@ -21,18 +21,21 @@ export function weftScenario(encap: 'sleeve' | 'vxlan', extraFlags: string[] = [
           rmSync(stateDir(h), { recursive: true, force: true });
         }
       };
+      let aIp: string;
+      let bIp: string;
       try {
         await launch(a, [], flags);
         await launch(b, [a.underlayIp], flags);
-        await weft(a, ['expose', '10.32.0.1/12']);
-        await weft(b, ['expose', '10.32.0.2/12']);
+        // a exposes first and seeds the IPAM ring; b then gets space from a.
+        aIp = await expose(a);
+        bIp = await expose(b);
         await waitPeers(a, 1);
         await waitPeers(b, 1);
       } catch (err) {
         await teardown();
         throw err;
       }
-      return { aIp: '10.32.0.1', bIp: '10.32.0.2', teardown, note: `overlay MTU ${opts.overlayMtu}` };
+      return { aIp, bIp, teardown, note: `overlay MTU ${opts.overlayMtu}` };
     },
   };
 }

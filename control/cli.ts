@@ -278,7 +278,7 @@ Examples:
   program
     .command('demo')
     .description('build hosts from network namespaces on this machine, launch a router in each, show the mesh working')
-    .option('--hosts <n>', 'how many hosts (2-9)', '2')
+    .option('--hosts <n>', 'how many hosts (2-9), each with 2 containers', '3')
     .addOption(new Option('--encap <encap>', 'encapsulation').choices(['sleeve', 'vxlan']).default('sleeve'))
     .option('--keep', 'leave the hosts running; remove them later with `weft demo --down`')
     .option('--down', 'remove the hosts a previous `weft demo --keep` left running')

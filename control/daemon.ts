@@ -34,7 +34,6 @@ export async function runForeground(cfg: LaunchConfig, log: Logger = createLogge
   const incarnation = Math.max(Date.now(), (state.incarnation ?? 0) + 1);
   let uid = 0n;
   while (uid === 0n) uid = randomBytes(8).readBigUInt64BE();
-  await checkRangeRoutes(cfg, log);
   let resetting = false;
 
   const router = new Router({
@@ -120,6 +119,13 @@ export async function runForeground(cfg: LaunchConfig, log: Logger = createLogge
   };
 
   await listen(server, cfg.httpAddr.host, cfg.httpAddr.port);
+  // After listen: a second router in this namespace is told so, not that its range overlaps the first's device.
+  try {
+    await checkRangeRoutes(cfg, log);
+  } catch (err) {
+    await new Promise<void>((r) => server.close(() => r()));
+    throw err;
+  }
   process.on('SIGTERM', () => void shutdown('SIGTERM'));
   process.on('SIGINT', () => void shutdown('SIGINT'));
   process.on('uncaughtException', (err) =>

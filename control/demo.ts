@@ -7,31 +7,72 @@ const run = promisify(execFile);
 
 /** DEFAULT_PREFIX names everything the demo creates, so `weft demo --down` finds it again. */
 export const DEFAULT_PREFIX = 'weftdemo';
+/** DEMO_DEFAULT_HOSTS is how many hosts `weft demo` builds unless told otherwise. */
+export const DEMO_DEFAULT_HOSTS = 3;
+/** DEMO_CONTAINERS_PER_HOST is how many containers (network namespaces) the demo attaches on each host. */
+export const DEMO_CONTAINERS_PER_HOST = 2;
 const UNDERLAY_NET = '192.168.211';
+/** DEMO_PING_COUNT is how many packets each ping of the demo's table sends. */
+const DEMO_PING_COUNT = 3;
+/** CONNECT_TIMEOUT_MS bounds the wait for discovery to connect every host to every other. */
+const CONNECT_TIMEOUT_MS = 30_000;
+/** REACH_TIMEOUT_MS bounds the wait for a container's address to be routed (ring gossip) from another host. */
+const REACH_TIMEOUT_MS = 20_000;
+/** STOP_GRACE_MS is how long the routers get between SIGTERM and SIGKILL on teardown. */
+const STOP_GRACE_MS = 3_000;
 
 /** DemoOptions configures `weft demo`. */
 export interface DemoOptions {
-  hosts: number;
+  /** hosts is how many hosts to build (default DEMO_DEFAULT_HOSTS). */
+  hosts?: number;
   encap: 'sleeve' | 'vxlan';
   keep: boolean;
   down: boolean;
   /** cli is the path of the weft CLI script to run inside each host. */
   cli: string;
-  /** prefix names the namespaces (`<prefix>-h1`...); default DEFAULT_PREFIX. */
+  /** prefix names the namespaces (`<prefix>-h1`, `<prefix>-h1c1`...); default DEFAULT_PREFIX. */
   prefix?: string;
   /** print receives the demo's narration (default: stdout). */
   print?: (line: string) => void;
 }
 
+/** DemoContainer is one container of the demo: a network namespace attached to a host's router. */
+interface DemoContainer {
+  /** label is the short name used in the ping table, e.g. `h1c2`. */
+  label: string;
+  /** ns is the network namespace, `<prefix>-h1c2`. */
+  ns: string;
+  /** host is the namespace of the host whose router attached it. */
+  host: string;
+  /** hostIndex is the index of that host in the demo's host list. */
+  hostIndex: number;
+  /** index counts the containers of one host from 1. */
+  index: number;
+  /** addr is the address IPAM gave it. */
+  addr: string;
+}
+
+/** PingResult is one ping of the table. */
+interface PingResult {
+  sent: number;
+  received: number;
+  /** avgMs is the mean round trip, undefined when nothing came back. */
+  avgMs: number | undefined;
+}
+
 /**
  * runDemo builds `hosts` hosts from network namespaces joined by a bridge (the "underlay"),
- * launches a router in each, gives each host an overlay address, and shows ping across the
- * overlay and the routers' status. Everything it creates is named `weftdemo-*` and removed at
- * the end (or by `--down` after `--keep`).
+ * launches a router in each (each told only about the one before), gives each host an overlay
+ * address from IPAM (the first host seeds the ring), attaches DEMO_CONTAINERS_PER_HOST containers
+ * (network namespaces) to each host with addresses from IPAM, and shows a table of pings from every
+ * container to the first container of each other host, then the routers' status and IPAM ring.
+ * Everything it creates is named `<prefix>-*` and removed at the end (or by `--down` after `--keep`).
+ * Throws EWEFT_SYSTEM when a step fails or a ping of the table lost packets (after removing the hosts).
  */
 export async function runDemo(o: DemoOptions): Promise<void> {
   const print = o.print ?? ((l: string) => process.stdout.write(`${l}\n`));
   const prefix = o.prefix ?? DEFAULT_PREFIX;
+  const hostCount = o.hosts ?? DEMO_DEFAULT_HOSTS;
   const stateRoot = `/run/weft-demo/${prefix}`;
   const teardown = () => removeDemo(prefix, stateRoot);
   if (o.down) {
@@ -44,10 +85,10 @@ export async function runDemo(o: DemoOptions): Promise<void> {
   if (!existsSync('/dev/net/tun'))
     throw new WeftError('EWEFT_TUN_OPEN', '/dev/net/tun is missing: the demo needs TUN devices');
   await teardown();
-  const hosts = Array.from({ length: o.hosts }, (_, i) => `${prefix}-h${i + 1}`);
+  const hosts = Array.from({ length: hostCount }, (_, i) => `${prefix}-h${i + 1}`);
   try {
     print(
-      `building ${o.hosts} hosts (network namespaces ${hosts.join(', ')}) on a bridged underlay ${UNDERLAY_NET}.0/24`,
+      `building ${hostCount} hosts (network namespaces ${hosts.join(', ')}) on a bridged underlay ${UNDERLAY_NET}.0/24`,
     );
     await ip('netns', 'add', `${prefix}-sw`);
     await ip('-n', `${prefix}-sw`, 'link', 'add', 'br0', 'type', 'bridge');
@@ -64,41 +105,42 @@ export async function runDemo(o: DemoOptions): Promise<void> {
       // Each host is told only about the one before it: discovery turns the chain into a mesh.
       const peers = i === 0 ? [] : [`${UNDERLAY_NET}.${i}`];
       const name = await weft(o.cli, h, 'launch', ...peers, '--encap', o.encap, '--state-dir', `${stateRoot}/${h}`);
-      await weft(o.cli, h, 'expose', `10.32.0.${i + 1}/12`);
-      const told = peers.length === 0 ? 'the first host' : `told only about ${peers[0]}`;
-      print(`  ${h}: router ${name.trim()} launched (${told}), overlay address 10.32.0.${i + 1}`);
+      // The first host's expose seeds the IPAM ring with the whole range; the others ask a peer for space.
+      const addr = (await weft(o.cli, h, 'expose')).trim();
+      const told = peers.length === 0 ? 'the first host, seeds the address ring' : `told only about ${peers[0]}`;
+      print(`  ${h}: router ${name.trim()} launched (${told}), host address ${addr}`);
     }
     print('waiting for discovery to connect every host to every other...');
     await waitConnected(o.cli, hosts);
+
+    print(`attaching ${DEMO_CONTAINERS_PER_HOST} containers (network namespaces) to each host with \`weft attach\`:`);
+    const containers: DemoContainer[] = [];
     for (const [i, h] of hosts.entries()) {
-      for (const [j] of hosts.entries()) {
-        if (i === j) continue;
-        const { stdout } = await run('ip', [
-          'netns',
-          'exec',
-          h,
-          'ping',
-          '-c',
-          '3',
-          '-i',
-          '0.2',
-          '-W',
-          '2',
-          `10.32.0.${j + 1}`,
-        ]);
-        const summary = stdout.split('\n').filter((l) => /packets transmitted|rtt/.test(l));
-        print(`  ${h} -> 10.32.0.${j + 1}: ${summary.join('; ')}`);
+      for (let k = 1; k <= DEMO_CONTAINERS_PER_HOST; k++) {
+        const label = `h${i + 1}c${k}`;
+        const ns = `${prefix}-${label}`;
+        await ip('netns', 'add', ns);
+        await ip('-n', ns, 'link', 'set', 'lo', 'up');
+        const addr = (await weft(o.cli, h, 'attach', ns)).trim();
+        containers.push({ label, ns, host: h, hostIndex: i, index: k, addr });
+        print(`  container ${ns} on ${h}: ${addr}`);
       }
     }
+
+    const failed = await pingTable(containers, print);
+
     print(`\n$ ip netns exec ${hosts[0]} weft status`);
     print((await weft(o.cli, hosts[0] as string, 'status')).trimEnd());
-    print(`\n$ ip netns exec ${hosts[0]} weft status connections`);
-    print((await weft(o.cli, hosts[0] as string, 'status', 'connections')).trimEnd());
-    print(`\n$ ip netns exec ${hosts[0]} weft status peers`);
-    print((await weft(o.cli, hosts[0] as string, 'status', 'peers')).trimEnd());
+    print(`\n$ ip netns exec ${hosts[0]} weft ps`);
+    print((await weft(o.cli, hosts[0] as string, 'ps')).trimEnd());
+    print(`\n$ ip netns exec ${hosts[0]} weft status ipam`);
+    print((await weft(o.cli, hosts[0] as string, 'status', 'ipam')).trimEnd());
+    if (failed > 0) throw new WeftError('EWEFT_SYSTEM', `${failed} ping(s) of the table lost packets`);
     if (o.keep) {
       print(
-        `\nhosts left running: try \`ip netns exec ${hosts[0]} weft status peers\`; remove them with \`weft demo --down\``,
+        `\nhosts left running: try \`ip netns exec ${hosts[0]} weft status peers\` or ` +
+          `\`ip netns exec ${containers[0]?.ns} ping ${containers[containers.length - 1]?.addr}\`; ` +
+          'remove them with `weft demo --down`',
       );
       return;
     }
@@ -110,20 +152,87 @@ export async function runDemo(o: DemoOptions): Promise<void> {
   print('\ndemo hosts removed');
 }
 
+/**
+ * pingTable pings, from every container, the first container of each other host: first until one
+ * reply comes back (a host hears another's share of the ring by gossip, a moment after it joins),
+ * then DEMO_PING_COUNT packets, shown as a table. Returns how many pings lost packets.
+ */
+async function pingTable(containers: DemoContainer[], print: (line: string) => void): Promise<number> {
+  const targets = containers.filter((c) => c.index === 1);
+  const rows: string[][] = [['from \\ to', ...targets.map((t) => `${t.label} ${t.addr}`)]];
+  let total = 0;
+  let full = 0;
+  for (const c of containers) {
+    const row = [`${c.label} ${c.addr}`];
+    for (const t of targets) {
+      if (t.hostIndex === c.hostIndex) {
+        row.push('-');
+        continue;
+      }
+      await waitReach(c, t);
+      const p = await ping(c.ns, t.addr, DEMO_PING_COUNT);
+      total++;
+      if (p.received === p.sent) full++;
+      row.push(`${p.received}/${p.sent}${p.avgMs === undefined ? '' : ` ${p.avgMs.toFixed(2)} ms`}`);
+    }
+    rows.push(row);
+  }
+  print(
+    `\nping from every container to the first container of each other host (${DEMO_PING_COUNT} packets: received/sent, avg rtt):`,
+  );
+  const widths = (rows[0] as string[]).map((_, col) => Math.max(...rows.map((r) => (r[col] ?? '').length)));
+  for (const r of rows) print(`  ${r.map((cell, col) => cell.padEnd(widths[col] ?? 0)).join('  ')}`.trimEnd());
+  print(`${full}/${total} pings answered in full`);
+  return total - full;
+}
+
+/** waitReach waits until `from` gets one reply from `to`, or REACH_TIMEOUT_MS passes (the table then shows the loss). */
+async function waitReach(from: DemoContainer, to: DemoContainer): Promise<void> {
+  const deadline = Date.now() + REACH_TIMEOUT_MS;
+  while (Date.now() < deadline) {
+    if ((await ping(from.ns, to.addr, 1)).received > 0) return;
+  }
+}
+
+/** ping runs `ping` inside namespace `ns`; a ping that lost packets is a result, not an error. */
+async function ping(ns: string, addr: string, count: number): Promise<PingResult> {
+  const args = ['netns', 'exec', ns, 'ping', '-n', '-q', '-c', String(count), '-i', '0.2', '-W', '1', addr];
+  let stdout: string;
+  try {
+    stdout = (await run('ip', args, { timeout: 5_000 + count * 1_000 })).stdout;
+  } catch (err) {
+    stdout = (err as { stdout?: string }).stdout ?? '';
+  }
+  const m = /(\d+) packets transmitted, (\d+) (?:packets )?received/.exec(stdout);
+  const rtt = /= [\d.]+\/([\d.]+)\//.exec(stdout);
+  return {
+    sent: m === null ? count : Number(m[1]),
+    received: m === null ? 0 : Number(m[2]),
+    avgMs: rtt === null ? undefined : Number(rtt[1]),
+  };
+}
+
 async function waitConnected(cli: string, hosts: string[]): Promise<void> {
-  const deadline = Date.now() + 30_000;
+  const deadline = Date.now() + CONNECT_TIMEOUT_MS;
   for (const h of hosts) {
     for (;;) {
-      const s = JSON.parse(await weft(cli, h, 'status', '--json')) as { peers: { state: string; cidrs: string[] }[] };
-      const ready = s.peers.filter((p) => p.state === 'established' && p.cidrs.length > 0);
+      const s = JSON.parse(await weft(cli, h, 'status', '--json')) as { peers: { state: string }[] };
+      const ready = s.peers.filter((p) => p.state === 'established');
       if (ready.length >= hosts.length - 1) break;
       if (Date.now() > deadline)
-        throw new WeftError('EWEFT_SYSTEM', `${h} did not connect to every other host within 30 s`);
+        throw new WeftError(
+          'EWEFT_SYSTEM',
+          `${h} did not connect to every other host within ${CONNECT_TIMEOUT_MS / 1000} s`,
+        );
       await new Promise((r) => setTimeout(r, 200));
     }
   }
 }
 
+/**
+ * removeDemo stops the routers of every `<prefix>-*` namespace (SIGTERM, SIGKILL after
+ * STOP_GRACE_MS), then deletes the namespaces (hosts, containers and switch) and the state.
+ */
 async function removeDemo(prefix: string, stateRoot: string): Promise<void> {
   let names: string[] = [];
   try {
@@ -135,21 +244,36 @@ async function removeDemo(prefix: string, stateRoot: string): Promise<void> {
   } catch {
     return;
   }
-  for (const n of names) {
+  const pidsIn = async (n: string): Promise<number[]> => {
     try {
       const { stdout } = await run('ip', ['netns', 'pids', n]);
-      for (const pid of stdout.split('\n').filter(Boolean)) {
-        try {
-          process.kill(Number(pid), 'SIGTERM');
-        } catch {
-          // already gone
-        }
-      }
+      return stdout.split('\n').filter(Boolean).map(Number);
     } catch {
-      // namespace vanished meanwhile
+      return []; // namespace vanished meanwhile
+    }
+  };
+  const signal = (pids: number[], sig: NodeJS.Signals) => {
+    for (const pid of pids) {
+      try {
+        process.kill(pid, sig);
+      } catch {
+        // already gone
+      }
+    }
+  };
+  for (const n of names) signal(await pidsIn(n), 'SIGTERM');
+  const deadline = Date.now() + STOP_GRACE_MS;
+  for (const n of names) {
+    for (;;) {
+      const left = await pidsIn(n);
+      if (left.length === 0) break;
+      if (Date.now() > deadline) {
+        signal(left, 'SIGKILL');
+        break;
+      }
+      await new Promise((r) => setTimeout(r, 100));
     }
   }
-  if (names.length > 0) await new Promise((r) => setTimeout(r, 300));
   for (const n of names) await run('ip', ['netns', 'del', n]).catch(() => undefined);
   rmSync(stateRoot, { recursive: true, force: true });
 }

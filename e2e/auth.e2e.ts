@@ -1,7 +1,7 @@
 import { writeFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type Host, requireRoot, Topology, waitUntil } from './netns.js';
-import { launch, removeStateDirs, stateDir, status, waitPeers, weft } from './weft.js';
+import { expose, launch, removeStateDirs, stateDir, status, waitPeers, weft } from './weft.js';
 
 const reason = requireRoot();
 
@@ -51,11 +51,14 @@ describe.skipIf(reason)('peers authenticate when a password is set', () => {
 
   it('connects a peer with the same password', async () => {
     await launch(h2, [h1.underlayIp], ['--password-file', passwordFile(h2, 'correct horse')]);
-    await weft(h1, ['expose', '10.32.0.1/12']);
-    await weft(h2, ['expose', '10.32.0.2/12']);
+    // h1 seeds the IPAM ring; h2 can only get space from it over the authenticated connection.
+    const a1 = await expose(h1);
+    const a2 = await expose(h2);
+    expect(a2).not.toBe(a1);
     await waitPeers(h1, 1);
     await waitPeers(h2, 1);
-    expect((await h2.ping('10.32.0.1', { count: 2, intervalS: 0.1 })).received).toBe(2);
+    expect((await h2.ping(a1, { count: 2, intervalS: 0.1 })).received).toBe(2);
+    expect((await h1.ping(a2, { count: 2, intervalS: 0.1 })).received).toBe(2);
     expect((await weft(h1, ['status'])).stdout).toMatch(/Encryption: peers authenticate with a password/);
   });
 });

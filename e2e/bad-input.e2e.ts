@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type Host, requireRoot, Topology } from './netns.js';
-import { launch, removeStateDirs, status, waitPeers, weft } from './weft.js';
+import { expose, launch, removeStateDirs, status, waitPeers, weft } from './weft.js';
 
 const reason = requireRoot();
 
@@ -34,14 +34,17 @@ describe.skipIf(reason)('bad input does not disturb a router', () => {
   let topo: Topology;
   let h1: Host;
   let h2: Host;
+  /** a1 and a2 are the addresses IPAM gave hosts 1 and 2. */
+  let a1: string;
+  let a2: string;
 
   beforeAll(async () => {
     topo = await Topology.create({ hosts: 2 });
     [h1, h2] = topo.hosts as [Host, Host];
     await launch(h1, []);
     await launch(h2, [h1.underlayIp]);
-    await weft(h1, ['expose', '10.32.0.1/12']);
-    await weft(h2, ['expose', '10.32.0.2/12']);
+    a1 = await expose(h1);
+    a2 = await expose(h2);
     await waitPeers(h1, 1);
   });
 
@@ -56,7 +59,7 @@ describe.skipIf(reason)('bad input does not disturb a router', () => {
     const dropped = Object.values(s.counters.drops).reduce((a, b) => a + b, 0);
     expect(dropped).toBeGreaterThanOrEqual(4000);
     expect(s.connections.filter((c) => c.state === 'established')).toHaveLength(1);
-    expect((await h2.ping('10.32.0.1', { count: 3, intervalS: 0.1 })).received).toBe(3);
+    expect((await h2.ping(a1, { count: 3, intervalS: 0.1 })).received).toBe(3);
   });
 
   it('answers CLI mistakes with one line and a usage exit status', async () => {
@@ -72,18 +75,22 @@ describe.skipIf(reason)('bad input does not disturb a router', () => {
   });
 
   it('refuses a second router in the same namespace with a clear error', async () => {
-    const r = await weft(h1, ['launch', '--foreground', '--device', h1.ifname('u'), '--http-addr', '127.0.0.1:6799'], {
-      allowFail: true,
-      timeoutMs: 20_000,
-    });
+    // A range of its own, so the first router's route to 10.32.0.0/12 does not refuse it earlier.
+    const args = ['--device', h1.ifname('u'), '--http-addr', '127.0.0.1:6799', '--ipalloc-range', '10.128.0.0/12'];
+    const r = await weft(h1, ['launch', '--foreground', ...args], { allowFail: true, timeoutMs: 20_000 });
     expect(r.code).not.toBe(0);
     expect(r.stderr).toMatch(/cannot listen for control connections on 0\.0\.0\.0:6783|already in use/);
     expect((await status(h1)).ready).toBe(true);
   });
 
-  it('exposes an address as an HTTP API answer of 409 on conflict', async () => {
-    const r = await weft(h1, ['expose', '10.32.0.2/12'], { allowFail: true });
-    expect(r.code).toBe(1);
-    expect(r.stderr).toMatch(/already in use by peer/);
+  it('answers an address conflict (HTTP 409) with exit status 1 and says whose address it is', async () => {
+    const h2name = (await status(h2)).name;
+    const other = await weft(h1, ['expose', `${a2}/12`], { allowFail: true });
+    expect(other.code).toBe(1);
+    expect(other.stderr).toMatch(new RegExp(`${a2.replaceAll('.', '\\.')} is in the address space of peer ${h2name}`));
+    const twice = await weft(h1, ['expose', `${a1}/16`], { allowFail: true });
+    expect(twice.code).toBe(1);
+    expect(twice.stderr).toMatch(/is already exposed as/);
+    expect((await status(h1)).exposed).toEqual([`${a1}/12`]);
   });
 });

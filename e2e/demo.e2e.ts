@@ -8,30 +8,74 @@ const run = promisify(execFile);
 const reason = requireRoot();
 /** PREFIX carries this run's id, so the demo's namespaces are ours alone. */
 const PREFIX = `${runId()}d`;
+/** CONTAINERS_PER_HOST is control/demo.ts DEMO_CONTAINERS_PER_HOST. */
+const CONTAINERS_PER_HOST = 2;
+
+/** ours lists the namespaces that carry the demo's prefix. */
+async function ours(): Promise<string[]> {
+  return (await listNamespaces()).filter((n) => n.startsWith(`${PREFIX}-`)).sort();
+}
+
+/** expectedNamespaces is every namespace a demo of `hosts` hosts makes: the switch, the hosts and their containers. */
+function expectedNamespaces(hosts: number): string[] {
+  const names = [`${PREFIX}-sw`];
+  for (let i = 1; i <= hosts; i++) {
+    names.push(`${PREFIX}-h${i}`);
+    for (let k = 1; k <= CONTAINERS_PER_HOST; k++) names.push(`${PREFIX}-h${i}c${k}`);
+  }
+  return names.sort();
+}
+
+/** containerLines parses the demo's `container NS on HOST: ADDR` lines. */
+function containerLines(stdout: string): { ns: string; host: string; addr: string }[] {
+  return [...stdout.matchAll(/^ {2}container (\S+) on (\S+): (\S+)$/gm)].map((m) => ({
+    ns: m[1] as string,
+    host: m[2] as string,
+    addr: m[3] as string,
+  }));
+}
 
 describe.skipIf(reason)('weft demo', () => {
   afterAll(async () => {
     await run(process.execPath, [CLI, 'demo', '--down', '--prefix', PREFIX]).catch(() => undefined);
   });
 
-  it('builds three hosts, pings across the overlay, prints status, and removes everything', async () => {
+  it('builds three hosts with two containers each, pings container to container across hosts, and removes everything', async () => {
     const { stdout } = await run(process.execPath, [CLI, 'demo', '--hosts', '3', '--prefix', PREFIX], {
-      timeout: 120_000,
+      timeout: 180_000,
     });
-    const pings = stdout.split('\n').filter((l) => l.includes('packets transmitted'));
-    expect(pings).toHaveLength(6);
-    for (const p of pings) expect(p).toMatch(/3 packets transmitted, 3 received/);
+    // Six containers, each with its own address from the cluster range, two on each host.
+    const containers = containerLines(stdout);
+    expect(containers.map((c) => c.ns).sort()).toEqual(expectedNamespaces(3).filter((n) => /-h\dc\d$/.test(n)));
+    for (const c of containers) {
+      expect(c.addr).toMatch(/^10\.(3[2-9]|4[0-7])\.\d+\.\d+$/);
+      expect(c.ns.startsWith(`${c.host}c`)).toBe(true);
+    }
+    expect(new Set(containers.map((c) => c.addr)).size).toBe(6);
+    // Every container pings the first container of the two other hosts: 12 pings, none lost.
+    expect(stdout).toMatch(/^12\/12 pings answered in full$/m);
+    const rows = stdout.split('\n').filter((l) => /^ {2}h\dc\d /.test(l));
+    expect(rows).toHaveLength(6);
+    for (const r of rows) expect(r.match(/\b3\/3 [\d.]+ ms/g)).toHaveLength(2);
     expect(stdout).toMatch(/Connections: 2 \(2 established\)/);
+    // `weft ps` of the first host lists its two containers; `weft status ipam` shows the three shares.
+    for (const c of containers.filter((x) => x.host === `${PREFIX}-h1`)) {
+      expect(stdout).toMatch(new RegExp(`^${c.ns} [0-9a-f:]{17} ${c.addr.replaceAll('.', '\\.')}/12$`, 'm'));
+    }
+    expect(stdout.match(/ IPs \([\d.]+% of total\)/g)).toHaveLength(3);
     expect(stdout).toMatch(/demo hosts removed/);
-    expect((await listNamespaces()).filter((n) => n.startsWith(PREFIX))).toEqual([]);
+    expect(await ours()).toEqual([]);
   });
 
-  it('leaves the hosts running with --keep until --down', async () => {
-    await run(process.execPath, [CLI, 'demo', '--keep', '--prefix', PREFIX], { timeout: 120_000 });
-    expect((await listNamespaces()).filter((n) => n.startsWith(PREFIX))).toHaveLength(3);
+  it('leaves hosts and containers running with --keep until --down removes every namespace it made', async () => {
+    await run(process.execPath, [CLI, 'demo', '--keep', '--hosts', '2', '--prefix', PREFIX], { timeout: 180_000 });
+    expect(await ours()).toEqual(expectedNamespaces(2));
     const { stdout } = await run('ip', ['netns', 'exec', `${PREFIX}-h2`, process.execPath, CLI, 'status', 'peers']);
     expect(stdout.split('\n').filter(Boolean).length).toBeGreaterThanOrEqual(3);
+    const ps = await run('ip', ['netns', 'exec', `${PREFIX}-h2`, process.execPath, CLI, 'ps']);
+    expect(ps.stdout).toMatch(new RegExp(`^${PREFIX}-h2c1 `, 'm'));
+    expect(ps.stdout).toMatch(new RegExp(`^${PREFIX}-h2c2 `, 'm'));
     await run(process.execPath, [CLI, 'demo', '--down', '--prefix', PREFIX]);
-    expect((await listNamespaces()).filter((n) => n.startsWith(PREFIX))).toEqual([]);
+    expect(await ours()).toEqual([]);
   });
 });

@@ -8,6 +8,7 @@ import { launch, removeStateDirs, stateDir, status, waitPeers, weft } from './we
 const reason = requireRoot();
 
 interface IpamJson {
+  range: string;
   state: string;
   owned: number;
   used: number;
@@ -177,5 +178,28 @@ describe.skipIf(reason)('IPAM across hosts', () => {
     expect(existsSync(path.join(stateDir(h2), 'ipam.json'))).toBe(false);
     expect(existsSync(path.join(stateDir(h2), 'state.json'))).toBe(false);
     expect((await h2.exec('ip', ['-br', 'link'])).stdout).not.toMatch(/^vw/m);
+  }, 60_000);
+});
+
+describe.skipIf(reason)('IPAM range and host routes', () => {
+  let topo: Topology;
+  afterAll(async () => {
+    await topo?.destroy();
+    if (topo) removeStateDirs(topo);
+  });
+
+  it('refuses a default range that overlaps a host route, and only warns for a range given explicitly', async () => {
+    topo = await Topology.create({ hosts: 1 });
+    const h = topo.hosts[0] as Host;
+    await h.exec('ip', ['route', 'add', '10.33.0.0/16', 'dev', h.underlayDev]);
+    const r = await weft(h, ['launch', '--device', h.ifname('t'), '--state-dir', stateDir(h)], { allowFail: true });
+    expect(r.code).not.toBe(0);
+    expect(r.stderr.trim()).toMatch(
+      /the address range 10\.32\.0\.0\/12 overlaps the host route 10\.33\.0\.0\/16 .*choose another range with --ipalloc-range/,
+    );
+    expect((await h.exec('ip', ['-br', 'link'])).stdout).not.toMatch(h.ifname('t'));
+    await launch(h, [], ['--ipalloc-range', '10.32.0.0/12']);
+    expect((await ipam(h)).range).toBe('10.32.0.0/12');
+    await weft(h, ['stop']);
   }, 60_000);
 });

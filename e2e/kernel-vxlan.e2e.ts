@@ -1,11 +1,16 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type Host, requireRoot, Topology } from './netns.js';
-import { launch, removeStateDirs, status, weft } from './weft.js';
+import { expose, launch, removeStateDirs, status } from './weft.js';
 
 const reason = requireRoot();
 
 /** VNI is Weft's default VXLAN network identifier (router/constants.ts VXLAN_VNI_DEFAULT). */
 const VNI = 22342;
+/**
+ * KERNEL_IP is the kernel host's address: inside the cluster range, and so inside the Weft host's
+ * own IPAM share (it is the only peer), but never allocated by IPAM — the router learns it by ARP.
+ */
+const KERNEL_IP = '10.32.0.9';
 
 /**
  * The Linux kernel's own vxlan device is a peer Weft did not write: host 2 runs no router at all,
@@ -15,12 +20,16 @@ describe.skipIf(reason)('a kernel vxlan device talks to a Weft router', () => {
   let topo: Topology;
   let weftHost: Host;
   let kernelHost: Host;
+  /** weftIp is the address IPAM gave the Weft host. */
+  let weftIp: string;
 
   beforeAll(async () => {
     topo = await Topology.create({ hosts: 2 });
     [weftHost, kernelHost] = topo.hosts as [Host, Host];
     await launch(weftHost, [], ['--encap', 'vxlan']);
-    await weft(weftHost, ['expose', '10.32.0.1/12']);
+    weftIp = await expose(weftHost);
+    expect(weftIp).toMatch(/^10\.(3[2-9]|4[0-7])\.\d+\.\d+$/);
+    expect(weftIp).not.toBe(KERNEL_IP);
     const vx = kernelHost.ifname('vx');
     await kernelHost.ip(
       'link',
@@ -38,7 +47,7 @@ describe.skipIf(reason)('a kernel vxlan device talks to a Weft router', () => {
       kernelHost.underlayDev,
     );
     await kernelHost.exec('bridge', ['fdb', 'append', '00:00:00:00:00:00', 'dev', vx, 'dst', weftHost.underlayIp]);
-    await kernelHost.ip('addr', 'add', '10.32.0.9/12', 'dev', vx);
+    await kernelHost.ip('addr', 'add', `${KERNEL_IP}/12`, 'dev', vx);
     await kernelHost.ip('link', 'set', vx, 'mtu', '1450', 'up');
     // Over veth nobody completes an offloaded inner checksum (a real NIC would): have the kernel
     // host's TCP stack checksum in software, as it does when the NIC lacks tunnel offloads.
@@ -51,23 +60,26 @@ describe.skipIf(reason)('a kernel vxlan device talks to a Weft router', () => {
   });
 
   it('answers the kernel host ARP and ping, and learns where it is', async () => {
-    const p = await kernelHost.ping('10.32.0.1', { count: 3, intervalS: 0.1 });
+    const p = await kernelHost.ping(weftIp, { count: 3, intervalS: 0.1 });
     expect(p.received).toBe(3);
     const s = await status(weftHost);
     expect(s.counters.arpReplies).toBeGreaterThanOrEqual(1);
-    expect(s.learned).toContainEqual(expect.objectContaining({ ip: '10.32.0.9', endpoint: kernelHost.underlayIp }));
+    expect(s.learned).toContainEqual(expect.objectContaining({ ip: KERNEL_IP, endpoint: kernelHost.underlayIp }));
+    // Learned, not allocated: IPAM records only the Weft host's own address.
+    const allocations = (s as unknown as { ipam: { allocations: { addr: string }[] } }).ipam.allocations;
+    expect(allocations.map((a) => a.addr)).toEqual([weftIp]);
   });
 
   it('pings the kernel host from the Weft host once learned', async () => {
-    const p = await weftHost.ping('10.32.0.9', { count: 3, intervalS: 0.1 });
+    const p = await weftHost.ping(KERNEL_IP, { count: 3, intervalS: 0.1 });
     expect(p.received).toBe(3);
   });
 
   it('carries TCP both ways (iperf3)', async () => {
     const server = await kernelHost.iperf3Server(5201);
     try {
-      const up = await weftHost.iperf3Client('10.32.0.9', { seconds: 2 });
-      const down = await weftHost.iperf3Client('10.32.0.9', { seconds: 2, reverse: true });
+      const up = await weftHost.iperf3Client(KERNEL_IP, { seconds: 2 });
+      const down = await weftHost.iperf3Client(KERNEL_IP, { seconds: 2, reverse: true });
       expect(up.bitsPerSecond).toBeGreaterThan(1e6);
       expect(down.bitsPerSecond).toBeGreaterThan(1e6);
     } finally {
@@ -100,6 +112,6 @@ describe.skipIf(reason)('a kernel vxlan device talks to a Weft router', () => {
     const s = await status(weftHost);
     expect(s.counters.drops.bad_vni).toBeGreaterThanOrEqual(2);
     // ...and the router still serves the right VNI.
-    expect((await kernelHost.ping('10.32.0.1', { count: 1 })).received).toBe(1);
+    expect((await kernelHost.ping(weftIp, { count: 1 })).received).toBe(1);
   });
 });

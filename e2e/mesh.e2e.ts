@@ -1,11 +1,28 @@
 import { execFileSync } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type Host, requireRoot, Topology, waitUntil } from './netns.js';
-import { launch, removeStateDirs, status, weft } from './weft.js';
+import { expose, launch, removeStateDirs, status } from './weft.js';
 
 const reason = requireRoot();
 const HOSTS = 5;
-const ip = (h: Host) => `10.32.0.${h.index}`;
+/** addrs holds the address IPAM gave each host, by host index. */
+const addrs = new Map<number, string>();
+const ip = (h: Host): string => {
+  const a = addrs.get(h.index);
+  if (a === undefined) throw new Error(`${h.name} has no overlay address yet`);
+  return a;
+};
+
+/**
+ * reach waits until `from` gets an answer from `to`'s address: a third host may take a moment to
+ * hear, through gossip, the ring that routes it.
+ */
+async function reach(from: Host, to: Host, what: string): Promise<void> {
+  await waitUntil(async () => (await from.ping(ip(to), { count: 1, timeoutMs: 1_000 })).received === 1, {
+    timeoutMs: 20_000,
+    what,
+  });
+}
 
 /** established lists the names of the peers `h` has an established data path with. */
 async function establishedPeers(h: Host): Promise<string[]> {
@@ -27,8 +44,10 @@ describe.skipIf(reason)('a mesh of five hosts launched as a chain', () => {
     for (const [i, h] of hosts.entries()) {
       const prev = hosts[i - 1];
       await launch(h, prev === undefined ? [] : [prev.underlayIp], ['--nickname', `h${h.index}`]);
-      await weft(h, ['expose', `${ip(h)}/12`]);
+      // h1 exposes first and seeds the IPAM ring; every later host asks a peer for space.
+      addrs.set(h.index, await expose(h));
     }
+    expect(new Set(addrs.values()).size).toBe(HOSTS);
   });
 
   afterAll(async () => {
@@ -45,9 +64,17 @@ describe.skipIf(reason)('a mesh of five hosts launched as a chain', () => {
     }
     const s = await status(hosts[0] as Host);
     expect(s.connections.filter((c) => c.state === 'established')).toHaveLength(HOSTS - 1);
+    const h1 = hosts[0] as Host;
     for (const h of hosts.slice(1)) {
-      expect((await (hosts[0] as Host).ping(ip(h), { count: 2, intervalS: 0.1 })).received).toBe(2);
+      await reach(h1, h, `h1 to reach ${h.name} at ${ip(h)}`);
+      expect((await h1.ping(ip(h), { count: 2, intervalS: 0.1 })).received).toBe(2);
     }
+    // Every host owns a share of the range, and each host's address routes to it from the last host.
+    const ring = (s as unknown as { ipam: { size: number; peers: { owned: number }[] } }).ipam;
+    expect(ring.peers).toHaveLength(HOSTS);
+    expect(ring.peers.reduce((n, p) => n + p.owned, 0)).toBe(ring.size);
+    const h5 = hosts[HOSTS - 1] as Host;
+    for (const h of hosts.slice(0, -1)) await reach(h5, h, `${h5.name} to reach ${h.name} at ${ip(h)}`);
   });
 
   it('relays through a third host when two hosts cannot reach each other', async () => {
@@ -100,10 +127,12 @@ describe.skipIf(reason)('a mesh of five hosts launched as a chain', () => {
     console.info(`e2e mesh: h1 noticed the killed router after ${noticedMs} ms`);
     const name = await launch(h5, [], ['--nickname', 'h5']);
     expect(name).toBe(before.name);
+    expect((await status(h5)).exposed).toEqual([`${ip(h5)}/12`]);
     await waitUntil(async () => (await establishedPeers(h1)).includes('h5'), {
       timeoutMs: 30_000,
       what: 'h5 to rejoin',
     });
+    await reach(h1, h5, 'h1 to reach the relaunched h5');
     expect((await h1.ping(ip(h5), { count: 3, intervalS: 0.1 })).received).toBe(3);
   });
 });

@@ -72,15 +72,28 @@ export interface StatusJson {
   learned: { ip: string; endpoint: string }[];
 }
 
-/** waitPeers waits until the router in `ns` has `n` peers with addresses and a proven data path. */
+/**
+ * waitPeers waits until the router in `ns` has `n` peers with a proven, routed data path. (Their
+ * IPAM addresses are routed by the ring, so peers need not announce any address.)
+ */
 export async function waitPeers(ns: Netns, n: number, timeoutMs = 20_000): Promise<StatusJson> {
   let last: StatusJson | undefined;
   await waitUntil(
     async () => {
       last = await status(ns);
-      return last.peers.length >= n && last.peers.every((p) => p.cidrs.length > 0 && p.state === 'established');
+      return last.peers.length >= n && last.peers.every((p) => p.state === 'established');
     },
     { timeoutMs, what: `${ns.name} to connect to ${n} peer(s)` },
   );
   return last as StatusJson;
+}
+
+/**
+ * expose runs `weft expose` with no CIDR in `ns`: the router takes an address from its IPAM share
+ * (or returns the one it already has). Resolves to the printed address, e.g. `10.32.0.1`.
+ */
+export async function expose(ns: Netns): Promise<string> {
+  const addr = (await weft(ns, ['expose'])).stdout.trim();
+  if (!/^\d{1,3}(\.\d{1,3}){3}$/.test(addr)) throw new Error(`weft expose in ${ns.name} printed "${addr}"`);
+  return addr;
 }

@@ -234,7 +234,7 @@ export class IpamService {
     if (o !== this.self) {
       throw new WeftError(
         'EWEFT_CONFLICT',
-        `${formatIPv4(addr)} is in the address space of peer ${o}: attach it on that host, or let IPAM choose`,
+        `${formatIPv4(addr)} is in the address space of peer ${o}: use it on that host, or let IPAM choose`,
       );
     }
     if (this.ipam.allocator.holder(addr) === owner) return;
