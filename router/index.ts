@@ -3,6 +3,7 @@
 export type { PacketConn } from './conn/packet-conn.js';
 export * from './constants.js';
 export { Counters, type CountersSnapshot, DROP_NAMES, Drop } from './datapath/counters.js';
+export type { Gossip, Gossiper } from './gossip/gossip.js';
 export {
   formatIpamInit,
   type IpamInit,

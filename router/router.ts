@@ -37,6 +37,7 @@ import type { ControlDatagram } from './datapath/forwarder.js';
 import { Forwarder } from './datapath/forwarder.js';
 import { VNET_HDR_LEN } from './datapath/gso.js';
 import { GOSSIP_INTERVAL_MS, type GossipChannel, GossipMux } from './gossip/channel.js';
+import type { Gossip, Gossiper } from './gossip/gossip.js';
 import type { Persisted } from './ipam/allocator.js';
 import { IPAM_CHANNEL } from './ipam/ipam.js';
 import { type IpamInit, IpamService } from './ipam/service.js';
@@ -199,6 +200,10 @@ export class Router implements Startable {
   private heartbeatTimer: NodeJS.Timeout | undefined;
   /** onTargetsChanged is called after connect/forget so the owner can persist targets. */
   onTargetsChanged: ((targets: string[]) => void) | undefined;
+  /** onPeersForgotten is called with peers dropped from the topology (unreachable past the grace delay, or rmpeer'd). */
+  onPeersForgotten: ((peers: PeerName[]) => void) | undefined;
+  /** gossipers are subsystems (DNS) riding their own gossip channels; registered before or after start. */
+  private readonly gossipers: { name: string; gossiper: Gossiper; channel: GossipChannel | undefined }[] = [];
 
   constructor(opts: RouterOptions) {
     this.opts = opts;
@@ -317,7 +322,24 @@ export class Router implements Startable {
       new TopologyGossiper(this.topology, (result) => this.onTopologyMerge(result)),
     );
     this.ipamChannel = this.mux.addChannel(IPAM_CHANNEL, this.ipam.gossiper);
+    for (const g of this.gossipers) g.channel = this.mux.addChannel(g.name, g.gossiper);
     this.ipam.start();
+  }
+
+  /**
+   * addGossiper gives a subsystem (e.g. DNS records) its own gossip channel over the mesh; returns
+   * the channel's sending side, usable at once (sends before start are dropped).
+   */
+  addGossiper(name: string, gossiper: Gossiper): Gossip {
+    if (name === TOPOLOGY_CHANNEL || name === IPAM_CHANNEL || this.gossipers.some((g) => g.name === name)) {
+      throw new InputError(`gossip channel "${name}" is already in use`);
+    }
+    const entry = { name, gossiper, channel: this.mux?.addChannel(name, gossiper) };
+    this.gossipers.push(entry);
+    return {
+      broadcast: (payload, include) => entry.channel?.broadcast(payload, include),
+      unicast: (dst, payload) => entry.channel?.unicast(dst, payload) ?? false,
+    };
   }
 
   /** onRingChange re-announces what moved between the ring and explicit claims, and reroutes. */
@@ -384,6 +406,7 @@ export class Router implements Startable {
         if (gone.length > 0) {
           this.log.info('forgot unreachable peers', { count: gone.length });
           this.recompute();
+          this.onPeersForgotten?.(gone);
         }
       }, PEER_GC_DELAY_MS);
       this.gcTimer.unref();
@@ -498,6 +521,7 @@ export class Router implements Startable {
     this.mux = undefined;
     this.topoChannel = undefined;
     this.ipamChannel = undefined;
+    for (const g of this.gossipers) g.channel = undefined;
     this.routes = emptyRoutes(this.name);
     this.discovered.clear();
     this.relayHops.clear();
@@ -655,7 +679,9 @@ export class Router implements Startable {
     if (!this.ipam.spans().some((s) => s.owner === name)) {
       throw new WeftError('EWEFT_NOT_FOUND', `peer ${name} owns no address space`);
     }
-    return { peer: name, addresses: this.ipam.rmpeer(name) };
+    const addresses = this.ipam.rmpeer(name);
+    this.onPeersForgotten?.([name]);
+    return { peer: name, addresses };
   }
 
   /**
