@@ -133,6 +133,8 @@ export class Attacher {
   private readonly goneSince = new Map<string, number>();
   private timer: NodeJS.Timeout | undefined;
   private checking = false;
+  /** hooks tell the DNS about containers coming and going (names, resolver configuration). */
+  hooks: { attached(a: AttachedContainer): Promise<void>; detached(a: AttachedContainer): Promise<void> } | undefined;
 
   constructor(
     private readonly router: Router,
@@ -254,6 +256,7 @@ export class Attacher {
       };
       this.attached.set(target, a);
       this.onChange();
+      await this.notify('attached', a);
       this.log.info('container attached', { container: target, device: ifname, cidr: a.cidrs.join(' ') });
       return { ...a };
     } catch (err) {
@@ -314,6 +317,16 @@ export class Attacher {
     this.attached.delete(a.target);
     this.goneSince.delete(a.target);
     this.onChange();
+    void this.notify('detached', a);
+  }
+
+  /** notify runs a hook; its failure is logged, never fails the attach or detach. */
+  private async notify(what: 'attached' | 'detached', a: AttachedContainer): Promise<void> {
+    try {
+      await this.hooks?.[what](a);
+    } catch (err) {
+      this.log.warn(`dns: container ${what}, but`, { container: a.target, err: (err as Error).message });
+    }
   }
 
   /**
@@ -338,6 +351,7 @@ export class Attacher {
           a.cidrs.map((c) => parseCidr(c)),
         );
         this.attached.set(a.target, { ...a });
+        await this.notify('attached', a);
       } catch (err) {
         this.log.error('cannot restore attached container', { container: a.target, err: (err as Error).message });
       }

@@ -91,8 +91,14 @@ Examples:
       '--container-grace <ms>',
       'a container gone without `weft detach` keeps its address this long before it is freed (default 30000)',
     )
-    .option('--dns-domain <domain>', 'DNS domain (default weft.local; the embedded DNS server is not built yet)')
-    .option('--no-dns', 'do not run the embedded DNS server (not built yet)')
+    .option('--dns-domain <domain>', 'DNS domain the embedded DNS answers for (default weft.local)')
+    .option('--no-dns', 'do not run the embedded DNS server')
+    .option(
+      '--dns-upstream <ip[:port],...>',
+      "resolvers for names outside the domain (default: the host's /etc/resolv.conf; env WEFT_DNS_UPSTREAM)",
+    )
+    .option('--dns-ttl <seconds>', 'TTL of answers for the domain (default 1)')
+    .option('--dns-port <port>', "DNS port on the host's overlay address (default 53)")
     .option(
       '--state-dir <dir>',
       'state directory (default per network namespace under /var/lib/weft; env WEFT_STATE_DIR)',
@@ -155,7 +161,9 @@ Examples:
   program
     .command('status')
     .description('what the router knows now')
-    .addArgument(new Argument('[what]', 'one part of the status').choices(['peers', 'connections', 'targets', 'ipam']))
+    .addArgument(
+      new Argument('[what]', 'one part of the status').choices(['peers', 'connections', 'targets', 'ipam', 'dns']),
+    )
     .option('--json', 'JSON output')
     .action(async (what: string | undefined, opts: { json?: boolean }, cmd: Command) => {
       const r = await client(cmd).ok('GET', what === undefined ? '/status' : `/status/${what}`, { json: opts.json });
@@ -246,6 +254,44 @@ Examples:
       }
       const list = r.json as { target: string; ifname: string; mac?: string; cidrs: string[]; name?: string }[];
       out(list.map((a) => `${a.target} ${a.mac ?? '-'} ${a.cidrs.join(' ')}${a.name ? ` ${a.name}` : ''}`).join('\n'));
+    });
+
+  program
+    .command('dns-add')
+    .description('register a name for addresses in the DNS (not tied to a container), gossiped to every host')
+    .argument('<args...>', 'IP... NAME')
+    .action(async (args: string[], _opts: unknown, cmd: Command) => {
+      if (args.length < 2) throw new InputError('usage: weft dns-add IP... NAME');
+      const name = args[args.length - 1] as string;
+      await client(cmd).ok('POST', '/name/add', { body: { name, ips: args.slice(0, -1) }, json: true });
+    });
+
+  program
+    .command('dns-remove')
+    .description('remove names added with dns-add: all addresses of NAME, or only those given')
+    .argument('<args...>', '[IP...] NAME')
+    .action(async (args: string[], _opts: unknown, cmd: Command) => {
+      const name = args[args.length - 1] as string;
+      await client(cmd).ok('POST', '/name/remove', { body: { name, ips: args.slice(0, -1) }, json: true });
+    });
+
+  program
+    .command('dns-lookup')
+    .description("ask this host's Weft DNS server for a name's addresses (a real DNS query)")
+    .argument('<name>', 'a name, e.g. db (the domain is added) or db.weft.local')
+    .action(async (name: string, _opts: unknown, cmd: Command) => {
+      const st = (await client(cmd).ok('GET', '/status/dns', { json: true })).json as {
+        domain: string;
+        listening?: string;
+      };
+      if (st.listening === undefined) {
+        throw new WeftError('EWEFT_NOT_READY', 'the DNS server is not listening: this host has no overlay address yet');
+      }
+      const fq = name.includes('.') ? name : `${name}.${st.domain}`;
+      const { lookupA } = await import('./dns-client.js');
+      const addrs = await lookupA(st.listening, fq);
+      if (addrs.length === 0) throw new WeftError('EWEFT_NOT_FOUND', `${fq}: no such name`);
+      out(addrs.join('\n'));
     });
 
   program

@@ -48,6 +48,12 @@ export interface LaunchConfig {
   readonly containerGraceMs: number;
   readonly dnsDomain: string;
   readonly noDns: boolean;
+  /** dnsUpstream overrides the host's resolv.conf nameservers for names outside the domain. */
+  readonly dnsUpstream: readonly string[] | undefined;
+  /** dnsTtl is the TTL of the DNS answers for the domain, in seconds. */
+  readonly dnsTtl: number;
+  /** dnsPort is the DNS server's port on the host's overlay address. */
+  readonly dnsPort: number;
   readonly httpAddr: HostPort;
   readonly stateDir: string;
   /** mtu is the overlay MTU; undefined means the underlay MTU minus the encapsulation overhead. */
@@ -95,6 +101,9 @@ export interface LaunchFlags {
   peerTimeout?: string;
   ipallocInit?: string;
   containerGrace?: string;
+  dnsUpstream?: string;
+  dnsTtl?: string;
+  dnsPort?: string;
 }
 
 /** parsePort validates a TCP/UDP port number given as text. */
@@ -208,6 +217,9 @@ export function buildLaunchConfig(
         : parseIntIn(flags.containerGrace, '--container-grace', 0, 86_400_000),
     dnsDomain,
     noDns: flags.dns === false,
+    dnsUpstream: parseUpstreams(flags.dnsUpstream ?? env.WEFT_DNS_UPSTREAM),
+    dnsTtl: flags.dnsTtl === undefined ? 1 : parseIntIn(flags.dnsTtl, '--dns-ttl', 0, 86_400),
+    dnsPort: flags.dnsPort === undefined ? 53 : parsePort(flags.dnsPort, '--dns-port'),
     httpAddr: parseHostPort(flags.httpAddr ?? env.WEFT_HTTP_ADDR ?? HTTP_ADDR, '--http-addr'),
     stateDir: flags.stateDir ?? env.WEFT_STATE_DIR ?? defaultStateDir(),
     mtu,
@@ -232,6 +244,22 @@ export function buildLaunchConfig(
     throw new ConfigError(`--vxlan-port ${cfg.vxlanPort} must differ from --port (sleeve uses UDP ${cfg.port})`);
   }
   return Object.freeze(cfg);
+}
+
+/** parseUpstreams validates `--dns-upstream ip[:port],...`. */
+function parseUpstreams(text: string | undefined): string[] | undefined {
+  if (text === undefined) return undefined;
+  const list = text
+    .split(',')
+    .map((s) => s.trim())
+    .filter((s) => s.length > 0);
+  for (const s of list) {
+    const hp = parseHostPort(s, '--dns-upstream', 53);
+    if (!/^\d{1,3}(\.\d{1,3}){3}$/.test(hp.host)) {
+      throw new ConfigError(`invalid --dns-upstream "${s}": want IPv4 addresses with optional :port, comma-separated`);
+    }
+  }
+  return list;
 }
 
 /** clientHttpAddr returns where the CLI finds the router of this namespace (flag, env, default). */

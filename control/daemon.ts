@@ -10,6 +10,7 @@ import { cidrsOverlap, formatCidr, parseCidr, parsePeerName, randomPeerName } fr
 import { Router } from '../router/index.js';
 import { Attacher, isContainerIfname } from './attach.js';
 import type { LaunchConfig } from './config.js';
+import { DnsService } from './dns.js';
 import { createApi } from './http.js';
 import { createMetrics } from './metrics.js';
 import { loadIpam, StateFile, saveIpam } from './state.js';
@@ -81,6 +82,30 @@ export async function runForeground(cfg: LaunchConfig, log: Logger = createLogge
   };
 
   const attacher = new Attacher(router, cfg.ipallocRange, log, () => persist(), cfg.containerGraceMs);
+  // The DNS rides the router's gossip; its channel must exist before the router connects.
+  const dns = cfg.noDns
+    ? undefined
+    : new DnsService({
+        router,
+        range: cfg.ipallocRange,
+        domain: cfg.dnsDomain,
+        ttl: cfg.dnsTtl,
+        port: cfg.dnsPort,
+        upstreams: cfg.dnsUpstream,
+        incarnation,
+        log,
+      });
+  if (dns !== undefined) {
+    attacher.hooks = {
+      attached: (a) =>
+        dns.attached(a, async () => {
+          await router.expose();
+          await attacher.refreshRoutes();
+          persist();
+        }),
+      detached: (a) => dns.detached(a),
+    };
+  }
   let stopping: Promise<void> | undefined;
   let resolveDone: () => void = () => {};
   const done = new Promise<void>((r) => {
@@ -91,8 +116,12 @@ export async function runForeground(cfg: LaunchConfig, log: Logger = createLogge
     attacher,
     metrics: createMetrics(router),
     log,
+    dns,
     onStop: () => void shutdown('stop requested'),
-    onChange: persist,
+    onChange: () => {
+      persist();
+      void dns?.sync();
+    },
     onReset: async () => {
       // Leave for good: containers off, space handed to a live peer, then no state left behind.
       await attacher.detachAll();
@@ -110,6 +139,7 @@ export async function runForeground(cfg: LaunchConfig, log: Logger = createLogge
     stopping ??= (async () => {
       log.info('router stopping', { reason });
       attacher.stop();
+      await dns?.stop();
       await router.stop();
       await new Promise<void>((r) => server.close(() => r()));
       server.closeAllConnections();
@@ -147,6 +177,7 @@ export async function runForeground(cfg: LaunchConfig, log: Logger = createLogge
       log.warn('cannot restore exposed address', { cidr: c, err: errorMessage(err) });
     }
   }
+  await dns?.start();
   await attacher.restore(state.attached);
   attacher.start();
   router.connect([...new Set([...state.targets, ...cfg.peers])]);

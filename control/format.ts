@@ -114,6 +114,24 @@ export function formatIpam(s: RouterStatus): string {
   return `${lines.join('\n')}\n`;
 }
 
+/** formatDns renders `weft status dns`: where it listens, upstreams, then every name. */
+export function formatDns(d: {
+  domain: string;
+  listening: string | undefined;
+  ttl: number;
+  upstreams: string[];
+  entries: { name: string; addr: string; owner: string; origin: string }[];
+}): string {
+  const lines = [
+    `Domain: ${d.domain}  TTL: ${d.ttl} s  Listening: ${d.listening ?? 'no (this host has no overlay address yet)'}`,
+    `Upstream: ${d.upstreams.length > 0 ? d.upstreams.join(' ') : 'none (other names are refused)'}`,
+  ];
+  for (const e of [...d.entries].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))) {
+    lines.push(`${e.name}  ${e.addr}  ${e.owner}  ${e.origin}`);
+  }
+  return `${lines.join('\n')}\n`;
+}
+
 function ipamLine(s: RouterStatus): string {
   const i = s.ipam;
   if (i.state === 'awaiting-seed') return `awaiting a seeded ring: ${i.message ?? ''}`;

@@ -2,11 +2,12 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import type { Registry } from 'prom-client';
 import { errorMessage, InputError, isWeftError, WeftError, type WeftErrorCode } from '../common/errors.js';
 import type { Logger } from '../common/log.js';
-import { formatCidr, parseCidr } from '../common/types.js';
+import { formatCidr, parseCidr, parseIPv4 } from '../common/types.js';
 import type { Router, RouterStatus } from '../router/index.js';
 import type { Attacher } from './attach.js';
 import { parsePeerAddress } from './config.js';
-import { formatConnections, formatIpam, formatPeers, formatStatus, formatTargets } from './format.js';
+import type { DnsService } from './dns.js';
+import { formatConnections, formatDns, formatIpam, formatPeers, formatStatus, formatTargets } from './format.js';
 
 /** BODY_MAX_BYTES bounds a request body; larger ones get 413. */
 const BODY_MAX_BYTES = 64 * 1024;
@@ -22,6 +23,8 @@ export interface ApiOptions {
   onStop: () => void;
   /** onChange is called after connect/forget/expose/hide so the owner can persist state. */
   onChange?: () => void;
+  /** dns serves `/status/dns` and the `/name/...` records; absent with --no-dns. */
+  dns?: DnsService;
   /** onReset leaves the network for good (detach all, hand over address space, remove state, stop). */
   onReset?: () => Promise<{ heir: string | undefined; addresses: number }>;
 }
@@ -72,7 +75,28 @@ export function createApi(opts: ApiOptions): Server {
     'GET /status/connections': statusView('connections'),
     'GET /status/targets': statusView('targets'),
     'GET /status/ipam': statusView('ipam'),
-    'GET /report': () => ({ json: router.status() }),
+    'GET /status/dns': (req, url) => {
+      const st = requireDns(opts.dns).status();
+      return wantsJson(req, url) ? { json: st } : { text: formatDns(st) };
+    },
+    'POST /name/add': (req, _url, body) => {
+      const b = parseBody(req, body);
+      const { name, ips } = nameAndIps(b);
+      if (name === undefined) throw new InputError('missing "name"');
+      requireDns(opts.dns).add(name, ips);
+      return { json: { name, ips } };
+    },
+    'POST /name/remove': (req, _url, body) => {
+      const { name, ips } = nameAndIps(parseBody(req, body));
+      if (name === undefined && ips.length === 0) throw new InputError('give "name" and/or "ips"');
+      return { json: { removed: requireDns(opts.dns).remove(name, ips) } };
+    },
+    'GET /name': (_req, url) => {
+      const name = url.searchParams.get('name');
+      if (name === null || name === '') throw new InputError('missing ?name=');
+      return { json: { name, ips: requireDns(opts.dns).lookup(name) } };
+    },
+    'GET /report': () => ({ json: { ...router.status(), dns: opts.dns?.status() } }),
     'GET /metrics': async () => ({ text: await metrics.metrics(), contentType: metrics.contentType }),
     'POST /connect': (req, url, body) => {
       const { peers, replace } = peerList(req, url, body);
@@ -184,6 +208,25 @@ export function createApi(opts: ApiOptions): Server {
       }
     }
   }
+}
+
+function requireDns(d: DnsService | undefined): DnsService {
+  if (d === undefined) throw new WeftError('EWEFT_NOT_FOUND', 'the DNS server is off (--no-dns)');
+  return d;
+}
+
+/** nameAndIps reads `name` (a DNS name) and `ips` (IPv4 addresses) from a body. */
+function nameAndIps(b: Record<string, unknown>): { name: string | undefined; ips: string[] } {
+  const name = b.name;
+  if (name !== undefined && (typeof name !== 'string' || name.length === 0 || name.length > 253)) {
+    throw new InputError('"name" must be a DNS name');
+  }
+  const raw = b.ips ?? [];
+  const ips = Array.isArray(raw) ? raw : [raw];
+  if (ips.length > 64 || ips.some((ip) => typeof ip !== 'string'))
+    throw new InputError('"ips" must be up to 64 IPv4 addresses');
+  for (const ip of ips as string[]) parseIPv4(ip);
+  return { name: name as string | undefined, ips: ips as string[] };
 }
 
 function requireAttacher(a: Attacher | undefined): Attacher {

@@ -35,8 +35,8 @@ describe.skipIf(reason)('weft attach / detach / ps', () => {
     c1 = await topo.addNamespace('ca');
     c2 = await topo.addNamespace('cb');
     c3 = await topo.addNamespace('cc');
-    await launch(h1, [], ['--container-grace', '1000']);
-    await launch(h2, [h1.underlayIp], ['--container-grace', '1000']);
+    await launch(h1, [], ['--container-grace', '1000', '--no-dns']);
+    await launch(h2, [h1.underlayIp], ['--container-grace', '1000', '--no-dns']);
     await waitPeers(h1, 1);
     await waitPeers(h2, 1);
   });
@@ -160,7 +160,7 @@ describe.skipIf(reason)('weft attach / detach / ps', () => {
 
   it('keeps containers and their addresses across a router restart', async () => {
     await weft(h2, ['stop']);
-    await launch(h2, []);
+    await launch(h2, [], ['--no-dns']);
     expect((await weft(h2, ['ps'])).stdout).toMatch(`${c2.name} `);
     expect((await ipam(h2)).allocations.map((x) => x.addr)).toContain(addr.c2);
     await waitPeers(h1, 1);

@@ -44,9 +44,9 @@ describe.skipIf(reason)('IPAM across hosts', () => {
     topo = await Topology.create({ hosts: 3 });
     hosts = topo.hosts as [Host, Host, Host];
     const [h1, h2, h3] = hosts;
-    await launch(h1, [], ['--nickname', 'h1']);
-    await launch(h2, [h1.underlayIp], ['--nickname', 'h2']);
-    await launch(h3, [h1.underlayIp], ['--nickname', 'h3']);
+    await launch(h1, [], ['--nickname', 'h1', '--no-dns']);
+    await launch(h2, [h1.underlayIp], ['--nickname', 'h2', '--no-dns']);
+    await launch(h3, [h1.underlayIp], ['--nickname', 'h3', '--no-dns']);
     for (const h of hosts) await waitPeers(h, 2, 30_000);
   });
 
@@ -89,7 +89,7 @@ describe.skipIf(reason)('IPAM across hosts', () => {
     const pids = execFileSync('ip', ['netns', 'pids', h2.name], { encoding: 'utf8' }).split('\n').filter(Boolean);
     expect(pids.length).toBeGreaterThan(0);
     for (const pid of pids) process.kill(Number(pid), 'SIGKILL');
-    await launch(h2, [hosts[0].underlayIp], ['--nickname', 'h2']);
+    await launch(h2, [hosts[0].underlayIp], ['--nickname', 'h2', '--no-dns']);
     expect((await ipam(h2)).allocations).toEqual(before);
     const mine = containers.filter((c) => c.host === h2);
     expect((await weft(h2, ['ps'])).stdout).toMatch(mine[0]!.ns.name);
@@ -198,7 +198,7 @@ describe.skipIf(reason)('IPAM range and host routes', () => {
       /the address range 10\.32\.0\.0\/12 overlaps the host route 10\.33\.0\.0\/16 .*choose another range with --ipalloc-range/,
     );
     expect((await h.exec('ip', ['-br', 'link'])).stdout).not.toMatch(h.ifname('t'));
-    await launch(h, [], ['--ipalloc-range', '10.32.0.0/12']);
+    await launch(h, [], ['--ipalloc-range', '10.32.0.0/12', '--no-dns']);
     expect((await ipam(h)).range).toBe('10.32.0.0/12');
     await weft(h, ['stop']);
   }, 60_000);

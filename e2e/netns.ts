@@ -24,7 +24,7 @@
  * namespace and its links alive after the name is gone.
  */
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
-import { accessSync, constants as fsConstants } from 'node:fs';
+import { accessSync, constants as fsConstants, rmSync } from 'node:fs';
 import { isMainThread } from 'node:worker_threads';
 
 /** DEFAULT_EXEC_TIMEOUT_MS bounds {@link Netns.exec} when no `timeoutMs` is given. */
@@ -242,6 +242,18 @@ const liveChildren = new Set<ChildProcess>();
 let handlersInstalled = false;
 
 /**
+ * removeNetnsEtc deletes /etc/netns/NAME (per-namespace files such as the resolv.conf a router
+ * writes for an attached container), which `ip netns del` leaves behind. Never throws.
+ */
+function removeNetnsEtc(ns: string): void {
+  try {
+    rmSync(`/etc/netns/${ns}`, { recursive: true, force: true });
+  } catch {
+    // best effort
+  }
+}
+
+/**
  * cleanupSync kills every process we spawned and every process inside our namespaces, then deletes the
  * namespaces; synchronous, so it works inside an 'exit' handler. Never throws.
  */
@@ -264,6 +276,7 @@ function cleanupSync(): void {
     } catch {
       // best effort: the name may be gone already
     }
+    removeNetnsEtc(ns);
     liveNamespaces.delete(ns);
   }
 }
@@ -401,6 +414,7 @@ export async function sweepStale(prefix = 'w', opts: SweepOptions = {}): Promise
     await killNamespacePids(ns, 500);
     const r = await runRoot('ip', ['netns', 'del', ns], { allowFail: true });
     if (r.code === 0) swept.push(ns);
+    removeNetnsEtc(ns);
     liveNamespaces.delete(ns);
   }
   return swept;
@@ -967,6 +981,7 @@ export class Topology {
     const failed: string[] = [];
     for (const ns of [...this.#namespaces].reverse()) {
       const r = await runRoot('ip', ['netns', 'del', ns], { allowFail: true });
+      removeNetnsEtc(ns);
       if (r.code !== 0 && (await listNamespaces()).includes(ns)) failed.push(`${ns}: ${r.stderr.trim()}`);
       else liveNamespaces.delete(ns);
     }

@@ -2,13 +2,13 @@
 # Sets up a fresh Debian/Ubuntu machine to build, run and test Weft:
 #   - Debian packages: iproute2 (the router configures its device with `ip`), build tools for the
 #     native addon, and the tools the tests and benchmarks drive (ping, iperf3, dig, nft, socat,
-#     wireguard-go + wg, nebula) - only those that are missing, only when run as root;
+#     wireguard-go + wg, nebula, dnsmasq and dnsperf for DNS) - only those that are missing, only when run as root;
 #   - npm dependencies (npm ci), the native TUN/UDP addon (node-gyp), the TypeScript build.
 # Idempotent: a second run does little.
 set -eu
 cd "$(dirname "$0")/.."
 
-PKGS="iproute2 ethtool iputils-ping iperf3 dnsutils nftables socat wireguard-go wireguard-tools nebula python3 make g++ procps"
+PKGS="iproute2 ethtool iputils-ping iperf3 dnsutils dnsmasq-base dnsperf nftables socat wireguard-go wireguard-tools nebula python3 make g++ procps"
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   missing=""
   for p in $PKGS; do

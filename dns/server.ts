@@ -1,0 +1,416 @@
+/**
+ * DnsServer is Weft's embedded DNS server: authoritative for the domain (default weft.local)
+ * from the gossiped {@link DnsRecords}, PTR for overlay addresses, and a forwarder to upstream
+ * resolvers for every other name. UDP and TCP on one address (the host's overlay address).
+ *
+ * The common query is answered on a fast path: parseQuery by hand into one reused Query, the
+ * answer found by NameMap straight from the parsed bytes and copied from records encoded once
+ * per change of the record set (dns/wire.ts). Everything unusual (errors, upstream) is slower
+ * and fine.
+ *
+ * Not an open resolver: queries from addresses outside the overlay range and not the host's own
+ * are refused. Malformed queries are dropped or answered FORMERR/NOTIMP/REFUSED and counted; the
+ * server never throws on input and never answers a response (no loops between servers).
+ */
+import { createSocket, type RemoteInfo, type Socket } from 'node:dgram';
+import { createServer, type Server, type Socket as TcpSocket } from 'node:net';
+import { WeftError } from '../common/errors.js';
+import type { Logger } from '../common/log.js';
+import { noopLogger } from '../common/log.js';
+import type { DnsRecords } from './records.js';
+import type { Upstream } from './upstream.js';
+import {
+  DNS_TCP_MAX_BYTES,
+  encodeARecords,
+  encodePtrRecords,
+  encodeSoaRecord,
+  FLAG_AA,
+  FLAG_RA,
+  FLAG_TC,
+  isQueryInDomain,
+  NameMap,
+  normalizeName,
+  ParseResult,
+  parseQuery,
+  ptrNameToIPv4,
+  QType,
+  Query,
+  Rcode,
+  type RecordSet,
+  udpResponseLimit,
+  writeAnswer,
+  writeError,
+  writeNegative,
+} from './wire.js';
+
+/** DNS_TTL_S is the default TTL of our answers: short, so a container that goes away is forgotten fast. */
+export const DNS_TTL_S = 1;
+/** DNS_TCP_CONNECTIONS_MAX bounds concurrent TCP clients. */
+export const DNS_TCP_CONNECTIONS_MAX = 256;
+/** DNS_TCP_IDLE_MS closes a TCP connection idle this long. */
+export const DNS_TCP_IDLE_MS = 10_000;
+
+/** DnsServerOptions configures a DnsServer. */
+export interface DnsServerOptions {
+  /** domain is the zone we answer for, e.g. weft.local (no trailing dot). */
+  domain: string;
+  ttl?: number;
+  records: DnsRecords;
+  /** upstream forwards other names; without it they are refused. */
+  upstream?: Upstream;
+  /** allowed says whether a client address may query (overlay or the host itself). */
+  allowed: (addr: string) => boolean;
+  /** inRange says whether an IPv4 address is an overlay address (PTR authority). */
+  inRange: (addr: number) => boolean;
+  log?: Logger;
+}
+
+/** DnsResult names what became of a query, for counters. */
+export type DnsResult =
+  | 'answer'
+  | 'nxdomain'
+  | 'nodata'
+  | 'forwarded'
+  | 'servfail'
+  | 'refused'
+  | 'formerr'
+  | 'notimp'
+  | 'badvers'
+  | 'dropped'
+  | 'truncated';
+
+const RESULTS: readonly DnsResult[] = [
+  'answer',
+  'nxdomain',
+  'nodata',
+  'forwarded',
+  'servfail',
+  'refused',
+  'formerr',
+  'notimp',
+  'badvers',
+  'dropped',
+  'truncated',
+];
+
+/** DnsServerStats are the server's counters (they only grow). */
+export interface DnsServerStats {
+  listening: string | undefined;
+  queries: Record<string, number>;
+  results: Record<DnsResult, number>;
+  tcpConnections: number;
+  tcpRefused: number;
+}
+
+/** DnsServer answers DNS over UDP and TCP (see the module comment). */
+export class DnsServer {
+  private readonly domain: string;
+  private readonly ttl: number;
+  private readonly log: Logger;
+  private udp: Socket | undefined;
+  private tcp: Server | undefined;
+  private bound: string | undefined;
+  private readonly q = new Query();
+  private readonly out = Buffer.alloc(DNS_TCP_MAX_BYTES + 2);
+  private answers = new NameMap<RecordSet>();
+  private readonly ptrCache = new Map<number, RecordSet | null>();
+  private builtVersion = -1;
+  private readonly soa: RecordSet;
+  private readonly byType = new Map<number, number>();
+  private readonly results = Object.fromEntries(RESULTS.map((r) => [r, 0])) as Record<DnsResult, number>;
+  private tcpConnections = 0;
+  private tcpRefused = 0;
+  /** upstream forwards names outside our authority; set once the resolvers are known. */
+  upstream: Upstream | undefined;
+
+  constructor(private readonly opts: DnsServerOptions) {
+    this.domain = normalizeName(opts.domain);
+    this.ttl = opts.ttl ?? DNS_TTL_S;
+    this.log = opts.log ?? noopLogger;
+    this.soa = encodeSoaRecord(this.domain, this.ttl);
+    this.upstream = opts.upstream;
+  }
+
+  /** address is where the server listens now (`a.b.c.d:port`), or undefined. */
+  get address(): string | undefined {
+    return this.bound;
+  }
+
+  /** listen (re)binds UDP and TCP to `host:port`; a no-op when already there. */
+  async listen(host: string, port: number): Promise<void> {
+    const where = `${host}:${port}`;
+    if (this.bound === where) return;
+    await this.close();
+    const udp = createSocket({ type: 'udp4', reuseAddr: false });
+    udp.on('message', (msg, rinfo) => this.onUdp(msg, rinfo));
+    udp.on('error', (err) => this.log.warn('dns udp socket error', { err: err.message }));
+    const tcp = createServer({ pauseOnConnect: false }, (sock) => this.onTcp(sock));
+    tcp.maxConnections = DNS_TCP_CONNECTIONS_MAX;
+    tcp.on('drop', () => this.tcpRefused++);
+    tcp.on('error', (err) => this.log.warn('dns tcp server error', { err: err.message }));
+    try {
+      await new Promise<void>((resolve, reject) => {
+        udp.once('error', reject);
+        udp.bind(port, host, () => {
+          udp.off('error', reject);
+          resolve();
+        });
+      });
+      await new Promise<void>((resolve, reject) => {
+        tcp.once('error', reject);
+        tcp.listen(port, host, () => {
+          tcp.off('error', reject);
+          resolve();
+        });
+      });
+    } catch (err) {
+      udp.close();
+      tcp.close();
+      throw new WeftError('EWEFT_SYSTEM', `dns: cannot listen on ${where}: ${(err as Error).message}`, { cause: err });
+    }
+    this.udp = udp;
+    this.tcp = tcp;
+    this.bound = where;
+    this.log.info('dns listening', { addr: where, domain: this.domain });
+  }
+
+  /** close stops listening (idempotent). */
+  async close(): Promise<void> {
+    const udp = this.udp;
+    const tcp = this.tcp;
+    this.udp = undefined;
+    this.tcp = undefined;
+    this.bound = undefined;
+    udp?.close();
+    if (tcp !== undefined) await new Promise<void>((r) => tcp.close(() => r()));
+  }
+
+  /** stats returns the counters. */
+  stats(): DnsServerStats {
+    const queries: Record<string, number> = {};
+    for (const [t, n] of this.byType) queries[typeName(t)] = n;
+    return {
+      listening: this.bound,
+      queries,
+      results: { ...this.results },
+      tcpConnections: this.tcpConnections,
+      tcpRefused: this.tcpRefused,
+    };
+  }
+
+  /**
+   * answer handles one query in `buf[0, len)` from `client` and writes the response into
+   * `this.out` at `at`; returns its length, 0 for no answer, or a Promise for a forwarded one.
+   */
+  private answer(buf: Buffer, len: number, client: string, tcp: boolean, at: number): number | Promise<Buffer> {
+    const q = this.q;
+    const r = parseQuery(buf, len, q, tcp ? DNS_TCP_MAX_BYTES : undefined);
+    const out = at === 0 ? this.out : this.out.subarray(at);
+    if (r === ParseResult.Drop) return this.count('dropped');
+    this.byType.set(q.qtype, (this.byType.get(q.qtype) ?? 0) + 1);
+    const ra = this.upstream === undefined ? 0 : FLAG_RA;
+    if (r !== ParseResult.Ok) {
+      this.count(
+        r === ParseResult.NotImp
+          ? 'notimp'
+          : r === ParseResult.BadVers
+            ? 'badvers'
+            : r === ParseResult.Refused
+              ? 'refused'
+              : 'formerr',
+      );
+      return writeError(out, buf, q, r, ra);
+    }
+    if (!this.opts.allowed(client)) {
+      this.count('refused');
+      return writeError(out, buf, q, Rcode.Refused, ra);
+    }
+    const limit = tcp ? DNS_TCP_MAX_BYTES : udpResponseLimit(q);
+    if (isQueryInDomain(q, this.domain)) {
+      this.rebuild();
+      const set = this.answers.lookup(q);
+      const flags = FLAG_AA | ra;
+      if (set === undefined) {
+        const apex = q.nameLen > 0 && normalizeName(q.name) === this.domain;
+        if (apex && q.qtype === QType.SOA)
+          return this.written(writeAnswer(out, buf, q, this.soa, limit, flags), 'answer', out);
+        this.count(apex ? 'nodata' : 'nxdomain');
+        return writeNegative(out, buf, q, apex ? Rcode.NoError : Rcode.NxDomain, this.soa, limit, flags);
+      }
+      if (q.qtype === QType.A || q.qtype === QType.ANY)
+        return this.written(writeAnswer(out, buf, q, set, limit, flags), 'answer', out);
+      this.count('nodata');
+      return writeNegative(out, buf, q, Rcode.NoError, this.soa, limit, flags);
+    }
+    if (q.qtype === QType.PTR) {
+      const addr = ptrNameToIPv4(q.name);
+      if (addr !== undefined && this.opts.inRange(addr)) {
+        const set = this.ptr(addr);
+        const flags = FLAG_AA | ra;
+        if (set !== undefined) return this.written(writeAnswer(out, buf, q, set, limit, flags), 'answer', out);
+        this.count('nxdomain');
+        return writeNegative(out, buf, q, Rcode.NxDomain, this.soa, limit, flags);
+      }
+    }
+    const upstream = this.upstream;
+    if (upstream === undefined) {
+      this.count('refused');
+      return writeError(out, buf, q, Rcode.Refused, 0);
+    }
+    // Forwarded: copy the query (the receive buffer is reused) and what the reply needs.
+    const query = Buffer.from(buf.subarray(0, len));
+    const qEnd = q.questionEnd;
+    return upstream.resolve(query).then(
+      (reply) => {
+        this.count('forwarded');
+        if (reply.length <= limit) return reply;
+        this.count('truncated');
+        return truncated(reply, qEnd);
+      },
+      () => {
+        this.count('servfail');
+        const o = Buffer.alloc(len + 64);
+        const p = new Query();
+        parseQuery(query, query.length, p, DNS_TCP_MAX_BYTES);
+        return o.subarray(0, writeError(o, query, p, Rcode.ServFail, FLAG_RA));
+      },
+    );
+  }
+
+  private written(n: number, result: DnsResult, out: Buffer): number {
+    this.count((out.readUInt16BE(2) & FLAG_TC) !== 0 ? 'truncated' : result);
+    return n;
+  }
+
+  private count(r: DnsResult): 0 {
+    this.results[r]++;
+    return 0;
+  }
+
+  private onUdp(msg: Buffer, rinfo: RemoteInfo): void {
+    // A reply to port 0 throws in send (dns2's crash); such a source cannot be answered anyway.
+    if (rinfo.port === 0 || rinfo.family !== 'IPv4') {
+      this.count('dropped');
+      return;
+    }
+    let r: number | Promise<Buffer>;
+    try {
+      r = this.answer(msg, msg.length, rinfo.address, false, 0);
+    } catch (err) {
+      this.log.error('dns: query failed', { err: (err as Error).message });
+      return;
+    }
+    if (typeof r === 'number') {
+      if (r > 0) this.send(Buffer.from(this.out.subarray(0, r)), rinfo);
+      return;
+    }
+    void r.then((reply) => this.send(reply, rinfo));
+  }
+
+  private send(reply: Buffer, rinfo: RemoteInfo): void {
+    try {
+      this.udp?.send(reply, rinfo.port, rinfo.address, (err) => {
+        if (err) this.log.debug('dns: send failed', { err: err.message });
+      });
+    } catch (err) {
+      this.log.debug('dns: send failed', { err: (err as Error).message });
+    }
+  }
+
+  /** onTcp serves length-prefixed queries on a connection, in order, until idle or closed. */
+  private onTcp(sock: TcpSocket): void {
+    this.tcpConnections++;
+    const client = sock.remoteAddress?.replace(/^::ffff:/, '') ?? '';
+    let pending: Buffer = Buffer.alloc(0);
+    let chain: Promise<void> = Promise.resolve();
+    sock.setTimeout(DNS_TCP_IDLE_MS, () => sock.destroy());
+    sock.on('error', () => sock.destroy());
+    sock.on('data', (chunk: Buffer) => {
+      pending = pending.length === 0 ? chunk : Buffer.concat([pending, chunk]);
+      while (pending.length >= 2) {
+        const n = pending.readUInt16BE(0);
+        if (n < 12) {
+          this.count('dropped');
+          sock.destroy();
+          return;
+        }
+        if (pending.length < 2 + n) break;
+        const query = Buffer.from(pending.subarray(2, 2 + n));
+        pending = pending.subarray(2 + n);
+        chain = chain.then(() => this.serveTcp(sock, query, client));
+      }
+    });
+  }
+
+  private async serveTcp(sock: TcpSocket, query: Buffer, client: string): Promise<void> {
+    if (sock.destroyed) return;
+    let reply: Buffer;
+    try {
+      const r = this.answer(query, query.length, client, true, 2);
+      if (typeof r === 'number') {
+        if (r === 0) {
+          sock.destroy();
+          return;
+        }
+        reply = Buffer.from(this.out.subarray(0, r + 2));
+        reply.writeUInt16BE(r, 0);
+      } else {
+        const body = await r;
+        reply = Buffer.alloc(body.length + 2);
+        reply.writeUInt16BE(body.length, 0);
+        body.copy(reply, 2);
+      }
+    } catch (err) {
+      this.log.error('dns: tcp query failed', { err: (err as Error).message });
+      sock.destroy();
+      return;
+    }
+    if (!sock.destroyed) sock.write(reply);
+  }
+
+  /** rebuild re-encodes every name's A records after the record set changed. */
+  private rebuild(): void {
+    const records = this.opts.records;
+    if (records.version === this.builtVersion) return;
+    const byName = new Map<string, number[]>();
+    for (const r of records.entries()) {
+      if (r.deleted) continue;
+      const list = byName.get(r.name);
+      if (list === undefined) byName.set(r.name, [r.addr]);
+      else if (!list.includes(r.addr)) list.push(r.addr);
+    }
+    const answers = new NameMap<RecordSet>();
+    for (const [name, addrs] of byName) answers.set(name, encodeARecords(addrs, this.ttl));
+    this.answers = answers;
+    this.ptrCache.clear();
+    this.builtVersion = records.version;
+  }
+
+  private ptr(addr: number): RecordSet | undefined {
+    this.rebuild();
+    let set = this.ptrCache.get(addr);
+    if (set === undefined) {
+      const names = this.opts.records.lookupAddr(addr);
+      set = names.length === 0 ? null : encodePtrRecords(names, this.ttl);
+      if (this.ptrCache.size > 10_000) this.ptrCache.clear();
+      this.ptrCache.set(addr, set);
+    }
+    return set ?? undefined;
+  }
+}
+
+/** truncated keeps only the header and question of an upstream reply, with TC set. */
+function truncated(reply: Buffer, questionEnd: number): Buffer {
+  const end = Math.min(questionEnd, reply.length);
+  const out = Buffer.from(reply.subarray(0, end));
+  out.writeUInt16BE(out.readUInt16BE(2) | FLAG_TC, 2);
+  out.writeUInt16BE(0, 6);
+  out.writeUInt16BE(0, 8);
+  out.writeUInt16BE(0, 10);
+  return out;
+}
+
+function typeName(t: number): string {
+  for (const [k, v] of Object.entries(QType)) if (v === t) return k;
+  return String(t);
+}
