@@ -114,7 +114,7 @@ export async function runForeground(cfg: LaunchConfig, log: Logger = createLogge
   const server: Server = createApi({
     router,
     attacher,
-    metrics: createMetrics(router),
+    metrics: createMetrics(router, dns),
     log,
     dns,
     onStop: () => void shutdown('stop requested'),

@@ -121,13 +121,13 @@ export async function runDemo(o: DemoOptions): Promise<void> {
         const ns = `${prefix}-${label}`;
         await ip('netns', 'add', ns);
         await ip('-n', ns, 'link', 'set', 'lo', 'up');
-        const addr = (await weft(o.cli, h, 'attach', ns)).trim();
+        const addr = (await weft(o.cli, h, 'attach', ns, '--name', label)).trim();
         containers.push({ label, ns, host: h, hostIndex: i, index: k, addr });
-        print(`  container ${ns} on ${h}: ${addr}`);
+        print(`  container ${ns} on ${h}: ${addr}, named ${label}.weft.local`);
       }
     }
 
-    const failed = await pingTable(containers, print);
+    const failed = (await pingTable(containers, print)) + (await nameTable(containers, print));
 
     print(`\n$ ip netns exec ${hosts[0]} weft status`);
     print((await weft(o.cli, hosts[0] as string, 'status')).trimEnd());
@@ -135,7 +135,7 @@ export async function runDemo(o: DemoOptions): Promise<void> {
     print((await weft(o.cli, hosts[0] as string, 'ps')).trimEnd());
     print(`\n$ ip netns exec ${hosts[0]} weft status ipam`);
     print((await weft(o.cli, hosts[0] as string, 'status', 'ipam')).trimEnd());
-    if (failed > 0) throw new WeftError('EWEFT_SYSTEM', `${failed} ping(s) of the table lost packets`);
+    if (failed > 0) throw new WeftError('EWEFT_SYSTEM', `${failed} ping(s) or name lookup(s) of the tables failed`);
     if (o.keep) {
       print(
         `\nhosts left running: try \`ip netns exec ${hosts[0]} weft status peers\` or ` +
@@ -192,6 +192,33 @@ async function waitReach(from: DemoContainer, to: DemoContainer): Promise<void> 
   while (Date.now() < deadline) {
     if ((await ping(from.ns, to.addr, 1)).received > 0) return;
   }
+}
+
+/**
+ * nameTable looks up, from the first container, the name of the first container of every other
+ * host with `getent hosts` (the container's resolver is its router's DNS, set up by attach).
+ * Returns how many lookups failed or gave a wrong address.
+ */
+async function nameTable(containers: DemoContainer[], print: (line: string) => void): Promise<number> {
+  const from = containers[0];
+  if (from === undefined) return 0;
+  const targets = containers.filter((c) => c.index === 1 && c.hostIndex !== from.hostIndex);
+  print(`\nname lookups from ${from.label} (\`getent hosts NAME\` inside the container):`);
+  let failed = 0;
+  for (const t of targets) {
+    let got = '';
+    for (let i = 0; i < 50 && got === ''; i++) {
+      got = await run('ip', ['netns', 'exec', from.ns, 'getent', 'hosts', t.label], { timeout: 5_000 }).then(
+        (r) => r.stdout.trim().split(/\s+/)[0] ?? '',
+        () => '',
+      );
+      if (got === '') await new Promise((r) => setTimeout(r, 200));
+    }
+    const ok = got === t.addr;
+    if (!ok) failed++;
+    print(`  ${t.label.padEnd(6)} → ${got || 'not found'}${ok ? '' : `  (expected ${t.addr})`}`);
+  }
+  return failed;
 }
 
 /** ping runs `ping` inside namespace `ns`; a ping that lost packets is a result, not an error. */
@@ -274,7 +301,11 @@ async function removeDemo(prefix: string, stateRoot: string): Promise<void> {
       await new Promise((r) => setTimeout(r, 100));
     }
   }
-  for (const n of names) await run('ip', ['netns', 'del', n]).catch(() => undefined);
+  for (const n of names) {
+    await run('ip', ['netns', 'del', n]).catch(() => undefined);
+    // The resolv.conf a router wrote for an attached container (ip netns del leaves it).
+    rmSync(`/etc/netns/${n}`, { recursive: true, force: true });
+  }
   rmSync(stateRoot, { recursive: true, force: true });
 }
 

@@ -1,12 +1,13 @@
 import { Counter, collectDefaultMetrics, Gauge, Registry } from 'prom-client';
 import type { Router } from '../router/index.js';
 import { DROP_NAMES } from '../router/index.js';
+import type { DnsService } from './dns.js';
 
 /**
  * createMetrics builds a Prometheus registry whose values are read from the router at scrape
  * time (the datapath keeps plain counters; nothing is updated per packet here).
  */
-export function createMetrics(router: Router): Registry {
+export function createMetrics(router: Router, dns?: DnsService): Registry {
   const register = new Registry();
   // The event-loop delay monitor samples every eventLoopMonitoringPrecision ms; the default (10) would wake
   // an idle router 100 times a second.
@@ -155,5 +156,74 @@ export function createMetrics(router: Router): Registry {
       this.set(snap().ipam.pending.length);
     },
   });
+  if (dns !== undefined) dnsMetrics(register, dns);
   return register;
+}
+
+/** dnsMetrics exports the DNS server's and the upstream forwarder's counters. */
+function dnsMetrics(register: Registry, dns: DnsService): void {
+  const st = () =>
+    dns.status() as {
+      server: { queries: Record<string, number>; results: Record<string, number> };
+      upstream?: { cacheHits: number; cacheMisses: number; latency: { count: number; sumMs: number } };
+      entries: unknown[];
+    };
+  new Counter({
+    name: 'weft_dns_queries_total',
+    help: 'DNS queries received, by question type.',
+    labelNames: ['type'],
+    registers: [register],
+    collect() {
+      this.reset();
+      for (const [type, n] of Object.entries(st().server.queries)) this.inc({ type }, n);
+    },
+  });
+  new Counter({
+    name: 'weft_dns_results_total',
+    help: 'DNS queries by what became of them: answer, nxdomain, nodata, forwarded, servfail, refused, formerr, notimp, dropped, truncated.',
+    labelNames: ['result'],
+    registers: [register],
+    collect() {
+      this.reset();
+      for (const [result, n] of Object.entries(st().server.results)) this.inc({ result }, n);
+    },
+  });
+  new Counter({
+    name: 'weft_dns_upstream_cache_total',
+    help: 'Forwarded queries answered from the cache (hit) or sent upstream (miss).',
+    labelNames: ['outcome'],
+    registers: [register],
+    collect() {
+      this.reset();
+      const u = st().upstream;
+      this.inc({ outcome: 'hit' }, u?.cacheHits ?? 0);
+      this.inc({ outcome: 'miss' }, u?.cacheMisses ?? 0);
+    },
+  });
+  new Counter({
+    name: 'weft_dns_upstream_latency_seconds_sum',
+    help: 'Total time upstream resolvers took to answer (divide by weft_dns_upstream_answers_total).',
+    registers: [register],
+    collect() {
+      this.reset();
+      this.inc((st().upstream?.latency.sumMs ?? 0) / 1000);
+    },
+  });
+  new Counter({
+    name: 'weft_dns_upstream_answers_total',
+    help: 'Answers received from upstream resolvers.',
+    registers: [register],
+    collect() {
+      this.reset();
+      this.inc(st().upstream?.latency.count ?? 0);
+    },
+  });
+  new Gauge({
+    name: 'weft_dns_records',
+    help: 'Live DNS records known cluster-wide.',
+    registers: [register],
+    collect() {
+      this.set(st().entries.length);
+    },
+  });
 }

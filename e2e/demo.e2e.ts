@@ -28,7 +28,7 @@ function expectedNamespaces(hosts: number): string[] {
 
 /** containerLines parses the demo's `container NS on HOST: ADDR` lines. */
 function containerLines(stdout: string): { ns: string; host: string; addr: string }[] {
-  return [...stdout.matchAll(/^ {2}container (\S+) on (\S+): (\S+)$/gm)].map((m) => ({
+  return [...stdout.matchAll(/^ {2}container (\S+) on (\S+): ([\d.]+), named \S+$/gm)].map((m) => ({
     ns: m[1] as string,
     host: m[2] as string,
     addr: m[3] as string,
@@ -54,15 +54,20 @@ describe.skipIf(reason)('weft demo', () => {
     expect(new Set(containers.map((c) => c.addr)).size).toBe(6);
     // Every container pings the first container of the two other hosts: 12 pings, none lost.
     expect(stdout).toMatch(/^12\/12 pings answered in full$/m);
-    const rows = stdout.split('\n').filter((l) => /^ {2}h\dc\d /.test(l));
+    const rows = stdout.split('\n').filter((l) => /^ {2}h\dc\d .*ms/.test(l));
     expect(rows).toHaveLength(6);
     for (const r of rows) expect(r.match(/\b3\/3 [\d.]+ ms/g)).toHaveLength(2);
     expect(stdout).toMatch(/Connections: 2 \(2 established\)/);
     // `weft ps` of the first host lists its two containers; `weft status ipam` shows the three shares.
     for (const c of containers.filter((x) => x.host === `${PREFIX}-h1`)) {
-      expect(stdout).toMatch(new RegExp(`^${c.ns} [0-9a-f:]{17} ${c.addr.replaceAll('.', '\\.')}/12$`, 'm'));
+      expect(stdout).toMatch(new RegExp(`^${c.ns} [0-9a-f:]{17} ${c.addr.replaceAll('.', '\\.')}/12 h1c\\d$`, 'm'));
     }
     expect(stdout.match(/ IPs \([\d.]+% of total\)/g)).toHaveLength(3);
+    // Names: the first container finds the first container of each other host through its router's DNS.
+    for (const label of ['h2c1', 'h3c1']) {
+      const c = containers.find((x) => x.ns.endsWith(`-${label}`));
+      expect(stdout).toMatch(new RegExp(`^ {2}${label} +→ ${c?.addr.replaceAll('.', '\\.')}$`, 'm'));
+    }
     expect(stdout).toMatch(/demo hosts removed/);
     expect(await ours()).toEqual([]);
   });

@@ -125,6 +125,12 @@ describe.skipIf(reason)('weft DNS', () => {
     };
     const refused = ['dropped', 'formerr', 'notimp'].reduce((n, k) => n + (st.server.results[k] ?? 0), 0);
     expect(refused).toBeGreaterThanOrEqual(2);
+    const metrics = await hosts[0].exec(process.execPath, [
+      '-e',
+      "fetch('http://127.0.0.1:6784/metrics').then((r) => r.text()).then((t) => process.stdout.write(t))",
+    ]);
+    expect(metrics.stdout).toMatch(/weft_dns_results_total\{result="answer"\} [1-9]/);
+    expect(metrics.stdout).toMatch(/weft_dns_queries_total\{type="A"\} [1-9]/);
   });
 
   it('manages records with dns-add, dns-remove and dns-lookup', async () => {
