@@ -223,14 +223,9 @@ export class DnsService {
     if (delta !== undefined) this.gossip.broadcast(delta);
   }
 
-  /** allowed: overlay addresses and this host's own. */
-  private allowed(addr: string): boolean {
-    if (addr.startsWith('127.')) return true;
-    try {
-      return cidrContains(this.opts.range, parseIPv4(addr));
-    } catch {
-      return false;
-    }
+  /** allowed: overlay addresses and the host's loopback. */
+  private allowed(addr: number): boolean {
+    return addr >>> 24 === 127 || cidrContains(this.opts.range, addr);
   }
 }
 

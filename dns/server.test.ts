@@ -18,7 +18,7 @@ function query(name: string, type: number, id = 0x4242): Buffer {
   return p.toBuffer();
 }
 
-describe('DnsServer over real sockets', () => {
+describe.each(['native', 'dgram'] as const)('DnsServer over real sockets (%s UDP)', (udp) => {
   let records: DnsRecords;
   let server: DnsServer;
   let client: Socket;
@@ -31,7 +31,7 @@ describe('DnsServer over real sockets', () => {
     records.add('c2', 'db.weft.local', parseIPv4('10.32.0.6'));
     records.add('c3', 'web.weft.local', parseIPv4('10.32.0.7'));
     allowed = true;
-    server = new DnsServer({ domain: 'weft.local', records, allowed: () => allowed, inRange });
+    server = new DnsServer({ domain: 'weft.local', records, allowed: () => allowed, inRange, udp });
     // Find a free port: bind a probe, release it, listen there.
     const probe = createSocket('udp4');
     await new Promise<void>((r) => probe.bind(0, '127.0.0.1', r));

@@ -17,6 +17,7 @@ import { createServer, type Server, type Socket as TcpSocket } from 'node:net';
 import { WeftError } from '../common/errors.js';
 import type { Logger } from '../common/log.js';
 import { noopLogger } from '../common/log.js';
+import { NativeUdp, type PacketConn } from '../router/index.js';
 import type { DnsRecords } from './records.js';
 import type { Upstream } from './upstream.js';
 import {
@@ -49,6 +50,12 @@ export const DNS_TTL_S = 1;
 export const DNS_TCP_CONNECTIONS_MAX = 256;
 /** DNS_TCP_IDLE_MS closes a TCP connection idle this long. */
 export const DNS_TCP_IDLE_MS = 10_000;
+/** BATCH is how many datagrams one receive/send call of the batched UDP path moves. */
+const BATCH = 64;
+/** SLOT is the room per datagram in the batch buffers: a whole query (DNS_QUERY_MAX_BYTES), and any UDP answer. */
+const SLOT = 4096;
+/** BATCH_ROUNDS bounds the batches served per readiness callback, so TCP and timers get their turn. */
+const BATCH_ROUNDS = 16;
 
 /** DnsServerOptions configures a DnsServer. */
 export interface DnsServerOptions {
@@ -58,10 +65,16 @@ export interface DnsServerOptions {
   records: DnsRecords;
   /** upstream forwards other names; without it they are refused. */
   upstream?: Upstream;
-  /** allowed says whether a client address may query (overlay or the host itself). */
-  allowed: (addr: string) => boolean;
+  /** allowed says whether a client address (IPv4, host order) may query: the overlay or the host itself. */
+  allowed: (addr: number) => boolean;
   /** inRange says whether an IPv4 address is an overlay address (PTR authority). */
   inRange: (addr: number) => boolean;
+  /**
+   * udp picks the UDP socket layer: 'native' receives and sends in batches (recvmmsg/sendmmsg in
+   * the addon, no per-datagram Node socket cost), 'dgram' is Node's. Default 'native' when the
+   * addon loads.
+   */
+  udp?: 'native' | 'dgram';
   log?: Logger;
 }
 
@@ -108,6 +121,20 @@ export class DnsServer {
   private readonly ttl: number;
   private readonly log: Logger;
   private udp: Socket | undefined;
+  private native: PacketConn | undefined;
+  // Batched path buffers, allocated once: queries in, answers out.
+  private readonly inBuf = Buffer.alloc(BATCH * SLOT);
+  private readonly outBuf = Buffer.alloc(BATCH * SLOT);
+  private readonly inLens = new Int32Array(BATCH);
+  private readonly inAddrs = new Uint32Array(BATCH);
+  private readonly inPorts = new Uint16Array(BATCH);
+  private readonly outOffsets = new Int32Array(BATCH);
+  private readonly outLens = new Int32Array(BATCH);
+  private readonly outAddrs = new Uint32Array(BATCH);
+  private readonly outPorts = new Uint16Array(BATCH);
+  // One view per slot, made once: parse and write both work from offset 0 of a buffer.
+  private readonly inViews = Array.from({ length: BATCH }, (_, i) => this.inBuf.subarray(i * SLOT, (i + 1) * SLOT));
+  private readonly outViews = Array.from({ length: BATCH }, (_, i) => this.outBuf.subarray(i * SLOT, (i + 1) * SLOT));
   private tcp: Server | undefined;
   private bound: string | undefined;
   private readonly q = new Query();
@@ -141,21 +168,24 @@ export class DnsServer {
     const where = `${host}:${port}`;
     if (this.bound === where) return;
     await this.close();
-    const udp = createSocket({ type: 'udp4', reuseAddr: false });
-    udp.on('message', (msg, rinfo) => this.onUdp(msg, rinfo));
-    udp.on('error', (err) => this.log.warn('dns udp socket error', { err: err.message }));
+    const native = this.opts.udp !== 'dgram' ? openNative(host, port) : undefined;
+    const udp = native === undefined ? createSocket({ type: 'udp4', reuseAddr: false }) : undefined;
+    udp?.on('message', (msg, rinfo) => this.onUdp(msg, rinfo));
+    udp?.on('error', (err) => this.log.warn('dns udp socket error', { err: err.message }));
     const tcp = createServer({ pauseOnConnect: false }, (sock) => this.onTcp(sock));
     tcp.maxConnections = DNS_TCP_CONNECTIONS_MAX;
     tcp.on('drop', () => this.tcpRefused++);
     tcp.on('error', (err) => this.log.warn('dns tcp server error', { err: err.message }));
     try {
-      await new Promise<void>((resolve, reject) => {
-        udp.once('error', reject);
-        udp.bind(port, host, () => {
-          udp.off('error', reject);
-          resolve();
+      if (udp !== undefined) {
+        await new Promise<void>((resolve, reject) => {
+          udp.once('error', reject);
+          udp.bind(port, host, () => {
+            udp.off('error', reject);
+            resolve();
+          });
         });
-      });
+      }
       await new Promise<void>((resolve, reject) => {
         tcp.once('error', reject);
         tcp.listen(port, host, () => {
@@ -164,11 +194,14 @@ export class DnsServer {
         });
       });
     } catch (err) {
-      udp.close();
+      udp?.close();
+      native?.close();
       tcp.close();
       throw new WeftError('EWEFT_SYSTEM', `dns: cannot listen on ${where}: ${(err as Error).message}`, { cause: err });
     }
     this.udp = udp;
+    this.native = native;
+    native?.onReadable(() => this.onNative());
     this.tcp = tcp;
     this.bound = where;
     this.log.info('dns listening', { addr: where, domain: this.domain });
@@ -178,6 +211,9 @@ export class DnsServer {
   async close(): Promise<void> {
     const udp = this.udp;
     const tcp = this.tcp;
+    this.native?.onReadable(undefined);
+    this.native?.close();
+    this.native = undefined;
     this.udp = undefined;
     this.tcp = undefined;
     this.bound = undefined;
@@ -202,10 +238,15 @@ export class DnsServer {
    * answer handles one query in `buf[0, len)` from `client` and writes the response into
    * `this.out` at `at`; returns its length, 0 for no answer, or a Promise for a forwarded one.
    */
-  private answer(buf: Buffer, len: number, client: string, tcp: boolean, at: number): number | Promise<Buffer> {
+  private answer(
+    buf: Buffer,
+    len: number,
+    client: string | number,
+    tcp: boolean,
+    out: Buffer,
+  ): number | Promise<Buffer> {
     const q = this.q;
     const r = parseQuery(buf, len, q, tcp ? DNS_TCP_MAX_BYTES : undefined);
-    const out = at === 0 ? this.out : this.out.subarray(at);
     if (r === ParseResult.Drop) return this.count('dropped');
     this.byType.set(q.qtype, (this.byType.get(q.qtype) ?? 0) + 1);
     const ra = this.upstream === undefined ? 0 : FLAG_RA;
@@ -221,7 +262,7 @@ export class DnsServer {
       );
       return writeError(out, buf, q, r, ra);
     }
-    if (!this.opts.allowed(client)) {
+    if (!this.opts.allowed(typeof client === 'number' ? client : ipv4OrZero(client))) {
       this.count('refused');
       return writeError(out, buf, q, Rcode.Refused, ra);
     }
@@ -295,7 +336,7 @@ export class DnsServer {
     }
     let r: number | Promise<Buffer>;
     try {
-      r = this.answer(msg, msg.length, rinfo.address, false, 0);
+      r = this.answer(msg, msg.length, rinfo.address, false, this.out);
     } catch (err) {
       this.log.error('dns: query failed', { err: (err as Error).message });
       return;
@@ -305,6 +346,58 @@ export class DnsServer {
       return;
     }
     void r.then((reply) => this.send(reply, rinfo));
+  }
+
+  /**
+   * onNative serves the batched UDP path: receive up to BATCH queries with one recvmmsg, answer
+   * each into its slot of outBuf, send all answers with one sendmmsg. Forwarded queries are
+   * answered later, one by one.
+   */
+  private onNative(): void {
+    const conn = this.native;
+    if (conn === undefined) return;
+    for (let round = 0; round < BATCH_ROUNDS; round++) {
+      const n = conn.recvBatch(this.inBuf, 0, SLOT, BATCH, this.inLens, this.inAddrs, this.inPorts);
+      if (n === 0) return;
+      let out = 0;
+      for (let i = 0; i < n; i++) {
+        const len = this.inLens[i] as number;
+        const port = this.inPorts[i] as number;
+        const addr = this.inAddrs[i] as number;
+        if (len < 0 || port === 0) {
+          this.count('dropped');
+          continue;
+        }
+        let r: number | Promise<Buffer>;
+        try {
+          r = this.answer(this.inViews[i] as Buffer, len, addr, false, this.outViews[i] as Buffer);
+        } catch (err) {
+          this.log.error('dns: query failed', { err: (err as Error).message });
+          continue;
+        }
+        if (typeof r === 'number') {
+          if (r === 0) continue;
+          this.outOffsets[out] = i * SLOT;
+          this.outLens[out] = r;
+          this.outAddrs[out] = addr;
+          this.outPorts[out] = port;
+          out++;
+        } else {
+          void r.then((reply) => this.sendOne(reply, addr, port));
+        }
+      }
+      if (out > 0) conn.sendBatch(this.outBuf, this.outOffsets, this.outLens, this.outAddrs, this.outPorts, out);
+      if (n < BATCH) return;
+    }
+  }
+
+  /** sendOne sends a single (forwarded) answer on the batched socket. */
+  private sendOne(reply: Buffer, addr: number, port: number): void {
+    const conn = this.native;
+    if (conn === undefined) return;
+    const offsets = new Int32Array(1);
+    const lens = Int32Array.of(reply.length);
+    conn.sendBatch(reply, offsets, lens, Uint32Array.of(addr), Uint16Array.of(port), 1);
   }
 
   private send(reply: Buffer, rinfo: RemoteInfo): void {
@@ -346,7 +439,7 @@ export class DnsServer {
     if (sock.destroyed) return;
     let reply: Buffer;
     try {
-      const r = this.answer(query, query.length, client, true, 2);
+      const r = this.answer(query, query.length, client, true, this.out.subarray(2));
       if (typeof r === 'number') {
         if (r === 0) {
           sock.destroy();
@@ -396,6 +489,24 @@ export class DnsServer {
       this.ptrCache.set(addr, set);
     }
     return set ?? undefined;
+  }
+}
+
+/** ipv4OrZero parses a dotted IPv4 address (0, never allowed, for anything else). */
+function ipv4OrZero(s: string): number {
+  const m = /^(\d+)\.(\d+)\.(\d+)\.(\d+)$/.exec(s);
+  if (m === null) return 0;
+  return ((Number(m[1]) << 24) | (Number(m[2]) << 16) | (Number(m[3]) << 8) | Number(m[4])) >>> 0;
+}
+
+/** openNative opens the batched UDP socket, or undefined when the addon cannot (then Node's dgram serves). */
+function openNative(host: string, port: number): PacketConn | undefined {
+  const addr = ipv4OrZero(host);
+  if (addr === 0) return undefined;
+  try {
+    return NativeUdp.open({ bindAddr: addr, port, rcvbuf: 4 << 20, sndbuf: 4 << 20 });
+  } catch {
+    return undefined; // Node's dgram then binds, and reports what is wrong
   }
 }
 

@@ -1,5 +1,6 @@
 /** The router's public surface: the only module dns/, control/, bench/ and e2e/ import from router/. */
 
+export { NativeUdp } from './conn/native-udp.js';
 export type { PacketConn } from './conn/packet-conn.js';
 export * from './constants.js';
 export { Counters, type CountersSnapshot, DROP_NAMES, Drop } from './datapath/counters.js';
