@@ -1,4 +1,4 @@
-import { execFile } from 'node:child_process';
+import { type ChildProcess, execFile, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
@@ -132,6 +132,7 @@ export class Attacher {
   /** goneSince records when an attached container's interface was first seen missing. */
   private readonly goneSince = new Map<string, number>();
   private timer: NodeJS.Timeout | undefined;
+  private monitor: ChildProcess | undefined;
   private checking = false;
   /** hooks tell the DNS about containers coming and going (names, resolver configuration). */
   hooks: { attached(a: AttachedContainer): Promise<void>; detached(a: AttachedContainer): Promise<void> } | undefined;
@@ -155,11 +156,44 @@ export class Attacher {
   start(): void {
     this.timer ??= setInterval(() => void this.reap(), CONTAINER_CHECK_MS);
     this.timer.unref();
+    this.watchLinks();
   }
 
   stop(): void {
     if (this.timer !== undefined) clearInterval(this.timer);
     this.timer = undefined;
+    this.monitor?.stdin?.end();
+    this.monitor = undefined;
+  }
+
+  /**
+   * watchLinks follows `ip monitor link`: a deleted interface (a container's namespace went away
+   * with our veth) is looked at at once, not at the next poll, so its DNS names go within
+   * moments. Polling stays as the backstop should the monitor die.
+   */
+  private watchLinks(): void {
+    if (this.monitor !== undefined) return;
+    try {
+      // The shell ends the monitor when its stdin closes, i.e. when this router exits, even by kill -9.
+      const child = spawn('sh', ['-c', 'ip -o monitor link & m=$!; read _; kill $m'], {
+        stdio: ['pipe', 'pipe', 'ignore'],
+      });
+      child.on('error', () => undefined);
+      child.on('exit', () => {
+        if (this.monitor === child) this.monitor = undefined;
+      });
+      let rest = '';
+      child.stdout?.on('data', (d: Buffer) => {
+        const lines = (rest + d.toString('utf8')).split('\n');
+        rest = lines.pop() ?? '';
+        if (lines.some((l) => l.startsWith('Deleted') && /\bvw[0-9a-f]{8}\b/.test(l))) void this.reap();
+      });
+      child.unref();
+      for (const stream of [child.stdin, child.stdout]) (stream as { unref?: () => void } | null)?.unref?.();
+      this.monitor = child;
+    } catch {
+      // no monitor: polling alone
+    }
   }
 
   /**
@@ -380,9 +414,17 @@ export class Attacher {
           this.goneSince.delete(a.target);
           continue;
         }
-        const since = this.goneSince.get(a.target) ?? now;
-        this.goneSince.set(a.target, since);
-        if (now - since >= this.graceMs && this.attached.get(a.target) !== undefined) {
+        const since = this.goneSince.get(a.target);
+        if (since === undefined) {
+          // Gone: its names go now (the DNS must not answer for it), its address after the grace period.
+          this.goneSince.set(a.target, now);
+          await this.notify('detached', a);
+          this.log.info('container gone; its names removed, its address kept for the grace period', {
+            container: a.target,
+            graceMs: this.graceMs,
+          });
+        }
+        if (now - (since ?? now) >= this.graceMs && this.attached.get(a.target) !== undefined) {
           this.forget(a);
           this.log.info('container gone; address freed', { container: a.target, cidr: a.cidrs.join(' ') });
         }
