@@ -48,6 +48,52 @@ describe('buildLaunchConfig', () => {
     expect(() => buildLaunchConfig([], { stateDir: '/tmp/x', ...flags }, {})).toThrow(msg);
   });
 
+  it('configures IPAM and DNS, and refuses bad values with the flag named', () => {
+    const alone = buildLaunchConfig([], { stateDir: '/tmp/x' }, {});
+    expect(alone).toMatchObject({
+      ipallocInit: { mode: 'auto', alone: true },
+      ipallocRangeGiven: false,
+      containerGraceMs: 30_000,
+      dnsUpstream: undefined,
+      dnsTtl: 1,
+      dnsPort: 53,
+    });
+    const withPeers = buildLaunchConfig(
+      ['10.0.0.1'],
+      {
+        stateDir: '/tmp/x',
+        ipallocRange: '10.40.0.0/16',
+        containerGrace: '0',
+        dnsUpstream: '1.1.1.1, 9.9.9.9:5353',
+        dnsTtl: '30',
+        dnsPort: '5353',
+      },
+      {},
+    );
+    expect(withPeers).toMatchObject({
+      ipallocInit: { mode: 'auto', alone: false },
+      ipallocRangeGiven: true,
+      containerGraceMs: 0,
+      dnsUpstream: ['1.1.1.1', '9.9.9.9:5353'],
+      dnsTtl: 30,
+      dnsPort: 5353,
+    });
+    expect(buildLaunchConfig([], { stateDir: '/tmp/x' }, { WEFT_IPALLOC_INIT: 'observer' }).ipallocInit).toEqual({
+      mode: 'observer',
+    });
+    const bad: [Record<string, string>, RegExp][] = [
+      [{ ipallocInit: 'consensus=3' }, /--ipalloc-init/],
+      [{ containerGrace: '-1' }, /--container-grace/],
+      [{ dnsUpstream: 'dns.example' }, /--dns-upstream/],
+      [{ dnsUpstream: '1.1.1.1:99999' }, /port/],
+      [{ dnsTtl: '1.5' }, /--dns-ttl/],
+      [{ dnsPort: '0' }, /--dns-port/],
+    ];
+    for (const [flags, msg] of bad) {
+      expect(() => buildLaunchConfig([], { stateDir: '/tmp/x', ...flags }, {}), JSON.stringify(flags)).toThrow(msg);
+    }
+  });
+
   it('rejects a malformed peer', () => {
     expect(() => buildLaunchConfig(['10.0.0.1:99999'], { stateDir: '/tmp/x' }, {})).toThrow(/invalid peer port/);
     expect(() => parsePeerAddress('a b')).toThrow(/invalid peer/);
