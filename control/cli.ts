@@ -57,7 +57,8 @@ Every command talks to the router of the network namespace it runs in, over its 
 
 Examples:
   weft launch 192.168.1.2            start this host's router and connect it to a peer
-  weft attach c1                      plug network namespace c1 in; prints the address IPAM gave it
+  weft attach c1 --name db           plug network namespace c1 in as db.weft.local; prints its address
+  ip netns exec c1 getent hosts web  containers resolve each other through their router's DNS
   weft expose                        give this host an address on the overlay
   weft status ipam                   who owns which share of the address range
   weft status                        what the router knows now (--json for machines)
