@@ -76,11 +76,10 @@ describe.skipIf(reason)('weft attach / detach / ps', () => {
     expect((await c2.ping(addr.c1!, { count: 3, intervalS: 0.1 })).received).toBe(3);
     expect((await c1.ping(addr.c3!, { count: 3, intervalS: 0.1 })).received).toBe(3);
     // No NAT: the server in c2 sees c1's own address as the source.
-    const server = c2.spawn('iperf3', ['-s', '-1', '-p', '5202']);
-    await new Promise((r) => setTimeout(r, 300));
+    const server = await c2.iperf3Server(5202);
     const r = await c1.iperf3Client(addr.c2!, { seconds: 1, port: 5202 });
     expect(r.bitsPerSecond).toBeGreaterThan(1e6);
-    server.kill();
+    await server.stop();
   });
 
   it('gives the host an address with expose, so host and containers talk', async () => {

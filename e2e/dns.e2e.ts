@@ -109,6 +109,11 @@ describe.skipIf(reason)('weft DNS', () => {
   });
 
   it('forwards other names to the upstream resolver', async () => {
+    // dnsmasq was started in beforeAll without waiting for it: wait for its first answer here.
+    await waitUntil(async () => (await dig(c.b1!.ns, ['outside.example'])).length === 1, {
+      timeoutMs: 15_000,
+      what: 'the upstream answer for outside.example',
+    });
     expect(await dig(c.b1!.ns, ['outside.example'])).toEqual(['192.0.2.7']);
     expect((await c.b1!.ns.exec('getent', ['hosts', 'outside.example'])).stdout).toMatch(/^192\.0\.2\.7\s/);
   });

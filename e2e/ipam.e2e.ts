@@ -76,11 +76,10 @@ describe.skipIf(reason)('IPAM across hosts', () => {
       }
     }
     const [c11, , , , c31] = containers as [(typeof containers)[0], unknown, unknown, unknown, (typeof containers)[0]];
-    const server = c31.ns.spawn('iperf3', ['-s', '-1', '-p', '5203']);
-    await new Promise((r) => setTimeout(r, 300));
+    const server = await c31.ns.iperf3Server(5203);
     const r = await c11.ns.iperf3Client(c31.addr, { seconds: 2, port: 5203 });
     expect(r.bitsPerSecond).toBeGreaterThan(1e6);
-    server.kill();
+    await server.stop();
   }, 120_000);
 
   it('keeps addresses and connectivity when a router is killed with -9 and relaunched', async () => {
