@@ -17,6 +17,7 @@ import { createServer, type Server, type Socket as TcpSocket } from 'node:net';
 import { WeftError } from '../common/errors.js';
 import type { Logger } from '../common/log.js';
 import { noopLogger } from '../common/log.js';
+import { parseIPv4 } from '../common/types.js';
 import { NativeUdp, type PacketConn } from '../router/index.js';
 import type { DnsRecords } from './records.js';
 import type { Upstream } from './upstream.js';
@@ -494,9 +495,11 @@ export class DnsServer {
 
 /** ipv4OrZero parses a dotted IPv4 address (0, never allowed, for anything else). */
 function ipv4OrZero(s: string): number {
-  const m = /^(\d+)\.(\d+)\.(\d+)\.(\d+)$/.exec(s);
-  if (m === null) return 0;
-  return ((Number(m[1]) << 24) | (Number(m[2]) << 16) | (Number(m[3]) << 8) | Number(m[4])) >>> 0;
+  try {
+    return parseIPv4(s);
+  } catch {
+    return 0;
+  }
 }
 
 /** openNative opens the batched UDP socket, or undefined when the addon cannot (then Node's dgram serves). */
