@@ -93,6 +93,8 @@ describe('HTTP API', () => {
     ['POST', '/rmpeer', '{"peer":"nobody"}', 404, /no peer \\"nobody\\"/],
     ['POST', '/rmpeer', '{"peer":"02:00:00:00:00:01"}', 400, /cannot rmpeer this router itself/],
     ['POST', '/reset', '', 404, /cannot be reset/],
+    ['GET', '/status/dns', '', 404, /DNS server is off/],
+    ['POST', '/name/add', '{"name":"db","ips":["10.96.0.1"]}', 404, /DNS server is off/],
     ['POST', '/expose', '{"cidr":"10.32.0.300/12"}', 400, /invalid IPv4/],
     ['POST', '/expose', '{"cidr":{"x":1}}', 400, /must be a string/],
     ['GET', '/nope', '', 404, /no such endpoint/],
