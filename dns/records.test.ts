@@ -1,6 +1,7 @@
 import { Packr, Unpackr } from 'msgpackr';
 import { describe, expect, it } from 'vitest';
 import { InputError, ProtocolError, WeftError } from '../common/errors.js';
+import { mulberry32 } from '../common/random.js';
 import { type IPv4, type PeerName, parseIPv4 } from '../common/types.js';
 import {
   DNS_ENTRIES_MAX,
@@ -21,18 +22,6 @@ import {
 } from './records.js';
 
 // ---- Helpers ----
-
-/** mulberry32 is a small seeded PRNG with values in [0, 1). */
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const peer = (n: number) => `02:00:00:00:00:${n.toString(16).padStart(2, '0')}` as PeerName;
 const A = peer(1);

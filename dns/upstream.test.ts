@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import { Packet, type Resource } from 'dns2';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { ConfigError } from '../common/index.js';
+import { mulberry32 } from '../common/random.js';
 import {
   excludeNameservers,
   loadResolvConf,
@@ -155,17 +156,6 @@ async function rejection(p: Promise<unknown>): Promise<UpstreamError> {
     return err as UpstreamError;
   }
   throw new Error('expected a rejection');
-}
-
-/** mulberry32 is a small seeded PRNG so the corruption test is reproducible. */
-function mulberry32(seed: number): () => number {
-  let a = seed;
-  return () => {
-    a = (a + 0x6d2b79f5) | 0;
-    let t = Math.imul(a ^ (a >>> 15), 1 | a);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 const SOCKETS = /^(UDPWrap|TCPSocketWrap|TCPServerWrap)$/;

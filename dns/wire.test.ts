@@ -1,6 +1,7 @@
 import { Packet } from 'dns2';
 import { describe, expect, it } from 'vitest';
 import { InputError } from '../common/errors.js';
+import { mulberry32 } from '../common/random.js';
 import {
   A_RECORD_LEN,
   DNS_QUERY_MAX_BYTES,
@@ -147,18 +148,6 @@ function addrs(n: number): number[] {
 /** dotted renders an address as text. */
 function dotted(a: number): string {
   return `${a >>> 24}.${(a >>> 16) & 255}.${(a >>> 8) & 255}.${a & 255}`;
-}
-
-/** mulberry32 is a small seeded PRNG so fuzz failures reproduce. */
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 const soa = encodeSoaRecord('weft.local', 30);

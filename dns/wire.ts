@@ -613,16 +613,7 @@ export function writeAnswer(
   maxLen: number,
   flags: number,
 ): number {
-  const limit = Math.min(maxLen, out.length);
-  const qEnd = q.questionEnd;
-  const size = records.bytes.length;
-  if (qEnd + size + (q.edns ? OPT_RECORD_LEN : 0) > limit) return writeTruncated(out, query, q, limit, flags);
-  writeHeader(out, q, flags, Rcode.NoError, 1, records.count, 0, q.edns ? 1 : 0);
-  if (out !== query) copyBytes(query, DNS_HEADER_LEN, out, DNS_HEADER_LEN, qEnd - DNS_HEADER_LEN);
-  copyBytes(records.bytes, 0, out, qEnd, size);
-  if (records.stride > 0 && records.count > 1) shuffleRecords(out, qEnd, records.count, records.stride);
-  const p = qEnd + size;
-  return q.edns ? writeOpt(out, p, q, Rcode.NoError) : p;
+  return writeRecords(out, query, q, Rcode.NoError, records, true, maxLen, flags);
 }
 
 /**
@@ -639,13 +630,33 @@ export function writeNegative(
   maxLen: number,
   flags: number,
 ): number {
+  return writeRecords(out, query, q, rcode, soa, false, maxLen, flags);
+}
+
+/**
+ * writeRecords writes header, question, `records` in the answer section (`answer`, shuffled
+ * when they may be) or the authority section, and the OPT when the query had one; or a
+ * truncated response when that exceeds the limit.
+ */
+function writeRecords(
+  out: Buffer,
+  query: Buffer,
+  q: Query,
+  rcode: number,
+  records: RecordSet,
+  answer: boolean,
+  maxLen: number,
+  flags: number,
+): number {
   const limit = Math.min(maxLen, out.length);
   const qEnd = q.questionEnd;
-  const size = soa.bytes.length;
+  const size = records.bytes.length;
   if (qEnd + size + (q.edns ? OPT_RECORD_LEN : 0) > limit) return writeTruncated(out, query, q, limit, flags);
-  writeHeader(out, q, flags, rcode, 1, 0, soa.count, q.edns ? 1 : 0);
+  const an = answer ? records.count : 0;
+  writeHeader(out, q, flags, rcode, 1, an, records.count - an, q.edns ? 1 : 0);
   if (out !== query) copyBytes(query, DNS_HEADER_LEN, out, DNS_HEADER_LEN, qEnd - DNS_HEADER_LEN);
-  copyBytes(soa.bytes, 0, out, qEnd, size);
+  copyBytes(records.bytes, 0, out, qEnd, size);
+  if (answer && records.stride > 0 && records.count > 1) shuffleRecords(out, qEnd, records.count, records.stride);
   const p = qEnd + size;
   return q.edns ? writeOpt(out, p, q, Rcode.NoError) : p;
 }

@@ -1,6 +1,7 @@
 import { Packr } from 'msgpackr';
 import { describe, expect, it } from 'vitest';
 import { InputError, ProtocolError } from '../common/errors.js';
+import { mulberry32 } from '../common/random.js';
 import { CONTROL_MESSAGE_MAX_BYTES } from './constants.js';
 import {
   type Addresses,
@@ -43,18 +44,6 @@ function drain(chunks: readonly Uint8Array[]): Uint8Array[] {
     for (let b = d.next(); b !== undefined; b = d.next()) out.push(b);
   }
   return out;
-}
-
-/** mulberry32 is a small seeded PRNG so fuzz failures reproduce. */
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 const hello: Hello = {

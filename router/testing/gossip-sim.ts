@@ -24,12 +24,15 @@
  */
 
 import { noopLogger } from '../../common/log.js';
+import { mulberry32 } from '../../common/random.js';
 import type { PeerName } from '../../common/types.js';
 import { RECONNECT_FACTOR, RECONNECT_INITIAL_MS, RECONNECT_MAX_MS } from '../constants.js';
 import { GOSSIP_INTERVAL_MS, type GossipChannel, GossipMux } from '../gossip/channel.js';
 import { FRAME_HEADER_LEN } from '../protocol.js';
 import { computeRoutes, emptyRoutes, PEER_GC_DELAY_MS, type Routes, unreachable } from '../routes.js';
 import { type ConnectionSummary, type MergeResult, TOPOLOGY_CHANNEL, Topology, TopologyGossiper } from '../topology.js';
+
+export { mulberry32 };
 
 // ---- Defaults (candidates for router/constants.ts where the router shares them) ----
 
@@ -51,18 +54,6 @@ export const ROUTES_RECALC_DELAY_MS = 100;
 export const TOPOLOGY_ANNOUNCE_DELAY_MS = 50;
 /** SIM_CONTROL_PORT is the control port every simulated node announces. */
 export const SIM_CONTROL_PORT = 6783;
-
-/** mulberry32 returns a small seeded PRNG with values in [0, 1): every random choice in a run comes from one. */
-export function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /**
  * gossipFrameBytes is the size on the control connection of one `{t:'gossip', channel, payload}`

@@ -1,0 +1,13 @@
+/** Seeded randomness for tests, fuzzing and simulations: a failure reproduces from its seed. */
+
+/** mulberry32 returns a small seeded PRNG with values in [0, 1): every random choice in a run comes from one. */
+export function mulberry32(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
