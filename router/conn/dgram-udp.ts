@@ -54,6 +54,9 @@ function literalLookup(address: string, _family: unknown, cb: (err: null, addres
  */
 export class DgramUdp implements PacketConn {
   readonly port: number;
+  /** gso and gro are false: Node's dgram has neither (trains passed to sendBatch go in pieces). */
+  readonly gso = false;
+  readonly gro = false;
   /** rxDropped counts datagrams dropped because the receive ring was full. */
   rxDropped = 0;
   /** sendErrors counts datagrams Node refused or reported failing through 'error'. */
@@ -167,6 +170,7 @@ export class DgramUdp implements PacketConn {
     lengths: Int32Array,
     addrs: Uint32Array,
     ports: Uint16Array,
+    gsoSizes?: Uint16Array,
   ): number {
     if (this.#closed) return 0;
     const n = Math.min(lengths.length, addrs.length, ports.length);
@@ -197,6 +201,7 @@ export class DgramUdp implements PacketConn {
       }
       i++;
     }
+    gsoSizes?.fill(0, 0, i);
     return i;
   }
 
@@ -208,9 +213,11 @@ export class DgramUdp implements PacketConn {
     addrs: Uint32Array,
     ports: Uint16Array,
     count: number,
+    gsoSizes?: Uint16Array,
   ): number {
     if (this.#closed) return 0;
-    checkSpans('sendBatch', buf.length, offsets, lengths, count, Math.min(addrs.length, ports.length), UDP_BATCH_WORDS);
+    const words = Math.min(addrs.length, ports.length, gsoSizes?.length ?? addrs.length);
+    checkSpans('sendBatch', buf.length, offsets, lengths, count, words, UDP_BATCH_WORDS);
     const socket = this.#socket;
     const tx = this.#tx;
     if (socket.getSendQueueCount() === 0) this.#txPos = 0;
@@ -219,23 +226,32 @@ export class DgramUdp implements PacketConn {
       const off = offsets[i] as number;
       const len = lengths[i] as number;
       const port = ports[i] as number;
-      if (port === 0 || len > tx.length) {
+      const seg = gsoSizes === undefined ? 0 : (gsoSizes[i] as number);
+      const step = seg > 0 && seg < len ? seg : len;
+      if (port === 0 || step > tx.length) {
         this.sendErrors++;
         continue;
       }
-      if (this.#txPos + len > tx.length) {
-        if (socket.getSendQueueCount() !== 0) break; // Node still holds the ring: back-pressure
-        this.#txPos = 0;
+      let done = 0;
+      const pieces = len === 0 ? 1 : Math.ceil(len / step);
+      for (let k = 0; k < pieces; k++) {
+        const at = k * step;
+        const n = Math.min(step, len - at);
+        if (this.#txPos + n > tx.length) {
+          if (socket.getSendQueueCount() !== 0) break; // Node still holds the ring: back-pressure
+          this.#txPos = 0;
+        }
+        const start = this.#txPos;
+        buf.copy(tx, start, off + at, off + at + n);
+        this.#txPos = start + n;
+        try {
+          socket.send(tx, start, n, port, this.#addrString(addrs[i] as number));
+          done++;
+        } catch {
+          this.sendErrors++;
+        }
       }
-      const start = this.#txPos;
-      buf.copy(tx, start, off, off + len);
-      this.#txPos = start + len;
-      try {
-        socket.send(tx, start, len, port, this.#addrString(addrs[i] as number));
-        sent++;
-      } catch {
-        this.sendErrors++;
-      }
+      if (done > 0) sent++;
     }
     return sent;
   }

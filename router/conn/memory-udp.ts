@@ -23,6 +23,13 @@ export interface MemoryUdpOptions {
   port?: number;
   /** queueLimit bounds the datagrams waiting to be received; default 1024. */
   queueLimit?: number;
+  /** gso: sendBatch takes UDP GSO trains (as the kernel does); default true. Either way trains are delivered. */
+  gso?: boolean;
+  /**
+   * gro: a train sent to this socket is received whole, with its segment size, as the kernel
+   * does for a socket with UDP_GRO on (default false: its datagrams are received one by one).
+   */
+  gro?: boolean;
 }
 
 /** MemoryUdpNetStats counts what happened to datagrams handed to the network. */
@@ -36,6 +43,8 @@ export interface MemoryUdpNetStats {
   noListener: number;
   /** queueFull: the destination's receive queue was full. */
   queueFull: number;
+  /** tooBig: larger than the path MTU of the link (see `setPathMtu`), dropped as a DF datagram is. */
+  tooBig: number;
 }
 
 const EPHEMERAL_PORT_MIN = 49152;
@@ -49,12 +58,14 @@ const QUEUE_LIMIT_DEFAULT = 1024;
  */
 export class MemoryUdpNet {
   /** stats counts deliveries and drops since the network was made. */
-  readonly stats: MemoryUdpNetStats = { delivered: 0, blocked: 0, filtered: 0, noListener: 0, queueFull: 0 };
+  readonly stats: MemoryUdpNetStats = { delivered: 0, blocked: 0, filtered: 0, noListener: 0, queueFull: 0, tooBig: 0 };
   /** filter, when set, is asked about every datagram that is not blocked. */
   filter: DatagramFilter | undefined;
 
   readonly #sockets = new Map<number, MemoryUdp>();
   readonly #blocked = new Map<number, Set<number>>();
+  /** #pathMtu holds the IP-level path MTU from one host to another, where one is set. */
+  readonly #pathMtu = new Map<number, number>();
   #nextPort = EPHEMERAL_PORT_MIN;
 
   /** open binds a socket; throws WeftError 'EWEFT_CONFIG' if (addr, port) is taken or addr is 0. */
@@ -68,8 +79,14 @@ export class MemoryUdpNet {
     if (port === 0) port = this.#freePort(addr);
     const key = endpointKey(addr, port);
     if (this.#sockets.has(key)) throw new WeftError('EWEFT_CONFIG', `UDP port ${port} is already in use`);
-    const sock = new MemoryUdp(addr, port, opts.queueLimit ?? QUEUE_LIMIT_DEFAULT, this.#route, () =>
-      this.#sockets.delete(key),
+    const sock = new MemoryUdp(
+      addr,
+      port,
+      opts.queueLimit ?? QUEUE_LIMIT_DEFAULT,
+      this.#route,
+      () => this.#sockets.delete(key),
+      opts.gso ?? true,
+      opts.gro ?? false,
     );
     this.#sockets.set(key, sock);
     return sock;
@@ -92,6 +109,18 @@ export class MemoryUdpNet {
     this.#blocked.clear();
   }
 
+  /**
+   * setPathMtu makes the links between hosts a and b carry IP packets of at most `mtu` bytes
+   * (outer IPv4 20 + UDP 8 + payload), both ways; larger datagrams are dropped as DF datagrams
+   * on a real path are (counted in `tooBig`). 0 removes the limit.
+   */
+  setPathMtu(a: number, b: number, mtu: number): void {
+    for (const k of [pairKey(a >>> 0, b >>> 0), pairKey(b >>> 0, a >>> 0)]) {
+      if (mtu > 0) this.#pathMtu.set(k, mtu);
+      else this.#pathMtu.delete(k);
+    }
+  }
+
   /** isBlocked says whether datagrams from a to b are dropped by block(). */
   isBlocked(a: number, b: number): boolean {
     return this.#blocked.get(a >>> 0)?.has(b >>> 0) ?? false;
@@ -102,22 +131,53 @@ export class MemoryUdpNet {
     return [...this.#sockets.values()].map((s) => `${formatIPv4(s.addr)}:${s.port}`);
   }
 
-  readonly #route = (src: MemoryUdp, buf: Buffer, off: number, len: number, dstAddr: number, dstPort: number) => {
-    if (this.isBlocked(src.addr, dstAddr)) {
-      this.stats.blocked++;
-      return;
-    }
-    if (this.filter !== undefined && !this.filter(src.addr, src.port, dstAddr, dstPort, len)) {
-      this.stats.filtered++;
-      return;
-    }
+  /** #route carries one datagram, or a train of `seg`-byte datagrams when 0 < seg < len. */
+  readonly #route = (
+    src: MemoryUdp,
+    buf: Buffer,
+    off: number,
+    len: number,
+    dstAddr: number,
+    dstPort: number,
+    seg: number,
+  ) => {
     const dst = this.#sockets.get(endpointKey(dstAddr, dstPort));
-    if (dst === undefined) {
-      this.stats.noListener++;
+    const train = seg > 0 && seg < len;
+    const mtu = this.#pathMtu.get(pairKey(src.addr, dstAddr));
+    if (train && dst?.gro === true && !this.isBlocked(src.addr, dstAddr) && this.filter === undefined) {
+      // Received whole, as UDP GRO on one host hands a GSO train over.
+      if (mtu !== undefined && seg + 28 > mtu) {
+        this.stats.tooBig++;
+        return;
+      }
+      if (dst.deliver(buf, off, len, src.addr, src.port, seg)) this.stats.delivered++;
+      else this.stats.queueFull++;
       return;
     }
-    if (dst.deliver(buf, off, len, src.addr, src.port)) this.stats.delivered++;
-    else this.stats.queueFull++;
+    const step = train ? seg : len;
+    const pieces = len === 0 ? 1 : Math.ceil(len / step);
+    for (let k = 0; k < pieces; k++) {
+      const at = k * step;
+      const n = Math.min(step, len - at);
+      if (this.isBlocked(src.addr, dstAddr)) {
+        this.stats.blocked++;
+        continue;
+      }
+      if (mtu !== undefined && n + 28 > mtu) {
+        this.stats.tooBig++;
+        continue;
+      }
+      if (this.filter !== undefined && !this.filter(src.addr, src.port, dstAddr, dstPort, n)) {
+        this.stats.filtered++;
+        continue;
+      }
+      if (dst === undefined) {
+        this.stats.noListener++;
+        continue;
+      }
+      if (dst.deliver(buf, off + at, n, src.addr, src.port, 0)) this.stats.delivered++;
+      else this.stats.queueFull++;
+    }
   };
 
   #link(from: number, to: number, blocked: boolean): void {
@@ -143,7 +203,15 @@ export class MemoryUdpNet {
   }
 }
 
-type Route = (src: MemoryUdp, buf: Buffer, off: number, len: number, dstAddr: number, dstPort: number) => void;
+type Route = (
+  src: MemoryUdp,
+  buf: Buffer,
+  off: number,
+  len: number,
+  dstAddr: number,
+  dstPort: number,
+  seg: number,
+) => void;
 
 /**
  * MemoryUdp is one socket on a MemoryUdpNet (make it with `net.open`). It keeps the PacketConn
@@ -156,19 +224,31 @@ export class MemoryUdp implements PacketConn {
   /** addr is this socket's address on the network (host order). */
   readonly addr: number;
   readonly queueLimit: number;
+  /** gso and gro: see PacketConn and MemoryUdpOptions. */
+  readonly gso: boolean;
+  readonly gro: boolean;
 
   readonly #route: Route;
   readonly #release: () => void;
   readonly #queue: (Buffer | undefined)[];
   readonly #srcAddr: Uint32Array;
   readonly #srcPort: Uint16Array;
+  readonly #seg: Uint16Array;
   #head = 0;
   #count = 0;
   readonly #readiness = new ImmediateReadiness(() => this.#count > 0);
   #closed = false;
 
   /** Use MemoryUdpNet.open; the constructor is wiring between the two. */
-  constructor(addr: number, port: number, queueLimit: number, route: Route, release: () => void) {
+  constructor(
+    addr: number,
+    port: number,
+    queueLimit: number,
+    route: Route,
+    release: () => void,
+    gso = true,
+    gro = false,
+  ) {
     if (!Number.isInteger(queueLimit) || queueLimit < 1) {
       throw new RangeError(`MemoryUdp: queueLimit must be a positive integer, got ${queueLimit}`);
     }
@@ -180,6 +260,9 @@ export class MemoryUdp implements PacketConn {
     this.#queue = new Array<Buffer | undefined>(queueLimit).fill(undefined);
     this.#srcAddr = new Uint32Array(queueLimit);
     this.#srcPort = new Uint16Array(queueLimit);
+    this.#seg = new Uint16Array(queueLimit);
+    this.gso = gso;
+    this.gro = gro;
   }
 
   /** onReadable: see PacketConn. */
@@ -196,9 +279,10 @@ export class MemoryUdp implements PacketConn {
     lengths: Int32Array,
     addrs: Uint32Array,
     ports: Uint16Array,
+    gsoSizes?: Uint16Array,
   ): number {
     if (this.#closed) return 0;
-    const n = Math.min(lengths.length, addrs.length, ports.length);
+    const n = Math.min(lengths.length, addrs.length, ports.length, gsoSizes?.length ?? lengths.length);
     checkSlots('recvBatch', buf.length, offset, stride, max, n, UDP_BATCH_WORDS);
     const room0 = stride - (offset % stride);
     let i = 0;
@@ -215,6 +299,7 @@ export class MemoryUdp implements PacketConn {
       }
       addrs[i] = this.#srcAddr[h] as number;
       ports[i] = this.#srcPort[h] as number;
+      if (gsoSizes !== undefined) gsoSizes[i] = this.#seg[h] as number;
       this.#head = (h + 1) % this.queueLimit;
       this.#count--;
       i++;
@@ -230,21 +315,27 @@ export class MemoryUdp implements PacketConn {
     addrs: Uint32Array,
     ports: Uint16Array,
     count: number,
+    gsoSizes?: Uint16Array,
   ): number {
     if (this.#closed) return 0;
-    checkSpans('sendBatch', buf.length, offsets, lengths, count, Math.min(addrs.length, ports.length), UDP_BATCH_WORDS);
+    const words = Math.min(addrs.length, ports.length, gsoSizes?.length ?? addrs.length);
+    checkSpans('sendBatch', buf.length, offsets, lengths, count, words, UDP_BATCH_WORDS);
     let sent = 0;
     for (let i = 0; i < count; i++) {
       const port = ports[i] as number;
       if (port === 0) continue; // the kernel refuses port 0 (EINVAL)
-      this.#route(this, buf, offsets[i] as number, lengths[i] as number, addrs[i] as number, port);
+      const seg = gsoSizes === undefined ? 0 : (gsoSizes[i] as number);
+      this.#route(this, buf, offsets[i] as number, lengths[i] as number, addrs[i] as number, port, seg);
       sent++;
     }
     return sent;
   }
 
-  /** deliver queues a copy of buf[off, off+len) from src; false if closed or the queue is full. */
-  deliver(buf: Buffer, off: number, len: number, srcAddr: number, srcPort: number): boolean {
+  /**
+   * deliver queues a copy of buf[off, off+len) from src (a train of `seg`-byte datagrams when
+   * seg > 0); false if closed or the queue is full.
+   */
+  deliver(buf: Buffer, off: number, len: number, srcAddr: number, srcPort: number, seg = 0): boolean {
     if (this.#closed || this.#count === this.queueLimit) return false;
     const copy = Buffer.allocUnsafe(len);
     buf.copy(copy, 0, off, off + len);
@@ -252,6 +343,7 @@ export class MemoryUdp implements PacketConn {
     this.#queue[slot] = copy;
     this.#srcAddr[slot] = srcAddr;
     this.#srcPort[slot] = srcPort;
+    this.#seg[slot] = seg;
     this.#count++;
     this.#readiness.notify();
     return true;
@@ -275,4 +367,8 @@ export class MemoryUdp implements PacketConn {
 
 function endpointKey(addr: number, port: number): number {
   return addr * 65536 + port;
+}
+
+function pairKey(a: number, b: number): number {
+  return a * 0x1_0000_0000 + b;
 }

@@ -45,10 +45,36 @@ export interface NativeAddon {
   /**
    * udpOpen opens a non-blocking UDP/IPv4 socket bound to bindAddr:port (0 = any / ephemeral).
    * rcvbuf/sndbuf (0 = kernel default) are forced past the sysctl limits when privileged. DF is
-   * never set, so oversized datagrams are fragmented rather than refused. No SO_REUSEADDR, so a
-   * port in use fails with EADDRINUSE.
+   * set on every datagram (IP_PMTUDISC_DO): one larger than the kernel's path MTU fails with
+   * EMSGSIZE instead of being fragmented. With `offload`, UDP GSO is probed and UDP GRO turned on;
+   * `gso`/`gro` say what the kernel accepted. No SO_REUSEADDR, so a port in use fails with
+   * EADDRINUSE.
    */
-  udpOpen(bindAddr: number, port: number, rcvbuf: number, sndbuf: number): { fd: number; port: number };
+  udpOpen(
+    bindAddr: number,
+    port: number,
+    rcvbuf: number,
+    sndbuf: number,
+    offload?: boolean,
+  ): { fd: number; port: number; gso: boolean; gro: boolean };
+  /** pathMtu returns the kernel's path MTU towards addr (route MTU lowered by ICMP), or -errno. */
+  pathMtu(addr: number): number;
+  /**
+   * segmentTcp4 is TSO in software (see datapath/gso.ts segmentTcp4 for the contract); with
+   * fullCsum false the TCP checksum holds only the pseudo-header sum (virtio-net NEEDS_CSUM form).
+   */
+  segmentTcp4(
+    src: Buffer,
+    pkt: number,
+    len: number,
+    mss: number,
+    dst: Buffer,
+    dstOff: number,
+    stride: number,
+    max: number,
+    lens: Int32Array,
+    fullCsum: boolean,
+  ): number;
   /** socketBuffers reads SO_RCVBUF/SO_SNDBUF as the kernel reports them (twice what was asked). */
   socketBuffers(fd: number): { rcvbuf: number; sndbuf: number };
   /** watch runs `cb` once per event-loop turn while fd is readable; exceptions go to 'uncaughtException'. */
@@ -61,7 +87,10 @@ export interface NativeAddon {
   readBatch(fd: number, buf: Buffer, offset: number, stride: number, max: number, lengths: Int32Array): number;
   /** writeBatch writes count packets with write(2); returns how many were accepted (a refused packet is skipped). */
   writeBatch(fd: number, buf: Buffer, offsets: Int32Array, lengths: Int32Array, count: number): number;
-  /** recvBatch receives up to max datagrams with recvmmsg(2); returns the count, or -errno. */
+  /**
+   * recvBatch receives up to max datagrams with recvmmsg(2); returns the count, or -errno. With
+   * gsoSizes, a coalesced UDP GRO train reports its segment size there (0: a plain datagram).
+   */
   recvBatch(
     fd: number,
     buf: Buffer,
@@ -71,8 +100,14 @@ export interface NativeAddon {
     lengths: Int32Array,
     addrs: Uint32Array,
     ports: Uint16Array,
+    gsoSizes?: Uint16Array,
   ): number;
-  /** sendBatch sends count datagrams with sendmmsg(2); returns how many were accepted (failed destinations skipped). */
+  /**
+   * sendBatch sends count datagrams with sendmmsg(2); returns how many were accepted (failed
+   * destinations skipped). With gsoSizes, an entry whose size is non-zero and below its length
+   * is a UDP GSO train of that segment size; a train the kernel refuses is sent in pieces and
+   * counted in stats[0].
+   */
   sendBatch(
     fd: number,
     buf: Buffer,
@@ -81,6 +116,8 @@ export interface NativeAddon {
     addrs: Uint32Array,
     ports: Uint16Array,
     count: number,
+    gsoSizes?: Uint16Array,
+    stats?: Uint32Array,
   ): number;
   /** close closes an fd; returns 0 or -errno and never throws for a bad fd. */
   close(fd: number): number;
@@ -108,6 +145,8 @@ export interface NativeAddon {
   readonly VIRTIO_NET_HDR_MRG_RXBUF_LEN: number;
   /** MMSG_CHUNK is how many datagrams one recvmmsg/sendmmsg call handles; larger batches are chunked. */
   readonly MMSG_CHUNK: number;
+  /** UDP_GSO_SEGMENTS_MAX is the most segments one UDP GSO train may have. */
+  readonly UDP_GSO_SEGMENTS_MAX: number;
 }
 
 /** NATIVE_ADDON_RELPATH is where `npm run build:native` puts the addon, relative to the package root. */

@@ -3,11 +3,15 @@
  *
  *   tunOpen(name, mode, multiQueue, vnetHdr) -> { fd, name }   open /dev/net/tun + TUNSETIFF
  *   tunSetOffload(fd, flags), tunSetVnetHdrSize(fd, size)      TUNSETOFFLOAD / TUNSETVNETHDRSZ
- *   udpOpen(bindAddr, port, rcvbuf, sndbuf) -> { fd, port }    non-blocking UDP/IPv4 socket
+ *   udpOpen(bindAddr, port, rcvbuf, sndbuf, offload)            non-blocking UDP/IPv4 socket, DF set
+ *     -> { fd, port, gso, gro }                                 (UDP_SEGMENT / UDP_GRO available)
+ *   pathMtu(addr) -> mtu | -errno                              the kernel's path MTU to addr (IP_MTU)
+ *   segmentTcp4(...)                                           TSO in software (see below)
  *   socketBuffers(fd) -> { rcvbuf, sndbuf }                    kernel buffer sizes in effect
  *   watch(fd, cb) -> handle, unwatch(handle), activeWatchers() libuv readiness (UV_READABLE)
  *   readBatch / writeBatch                                     read()/write() loops (TUN fd)
- *   recvBatch / sendBatch                                      recvmmsg()/sendmmsg() (UDP fd)
+ *   recvBatch / sendBatch                                      recvmmsg()/sendmmsg() (UDP fd),
+ *                                                              with UDP GRO / GSO sizes per datagram
  *   close(fd) -> 0 | -errno
  *
  * Ownership: every Buffer and typed array argument is borrowed only for the duration of the
@@ -54,17 +58,33 @@
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
+#include <netinet/udp.h>
 #include <linux/if_tun.h>
 #include <linux/virtio_net.h>
 #include <node_api.h>
 #include <uv.h>
 
 #define MMSG_CHUNK 256
+#ifndef UDP_SEGMENT
+#define UDP_SEGMENT 103
+#endif
+#ifndef UDP_GRO
+#define UDP_GRO 104
+#endif
+/* UDP_GSO_SEGMENTS_MAX is the kernel's UDP_MAX_SEGMENTS on every kernel that has UDP GSO (some
+ * newer ones allow 128): a train longer than this is refused with EINVAL. */
+#define UDP_GSO_SEGMENTS_MAX 64
+/* CTRL_BYTES is room for one UDP_GRO / UDP_SEGMENT control message (an int). */
+#define CTRL_BYTES CMSG_SPACE(sizeof(int))
 #define WATCH_MAGIC 0x77656674u /* "weft" */
 
 static __thread struct mmsghdr t_msgs[MMSG_CHUNK];
 static __thread struct iovec t_iovs[MMSG_CHUNK];
 static __thread struct sockaddr_in t_names[MMSG_CHUNK];
+static __thread union {
+  char buf[CTRL_BYTES];
+  struct cmsghdr align;
+} t_ctrl[MMSG_CHUNK];
 static __thread int t_active_watchers; /* uv_poll handles started and not yet closed */
 
 /* ---- errors ---- */
@@ -350,28 +370,38 @@ static void set_sockbuf(int fd, int force_opt, int opt, int64_t bytes) {
     (void)setsockopt(fd, SOL_SOCKET, opt, &v, sizeof v);
 }
 
-/* UdpOpen(bindAddr: u32 host order, port, rcvbuf, sndbuf) -> { fd, port }
+/* UdpOpen(bindAddr: u32 host order, port, rcvbuf, sndbuf[, offload]) -> { fd, port, gso, gro }
  * No SO_REUSEADDR: on Linux it lets a second UDP socket bind the same port, so two routers
  * would silently share (and split) one port instead of the second failing with EADDRINUSE.
- * UDP has no TIME_WAIT, so a restarted router rebinds without it. */
+ * UDP has no TIME_WAIT, so a restarted router rebinds without it.
+ *
+ * DF is set on every datagram (IP_PMTUDISC_DO): a datagram larger than the kernel's path MTU
+ * to its destination fails with EMSGSIZE here instead of leaving as IP fragments, and an ICMP
+ * "fragmentation needed" from a router on the path lowers that path MTU (pathMtu reads it). The
+ * caller keeps every datagram within the path MTU.
+ *
+ * offload asks for UDP GSO (UDP_SEGMENT probed with the socket-wide size 0, which changes
+ * nothing) and UDP GRO (UDP_GRO on: the kernel may hand recvBatch coalesced trains, reported
+ * with their segment size). gso/gro say what the kernel accepted. */
 static napi_value UdpOpen(napi_env env, napi_callback_info info) {
-  napi_value argv[4];
+  napi_value argv[5];
+  size_t argc = 5;
   int64_t addr, port, rcvbuf, sndbuf;
-  if (!get_args(env, info, 4, argv, "udpOpen") ||
-      !get_int(env, argv[0], 0, UINT32_MAX, &addr, "udpOpen", "bindAddr") ||
+  bool offload = false;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok) return NULL;
+  if (argc < 4) return throw_type(env, "udpOpen: expected 4 or 5 arguments, got %zu", argc), NULL;
+  if (!get_int(env, argv[0], 0, UINT32_MAX, &addr, "udpOpen", "bindAddr") ||
       !get_int(env, argv[1], 0, 65535, &port, "udpOpen", "port") ||
       !get_int(env, argv[2], 0, INT32_MAX, &rcvbuf, "udpOpen", "rcvbuf") ||
       !get_int(env, argv[3], 0, INT32_MAX, &sndbuf, "udpOpen", "sndbuf"))
     return NULL;
+  if (argc >= 5 && napi_get_value_bool(env, argv[4], &offload) != napi_ok)
+    return throw_type(env, "udpOpen: offload must be a boolean"), NULL;
   int fd = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) return throw_errno(env, errno, "socket", "socket AF_INET SOCK_DGRAM");
   set_sockbuf(fd, SO_RCVBUFFORCE, SO_RCVBUF, rcvbuf);
   set_sockbuf(fd, SO_SNDBUFFORCE, SO_SNDBUF, sndbuf);
-  /* Never set DF on our datagrams. A datagram bigger than the path MTU (an encapsulated packet
-   * near the overlay MTU, or a jumbo overlay MTU over a 1500-byte underlay) is then fragmented
-   * by the kernel or a router on the way instead of failing here with EMSGSIZE or being dropped
-   * on the path with an ICMP "fragmentation needed" that the inner sender would never see. */
-  int pmtu = IP_PMTUDISC_DONT;
+  int pmtu = IP_PMTUDISC_DO;
   struct sockaddr_in sa;
   memset(&sa, 0, sizeof sa);
   sa.sin_family = AF_INET;
@@ -388,11 +418,48 @@ static napi_value UdpOpen(napi_env env, napi_callback_info info) {
     return throw_errno(env, e, call, "%s udp %u.%u.%u.%u:%u", call, a >> 24, (a >> 16) & 255,
                        (a >> 8) & 255, a & 255, (unsigned)port);
   }
-  napi_value out;
+  bool gso = false, gro = false;
+  if (offload) {
+    int zero = 0, one = 1;
+    gso = setsockopt(fd, IPPROTO_UDP, UDP_SEGMENT, &zero, sizeof zero) == 0;
+    gro = setsockopt(fd, IPPROTO_UDP, UDP_GRO, &one, sizeof one) == 0;
+  }
+  napi_value out, v;
   napi_create_object(env, &out);
   set_num(env, out, "fd", fd);
   set_num(env, out, "port", ntohs(sa.sin_port));
+  napi_get_boolean(env, gso, &v);
+  napi_set_named_property(env, out, "gso", v);
+  napi_get_boolean(env, gro, &v);
+  napi_set_named_property(env, out, "gro", v);
   return out;
+}
+
+/* PathMtu(addr) -> mtu | -errno: the kernel's current path MTU towards addr (the route's MTU,
+ * lowered by any ICMP "fragmentation needed" it has heard), read with IP_MTU from a connected
+ * socket. Connecting a UDP socket sends nothing. Control plane: a few times a second at most. */
+static napi_value PathMtu(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  int64_t addr;
+  if (!get_args(env, info, 1, argv, "pathMtu") ||
+      !get_int(env, argv[0], 0, UINT32_MAX, &addr, "pathMtu", "addr"))
+    return NULL;
+  int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return num(env, -errno);
+  int pmtu = IP_PMTUDISC_DO, mtu = 0;
+  socklen_t ml = sizeof mtu;
+  struct sockaddr_in sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sin_family = AF_INET;
+  sa.sin_port = htons(9); /* discard; never sent to */
+  sa.sin_addr.s_addr = htonl((uint32_t)addr);
+  int r = 0;
+  if (setsockopt(fd, IPPROTO_IP, IP_MTU_DISCOVER, &pmtu, sizeof pmtu) < 0 ||
+      connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0 ||
+      getsockopt(fd, IPPROTO_IP, IP_MTU, &mtu, &ml) < 0)
+    r = -errno;
+  close(fd);
+  return num(env, r < 0 ? r : mtu);
 }
 
 static napi_value SocketBuffers(napi_env env, napi_callback_info info) {
@@ -411,17 +478,24 @@ static napi_value SocketBuffers(napi_env env, napi_callback_info info) {
   return out;
 }
 
-/* RecvBatch(fd, buf, offset, stride, max, lengths, addrs: Uint32Array, ports: Uint16Array) */
+/* RecvBatch(fd, buf, offset, stride, max, lengths, addrs: Uint32Array, ports: Uint16Array
+ *           [, gsoSizes: Uint16Array]) -> count | -errno
+ * With gsoSizes (a socket opened with offload and UDP GRO on), gsoSizes[i] is the segment size
+ * of a coalesced train (every segment that size but the last, which may be shorter), or 0 for a
+ * plain datagram. */
 static napi_value RecvBatch(napi_env env, napi_callback_info info) {
-  napi_value argv[8];
+  napi_value argv[9];
+  size_t argc = 9;
   int fd;
   int64_t off, stride, max;
   uint8_t *buf = NULL;
-  size_t buflen = 0, nlens = 0, naddrs = 0, nports = 0;
+  size_t buflen = 0, nlens = 0, naddrs = 0, nports = 0, ngso = 0;
   int32_t *lens;
   uint32_t *addrs;
-  uint16_t *ports;
-  if (!get_args(env, info, 8, argv, "recvBatch") || !get_fd(env, argv[0], &fd, "recvBatch") ||
+  uint16_t *ports, *gso = NULL;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok) return NULL;
+  if (argc < 8) return throw_type(env, "recvBatch: expected 8 or 9 arguments, got %zu", argc), NULL;
+  if (!get_fd(env, argv[0], &fd, "recvBatch") ||
       !get_buf(env, argv[1], &buf, &buflen, "recvBatch") ||
       !get_int(env, argv[2], 0, INT64_C(1) << 52, &off, "recvBatch", "offset") ||
       !get_int(env, argv[3], 1, INT32_MAX, &stride, "recvBatch", "stride") ||
@@ -433,8 +507,12 @@ static napi_value RecvBatch(napi_env env, napi_callback_info info) {
       !get_typed(env, argv[7], napi_uint16_array, (void **)&ports, &nports, "recvBatch",
                  "ports must be a Uint16Array"))
     return NULL;
-  if ((uint64_t)max > nlens || (uint64_t)max > naddrs || (uint64_t)max > nports)
-    return throw_type(env, "recvBatch: max %lld exceeds lengths/addrs/ports", (long long)max), NULL;
+  if (argc >= 9 && !get_typed(env, argv[8], napi_uint16_array, (void **)&gso, &ngso, "recvBatch",
+                              "gsoSizes must be a Uint16Array"))
+    return NULL;
+  if ((uint64_t)max > nlens || (uint64_t)max > naddrs || (uint64_t)max > nports ||
+      (gso != NULL && (uint64_t)max > ngso))
+    return throw_type(env, "recvBatch: max %lld exceeds lengths/addrs/ports/gsoSizes", (long long)max), NULL;
   if (!check_slots(env, "recvBatch", buflen, off, stride, max)) return NULL;
 
   size_t room0 = (size_t)(stride - off % stride);
@@ -450,8 +528,8 @@ static napi_value RecvBatch(napi_env env, napi_callback_info info) {
       h->msg_namelen = sizeof t_names[j];
       h->msg_iov = &t_iovs[j];
       h->msg_iovlen = 1;
-      h->msg_control = NULL;
-      h->msg_controllen = 0;
+      h->msg_control = gso != NULL ? t_ctrl[j].buf : NULL;
+      h->msg_controllen = gso != NULL ? CTRL_BYTES : 0;
       h->msg_flags = 0;
       t_msgs[j].msg_len = 0;
     }
@@ -462,7 +540,7 @@ static napi_value RecvBatch(napi_env env, napi_callback_info info) {
       break;
     }
     for (int j = 0; j < r; j++) {
-      const struct msghdr *h = &t_msgs[j].msg_hdr;
+      struct msghdr *h = &t_msgs[j].msg_hdr;
       int64_t k = got + j;
       lens[k] = (h->msg_flags & MSG_TRUNC) ? -1 : (int32_t)t_msgs[j].msg_len;
       if (h->msg_namelen >= sizeof(struct sockaddr_in) && t_names[j].sin_family == AF_INET) {
@@ -472,6 +550,17 @@ static napi_value RecvBatch(napi_env env, napi_callback_info info) {
         addrs[k] = 0;
         ports[k] = 0;
       }
+      if (gso != NULL) {
+        gso[k] = 0;
+        for (struct cmsghdr *c = CMSG_FIRSTHDR(h); c != NULL; c = CMSG_NXTHDR(h, c)) {
+          if (c->cmsg_level == IPPROTO_UDP && c->cmsg_type == UDP_GRO &&
+              c->cmsg_len >= CMSG_LEN(sizeof(int))) {
+            int g;
+            memcpy(&g, CMSG_DATA(c), sizeof g);
+            if (g > 0 && g < 65536 && g < (int)t_msgs[j].msg_len) gso[k] = (uint16_t)g;
+          }
+        }
+      }
     }
     got += r;
     if ((unsigned)r < n) break;
@@ -479,17 +568,42 @@ static napi_value RecvBatch(napi_env env, napi_callback_info info) {
   return num(env, (double)got);
 }
 
-/* SendBatch(fd, buf, offsets, lengths, addrs: Uint32Array, ports: Uint16Array, count) -> sent */
+/* send_split sends one datagram train (len bytes at p, segments of seg bytes) as separate
+ * datagrams: the fallback when the kernel refuses a UDP GSO send. Returns segments sent. */
+static int send_split(int fd, const struct sockaddr_in *to, uint8_t *p, size_t len, size_t seg) {
+  int sent = 0;
+  for (size_t at = 0; at < len; at += seg) {
+    size_t n = len - at < seg ? len - at : seg;
+    ssize_t r;
+    do r = sendto(fd, p + at, n, MSG_DONTWAIT, (const struct sockaddr *)to, sizeof *to);
+    while (r < 0 && errno == EINTR);
+    if (r < 0) break;
+    sent++;
+  }
+  return sent;
+}
+
+/* SendBatch(fd, buf, offsets, lengths, addrs: Uint32Array, ports: Uint16Array, count
+ *           [, gsoSizes: Uint16Array, stats: Uint32Array]) -> sent
+ * With gsoSizes, datagram i whose gsoSizes[i] is non-zero and smaller than its length is a
+ * train: the kernel cuts it into datagrams of gsoSizes[i] bytes (the last may be shorter; at
+ * most UDP_GSO_SEGMENTS_MAX) with one UDP_SEGMENT control message, one entry of sendmmsg. If
+ * the kernel refuses the train (EIO: no checksum offload on the route's device; EINVAL), the
+ * train is sent as separate datagrams and stats[0] is incremented, so the caller can stop
+ * asking for GSO. A train counts as sent when its first segment was. */
 static napi_value SendBatch(napi_env env, napi_callback_info info) {
-  napi_value argv[7];
+  napi_value argv[9];
+  size_t argc = 9;
   int fd;
   int64_t count;
   uint8_t *buf = NULL;
-  size_t buflen = 0, noffs = 0, nlens = 0, naddrs = 0, nports = 0;
+  size_t buflen = 0, noffs = 0, nlens = 0, naddrs = 0, nports = 0, ngso = 0, nstats = 0;
   int32_t *offs, *lens;
-  uint32_t *addrs;
-  uint16_t *ports;
-  if (!get_args(env, info, 7, argv, "sendBatch") || !get_fd(env, argv[0], &fd, "sendBatch") ||
+  uint32_t *addrs, *stats = NULL;
+  uint16_t *ports, *gso = NULL;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok) return NULL;
+  if (argc < 7) return throw_type(env, "sendBatch: expected 7 to 9 arguments, got %zu", argc), NULL;
+  if (!get_fd(env, argv[0], &fd, "sendBatch") ||
       !get_buf(env, argv[1], &buf, &buflen, "sendBatch") ||
       !get_typed(env, argv[2], napi_int32_array, (void **)&offs, &noffs, "sendBatch",
                  "offsets must be an Int32Array") ||
@@ -501,9 +615,15 @@ static napi_value SendBatch(napi_env env, napi_callback_info info) {
                  "ports must be a Uint16Array") ||
       !get_int(env, argv[6], 0, INT32_MAX, &count, "sendBatch", "count"))
     return NULL;
+  if (argc >= 8 && !get_typed(env, argv[7], napi_uint16_array, (void **)&gso, &ngso, "sendBatch",
+                              "gsoSizes must be a Uint16Array"))
+    return NULL;
+  if (argc >= 9 && (!get_typed(env, argv[8], napi_uint32_array, (void **)&stats, &nstats,
+                               "sendBatch", "stats must be a Uint32Array") || nstats < 1))
+    return throw_type(env, "sendBatch: stats must be a Uint32Array of at least 1"), NULL;
   if ((uint64_t)count > noffs || (uint64_t)count > nlens || (uint64_t)count > naddrs ||
-      (uint64_t)count > nports)
-    return throw_type(env, "sendBatch: count %lld exceeds offsets/lengths/addrs/ports", (long long)count), NULL;
+      (uint64_t)count > nports || (gso != NULL && (uint64_t)count > ngso))
+    return throw_type(env, "sendBatch: count %lld exceeds offsets/lengths/addrs/ports/gsoSizes", (long long)count), NULL;
   if (!check_spans(env, "sendBatch", buflen, offs, lens, count)) return NULL;
 
   int64_t sent = 0;
@@ -525,6 +645,17 @@ static napi_value SendBatch(napi_env env, napi_callback_info info) {
       h->msg_control = NULL;
       h->msg_controllen = 0;
       h->msg_flags = 0;
+      if (gso != NULL && gso[k] > 0 && (int32_t)gso[k] < lens[k]) {
+        memset(t_ctrl[j].buf, 0, CTRL_BYTES);
+        h->msg_control = t_ctrl[j].buf;
+        h->msg_controllen = CMSG_SPACE(sizeof(uint16_t));
+        struct cmsghdr *c = CMSG_FIRSTHDR(h);
+        c->cmsg_level = IPPROTO_UDP;
+        c->cmsg_type = UDP_SEGMENT;
+        c->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+        uint16_t g = gso[k];
+        memcpy(CMSG_DATA(c), &g, sizeof g);
+      }
     }
     /* sendmmsg stops at the first failing datagram and, if some were sent, hides its error;
      * the next call then starts with it and reports the error. */
@@ -539,12 +670,126 @@ static napi_value SendBatch(napi_env env, napi_callback_info info) {
                  errno == ENOTSOCK) {
         return num(env, (double)sent);
       } else {
+        int64_t k = base + i;
+        if (t_msgs[i].msg_hdr.msg_control != NULL && (errno == EIO || errno == EINVAL ||
+                                                     errno == EOPNOTSUPP)) {
+          /* the kernel refused the train (not its destination): send it in pieces */
+          if (stats != NULL) stats[0]++;
+          if (send_split(fd, &t_names[i], buf + offs[k], (size_t)lens[k], gso[k]) > 0) sent++;
+        }
         i++; /* this destination failed: skip the datagram */
       }
     }
     base += n;
   }
   return num(env, (double)sent);
+}
+
+/*
+ * SegmentTcp4(src, pkt, len, mss, dst, dstOff, stride, max, lens, fullCsum) -> count | -1
+ * TSO in software: the IPv4/TCP packet of len bytes at src[pkt] becomes segments of at most mss
+ * payload bytes, segment i at dst[dstOff + i*stride] with its length in lens[i]: headers copied,
+ * IPv4 total length, ID (+i) and header checksum, TCP sequence number, flags (FIN/PSH only on the
+ * last, CWR only on the first). The TCP checksum is complete when fullCsum, else only the
+ * pseudo-header sum (the form a virtio-net NEEDS_CSUM packet carries, completed by whoever
+ * delivers it). -1: not a well-formed IPv4 TCP packet, or it does not fit max slots of stride
+ * bytes (or past dst). src and dst must not overlap.
+ */
+static uint32_t csum_add(const uint8_t *p, size_t n, uint32_t acc) {
+  uint64_t s = acc;
+  size_t i = 0;
+  for (; i + 4 <= n; i += 4) {
+    uint32_t w;
+    memcpy(&w, p + i, 4);
+    s += w;
+  }
+  for (; i + 2 <= n; i += 2) {
+    uint16_t w;
+    memcpy(&w, p + i, 2);
+    s += w;
+  }
+  if (i < n) {
+    uint16_t w = 0;
+    memcpy(&w, p + i, 1);
+    s += w;
+  }
+  while (s >> 16) s = (s & 0xffff) + (s >> 16);
+  return (uint32_t)s;
+}
+static uint16_t csum_fold(uint32_t s) {
+  while (s >> 16) s = (s & 0xffff) + (s >> 16);
+  return (uint16_t)s;
+}
+
+static napi_value SegmentTcp4(napi_env env, napi_callback_info info) {
+  napi_value argv[10];
+  uint8_t *src = NULL, *dst = NULL;
+  size_t srclen = 0, dstlen = 0, nlens = 0;
+  int64_t pkt, len, mss, doff, stride, max;
+  int32_t *lens;
+  bool full = true;
+  if (!get_args(env, info, 10, argv, "segmentTcp4") ||
+      !get_buf(env, argv[0], &src, &srclen, "segmentTcp4") ||
+      !get_int(env, argv[1], 0, INT32_MAX, &pkt, "segmentTcp4", "pkt") ||
+      !get_int(env, argv[2], 0, INT32_MAX, &len, "segmentTcp4", "len") ||
+      !get_int(env, argv[3], 0, 65535, &mss, "segmentTcp4", "mss") ||
+      !get_buf(env, argv[4], &dst, &dstlen, "segmentTcp4") ||
+      !get_int(env, argv[5], 0, INT32_MAX, &doff, "segmentTcp4", "dstOff") ||
+      !get_int(env, argv[6], 1, INT32_MAX, &stride, "segmentTcp4", "stride") ||
+      !get_int(env, argv[7], 0, INT32_MAX, &max, "segmentTcp4", "max") ||
+      !get_typed(env, argv[8], napi_int32_array, (void **)&lens, &nlens, "segmentTcp4",
+                 "lens must be an Int32Array") ||
+      napi_get_value_bool(env, argv[9], &full) != napi_ok)
+    return NULL;
+  if ((size_t)(pkt + len) > srclen) return throw_type(env, "segmentTcp4: packet outside src"), NULL;
+  const uint8_t *ip = src + pkt;
+  if (len < 40 || (ip[0] >> 4) != 4 || ip[9] != 6 || mss < 1) return num(env, -1);
+  size_t ihl = (size_t)(ip[0] & 15) * 4;
+  if (ihl < 20 || ihl + 20 > (size_t)len) return num(env, -1);
+  size_t thl = (size_t)(ip[ihl + 12] >> 4) * 4;
+  size_t hdr = ihl + thl;
+  if (thl < 20 || hdr > (size_t)len) return num(env, -1);
+  size_t payload = (size_t)len - hdr;
+  int64_t n = payload == 0 ? 1 : (int64_t)((payload + (size_t)mss - 1) / (size_t)mss);
+  size_t first = payload < (size_t)mss ? payload : (size_t)mss;
+  if (n > max || n > (int64_t)nlens || hdr + first > (size_t)stride ||
+      (uint64_t)doff + (uint64_t)(n - 1) * (uint64_t)stride + hdr + first > dstlen)
+    return num(env, -1);
+  uint16_t id0 = (uint16_t)(ip[4] << 8 | ip[5]);
+  uint32_t seq0 = (uint32_t)ip[ihl + 4] << 24 | (uint32_t)ip[ihl + 5] << 16 |
+                  (uint32_t)ip[ihl + 6] << 8 | ip[ihl + 7];
+  uint8_t flags0 = ip[ihl + 13];
+  /* pseudo-header without the length: addresses and protocol (network byte order sums) */
+  uint32_t pseudo = csum_add(ip + 12, 8, htons(6));
+  for (int64_t i = 0; i < n; i++) {
+    uint8_t *o = dst + doff + i * stride;
+    size_t chunk = payload - (size_t)i * (size_t)mss;
+    if (chunk > (size_t)mss) chunk = (size_t)mss;
+    size_t seglen = hdr + chunk;
+    memcpy(o, ip, hdr);
+    memcpy(o + hdr, ip + hdr + (size_t)i * (size_t)mss, chunk);
+    o[2] = (uint8_t)(seglen >> 8);
+    o[3] = (uint8_t)seglen;
+    uint16_t id = (uint16_t)(id0 + i);
+    o[4] = (uint8_t)(id >> 8);
+    o[5] = (uint8_t)id;
+    o[10] = o[11] = 0;
+    uint16_t ic = (uint16_t)~csum_fold(csum_add(o, ihl, 0));
+    memcpy(o + 10, &ic, 2);
+    uint8_t *t = o + ihl;
+    uint32_t seq = htonl(seq0 + (uint32_t)((size_t)i * (size_t)mss));
+    memcpy(t + 4, &seq, 4);
+    uint8_t f = flags0;
+    if (i != n - 1) f &= (uint8_t)~(0x01 | 0x08); /* FIN, PSH */
+    if (i != 0) f &= (uint8_t)~0x80;              /* CWR */
+    t[13] = f;
+    t[16] = t[17] = 0;
+    uint32_t ph = pseudo + htons((uint16_t)(thl + chunk));
+    uint16_t tc = full ? (uint16_t)~csum_fold(csum_add(t, thl + chunk, ph)) : csum_fold(ph);
+    memcpy(t + 16, &tc, 2);
+    lens[i] = (int32_t)seglen;
+  }
+  return num(env, (double)n);
 }
 
 /* ---- readiness ---- */
@@ -705,6 +950,7 @@ NAPI_MODULE_INIT() {
       {"tunOpen", TunOpen},       {"tunSetOffload", TunSetOffload},
       {"tunSetVnetHdrSize", TunSetVnetHdrSize},
       {"udpOpen", UdpOpen},       {"socketBuffers", SocketBuffers},
+      {"pathMtu", PathMtu},       {"segmentTcp4", SegmentTcp4},
       {"watch", Watch},           {"unwatch", Unwatch},
       {"activeWatchers", ActiveWatchers},
       {"readBatch", ReadBatch},   {"writeBatch", WriteBatch},
@@ -730,6 +976,7 @@ NAPI_MODULE_INIT() {
       {"VIRTIO_NET_HDR_LEN", sizeof(struct virtio_net_hdr)},
       {"VIRTIO_NET_HDR_MRG_RXBUF_LEN", sizeof(struct virtio_net_hdr_mrg_rxbuf)},
       {"MMSG_CHUNK", MMSG_CHUNK},
+      {"UDP_GSO_SEGMENTS_MAX", UDP_GSO_SEGMENTS_MAX},
   };
   for (size_t i = 0; i < sizeof fns / sizeof fns[0]; i++) {
     napi_value f;
