@@ -7,7 +7,7 @@ import { InputError, WeftError } from '../common/errors.js';
 import type { Logger } from '../common/log.js';
 import type { Cidr } from '../common/types.js';
 import { cidrContains, formatCidr, formatIPv4, parseCidr, prefixMask } from '../common/types.js';
-import { CONTAINER_CHECK_MS, CONTAINER_GRACE_MS, EXPOSE_OWNER, type Router } from '../router/index.js';
+import { CONTAINER_CHECK_MS, CONTAINER_GRACE_MS, EXPOSE_OWNER, GSO_MAX_BYTES, type Router } from '../router/index.js';
 
 const run = promisify(execFile);
 
@@ -115,6 +115,42 @@ export function containerMac(target: string): string {
   const h = createHash('sha256').update(`mac:${target}`).digest();
   h[0] = ((h[0] as number) & 0xfe) | 0x02;
   return [...h.subarray(0, 6)].map((b) => b.toString(16).padStart(2, '0')).join(':');
+}
+
+/**
+ * vethAddArgs are the `ip` arguments that make a container's veth pair: `ifname` on the host,
+ * `ethwe` (with `mac`) in the namespace `ref`, both with the overlay MTU and the TUN device's
+ * gso_max_size. The latter matters: a container's TCP sizes its super-packets by its own
+ * interface's limit (65536 by default), and the host's kernel, forwarding one to the TUN device,
+ * segments in software every super-packet at or above the TUN's limit (GSO_MAX_BYTES, see the
+ * kernel's gso_features_check), so the router would read the container's traffic one MTU at a
+ * time. Packets the router writes to the TUN are within that limit and reach the container whole.
+ */
+export function vethAddArgs(ifname: string, mtu: number, mac: string, ref: string): string[] {
+  const m = String(mtu);
+  const gso = String(GSO_MAX_BYTES);
+  return [
+    'link',
+    'add',
+    ifname,
+    'mtu',
+    m,
+    'gso_max_size',
+    gso,
+    'type',
+    'veth',
+    'peer',
+    'name',
+    CONTAINER_IFNAME,
+    'address',
+    mac,
+    'mtu',
+    m,
+    'gso_max_size',
+    gso,
+    'netns',
+    ref,
+  ];
 }
 
 /**
@@ -236,28 +272,10 @@ export class Attacher {
       } else {
         this.router.reserve(target, cidrs);
       }
-      const mtu = String(this.router.mtu);
       const mac = containerMac(target);
       // The peer end is made inside the container under its final name: one `ip` for the pair,
       // one `ip -batch` inside, sysctls written directly, one `ip -batch` on the host.
-      await sh('ip', [
-        'link',
-        'add',
-        ifname,
-        'mtu',
-        mtu,
-        'type',
-        'veth',
-        'peer',
-        'name',
-        CONTAINER_IFNAME,
-        'address',
-        mac,
-        'mtu',
-        mtu,
-        'netns',
-        t.ref,
-      ]);
+      await sh('ip', vethAddArgs(ifname, this.router.mtu, mac, t.ref));
       made = true;
       const [cmd, argv] = t.ipArgs(['-batch', '-']);
       await sh(
@@ -385,6 +403,7 @@ export class Attacher {
           a.cidrs.map((c) => parseCidr(c)),
         );
         this.attached.set(a.target, { ...a });
+        await this.capGso(a);
         await this.notify('attached', a);
       } catch (err) {
         this.log.error('cannot restore attached container', { container: a.target, err: (err as Error).message });
@@ -398,6 +417,24 @@ export class Attacher {
       }
     }
     this.onChange();
+  }
+
+  /**
+   * capGso gives a restored container's veth pair the gso_max_size attach gives new ones (see
+   * {@link vethAddArgs}): pairs made by an older version have the kernel's 65536. Best effort.
+   */
+  private async capGso(a: AttachedContainer): Promise<void> {
+    const gso = String(GSO_MAX_BYTES);
+    try {
+      const t = await resolveTarget(a.target);
+      const [cmd, argv] = t.ipArgs(['link', 'set', CONTAINER_IFNAME, 'gso_max_size', gso]);
+      await Promise.all([sh('ip', ['link', 'set', a.ifname, 'gso_max_size', gso]), sh(cmd, argv)]);
+    } catch (err) {
+      this.log.warn('cannot set gso_max_size of a restored container', {
+        container: a.target,
+        err: (err as Error).message,
+      });
+    }
   }
 
   /** reap frees the addresses of containers whose interface has been gone for the grace period. */
