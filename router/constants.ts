@@ -38,12 +38,30 @@ export const SLEEVE_FRAME_HEADER_LEN = 2;
 /** SLEEVE_TTL_INITIAL bounds how many relays a sleeve datagram may cross. */
 export const SLEEVE_TTL_INITIAL = 8;
 
+/** VNET_HDR_BYTES is the virtio-net header every sleeve frame carries (offload state: GSO, partial checksum). */
+export const VNET_HDR_BYTES = 10;
 /**
- * ENCAP_OVERHEAD_MAX is the most any encapsulation adds to an inner IP packet on the underlay:
- * outer IPv4 (20) + UDP (8) + VXLAN (8) + inner Ethernet (14) = 50. Sleeve adds 20+8+16+2 = 46.
- * The default overlay MTU is the underlay MTU minus this, so it fits both and relaying.
+ * SLEEVE_OVERHEAD_BYTES is what sleeve adds to one inner IPv4 packet on the underlay: outer IPv4
+ * (20) + UDP (8) + sleeve header (16) + frame length (2) + virtio-net header (10) = 56.
  */
-export const ENCAP_OVERHEAD_MAX = IPV4_HEADER_MIN_LEN + UDP_HEADER_LEN + VXLAN_HEADER_LEN + ETH_HEADER_LEN;
+export const SLEEVE_OVERHEAD_BYTES =
+  IPV4_HEADER_MIN_LEN + UDP_HEADER_LEN + SLEEVE_HEADER_LEN + SLEEVE_FRAME_HEADER_LEN + VNET_HDR_BYTES;
+/** VXLAN_OVERHEAD_BYTES is what VXLAN adds: outer IPv4 (20) + UDP (8) + VXLAN (8) + inner Ethernet (14) = 50. */
+export const VXLAN_OVERHEAD_BYTES = IPV4_HEADER_MIN_LEN + UDP_HEADER_LEN + VXLAN_HEADER_LEN + ETH_HEADER_LEN;
+/**
+ * CRYPTO_RESERVE_BYTES is kept free for the encrypted sleeve (an 8-byte nonce counter and a
+ * 16-byte AEAD tag), so turning encryption on never changes the MTU containers were given.
+ */
+export const CRYPTO_RESERVE_BYTES = 24;
+/**
+ * ENCAP_OVERHEAD_MAX is the most Weft adds to an inner IP packet on the underlay: the larger of
+ * sleeve and VXLAN plus the encryption reserve, 56 + 24 = 80. The default overlay MTU is the
+ * underlay MTU minus this (1420 on a 1500-byte underlay, as WireGuard's default), so every inner
+ * packet of full size fits one datagram on the underlay whatever the encapsulation.
+ */
+export const ENCAP_OVERHEAD_MAX = Math.max(SLEEVE_OVERHEAD_BYTES, VXLAN_OVERHEAD_BYTES) + CRYPTO_RESERVE_BYTES;
+/** UDP_PAYLOAD_MAX is the largest UDP payload in one IPv4 datagram (65535 - 20 - 8). */
+export const UDP_PAYLOAD_MAX = 65_507;
 
 // ---- Ports and defaults ----
 
@@ -73,6 +91,8 @@ export const MTU_MIN = 576;
 export const MTU_MAX = 65535;
 /** UNDERLAY_MTU_DEFAULT is assumed when the underlay MTU cannot be read. */
 export const UNDERLAY_MTU_DEFAULT = 1500;
+/** PMTU_MIN is the smallest path MTU Weft probes down to (RFC 791: every IPv4 host takes 576). */
+export const PMTU_MIN = 576;
 
 // ---- Implementation choices ----
 
@@ -81,11 +101,15 @@ export const UNDERLAY_MTU_DEFAULT = 1500;
  * (sleeve 18, VXLAN + Ethernet 22) is written in place in front of it. 64 keeps slots aligned.
  */
 export const HEADROOM_BYTES = 64;
-/** SLOT_BYTES is one pool slot: headroom plus the largest packet a TUN device can hand us. */
-export const SLOT_BYTES = HEADROOM_BYTES + 65536;
 /**
- * GSO_MAX_BYTES caps the TCP super-packets the kernel builds on our TUN device so that one, with
- * the virtio-net (10) and sleeve (18) headers, fits a UDP datagram (65507) with room to spare.
+ * SLOT_BYTES is one pool slot: headroom plus the largest packet a TUN device can hand us (a
+ * 65535-byte super-packet and its virtio-net header), rounded to 64.
+ */
+export const SLOT_BYTES = HEADROOM_BYTES + 65_600;
+/**
+ * GSO_MAX_BYTES caps the TCP super-packets containers' veths build (attach sets their
+ * gso_max_size) and those the router merges on receive, so the kernel forwards them between the
+ * TUN device and a container whole.
  */
 export const GSO_MAX_BYTES = 62_000;
 /** BATCH_MAX is how many packets one readiness wake-up drains at most (per direction). */
@@ -107,6 +131,14 @@ export const HEARTBEAT_INTERVAL_MS = 1_000;
 export const HEARTBEAT_TIMEOUT_MS = 5_000;
 /** DATA_HEARTBEAT_INTERVAL_MS is how often each router sends a data-path heartbeat to each peer. */
 export const DATA_HEARTBEAT_INTERVAL_MS = 500;
+/** PMTU_PROBE_TIMEOUT_MS: a path MTU probe not acked this long is lost. */
+export const PMTU_PROBE_TIMEOUT_MS = 1_000;
+/** PMTU_PROBE_TRIES: a size is too big for the path only after this many lost probes (loss is not a small path). */
+export const PMTU_PROBE_TRIES = 3;
+/** PMTU_REPROBE_MS: how long a path MTU below the device's holds before Weft probes upward (the kernel also forgets ICMP-learned ones after 10 min). */
+export const PMTU_REPROBE_MS = 600_000;
+/** ICMP_FRAG_NEEDED_PER_S bounds the "fragmentation needed" messages the datapath writes back per second. */
+export const ICMP_FRAG_NEEDED_PER_S = 1_000;
 /** PEER_DOWN_TIMEOUT_MS: a data path silent this long in either direction is failed and avoided. */
 export const PEER_DOWN_TIMEOUT_MS = 5_000;
 /**

@@ -13,12 +13,12 @@ import {
   DATA_HEARTBEAT_INTERVAL_MS,
   DISCOVERY_DEGREE,
   ENCAP_OVERHEAD_MAX,
-  GSO_MAX_BYTES,
   MTU_MAX,
   MTU_MIN,
   PEER_DOWN_TIMEOUT_MS,
   UDP_RCVBUF_BYTES,
   UDP_SNDBUF_BYTES,
+  UNDERLAY_MTU_DEFAULT,
 } from './constants.js';
 import { DataPath, type DataState } from './data-path.js';
 import { Counters } from './datapath/counters.js';
@@ -42,6 +42,7 @@ import type { Persisted } from './ipam/allocator.js';
 import { IPAM_CHANNEL } from './ipam/ipam.js';
 import { type IpamInit, IpamService } from './ipam/service.js';
 import { SleeveType } from './overlay/frame.js';
+import { PathMtu } from './overlay/pmtu.js';
 import type { PeerMessage } from './protocol.js';
 import { computeRoutes, emptyRoutes, PEER_GC_DELAY_MS, type Routes, unreachable } from './routes.js';
 import type { PeerStatus, RouterStatus } from './status.js';
@@ -56,7 +57,7 @@ import {
 } from './topology.js';
 import type { TunDevice } from './tun/device.js';
 import { LinuxTun } from './tun/linux.js';
-import { loadNative } from './tun/native.js';
+import { loadNative, tryLoadNative } from './tun/native.js';
 import { underlayMtu } from './underlay.js';
 
 /** RouterOptions configures a Router; control/ builds it from the LaunchConfig. */
@@ -130,6 +131,8 @@ interface PeerState {
   vxData: DataPath | undefined;
   /** vxlanPort is the peer's VXLAN port. */
   vxlanPort: number;
+  /** pmtu discovers the path MTU towards the peer; its result is every direct hop's `pmtu`. */
+  pmtu: PathMtu;
 }
 
 /** linkState is what a direct link offers: established if either overlay works (VXLAN preferred). */
@@ -174,6 +177,8 @@ export class Router implements Startable {
   /** claims are container addresses served here, by owner (container reference). */
   private readonly claims = new Map<string, Cidr[]>();
   private mtuValue = 0;
+  /** underlayMtuValue is the underlay's MTU: where path MTU discovery starts when the route says nothing. */
+  private underlayMtuValue = UNDERLAY_MTU_DEFAULT;
   private vnetHdr = false;
   private started = false;
   private ready = false;
@@ -451,12 +456,14 @@ export class Router implements Startable {
       this.tun = tun;
       this.vnetHdr = true;
       tun.setVnetHdrSize(VNET_HDR_LEN);
-      const mtu = o.mtu ?? (await underlayMtu(tun.name)) - ENCAP_OVERHEAD_MAX;
+      this.underlayMtuValue = await underlayMtu(tun.name);
+      const mtu = o.mtu ?? this.underlayMtuValue - ENCAP_OVERHEAD_MAX;
       this.mtuValue = Math.max(MTU_MIN, Math.min(MTU_MAX, mtu));
       await tun.setMtu(this.mtuValue);
       if (o.offload !== false) {
-        // Super-packets must fit one sleeve datagram (65507 bytes) with its headers.
-        await tun.setGsoMaxSize(GSO_MAX_BYTES);
+        // Super-packets are cut into segments that fit the path (datapath/inside.ts), so any size
+        // the kernel makes will do: the default gso_max_size (65536) lets forwarded container
+        // packets of any size reach us whole.
         const n = loadNative();
         tun.setOffload(n.TUN_F_CSUM | n.TUN_F_TSO4 | n.TUN_F_TSO_ECN);
       }
@@ -476,8 +483,7 @@ export class Router implements Startable {
       counters: this.counters,
       log: this.log,
       vnetHdr: this.vnetHdr,
-      // Bundles fit the underlay unfragmented: overlay MTU + 50 = underlay MTU; minus IPv4 + UDP.
-      bundleBytes: this.mtuValue + ENCAP_OVERHEAD_MAX - 28,
+      underlayMtu: this.underlayMtuValue,
       onControl: (d) => this.onDataControl(d),
     });
     this.forwarder.start();
@@ -486,7 +492,13 @@ export class Router implements Startable {
   private async openConn(host: string, port: number): Promise<PacketConn> {
     const bindAddr = host === '0.0.0.0' ? 0 : ipToU32(host);
     if ((this.opts.datapath ?? 'native') === 'native') {
-      return NativeUdp.open({ bindAddr, port, rcvbuf: UDP_RCVBUF_BYTES, sndbuf: UDP_SNDBUF_BYTES });
+      return NativeUdp.open({
+        bindAddr,
+        port,
+        rcvbuf: UDP_RCVBUF_BYTES,
+        sndbuf: UDP_SNDBUF_BYTES,
+        offload: this.opts.offload !== false,
+      });
     }
     return DgramUdp.open({ bindAddr, port, rcvbuf: UDP_RCVBUF_BYTES, sndbuf: UDP_SNDBUF_BYTES });
   }
@@ -733,6 +745,7 @@ export class Router implements Startable {
       device: this.tun?.name ?? this.opts.device,
       datapath: this.opts.datapath ?? 'native',
       offload: this.vnetHdr && this.opts.offload !== false,
+      udpOffload: this.udpOffload(),
       encryption: this.opts.password !== undefined,
       ipallocRange: formatCidr(this.opts.ipallocRange),
       exposed: this.exposed.map(formatCidr),
@@ -783,6 +796,7 @@ export class Router implements Startable {
         reason: link?.reason,
         rttMs: link?.rttMs,
         via: relayed ? next : undefined,
+        pmtu: relayed ? this.peers.get(next)?.pmtu.status() : st?.pmtu.status(),
       });
     }
     return out;
@@ -799,8 +813,11 @@ export class Router implements Startable {
     const hi = peerNameHi(r.name);
     const lo = peerNameLo(r.name);
     const addr = ipToU32(r.addr);
-    const sleeveHop = new Hop(r.name, hi, lo, hi, lo, addr, r.sleevePort, Encap.Sleeve, r.sleevePort);
-    const vxlanHop = vx ? new Hop(r.name, hi, lo, hi, lo, addr, r.vxlanPort, Encap.Vxlan, r.sleevePort) : undefined;
+    const pmtu = new PathMtu(this.routeMtu(addr));
+    const sleeveHop = new Hop(r.name, hi, lo, hi, lo, addr, r.sleevePort, Encap.Sleeve, r.sleevePort, pmtu.pmtu);
+    const vxlanHop = vx
+      ? new Hop(r.name, hi, lo, hi, lo, addr, r.vxlanPort, Encap.Vxlan, r.sleevePort, pmtu.pmtu)
+      : undefined;
     const now = preciseNow();
     const st: PeerState = {
       conn,
@@ -810,6 +827,7 @@ export class Router implements Startable {
       vxlanHop,
       vxData: vx ? new DataPath(now) : undefined,
       vxlanPort: r.vxlanPort,
+      pmtu,
     };
     this.peers.set(r.name, st);
     this.peersByKey.set(peerKey(hi, lo), st);
@@ -830,6 +848,48 @@ export class Router implements Startable {
   private sendHeartbeats(st: PeerState, now: number): void {
     this.forwarder?.sendHeartbeat(st.sleeveHop, now);
     if (st.vxlanHop !== undefined) this.forwarder?.sendVxlanHeartbeat(st.vxlanHop, st.vxlanPort, now);
+    // Path MTU discovery rides the heartbeat timer: a probe is a heartbeat padded to the size tried.
+    const probe = st.pmtu.tick(now, this.kernelPathMtu(st.sleeveHop.addr));
+    if (probe > 0 && this.forwarder?.sendHeartbeat(st.sleeveHop, now, probe) === false) st.pmtu.sendFailed(now);
+    this.applyPmtu(st);
+  }
+
+  /**
+   * applyPmtu gives the peer's direct hops, and the relay hops through it, the path MTU in use.
+   * A relayed datagram crosses more than this first hop; its relay forwards it unchanged and
+   * refuses (counts) one too large for the next link.
+   */
+  private applyPmtu(st: PeerState): void {
+    const pmtu = st.pmtu.pmtu;
+    if (st.sleeveHop.pmtu === pmtu) return;
+    this.log.info('path mtu', { peer: st.sleeveHop.peer, pmtu, state: st.pmtu.state });
+    st.sleeveHop.pmtu = pmtu;
+    if (st.vxlanHop !== undefined) st.vxlanHop.pmtu = pmtu;
+    for (const h of this.relayHops.values()) {
+      if (h.addr === st.sleeveHop.addr && h.sleevePort === st.sleeveHop.sleevePort) h.pmtu = pmtu;
+    }
+  }
+
+  /** routeMtu is the MTU of the route towards an underlay address: where path MTU discovery starts. */
+  private routeMtu(addr: number): number {
+    const k = this.kernelPathMtu(addr);
+    return k > 0 ? k : this.underlayMtuValue;
+  }
+
+  /** kernelPathMtu is the kernel's path MTU towards addr (0 when unknown: injected sockets, no addon). */
+  private kernelPathMtu(addr: number): number {
+    if (this.opts.sleeveConn !== undefined || (this.opts.datapath ?? 'native') !== 'native') return 0;
+    const n = tryLoadNative();
+    const m = n?.pathMtu(addr) ?? 0;
+    return Math.max(m, 0);
+  }
+
+  /** udpOffload says which UDP offloads the data sockets use, and why GSO is off if it is. */
+  private udpOffload(): { gso: boolean; gro: boolean; reason?: string } {
+    const c = this.sleeveConn;
+    if (c === undefined) return { gso: false, gro: false };
+    const reason = c instanceof NativeUdp && c.gsoOffReason !== '' ? c.gsoOffReason : undefined;
+    return { gso: c.gso, gro: c.gro, ...(reason === undefined ? {} : { reason }) };
   }
 
   /** heartbeat sends data-path heartbeats to every peer and re-evaluates their data paths. */
@@ -874,8 +934,15 @@ export class Router implements Startable {
     const path = d.overlay === Encap.Vxlan ? st.vxData : st.data;
     if (path === undefined) return;
     const now = preciseNow();
-    if (d.type === SleeveType.Heartbeat) path.heard(now);
-    else path.acked(now, d.stamp);
+    if (d.type === SleeveType.Heartbeat) {
+      path.heard(now);
+    } else {
+      path.acked(now, d.stamp);
+      if (d.overlay === Encap.Sleeve && d.size > 0) {
+        st.pmtu.acked(d.size, now);
+        this.applyPmtu(st);
+      }
+    }
     if (this.evaluate(st, now)) this.updateLocal();
   }
 
@@ -987,7 +1054,7 @@ function pairHash(a: string, b: string): number {
 function relayHop(dest: PeerName, via: Hop): Hop {
   const hi = peerNameHi(dest);
   const lo = peerNameLo(dest);
-  return new Hop(dest, hi, lo, hi, lo, via.addr, via.sleevePort, Encap.Sleeve, via.sleevePort);
+  return new Hop(dest, hi, lo, hi, lo, via.addr, via.sleevePort, Encap.Sleeve, via.sleevePort, via.pmtu);
 }
 
 function ipToU32(s: string): number {

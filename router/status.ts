@@ -1,4 +1,5 @@
 import type { CountersSnapshot } from './datapath/counters.js';
+import type { PathMtuStatus } from './overlay/pmtu.js';
 
 /** PeerStatus describes one connected peer. */
 export interface PeerStatus {
@@ -30,6 +31,8 @@ export interface PeerStatus {
   reason?: string;
   /** rttMs is the last heartbeat round trip through the tunnel. */
   rttMs?: number;
+  /** pmtu is path MTU discovery towards the peer (for a relayed peer: towards its next hop). */
+  pmtu?: PathMtuStatus;
 }
 
 /** LearnedStatus is a VXLAN endpoint learned from traffic (e.g. a kernel vxlan device). */
@@ -62,6 +65,11 @@ export interface RouterStatus {
   datapath: 'native' | 'dgram';
   /** offload is true when the kernel hands the router TCP super-packets (TSO over virtio-net headers). */
   offload: boolean;
+  /**
+   * udpOffload says whether the data sockets send trains with UDP GSO and receive them with UDP
+   * GRO (else one datagram per system call entry), and why GSO is off when it was wanted.
+   */
+  udpOffload: { gso: boolean; gro: boolean; reason?: string };
   encryption: boolean;
   ipallocRange: string;
   exposed: string[];

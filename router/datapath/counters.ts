@@ -39,6 +39,11 @@ export const Drop = {
   TtlExceeded: 17,
   /** NotIPv4: an IPv6 packet from the TUN device (the overlay carries IPv4 only, for now). */
   NotIPv4: 18,
+  /**
+   * PathMtu: an inner packet (or a super-packet's segment) with DF set that does not fit the path
+   * to its peer; an ICMP "fragmentation needed" with the path's MTU went back to its sender.
+   */
+  PathMtu: 19,
 } as const;
 export type Drop = (typeof Drop)[keyof typeof Drop];
 
@@ -63,6 +68,7 @@ export const DROP_NAMES: readonly string[] = [
   'gso_unsupported',
   'ttl_exceeded',
   'not_ipv4',
+  'too_big_for_path',
 ];
 
 /**
@@ -92,6 +98,18 @@ export class Counters {
   heartbeats = 0;
   /** learned: VXLAN endpoints learned from received traffic. */
   learned = 0;
+  /** segmented: TCP super-packets read from the TUN and cut into MSS-sized segments. */
+  segmented = 0;
+  /** gsoTrains: sends that carried several datagrams as one UDP GSO train. */
+  gsoTrains = 0;
+  /** groTrains: received coalesced UDP GRO trains. */
+  groTrains = 0;
+  /** coalesced: TCP segments merged into a larger packet before the TUN write (GRO in userspace). */
+  coalesced = 0;
+  /** fragmented: inner packets without DF cut into IP fragments to fit the path. */
+  fragmented = 0;
+  /** icmpFragNeeded: ICMP "fragmentation needed" messages written back to local senders. */
+  icmpFragNeeded = 0;
   /** batches: readiness wake-ups served (TUN and UDP), for average batch size. */
   tunBatches = 0;
   udpBatches = 0;
@@ -126,6 +144,12 @@ export class Counters {
       bundled: this.bundled,
       heartbeats: this.heartbeats,
       learned: this.learned,
+      segmented: this.segmented,
+      gsoTrains: this.gsoTrains,
+      groTrains: this.groTrains,
+      coalesced: this.coalesced,
+      fragmented: this.fragmented,
+      icmpFragNeeded: this.icmpFragNeeded,
       tunBatches: this.tunBatches,
       udpBatches: this.udpBatches,
       drops,
@@ -148,6 +172,12 @@ export interface CountersSnapshot {
   bundled: number;
   heartbeats: number;
   learned: number;
+  segmented: number;
+  gsoTrains: number;
+  groTrains: number;
+  coalesced: number;
+  fragmented: number;
+  icmpFragNeeded: number;
   tunBatches: number;
   udpBatches: number;
   drops: Record<string, number>;

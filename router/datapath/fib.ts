@@ -1,5 +1,6 @@
 import type { Cidr, PeerName } from '../../common/types.js';
 import { prefixMask } from '../../common/types.js';
+import { UNDERLAY_MTU_DEFAULT } from '../constants.js';
 
 /** Encap names the encapsulation used towards a hop. */
 export const Encap = { Sleeve: 0, Vxlan: 1 } as const;
@@ -22,6 +23,12 @@ export class Hop {
   /** rxPackets/rxBytes count inner packets and bytes received from this hop. */
   rxPackets = 0;
   rxBytes = 0;
+  /**
+   * pmtu is the IP-level path MTU towards `addr` in bytes: no datagram to this hop is larger. The
+   * control plane writes it (path MTU discovery, see overlay/pmtu.ts); the datapath reads it per
+   * packet. Defaults to the underlay MTU the Hop was made with.
+   */
+  pmtu: number;
 
   constructor(
     /** peer is the Weft peer name, or undefined for a learned kernel VXLAN endpoint. */
@@ -39,7 +46,10 @@ export class Hop {
     readonly encap: Encap,
     /** sleevePort is the hop's sleeve UDP port, used to relay sleeve datagrams whatever `encap` is. */
     readonly sleevePort: number = port,
-  ) {}
+    pmtu = UNDERLAY_MTU_DEFAULT,
+  ) {
+    this.pmtu = pmtu;
+  }
 }
 
 /** peerNameHi and peerNameLo split a MAC-form peer name into 16 + 32 bits. */

@@ -142,9 +142,11 @@ const TCP_CWR = 0x80;
  * segmentTcp4 splits the IPv4/TCP packet of `len` bytes at `src[pkt]` into segments of at most
  * `mss` payload bytes, as a NIC doing TSO would: segment i is written at `dst[dstOff + i*stride]`
  * with its length in `lens[i]`, complete with IPv4 length, ID, header checksum, TCP sequence
- * number, flags (FIN/PSH on the last, CWR on the first) and TCP checksum. Returns the number of
- * segments, or -1 when the packet is not a well-formed IPv4 TCP packet or does not fit in `max`
- * slots of `stride` bytes.
+ * number, flags (FIN/PSH on the last, CWR on the first) and TCP checksum — complete, or with
+ * `fullCsum` false only the pseudo-header sum (the virtio-net NEEDS_CSUM form, completed by
+ * whoever delivers it). Returns the number of segments, or -1 when the packet is not a
+ * well-formed IPv4 TCP packet or does not fit in `max` slots of `stride` bytes. The addon has the
+ * same function, much faster (datapath/inside.ts prefers it).
  */
 export function segmentTcp4(
   src: Buffer,
@@ -156,6 +158,7 @@ export function segmentTcp4(
   stride: number,
   max: number,
   lens: Int32Array,
+  fullCsum = true,
 ): number {
   if (len < 40 || (src[pkt] as number) >>> 4 !== 4 || src[pkt + 9] !== 6 || mss < 1) return -1;
   const ihl = ((src[pkt] as number) & 0x0f) * 4;
@@ -187,7 +190,9 @@ export function segmentTcp4(
     if (i !== 0) f &= ~TCP_CWR;
     dst[t + 13] = f;
     dst.writeUInt16BE(0, t + 16);
-    const c = ~fold16(sum16(dst, t, o + segLen, pseudo + thl + chunk)) & 0xffff;
+    const c = fullCsum
+      ? ~fold16(sum16(dst, t, o + segLen, pseudo + thl + chunk)) & 0xffff
+      : fold16(pseudo + thl + chunk);
     dst.writeUInt16BE(c, t + 16);
     lens[i] = segLen;
   }

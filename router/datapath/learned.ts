@@ -24,6 +24,8 @@ export class LearnedEndpoints {
     private readonly port: number,
     /** maxEntries bounds the table; when full, new addresses are not learned. */
     private readonly maxEntries = 65536,
+    /** pmtu is the path MTU given to learned hops (the underlay's: kernel peers are not probed). */
+    private readonly pmtu = 1500,
   ) {}
 
   /** lookup returns the hop an address was learned behind, or undefined. */
@@ -43,7 +45,13 @@ export class LearnedEndpoints {
     } else if (this.entries.size >= this.maxEntries) {
       return false;
     }
-    this.entries.set(ip, new LearnedEntry(new Hop(undefined, 0, 0, macHi, macLo, addr, this.port, Encap.Vxlan), nowMs));
+    this.entries.set(
+      ip,
+      new LearnedEntry(
+        new Hop(undefined, 0, 0, macHi, macLo, addr, this.port, Encap.Vxlan, this.port, this.pmtu),
+        nowMs,
+      ),
+    );
     return true;
   }
 

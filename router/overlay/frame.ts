@@ -17,10 +17,12 @@
  *   +-------+-------+-------+-------+
  *   then, for DATA, one or more frames, each a 2-byte big-endian length followed by that many
  *   bytes: a virtio-net header (10, see datapath/gso.ts) and an IPv4 packet, which may be a TCP
- *   super-packet that the receiving kernel takes whole. For HEARTBEAT and HEARTBEAT_ACK, an
- *   8-byte big-endian float64 timestamp of the sender (echoed in the ack, for RTT).
+ *   super-packet that the receiving kernel takes whole (older senders; Weft now cuts super-packets
+ *   into MSS-sized segments, each in its own datagram, see datapath/inside.ts). For HEARTBEAT, an
+ *   8-byte big-endian float64 timestamp of the sender (echoed in the ack, for RTT), then zero
+ *   padding for a path MTU probe; HEARTBEAT_ACK adds the 2-byte length of the heartbeat heard.
  *
- *   Overhead for one frame: 20 + 8 + 16 + 2 + 10 = 56 bytes, once per (super-)packet.
+ *   Overhead for one frame: 20 + 8 + 16 + 2 + 10 = 56 bytes (SLEEVE_OVERHEAD_BYTES), per packet.
  *   A relay forwards a datagram not addressed to it unchanged but for ttl - 1.
  *
  * VXLAN (RFC 7348), one UDP datagram:
@@ -58,8 +60,16 @@ export const SleeveType = {
   HeartbeatAck: 2,
 } as const;
 
-/** SLEEVE_HEARTBEAT_LEN is a heartbeat or ack datagram: header and an 8-byte timestamp. */
+/**
+ * SLEEVE_HEARTBEAT_LEN is a heartbeat datagram: header and an 8-byte timestamp. A heartbeat may
+ * be longer (zero padding): a path MTU probe is a heartbeat padded to the size being probed.
+ */
 export const SLEEVE_HEARTBEAT_LEN = SLEEVE_HEADER_LEN + 8;
+/**
+ * SLEEVE_ACK_LEN is a heartbeat ack: a heartbeat followed by the 2-byte length of the heartbeat
+ * datagram it answers (so a probe's sender learns that its size got through).
+ */
+export const SLEEVE_ACK_LEN = SLEEVE_HEARTBEAT_LEN + 2;
 
 /** SLEEVE_TYPE_MAX is the largest type value a receiver understands. */
 export const SLEEVE_TYPE_MAX = 2;
@@ -163,6 +173,17 @@ export function writeSleeveHeartbeat(
   buf.writeUInt32BE(dstLo, off + 12);
   buf.writeDoubleBE(stamp, off + SLEEVE_HEADER_LEN);
   return SLEEVE_HEARTBEAT_LEN;
+}
+
+/** writeSleeveAckHeard writes the heard length of an ack written by writeSleeveHeartbeat at `off`; returns SLEEVE_ACK_LEN. */
+export function writeSleeveAckHeard(buf: Buffer, off: number, heardLen: number): number {
+  buf.writeUInt16BE(Math.min(heardLen, 0xffff), off + SLEEVE_HEARTBEAT_LEN);
+  return SLEEVE_ACK_LEN;
+}
+
+/** sleeveAckHeard reads the heard length of an ack of `len` bytes at `off`, or 0 when it has none. */
+export function sleeveAckHeard(buf: Buffer, off: number, len: number): number {
+  return len >= SLEEVE_ACK_LEN ? buf.readUInt16BE(off + SLEEVE_HEARTBEAT_LEN) : 0;
 }
 
 /** sleeveHeartbeatStamp reads the timestamp of a heartbeat or ack of at least SLEEVE_HEARTBEAT_LEN bytes. */

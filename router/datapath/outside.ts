@@ -1,0 +1,368 @@
+/**
+ * Outside is the UDP → TUN half of the datapath (nebula's outside.go): datagrams from peers
+ * become packets for the host.
+ *
+ *   recvBatch ──► datagram i at buf[i*SLOT] (a UDP GRO train: several datagrams back to back,
+ *        │        each gso[i] bytes but the last, split here)
+ *        │ sleeve: check the header; heartbeats to Heartbeats; for another peer → relayed
+ *        │         (unchanged but for the ttl); for us → each frame noted in place
+ *        │ VXLAN:  check VNI and MAC; IPv4 noted in place (the Ethernet header's tail becomes the
+ *        │         virtio-net header); ARP answered; endpoints learned
+ *        ▼
+ *   TunQueue: consecutive TCP segments of a flow merged into one GSO super-packet → one writeBatch
+ *
+ * `buf` holds the received datagrams and, after them, TunQueue's merge regions, so one writeBatch
+ * covers both. Everything is in place and allocation-free.
+ */
+
+import type { PacketConn } from '../conn/packet-conn.js';
+import { BATCH_MAX, ETH_HEADER_LEN, SLOT_BYTES, VXLAN_HEADER_LEN } from '../constants.js';
+import {
+  ARP_FRAME_LEN,
+  ARP_OP_REPLY,
+  ARP_OP_REQUEST,
+  ARP_PAD_LEN,
+  arpIsIPv4,
+  arpOp,
+  arpSenderIp,
+  arpSenderMacHi,
+  arpSenderMacLo,
+  arpTargetIp,
+  checkSleeveHeader,
+  checkVxlan,
+  ETHERTYPE_ARP,
+  ETHERTYPE_IPV4,
+  ethDstHi,
+  ethDstLo,
+  ethSrcHi,
+  ethSrcLo,
+  ethType,
+  ipv4PacketLen,
+  isGroupMac,
+  SLEEVE_PREFIX_LEN,
+  SleeveCheck,
+  SleeveType,
+  sleeveDstHi,
+  sleeveDstLo,
+  sleeveFrameLen,
+  sleeveSrcHi,
+  sleeveSrcLo,
+  sleeveType,
+  VxlanCheck,
+  writeArp,
+  writeEthernetHeader,
+  writeVxlanHeader,
+} from '../overlay/frame.js';
+import { Drop } from './counters.js';
+import { Encap, type Hop } from './fib.js';
+import type { Forwarder } from './forwarder.js';
+import {
+  completeChecksum,
+  VNET_F_NEEDS_CSUM,
+  VNET_GSO_ECN,
+  VNET_HDR_LEN,
+  vnetCsumOffset,
+  vnetCsumStart,
+  vnetFlags,
+  vnetGsoType,
+  vnetValid,
+  writeVnetNone,
+} from './gso.js';
+import { ETHERTYPE_WEFT_HEARTBEAT } from './heartbeats.js';
+import { ROUNDS_PER_WAKEUP } from './inside.js';
+import { SendBatch } from './send-batch.js';
+import { GRO_BUFFER_BYTES, TunQueue } from './tun-queue.js';
+
+/** TUN_WRITE_MAX is how many packets one TUN writeBatch carries at most (GRO trains and bundles hold many). */
+const TUN_WRITE_MAX = 4096;
+/** RELAY_MAX is how many datagrams one wake-up relays before sending them early. */
+const RELAY_MAX = 4096;
+
+export class Outside {
+  /** buf: datagram i received at i*SLOT_BYTES; TunQueue's merge regions after them. */
+  readonly buf = Buffer.allocUnsafeSlow(BATCH_MAX * SLOT_BYTES + GRO_BUFFER_BYTES);
+  private readonly lens = new Int32Array(BATCH_MAX);
+  private readonly addrs = new Uint32Array(BATCH_MAX);
+  private readonly ports = new Uint16Array(BATCH_MAX);
+  private readonly gso = new Uint16Array(BATCH_MAX);
+  readonly tunOut: TunQueue;
+  private readonly relayOut = new SendBatch(RELAY_MAX);
+
+  // ARP replies are built here, one at a time.
+  private readonly arpBuf = Buffer.alloc(ARP_FRAME_LEN);
+  private readonly arpOff = new Int32Array(1);
+  private readonly arpLen = new Int32Array([ARP_FRAME_LEN]);
+  private readonly arpAddr = new Uint32Array(1);
+  private readonly arpPort = new Uint16Array(1);
+
+  constructor(private readonly fwd: Forwarder) {
+    this.tunOut = new TunQueue(this.buf, BATCH_MAX * SLOT_BYTES, TUN_WRITE_MAX, fwd.vnet !== 0);
+  }
+
+  /**
+   * receive reads one batch from `conn` and counts it; a datagram cut short by its slot keeps
+   * length -1 and is counted as a truncated drop. Returns the batch size (0: none).
+   */
+  private receive(conn: PacketConn): number {
+    const n = conn.recvBatch(this.buf, 0, SLOT_BYTES, BATCH_MAX, this.lens, this.addrs, this.ports, this.gso);
+    if (n <= 0) return 0;
+    const c = this.fwd.counters;
+    c.udpBatches++;
+    for (let i = 0; i < n; i++) {
+      const len = this.lens[i] as number;
+      if (len < 0) {
+        c.drop(Drop.Truncated);
+        continue;
+      }
+      const g = this.gso[i] as number;
+      if (g > 0 && g < len) {
+        c.groTrains++;
+        c.udpRxPackets += Math.ceil(len / g);
+      } else {
+        c.udpRxPackets++;
+      }
+      c.udpRxBytes += len;
+    }
+    return n;
+  }
+
+  /** onSleeveReadable drains the sleeve socket. */
+  readonly onSleeveReadable = (): void => {
+    const fwd = this.fwd;
+    for (let round = 0; round < ROUNDS_PER_WAKEUP; round++) {
+      const n = this.receive(fwd.sleeve);
+      if (n === 0) return;
+      for (let i = 0; i < n; i++) {
+        const len = this.lens[i] as number;
+        if (len < 0) continue;
+        const off = i * SLOT_BYTES;
+        const g = this.gso[i] as number;
+        if (g > 0 && g < len) {
+          for (let at = 0; at < len; at += g) this.sleeveDatagram(off + at, Math.min(g, len - at), i);
+        } else {
+          this.sleeveDatagram(off, len, i);
+        }
+      }
+      this.tunOut.write(fwd.tun, fwd.counters);
+      this.relayOut.flush(fwd.sleeve, this.buf, fwd.counters);
+      if (n < BATCH_MAX) return;
+    }
+  };
+
+  /** sleeveDatagram handles one sleeve datagram of `len` bytes at `off`, received as datagram i. */
+  private sleeveDatagram(off: number, len: number, i: number): void {
+    const fwd = this.fwd;
+    const buf = this.buf;
+    const c = fwd.counters;
+    const chk = checkSleeveHeader(buf, off, len);
+    if (chk !== SleeveCheck.Ok) {
+      c.drop(sleeveDrop(chk));
+      return;
+    }
+    const type = sleeveType(buf, off);
+    if (type !== SleeveType.Data) {
+      fwd.heartbeats.control(type, buf, off, len, this.addrs[i] as number, this.ports[i] as number, Encap.Sleeve);
+      return;
+    }
+    if (sleeveDstLo(buf, off) !== fwd.nameLo || sleeveDstHi(buf, off) !== fwd.nameHi) {
+      this.relay(off, len);
+      return;
+    }
+    const hop = fwd.fib.peer(sleeveSrcHi(buf, off), sleeveSrcLo(buf, off));
+    if (hop === undefined) {
+      c.drop(Drop.UnknownPeer);
+      return;
+    }
+    const end = off + len;
+    let fo = off + SLEEVE_PREFIX_LEN - 2;
+    while (fo < end) {
+      const fl = sleeveFrameLen(buf, fo, end);
+      if (fl < 0) {
+        c.drop(Drop.Truncated);
+        return;
+      }
+      const p = fo + 2;
+      this.sleeveFrame(p, fl, hop);
+      fo = p + fl;
+    }
+  }
+
+  /**
+   * sleeveFrame handles one sleeve frame of `fl` bytes at `p`: a virtio-net header and an IPv4
+   * packet. With a virtio-net TUN both go to the kernel as they are (partial checksums and older
+   * peers' super-packets included); without one the checksum is completed here, and
+   * super-packets cannot be delivered.
+   */
+  private sleeveFrame(p: number, fl: number, hop: Hop): void {
+    const fwd = this.fwd;
+    const buf = this.buf;
+    const c = fwd.counters;
+    const ip = p + VNET_HDR_LEN;
+    const pl = fl < VNET_HDR_LEN ? -1 : ipv4PacketLen(buf, ip, fl - VNET_HDR_LEN);
+    if (pl < 0 || !vnetValid(buf, p, pl)) {
+      c.drop(Drop.Malformed);
+      return;
+    }
+    if (fwd.vnet !== 0) {
+      this.tunOut.add(p, pl + VNET_HDR_LEN, hop, fwd.tun, c);
+      return;
+    }
+    if ((vnetGsoType(buf, p) & ~VNET_GSO_ECN) !== 0) {
+      c.drop(Drop.GsoUnsupported);
+      return;
+    }
+    if ((vnetFlags(buf, p) & VNET_F_NEEDS_CSUM) !== 0) {
+      completeChecksum(buf, ip, pl, vnetCsumStart(buf, p), vnetCsumOffset(buf, p));
+    }
+    this.tunOut.add(ip, pl, hop, fwd.tun, c);
+  }
+
+  /** onVxlanReadable drains the VXLAN socket (Weft peers and kernel vxlan). */
+  readonly onVxlanReadable = (): void => {
+    const fwd = this.fwd;
+    const conn = fwd.vxlan;
+    if (conn === undefined) return;
+    for (let round = 0; round < ROUNDS_PER_WAKEUP; round++) {
+      const n = this.receive(conn);
+      if (n === 0) return;
+      const now = fwd.nowMs();
+      for (let i = 0; i < n; i++) {
+        const len = this.lens[i] as number;
+        if (len < 0) continue;
+        const off = i * SLOT_BYTES;
+        const g = this.gso[i] as number;
+        if (g > 0 && g < len) {
+          for (let at = 0; at < len; at += g) this.vxlanDatagram(off + at, Math.min(g, len - at), i, now);
+        } else {
+          this.vxlanDatagram(off, len, i, now);
+        }
+      }
+      this.tunOut.write(fwd.tun, fwd.counters);
+      if (n < BATCH_MAX) return;
+    }
+  };
+
+  /** vxlanDatagram handles one VXLAN datagram of `len` bytes at `off`, received as datagram i. */
+  private vxlanDatagram(off: number, len: number, i: number, now: number): void {
+    const fwd = this.fwd;
+    const buf = this.buf;
+    const c = fwd.counters;
+    const chk = checkVxlan(buf, off, len, fwd.vni);
+    if (chk !== VxlanCheck.Ok) {
+      c.drop(chk === VxlanCheck.Truncated ? Drop.Truncated : Drop.BadVni);
+      return;
+    }
+    const e = off + VXLAN_HEADER_LEN;
+    const dHi = ethDstHi(buf, e);
+    if (!isGroupMac(dHi) && (dHi !== fwd.nameHi || ethDstLo(buf, e) !== fwd.nameLo)) {
+      c.drop(Drop.NotForOurMac);
+      return;
+    }
+    const p = e + ETH_HEADER_LEN;
+    const avail = off + len - p;
+    const et = ethType(buf, e);
+    if (et === ETHERTYPE_IPV4) {
+      const pl = ipv4PacketLen(buf, p, avail);
+      if (pl < 0) {
+        c.drop(Drop.Malformed);
+        return;
+      }
+      const src = buf.readUInt32BE(p + 12);
+      const addr = this.addrs[i] as number;
+      if (fwd.learned.learn(src, ethSrcHi(buf, e), ethSrcLo(buf, e), addr, now)) c.learned++;
+      const hop = fwd.fib.lookup(src) ?? fwd.learned.lookup(src);
+      if (fwd.vnet !== 0) {
+        // The Ethernet header has been read: its last 10 bytes become the virtio-net header.
+        writeVnetNone(buf, p - VNET_HDR_LEN);
+        this.tunOut.add(p - VNET_HDR_LEN, pl + VNET_HDR_LEN, hop, fwd.tun, c);
+      } else {
+        this.tunOut.add(p, pl, hop, fwd.tun, c);
+      }
+    } else if (et === ETHERTYPE_ARP) {
+      this.arp(p, avail, this.addrs[i] as number, now);
+    } else if (et === ETHERTYPE_WEFT_HEARTBEAT && checkSleeveHeader(buf, p, avail) === SleeveCheck.Ok) {
+      const type = sleeveType(buf, p);
+      if (type === SleeveType.Data) c.drop(Drop.Malformed);
+      else fwd.heartbeats.control(type, buf, p, avail, this.addrs[i] as number, this.ports[i] as number, Encap.Vxlan);
+    } else {
+      c.drop(Drop.UnsupportedEtherType);
+    }
+  }
+
+  /** arp learns the sender of an ARP packet and answers requests for addresses this host serves. */
+  private arp(p: number, avail: number, fromAddr: number, now: number): void {
+    const fwd = this.fwd;
+    const buf = this.buf;
+    const c = fwd.counters;
+    if (!arpIsIPv4(buf, p, avail)) {
+      c.drop(Drop.Malformed);
+      return;
+    }
+    const op = arpOp(buf, p);
+    const senderIp = arpSenderIp(buf, p);
+    const sHi = arpSenderMacHi(buf, p);
+    const sLo = arpSenderMacLo(buf, p);
+    if (senderIp !== 0 && fwd.learned.learn(senderIp, sHi, sLo, fromAddr, now)) c.learned++;
+    if (op === ARP_OP_REPLY) return;
+    const target = arpTargetIp(buf, p);
+    if (op !== ARP_OP_REQUEST || !fwd.fib.isLocal(target)) {
+      c.drop(Drop.ArpNotOurs);
+      return;
+    }
+    const a = this.arpBuf;
+    writeVxlanHeader(a, 0, fwd.vni);
+    writeEthernetHeader(a, VXLAN_HEADER_LEN, sHi, sLo, fwd.nameHi, fwd.nameLo, ETHERTYPE_ARP);
+    const ap = VXLAN_HEADER_LEN + ETH_HEADER_LEN;
+    writeArp(a, ap, ARP_OP_REPLY, fwd.nameHi, fwd.nameLo, target, sHi, sLo, senderIp);
+    a.fill(0, ap + 28, ap + 28 + ARP_PAD_LEN);
+    this.arpAddr[0] = fromAddr;
+    this.arpPort[0] = fwd.vxlanPort;
+    if (
+      fwd.vxlan !== undefined &&
+      fwd.vxlan.sendBatch(a, this.arpOff, this.arpLen, this.arpAddr, this.arpPort, 1) === 1
+    ) {
+      c.arpReplies++;
+      c.udpTxPackets++;
+      c.udpTxBytes += ARP_FRAME_LEN;
+    } else {
+      c.drop(Drop.UdpSend);
+    }
+  }
+
+  /**
+   * relay forwards a sleeve datagram addressed to another peer towards it, unchanged but for the
+   * ttl: relays need no knowledge of the inner packet. The route is the Fib's hop for that peer.
+   */
+  private relay(off: number, len: number): void {
+    const fwd = this.fwd;
+    const buf = this.buf;
+    const c = fwd.counters;
+    const next = fwd.fib.peer(sleeveDstHi(buf, off), sleeveDstLo(buf, off));
+    if (next === undefined) {
+      c.drop(Drop.NotForUs);
+      return;
+    }
+    const ttl = buf[off + 3] as number;
+    if (ttl <= 1) {
+      c.drop(Drop.TtlExceeded);
+      return;
+    }
+    buf[off + 3] = ttl - 1;
+    if (this.relayOut.full) this.relayOut.flush(fwd.sleeve, buf, c);
+    this.relayOut.push(off, len, next.addr, next.sleevePort, 0, undefined, 0);
+    c.relayed++;
+  }
+}
+
+function sleeveDrop(chk: SleeveCheck): Drop {
+  switch (chk) {
+    case SleeveCheck.BadMagic:
+      return Drop.BadMagic;
+    case SleeveCheck.BadVersion:
+      return Drop.BadVersion;
+    case SleeveCheck.BadType:
+      return Drop.BadType;
+    default:
+      return Drop.Truncated;
+  }
+}
