@@ -2,26 +2,28 @@
  * `npm run bench`: every benchmark in one run, side by side, written to bench/RESULTS.md.
  *
  *   1. the hot path in one process (bench/hotpath.ts): ≥ 1M packets, packets/s, heap growth, GCs;
- *   2. two hosts from network namespaces (root): raw veth, kernel vxlan, socat, wireguard-go,
- *      nebula and Weft (sleeve, VXLAN) for a 1500-byte and a 9000-byte underlay, as ratios to
- *      raw veth.
+ *   2. two hosts from network namespaces (root): raw veth, kernel vxlan, socat, wireguard-go
+ *      (bookworm's and trixie's), nebula and Weft (sleeve, VXLAN; container to container, and
+ *      host to host) for a 1500-byte underlay at 0, 0.2 % and 1 % frame loss and a lossless
+ *      9000-byte underlay, as ratios to raw veth; then the same across a mid-path MTU of 1400
+ *      (bench/tunnel-suite.ts).
  *
- *   node dist/bench/run.js [--packets 1000000] [--seconds 5] [--mtu 1500,9000] [--no-write]
+ *   node dist/bench/run.js [--packets 1000000] [--seconds 5] [--mtu 1500,9000] [--loss 0,2,10]
+ *       [--lossy-mtu 1500] [--mid-path 1400|off] [--no-write]
  */
 import { writeFileSync } from 'node:fs';
 import { cpus, loadavg, release } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { requireRoot, Topology } from '../e2e/netns.js';
+import { requireRoot } from '../e2e/netns.js';
 import { renderAttachTable, runAttach } from './attach.js';
 import { renderConvergenceTable, runConvergence } from './convergence.js';
 import { renderDnsTable, runDnsBench } from './dns.js';
 import { type HotpathResult, runHotpath } from './hotpath.js';
 import { renderIpamTable, runIpamBench } from './ipam.js';
 import { runRelay } from './relay.js';
-import { baselineScenarios, measureScenarios, renderTable } from './tunnels.js';
-import { weftScenario } from './weft-scenarios.js';
+import { runTunnelSuite } from './tunnel-suite.js';
 
 const { values } = parseArgs({
   options: {
@@ -29,6 +31,9 @@ const { values } = parseArgs({
     seconds: { type: 'string', default: '5' },
     'udp-seconds': { type: 'string', default: '3' },
     mtu: { type: 'string', default: '1500,9000' },
+    loss: { type: 'string', default: '0,2,10' },
+    'lossy-mtu': { type: 'string', default: '1500' },
+    'mid-path': { type: 'string', default: '1400' },
     'no-write': { type: 'boolean', default: false },
     'hotpath-only': { type: 'boolean', default: false },
   },
@@ -36,7 +41,11 @@ const { values } = parseArgs({
 const packets = Number(values.packets);
 const seconds = Number(values.seconds);
 const udpSeconds = Number(values['udp-seconds']);
-const mtus = values.mtu.split(',').map(Number);
+const numbers = (text: string): number[] => (text.trim() === '' ? [] : text.split(',').map(Number));
+const mtus = numbers(values.mtu);
+const losses = numbers(values.loss);
+const lossyMtus = numbers(values['lossy-mtu']);
+const midPathMtu = values['mid-path'] === 'off' ? undefined : Number(values['mid-path']);
 
 const cpu = cpus();
 const machine = `${cpu.length}× ${cpu[0]?.model.trim() ?? 'unknown cpu'}, Linux ${release()}, Node ${process.version}`;
@@ -117,28 +126,20 @@ if (!values['hotpath-only']) {
     sections.push(`## Two hosts\n\nnot run: ${reason}\n`);
   } else {
     const started = Date.now();
-    for (const underlayMtu of mtus) {
-      const overlayMtu = underlayMtu - 50;
-      const topo = await Topology.create({ hosts: 2, underlayMtu });
-      try {
-        const results = await measureScenarios(
-          topo,
-          [...baselineScenarios, weftScenario('sleeve'), weftScenario('vxlan')],
-          {
-            seconds,
-            udpSeconds,
-            overlayMtu,
-            underlayMtu,
-            log: (line) =>
-              console.error(`[${((Date.now() - started) / 1000).toFixed(0)} s] mtu ${underlayMtu}: ${line}`),
-          },
-        );
-        const table = renderTable(results, { date, machine, underlayMtu, overlayMtu });
-        console.log(`${table}\n`);
-        sections.push(`## Two hosts, underlay MTU ${underlayMtu}, overlay MTU ${overlayMtu}`, '', table, '');
-      } finally {
-        await topo.destroy();
-      }
+    const tables = await runTunnelSuite({
+      mtus,
+      lossPermille: losses,
+      lossyMtus,
+      midPathMtu,
+      seconds,
+      udpSeconds,
+      date,
+      machine,
+      log: (line) => console.error(`[${((Date.now() - started) / 1000).toFixed(0)} s] ${line}`),
+    });
+    for (const t of tables) {
+      console.log(`${t.table}\n`);
+      sections.push(`## ${t.heading}`, '', t.intro, '', t.table, '');
     }
     console.error('relayed vs direct RTT');
     const relay = await runRelay();

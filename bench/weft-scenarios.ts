@@ -1,41 +1,111 @@
+import { execFile } from 'node:child_process';
 import { rmSync } from 'node:fs';
-import type { Topology } from '../e2e/netns.js';
-import { expose, launch, stateDir, waitPeers, weft } from '../e2e/weft.js';
-import type { TunnelScenario } from './tunnels.js';
+import { readFile } from 'node:fs/promises';
+import { promisify } from 'node:util';
+import type { Host, Netns, Topology } from '../e2e/netns.js';
+import { CLI, expose, launch, stateDir, waitPeers, weft } from '../e2e/weft.js';
+import type { TunnelScenario, TunnelSetup } from './tunnels.js';
+
+let containerSeq = 0;
+
+/** WeftMode is where a Weft row measures: between attached containers, or between the hosts' exposed addresses. */
+export type WeftMode = 'container' | 'host';
 
 /**
- * weftScenario is a tunnel-table row for Weft itself: the real `weft` CLI launches a router in
- * each of the two hosts (the second told about the first), each exposes an overlay address from IPAM,
- * and the measurement runs between those addresses.
+ * routerPids returns the pids of the Weft processes in `ns` (the router launched there and any
+ * process it runs from the same CLI), found by `ip netns pids` and their command lines.
  */
-export function weftScenario(encap: 'sleeve' | 'vxlan', extraFlags: string[] = []): TunnelScenario {
+export async function routerPids(ns: Netns): Promise<number[]> {
+  // `ip netns pids` runs in the root namespace and lists the processes whose netns is NAME.
+  const { stdout: listed } = await promisify(execFile)('ip', ['netns', 'pids', ns.name]);
+  const pids: number[] = [];
+  for (const pid of listed.split(/\s+/).filter((p) => /^\d+$/.test(p))) {
+    const cmdline = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '');
+    if (cmdline.split('\0').includes(CLI)) pids.push(Number(pid));
+  }
+  return pids;
+}
+
+/**
+ * weftRow is a tunnel-table row for Weft itself: the real `weft` CLI launches a router in each of
+ * the two hosts (the second told about the first) with its default overlay MTU (the underlay's
+ * minus Weft's largest encapsulation; `extraFlags` may set `--mtu`). In `'container'` mode (what
+ * users run) a container namespace is made on each host and `weft attach`ed, and the measurement
+ * runs from the container on hosts[0] to the one on hosts[1]; in `'host'` mode each host exposes
+ * an overlay address from IPAM and the measurement runs between the hosts themselves. Each
+ * host's router processes are reported for CPU.
+ */
+function weftRow(encap: 'sleeve' | 'vxlan', mode: WeftMode, extraFlags: string[]): TunnelScenario {
+  const flagText = extraFlags.length > 0 ? ` ${extraFlags.join(' ')}` : '';
   return {
-    name: `weft ${encap}${extraFlags.length > 0 ? ` ${extraFlags.join(' ')}` : ''}`,
-    async setup(topo: Topology, opts) {
-      const [a, b] = topo.hosts;
+    id: `weft-${encap}${mode === 'host' ? '-host' : ''}`,
+    name: `weft ${encap}${flagText}${mode === 'host' ? ', host to host' : ''}`,
+    lossy: mode === 'container',
+    async setup(topo: Topology): Promise<TunnelSetup> {
+      const [a, b] = topo.hosts as [Host | undefined, Host | undefined];
       if (a === undefined || b === undefined) throw new Error('weft scenario needs two hosts');
-      const flags = ['--encap', encap, '--mtu', String(opts.overlayMtu), ...extraFlags];
+      // No --mtu: the router picks the overlay MTU from its underlay, as users run it.
+      const flags = ['--encap', encap, ...extraFlags];
+      const containers: { host: Host; ns: Netns }[] = [];
       const teardown = async () => {
+        for (const c of containers.splice(0)) {
+          // Detach first: deleting a namespace frees its veth pair only later, asynchronously.
+          await weft(c.host, ['detach', c.ns.name], { allowFail: true });
+          await topo.removeNamespace(c.ns).catch(() => {});
+        }
         for (const h of [a, b]) {
           await weft(h, ['stop'], { allowFail: true });
           rmSync(stateDir(h), { recursive: true, force: true });
         }
       };
-      let aIp: string;
-      let bIp: string;
       try {
         await launch(a, [], flags);
         await launch(b, [a.underlayIp], flags);
-        // a exposes first and seeds the IPAM ring; b then gets space from a.
-        aIp = await expose(a);
-        bIp = await expose(b);
-        await waitPeers(a, 1);
+        let aIp: string;
+        let bIp: string;
+        let client: Netns | undefined;
+        let server: Netns | undefined;
+        if (mode === 'host') {
+          // a exposes first and seeds the IPAM ring; b then gets space from a.
+          aIp = await expose(a);
+          bIp = await expose(b);
+        } else {
+          // New names every row, so nothing can collide with what a previous row's teardown leaves.
+          const seq = containerSeq++;
+          client = await topo.addNamespace(`ca${seq}`);
+          containers.push({ host: a, ns: client });
+          server = await topo.addNamespace(`cb${seq}`);
+          containers.push({ host: b, ns: server });
+          // The container on a is attached first, so a seeds the IPAM ring; b then gets space from a.
+          aIp = (await weft(a, ['attach', client.name])).stdout.trim();
+          await waitPeers(b, 1);
+          bIp = (await weft(b, ['attach', server.name])).stdout.trim();
+        }
+        const { mtu } = await waitPeers(a, 1);
         await waitPeers(b, 1);
+        const processes = [await routerPids(a), await routerPids(b)] as const;
+        const where = mode === 'host' ? 'host to host' : 'container to container (weft attach)';
+        return { aIp, bIp, client, server, processes, teardown, note: `${where}, overlay MTU ${mtu}` };
       } catch (err) {
         await teardown();
         throw err;
       }
-      return { aIp, bIp, teardown, note: `overlay MTU ${opts.overlayMtu}` };
     },
   };
+}
+
+/**
+ * weftScenario is the host-to-host Weft row (each host `weft expose`s an address, the
+ * measurement runs between the hosts): kept beside the container rows, lossless only.
+ */
+export function weftScenario(encap: 'sleeve' | 'vxlan', extraFlags: string[] = []): TunnelScenario {
+  return weftRow(encap, 'host', extraFlags);
+}
+
+/**
+ * weftContainerScenario is the Weft row users run: a container on each host attached with `weft
+ * attach`, measured container to container across the hosts, also at the lossy levels.
+ */
+export function weftContainerScenario(encap: 'sleeve' | 'vxlan', extraFlags: string[] = []): TunnelScenario {
+  return weftRow(encap, 'container', extraFlags);
 }

@@ -3,6 +3,7 @@ import {
   ExecError,
   listNamespaces,
   outputTail,
+  parseEthtoolFeatures,
   parsePing,
   requireRoot,
   runId,
@@ -46,6 +47,27 @@ describe('parsePing', () => {
     const r = parsePing('3 packets transmitted, 0 received, +3 errors, 100% packet loss, time 2002ms');
     expect(r.received).toBe(0);
     expect(r.rttAvgMs).toBeNaN();
+  });
+});
+
+describe('parseEthtoolFeatures', () => {
+  it('reads each changeable feature and leaves out fixed ones', () => {
+    const f = parseEthtoolFeatures(
+      [
+        'Features for w1u1:',
+        'tcp-segmentation-offload: on',
+        '\ttx-tcp-segmentation: on',
+        'generic-receive-offload: off',
+        'large-receive-offload: off [fixed]',
+        'tx-udp-segmentation: on',
+      ].join('\n'),
+    );
+    expect(Object.fromEntries(f)).toEqual({
+      'tcp-segmentation-offload': 'on',
+      'tx-tcp-segmentation': 'on',
+      'generic-receive-offload': 'off',
+      'tx-udp-segmentation': 'on',
+    });
   });
 });
 
@@ -135,6 +157,73 @@ describe.skipIf(reason)('Topology (network namespaces, root)', () => {
       expect(fits.received, fits.output).toBe(2);
       const tooBig = await a.ping(b.underlayIp, { count: 1, size: 9000 - 27, dontFragment: true, timeoutMs: 2_000 });
       expect(tooBig.received).toBe(0);
+    } finally {
+      await topo.destroy();
+    }
+  });
+
+  it('routes two hosts across a smaller mid-path MTU, whose routers answer too-big DF packets', async () => {
+    const topo = await Topology.create({ hosts: 2, midPathMtu: 1400 });
+    try {
+      const [a, b] = [topo.hosts[0]!, topo.hosts[1]!];
+      expect(topo.routers.map((r) => r.name)).toEqual([`${topo.prefix}rt1`, `${topo.prefix}rt2`]);
+      for (const h of [a, b]) {
+        expect((await h.exec('ip', ['-o', 'link', 'show', h.underlayDev])).stdout).toContain('mtu 1500');
+      }
+      const fits = await a.ping(b.underlayIp, { count: 2, intervalS: 0.05, size: 1400 - 28, dontFragment: true });
+      expect(fits.received, fits.output).toBe(2);
+      // 1500 fits a's own link but not the middle one: rt1 answers "fragmentation needed", a learns 1400.
+      const tooBig = await a.ping(b.underlayIp, { count: 2, intervalS: 0.2, size: 1500 - 28, dontFragment: true });
+      expect(tooBig.received).toBe(0);
+      expect(tooBig.output).toMatch(/mtu = 1400|message too long/i);
+      const route = await a.exec('ip', ['route', 'get', b.underlayIp]);
+      expect(route.stdout).toMatch(/mtu 1400/);
+      // And the other way round, through rt2.
+      const back = await b.ping(a.underlayIp, { count: 2, intervalS: 0.2, size: 1500 - 28, dontFragment: true });
+      expect(back.output).toMatch(/mtu = 1400|message too long/i);
+    } finally {
+      await topo.destroy();
+    }
+    for (const ns of [`${topo.prefix}rt1`, `${topo.prefix}rt2`]) expect(await listNamespaces()).not.toContain(ns);
+  });
+
+  it('drops frames in the switch namespace only, and turns underlay offloads off and back on', async () => {
+    const topo = await Topology.create({ hosts: 2 });
+    try {
+      const [a, b] = [topo.hosts[0]!, topo.hosts[1]!];
+      const tso = async () =>
+        /^tcp-segmentation-offload: (\w+)/m.exec((await a.exec('ethtool', ['-k', a.underlayDev])).stdout)?.[1];
+      expect(await tso()).toBe('on');
+      await topo.setUnderlayOffloads(false);
+      expect(await tso()).toBe('off');
+      await topo.setFrameLoss(1000);
+      await topo.setFrameLoss(1000); // idempotent: replaces the table
+      expect((await a.ping(b.underlayIp, { count: 2, intervalS: 0.05, timeoutMs: 1_000 })).received).toBe(0);
+      expect(await topo.droppedFrames()).toBeGreaterThan(0);
+      expect((await topo.switchNetns.exec('nft', ['list', 'tables'])).stdout).toContain('bridge weft_loss');
+      for (const h of [a, b]) expect((await h.exec('nft', ['list', 'tables'])).stdout).not.toContain('weft_loss');
+      await topo.setFrameLoss(0);
+      expect(await topo.droppedFrames()).toBe(0);
+      // Requests queued while ARP was being dropped may all be answered at once: at least one reply.
+      expect((await a.ping(b.underlayIp, { count: 2, intervalS: 0.05 })).received).toBeGreaterThan(0);
+      await topo.setUnderlayOffloads(true);
+      expect(await tso()).toBe('on');
+      await expect(topo.setFrameLoss(1001)).rejects.toThrow(/per mille/);
+    } finally {
+      await topo.destroy();
+    }
+  });
+
+  it('removes an added namespace before the topology, but never a host', async () => {
+    const topo = await Topology.create({ hosts: 1 });
+    try {
+      const c = await topo.addNamespace('c1');
+      c.spawn('sleep', ['300']);
+      await topo.removeNamespace(c);
+      expect(await listNamespaces()).not.toContain(c.name);
+      expect(topo.namespaces).not.toContain(c.name);
+      await expect(topo.removeNamespace(topo.hosts[0]!)).rejects.toThrow(/underlay/);
+      await expect(topo.addNamespace('rt1')).rejects.toThrow(/bad namespace suffix/);
     } finally {
       await topo.destroy();
     }

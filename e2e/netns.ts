@@ -14,6 +14,11 @@
  *                            └────────┘   └────────┘      └────────┘
  * ```
  *
+ * With {@link TopologyOptions.midPathMtu} the second host sits instead behind two router namespaces
+ * (`<p>rt1`, `<p>rt2`) whose middle link has a smaller MTU. {@link Topology.setFrameLoss} makes the
+ * switch drop a share of frames (nftables in the switch namespace) and
+ * {@link Topology.setUnderlayOffloads} turns segmentation offloads of the underlay veths off or on.
+ *
  * `<p>` is the topology prefix `w<pid><letters>` (for example `w12345a`): every namespace and every
  * link carries the pid of the process that made it, so parallel runs never clash and {@link sweepStale}
  * can tell leftovers of dead runs from live ones. Nothing is ever created in, or changed in, the root
@@ -804,6 +809,50 @@ export interface TopologyOptions {
    * from the pid, so that concurrent runs rarely use the same numbers (they never share a link anyway).
    */
   underlayNet?: string;
+  /**
+   * Puts a routed path with a smaller MTU between the two hosts (needs `hosts: 2` and an underlayNet
+   * of /24 or larger): hosts[0] stays on the switch, hosts[1] sits behind two router namespaces
+   * whose middle link has this MTU, while both hosts' own links keep `underlayMtu`. Each router sends
+   * ICMP "fragmentation needed" for a DF packet too big for the middle link, as a real router does.
+   *
+   * ```
+   *   <p>h1 ─u1── <p>br ──s2─a─ <p>rt1 ─m══════m─ <p>rt2 ─b──u2─ <p>h2
+   *          (underlayMtu)             (midPathMtu)        (underlayMtu)
+   * ```
+   *
+   * With a /24 `underlayNet` N: h1 = N.1 and rt1 = N.62 on N.0/26; rt1 = N.65 and rt2 = N.66 on the
+   * middle N.64/30; h2 = N.129 and rt2 = N.190 on N.128/26. Hosts route everything via their router.
+   */
+  midPathMtu?: number;
+}
+
+/** LOSS_TABLE is the nftables table (family bridge, switch namespace only) of {@link Topology.setFrameLoss}. */
+const LOSS_TABLE = 'weft_loss';
+
+/**
+ * OFFLOAD_FEATURES pairs each `ethtool -K` name that {@link Topology.setUnderlayOffloads} turns off
+ * with the line `ethtool -k` shows its state on.
+ */
+const OFFLOAD_FEATURES: readonly (readonly [string, string])[] = [
+  ['tso', 'tcp-segmentation-offload'],
+  ['gso', 'generic-segmentation-offload'],
+  ['gro', 'generic-receive-offload'],
+  ['tx-udp-segmentation', 'tx-udp-segmentation'],
+  ['tx-udp_tnl-segmentation', 'tx-udp_tnl-segmentation'],
+  ['tx-udp_tnl-csum-segmentation', 'tx-udp_tnl-csum-segmentation'],
+  ['tx-gso-list', 'tx-gso-list'],
+];
+
+/**
+ * parseEthtoolFeatures reads `ethtool -k DEV` output into feature → `'on'`/`'off'`, leaving out
+ * features the driver fixes (`[fixed]`), which `ethtool -K` cannot change.
+ */
+export function parseEthtoolFeatures(text: string): Map<string, 'on' | 'off'> {
+  const out = new Map<string, 'on' | 'off'>();
+  for (const m of text.matchAll(/^\s*([\w-]+): (on|off)(.*)$/gm)) {
+    if (!m[3]?.includes('[fixed]')) out.set(m[1]!, m[2] as 'on' | 'off');
+  }
+  return out;
 }
 
 function parseIpv4(ip: string): number {
@@ -836,16 +885,35 @@ export class Topology {
   readonly underlayMtu: number;
   /** The underlay subnet in CIDR form. */
   readonly underlayNet: string;
+  /**
+   * The router namespaces of a mid-path topology ({@link TopologyOptions.midPathMtu}), in path order
+   * from hosts[0]; empty otherwise.
+   */
+  readonly routers: Netns[] = [];
+  /** MTU of the routed middle link, or undefined when the hosts share the switch. */
+  readonly midPathMtu: number | undefined;
   readonly #namespaces: string[] = [];
   readonly #children = new Set<ChildProcess>();
+  /** Every underlay veth end (hosts', switch ports, routers'), for {@link setUnderlayOffloads}. */
+  readonly #underlayLinks: { ns: Netns; dev: string }[] = [];
+  /** Offload settings of each underlay link before the first {@link setUnderlayOffloads}(false), keyed `ns/dev`. */
+  readonly #offloadDefaults = new Map<string, string[]>();
+  #switch: Netns | undefined;
   #destroying: Promise<void> | undefined;
 
-  private constructor(prefix: string, underlayMtu: number, underlayNet: string) {
+  private constructor(prefix: string, underlayMtu: number, underlayNet: string, midPathMtu?: number) {
     this.prefix = prefix;
     this.switchNs = `${prefix}sw`;
     this.bridge = checkIfname(`${prefix}br`);
     this.underlayMtu = underlayMtu;
     this.underlayNet = underlayNet;
+    this.midPathMtu = midPathMtu;
+  }
+
+  /** switchNetns is the switch namespace that holds the bridge (where {@link setFrameLoss} drops frames). */
+  get switchNetns(): Netns {
+    if (!this.#switch) throw new Error(`topology ${this.prefix} has no switch namespace`);
+    return this.#switch;
   }
 
   /** destroyed is true once {@link destroy} has been called. */
@@ -886,19 +954,36 @@ export class Topology {
     const size = 2 ** (32 - len);
     const base = parseIpv4(netIp) - (parseIpv4(netIp) % size);
     if (hosts > size - 2) throw new Error(`underlayNet ${net} has no room for ${hosts} hosts`);
+    const midPathMtu = opts.midPathMtu;
+    if (midPathMtu !== undefined) {
+      if (hosts !== 2) throw new Error(`midPathMtu needs exactly 2 hosts, got ${hosts}`);
+      if (!Number.isInteger(midPathMtu) || midPathMtu < 576 || midPathMtu > mtu)
+        throw new Error(`midPathMtu must be 576..underlayMtu (${mtu}), got ${midPathMtu}`);
+      if (len > 24) throw new Error(`midPathMtu needs an underlayNet of /24 or larger, got ${net}`);
+    }
     if (!sweptOnce) {
       sweptOnce = true;
       await sweepStale('w');
     }
 
-    const topo = new Topology(prefix, mtu, `${formatIpv4(base)}/${len}`);
+    const topo = new Topology(prefix, mtu, `${formatIpv4(base)}/${len}`, midPathMtu);
     try {
       const existing = new Set(await listNamespaces());
-      for (const name of [topo.switchNs, ...Array.from({ length: hosts }, (_, i) => `${prefix}h${i + 1}`)]) {
+      const routerNames = midPathMtu === undefined ? [] : [`${prefix}rt1`, `${prefix}rt2`];
+      for (const name of [
+        topo.switchNs,
+        ...Array.from({ length: hosts }, (_, i) => `${prefix}h${i + 1}`),
+        ...routerNames,
+      ]) {
         if (existing.has(name)) throw new Error(`namespace ${name} already exists`);
       }
       const sw = await topo.#addNamespace(topo.switchNs);
+      topo.#switch = sw;
       await sw.ip('link', 'add', topo.bridge, 'type', 'bridge');
+      if (midPathMtu !== undefined) {
+        await topo.#buildMidPath(sw, base, mtu, midPathMtu);
+        return topo;
+      }
       for (let i = 1; i <= hosts; i++) {
         const ns = `${prefix}h${i}`;
         const hostDev = checkIfname(`${prefix}u${i}`);
@@ -926,6 +1011,7 @@ export class Topology {
         await host.ip('addr', 'add', `${host.underlayIp}/${len}`, 'dev', hostDev);
         await host.ip('link', 'set', hostDev, 'up');
         topo.hosts.push(host);
+        topo.#underlayLinks.push({ ns: host, dev: hostDev }, { ns: sw, dev: swDev });
       }
       await sw.ip('link', 'set', topo.bridge, 'mtu', String(mtu), 'up');
     } catch (err) {
@@ -935,6 +1021,113 @@ export class Topology {
     return topo;
   }
 
+  /** Builds the routed two-host path of {@link TopologyOptions.midPathMtu} (the address plan is there). */
+  async #buildMidPath(sw: Netns, base: number, mtu: number, midMtu: number): Promise<void> {
+    const p = this.prefix;
+    const ip = (offset: number): string => formatIpv4(base + offset);
+    const veth = async (a: Netns, aDev: string, aMtu: number, b: Netns, bDev: string, bMtu: number) => {
+      await a.ip(
+        ...['link', 'add', checkIfname(aDev), 'mtu', String(aMtu), 'type', 'veth'],
+        ...['peer', 'name', checkIfname(bDev), 'mtu', String(bMtu), 'netns', b.name],
+      );
+      this.#underlayLinks.push({ ns: a, dev: aDev }, { ns: b, dev: bDev });
+    };
+    const up = async (ns: Netns, dev: string, cidr: string) => {
+      await ns.ip('addr', 'add', cidr, 'dev', dev);
+      await ns.ip('link', 'set', dev, 'up');
+    };
+    await this.#addNamespace(`${p}h1`);
+    const h1 = new Host(`${p}h1`, this, 1, ip(1), `${p}u1`);
+    const rt1 = await this.#addNamespace(`${p}rt1`);
+    const rt2 = await this.#addNamespace(`${p}rt2`);
+    await this.#addNamespace(`${p}h2`);
+    const h2 = new Host(`${p}h2`, this, 2, ip(129), `${p}u2`);
+    this.routers.push(rt1, rt2);
+    // h1 and rt1 on the switch (N.0/26).
+    await veth(h1, `${p}u1`, mtu, sw, `${p}s1`, mtu);
+    await veth(rt1, `${p}a`, mtu, sw, `${p}s2`, mtu);
+    for (const dev of [`${p}s1`, `${p}s2`]) await sw.ip('link', 'set', dev, 'master', this.bridge, 'up');
+    await sw.ip('link', 'set', this.bridge, 'mtu', String(mtu), 'up');
+    await up(h1, `${p}u1`, `${ip(1)}/26`);
+    await up(rt1, `${p}a`, `${ip(62)}/26`);
+    // The middle link, N.64/30, at midMtu on both ends.
+    await veth(rt1, `${p}m`, midMtu, rt2, `${p}m`, midMtu);
+    await up(rt1, `${p}m`, `${ip(65)}/30`);
+    await up(rt2, `${p}m`, `${ip(66)}/30`);
+    // rt2 and h2 (N.128/26).
+    await veth(rt2, `${p}b`, mtu, h2, `${p}u2`, mtu);
+    await up(rt2, `${p}b`, `${ip(190)}/26`);
+    await up(h2, `${p}u2`, `${ip(129)}/26`);
+    await h1.ip('route', 'add', 'default', 'via', ip(62));
+    await h2.ip('route', 'add', 'default', 'via', ip(190));
+    await rt1.ip('route', 'add', `${ip(128)}/26`, 'via', ip(66));
+    await rt2.ip('route', 'add', `${ip(0)}/26`, 'via', ip(65));
+    for (const rt of [rt1, rt2]) await rt.exec('sysctl', ['-qw', 'net.ipv4.ip_forward=1']);
+    this.hosts.push(h1, h2);
+  }
+
+  /**
+   * setFrameLoss makes the switch drop `permille` of every 1000 frames it forwards between its ports,
+   * at random, in both directions (an nftables table of family `bridge` in the switch namespace:
+   * `numgen random mod 1000 < permille drop` on the forward hook); 0 removes the table. Frames are
+   * what the underlay veths carry: turn {@link setUnderlayOffloads} off so that one frame is one
+   * wire-sized packet. Nothing is installed outside the switch namespace.
+   */
+  async setFrameLoss(permille: number): Promise<void> {
+    if (!Number.isInteger(permille) || permille < 0 || permille > 1000)
+      throw new Error(`frame loss must be an integer 0..1000 per mille, got ${permille}`);
+    // Declaring the table first makes the delete succeed whether or not it existed; one transaction.
+    const script = [`table bridge ${LOSS_TABLE} {}`, `delete table bridge ${LOSS_TABLE}`];
+    if (permille > 0) {
+      script.push(
+        `table bridge ${LOSS_TABLE} {`,
+        '  chain forward {',
+        '    type filter hook forward priority 0; policy accept;',
+        // numgen's range is 0..999, so "< 1000" is out of range: all frames is a plain drop.
+        permille === 1000 ? '    counter drop' : `    numgen random mod 1000 < ${permille} counter drop`,
+        '  }',
+        '}',
+      );
+    }
+    await this.switchNetns.exec('nft', ['-f', '-'], { input: `${script.join('\n')}\n` });
+  }
+
+  /**
+   * droppedFrames reads how many frames the {@link setFrameLoss} rule has dropped since it was set
+   * (0 when no loss is set).
+   */
+  async droppedFrames(): Promise<number> {
+    const r = await this.switchNetns.exec('nft', ['list', 'table', 'bridge', LOSS_TABLE], { allowFail: true });
+    return r.code === 0 ? Number(/counter packets (\d+)/.exec(r.stdout)?.[1] ?? 0) : 0;
+  }
+
+  /**
+   * setUnderlayOffloads turns segmentation and receive offloads (TSO, GSO, GRO, and UDP, tunnel
+   * and fraglist GSO) off or back on for every underlay veth end: the hosts', the switch ports and
+   * the routers'. Off, every frame on the underlay is at most one MTU, so a dropped frame is one
+   * packet whatever the tunnel; on restores what the links had before the first call with false.
+   */
+  async setUnderlayOffloads(on: boolean): Promise<void> {
+    for (const { ns, dev } of this.#underlayLinks) {
+      const key = `${ns.name}/${dev}`;
+      if (on) {
+        const saved = this.#offloadDefaults.get(key);
+        if (saved) await ns.exec('ethtool', ['-K', dev, ...saved]);
+        continue;
+      }
+      if (!this.#offloadDefaults.has(key)) {
+        const features = parseEthtoolFeatures((await ns.exec('ethtool', ['-k', dev])).stdout);
+        const saved: string[] = [];
+        for (const [name, feature] of OFFLOAD_FEATURES) {
+          const state = features.get(feature);
+          if (state) saved.push(name, state);
+        }
+        this.#offloadDefaults.set(key, saved);
+      }
+      await ns.exec('ethtool', ['-K', dev, ...OFFLOAD_FEATURES.flatMap(([name]) => [name, 'off'])]);
+    }
+  }
+
   /**
    * addNamespace creates one more namespace `<prefix><suffix>` (lo up, no links) owned by this
    * topology, e.g. a container; `suffix` is a lower-case letter followed by [a-z0-9]* and must not
@@ -942,10 +1135,35 @@ export class Topology {
    */
   async addNamespace(suffix: string): Promise<Netns> {
     if (this.destroyed) throw new Error(`topology ${this.prefix} is destroyed`);
-    if (!/^[a-z][a-z0-9]*$/.test(suffix) || /^h\d/.test(suffix) || suffix === 'sw') {
+    if (!/^[a-z][a-z0-9]*$/.test(suffix) || /^h\d/.test(suffix) || /^rt\d/.test(suffix) || suffix === 'sw') {
       throw new Error(`bad namespace suffix ${JSON.stringify(suffix)}`);
     }
     return this.#addNamespace(`${this.prefix}${suffix}`);
+  }
+
+  /**
+   * removeNamespace deletes a namespace made by {@link addNamespace} before the topology goes:
+   * processes inside it are stopped first; its links go with it (a veth's peer end too). Resolves
+   * when it is gone; a name this topology does not own, a host or the switch is refused.
+   */
+  async removeNamespace(ns: Netns): Promise<void> {
+    const i = this.#namespaces.indexOf(ns.name);
+    if (i < 0) throw new Error(`namespace ${ns.name} is not one of topology ${this.prefix}'s`);
+    if (
+      ns.name === this.switchNs ||
+      this.hosts.some((h) => h.name === ns.name) ||
+      this.routers.some((r) => r.name === ns.name)
+    ) {
+      throw new Error(`namespace ${ns.name} is part of topology ${this.prefix}'s underlay`);
+    }
+    await killNamespacePids(ns.name, STOP_GRACE_MS);
+    const r = await runRoot('ip', ['netns', 'del', ns.name], { allowFail: true });
+    removeNetnsEtc(ns.name);
+    if (r.code !== 0 && (await listNamespaces()).includes(ns.name)) {
+      throw new Error(`could not delete namespace ${ns.name}: ${r.stderr.trim()}`);
+    }
+    this.#namespaces.splice(this.#namespaces.indexOf(ns.name), 1);
+    liveNamespaces.delete(ns.name);
   }
 
   async #addNamespace(name: string): Promise<Netns> {
