@@ -32,6 +32,7 @@ export function formatStatus(s: RouterStatus): string {
       `${s.encap} (control TCP ${s.port}, sleeve UDP ${s.sleevePort}, VXLAN UDP ${s.vxlanPort} VNI ${s.vni})`,
     ],
     ['Device', `${s.device} (mtu ${s.mtu}, ${s.datapath} datapath${s.offload ? ', TCP segmentation offload' : ''})`],
+    ['UDP offload', udpOffloadText(s.udpOffload)],
     ['Encryption', s.encryption ? 'peers authenticate with a password' : 'disabled'],
     ['Range', s.ipallocRange],
     ['IPAM', ipamLine(s)],
@@ -62,13 +63,26 @@ export function formatPeers(s: RouterStatus): string {
         ? `relayed via ${p.via}(${names.get(p.via ?? '') ?? '?'})`
         : p.state === 'unreachable'
           ? 'unreachable'
-          : `${p.addr}  ${p.encap}  ${p.state}${p.reason ? ` (${p.reason})` : ''}${p.rttMs === undefined ? '' : `  rtt=${p.rttMs.toFixed(2)}ms`}`;
+          : `${p.addr}  ${p.encap}  ${p.state}${p.reason ? ` (${p.reason})` : ''}${p.rttMs === undefined ? '' : `  rtt=${p.rttMs.toFixed(2)}ms`}${pmtuText(p.pmtu)}`;
     lines.push(
       `${p.name}(${p.nickname})  ${how}  ${p.cidrs.join(' ')}`.trimEnd(),
       `   ${p.connections} connections  tx ${p.txPackets} pkts ${bytes(p.txBytes)}  rx ${p.rxPackets} pkts ${bytes(p.rxBytes)}`,
     );
   }
   return `${lines.join('\n')}\n`;
+}
+
+/** udpOffloadText says how datagram trains leave and arrive: UDP GSO / GRO, or one datagram per entry. */
+function udpOffloadText(u: RouterStatus['udpOffload'] | undefined): string {
+  if (u === undefined) return 'unknown';
+  const gso = u.gso ? 'GSO (one send per segment train)' : `no GSO${u.reason ? ` (${u.reason})` : ''}`;
+  return `${gso}, ${u.gro ? 'GRO (coalesced receive)' : 'no GRO'}`;
+}
+
+/** pmtuText shows a peer's path MTU: `pmtu=1400`, with "(probing)" until it is confirmed. */
+function pmtuText(m: RouterStatus['peers'][number]['pmtu']): string {
+  if (m === undefined) return '';
+  return `  pmtu=${m.pmtu}${m.state === 'confirmed' ? '' : ' (probing)'}`;
 }
 
 /** formatConnections renders `weft status connections`, one line per connection. */

@@ -378,8 +378,7 @@ export class Inside {
     const out = vxlan ? this.vxlanOut : this.sleeveOut;
     const conn = vxlan ? fwd.vxlan : fwd.sleeve;
     const port = vxlan ? hop.port : hop.sleevePort;
-    const perTrain =
-      conn?.gso ? Math.max(1, Math.min(gsoSegmentsMax, Math.floor(UDP_PAYLOAD_MAX / d))) : 1;
+    const perTrain = conn?.gso ? Math.max(1, Math.min(gsoSegmentsMax, Math.floor(UDP_PAYLOAD_MAX / d))) : 1;
     for (let k = 0; k < n; k += perTrain) {
       const m = Math.min(perTrain, n - k);
       const lastLen = prefix + (this.segLens[k + m - 1] as number);

@@ -9,6 +9,11 @@ export interface MemoryTunOptions {
   kind?: 'tun' | 'tap';
   /** queueLimit bounds the packets waiting to be read (and `written`); default 1024. */
   queueLimit?: number;
+  /**
+   * vnetHdr: every packet carries a 10-byte virtio-net header first (as a TUN device opened with
+   * IFF_VNET_HDR); the IP version check looks past it.
+   */
+  vnetHdr?: boolean;
 }
 
 const QUEUE_LIMIT_DEFAULT = 1024;
@@ -30,6 +35,8 @@ export class MemoryTun implements TunDevice {
   readonly name: string;
   readonly kind: 'tun' | 'tap';
   readonly queueLimit: number;
+  /** vnetHdr: see MemoryTunOptions. */
+  readonly vnetHdr: boolean;
   /** rxDropped counts packets dropped because the read queue was full. */
   rxDropped = 0;
   /** txRejected counts written packets refused as a kernel TUN would (empty, or not IP in 'tun' mode). */
@@ -58,6 +65,7 @@ export class MemoryTun implements TunDevice {
     this.name = opts.name ?? 'mem0';
     this.kind = opts.kind ?? 'tun';
     this.queueLimit = opts.queueLimit ?? QUEUE_LIMIT_DEFAULT;
+    this.vnetHdr = opts.vnetHdr === true;
     if (!Number.isInteger(this.queueLimit) || this.queueLimit < 1) {
       throw new RangeError(`MemoryTun: queueLimit must be a positive integer, got ${opts.queueLimit}`);
     }
@@ -177,8 +185,9 @@ export class MemoryTun implements TunDevice {
 
   #refuses(buf: Buffer, off: number, len: number): boolean {
     if (this.kind === 'tap') return len < ETH_HEADER_LEN;
-    if (len === 0) return true;
-    const version = (buf[off] as number) >> 4;
+    const v = this.vnetHdr ? 10 : 0;
+    if (len <= v) return true;
+    const version = (buf[off + v] as number) >> 4;
     return version !== 4 && version !== 6;
   }
 }
