@@ -53,6 +53,7 @@ import {
   writeEthernetHeader,
   writeVxlanHeader,
 } from '../overlay/frame.js';
+import { tryLoadNative } from '../tun/native.js';
 import { Drop } from './counters.js';
 import { Encap, type Hop } from './fib.js';
 import type { Forwarder } from './forwarder.js';
@@ -72,6 +73,8 @@ import { ETHERTYPE_WEFT_HEARTBEAT } from './heartbeats.js';
 import { ROUNDS_PER_WAKEUP } from './inside.js';
 import { SendBatch } from './send-batch.js';
 import { GRO_BUFFER_BYTES, TunQueue } from './tun-queue.js';
+
+const tcpToPartial = tryLoadNative()?.tcpToPartial;
 
 /** TUN_WRITE_MAX is how many packets one TUN writeBatch carries at most (GRO trains and bundles hold many). */
 const TUN_WRITE_MAX = 4096;
@@ -159,8 +162,22 @@ export class Outside {
       c.drop(sleeveDrop(chk));
       return;
     }
+    // Without a password a sender is known by its endpoint: only a connected peer's is accepted.
+    const fib = fwd.fib;
+    const sender = fib.sender(this.addrs[i] as number, this.ports[i] as number);
+    if (sender === undefined) {
+      c.drop(Drop.NotFromPeer);
+      return;
+    }
+    const srcHi = sleeveSrcHi(buf, off);
+    const srcLo = sleeveSrcLo(buf, off);
     const type = sleeveType(buf, off);
     if (type !== SleeveType.Data) {
+      // Heartbeats are never relayed: one must come from the endpoint of the peer it names.
+      if (srcLo !== sender.nameLo || srcHi !== sender.nameHi) {
+        c.drop(Drop.Spoofed);
+        return;
+      }
       fwd.heartbeats.control(type, buf, off, len, this.addrs[i] as number, this.ports[i] as number, Encap.Sleeve);
       return;
     }
@@ -168,7 +185,8 @@ export class Outside {
       this.relay(off, len);
       return;
     }
-    const hop = fwd.fib.peer(sleeveSrcHi(buf, off), sleeveSrcLo(buf, off));
+    // From the peer itself, or relayed by a connected peer for a peer we have a route to.
+    const hop = fib.peer(srcHi, srcLo);
     if (hop === undefined) {
       c.drop(Drop.UnknownPeer);
       return;
@@ -247,6 +265,11 @@ export class Outside {
     const fwd = this.fwd;
     const buf = this.buf;
     const c = fwd.counters;
+    const from = this.addrs[i] as number;
+    if (!fwd.fib.vxlanSource(from)) {
+      c.drop(Drop.NotFromPeer); // neither a Weft peer nor a configured kernel vxlan peer
+      return;
+    }
     const chk = checkVxlan(buf, off, len, fwd.vni);
     if (chk !== VxlanCheck.Ok) {
       c.drop(chk === VxlanCheck.Truncated ? Drop.Truncated : Drop.BadVni);
@@ -268,22 +291,33 @@ export class Outside {
         return;
       }
       const src = buf.readUInt32BE(p + 12);
-      const addr = this.addrs[i] as number;
-      if (fwd.learned.learn(src, ethSrcHi(buf, e), ethSrcLo(buf, e), addr, now)) c.learned++;
-      const hop = fwd.fib.lookup(src) ?? fwd.learned.lookup(src);
+      const owned = fwd.fib.lookup(src);
+      this.learn(src, ethSrcHi(buf, e), ethSrcLo(buf, e), from, now, owned);
+      const hop = owned ?? fwd.learned.lookup(src);
       if (fwd.vnet !== 0) {
-        // The Ethernet header has been read: its last 10 bytes become the virtio-net header.
-        writeVnetNone(buf, p - VNET_HDR_LEN);
-        this.tunOut.add(p - VNET_HDR_LEN, pl + VNET_HDR_LEN, hop, fwd.tun, c);
+        // The Ethernet header has been read: its last 10 bytes become the virtio-net header. A TCP
+        // segment whose checksum checks out is handed on with a partial checksum, so TunQueue may
+        // merge it with the next ones (the kernel then never sums it again).
+        const vh = p - VNET_HDR_LEN;
+        writeVnetNone(buf, vh);
+        if (tcpToPartial !== undefined && buf[p + 9] === 6 && tcpToPartial(buf, p, pl) === 1) {
+          buf[vh] = VNET_F_NEEDS_CSUM;
+          buf.writeUInt16LE(((buf[p] as number) & 0x0f) * 4, vh + 6);
+          buf.writeUInt16LE(16, vh + 8);
+        }
+        this.tunOut.add(vh, pl + VNET_HDR_LEN, hop, fwd.tun, c);
       } else {
         this.tunOut.add(p, pl, hop, fwd.tun, c);
       }
     } else if (et === ETHERTYPE_ARP) {
-      this.arp(p, avail, this.addrs[i] as number, now);
+      this.arp(p, avail, from, now);
     } else if (et === ETHERTYPE_WEFT_HEARTBEAT && checkSleeveHeader(buf, p, avail) === SleeveCheck.Ok) {
       const type = sleeveType(buf, p);
+      const sender = fwd.fib.sender(from, this.ports[i] as number);
       if (type === SleeveType.Data) c.drop(Drop.Malformed);
-      else fwd.heartbeats.control(type, buf, p, avail, this.addrs[i] as number, this.ports[i] as number, Encap.Vxlan);
+      else if (sender === undefined || sender.nameHi !== sleeveSrcHi(buf, p) || sender.nameLo !== sleeveSrcLo(buf, p))
+        c.drop(Drop.Spoofed);
+      else fwd.heartbeats.control(type, buf, p, avail, from, this.ports[i] as number, Encap.Vxlan);
     } else {
       c.drop(Drop.UnsupportedEtherType);
     }
@@ -302,7 +336,7 @@ export class Outside {
     const senderIp = arpSenderIp(buf, p);
     const sHi = arpSenderMacHi(buf, p);
     const sLo = arpSenderMacLo(buf, p);
-    if (senderIp !== 0 && fwd.learned.learn(senderIp, sHi, sLo, fromAddr, now)) c.learned++;
+    if (senderIp !== 0) this.learn(senderIp, sHi, sLo, fromAddr, now, fwd.fib.lookup(senderIp));
     if (op === ARP_OP_REPLY) return;
     const target = arpTargetIp(buf, p);
     if (op !== ARP_OP_REQUEST || !fwd.fib.isLocal(target)) {
@@ -327,6 +361,17 @@ export class Outside {
     } else {
       c.drop(Drop.UdpSend);
     }
+  }
+
+  /**
+   * learn records that overlay address `ip` lives behind MAC (hi, lo) at underlay `from` — only
+   * when `from` is a configured kernel vxlan peer and the address is not one the topology or
+   * IPAM gives a Weft peer (`owned`), so no stranger can move or fill the table.
+   */
+  private learn(ip: number, hi: number, lo: number, from: number, now: number, owned: Hop | undefined): void {
+    const fwd = this.fwd;
+    if (owned !== undefined || !fwd.fib.kernelVxlanPeer(from)) return;
+    if (fwd.learned.learn(ip, hi, lo, from, now)) fwd.counters.learned++;
   }
 
   /**

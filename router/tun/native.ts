@@ -75,6 +75,12 @@ export interface NativeAddon {
     lens: Int32Array,
     fullCsum: boolean,
   ): number;
+  /**
+   * tcpToPartial: when the IPv4/TCP packet at buf[ip] (len bytes, not a fragment) has a valid
+   * TCP checksum, replaces it with the pseudo-header sum (virtio-net NEEDS_CSUM form) and returns
+   * 1; else changes nothing and returns 0.
+   */
+  tcpToPartial(buf: Buffer, ip: number, len: number): number;
   /** socketBuffers reads SO_RCVBUF/SO_SNDBUF as the kernel reports them (twice what was asked). */
   socketBuffers(fd: number): { rcvbuf: number; sndbuf: number };
   /** watch runs `cb` once per event-loop turn while fd is readable; exceptions go to 'uncaughtException'. */

@@ -721,6 +721,34 @@ static uint16_t csum_fold(uint32_t s) {
   return (uint16_t)s;
 }
 
+/*
+ * TcpToPartial(buf, ip, len) -> 1 | 0: when the IPv4/TCP packet of len bytes at buf[ip] (no
+ * fragment) has a valid TCP checksum, replaces it with the pseudo-header sum (the virtio-net
+ * NEEDS_CSUM form) and returns 1, so segments that arrived with full checksums (VXLAN from a
+ * kernel or Weft peer) can be merged into one GSO packet; otherwise leaves it and returns 0.
+ */
+static napi_value TcpToPartial(napi_env env, napi_callback_info info) {
+  napi_value argv[3];
+  uint8_t *buf = NULL;
+  size_t buflen = 0;
+  int64_t off, len;
+  if (!get_args(env, info, 3, argv, "tcpToPartial") || !get_buf(env, argv[0], &buf, &buflen, "tcpToPartial") ||
+      !get_int(env, argv[1], 0, INT32_MAX, &off, "tcpToPartial", "ip") ||
+      !get_int(env, argv[2], 0, 65535, &len, "tcpToPartial", "len"))
+    return NULL;
+  if ((size_t)(off + len) > buflen) return throw_type(env, "tcpToPartial: packet outside buf"), NULL;
+  uint8_t *ip = buf + off;
+  if (len < 40 || (ip[0] >> 4) != 4 || ip[9] != 6 || (((ip[6] << 8) | ip[7]) & 0x3fff) != 0) return num(env, 0);
+  size_t ihl = (size_t)(ip[0] & 15) * 4;
+  if (ihl < 20 || ihl + 20 > (size_t)len || (size_t)((ip[2] << 8) | ip[3]) != (size_t)len) return num(env, 0);
+  size_t tl = (size_t)len - ihl;
+  uint32_t ph = csum_add(ip + 12, 8, htons(6)) + htons((uint16_t)tl);
+  if (csum_fold(csum_add(ip + ihl, tl, ph)) != 0xffff) return num(env, 0);
+  uint16_t partial = csum_fold(ph);
+  memcpy(ip + ihl + 16, &partial, 2);
+  return num(env, 1);
+}
+
 static napi_value SegmentTcp4(napi_env env, napi_callback_info info) {
   napi_value argv[10];
   uint8_t *src = NULL, *dst = NULL;
@@ -951,6 +979,7 @@ NAPI_MODULE_INIT() {
       {"tunSetVnetHdrSize", TunSetVnetHdrSize},
       {"udpOpen", UdpOpen},       {"socketBuffers", SocketBuffers},
       {"pathMtu", PathMtu},       {"segmentTcp4", SegmentTcp4},
+      {"tcpToPartial", TcpToPartial},
       {"watch", Watch},           {"unwatch", Unwatch},
       {"activeWatchers", ActiveWatchers},
       {"readBatch", ReadBatch},   {"writeBatch", WriteBatch},
