@@ -33,6 +33,18 @@ export function formatStatus(s: RouterStatus): string {
     ],
     ['Device', `${s.device} (mtu ${s.mtu}, ${s.datapath} datapath${s.offload ? ', TCP segmentation offload' : ''})`],
     ['UDP offload', udpOffloadText(s.udpOffload)],
+    ...(s.kernelDrops === undefined
+      ? []
+      : [
+          [
+            'Kernel drops',
+            `${s.kernelDrops.rcvbufErrors} UDP receive-buffer overflows in this namespace (${Object.entries(
+              s.kernelDrops.sockets,
+            )
+              .map(([k, v]) => `${k} ${v}`)
+              .join(', ')})`,
+          ] as [string, string],
+        ]),
     ['Encryption', s.encryption ? 'peers authenticate with a password' : 'disabled'],
     ['Range', s.ipallocRange],
     ['IPAM', ipamLine(s)],

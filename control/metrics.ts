@@ -1,7 +1,66 @@
+import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { Counter, collectDefaultMetrics, Gauge, Registry } from 'prom-client';
 import type { Router } from '../router/index.js';
 import { DROP_NAMES } from '../router/index.js';
 import type { DnsService } from './dns.js';
+
+/**
+ * EVENT_LOOP_RESOLUTION_MS is how often the event-loop delay monitor samples: once a second, so an
+ * idle router is not woken 100 times a second (the default of 10 ms would).
+ */
+const EVENT_LOOP_RESOLUTION_MS = 1000;
+/** SNAPSHOT_REUSE_MS: one router status snapshot serves all metrics of a scrape. */
+const SNAPSHOT_REUSE_MS = 200;
+
+const LAG_STATS = ['min', 'max', 'mean', 'stddev', 'p50', 'p90', 'p99'] as const;
+
+/**
+ * replaceEventLoopLag replaces prom-client's event-loop lag gauges, which report the monitor's
+ * sampling interval itself (~1.0 s at a 1 s resolution on an idle router), with gauges of how
+ * late the loop actually was: each sample minus the resolution, never below 0. Same names.
+ */
+function replaceEventLoopLag(register: Registry): void {
+  const prefix = 'weft_process_nodejs_eventloop_lag';
+  for (const stat of LAG_STATS) register.removeSingleMetric(`${prefix}_${stat}_seconds`);
+  register.removeSingleMetric(`${prefix}_seconds`);
+  const h = monitorEventLoopDelay({ resolution: EVENT_LOOP_RESOLUTION_MS });
+  h.enable();
+  const late = (ns: number) => (Number.isFinite(ns) ? Math.max(0, ns / 1e9 - EVENT_LOOP_RESOLUTION_MS / 1000) : 0);
+  const value = (stat: (typeof LAG_STATS)[number]): number => {
+    switch (stat) {
+      case 'min':
+        return late(h.min);
+      case 'max':
+        return late(h.max);
+      case 'mean':
+        return late(h.mean);
+      case 'stddev':
+        return Number.isFinite(h.stddev) ? h.stddev / 1e9 : 0;
+      default:
+        return late(h.percentile(Number(stat.slice(1))));
+    }
+  };
+  for (const stat of LAG_STATS) {
+    new Gauge({
+      name: `${prefix}_${stat}_seconds`,
+      help: `Event-loop lag ${stat} in seconds since the last scrape (delay beyond the monitor's resolution).`,
+      registers: [register],
+      collect() {
+        this.set(value(stat));
+      },
+    });
+  }
+  // Registered last, so it is collected after the others: it starts the next interval.
+  new Gauge({
+    name: `${prefix}_seconds`,
+    help: 'Event-loop lag in seconds: the mean delay beyond the monitor resolution since the last scrape.',
+    registers: [register],
+    collect() {
+      this.set(value('mean'));
+      h.reset();
+    },
+  });
+}
 
 /**
  * createMetrics builds a Prometheus registry whose values are read from the router at scrape
@@ -11,8 +70,32 @@ export function createMetrics(router: Router, dns?: DnsService): Registry {
   const register = new Registry();
   // The event-loop delay monitor samples every eventLoopMonitoringPrecision ms; the default (10) would wake
   // an idle router 100 times a second.
-  collectDefaultMetrics({ register, prefix: 'weft_process_', eventLoopMonitoringPrecision: 1000 });
-  const snap = () => router.status();
+  collectDefaultMetrics({ register, prefix: 'weft_process_', eventLoopMonitoringPrecision: EVENT_LOOP_RESOLUTION_MS });
+  replaceEventLoopLag(register);
+  // One status snapshot serves every metric of a scrape (building it is the costly part).
+  let cached: ReturnType<Router['status']> | undefined;
+  let cachedAt = 0;
+  const snap = () => {
+    const now = Date.now();
+    if (cached === undefined || now - cachedAt > SNAPSHOT_REUSE_MS) {
+      cached = router.status();
+      cachedAt = now;
+    }
+    return cached;
+  };
+  new Counter({
+    name: 'weft_kernel_udp_drops_total',
+    help: 'Datagrams the kernel dropped before the router read them: receive buffer overflows on each data socket (socket = sleeve, vxlan), and RcvbufErrors of the whole network namespace (socket = all).',
+    labelNames: ['socket'],
+    registers: [register],
+    collect() {
+      this.reset();
+      const k = snap().kernelDrops;
+      if (k === undefined) return;
+      this.inc({ socket: 'all' }, k.rcvbufErrors);
+      for (const [name, n] of Object.entries(k.sockets)) this.inc({ socket: name }, n);
+    },
+  });
 
   new Gauge({
     name: 'weft_connections',

@@ -26,7 +26,7 @@ describe.skipIf(reason)('a kernel vxlan device talks to a Weft router', () => {
   beforeAll(async () => {
     topo = await Topology.create({ hosts: 2 });
     [weftHost, kernelHost] = topo.hosts as [Host, Host];
-    await launch(weftHost, [], ['--encap', 'vxlan']);
+    await launch(weftHost, [], ['--encap', 'vxlan', '--vxlan-peer', kernelHost.underlayIp]);
     weftIp = await expose(weftHost);
     expect(weftIp).toMatch(/^10\.(3[2-9]|4[0-7])\.\d+\.\d+$/);
     expect(weftIp).not.toBe(KERNEL_IP);

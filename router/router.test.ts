@@ -108,9 +108,9 @@ describe('Router', () => {
     attacker.close();
   });
 
-  it('drops well-formed sleeve data from a peer it has no connection with, or addressed to another peer', async () => {
+  it('drops well-formed sleeve data from an endpoint that is not a connected peer, whatever peer it claims', async () => {
     mesh = new MemoryMesh();
-    const [, b] = await connectedPair(mesh, 'sleeve');
+    const [a, b] = await connectedPair(mesh, 'sleeve');
     const attacker = mesh.net.open({ addr: LOOPBACK });
     const send = (src: string, dst: string) => {
       const inner = ipv4Packet(60, A, B);
@@ -129,12 +129,14 @@ describe('Router', () => {
       );
     };
     send('02:00:00:00:00:99', b.router.name); // a stranger
-    send('02:00:00:00:00:01', '02:00:00:00:00:77'); // a known peer, but not for b
+    send(a.router.name, b.router.name); // claims the connected peer, from another endpoint
+    send(a.router.name, '02:00:00:00:00:77'); // asks b to relay
     const d = () => b.router.counters.snapshot().drops;
-    await until(() => (d().unknown_peer ?? 0) + (d().not_for_us ?? 0) >= 2, 'both datagrams');
+    await until(() => (d().not_from_peer ?? 0) >= 3, 'all three datagrams');
     const drops = d();
-    expect(drops.unknown_peer).toBe(1);
-    expect(drops.not_for_us).toBe(1);
+    expect(drops.not_from_peer).toBe(3);
+    expect(drops.unknown_peer ?? 0).toBe(0);
+    expect(b.router.counters.relayed).toBe(0);
     expect(b.tun.written).toHaveLength(0);
     attacker.close();
   });

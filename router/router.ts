@@ -41,6 +41,7 @@ import type { Gossip, Gossiper } from './gossip/gossip.js';
 import type { Persisted } from './ipam/allocator.js';
 import { IPAM_CHANNEL } from './ipam/ipam.js';
 import { type IpamInit, IpamService } from './ipam/service.js';
+import { readKernelDrops } from './kernel-drops.js';
 import { SleeveType } from './overlay/frame.js';
 import { PathMtu } from './overlay/pmtu.js';
 import type { PeerMessage } from './protocol.js';
@@ -112,6 +113,12 @@ export interface RouterOptions {
   log?: Logger;
   /** version is reported in status. */
   version?: string;
+  /**
+   * vxlanPeers are underlay addresses of kernel vxlan devices (not Weft routers) that may send
+   * VXLAN to this router; overlay addresses behind them are learned from their traffic. Traffic
+   * from any other non-peer address is dropped.
+   */
+  vxlanPeers?: string[];
   /** tun/sleeveConn/vxlanConn inject devices (tests); when tun is injected it is not configured with `ip`. */
   tun?: TunDevice;
   sleeveConn?: PacketConn;
@@ -197,6 +204,8 @@ export class Router implements Startable {
   private routes: Routes;
   /** discovered are targets learned from the topology (not persisted). */
   private discovered = new Set<string>();
+  /** kernelVxlanPeers are the configured kernel vxlan peers' underlay addresses (see RouterOptions.vxlanPeers). */
+  private readonly kernelVxlanPeers = new Set<number>();
   /** relayHops keeps one Hop per (destination, next hop) so its counters survive rebuilds. */
   private relayHops = new Map<string, Hop>();
   /** collisions counts topology entries refused because another router uses our name. */
@@ -217,6 +226,7 @@ export class Router implements Startable {
     this.uid = opts.uid;
     this.log = opts.log ?? noopLogger;
     this.routes = emptyRoutes(opts.name);
+    for (const a of opts.vxlanPeers ?? []) this.kernelVxlanPeers.add(ipToU32(a));
     const ipamOpts = opts.ipam ?? { init: { mode: 'auto', alone: true } };
     this.ipam = new IpamService(
       {
@@ -722,6 +732,25 @@ export class Router implements Startable {
     throw new WeftError('EWEFT_NOT_FOUND', `no peer "${peer}" (give a peer name like 0a:1b:2c:3d:4e:5f)`);
   }
 
+  /**
+   * addVxlanPeer lets the kernel vxlan device at underlay address `addr` send VXLAN to this router
+   * (endpoints behind it are learned); removeVxlanPeer undoes it. Not persisted.
+   */
+  addVxlanPeer(addr: string): void {
+    this.kernelVxlanPeers.add(ipToU32(addr));
+    this.rebuild();
+  }
+
+  removeVxlanPeer(addr: string): void {
+    this.kernelVxlanPeers.delete(ipToU32(addr));
+    this.rebuild();
+  }
+
+  /** vxlanPeers lists the configured kernel vxlan peers. */
+  vxlanPeers(): string[] {
+    return [...this.kernelVxlanPeers].map((a) => formatIPv4(a as IPv4));
+  }
+
   /** exposedCidrs lists the host's overlay addresses. */
   exposedCidrs(): Cidr[] {
     return [...this.exposed];
@@ -753,7 +782,13 @@ export class Router implements Startable {
       connections: this.maker?.connections() ?? [],
       targets: this.maker?.targets() ?? [],
       counters: this.counters.snapshot(),
-      learned: this.forwarder?.learned.snapshot() ?? [],
+      learned: this.forwarder?.learned.snapshot(LEARNED_STATUS_SAMPLE) ?? [],
+      learnedCount: this.forwarder?.learned.size ?? 0,
+      vxlanPeers: this.vxlanPeers(),
+      kernelDrops:
+        this.sleeveConn instanceof NativeUdp
+          ? readKernelDrops({ sleeve: this.sleeveConn.port, vxlan: this.vxlanConn?.port ?? 0 })
+          : undefined,
       terminations: Object.fromEntries(this.maker?.terminations ?? []),
       ipam: this.ipam.status((p) => {
         const e = this.topology?.entries().find((x) => x.name === p);
@@ -1018,10 +1053,26 @@ export class Router implements Startable {
       const hop = span.owner === this.name ? undefined : hopOf.get(span.owner);
       if (hop !== undefined) ranges.push({ start: span.start, end: span.end, hop });
     }
-    const fib = Fib.build(routes, this.localAddrs(), hops, ranges);
+    // Senders: every peer we hold a control connection with (heartbeats flow before routes exist).
+    const endpoints: Hop[] = [];
+    for (const st of this.peers.values()) {
+      endpoints.push(st.sleeveHop);
+      if (st.vxlanHop !== undefined) endpoints.push(st.vxlanHop);
+    }
+    const fib = Fib.build(routes, this.localAddrs(), hops, ranges, {
+      endpoints,
+      kernelVxlanPeers: [...this.kernelVxlanPeers],
+    });
     if (this.forwarder !== undefined) this.forwarder.fib = fib;
   }
 }
+
+/**
+ * LEARNED_STATUS_SAMPLE bounds the learned VXLAN endpoints status lists (the count is always
+ * given): building and sending status must stay cheap however large the table is, so polling it
+ * never delays the datapath, which shares the thread.
+ */
+export const LEARNED_STATUS_SAMPLE = 100;
 
 /** EXPOSE_OWNER is the IPAM owner key of the host's own overlay addresses. */
 export const EXPOSE_OWNER = 'weft:expose';

@@ -1,4 +1,5 @@
 import type { CountersSnapshot } from './datapath/counters.js';
+import type { KernelDrops } from './kernel-drops.js';
 import type { PathMtuStatus } from './overlay/pmtu.js';
 
 /** PeerStatus describes one connected peer. */
@@ -77,7 +78,13 @@ export interface RouterStatus {
   connections: unknown[];
   targets: unknown[];
   counters: CountersSnapshot;
+  /** learned is a sample (the oldest LEARNED_STATUS_SAMPLE) of the VXLAN endpoints learned; learnedCount counts them all. */
   learned: LearnedStatus[];
+  learnedCount: number;
+  /** kernelDrops are datagrams the kernel dropped on the data sockets before the router read them (undefined: unknown). */
+  kernelDrops?: KernelDrops;
+  /** vxlanPeers are the configured kernel vxlan peers (the only sources endpoints are learned from). */
+  vxlanPeers: string[];
   /** terminations counts closed control connections by kind (error code, or who closed it). */
   terminations: Record<string, number>;
   /** gossip: per-channel message counters and refused entries. */

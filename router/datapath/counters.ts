@@ -44,6 +44,14 @@ export const Drop = {
    * to its peer; an ICMP "fragmentation needed" with the path's MTU went back to its sender.
    */
   PathMtu: 19,
+  /**
+   * NotFromPeer: a datagram from an underlay endpoint that is not a connected peer's (or, for a
+   * relayed one, naming a source we have no route to); without a password, peers are known by
+   * their endpoint, so a stranger's datagram is never delivered or answered.
+   */
+  NotFromPeer: 20,
+  /** Spoofed: a datagram from a peer's endpoint claiming to come directly from another peer. */
+  Spoofed: 21,
 } as const;
 export type Drop = (typeof Drop)[keyof typeof Drop];
 
@@ -69,6 +77,8 @@ export const DROP_NAMES: readonly string[] = [
   'ttl_exceeded',
   'not_ipv4',
   'too_big_for_path',
+  'not_from_peer',
+  'spoofed',
 ];
 
 /**

@@ -65,6 +65,23 @@ export function peerKey(hi: number, lo: number): number {
   return hi * 0x1_0000_0000 + lo;
 }
 
+/** endpointKey makes one number of an underlay address and UDP port. */
+export function endpointKey(addr: number, port: number): number {
+  return addr * 65536 + port;
+}
+
+/**
+ * FibSenders says who may send to the datapath (without a password, senders are known by their
+ * underlay endpoint, as Weave's sleeve did): `endpoints` are the sleeve (and Weft VXLAN) hops of
+ * every peer we hold a control connection with, `kernelVxlanPeers` the underlay addresses of
+ * kernel vxlan devices the operator configured (`--vxlan-peer`), the only sources VXLAN endpoints
+ * are learned from.
+ */
+export interface FibSenders {
+  endpoints?: readonly Hop[];
+  kernelVxlanPeers?: readonly number[];
+}
+
 /** FibRoute is one prefix announced by a peer. */
 export interface FibRoute {
   readonly cidr: Cidr;
@@ -90,6 +107,12 @@ export class Fib {
   private readonly prefixes: { net: number; mask: number; hop: Hop }[] = [];
   private readonly local = new Set<number>();
   private readonly byPeer = new Map<number, Hop>();
+  /** byEndpoint: connected peers' hops by (underlay address, UDP port) they send from. */
+  private readonly byEndpoint = new Map<number, Hop>();
+  /** vxlanSources: underlay addresses allowed to send VXLAN (Weft peers and configured kernel peers). */
+  private readonly vxlanSources = new Set<number>();
+  /** kernelVxlan: configured kernel vxlan peers, the only sources endpoints are learned from. */
+  private readonly kernelVxlan = new Set<number>();
   private readonly rangeStarts: Float64Array;
   private readonly rangeEnds: Float64Array;
   private readonly rangeHops: Hop[];
@@ -113,16 +136,45 @@ export class Fib {
     for (const a of localAddrs) this.local.add(a >>> 0);
   }
 
-  /** withPeers returns a copy of this Fib that also knows `hops` by peer (for peers with no routes). */
+  /**
+   * build makes a Fib that also knows `hops` by peer (for peers with no routes) and the senders
+   * the datapath accepts. Without `senders.endpoints` every peer hop counts as a sender endpoint.
+   */
   static build(
     routes: readonly FibRoute[],
     localAddrs: readonly number[],
     peers: readonly Hop[],
     ranges: readonly FibRange[] = [],
+    senders: FibSenders = {},
   ): Fib {
     const fib = new Fib(routes, localAddrs, ranges);
     for (const h of peers) if (h.peer !== undefined) fib.byPeer.set(peerKey(h.nameHi, h.nameLo), h);
+    for (const h of senders.endpoints ?? peers) {
+      if (h.peer === undefined) continue;
+      fib.byEndpoint.set(endpointKey(h.addr, h.port), h);
+      fib.byEndpoint.set(endpointKey(h.addr, h.sleevePort), h);
+      fib.vxlanSources.add(h.addr);
+    }
+    for (const a of senders.kernelVxlanPeers ?? []) {
+      fib.kernelVxlan.add(a >>> 0);
+      fib.vxlanSources.add(a >>> 0);
+    }
     return fib;
+  }
+
+  /** sender returns the connected peer's hop that sends from (addr, port), or undefined for a stranger. */
+  sender(addr: number, port: number): Hop | undefined {
+    return this.byEndpoint.get(endpointKey(addr, port));
+  }
+
+  /** vxlanSource says whether VXLAN from this underlay address is accepted (a Weft peer or a configured kernel peer). */
+  vxlanSource(addr: number): boolean {
+    return this.vxlanSources.has(addr);
+  }
+
+  /** kernelVxlanPeer says whether addr is a configured kernel vxlan peer (endpoints behind it may be learned). */
+  kernelVxlanPeer(addr: number): boolean {
+    return this.kernelVxlan.has(addr);
   }
 
   /** lookup returns the hop for a destination address, or undefined. */

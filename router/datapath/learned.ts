@@ -72,14 +72,18 @@ export class LearnedEndpoints {
     return this.entries.size;
   }
 
-  /** snapshot lists the entries for status. */
-  snapshot(): { ip: number; macHi: number; macLo: number; addr: number; seenMs: number }[] {
-    return [...this.entries].map(([ip, e]) => ({
-      ip,
-      macHi: e.hop.macHi,
-      macLo: e.hop.macLo,
-      addr: e.hop.addr,
-      seenMs: e.seenMs,
-    }));
+  /**
+   * snapshot lists at most `max` entries for status (oldest learned first): status stays small and
+   * quick to build however large the table is; `size` gives the count.
+   */
+  snapshot(
+    max = Number.POSITIVE_INFINITY,
+  ): { ip: number; macHi: number; macLo: number; addr: number; seenMs: number }[] {
+    const out: { ip: number; macHi: number; macLo: number; addr: number; seenMs: number }[] = [];
+    for (const [ip, e] of this.entries) {
+      if (out.length >= max) break;
+      out.push({ ip, macHi: e.hop.macHi, macLo: e.hop.macLo, addr: e.hop.addr, seenMs: e.seenMs });
+    }
+    return out;
   }
 }
