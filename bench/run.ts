@@ -23,6 +23,7 @@ import { renderDnsTable, runDnsBench } from './dns.js';
 import { type HotpathResult, runHotpath } from './hotpath.js';
 import { renderIpamTable, runIpamBench } from './ipam.js';
 import { runRelay } from './relay.js';
+import { runStatusStall } from './status-stall.js';
 import { runTunnelSuite } from './tunnel-suite.js';
 
 const { values } = parseArgs({
@@ -152,6 +153,20 @@ if (!values['hotpath-only']) {
       '| direct median ms | relayed median ms | relayed / direct |',
       '|---:|---:|---:|',
       `| ${relay.directMedianMs.toFixed(3)} | ${relay.relayedMedianMs.toFixed(3)} | ${relay.ratio.toFixed(2)} |`,
+      '',
+    );
+    console.error('status polling vs datapath');
+    const stall = await runStatusStall();
+    sections.push(
+      '## Status polling vs the datapath (bench/status-stall.ts)',
+      '',
+      'Two Weft hosts (sleeve), a container on each; median of 200 pings 20 ms apart container to container, idle,',
+      'then while a poller on host 1 fetches `/status?format=json` and `/metrics` 20 times a second each (the',
+      'router answers HTTP on the same thread as its datapath). Target: polled ≤ 1.2× idle.',
+      '',
+      '| idle median ms | polled median ms | polled / idle | requests answered |',
+      '|---:|---:|---:|---:|',
+      `| ${stall.idleMedianMs.toFixed(3)} | ${stall.polledMedianMs.toFixed(3)} | ${stall.ratio.toFixed(2)} | ${stall.requests} |`,
       '',
     );
     console.error('attach latency');
