@@ -13,7 +13,8 @@ export interface RelayResult {
   pings: number;
 }
 
-function median(xs: number[]): number {
+/** median of a non-empty list. */
+export function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
   const m = Math.floor(s.length / 2);
   return s.length % 2 === 1 ? (s[m] as number) : ((s[m - 1] as number) + (s[m] as number)) / 2;

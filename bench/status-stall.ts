@@ -6,6 +6,7 @@
  */
 import { type Host, type Netns, Topology, waitUntil } from '../e2e/netns.js';
 import { launch, removeStateDirs, waitPeers, weft } from '../e2e/weft.js';
+import { median } from './relay.js';
 
 /** StatusStallResult is the median RTTs and their ratio. */
 export interface StatusStallResult {
@@ -25,12 +26,6 @@ const get = (path) => http.get({ host: '127.0.0.1', port: 6784, path, agent: fal
 setInterval(() => { get('/status?format=json'); get('/metrics'); }, 50);
 process.on('SIGTERM', () => { console.log(JSON.stringify({ requests: n })); process.exit(0); });
 `;
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = Math.floor(s.length / 2);
-  return s.length % 2 === 1 ? (s[m] as number) : ((s[m - 1] as number) + (s[m] as number)) / 2;
-}
 
 /** runStatusStall builds two hosts with a container each and measures `pings` pings both ways. */
 export async function runStatusStall(pings = 200): Promise<StatusStallResult> {

@@ -21,6 +21,37 @@ async function peerPmtu(h: Host): Promise<PeerPmtu | undefined> {
   return peers[0];
 }
 
+interface Lab {
+  topo: Topology;
+  h1: Host;
+  h2: Host;
+  c1: Netns;
+  c2: Netns;
+  /** a2 is c2's overlay address. */
+  a2: string;
+}
+
+/** lab builds two hosts (routers launched with `flags`) and attaches a container on each. */
+async function lab(topoOpts: { midPathMtu?: number }, flags: string[]): Promise<Lab> {
+  const topo = await Topology.create({ hosts: 2, ...topoOpts });
+  try {
+    const [h1, h2] = topo.hosts as [Host, Host];
+    const c1 = await topo.addNamespace('ca');
+    const c2 = await topo.addNamespace('cb');
+    await launch(h1, [], [...flags, '--no-dns']);
+    await launch(h2, [h1.underlayIp], [...flags, '--no-dns']);
+    await waitPeers(h1, 1);
+    await waitPeers(h2, 1);
+    await weft(h1, ['attach', c1.name]);
+    const a2 = (await weft(h2, ['attach', c2.name])).stdout.trim();
+    return { topo, h1, h2, c1, c2, a2 };
+  } catch (err) {
+    await topo.destroy();
+    removeStateDirs(topo);
+    throw err;
+  }
+}
+
 /** underlay lists the namespaces whose kernels could fragment datagrams on the way: hosts and routers. */
 function underlay(topo: Topology): Netns[] {
   return [...topo.hosts, ...topo.routers];
@@ -38,22 +69,12 @@ describe.skipIf(reason)('path MTU: no IP fragments on the underlay', () => {
     describe(`flat 1500-byte underlay, ${encap}`, () => {
       let topo: Topology;
       let h1: Host;
-      let h2: Host;
       let c1: Netns;
       let c2: Netns;
       let a2 = '';
 
       beforeAll(async () => {
-        topo = await Topology.create({ hosts: 2 });
-        [h1, h2] = topo.hosts as [Host, Host];
-        c1 = await topo.addNamespace('ca');
-        c2 = await topo.addNamespace('cb');
-        await launch(h1, [], ['--encap', encap, '--no-dns']);
-        await launch(h2, [h1.underlayIp], ['--encap', encap, '--no-dns']);
-        await waitPeers(h1, 1);
-        await waitPeers(h2, 1);
-        await weft(h1, ['attach', c1.name]);
-        a2 = (await weft(h2, ['attach', c2.name])).stdout.trim();
+        ({ topo, h1, c1, c2, a2 } = await lab({}, ['--encap', encap]));
       });
 
       afterAll(async () => {
@@ -105,16 +126,7 @@ describe.skipIf(reason)('path MTU: no IP fragments on the underlay', () => {
     let a2 = '';
 
     beforeAll(async () => {
-      topo = await Topology.create({ hosts: 2, midPathMtu: 1400 });
-      [h1, h2] = topo.hosts as [Host, Host];
-      c1 = await topo.addNamespace('ca');
-      c2 = await topo.addNamespace('cb');
-      await launch(h1, [], ['--no-dns']);
-      await launch(h2, [h1.underlayIp], ['--no-dns']);
-      await waitPeers(h1, 1);
-      await waitPeers(h2, 1);
-      await weft(h1, ['attach', c1.name]);
-      a2 = (await weft(h2, ['attach', c2.name])).stdout.trim();
+      ({ topo, h1, h2, c1, c2, a2 } = await lab({ midPathMtu: 1400 }, []));
     });
 
     afterAll(async () => {

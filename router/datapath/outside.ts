@@ -131,26 +131,41 @@ export class Outside {
 
   /** onSleeveReadable drains the sleeve socket. */
   readonly onSleeveReadable = (): void => {
+    this.drain(this.fwd.sleeve, false);
+  };
+
+  /** onVxlanReadable drains the VXLAN socket (Weft peers and kernel vxlan). */
+  readonly onVxlanReadable = (): void => {
+    if (this.fwd.vxlan !== undefined) this.drain(this.fwd.vxlan, true);
+  };
+
+  /**
+   * drain receives batches from `conn` until it is empty (at most ROUNDS_PER_WAKEUP), splits UDP
+   * GRO trains back into datagrams, handles each, then writes the TUN queue and sends relays.
+   */
+  private drain(conn: PacketConn, vxlan: boolean): void {
     const fwd = this.fwd;
     for (let round = 0; round < ROUNDS_PER_WAKEUP; round++) {
-      const n = this.receive(fwd.sleeve);
+      const n = this.receive(conn);
       if (n === 0) return;
+      const now = vxlan ? fwd.nowMs() : 0;
       for (let i = 0; i < n; i++) {
         const len = this.lens[i] as number;
         if (len < 0) continue;
         const off = i * SLOT_BYTES;
         const g = this.gso[i] as number;
-        if (g > 0 && g < len) {
-          for (let at = 0; at < len; at += g) this.sleeveDatagram(off + at, Math.min(g, len - at), i);
-        } else {
-          this.sleeveDatagram(off, len, i);
+        const step = g > 0 && g < len ? g : Math.max(len, 1);
+        for (let at = 0; at === 0 || at < len; at += step) {
+          const dl = Math.min(step, len - at);
+          if (vxlan) this.vxlanDatagram(off + at, dl, i, now);
+          else this.sleeveDatagram(off + at, dl, i);
         }
       }
       this.tunOut.write(fwd.tun, fwd.counters);
-      this.relayOut.flush(fwd.sleeve, this.buf, fwd.counters);
+      if (!vxlan) this.relayOut.flush(fwd.sleeve, this.buf, fwd.counters);
       if (n < BATCH_MAX) return;
     }
-  };
+  }
 
   /** sleeveDatagram handles one sleeve datagram of `len` bytes at `off`, received as datagram i. */
   private sleeveDatagram(off: number, len: number, i: number): void {
@@ -234,31 +249,6 @@ export class Outside {
     }
     this.tunOut.add(ip, pl, hop, fwd.tun, c);
   }
-
-  /** onVxlanReadable drains the VXLAN socket (Weft peers and kernel vxlan). */
-  readonly onVxlanReadable = (): void => {
-    const fwd = this.fwd;
-    const conn = fwd.vxlan;
-    if (conn === undefined) return;
-    for (let round = 0; round < ROUNDS_PER_WAKEUP; round++) {
-      const n = this.receive(conn);
-      if (n === 0) return;
-      const now = fwd.nowMs();
-      for (let i = 0; i < n; i++) {
-        const len = this.lens[i] as number;
-        if (len < 0) continue;
-        const off = i * SLOT_BYTES;
-        const g = this.gso[i] as number;
-        if (g > 0 && g < len) {
-          for (let at = 0; at < len; at += g) this.vxlanDatagram(off + at, Math.min(g, len - at), i, now);
-        } else {
-          this.vxlanDatagram(off, len, i, now);
-        }
-      }
-      this.tunOut.write(fwd.tun, fwd.counters);
-      if (n < BATCH_MAX) return;
-    }
-  };
 
   /** vxlanDatagram handles one VXLAN datagram of `len` bytes at `off`, received as datagram i. */
   private vxlanDatagram(off: number, len: number, i: number, now: number): void {
