@@ -1,10 +1,11 @@
 import { once } from 'node:events';
-import { createServer, type Server } from 'node:net';
+import { connect, createServer, type Server, type Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { InputError } from '../common/errors.js';
 import { noopLogger } from '../common/log.js';
 import type { PeerName } from '../common/types.js';
+import { HANDSHAKES_MAX, HANDSHAKES_PER_ADDR_MAX } from './conn-limits.js';
 import type { Connection } from './connection.js';
 import {
   backoffMs,
@@ -14,6 +15,7 @@ import {
   parseTarget,
 } from './connection-maker.js';
 import { CONTROL_PORT, RECONNECT_FACTOR, RECONNECT_INITIAL_MS, RECONNECT_MAX_MS } from './constants.js';
+import { decodeBody, FrameDecoder } from './protocol.js';
 import { expectNoLeaks, NET_HANDLES, type ResourceSnapshot, snapshotResources } from './testing/leaks.js';
 
 // ---- helpers ----
@@ -24,6 +26,7 @@ function name(n: number): PeerName {
 
 const makers: ConnectionMaker[] = [];
 const servers: Server[] = [];
+const strangers: Socket[] = [];
 let before: ResourceSnapshot;
 
 function maker(n: number, extra: Partial<ConnectionMakerOptions> = {}): ConnectionMaker {
@@ -65,6 +68,40 @@ function addr(m: ConnectionMaker): string {
   return `127.0.0.1:${m.address().port}`;
 }
 
+/**
+ * stranger opens a raw TCP connection to a maker from `from` (any 127.0.0.0/8 address is local),
+ * sending nothing: junk that holds a handshake slot until the deadline.
+ */
+async function stranger(m: ConnectionMaker, from: string): Promise<Socket> {
+  const s = connect({ host: '127.0.0.1', port: m.address().port, localAddress: from });
+  strangers.push(s);
+  s.on('error', () => {});
+  await once(s, 'connect');
+  return s;
+}
+
+/** strangers opens n of them from one address; resolves once the maker has answered each (Hello or Close). */
+async function strangersFrom(m: ConnectionMaker, from: string, n: number): Promise<Record<string, unknown>[]> {
+  return Promise.all(Array.from({ length: n }, async () => firstFrame(await stranger(m, from))));
+}
+
+/** firstFrame resolves to the first frame a maker sends on a raw socket: its Hello when admitted, a Close when refused. */
+function firstFrame(s: Socket): Promise<Record<string, unknown>> {
+  return new Promise((resolve, reject) => {
+    const d = new FrameDecoder();
+    const onData = (chunk: Buffer) => {
+      d.push(chunk);
+      const body = d.next();
+      if (body === undefined) return;
+      s.off('data', onData);
+      s.resume();
+      resolve(decodeBody(body));
+    };
+    s.on('data', onData);
+    s.once('close', () => reject(new Error('socket closed before a frame')));
+  });
+}
+
 /** freePort finds a port nothing listens on (bound, then released). */
 async function freePort(): Promise<number> {
   const s = createServer();
@@ -102,6 +139,8 @@ beforeEach(() => {
 });
 
 afterEach(async () => {
+  for (const s of strangers) s.destroy();
+  strangers.length = 0;
   await Promise.all(makers.map((m) => m.stop()));
   await Promise.all(servers.map((s) => new Promise<void>((r) => s.close(() => r()))));
   makers.length = 0;
@@ -244,6 +283,21 @@ describe('ConnectionMaker', () => {
     expect(c.targets()[0]!.lastError).toBe('peer closed connection: too many connections (limit 1)');
     expect(a.connections()).toHaveLength(1);
     expect(a.connections()[0]!.peer).toBe(name(2));
+    expect(a.terminations.get('conn_limit')).toBe(1);
+  });
+
+  it('closes a handshake that completes beyond the limit when several were in progress together', async () => {
+    const a = maker(1, { connLimit: 1 });
+    const b = maker(2);
+    const c = maker(3);
+    await Promise.all([a.start(), b.start(), c.start()]);
+    b.addTargets([addr(a)]);
+    c.addTargets([addr(a)]);
+    const refused = (m: ConnectionMaker) =>
+      m.targets()[0]?.lastError === 'peer closed connection: too many connections (limit 1)';
+    await until(() => refused(b) || refused(c), 'one of two simultaneous peers to be refused');
+    await until(() => a.connections().length === 1 && a.connections()[0]!.state === 'established');
+    expect(a.terminations.get('conn_limit')).toBe(1);
   });
 
   it('lets forget keep an established connection', async () => {
@@ -279,6 +333,106 @@ describe('ConnectionMaker', () => {
     await a.start();
     const b = maker(2, { port: a.address().port });
     await expect(b.start()).rejects.toMatchObject({ code: 'EWEFT_SYSTEM', message: /cannot listen/ });
+  });
+});
+
+describe('ConnectionMaker handshake limits', () => {
+  it(`refuses the ${HANDSHAKES_PER_ADDR_MAX + 1}th handshake from one address and the ${HANDSHAKES_MAX + 1}rd over all`, async () => {
+    const a = maker(1);
+    await a.start();
+    for (const f of await strangersFrom(a, '127.0.0.2', HANDSHAKES_PER_ADDR_MAX)) expect(f.proto).toBe('weft');
+    expect(a.handshakesInProgress).toBe(HANDSHAKES_PER_ADDR_MAX);
+    expect(await strangersFrom(a, '127.0.0.2', 1)).toEqual([
+      { t: 'close', reason: `too many handshakes in progress from 127.0.0.2 (limit ${HANDSHAKES_PER_ADDR_MAX})` },
+    ]);
+    expect(a.terminations.get('handshake_limit')).toBe(1);
+
+    // Fill the pool from other addresses, 4 each: 2 + 7 addresses × 4 = 32.
+    for (let i = 3; a.handshakesInProgress < HANDSHAKES_MAX; i++) {
+      const n = Math.min(HANDSHAKES_PER_ADDR_MAX, HANDSHAKES_MAX - a.handshakesInProgress);
+      for (const f of await strangersFrom(a, `127.0.0.${i}`, n)) expect(f.proto).toBe('weft');
+    }
+    expect(a.handshakesInProgress).toBe(HANDSHAKES_MAX);
+    expect(await strangersFrom(a, '127.0.0.99', 1)).toEqual([
+      { t: 'close', reason: `too many handshakes in progress (limit ${HANDSHAKES_MAX})` },
+    ]);
+    expect(a.terminations.get('handshake_limit')).toBe(2);
+    expect(a.connections()).toHaveLength(HANDSHAKES_MAX);
+    expect(a.connections().every((c) => c.state === 'pending')).toBe(true);
+  });
+
+  it('frees a slot when a handshake fails or times out', async () => {
+    const a = maker(1, { connection: { handshakeTimeoutMs: 300 } });
+    await a.start();
+    const held = await Promise.all(Array.from({ length: HANDSHAKES_PER_ADDR_MAX }, () => stranger(a, '127.0.0.2')));
+    await Promise.all(held.map(firstFrame));
+    expect((await strangersFrom(a, '127.0.0.2', 1))[0]?.t).toBe('close');
+    held[0]!.write('GET / HTTP/1.1\r\n\r\n'); // fails its handshake at once
+    await until(() => a.handshakesInProgress === HANDSHAKES_PER_ADDR_MAX - 1, 'the failed handshake to free its slot');
+    expect((await strangersFrom(a, '127.0.0.2', 1))[0]?.proto).toBe('weft');
+    await until(() => a.handshakesInProgress === 0, 'the handshake deadline to free every slot');
+    expect(a.terminations.get('EWEFT_PROTOCOL')).toBe(HANDSHAKES_PER_ADDR_MAX + 1);
+  });
+
+  it('counts only established connections against the connection limit', async () => {
+    const a = maker(1, { connLimit: 2 });
+    const b = maker(2);
+    const c = maker(3);
+    const d = maker(4);
+    await Promise.all([a.start(), b.start(), c.start(), d.start()]);
+    await strangersFrom(a, '127.0.0.2', HANDSHAKES_PER_ADDR_MAX);
+    b.addTargets([addr(a)]);
+    c.addTargets([addr(a)]);
+    await settled([b, c], 1);
+    expect(a.connections().filter((x) => x.state === 'established')).toHaveLength(2);
+    d.addTargets([addr(a)]);
+    await until(() => d.targets()[0]?.state === 'failed');
+    expect(d.targets()[0]!.lastError).toBe('peer closed connection: too many connections (limit 2)');
+  });
+
+  it('admits a peer it has known while strangers fill the handshake pool', async () => {
+    const a = maker(1);
+    const b = maker(2);
+    const ea = record(a);
+    await Promise.all([a.start(), b.start()]);
+    b.addTargets([addr(a)]);
+    await settled([a, b], 1);
+    await b.stop(); // b restarts ...
+    await until(() => ea.closed.length === 1);
+    for (let i = 2; a.handshakesInProgress < HANDSHAKES_MAX; i++) await strangersFrom(a, `127.0.0.${i}`, 4);
+    expect((await strangersFrom(a, '127.0.0.99', 1))[0]?.t).toBe('close');
+    const b2 = maker(2); // ... and dials again from its known address
+    await b2.start();
+    b2.addTargets([addr(a)]);
+    await settled([b2], 1);
+    await until(() => ea.established.length === 2, 'a to establish the restarted peer');
+    expect(a.peerConnection(name(2))?.state).toBe('established');
+    expect(a.handshakesInProgress).toBe(HANDSHAKES_MAX);
+  });
+
+  it('dials its own targets while strangers fill its handshake pool', async () => {
+    const a = maker(1);
+    const b = maker(2);
+    await Promise.all([a.start(), b.start()]);
+    for (let i = 2; a.handshakesInProgress < HANDSHAKES_MAX; i++) await strangersFrom(a, `127.0.0.${i}`, 4);
+    a.addTargets([addr(b)]);
+    await until(() => a.targets()[0]?.state === 'established', 'the outbound connection');
+    expect(a.peerConnection(name(2))?.outbound).toBe(true);
+    await settled([b], 1);
+  });
+
+  it('keeps one connection when a peer already connected authenticates again', async () => {
+    const a = maker(1);
+    const b = maker(2);
+    const ea = record(a);
+    await Promise.all([a.start(), b.start()]);
+    b.addTargets([addr(a)]);
+    await settled([a, b], 1);
+    a.addTargets([addr(b)]); // a second connection between the same pair: one of the two goes
+    await until(() => a.targets()[0]?.state === 'established');
+    await settled([a, b], 1);
+    expect(ea.established.length - ea.closed.length).toBe(1);
+    expect(a.handshakesInProgress).toBe(0);
   });
 });
 

@@ -18,6 +18,27 @@
  * waiting for `nextRetryAt` with `lastError` (no `nextRetryAt` means it gave up: connection to
  * self or a peer name collision). A target is `established` when a connection to the peer it led
  * to exists, whichever side dialled it.
+ *
+ * Admission of inbound connections (limits in conn-limits.ts):
+ *
+ * ```
+ *  accept ──▶ established ≥ connLimit? ─────────────yes──▶ refused "too many connections" (conn_limit)
+ *               │ no
+ *               ▼
+ *             ≥ HANDSHAKES_PER_ADDR_MAX from this address? ──yes──▶ refused (handshake_limit)
+ *               │ no
+ *               ▼
+ *             ≥ HANDSHAKES_MAX in progress, and the address is
+ *             neither a known peer's nor a target's? ─────────yes──▶ refused (handshake_limit)
+ *               │ no
+ *               ▼
+ *             handshake (its own slot, ≤ HELLO_MAX_BYTES buffered) ──▶ established: counts against connLimit only
+ * ```
+ *
+ * A refused socket gets a Close frame with the reason and is destroyed within REFUSE_LINGER_MS;
+ * no Connection is made for it. Connections we dial never take a handshake slot and are never
+ * refused by the limits. A handshake that completes into a duplicate of an existing connection is
+ * resolved by `prefer` as before; one that would add a peer beyond connLimit is closed.
  */
 import { EventEmitter } from 'node:events';
 import { createServer, connect as netConnect, type Server, type Socket } from 'node:net';
@@ -25,6 +46,17 @@ import { InputError, WeftError } from '../common/errors.js';
 import type { Startable } from '../common/lifecycle.js';
 import type { Logger } from '../common/log.js';
 import type { PeerName } from '../common/types.js';
+import {
+  HANDSHAKES_MAX,
+  HANDSHAKES_PER_ADDR_MAX,
+  KNOWN_PEER_ADDRS_MAX,
+  LINGER_DISCARD_MAX_BYTES,
+  REFUSALS_LOG_INTERVAL_MS,
+  REFUSE_LINGER_MS,
+  REFUSED_LINGER_MAX,
+  TERMINATION_CONN_LIMIT,
+  TERMINATION_HANDSHAKE_LIMIT,
+} from './conn-limits.js';
 import {
   CLOSE_SELF,
   Connection,
@@ -40,6 +72,7 @@ import {
   RECONNECT_JITTER,
   RECONNECT_MAX_MS,
 } from './constants.js';
+import { encodeFrame } from './protocol.js';
 
 // ---- Implementation choices (candidates for router/constants.ts) ----
 
@@ -92,8 +125,15 @@ export interface ConnectionMakerOptions {
   readonly host?: string;
   /** port to listen on (default CONTROL_PORT; 0 picks a free one, see `address()`). */
   readonly port?: number;
-  /** connLimit caps live connections; inbound ones beyond it are refused (default CONN_LIMIT_DEFAULT). */
+  /**
+   * connLimit caps established connections; inbound ones beyond it are refused (default
+   * CONN_LIMIT_DEFAULT). Connections still in their handshake do not count: see handshakesMax.
+   */
   readonly connLimit?: number;
+  /** handshakesMax caps inbound handshakes in progress from strangers (default HANDSHAKES_MAX). */
+  readonly handshakesMax?: number;
+  /** handshakesPerAddrMax caps inbound handshakes in progress from one address (default HANDSHAKES_PER_ADDR_MAX). */
+  readonly handshakesPerAddrMax?: number;
   /** targets to dial once started. */
   readonly targets?: readonly string[];
   readonly log: Logger;
@@ -166,17 +206,33 @@ export class ConnectionMaker extends EventEmitter<ConnectionMakerEvents> impleme
   private readonly random: () => number;
   private readonly now: () => number;
   private readonly connLimit: number;
+  private readonly handshakesMax: number;
+  private readonly handshakesPerAddrMax: number;
   private readonly targetMap = new Map<string, Target>();
   private readonly conns = new Set<Connection>();
   /** byPeer holds the one established connection kept per peer. */
   private readonly byPeer = new Map<PeerName, Connection>();
   /** announced holds connections that fired `connection-established`. */
   private readonly announced = new Set<Connection>();
+  /** handshakes maps each inbound connection still in its handshake to its source address. */
+  private readonly handshakes = new Map<Connection, string>();
+  /** handshakesByAddr counts the entries of `handshakes` per source address (no zero entries). */
+  private readonly handshakesByAddr = new Map<string, number>();
+  /** knownAddrs are source addresses that completed a handshake, oldest first (at most KNOWN_PEER_ADDRS_MAX). */
+  private readonly knownAddrs = new Set<string>();
+  /** overLimit holds connections closed because they would exceed connLimit (counted as conn_limit). */
+  private readonly overLimit = new WeakSet<Connection>();
+  /** refused holds refused sockets still lingering for the other end's FIN. */
+  private readonly refused = new Set<Socket>();
+  /** refusals counts refusals not yet logged; refusalsLoggedAt is when the last warning was written. */
+  private refusals = 0;
+  private refusalsLoggedAt = Number.NEGATIVE_INFINITY;
   private server: Server | undefined;
   private boundPort = 0;
   /**
    * terminations counts closed connections by kind: the error code for failures
-   * (EWEFT_PROTOCOL, EWEFT_AUTH, EWEFT_PROTOCOL_VERSION, ...), else 'closed_by_peer' / 'closed_by_us'.
+   * (EWEFT_PROTOCOL, EWEFT_AUTH, EWEFT_PROTOCOL_VERSION, ...), 'handshake_limit' / 'conn_limit' for
+   * inbound connections refused by a limit, else 'closed_by_peer' / 'closed_by_us'.
    */
   readonly terminations = new Map<string, number>();
   private started = false;
@@ -190,6 +246,8 @@ export class ConnectionMaker extends EventEmitter<ConnectionMakerEvents> impleme
     this.random = opts.random ?? Math.random;
     this.now = opts.now ?? (() => Date.now());
     this.connLimit = opts.connLimit ?? CONN_LIMIT_DEFAULT;
+    this.handshakesMax = opts.handshakesMax ?? HANDSHAKES_MAX;
+    this.handshakesPerAddrMax = opts.handshakesPerAddrMax ?? HANDSHAKES_PER_ADDR_MAX;
     if (opts.targets !== undefined) this.addTargets(opts.targets);
   }
 
@@ -322,15 +380,107 @@ export class ConnectionMaker extends EventEmitter<ConnectionMakerEvents> impleme
 
   // ---- connections ----
 
+  /** handshakesInProgress is how many inbound connections are in their handshake now. */
+  get handshakesInProgress(): number {
+    return this.handshakes.size;
+  }
+
   private onInbound(socket: Socket): void {
-    if (this.stopped) {
+    const addr = socket.remoteAddress;
+    if (this.stopped || addr === undefined) {
       socket.destroy();
       return;
     }
-    const conn = this.track(socket, false, undefined);
-    if (this.conns.size > this.connLimit) {
-      conn.close(`too many connections (limit ${this.connLimit})`);
+    const ip = normaliseIPv4(addr);
+    if (this.announced.size >= this.connLimit) {
+      this.refuse(socket, TERMINATION_CONN_LIMIT, `too many connections (limit ${this.connLimit})`);
+      return;
     }
+    const fromAddr = this.handshakesByAddr.get(ip) ?? 0;
+    if (fromAddr >= this.handshakesPerAddrMax) {
+      this.refuse(
+        socket,
+        TERMINATION_HANDSHAKE_LIMIT,
+        `too many handshakes in progress from ${ip} (limit ${this.handshakesPerAddrMax})`,
+      );
+      return;
+    }
+    if (this.handshakes.size >= this.handshakesMax && !this.isKnownAddr(ip)) {
+      this.refuse(socket, TERMINATION_HANDSHAKE_LIMIT, `too many handshakes in progress (limit ${this.handshakesMax})`);
+      return;
+    }
+    const conn = this.track(socket, false, undefined);
+    if (conn.state !== 'handshake') return;
+    this.handshakes.set(conn, ip);
+    this.handshakesByAddr.set(ip, fromAddr + 1);
+  }
+
+  /** handshakeDone frees the handshake slot of an inbound connection (established or closed); idempotent. */
+  private handshakeDone(conn: Connection): void {
+    const ip = this.handshakes.get(conn);
+    if (ip === undefined) return;
+    this.handshakes.delete(conn);
+    const n = (this.handshakesByAddr.get(ip) ?? 1) - 1;
+    if (n > 0) this.handshakesByAddr.set(ip, n);
+    else this.handshakesByAddr.delete(ip);
+  }
+
+  /** isKnownAddr says whether an address completed a handshake before or is a target's host. */
+  private isKnownAddr(ip: string): boolean {
+    if (this.knownAddrs.has(ip)) return true;
+    for (const t of this.targetMap.values()) if (t.host === ip) return true;
+    return false;
+  }
+
+  /** rememberAddr records the address of a connection that completed its handshake (most recent last). */
+  private rememberAddr(ip: string): void {
+    if (ip === '') return;
+    this.knownAddrs.delete(ip);
+    this.knownAddrs.add(ip);
+    if (this.knownAddrs.size > KNOWN_PEER_ADDRS_MAX) {
+      const oldest = this.knownAddrs.values().next().value;
+      if (oldest !== undefined) this.knownAddrs.delete(oldest);
+    }
+  }
+
+  /**
+   * refuse turns an inbound socket away without making a Connection: a Close frame with the
+   * reason, FIN, and destroy on the other end's FIN, after REFUSE_LINGER_MS, or once it has sent
+   * more than LINGER_DISCARD_MAX_BYTES (all discarded). Beyond REFUSED_LINGER_MAX lingering
+   * sockets it is destroyed at once.
+   */
+  private refuse(socket: Socket, kind: string, reason: string): void {
+    this.terminations.set(kind, (this.terminations.get(kind) ?? 0) + 1);
+    this.noteRefusal(kind, reason);
+    socket.on('error', () => {}); // a reset while we refuse changes nothing
+    if (this.refused.size >= REFUSED_LINGER_MAX || !socket.writable) {
+      socket.destroy();
+      return;
+    }
+    this.refused.add(socket);
+    let discarded = 0;
+    socket.on('data', (chunk: Buffer) => {
+      discarded += chunk.length;
+      if (discarded > LINGER_DISCARD_MAX_BYTES) socket.destroy();
+    });
+    socket.on('end', () => socket.destroy());
+    const timer = setTimeout(() => socket.destroy(), REFUSE_LINGER_MS);
+    socket.once('close', () => {
+      clearTimeout(timer);
+      this.refused.delete(socket);
+    });
+    socket.end(encodeFrame({ t: 'close', reason }));
+  }
+
+  /** noteRefusal logs refusals: every one at debug level, and a warning at most every REFUSALS_LOG_INTERVAL_MS. */
+  private noteRefusal(kind: string, reason: string): void {
+    this.refusals++;
+    if (this.log.isDebug) this.log.debug('inbound connection refused', { reason, code: kind });
+    const t = this.now();
+    if (t - this.refusalsLoggedAt < REFUSALS_LOG_INTERVAL_MS) return;
+    this.log.warn('inbound connections refused', { reason, code: kind, count: this.refusals });
+    this.refusals = 0;
+    this.refusalsLoggedAt = t;
   }
 
   private dial(t: Target): void {
@@ -364,11 +514,19 @@ export class ConnectionMaker extends EventEmitter<ConnectionMakerEvents> impleme
   }
 
   private onEstablished(conn: Connection, target: Target | undefined): void {
+    this.handshakeDone(conn);
     if (this.stopped) return;
     const name = conn.remote.name;
+    this.rememberAddr(conn.remote.addr);
     const existing = this.byPeer.get(name);
     if (existing !== undefined && prefer(existing, conn, this.opts.local.name) === existing) {
       conn.close(CLOSE_DUPLICATE); // onClosed marks its target established via `existing`
+      return;
+    }
+    if (existing === undefined && !conn.outbound && this.announced.size >= this.connLimit) {
+      // Handshakes that were in progress together may complete beyond the limit: the first ones win.
+      this.overLimit.add(conn);
+      conn.close(`too many connections (limit ${this.connLimit})`);
       return;
     }
     this.byPeer.set(name, conn);
@@ -383,7 +541,8 @@ export class ConnectionMaker extends EventEmitter<ConnectionMakerEvents> impleme
 
   private onClosed(conn: Connection, target: Target | undefined, info: ConnectionClosed): void {
     this.conns.delete(conn);
-    const kind = terminationKind(info);
+    this.handshakeDone(conn);
+    const kind = this.overLimit.has(conn) ? TERMINATION_CONN_LIMIT : terminationKind(info);
     this.terminations.set(kind, (this.terminations.get(kind) ?? 0) + 1);
     const name = conn.remoteName;
     let peerLost = false;
@@ -470,7 +629,12 @@ export class ConnectionMaker extends EventEmitter<ConnectionMakerEvents> impleme
           });
     const conns = [...this.conns];
     for (const c of conns) c.close(CLOSE_SHUTDOWN);
-    await Promise.all([serverClosed, ...conns.map((c) => c.done)]);
+    const refused = [...this.refused].map((s) => {
+      const closed = new Promise<void>((resolve) => s.once('close', () => resolve()));
+      s.destroy();
+      return closed;
+    });
+    await Promise.all([serverClosed, ...conns.map((c) => c.done), ...refused]);
     if (this.started) this.log.info('control listener stopped');
   }
 }
@@ -490,6 +654,11 @@ function prefer(a: Connection, b: Connection, localName: PeerName): Connection {
 export function backoffMs(failures: number, random: () => number = Math.random): number {
   const base = RECONNECT_INITIAL_MS * RECONNECT_FACTOR ** Math.max(0, failures);
   return Math.min(RECONNECT_MAX_MS, base * (1 + RECONNECT_JITTER * (2 * random() - 1)));
+}
+
+/** normaliseIPv4 strips the IPv4-mapped IPv6 prefix a dual-stack socket reports. */
+function normaliseIPv4(addr: string): string {
+  return addr.startsWith('::ffff:') ? addr.slice(7) : addr;
 }
 
 /** terminationKind classifies a closed connection for the terminations counter. */

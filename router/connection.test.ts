@@ -6,6 +6,7 @@ import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { ProtocolError } from '../common/errors.js';
 import { noopLogger } from '../common/log.js';
 import type { PeerName } from '../common/types.js';
+import { HELLO_MAX_BYTES } from './conn-limits.js';
 import {
   authMac,
   CLOSE_HEARTBEAT_TIMEOUT,
@@ -16,7 +17,13 @@ import {
   type ConnectionOptions,
   type LocalPeerInfo,
 } from './connection.js';
-import { HANDSHAKE_TIMEOUT_MS, HEARTBEAT_INTERVAL_MS, HEARTBEAT_TIMEOUT_MS } from './constants.js';
+import {
+  CLOSE_LINGER_MS,
+  CONTROL_MESSAGE_MAX_BYTES,
+  HANDSHAKE_TIMEOUT_MS,
+  HEARTBEAT_INTERVAL_MS,
+  HEARTBEAT_TIMEOUT_MS,
+} from './constants.js';
 import { decodeBody, encodeFrame, FRAME_HEADER_LEN, FrameDecoder, type Hello, type PeerMessage } from './protocol.js';
 import { expectNoLeaks, NET_HANDLES, type ResourceSnapshot, snapshotResources } from './testing/leaks.js';
 
@@ -314,6 +321,58 @@ describe('Connection', () => {
     const good = wrap({ socket: connect(port, '127.0.0.1'), outbound: true, local: local(NAME_B, 2n) });
     await once(good, 'established');
     expect(good.remote.name).toBe(NAME_A);
+  });
+
+  it('closes a stranger whose length prefix exceeds HELLO_MAX_BYTES at once, buffering none of its body', async () => {
+    let conn: Connection | undefined;
+    const port = await listen((socket) => {
+      conn = wrap({ socket, outbound: false, local: local(NAME_A, 1n) });
+    });
+    const raw = connect(port, '127.0.0.1');
+    sockets.push(raw);
+    raw.on('error', () => {}); // we may reset it
+    const header = Buffer.alloc(FRAME_HEADER_LEN);
+    header.writeUInt32BE(CONTROL_MESSAGE_MAX_BYTES, 0);
+    raw.write(header);
+    raw.write(Buffer.alloc(1024 * 1024)); // the start of an 8 MiB body
+    await until(() => conn !== undefined);
+    const c = await closedOf(conn!);
+    expect(c.error?.code).toBe('EWEFT_PROTOCOL');
+    expect(c.reason).toBe(`frame length ${CONTROL_MESSAGE_MAX_BYTES} exceeds the limit of ${HELLO_MAX_BYTES} bytes`);
+    expect(conn!.bufferedBytes).toBe(0);
+    // It keeps sending while we linger: cut off after LINGER_DISCARD_MAX_BYTES, not after CLOSE_LINGER_MS.
+    const t0 = performance.now();
+    await conn!.done;
+    expect(performance.now() - t0).toBeLessThan(CLOSE_LINGER_MS);
+    expect(conn!.bufferedBytes).toBe(0);
+  });
+
+  it('holds at most HELLO_MAX_BYTES of an incomplete frame before the handshake', async () => {
+    let conn: Connection | undefined;
+    const port = await listen((socket) => {
+      conn = wrap({ socket, outbound: false, local: local(NAME_A, 1n), handshakeTimeoutMs: 300 });
+    });
+    const raw = connect(port, '127.0.0.1');
+    sockets.push(raw);
+    raw.on('error', () => {});
+    const partial = Buffer.alloc(FRAME_HEADER_LEN + HELLO_MAX_BYTES - 1, 0xc0);
+    partial.writeUInt32BE(HELLO_MAX_BYTES, 0);
+    raw.write(partial);
+    await until(() => conn !== undefined && conn.bufferedBytes === HELLO_MAX_BYTES - 1, 'the partial frame');
+    const c = await closedOf(conn!);
+    expect(c.reason).toBe('handshake not completed within 300 ms');
+    expect(conn!.bufferedBytes).toBe(0);
+  });
+
+  it('accepts frames up to CONTROL_MESSAGE_MAX_BYTES once established', async () => {
+    const { a, b } = await pair({ local: local(NAME_A, 1n) }, { local: local(NAME_B, 2n) });
+    await Promise.all([once(a, 'established'), b.state === 'established' ? undefined : once(b, 'established')]);
+    const got: PeerMessage[] = [];
+    b.on('message', (m) => got.push(m));
+    expect(a.send({ t: 'gossip', channel: 'bulk', payload: Buffer.alloc(4 * 1024 * 1024, 7) })).toBe(true);
+    await until(() => got.length === 1, 'the 4 MiB gossip');
+    expect(got[0]?.t === 'gossip' && got[0].payload.length).toBe(4 * 1024 * 1024);
+    expect(b.state).toBe('established');
   });
 
   it('counts and ignores unknown message types, and closes on malformed known ones', async () => {

@@ -20,8 +20,10 @@ import type { Socket } from 'node:net';
 import { ProtocolError, WeftError } from '../common/errors.js';
 import type { Logger } from '../common/log.js';
 import { type PeerName, type PeerUid, peerNameToBytes } from '../common/types.js';
+import { HELLO_MAX_BYTES, LINGER_DISCARD_MAX_BYTES } from './conn-limits.js';
 import {
   CLOSE_LINGER_MS,
+  CONTROL_MESSAGE_MAX_BYTES,
   CONTROL_PORT,
   HANDSHAKE_TIMEOUT_MS,
   HEARTBEAT_INTERVAL_MS,
@@ -178,6 +180,10 @@ export function authMac(
  * both then send Auth. After the handshake it sends a heartbeat whenever it has sent nothing for
  * HEARTBEAT_INTERVAL_MS and closes after HEARTBEAT_TIMEOUT_MS without receiving a byte (checked
  * every heartbeat interval). Unknown message types are counted and ignored.
+ *
+ * Before the handshake completes (within HANDSHAKE_TIMEOUT_MS) a frame may hold at most
+ * HELLO_MAX_BYTES: a longer length prefix closes the connection at once, before any of its body is
+ * buffered; after it, CONTROL_MESSAGE_MAX_BYTES.
  */
 export class Connection extends EventEmitter<ConnectionEvents> {
   /** outbound is true when we dialled. */
@@ -203,7 +209,8 @@ export class Connection extends EventEmitter<ConnectionEvents> {
   private readonly heartbeatIntervalMs: number;
   private readonly heartbeatTimeoutMs: number;
   private readonly sendBufferMaxBytes: number;
-  private readonly decoder = new FrameDecoder();
+  /** decoder accepts frames of at most HELLO_MAX_BYTES until the handshake completes. */
+  private readonly decoder = new FrameDecoder(HELLO_MAX_BYTES);
   private readonly localNonce: Buffer = randomBytes(NONCE_LEN);
   private log: Logger;
   private label: string;
@@ -220,6 +227,8 @@ export class Connection extends EventEmitter<ConnectionEvents> {
   private handshakeTimer: ReturnType<typeof setTimeout> | undefined;
   private heartbeatTimer: ReturnType<typeof setInterval> | undefined;
   private lingerTimer: ReturnType<typeof setTimeout> | undefined;
+  /** lingerDiscarded counts bytes received and thrown away after `closed`. */
+  private lingerDiscarded = 0;
   private resolveDone!: () => void;
 
   constructor(opts: ConnectionOptions) {
@@ -348,6 +357,14 @@ export class Connection extends EventEmitter<ConnectionEvents> {
     return this.establishedAt !== undefined;
   }
 
+  /**
+   * bufferedBytes is how many received bytes are held waiting for a complete frame: at most
+   * HELLO_MAX_BYTES plus one socket read before the handshake completes, 0 once closed.
+   */
+  get bufferedBytes(): number {
+    return this.decoder.bufferedBytes;
+  }
+
   /** closedInfo is why the connection closed, once it has. */
   get closedInfo(): ConnectionClosed | undefined {
     return this.closeInfo;
@@ -385,7 +402,12 @@ export class Connection extends EventEmitter<ConnectionEvents> {
   // ---- receive ----
 
   private onData(chunk: Buffer): void {
-    if (this.closeInfo !== undefined) return; // lingering: discard until the peer's FIN
+    if (this.closeInfo !== undefined) {
+      // Lingering: discard until the peer's FIN. A stranger that keeps sending is cut off.
+      this.lingerDiscarded += chunk.length;
+      if (this.establishedAt === undefined && this.lingerDiscarded > LINGER_DISCARD_MAX_BYTES) this.socket.destroy();
+      return;
+    }
     this.stats.bytesIn += chunk.length;
     this.lastRecvAt = this.now();
     this.decoder.push(chunk);
@@ -530,6 +552,7 @@ export class Connection extends EventEmitter<ConnectionEvents> {
     if (this.handshakeTimer !== undefined) clearTimeout(this.handshakeTimer);
     this.handshakeTimer = undefined;
     this.phase = 'established';
+    this.decoder.maxBytes = CONTROL_MESSAGE_MAX_BYTES;
     this.establishedAt = this.now();
     this.remoteInfo = {
       name: hello.name as PeerName,
@@ -585,6 +608,7 @@ export class Connection extends EventEmitter<ConnectionEvents> {
     if (this.phase === 'closed') return;
     this.phase = 'closed';
     this.closeInfo = info;
+    this.decoder.close();
     if (this.handshakeTimer !== undefined) clearTimeout(this.handshakeTimer);
     if (this.heartbeatTimer !== undefined) clearInterval(this.heartbeatTimer);
     this.handshakeTimer = undefined;

@@ -2,6 +2,7 @@ import { Packr } from 'msgpackr';
 import { describe, expect, it } from 'vitest';
 import { InputError, ProtocolError } from '../common/errors.js';
 import { mulberry32 } from '../common/random.js';
+import { HELLO_MAX_BYTES } from './conn-limits.js';
 import { CONTROL_MESSAGE_MAX_BYTES } from './constants.js';
 import {
   type Addresses,
@@ -301,6 +302,60 @@ describe('FrameDecoder', () => {
     d.push(f);
     expect(d.next()?.length).toBe(16);
     expect(d.bufferedBytes).toBe(0);
+  });
+
+  it('rejects a length over its limit before the body arrives, and then holds nothing', () => {
+    const d = new FrameDecoder(HELLO_MAX_BYTES);
+    const chunk = Buffer.alloc(64 * 1024);
+    chunk.writeUInt32BE(CONTROL_MESSAGE_MAX_BYTES, 0);
+    d.push(chunk);
+    expect(d.bufferedBytes).toBe(chunk.length);
+    expectProtocolError(
+      () => d.next(),
+      new RegExp(`frame length ${CONTROL_MESSAGE_MAX_BYTES} exceeds the limit of ${HELLO_MAX_BYTES} bytes`),
+    );
+    expect(d.bufferedBytes).toBe(0);
+    d.push(Buffer.alloc(64 * 1024));
+    expect(d.bufferedBytes).toBe(0);
+    expectProtocolError(() => d.next(), /exceeds the limit/);
+  });
+
+  it('buffers at most one frame of its limit while the frame is incomplete', () => {
+    const d = new FrameDecoder(HELLO_MAX_BYTES);
+    const f = Buffer.alloc(FRAME_HEADER_LEN + HELLO_MAX_BYTES, 0xc0);
+    f.writeUInt32BE(HELLO_MAX_BYTES, 0);
+    for (let i = 0; i < f.length - 1; i += 100) {
+      d.push(f.subarray(i, Math.min(i + 100, f.length - 1)));
+      expect(d.next()).toBeUndefined();
+      expect(d.bufferedBytes).toBeLessThanOrEqual(HELLO_MAX_BYTES);
+    }
+    d.push(f.subarray(f.length - 1));
+    expect(d.next()?.length).toBe(HELLO_MAX_BYTES);
+    expect(d.bufferedBytes).toBe(0);
+  });
+
+  it('drops what it holds when closed and ignores later pushes', () => {
+    const d = new FrameDecoder();
+    d.push(stream.subarray(0, stream.length - 1));
+    expect(d.next()).toBeDefined();
+    expect(d.bufferedBytes).toBeGreaterThan(0);
+    d.close();
+    expect(d.bufferedBytes).toBe(0);
+    d.push(stream);
+    expect(d.bufferedBytes).toBe(0);
+    expectProtocolError(() => d.next(), /decoder closed/);
+  });
+
+  it('applies a raised limit to the frames after it', () => {
+    const d = new FrameDecoder(16);
+    const small = Buffer.alloc(20, 0xc0);
+    small.writeUInt32BE(16, 0);
+    const big = Buffer.alloc(44, 0xc0);
+    big.writeUInt32BE(40, 0);
+    d.push(Buffer.concat([small, big]));
+    expect(d.next()?.length).toBe(16);
+    d.maxBytes = 64;
+    expect(d.next()?.length).toBe(40);
   });
 
   it('rejects garbage such as an HTTP request', () => {

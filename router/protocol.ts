@@ -354,10 +354,17 @@ export function decodeMessage(body: Uint8Array): Decoded {
  * A body that lies inside one pushed chunk is returned as a view of that chunk (no copy); a body
  * spanning chunks is copied once into a new buffer. Chunks must therefore not be reused by the
  * caller after `push` (socket chunks never are). A header declaring a length of 0 or more than
- * `maxBytes` raises ProtocolError as soon as its 4 bytes have arrived, so at most one frame plus
- * one chunk is ever buffered. After an error the decoder stays failed.
+ * `maxBytes` raises ProtocolError as soon as its 4 bytes have arrived, before anything is
+ * allocated for the body, so at most one frame of `maxBytes` plus one chunk is ever buffered.
+ * After an error the decoder stays failed, drops what it held and ignores later pushes.
  */
 export class FrameDecoder {
+  /**
+   * maxBytes is the largest body accepted. It may be changed between frames: a connection starts
+   * at HELLO_MAX_BYTES and raises it to CONTROL_MESSAGE_MAX_BYTES once the handshake completes.
+   * A header already read is not checked again.
+   */
+  maxBytes: number;
   private readonly chunks: Uint8Array[] = [];
   /** Read offset into chunks[0]. */
   private offset = 0;
@@ -367,16 +374,18 @@ export class FrameDecoder {
   private pending = -1;
   private failed: ProtocolError | undefined;
 
-  constructor(private readonly maxBytes: number = CONTROL_MESSAGE_MAX_BYTES) {}
+  constructor(maxBytes: number = CONTROL_MESSAGE_MAX_BYTES) {
+    this.maxBytes = maxBytes;
+  }
 
-  /** bufferedBytes is how many bytes are held waiting for a complete frame. */
+  /** bufferedBytes is how many bytes are held waiting for a complete frame (0 after an error). */
   get bufferedBytes(): number {
     return this.buffered;
   }
 
   /** push appends a chunk; the decoder keeps a reference to it (see the class comment). */
   push(chunk: Uint8Array): void {
-    if (chunk.length === 0) return;
+    if (chunk.length === 0 || this.failed !== undefined) return;
     this.chunks.push(chunk);
     this.buffered += chunk.length;
   }
@@ -394,6 +403,7 @@ export class FrameDecoder {
         this.failed = new ProtocolError(
           len === 0 ? 'frame with zero length' : `frame length ${len} exceeds the limit of ${this.maxBytes} bytes`,
         );
+        this.release(); // hold nothing for a stream that is dead: its owner closes it
         throw this.failed;
       }
       this.pending = len;
@@ -402,6 +412,22 @@ export class FrameDecoder {
     const body = this.take(this.pending);
     this.pending = -1;
     return body;
+  }
+
+  /**
+   * close drops everything buffered; from then on pushes are ignored and `next()` throws
+   * ProtocolError. Idempotent. The owner calls it when the stream ends.
+   */
+  close(): void {
+    this.failed ??= new ProtocolError('frame decoder closed');
+    this.release();
+  }
+
+  private release(): void {
+    this.chunks.length = 0;
+    this.offset = 0;
+    this.buffered = 0;
+    this.pending = -1;
   }
 
   /** readHeader consumes 4 bytes (possibly spanning chunks) as a big-endian u32. */
