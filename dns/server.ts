@@ -20,7 +20,7 @@ import { noopLogger } from '../common/log.js';
 import { parseIPv4 } from '../common/types.js';
 import { NativeUdp, type PacketConn } from '../router/index.js';
 import type { DnsRecords } from './records.js';
-import type { Upstream } from './upstream.js';
+import { type Upstream, UpstreamError } from './upstream.js';
 import {
   DNS_TCP_MAX_BYTES,
   encodeARecords,
@@ -49,8 +49,30 @@ import {
 export const DNS_TTL_S = 1;
 /** DNS_TCP_CONNECTIONS_MAX bounds concurrent TCP clients. */
 export const DNS_TCP_CONNECTIONS_MAX = 256;
+/**
+ * DNS_TCP_CONNECTIONS_PER_CLIENT_MAX is one client address's share of DNS_TCP_CONNECTIONS_MAX: a
+ * resolver needs a few connections at once (TCP is the fallback for truncated answers), and
+ * 1/8 of the total leaves 224 for everyone else when one client holds its connections open.
+ */
+export const DNS_TCP_CONNECTIONS_PER_CLIENT_MAX = 32;
 /** DNS_TCP_IDLE_MS closes a TCP connection idle this long. */
 export const DNS_TCP_IDLE_MS = 10_000;
+/**
+ * DNS_TCP_WRITE_BUFFER_MAX_BYTES bounds the answers of one connection waiting in our memory for
+ * a client that does not read them: past it we answer nothing more and stop reading that
+ * connection until it drains (TCP flow control then stalls the client). 64 KiB is one largest
+ * answer, so a client that reads never notices; one that does not costs at most this plus the
+ * answer that crossed it. It is above a socket's writableHighWaterMark (16 KiB), so crossing it
+ * means write() returned false and 'drain' will follow.
+ */
+export const DNS_TCP_WRITE_BUFFER_MAX_BYTES = 64 << 10;
+/**
+ * DNS_TCP_READ_BUFFER_MAX_BYTES bounds the pipelined query bytes of one connection read but not
+ * yet answered (queries are answered one at a time, in order): at this we stop reading it. One
+ * largest frame (2-byte length + 65535), so that any query can arrive whole; more queued means a
+ * client pipelining faster than we answer it (about 2,000 small queries fit).
+ */
+export const DNS_TCP_READ_BUFFER_MAX_BYTES = 2 + DNS_TCP_MAX_BYTES;
 /** BATCH is how many datagrams one receive/send call of the batched UDP path moves. */
 const BATCH = 64;
 /** SLOT is the room per datagram in the batch buffers: a whole query (DNS_QUERY_MAX_BYTES), and any UDP answer. */
@@ -91,7 +113,8 @@ export type DnsResult =
   | 'notimp'
   | 'badvers'
   | 'dropped'
-  | 'truncated';
+  | 'truncated'
+  | 'throttled';
 
 const RESULTS: readonly DnsResult[] = [
   'answer',
@@ -105,16 +128,50 @@ const RESULTS: readonly DnsResult[] = [
   'badvers',
   'dropped',
   'truncated',
+  'throttled',
 ];
 
-/** DnsServerStats are the server's counters (they only grow). */
+/**
+ * DnsServerStats are the server's counters (they only grow) and, marked "now", gauges.
+ * `results.throttled` counts forwarded queries answered REFUSED because their client already had
+ * its share of upstream queries in flight (UPSTREAM_MAX_IN_FLIGHT_PER_CLIENT).
+ */
 export interface DnsServerStats {
   listening: string | undefined;
   queries: Record<string, number>;
   results: Record<DnsResult, number>;
+  /** tcpConnections counts TCP connections accepted. */
   tcpConnections: number;
+  /** tcpRefused counts TCP connections dropped because DNS_TCP_CONNECTIONS_MAX were open. */
   tcpRefused: number;
+  /** tcpClientRefused counts TCP connections closed because their client had DNS_TCP_CONNECTIONS_PER_CLIENT_MAX open. */
+  tcpClientRefused: number;
+  /** tcpOpen is how many TCP connections are open now. */
+  tcpOpen: number;
+  /** tcpPauses counts the times a connection stopped being read for backpressure (unread answers or queued queries). */
+  tcpPauses: number;
+  /** tcpPaused is how many connections are not being read now, for backpressure. */
+  tcpPaused: number;
+  /** tcpWriteBufferedBytes is the answer bytes now waiting for clients to read them, over all connections. */
+  tcpWriteBufferedBytes: number;
+  /** tcpReadBufferedBytes is the query bytes now read but not yet answered, over all connections. */
+  tcpReadBufferedBytes: number;
 }
+
+/** TcpSession is one TCP client connection's state. */
+interface TcpSession {
+  readonly sock: TcpSocket;
+  /** client is the peer's IPv4 address (host order; 0 for anything else). */
+  readonly client: number;
+  /** pending holds the bytes read and not yet answered: whole frames, then maybe part of one. */
+  pending: Buffer;
+  /** busy is true while the first pending query waits for its forwarded answer. */
+  busy: boolean;
+  /** paused is true while reading is stopped for backpressure. */
+  paused: boolean;
+}
+
+const EMPTY = Buffer.alloc(0);
 
 /** DnsServer answers DNS over UDP and TCP (see the module comment). */
 export class DnsServer {
@@ -148,6 +205,11 @@ export class DnsServer {
   private readonly results = Object.fromEntries(RESULTS.map((r) => [r, 0])) as Record<DnsResult, number>;
   private tcpConnections = 0;
   private tcpRefused = 0;
+  private tcpClientRefused = 0;
+  private tcpPauses = 0;
+  private readonly sessions = new Set<TcpSession>();
+  /** tcpByClient counts each client's open TCP connections; a client leaves the map at zero. */
+  private readonly tcpByClient = new Map<number, number>();
   /** upstream forwards names outside our authority; set once the resolvers are known. */
   upstream: Upstream | undefined;
 
@@ -208,7 +270,7 @@ export class DnsServer {
     this.log.info('dns listening', { addr: where, domain: this.domain });
   }
 
-  /** close stops listening (idempotent). */
+  /** close stops listening and closes every TCP connection (idempotent). */
   async close(): Promise<void> {
     const udp = this.udp;
     const tcp = this.tcp;
@@ -219,19 +281,36 @@ export class DnsServer {
     this.tcp = undefined;
     this.bound = undefined;
     udp?.close();
-    if (tcp !== undefined) await new Promise<void>((r) => tcp.close(() => r()));
+    if (tcp === undefined) return;
+    const closed = new Promise<void>((r) => tcp.close(() => r()));
+    for (const s of this.sessions) s.sock.destroy();
+    await closed;
   }
 
   /** stats returns the counters. */
   stats(): DnsServerStats {
     const queries: Record<string, number> = {};
     for (const [t, n] of this.byType) queries[typeName(t)] = n;
+    let paused = 0;
+    let written = 0;
+    let read = 0;
+    for (const s of this.sessions) {
+      if (s.paused) paused++;
+      written += s.sock.writableLength;
+      read += s.pending.length;
+    }
     return {
       listening: this.bound,
       queries,
       results: { ...this.results },
       tcpConnections: this.tcpConnections,
       tcpRefused: this.tcpRefused,
+      tcpClientRefused: this.tcpClientRefused,
+      tcpOpen: this.sessions.size,
+      tcpPauses: this.tcpPauses,
+      tcpPaused: paused,
+      tcpWriteBufferedBytes: written,
+      tcpReadBufferedBytes: read,
     };
   }
 
@@ -263,7 +342,8 @@ export class DnsServer {
       );
       return writeError(out, buf, q, r, ra);
     }
-    if (!this.opts.allowed(typeof client === 'number' ? client : ipv4OrZero(client))) {
+    const addr = typeof client === 'number' ? client : ipv4OrZero(client);
+    if (!this.opts.allowed(addr)) {
       this.count('refused');
       return writeError(out, buf, q, Rcode.Refused, ra);
     }
@@ -302,19 +382,22 @@ export class DnsServer {
     // Forwarded: copy the query (the receive buffer is reused) and what the reply needs.
     const query = Buffer.from(buf.subarray(0, len));
     const qEnd = q.questionEnd;
-    return upstream.resolve(query).then(
+    return upstream.resolve(query, addr).then(
       (reply) => {
         this.count('forwarded');
         if (reply.length <= limit) return reply;
         this.count('truncated');
         return truncated(reply, qEnd);
       },
-      () => {
-        this.count('servfail');
+      (err: unknown) => {
+        // A client over its share of upstream queries is refused: a statement about this client
+        // now, which its resolver may retry elsewhere, not a failure of the name to be cached.
+        const throttled = err instanceof UpstreamError && err.reason === 'client-busy';
+        this.count(throttled ? 'throttled' : 'servfail');
         const o = Buffer.alloc(len + 64);
         const p = new Query();
         parseQuery(query, query.length, p, DNS_TCP_MAX_BYTES);
-        return o.subarray(0, writeError(o, query, p, Rcode.ServFail, FLAG_RA));
+        return o.subarray(0, writeError(o, query, p, throttled ? Rcode.Refused : Rcode.ServFail, FLAG_RA));
       },
     );
   }
@@ -411,55 +494,113 @@ export class DnsServer {
     }
   }
 
-  /** onTcp serves length-prefixed queries on a connection, in order, until idle or closed. */
+  /**
+   * onTcp serves length-prefixed queries on a connection, in order, one at a time, until idle
+   * or closed. Backpressure: while the client leaves more than DNS_TCP_WRITE_BUFFER_MAX_BYTES of
+   * answers unread we answer nothing more, and while that holds or DNS_TCP_READ_BUFFER_MAX_BYTES
+   * of queries wait we stop reading the socket (pumpTcp).
+   */
   private onTcp(sock: TcpSocket): void {
+    const client = ipv4OrZero(sock.remoteAddress?.replace(/^::ffff:/, '') ?? '');
+    const open = this.tcpByClient.get(client) ?? 0;
+    if (open >= DNS_TCP_CONNECTIONS_PER_CLIENT_MAX) {
+      this.tcpClientRefused++;
+      sock.destroy();
+      return;
+    }
     this.tcpConnections++;
-    const client = sock.remoteAddress?.replace(/^::ffff:/, '') ?? '';
-    let pending: Buffer = Buffer.alloc(0);
-    let chain: Promise<void> = Promise.resolve();
+    this.tcpByClient.set(client, open + 1);
+    const s: TcpSession = { sock, client, pending: EMPTY, busy: false, paused: false };
+    this.sessions.add(s);
     sock.setTimeout(DNS_TCP_IDLE_MS, () => sock.destroy());
     sock.on('error', () => sock.destroy());
+    sock.on('close', () => {
+      this.sessions.delete(s);
+      s.pending = EMPTY;
+      const n = (this.tcpByClient.get(client) ?? 1) - 1;
+      if (n <= 0) this.tcpByClient.delete(client);
+      else this.tcpByClient.set(client, n);
+    });
+    sock.on('drain', () => this.pumpTcp(s));
     sock.on('data', (chunk: Buffer) => {
-      pending = pending.length === 0 ? chunk : Buffer.concat([pending, chunk]);
-      while (pending.length >= 2) {
-        const n = pending.readUInt16BE(0);
-        if (n < 12) {
-          this.count('dropped');
-          sock.destroy();
-          return;
-        }
-        if (pending.length < 2 + n) break;
-        const query = Buffer.from(pending.subarray(2, 2 + n));
-        pending = pending.subarray(2 + n);
-        chain = chain.then(() => this.serveTcp(sock, query, client));
-      }
+      s.pending = s.pending.length === 0 ? chunk : Buffer.concat([s.pending, chunk]);
+      this.pumpTcp(s);
     });
   }
 
-  private async serveTcp(sock: TcpSocket, query: Buffer, client: string): Promise<void> {
-    if (sock.destroyed) return;
-    let reply: Buffer;
-    try {
-      const r = this.answer(query, query.length, client, true, this.out.subarray(2));
-      if (typeof r === 'number') {
-        if (r === 0) {
-          sock.destroy();
-          return;
-        }
-        reply = Buffer.from(this.out.subarray(0, r + 2));
-        reply.writeUInt16BE(r, 0);
-      } else {
-        const body = await r;
-        reply = Buffer.alloc(body.length + 2);
-        reply.writeUInt16BE(body.length, 0);
-        body.copy(reply, 2);
+  /**
+   * pumpTcp answers the connection's whole pending queries in order while its unread answers
+   * stay within DNS_TCP_WRITE_BUFFER_MAX_BYTES and no forwarded answer is awaited, then pauses or
+   * resumes reading: paused while answers are unread beyond the bound or the pending queries
+   * reach DNS_TCP_READ_BUFFER_MAX_BYTES.
+   */
+  private pumpTcp(s: TcpSession): void {
+    const sock = s.sock;
+    while (!s.busy && !sock.destroyed && sock.writableLength <= DNS_TCP_WRITE_BUFFER_MAX_BYTES) {
+      const pending = s.pending;
+      if (pending.length < 2) break;
+      const n = pending.readUInt16BE(0);
+      if (n < 12) {
+        this.count('dropped');
+        sock.destroy();
+        return;
       }
+      if (pending.length < 2 + n) break;
+      s.pending = pending.length === 2 + n ? EMPTY : pending.subarray(2 + n);
+      this.serveTcp(s, pending.subarray(2, 2 + n));
+    }
+    if (sock.destroyed) return;
+    const full =
+      s.pending.length >= DNS_TCP_READ_BUFFER_MAX_BYTES || sock.writableLength > DNS_TCP_WRITE_BUFFER_MAX_BYTES;
+    if (full && !s.paused) {
+      s.paused = true;
+      this.tcpPauses++;
+      sock.pause();
+    } else if (!full && s.paused) {
+      s.paused = false;
+      sock.resume();
+    }
+  }
+
+  /**
+   * serveTcp answers one query (borrowed: `query` is valid during the call) and writes the
+   * framed answer; a forwarded one marks the session busy until its answer is written.
+   */
+  private serveTcp(s: TcpSession, query: Buffer): void {
+    const sock = s.sock;
+    let r: number | Promise<Buffer>;
+    try {
+      r = this.answer(query, query.length, s.client, true, this.out.subarray(2));
     } catch (err) {
       this.log.error('dns: tcp query failed', { err: (err as Error).message });
       sock.destroy();
       return;
     }
-    if (!sock.destroyed) sock.write(reply);
+    if (typeof r === 'number') {
+      if (r === 0) {
+        sock.destroy();
+        return;
+      }
+      this.out.writeUInt16BE(r, 0);
+      sock.write(Buffer.from(this.out.subarray(0, r + 2)));
+      return;
+    }
+    s.busy = true;
+    r.then(
+      (body) => {
+        s.busy = false;
+        if (sock.destroyed) return;
+        const reply = Buffer.alloc(body.length + 2);
+        reply.writeUInt16BE(body.length, 0);
+        body.copy(reply, 2);
+        sock.write(reply);
+        this.pumpTcp(s);
+      },
+      (err: unknown) => {
+        this.log.error('dns: tcp query failed', { err: (err as Error).message });
+        sock.destroy();
+      },
+    );
   }
 
   /** rebuild re-encodes every name's A records after the record set changed. */

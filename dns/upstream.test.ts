@@ -13,6 +13,9 @@ import {
   loadResolvConf,
   parseResolvConf,
   parseUpstreamServer,
+  UPSTREAM_CACHE_ENTRY_MAX_BYTES,
+  UPSTREAM_CACHE_MAX_BYTES,
+  UPSTREAM_MAX_IN_FLIGHT_PER_CLIENT,
   Upstream,
   UpstreamError,
   type UpstreamOptions,
@@ -711,5 +714,122 @@ describe('Upstream', () => {
     await u.stop();
     await u.start();
     expect(parse(await u.resolve(makeQuery('x.example.com'))).answers).toHaveLength(1);
+  });
+});
+
+/** bigReply answers `q` (header and question copied, QR set) with `n` A records of `ttl`, by hand: fast for many records. */
+function bigReply(q: Buffer, n: number, ttl = 300): Buffer {
+  const out = Buffer.alloc(q.length + n * 16);
+  q.copy(out);
+  out.writeUInt16BE(q.readUInt16BE(2) | 0x8080, 2); // QR, RA
+  out.writeUInt16BE(n, 6);
+  out.writeUInt16BE(0, 8);
+  out.writeUInt16BE(0, 10);
+  for (let i = 0, at = q.length; i < n; i++, at += 16) {
+    out.writeUInt16BE(0xc00c, at); // the question's name
+    out.writeUInt16BE(A, at + 2);
+    out.writeUInt16BE(IN, at + 4);
+    out.writeUInt32BE(ttl, at + 6);
+    out.writeUInt16BE(4, at + 10);
+    out.writeUInt32BE(0x0a000000 + i, at + 12);
+  }
+  return out;
+}
+
+describe('Upstream budgets', () => {
+  it('keeps the cache within UPSTREAM_CACHE_MAX_BYTES with large answers, evicting the least recently used', async () => {
+    const records = 750; // 12 KB answers: 900 of them are 10.8 MB, more than the budget
+    const up = await udpUpstream((q, send) => send(bigReply(q, records)));
+    const u = upstream([up.server]);
+    const names = Array.from({ length: 900 }, (_, i) => `big${i}.example.com`);
+    for (let i = 0; i < names.length; i += 50) {
+      const batch = names.slice(i, i + 50).map((n) => u.resolve(makeQuery(n)));
+      for (const out of await Promise.all(batch)) expect(out.readUInt16BE(6)).toBe(records);
+      expect(u.stats().cacheBytes).toBeLessThanOrEqual(UPSTREAM_CACHE_MAX_BYTES);
+    }
+    const s = u.stats();
+    expect(s.cacheMaxBytes).toBe(UPSTREAM_CACHE_MAX_BYTES);
+    expect(s.cacheEvictions).toBeGreaterThan(0);
+    expect(s.cacheEntries + s.cacheEvictions).toBe(names.length);
+    // Every entry is charged at least its answer's bytes.
+    expect(s.cacheEntries * records * 16).toBeLessThanOrEqual(UPSTREAM_CACHE_MAX_BYTES);
+    expect(s.cacheBytes).toBeGreaterThan(UPSTREAM_CACHE_MAX_BYTES - 16 * 1024);
+    // The newest answers are cached, the oldest are gone.
+    const asked = up.queries.length;
+    await u.resolve(makeQuery(names[names.length - 1] as string));
+    expect(up.queries).toHaveLength(asked);
+    await u.resolve(makeQuery(names[0] as string));
+    expect(up.queries).toHaveLength(asked + 1);
+    u.clearCache();
+    expect(u.stats()).toMatchObject({ cacheEntries: 0, cacheBytes: 0 });
+  });
+
+  it('bounds the cache in bytes as set, and gives the bytes of an expired entry back', async () => {
+    let nowMs = 0;
+    let answering = true;
+    const up = await udpUpstream((q, send) => (answering ? send(bigReply(q, 60, 10)) : undefined)); // TTL 10 s
+    const u = upstream([up.server], { cacheMaxBytes: 20_000, timeoutMs: 100, now: () => nowMs });
+    for (let i = 0; i < 40; i++) await u.resolve(makeQuery(`n${i}.example.com`));
+    const full = u.stats();
+    expect(full.cacheBytes).toBeLessThanOrEqual(20_000);
+    expect(full.cacheEntries).toBeGreaterThan(4);
+    expect(full.cacheEntries + full.cacheEvictions).toBe(40);
+    const perEntry = full.cacheBytes / full.cacheEntries; // every answer is the same size
+    nowMs = 10_000; // every entry expired: looking one up drops it, and the upstream is gone now
+    answering = false;
+    expect((await rejection(u.resolve(makeQuery('n39.example.com')))).reason).toBe('exhausted');
+    expect(u.stats()).toMatchObject({ cacheEntries: full.cacheEntries - 1, cacheBytes: full.cacheBytes - perEntry });
+  });
+
+  it('forwards but does not cache an answer over UPSTREAM_CACHE_ENTRY_MAX_BYTES', async () => {
+    const records = Math.ceil(UPSTREAM_CACHE_ENTRY_MAX_BYTES / 16) + 10;
+    const up = await udpUpstream((q, send) => send(bigReply(q, records)));
+    const u = upstream([up.server]);
+    for (let i = 0; i < 2; i++) {
+      const out = await u.resolve(makeQuery('huge.example.com'));
+      expect(out.length).toBeGreaterThan(UPSTREAM_CACHE_ENTRY_MAX_BYTES);
+      expect(parse(out).answers).toHaveLength(records);
+    }
+    expect(up.queries).toHaveLength(2);
+    expect(u.stats()).toMatchObject({ cacheEntries: 0, cacheBytes: 0, cacheTooLarge: 2 });
+  });
+
+  it("refuses a client over its share of queries in flight while other clients' lookups are forwarded", async () => {
+    const answer = answerWith('10.0.0.1');
+    const up = await udpUpstream((q, send) =>
+      parse(q).questions[0]?.name?.startsWith('slow') ? undefined : answer(q, send),
+    );
+    const u = upstream([up.server], { timeoutMs: 30_000 });
+    const greedy = Array.from({ length: UPSTREAM_MAX_IN_FLIGHT_PER_CLIENT }, (_, i) =>
+      u.resolve(makeQuery(`slow${i}.example.com`), 'greedy'),
+    );
+    const over = await rejection(u.resolve(makeQuery('slow-more.example.com'), 'greedy'));
+    expect(over.reason).toBe('client-busy');
+    expect(over.code).toBe('EWEFT_UNAVAILABLE');
+    expect(parse(await u.resolve(makeQuery('fast.example.com'), 'other')).answers[0]?.address).toBe('10.0.0.1');
+    // A cache hit is never refused, even to a client at its cap.
+    expect(parse(await u.resolve(makeQuery('fast.example.com'), 'greedy')).answers).toHaveLength(1);
+    expect(u.stats()).toMatchObject({
+      inFlight: UPSTREAM_MAX_IN_FLIGHT_PER_CLIENT,
+      inFlightClients: 1,
+      inFlightClientMax: UPSTREAM_MAX_IN_FLIGHT_PER_CLIENT,
+      clientBusy: 1,
+      busy: 0,
+      failed: 0,
+    });
+    await u.stop();
+    for (const p of greedy) expect((await rejection(p)).reason).toBe('stopped');
+    expect(u.stats()).toMatchObject({ inFlight: 0, inFlightClients: 0, inFlightClientMax: 0 });
+  });
+
+  it('still bounds the total in flight when every client is under its share', async () => {
+    const up = await udpUpstream();
+    const u = upstream([up.server], { timeoutMs: 30_000, maxInFlight: 4, maxInFlightPerClient: 2 });
+    const waiting = ['a', 'a', 'b', 'b'].map((c, i) => u.resolve(makeQuery(`w${i}.example.com`), c));
+    expect((await rejection(u.resolve(makeQuery('x.example.com'), 'c'))).reason).toBe('busy');
+    expect((await rejection(u.resolve(makeQuery('y.example.com'), 'a'))).reason).toBe('client-busy');
+    expect(u.stats()).toMatchObject({ inFlight: 4, inFlightClients: 2, busy: 1, clientBusy: 1, failed: 1 });
+    await u.stop();
+    for (const p of waiting) await rejection(p);
   });
 });

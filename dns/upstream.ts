@@ -1,6 +1,8 @@
 /**
  * Upstream forwards queries for names outside the cluster domain to the host's (or the configured)
- * recursive resolvers, with a small TTL-honouring cache in front.
+ * recursive resolvers, with a small TTL-honouring cache in front (bounded in entries and in bytes).
+ * Queries waiting on upstreams are bounded in all and per client address, so one client cannot
+ * take every slot.
  *
  * ```
  *   client query ─► DnsServer ─► Upstream.resolve(query)
@@ -8,13 +10,16 @@
  *                                  ├─ cache hit ─► copy of the stored reply: client's id, client's question
  *                                  │               bytes, every TTL aged ─► caller
  *                                  ▼ miss
+ *        client has maxInFlightPerClient waiting ─► UpstreamError('client-busy'); the caller answers REFUSED
+ *        maxInFlight waiting in all ─► UpstreamError('busy'); the caller answers SERVFAIL
  *        for pass in 1..attempts, servers in order with the last one that answered first:
  *          fresh UDP socket (random source port), fresh random 16-bit id ─► server
  *          wait timeoutMs for a datagram from server addr:port with our id, QR=1, our question
  *            (anything else is ignored and counted as mismatched; a matching but malformed
  *            reply is a failure of that server)
  *          TC=1 ─► same query over TCP to the same server (2-byte length framing)
- *        answer ─► cache if cacheable ─► client's id restored ─► caller
+ *        answer ─► cache if cacheable and small enough (LRU eviction within entry and byte bounds)
+ *               ─► client's id restored ─► caller
  *        nothing ─► UpstreamError('exhausted'); the caller answers SERVFAIL
  * ```
  *
@@ -66,10 +71,39 @@ export const UPSTREAM_TIMEOUT_MS = 2_000;
 export const UPSTREAM_ATTEMPTS = 2;
 /** UPSTREAM_CACHE_MAX_ENTRIES bounds the cache; the least recently used entry goes first. */
 export const UPSTREAM_CACHE_MAX_ENTRIES = 10_000;
+/**
+ * UPSTREAM_CACHE_MAX_BYTES bounds the cache's memory as well, charged per entry by
+ * cacheEntryBytes (answer, key and bookkeeping): 8 MiB holds the 10,000-entry cap of ordinary
+ * answers (about 550 bytes each, bookkeeping included), so the entry cap stays the binding limit
+ * for normal traffic, while a flood of large (TCP-sized) answers can grow the cache to 8 MiB and
+ * no further (10,000 answers of 60 KB were 720 MB).
+ */
+export const UPSTREAM_CACHE_MAX_BYTES = 8 << 20;
+/**
+ * UPSTREAM_CACHE_ENTRY_MAX_BYTES: an answer longer than this is forwarded but not cached. 16 KiB
+ * is over ten times the largest UDP answer the server sends (1232 bytes, EDNS_UDP_PAYLOAD_BYTES
+ * in wire.ts), so only rare TCP-sized answers are skipped, and one entry can take at most 1/512
+ * of UPSTREAM_CACHE_MAX_BYTES: no single answer flushes many others out.
+ */
+export const UPSTREAM_CACHE_ENTRY_MAX_BYTES = 16 << 10;
+/**
+ * CACHE_ENTRY_OVERHEAD_BYTES is what an entry costs beyond its answer and key bytes: the Map
+ * slot, the entry object, the Buffer view and the two TTL arrays (430 bytes of heap for a
+ * two-record entry with a 40-character key on Node 20, measured; key and records counted apart).
+ */
+const CACHE_ENTRY_OVERHEAD_BYTES = 384;
+/** CACHE_RECORD_BYTES is the bookkeeping per cached record: one TTL offset and one TTL, 8 bytes each. */
+const CACHE_RECORD_BYTES = 16;
 /** UPSTREAM_CACHE_MAX_TTL_S caps how long any answer, positive or negative, is served from cache. */
 export const UPSTREAM_CACHE_MAX_TTL_S = 3_600;
 /** UPSTREAM_MAX_IN_FLIGHT bounds concurrent forwarded queries (each holds one socket): a flood of unique names cannot exhaust file descriptors. */
 export const UPSTREAM_MAX_IN_FLIGHT = 1_024;
+/**
+ * UPSTREAM_MAX_IN_FLIGHT_PER_CLIENT is one client address's share of UPSTREAM_MAX_IN_FLIGHT:
+ * far more than a stub resolver keeps outstanding (glibc asks A and AAAA together, per lookup),
+ * and 1/16 of the total, so one client that floods unique slow names leaves 960 for the rest.
+ */
+export const UPSTREAM_MAX_IN_FLIGHT_PER_CLIENT = 64;
 /** LATENCY_RING_LEN is how many recent upstream latencies stats() reports. */
 const LATENCY_RING_LEN = 256;
 /** RESOLV_CONF_PATH is where the host's resolver configuration lives. */
@@ -83,14 +117,17 @@ export const RESOLV_CONF_PATH = '/etc/resolv.conf';
  *   question, at most 65535 bytes): the caller's bug, answer FORMERR;
  * - `no-servers`: the server list is empty;
  * - `busy`: `maxInFlight` queries are already waiting on upstreams;
+ * - `client-busy`: this query's client already has `maxInFlightPerClient` waiting (its fair
+ *   share is used up; other clients are still served);
  * - `exhausted`: every attempt timed out or failed;
  * - `stopped`: stop() was called.
  */
-export type UpstreamFailure = 'bad-query' | 'no-servers' | 'busy' | 'exhausted' | 'stopped';
+export type UpstreamFailure = 'bad-query' | 'no-servers' | 'busy' | 'client-busy' | 'exhausted' | 'stopped';
 
 /**
  * UpstreamError is how resolve() fails. The caller answers SERVFAIL for every reason but
- * `bad-query` (code EWEFT_INPUT); the others carry EWEFT_UNAVAILABLE.
+ * `bad-query` (code EWEFT_INPUT) and `client-busy` (REFUSED: a refusal of this client for now,
+ * not a failure of the name); all but `bad-query` carry EWEFT_UNAVAILABLE.
  */
 export class UpstreamError extends WeftError {
   readonly reason: UpstreamFailure;
@@ -526,6 +563,16 @@ interface CacheEntry {
   readonly ttls: readonly number[];
   readonly storedAtMs: number;
   readonly expiresAtMs: number;
+  /** bytes is what the entry is charged against the cache's byte bound (cacheEntryBytes). */
+  readonly bytes: number;
+}
+
+/**
+ * cacheEntryBytes estimates the memory of one cache entry: the answer's bytes, the key's (a
+ * one-byte string), the per-record TTL bookkeeping and the fixed cost of the entry's objects.
+ */
+function cacheEntryBytes(key: string, messageLen: number, records: number): number {
+  return messageLen + key.length + records * CACHE_RECORD_BYTES + CACHE_ENTRY_OVERHEAD_BYTES;
 }
 
 /**
@@ -575,10 +622,17 @@ export interface UpstreamOptions {
   readonly attempts?: number;
   /** cacheMaxEntries bounds the cache (least recently used evicted first); 0 disables it; default 10000. */
   readonly cacheMaxEntries?: number;
+  /** cacheMaxBytes bounds the cache's memory, in bytes as cacheEntryBytes charges them; default UPSTREAM_CACHE_MAX_BYTES. */
+  readonly cacheMaxBytes?: number;
   /** cacheMaxTtlSeconds caps how long anything is served from cache; default 3600. */
   readonly cacheMaxTtlSeconds?: number;
   /** maxInFlight bounds queries waiting on upstreams at once; beyond it resolve() rejects `busy`; default 1024. */
   readonly maxInFlight?: number;
+  /**
+   * maxInFlightPerClient bounds the queries of one client (resolve()'s `client`) waiting on
+   * upstreams at once; beyond it resolve() rejects `client-busy`; default 64.
+   */
+  readonly maxInFlightPerClient?: number;
   /** now returns wall-clock milliseconds; it ages cache entries only (timeouts use real timers). Default Date.now. */
   readonly now?: () => number;
   /** createSocket makes the per-attempt UDP socket; default node:dgram. */
@@ -609,16 +663,30 @@ export interface UpstreamStats {
   /** cacheMisses counts queries not answered from cache (all of them when the cache is off). */
   readonly cacheMisses: number;
   readonly cacheEntries: number;
+  /** cacheBytes is what the cached entries are charged now (at most cacheMaxBytes). */
+  readonly cacheBytes: number;
+  readonly cacheMaxBytes: number;
+  /** cacheEvictions counts entries dropped to stay within the entry or the byte bound. */
   readonly cacheEvictions: number;
+  /** cacheTooLarge counts answers not cached because they exceed UPSTREAM_CACHE_ENTRY_MAX_BYTES. */
+  readonly cacheTooLarge: number;
   /** forwarded counts queries sent to at least one server. */
   readonly forwarded: number;
   /** failed counts queries rejected with `exhausted`, `no-servers` or `busy` (clients get SERVFAIL). */
   readonly failed: number;
+  /** busy counts queries rejected because maxInFlight were in flight (also counted in failed). */
+  readonly busy: number;
+  /** clientBusy counts queries rejected because their client had maxInFlightPerClient in flight (clients get REFUSED; not in failed). */
+  readonly clientBusy: number;
   /** timeouts sums the servers' timeouts. */
   readonly timeouts: number;
   /** mismatched counts datagrams ignored: wrong source, id or question, or not a response. */
   readonly mismatched: number;
   readonly inFlight: number;
+  /** inFlightClients is how many client addresses have queries in flight now. */
+  readonly inFlightClients: number;
+  /** inFlightClientMax is the most queries one client has in flight now (at most maxInFlightPerClient). */
+  readonly inFlightClientMax: number;
   readonly servers: readonly UpstreamServerStats[];
   /** latency covers answered attempts, from the UDP send to the answer (TCP retry included): a Prometheus summary's count and sum, plus the last 256 in order. */
   readonly latency: { readonly count: number; readonly sumMs: number; readonly recentMs: readonly number[] };
@@ -648,7 +716,8 @@ function positiveInt(name: string, v: number | undefined, dflt: number, min: num
 
 /**
  * Upstream forwards queries outside the cluster domain to recursive resolvers, with failover,
- * TCP retry of truncated answers, spoofing checks and a TTL-honouring LRU cache. It opens sockets
+ * TCP retry of truncated answers, spoofing checks and a TTL-honouring LRU cache bounded in entries
+ * and bytes, and a per-client share of the queries in flight. It opens sockets
  * only per attempt, so start() is a no-op; stop() rejects every waiting query with `stopped`,
  * closes their sockets, and makes resolve() reject until start() is called again.
  */
@@ -657,25 +726,34 @@ export class Upstream implements Startable {
   private readonly timeoutMs: number;
   private readonly attempts: number;
   private readonly cacheMaxEntries: number;
+  private readonly cacheMaxBytes: number;
   private readonly cacheMaxTtlS: number;
   private readonly maxInFlight: number;
+  private readonly maxInFlightPerClient: number;
   private readonly now: () => number;
   private readonly createSocket: UdpSocketFactory;
   private readonly log: Logger;
   /** cache is in LRU order: Map iteration order is insertion order, and a hit re-inserts. */
   private readonly cache = new Map<string, CacheEntry>();
+  /** cacheBytes is the sum of the cached entries' `bytes`. */
+  private cacheBytes = 0;
   /** cancels aborts every attempt in progress (for stop()). */
   private readonly cancels = new Set<() => void>();
   private preferred = 0;
   private stopped = false;
   private inFlight = 0;
+  /** inFlightByClient counts each client's queries in flight; a client leaves the map at zero. */
+  private readonly inFlightByClient = new Map<string | number, number>();
   private readonly counters = {
     queries: 0,
     cacheHits: 0,
     cacheMisses: 0,
     cacheEvictions: 0,
+    cacheTooLarge: 0,
     forwarded: 0,
     failed: 0,
+    busy: 0,
+    clientBusy: 0,
     mismatched: 0,
   };
   private readonly latencyRing = new Float64Array(LATENCY_RING_LEN);
@@ -696,8 +774,15 @@ export class Upstream implements Startable {
     this.timeoutMs = positiveInt('timeoutMs', options.timeoutMs, UPSTREAM_TIMEOUT_MS, 1);
     this.attempts = positiveInt('attempts', options.attempts, UPSTREAM_ATTEMPTS, 1);
     this.cacheMaxEntries = positiveInt('cacheMaxEntries', options.cacheMaxEntries, UPSTREAM_CACHE_MAX_ENTRIES, 0);
+    this.cacheMaxBytes = positiveInt('cacheMaxBytes', options.cacheMaxBytes, UPSTREAM_CACHE_MAX_BYTES, 0);
     this.cacheMaxTtlS = positiveInt('cacheMaxTtlSeconds', options.cacheMaxTtlSeconds, UPSTREAM_CACHE_MAX_TTL_S, 0);
     this.maxInFlight = positiveInt('maxInFlight', options.maxInFlight, UPSTREAM_MAX_IN_FLIGHT, 1);
+    this.maxInFlightPerClient = positiveInt(
+      'maxInFlightPerClient',
+      options.maxInFlightPerClient,
+      UPSTREAM_MAX_IN_FLIGHT_PER_CLIENT,
+      1,
+    );
     this.now = options.now ?? Date.now;
     this.createSocket = options.createSocket ?? defaultSocketFactory;
     this.log = options.log ?? noopLogger;
@@ -721,8 +806,13 @@ export class Upstream implements Startable {
    * and sets TC). A SERVFAIL or REFUSED answer is returned as is when no server did better.
    * Rejects with UpstreamError; waits at most attempts × servers × timeoutMs, plus timeoutMs per
    * TCP retry.
+   *
+   * `client` identifies who asked (the DNS server passes the client's IPv4 address): a client
+   * with maxInFlightPerClient queries already waiting on upstreams is refused (`client-busy`)
+   * before the shared maxInFlight is touched, so one client cannot starve the others. Cache hits
+   * are never refused. Without `client` only the shared bound applies.
    */
-  async resolve(query: Buffer): Promise<Buffer> {
+  async resolve(query: Buffer, client?: string | number): Promise<Buffer> {
     if (this.stopped) throw new UpstreamError('stopped', 'upstream resolver is stopped');
     const q = readQuery(query);
     if (q === undefined) {
@@ -739,11 +829,18 @@ export class Upstream implements Startable {
       this.counters.failed++;
       throw new UpstreamError('no-servers', `no upstream servers to ask for ${nameText(q.question.key)}`);
     }
+    const held = client === undefined ? 0 : (this.inFlightByClient.get(client) ?? 0);
+    if (held >= this.maxInFlightPerClient) {
+      this.counters.clientBusy++;
+      throw new UpstreamError('client-busy', `client ${client} already has ${held} upstream queries in flight`);
+    }
     if (this.inFlight >= this.maxInFlight) {
       this.counters.failed++;
+      this.counters.busy++;
       throw new UpstreamError('busy', `${this.inFlight} upstream queries already in flight`);
     }
     this.inFlight++;
+    if (client !== undefined) this.inFlightByClient.set(client, held + 1);
     this.counters.forwarded++;
     let reply: Reply;
     try {
@@ -753,6 +850,11 @@ export class Upstream implements Startable {
       throw err;
     } finally {
       this.inFlight--;
+      if (client !== undefined) {
+        const n = (this.inFlightByClient.get(client) ?? 1) - 1;
+        if (n <= 0) this.inFlightByClient.delete(client);
+        else this.inFlightByClient.set(client, n);
+      }
     }
     this.cachePut(q.cacheKey, reply);
     const out = reply.message;
@@ -769,11 +871,17 @@ export class Upstream implements Startable {
     }
     let timeouts = 0;
     for (const s of this.servers) timeouts += s.timeouts;
+    let inFlightClientMax = 0;
+    for (const n of this.inFlightByClient.values()) inFlightClientMax = Math.max(inFlightClientMax, n);
     return {
       ...this.counters,
       cacheEntries: this.cache.size,
+      cacheBytes: this.cacheBytes,
+      cacheMaxBytes: this.cacheMaxBytes,
       timeouts,
       inFlight: this.inFlight,
+      inFlightClients: this.inFlightByClient.size,
+      inFlightClientMax,
       servers: this.servers.map((s) => ({
         server: s.name,
         sent: s.sent,
@@ -790,23 +898,41 @@ export class Upstream implements Startable {
   /** clearCache drops every cached answer (for example after the upstream list changed). */
   clearCache(): void {
     this.cache.clear();
+    this.cacheBytes = 0;
   }
 
   private cacheGet(key: string): CacheEntry | undefined {
     const entry = this.cache.get(key);
     if (entry === undefined) return undefined;
-    this.cache.delete(key);
+    this.cacheDelete(key, entry);
     if (this.now() >= entry.expiresAtMs) return undefined;
     this.cache.set(key, entry);
+    this.cacheBytes += entry.bytes;
     return entry;
   }
 
+  private cacheDelete(key: string, entry: CacheEntry): void {
+    this.cache.delete(key);
+    this.cacheBytes -= entry.bytes;
+  }
+
+  /**
+   * cachePut stores a copy of a cacheable reply, then evicts least recently used entries until
+   * both the entry and the byte bound hold. An answer longer than UPSTREAM_CACHE_ENTRY_MAX_BYTES
+   * (or charged more than the whole byte budget) is not stored.
+   */
   private cachePut(key: string, reply: Reply): void {
-    if (this.cacheMaxEntries === 0) return;
+    if (this.cacheMaxEntries === 0 || this.cacheMaxBytes === 0) return;
     const lifetimeS = cacheLifetimeS(reply, this.cacheMaxTtlS);
     if (lifetimeS <= 0) return;
+    const bytes = cacheEntryBytes(key, reply.message.length, reply.records.ttlOffsets.length);
+    if (reply.message.length > UPSTREAM_CACHE_ENTRY_MAX_BYTES || bytes > this.cacheMaxBytes) {
+      this.counters.cacheTooLarge++;
+      return;
+    }
+    const old = this.cache.get(key);
+    if (old !== undefined) this.cacheDelete(key, old);
     const storedAtMs = this.now();
-    this.cache.delete(key);
     this.cache.set(key, {
       message: Buffer.from(reply.message),
       questionEnd: reply.question.end,
@@ -814,10 +940,12 @@ export class Upstream implements Startable {
       ttls: reply.records.ttls.map((t) => Math.min(t, lifetimeS)),
       storedAtMs,
       expiresAtMs: storedAtMs + lifetimeS * 1000,
+      bytes,
     });
-    for (const oldest of this.cache.keys()) {
-      if (this.cache.size <= this.cacheMaxEntries) break;
-      this.cache.delete(oldest);
+    this.cacheBytes += bytes;
+    for (const [oldest, entry] of this.cache) {
+      if (this.cache.size <= this.cacheMaxEntries && this.cacheBytes <= this.cacheMaxBytes) break;
+      this.cacheDelete(oldest, entry);
       this.counters.cacheEvictions++;
     }
   }
