@@ -1,15 +1,16 @@
 /**
  * attach-client runs inside a host's network namespace (started by bench/attach.ts): it attaches
- * the given containers one after another through the router's HTTP API, as `weft attach` does,
- * timing each call, then detaches them, and prints the timings as JSON on stdout.
+ * the given containers one after another through the router's HTTP API, as `weft attach` does
+ * (over the namespace's API socket, else TCP with the token from the state directory), timing
+ * each call, then detaches them, and prints the timings as JSON on stdout.
  *
  *   node dist/bench/attach-client.js NS...
  */
 import { ApiClient } from '../control/client.js';
-import { HTTP_ADDR } from '../router/index.js';
+import { clientTarget } from '../control/config.js';
 
-const [host, port] = HTTP_ADDR.split(':') as [string, string];
-const api = new ApiClient({ host, port: Number(port) }, 30_000);
+const where = clientTarget({});
+const api = new ApiClient(where.addr, 30_000, where);
 const targets = process.argv.slice(2);
 const attachMs: number[] = [];
 const detachMs: number[] = [];

@@ -7,7 +7,15 @@ import { Argument, Command, CommanderError, Option } from 'commander';
 import { errorMessage, InputError, isWeftError, WeftError, type WeftErrorCode } from '../common/errors.js';
 import { parseCidr } from '../common/types.js';
 import { ApiClient } from './client.js';
-import { buildLaunchConfig, clientHttpAddr, type LaunchFlags, parsePeerAddress } from './config.js';
+import {
+  buildLaunchConfig,
+  type ClientFlags,
+  clientTarget,
+  type LaunchConfig,
+  type LaunchFlags,
+  loopbackFor,
+  parsePeerAddress,
+} from './config.js';
 import { VERSION } from './version.js';
 
 /** EXIT maps failures to exit statuses: 1 error, 2 usage, 3 no router running. */
@@ -32,8 +40,8 @@ function exitCodeFor(code: WeftErrorCode): number {
 const LAUNCH_READY_TIMEOUT_MS = 30_000;
 
 function client(cmd: Command): ApiClient {
-  const opts = cmd.optsWithGlobals() as { httpAddr?: string };
-  return new ApiClient(clientHttpAddr(opts.httpAddr));
+  const t = clientTarget(cmd.optsWithGlobals() as ClientFlags);
+  return new ApiClient(t.addr, undefined, t);
 }
 
 function out(text: string): void {
@@ -47,13 +55,28 @@ export function buildProgram(): Command {
     .configureOutput({ writeErr: (s) => process.stderr.write(s) })
     .description('Weft: a mesh overlay network for containers (a Weave Net-style router).')
     .version(VERSION, '-v, --version')
-    .option('--http-addr <host:port>', 'HTTP API of the router to talk to (env WEFT_HTTP_ADDR)', undefined)
+    .option(
+      '--http-addr <host:port>',
+      'HTTP API over TCP: for launch where it listens (default 127.0.0.1:6784), for other commands the router to talk to instead of the socket (env WEFT_HTTP_ADDR)',
+      undefined,
+    )
+    .option(
+      '--api-socket <path>',
+      'unix socket of the API (default per network namespace: /run/weft/weft.sock, /run/weft/netns/NAME/weft.sock; env WEFT_API_SOCKET)',
+    )
+    .option(
+      '--api-token-file <file>',
+      'bearer token for the API over TCP (default <state-dir>/api-token; env WEFT_API_TOKEN_FILE)',
+    )
     .showHelpAfterError('(run `weft --help` for usage)')
     .addHelpText(
       'after',
       `
-Every command talks to the router of the network namespace it runs in, over its HTTP API
-(127.0.0.1:6784 by default), so \`ip netns exec h1 weft status\` addresses the router of h1.
+Every command talks to the router of the network namespace it runs in, over its API's unix socket
+(/run/weft/weft.sock, in a named namespace /run/weft/netns/NAME/weft.sock; root or group weft), so
+\`ip netns exec h1 weft status\` addresses the router of h1. Without access to the socket it uses
+TCP 127.0.0.1:6784: reads work for anyone on the host, changes need the bearer token in
+<state-dir>/api-token (root only).
 
 Examples:
   weft launch 192.168.1.2            start this host's router and connect it to a peer
@@ -98,13 +121,20 @@ Examples:
       '--dns-upstream <ip[:port],...>',
       "resolvers for names outside the domain (default: the host's /etc/resolv.conf; env WEFT_DNS_UPSTREAM)",
     )
+    .option(
+      '--vxlan-peer <ip,...>',
+      'underlay addresses of kernel vxlan devices (hosts without Weft) allowed to send VXLAN here; VXLAN from any other non-peer is dropped',
+    )
     .option('--dns-ttl <seconds>', 'TTL of answers for the domain (default 1)')
     .option('--dns-port <port>', "DNS port on the host's overlay address (default 53)")
     .option(
       '--state-dir <dir>',
       'state directory (default per network namespace under /var/lib/weft; env WEFT_STATE_DIR)',
     )
-    .option('--mtu <bytes>', 'overlay MTU (default: underlay MTU minus 50; env WEFT_MTU)')
+    .option(
+      '--mtu <bytes>',
+      'overlay MTU given to containers (default: underlay MTU minus 80, which fits sleeve, VXLAN and encryption: 1420 on 1500; env WEFT_MTU). Packets too big for the path to a peer get ICMP "fragmentation needed"',
+    )
     .option('--password-file <file>', 'peers must share this password (env WEFT_PASSWORD)')
     .option('--no-discovery', 'only connect to the peers given, not to peers they know')
     .option('--discovery-degree <n>', 'discovery dials peers until this many connections; beyond, relays (default 16)')
@@ -124,15 +154,19 @@ Examples:
     .addOption(new Option('--log-level <level>', 'log level').choices(['debug', 'info', 'warn', 'error']))
     .option('--foreground', 'run the router in this process (for containers and supervisors)')
     .action(async (peers: string[], flags: LaunchFlags & { httpAddr?: string }, cmd: Command) => {
-      const globals = cmd.optsWithGlobals() as { httpAddr?: string };
-      const cfg = buildLaunchConfig(peers, { ...flags, httpAddr: globals.httpAddr });
+      const globals = cmd.optsWithGlobals() as ClientFlags;
+      const cfg = buildLaunchConfig(peers, { ...flags, httpAddr: globals.httpAddr, apiSocket: globals.apiSocket });
+      if (!cfg.httpLoopback) process.stderr.write(`${beyondLoopbackNote(cfg)}\n`);
       if (cfg.foreground) {
         // Loaded only here: the router and its native addon would slow every other command's start.
         const { runForeground } = await import('./daemon.js');
         await runForeground(cfg);
         return;
       }
-      const api = new ApiClient(cfg.httpAddr, 3_000);
+      const api = new ApiClient(loopbackFor(cfg.httpAddr), 3_000, {
+        socketPath: cfg.apiSocket,
+        tokenFile: cfg.apiTokenFile,
+      });
       const running = await statusIfRunning(api);
       if (running !== undefined) {
         if (cfg.peers.length > 0) await api.ok('POST', '/connect', { body: { peers: cfg.peers } });
@@ -349,6 +383,15 @@ Examples:
     );
 
   return program;
+}
+
+/** beyondLoopbackNote is the line launch prints when the HTTP API listens beyond loopback. */
+function beyondLoopbackNote(cfg: LaunchConfig): string {
+  return (
+    `warning: the HTTP API listens on ${cfg.httpAddr.host}:${cfg.httpAddr.port}, not a loopback address: ` +
+    `every request there, reads too, needs "Authorization: Bearer TOKEN" with the token in ${cfg.apiTokenFile}; ` +
+    `the CLI on this host uses ${cfg.apiSocket}`
+  );
 }
 
 /** cliPath is the path of this script, so the launcher can re-run it in the foreground. */

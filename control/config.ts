@@ -1,4 +1,5 @@
 import { readFileSync } from 'node:fs';
+import path from 'node:path';
 import { ConfigError } from '../common/errors.js';
 import type { LogLevel } from '../common/log.js';
 import type { Cidr, PeerName } from '../common/types.js';
@@ -20,7 +21,37 @@ import {
 } from '../router/constants.js';
 // Direct imports (not router/index.js): the CLI must start without loading the router.
 import { type IpamInit, parseIpamInit } from '../router/ipam/init.js';
-import { defaultStateDir } from './state-dir.js';
+import { defaultStateDir, type NetnsIdentity, netnsIdentity } from './state-dir.js';
+
+/** RUN_ROOT holds the routers' API sockets (runtime state, gone at reboot), per network namespace below it. */
+export const RUN_ROOT = '/run/weft';
+/** API_SOCKET_NAME is the file name of a router's API socket. */
+export const API_SOCKET_NAME = 'weft.sock';
+/** API_TOKEN_FILE_NAME is the file in the state directory that holds the API's bearer token (mode 0600). */
+export const API_TOKEN_FILE_NAME = 'api-token';
+
+/**
+ * defaultApiSocket returns the API socket of the router of the current network namespace, laid out
+ * like the state directory so that several routers on one machine never collide:
+ * - the host namespace: /run/weft/weft.sock
+ * - a named namespace (`ip netns`): /run/weft/netns/NAME/weft.sock
+ * - an anonymous namespace: /run/weft/netns-ino/INODE/weft.sock
+ * It does not follow `--state-dir`: every CLI command finds it from the namespace alone.
+ */
+export function defaultApiSocket(id: NetnsIdentity = netnsIdentity()): string {
+  if (id.root) return path.join(RUN_ROOT, API_SOCKET_NAME);
+  if (id.name !== undefined) return path.join(RUN_ROOT, 'netns', id.name, API_SOCKET_NAME);
+  return path.join(RUN_ROOT, 'netns-ino', String(id.inode), API_SOCKET_NAME);
+}
+
+/** isLoopbackHost: `host` (an address or name) stays on this host: 127.0.0.0/8, ::1 or localhost. */
+export function isLoopbackHost(host: string): boolean {
+  const h = host
+    .replace(/^\[(.*)\]$/, '$1')
+    .replace(/^::ffff:/i, '')
+    .toLowerCase();
+  return h === 'localhost' || h === '::1' || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(h);
+}
 
 /** HostPort is a listen or dial address. */
 export interface HostPort {
@@ -50,11 +81,19 @@ export interface LaunchConfig {
   readonly noDns: boolean;
   /** dnsUpstream overrides the host's resolv.conf nameservers for names outside the domain. */
   readonly dnsUpstream: readonly string[] | undefined;
+  /** vxlanPeers are kernel vxlan devices (by underlay IPv4 address) allowed to send VXLAN to this router. */
+  readonly vxlanPeers: readonly string[];
   /** dnsTtl is the TTL of the DNS answers for the domain, in seconds. */
   readonly dnsTtl: number;
   /** dnsPort is the DNS server's port on the host's overlay address. */
   readonly dnsPort: number;
   readonly httpAddr: HostPort;
+  /** httpLoopback: httpAddr is a loopback address; otherwise every request there needs the bearer token. */
+  readonly httpLoopback: boolean;
+  /** apiSocket is the unix socket the API is also served on (mode 0660, root or group weft); the CLI prefers it. */
+  readonly apiSocket: string;
+  /** apiTokenFile holds the bearer token TCP callers need to change the router: `<stateDir>/api-token`. */
+  readonly apiTokenFile: string;
   readonly stateDir: string;
   /** mtu is the overlay MTU; undefined means the underlay MTU minus the encapsulation overhead. */
   readonly mtu: number | undefined;
@@ -87,6 +126,7 @@ export interface LaunchFlags {
   dnsDomain?: string;
   dns?: boolean; // commander's --no-dns sets dns=false
   httpAddr?: string;
+  apiSocket?: string;
   stateDir?: string;
   mtu?: string;
   passwordFile?: string;
@@ -102,6 +142,7 @@ export interface LaunchFlags {
   ipallocInit?: string;
   containerGrace?: string;
   dnsUpstream?: string;
+  vxlanPeer?: string;
   dnsTtl?: string;
   dnsPort?: string;
 }
@@ -200,6 +241,12 @@ export function buildLaunchConfig(
   } else if (env.WEFT_PASSWORD !== undefined && env.WEFT_PASSWORD !== '') {
     password = Buffer.from(env.WEFT_PASSWORD);
   }
+  const httpAddr = parseHostPort(flags.httpAddr ?? env.WEFT_HTTP_ADDR ?? HTTP_ADDR, '--http-addr');
+  const stateDir = flags.stateDir ?? env.WEFT_STATE_DIR ?? defaultStateDir();
+  const apiSocket = flags.apiSocket ?? env.WEFT_API_SOCKET ?? defaultApiSocket();
+  if (!path.isAbsolute(apiSocket) || Buffer.byteLength(apiSocket) > 107) {
+    throw new ConfigError(`invalid --api-socket "${apiSocket}": want an absolute path of at most 107 bytes`);
+  }
   const cfg: LaunchConfig = {
     peers: peers.map(parsePeerAddress),
     name,
@@ -218,10 +265,14 @@ export function buildLaunchConfig(
     dnsDomain,
     noDns: flags.dns === false,
     dnsUpstream: parseUpstreams(flags.dnsUpstream ?? env.WEFT_DNS_UPSTREAM),
+    vxlanPeers: parseVxlanPeers(flags.vxlanPeer),
     dnsTtl: flags.dnsTtl === undefined ? 1 : parseIntIn(flags.dnsTtl, '--dns-ttl', 0, 86_400),
     dnsPort: flags.dnsPort === undefined ? 53 : parsePort(flags.dnsPort, '--dns-port'),
-    httpAddr: parseHostPort(flags.httpAddr ?? env.WEFT_HTTP_ADDR ?? HTTP_ADDR, '--http-addr'),
-    stateDir: flags.stateDir ?? env.WEFT_STATE_DIR ?? defaultStateDir(),
+    httpAddr,
+    httpLoopback: isLoopbackHost(httpAddr.host),
+    apiSocket,
+    apiTokenFile: path.join(stateDir, API_TOKEN_FILE_NAME),
+    stateDir,
     mtu,
     password,
     noDiscovery: flags.discovery === false,
@@ -246,6 +297,18 @@ export function buildLaunchConfig(
   return Object.freeze(cfg);
 }
 
+/** parseVxlanPeers validates `--vxlan-peer IP,...`: IPv4 addresses of kernel vxlan devices. */
+function parseVxlanPeers(text: string | undefined): string[] {
+  if (text === undefined || text.trim() === '') return [];
+  return text.split(',').map((s) => {
+    const t = s.trim();
+    if (!/^\d{1,3}(\.\d{1,3}){3}$/.test(t) || t.split('.').some((o) => Number(o) > 255)) {
+      throw new ConfigError(`invalid --vxlan-peer "${t}": want IPv4 addresses, comma-separated`);
+    }
+    return t;
+  });
+}
+
 /** parseUpstreams validates `--dns-upstream ip[:port],...`. */
 function parseUpstreams(text: string | undefined): string[] | undefined {
   if (text === undefined) return undefined;
@@ -262,7 +325,40 @@ function parseUpstreams(text: string | undefined): string[] | undefined {
   return list;
 }
 
-/** clientHttpAddr returns where the CLI finds the router of this namespace (flag, env, default). */
-export function clientHttpAddr(flag: string | undefined, env: NodeJS.ProcessEnv = process.env): HostPort {
-  return parseHostPort(flag ?? env.WEFT_HTTP_ADDR ?? HTTP_ADDR, '--http-addr');
+/** ClientTarget says how the CLI reaches a router: its socket first (when set), else TCP with the token. */
+export interface ClientTarget {
+  addr: HostPort;
+  /** socketPath is tried first; absent when the user named a TCP address only. */
+  socketPath?: string;
+  /** tokenFile is read (when readable) for the bearer token sent over TCP. */
+  tokenFile: string;
+}
+
+/** ClientFlags are the CLI's global flags that say where the router is. */
+export interface ClientFlags {
+  httpAddr?: string;
+  apiSocket?: string;
+  apiTokenFile?: string;
+}
+
+/**
+ * clientTarget returns where the CLI finds the router of this namespace (flags, environment,
+ * defaults): by default its unix socket, then 127.0.0.1:6784 with the token from the state
+ * directory. A TCP address given (`--http-addr`, WEFT_HTTP_ADDR) is used alone, unless a socket is
+ * given too.
+ */
+export function clientTarget(flags: ClientFlags, env: NodeJS.ProcessEnv = process.env): ClientTarget {
+  const given = flags.httpAddr ?? env.WEFT_HTTP_ADDR;
+  const addr = loopbackFor(parseHostPort(given ?? HTTP_ADDR, '--http-addr'));
+  const socket = flags.apiSocket ?? env.WEFT_API_SOCKET ?? (given === undefined ? defaultApiSocket() : undefined);
+  const tokenFile =
+    flags.apiTokenFile ??
+    env.WEFT_API_TOKEN_FILE ??
+    path.join(env.WEFT_STATE_DIR ?? defaultStateDir(), API_TOKEN_FILE_NAME);
+  return socket === undefined ? { addr, tokenFile } : { addr, socketPath: socket, tokenFile };
+}
+
+/** loopbackFor turns a wildcard listen address (0.0.0.0) into one a client on this host can dial. */
+export function loopbackFor(addr: HostPort): HostPort {
+  return addr.host === '0.0.0.0' ? { host: '127.0.0.1', port: addr.port } : addr;
 }

@@ -1,7 +1,9 @@
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import { readFileSync, rmSync } from 'node:fs';
 import type { Server } from 'node:http';
 import { hostname } from 'node:os';
+import path from 'node:path';
 import { promisify } from 'node:util';
 import { ConfigError, errorMessage, WeftError } from '../common/errors.js';
 import { createLogger, type Logger } from '../common/log.js';
@@ -9,9 +11,9 @@ import type { Cidr, PeerName, PeerUid } from '../common/types.js';
 import { cidrsOverlap, formatCidr, parseCidr, parsePeerName, randomPeerName } from '../common/types.js';
 import { Router } from '../router/index.js';
 import { Attacher, isContainerIfname } from './attach.js';
-import type { LaunchConfig } from './config.js';
+import { type LaunchConfig, RUN_ROOT } from './config.js';
 import { DnsService } from './dns.js';
-import { createApi } from './http.js';
+import { API_SOCKET_GROUP, type ApiOptions, createApi, ensureApiToken, listenApiSocket } from './http.js';
 import { createMetrics } from './metrics.js';
 import { loadIpam, StateFile, saveIpam } from './state.js';
 import { netnsIdentity } from './state-dir.js';
@@ -44,6 +46,7 @@ export async function runForeground(cfg: LaunchConfig, log: Logger = createLogge
     port: cfg.port,
     vxlanPort: cfg.vxlanPort,
     vni: cfg.vni,
+    vxlanPeers: [...cfg.vxlanPeers],
     encap: cfg.encap,
     mtu: cfg.mtu,
     device: cfg.device,
@@ -111,8 +114,13 @@ export async function runForeground(cfg: LaunchConfig, log: Logger = createLogge
   const done = new Promise<void>((r) => {
     resolveDone = r;
   });
-  const server: Server = createApi({
+  // The API's credentials: its bearer token (TCP) and its socket (whoever may open it).
+  const token = ensureApiToken(cfg.apiTokenFile);
+  const apiOpts: ApiOptions = {
     router,
+    token,
+    socketPath: cfg.apiSocket,
+    tokenFile: cfg.apiTokenFile,
     attacher,
     metrics: createMetrics(router, dns),
     log,
@@ -129,31 +137,53 @@ export async function runForeground(cfg: LaunchConfig, log: Logger = createLogge
       const left = router.leave();
       resetting = true;
       stateFile.remove();
+      rmSync(cfg.apiTokenFile, { force: true });
       log.info('leaving the network', { heir: left.heir, addresses: left.addresses });
       // Give the gossip of the handed-over ring a moment to leave before the connections close.
       setTimeout(() => void shutdown('reset'), RESET_LINGER_MS).unref();
       return left;
     },
-  });
+  };
+  const server: Server = createApi(apiOpts, { transport: 'tcp', loopback: cfg.httpLoopback });
+  const socketServer: Server = createApi(apiOpts, { transport: 'unix' });
+  let closeSocket: () => Promise<void> = async () => {};
+  const closeServers = async (): Promise<void> => {
+    await Promise.all([new Promise<void>((r) => server.close(() => r())), closeSocket()]);
+  };
   const shutdown = (reason: string): Promise<void> => {
     stopping ??= (async () => {
       log.info('router stopping', { reason });
       attacher.stop();
       await dns?.stop();
       await router.stop();
-      await new Promise<void>((r) => server.close(() => r()));
+      const closed = closeServers();
       server.closeAllConnections();
+      socketServer.closeAllConnections();
+      await closed;
       resolveDone();
     })();
     return stopping;
   };
 
-  await listen(server, cfg.httpAddr.host, cfg.httpAddr.port);
+  // The socket first (the CLI's way in), then TCP; both before the router can report ready.
+  const socketDir = path.dirname(cfg.apiSocket);
+  closeSocket = await listenApiSocket(
+    socketServer,
+    cfg.apiSocket,
+    await groupId(API_SOCKET_GROUP),
+    socketDir !== RUN_ROOT && socketDir.startsWith(`${RUN_ROOT}/`),
+  );
+  try {
+    await listen(server, cfg.httpAddr.host, cfg.httpAddr.port);
+  } catch (err) {
+    await closeSocket();
+    throw err;
+  }
   // After listen: a second router in this namespace is told so, not that its range overlaps the first's device.
   try {
     await checkRangeRoutes(cfg, log);
   } catch (err) {
-    await new Promise<void>((r) => server.close(() => r()));
+    await closeServers();
     throw err;
   }
   process.on('SIGTERM', () => void shutdown('SIGTERM'));
@@ -166,7 +196,7 @@ export async function runForeground(cfg: LaunchConfig, log: Logger = createLogge
   try {
     await router.start();
   } catch (err) {
-    await new Promise<void>((r) => server.close(() => r()));
+    await closeServers();
     throw err;
   }
   // Restore what the previous run had, then what this launch asks for.
@@ -182,7 +212,18 @@ export async function runForeground(cfg: LaunchConfig, log: Logger = createLogge
   attacher.start();
   router.connect([...new Set([...state.targets, ...cfg.peers])]);
   persist();
-  log.info('router ready', { peer: name, nickname, addr: `${cfg.httpAddr.host}:${cfg.httpAddr.port}` });
+  log.info('router ready', {
+    peer: name,
+    nickname,
+    addr: `${cfg.httpAddr.host}:${cfg.httpAddr.port}`,
+    socket: cfg.apiSocket,
+  });
+  if (!cfg.httpLoopback) {
+    log.warn('http api listens beyond loopback: every request needs the bearer token', {
+      addr: `${cfg.httpAddr.host}:${cfg.httpAddr.port}`,
+      file: cfg.apiTokenFile,
+    });
+  }
   await done;
 }
 
@@ -225,6 +266,27 @@ async function hostRoutes(): Promise<{ cidr: Cidr; dev: string }[]> {
   } catch {
     return [];
   }
+}
+
+/**
+ * groupId returns the id of the local group `name` (from `getent group`, else /etc/group), or
+ * undefined when there is none: the API socket then belongs to root's group.
+ */
+async function groupId(name: string): Promise<number | undefined> {
+  let line: string | undefined;
+  try {
+    line = (await promisify(execFile)('getent', ['group', name])).stdout;
+  } catch {
+    try {
+      line = readFileSync('/etc/group', 'utf8')
+        .split('\n')
+        .find((l) => l.startsWith(`${name}:`));
+    } catch {
+      line = undefined;
+    }
+  }
+  const gid = Number(line?.split(':')[2]);
+  return line !== undefined && Number.isInteger(gid) && gid >= 0 ? gid : undefined;
 }
 
 function listen(server: Server, host: string, port: number): Promise<void> {

@@ -1,16 +1,66 @@
+import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
+import {
+  chmodSync,
+  lchownSync,
+  lstatSync,
+  mkdirSync,
+  readFileSync,
+  renameSync,
+  rmdirSync,
+  rmSync,
+  type Stats,
+  writeFileSync,
+} from 'node:fs';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { connect, type Server as NetServer, type Socket } from 'node:net';
+import { hostname, networkInterfaces } from 'node:os';
+import path from 'node:path';
 import type { Registry } from 'prom-client';
-import { errorMessage, InputError, isWeftError, WeftError, type WeftErrorCode } from '../common/errors.js';
+import { ConfigError, errorMessage, InputError, isWeftError, WeftError, type WeftErrorCode } from '../common/errors.js';
 import type { Logger } from '../common/log.js';
 import { formatCidr, parseCidr, parseIPv4 } from '../common/types.js';
 import type { Router, RouterStatus } from '../router/index.js';
 import type { Attacher } from './attach.js';
-import { parsePeerAddress } from './config.js';
+import { isLoopbackHost, parsePeerAddress } from './config.js';
 import type { DnsService } from './dns.js';
 import { formatConnections, formatDns, formatIpam, formatPeers, formatStatus, formatTargets } from './format.js';
 
 /** BODY_MAX_BYTES bounds a request body; larger ones get 413. */
 const BODY_MAX_BYTES = 64 * 1024;
+
+/**
+ * HTTP_MAX_CONNECTIONS bounds the connections one API listener (TCP, or the unix socket) holds at
+ * once; the next gets 503 and is closed. The CLI uses one connection per command and a metrics
+ * scraper one or two, so 64 is far above honest use and far below the file descriptors the router
+ * needs for its peers, devices and containers: held connections cannot exhaust them. TCP and the
+ * socket count apart, so a flood on TCP never locks the CLI out of the socket.
+ */
+export const HTTP_MAX_CONNECTIONS = 64;
+/** HTTP_HEADERS_TIMEOUT_MS: a request's headers must arrive within this long (slowloris). */
+export const HTTP_HEADERS_TIMEOUT_MS = 10_000;
+/** HTTP_REQUEST_TIMEOUT_MS: the whole request (headers and a body of at most 64 KiB) must arrive within this long. */
+export const HTTP_REQUEST_TIMEOUT_MS = 30_000;
+/** HTTP_KEEPALIVE_TIMEOUT_MS: an idle kept-alive connection is closed after this long. */
+export const HTTP_KEEPALIVE_TIMEOUT_MS = 5_000;
+/**
+ * HTTP_TIMEOUT_CHECK_INTERVAL_MS: how often Node checks the two timeouts above; its default (30 s)
+ * would let a connection that never finishes its headers live 40 s.
+ */
+export const HTTP_TIMEOUT_CHECK_INTERVAL_MS = 1_000;
+/** REFUSED_LINGER_MS: a connection refused by the cap is destroyed this long after its 503, read or not. */
+export const REFUSED_LINGER_MS = 1_000;
+/** API_TOKEN_BYTES: the bearer token is this many random bytes, written as hex (256 bits). */
+export const API_TOKEN_BYTES = 32;
+/** UNIX_PATH_MAX_BYTES: the longest unix socket path the kernel takes (sun_path is 108 bytes with the NUL). */
+export const UNIX_PATH_MAX_BYTES = 107;
+/** API_SOCKET_MODE: the socket is read-write for its owner (root) and group (`weft` when it exists), nobody else. */
+export const API_SOCKET_MODE = 0o660;
+/** API_SOCKET_GROUP: members of this local group may drive the router over its socket. */
+export const API_SOCKET_GROUP = 'weft';
+/** REFUSAL_LOG_EVERY: refused requests and connections are logged once per this many, so a flood cannot fill the log. */
+const REFUSAL_LOG_EVERY = 1000;
+/** LOCAL_HOST_NAMES: Host header names that always mean this machine. */
+const LOCAL_HOST_NAMES = new Set(['localhost', '127.0.0.1', '[::1]']);
 
 /** ApiOptions configures the HTTP API. */
 export interface ApiOptions {
@@ -27,7 +77,32 @@ export interface ApiOptions {
   dns?: DnsService;
   /** onReset leaves the network for good (detach all, hand over address space, remove state, stop). */
   onReset?: () => Promise<{ heir: string | undefined; addresses: number }>;
+  /**
+   * token is the bearer token a TCP caller must send (`Authorization: Bearer TOKEN`) to change the
+   * router, and on a non-loopback listener to read it too. The daemon always sets one; without it
+   * (in-process tests only) loopback TCP callers may change the router and a non-loopback listener
+   * refuses everything.
+   */
+  token?: string;
+  /** socketPath and tokenFile are named in refusals, so a refused caller knows where the credentials are. */
+  socketPath?: string;
+  tokenFile?: string;
 }
+
+/**
+ * ApiListener says where one API server listens: the unix socket (whose file mode is the
+ * credential: every caller that can connect is trusted) or TCP (`loopback` false: the listen
+ * address reaches beyond this host, so every request needs the token).
+ */
+export type ApiListener =
+  | { transport: 'unix'; maxConnections?: number; headersTimeoutMs?: number; requestTimeoutMs?: number }
+  | {
+      transport: 'tcp';
+      loopback: boolean;
+      maxConnections?: number;
+      headersTimeoutMs?: number;
+      requestTimeoutMs?: number;
+    };
 
 /** statusForCode maps a WeftError code to an HTTP status. */
 export function statusForCode(code: WeftErrorCode): number {
@@ -53,14 +128,28 @@ interface Reply {
   json?: unknown;
   text?: string;
   contentType?: string;
+  /** headers are added to the answer (e.g. `connection: close` on a refusal whose body was not read). */
+  headers?: Record<string, string>;
 }
 
 /**
- * createApi builds the HTTP API server (not yet listening). Every request is answered; bad
- * input gets a 4xx with a one-line message, never a crash. Until the router is ready every
- * endpoint answers 503.
+ * createApi builds one HTTP API server (not yet listening) for `listener`. Every request is
+ * answered; bad input gets a 4xx with a one-line message, never a crash. Until the router is
+ * ready every endpoint answers 503.
+ *
+ * Who may do what (checked in this order, before the body is read):
+ * - TCP: the `Host` must name this host as the caller reached it (localhost, 127.0.0.1, [::1] or
+ *   the address the connection arrived on, with the listen port), else 403: a web page cannot reach
+ *   the API by DNS rebinding.
+ * - an `Origin` other than the API's own (`http://` + that Host), or a browser's
+ *   `Sec-Fetch-Site` other than same-origin/none, is refused with 403 (cross-site requests).
+ * - every method but GET/HEAD changes the router: it needs `Content-Type: application/json` (415
+ *   otherwise, so no HTML form or `text/plain` "simple request" gets in) and, over TCP, the bearer
+ *   token (401 otherwise). Over the unix socket the socket's file mode is the credential.
+ * - GET endpoints only read; over loopback TCP they need no token, beyond loopback they do.
+ * - at most `maxConnections` (HTTP_MAX_CONNECTIONS) connections at once; beyond, 503 and close.
  */
-export function createApi(opts: ApiOptions): Server {
+export function createApi(opts: ApiOptions, listener: ApiListener = { transport: 'tcp', loopback: true }): Server {
   const { router, metrics, log } = opts;
   const statusView =
     (part: string | undefined) =>
@@ -161,12 +250,29 @@ export function createApi(opts: ApiOptions): Server {
     },
   };
 
-  return createServer((req, res) => {
-    handle(req, res).catch((err) => {
-      log.error('http handler failed', { err: errorMessage(err) });
-      if (!res.headersSent) send(res, { status: 500, json: { error: 'internal error' } });
-    });
-  });
+  const server = createServer(
+    {
+      headersTimeout: listener.headersTimeoutMs ?? HTTP_HEADERS_TIMEOUT_MS,
+      requestTimeout: listener.requestTimeoutMs ?? HTTP_REQUEST_TIMEOUT_MS,
+      keepAliveTimeout: HTTP_KEEPALIVE_TIMEOUT_MS,
+      connectionsCheckingInterval: HTTP_TIMEOUT_CHECK_INTERVAL_MS,
+    },
+    (req, res) => {
+      handle(req, res).catch((err) => {
+        log.error('http handler failed', { err: errorMessage(err) });
+        if (!res.headersSent) send(res, { status: 500, json: { error: 'internal error' } });
+      });
+    },
+  );
+  capConnections(server, listener.maxConnections ?? HTTP_MAX_CONNECTIONS, log);
+  const tokenDigest = opts.token === undefined ? undefined : digest(opts.token);
+  let refusals = 0;
+  /** noteRefusal logs the first refused request and then every REFUSAL_LOG_EVERY-th: a page spamming us cannot fill the disk. */
+  const noteRefusal = (req: IncomingMessage, path: string, reason: string): void => {
+    if (refusals++ % REFUSAL_LOG_EVERY === 0) {
+      log.warn('http request refused', { method: req.method, path, reason, count: refusals });
+    }
+  };
 
   async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     let url: URL;
@@ -177,14 +283,38 @@ export function createApi(opts: ApiOptions): Server {
       return;
     }
     const path = url.pathname.replace(/\/+$/, '') || '/';
+    const beyondLoopback = listener.transport === 'tcp' && (!listener.loopback || !isLoopbackHost(localAddr(req)));
+    const foreign = refuseForeign(req, listener.transport === 'tcp', beyondLoopback);
+    if (foreign !== undefined) {
+      noteRefusal(req, path, foreign);
+      send(res, refusal(403, foreign));
+      return;
+    }
     const route = routes[`${req.method} ${path}`];
     if (route === undefined) {
       const known = Object.keys(routes).some((k) => k.endsWith(` ${path}`));
       send(res, {
         status: known ? 405 : 404,
         json: { error: known ? `method ${req.method} not allowed on ${path}` : `no such endpoint ${path}` },
+        headers: { connection: 'close' },
       });
       return;
+    }
+    const changes = req.method !== 'GET' && req.method !== 'HEAD';
+    if (changes && !isJson(req.headers['content-type'])) {
+      const given = req.headers['content-type'] === undefined ? 'none' : `"${req.headers['content-type']}"`;
+      const error = `${req.method} ${path} needs content-type application/json, not ${given}`;
+      noteRefusal(req, path, error);
+      send(res, { status: 415, json: { error, code: 'EWEFT_INPUT' }, headers: { connection: 'close' } });
+      return;
+    }
+    if (listener.transport === 'tcp' && (changes || beyondLoopback)) {
+      const denied = checkToken(req, tokenDigest, changes, beyondLoopback, `${req.method} ${path}`);
+      if (denied !== undefined) {
+        noteRefusal(req, path, denied);
+        send(res, { ...refusal(401, denied), headers: { connection: 'close', 'www-authenticate': 'Bearer' } });
+        return;
+      }
     }
     let body: Buffer;
     try {
@@ -208,6 +338,297 @@ export function createApi(opts: ApiOptions): Server {
       }
     }
   }
+
+  /** checkToken returns why a TCP request without (the right) bearer token is refused, or undefined. */
+  function checkToken(
+    req: IncomingMessage,
+    want: Buffer | undefined,
+    changes: boolean,
+    beyondLoopback: boolean,
+    what: string,
+  ): string | undefined {
+    const where = opts.tokenFile === undefined ? 'the bearer token' : `the bearer token in ${opts.tokenFile}`;
+    if (want === undefined) {
+      // No token configured (tests): loopback callers are trusted, nothing beyond loopback is.
+      return beyondLoopback ? 'this API has no token: it serves nothing beyond loopback' : undefined;
+    }
+    const m = /^Bearer[ \t]+([\x21-\x7e]+)[ \t]*$/i.exec(req.headers.authorization ?? '');
+    if (m === null) {
+      if (changes) {
+        const sock =
+          opts.socketPath === undefined
+            ? ''
+            : `the unix socket ${opts.socketPath} (root or group ${API_SOCKET_GROUP}) or `;
+        return `permission denied: ${what} changes the router and needs ${sock}${where}`;
+      }
+      return `permission denied: this API listens beyond loopback, so every request needs ${where}`;
+    }
+    // Both sides hashed to one length, then compared in constant time: the answer's timing says nothing of the token.
+    if (!timingSafeEqual(digest(m[1] as string), want)) return `permission denied: wrong bearer token (see ${where})`;
+    return undefined;
+  }
+
+  return server;
+}
+
+/**
+ * refuseForeign returns why a request is refused as coming from elsewhere (a foreign Host, a
+ * cross-origin browser request), or undefined. `tcp`: the Host is checked (over the unix socket no
+ * web page can reach us, and clients send `localhost`).
+ */
+function refuseForeign(req: IncomingMessage, tcp: boolean, beyondLoopback: boolean): string | undefined {
+  const host = req.headers.host;
+  if (tcp) {
+    if (host === undefined || host === '') return 'missing host header';
+    const m = /^(\[[0-9a-f:.]+\]|[a-z0-9.-]+)(?::(\d{1,5}))?$/i.exec(host);
+    const name = m?.[1]?.toLowerCase();
+    const port = m?.[2];
+    if (name === undefined || !isLocalName(name, req, beyondLoopback)) return `foreign host "${host}"`;
+    // Beyond loopback a port forward may rename the port; the token guards that listener anyway.
+    if (!beyondLoopback && port !== undefined && Number(port) !== req.socket.localPort)
+      return `foreign host "${host}": this API listens on port ${req.socket.localPort}`;
+  }
+  const origin = req.headers.origin;
+  if (origin !== undefined && (host === undefined || origin.toLowerCase() !== `http://${host}`.toLowerCase())) {
+    return `cross-origin request from "${origin}"`;
+  }
+  const site = req.headers['sec-fetch-site'];
+  if (site !== undefined && site !== 'same-origin' && site !== 'none')
+    return `cross-site request (sec-fetch-site ${site})`;
+  return undefined;
+}
+
+/** isLocalName: `name` (from a Host header, lower-case) names this host as the caller reached it. */
+function isLocalName(name: string, req: IncomingMessage, beyondLoopback: boolean): boolean {
+  if (LOCAL_HOST_NAMES.has(name)) return true;
+  const local = localAddr(req);
+  if (name === local || name === `[${local}]`) return true;
+  if (!beyondLoopback) return false;
+  // Beyond loopback: any address of this host, or its host name.
+  if (name === hostname().toLowerCase()) return true;
+  for (const list of Object.values(networkInterfaces())) {
+    for (const a of list ?? []) if (name === a.address || name === `[${a.address}]`) return true;
+  }
+  return false;
+}
+
+/** localAddr is the address a TCP request arrived on, without an IPv4-mapped prefix ('' over a unix socket). */
+function localAddr(req: IncomingMessage): string {
+  return (req.socket.localAddress ?? '').replace(/^::ffff:/, '');
+}
+
+function isJson(type: string | undefined): boolean {
+  return (type ?? '').split(';')[0]?.trim().toLowerCase() === 'application/json';
+}
+
+function digest(s: string): Buffer {
+  return createHash('sha256').update(s).digest();
+}
+
+function refusal(status: number, error: string): Reply {
+  return { status, json: { error, code: 'EWEFT_AUTH' }, headers: { connection: 'close' } };
+}
+
+/**
+ * capConnections lets `server` hold at most `max` connections: the next is answered 503 and
+ * closed without reaching the HTTP parser (and with `max` refused ones still closing, cut at once,
+ * so a flood of new connections cannot hold file descriptors either). It takes the place of node:http's own 'connection'
+ * listener and hands it the sockets it admits.
+ */
+function capConnections(server: Server, max: number, log: Logger): void {
+  const http = server.listeners('connection') as ((socket: Socket) => void)[];
+  server.removeAllListeners('connection');
+  const body = `${JSON.stringify({ error: `too many API connections (more than ${max}): try again later`, code: 'EWEFT_UNAVAILABLE' })}\n`;
+  const answer =
+    'HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nconnection: close\r\nretry-after: 1\r\n' +
+    `content-length: ${Buffer.byteLength(body)}\r\n\r\n${body}`;
+  let open = 0;
+  let refused = 0;
+  let lingering = 0;
+  server.on('connection', (socket: Socket) => {
+    if (open >= max) {
+      if (refused++ % REFUSAL_LOG_EVERY === 0) log.warn('http connection refused: too many', { max, count: refused });
+      socket.on('error', () => {});
+      // A flood of new connections: past `max` refused ones still lingering, cut at once, without a 503.
+      if (lingering >= max) {
+        socket.destroy();
+        return;
+      }
+      lingering++;
+      socket.once('close', () => {
+        lingering--;
+      });
+      socket.resume(); // read and drop the request, so closing sends FIN after the 503, not RST
+      socket.end(answer);
+      setTimeout(() => socket.destroy(), REFUSED_LINGER_MS).unref();
+      return;
+    }
+    open++;
+    socket.once('close', () => {
+      open--;
+    });
+    for (const l of http) l.call(server, socket);
+  });
+}
+
+/**
+ * ensureApiToken returns the API's bearer token from `file`, first writing a new one
+ * (API_TOKEN_BYTES random bytes as hex, mode 0600) when there is none. A token file others may
+ * read is narrowed to 0600. An operator may put a token of their own there (32+ visible ASCII characters).
+ */
+export function ensureApiToken(file: string): string {
+  mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
+  let st: Stats | undefined;
+  try {
+    st = lstatSync(file);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw tokenError(file, err);
+  }
+  if (st === undefined) {
+    const token = randomBytes(API_TOKEN_BYTES).toString('hex');
+    const tmp = `${file}.${process.pid}.tmp`;
+    try {
+      writeFileSync(tmp, `${token}\n`, { mode: 0o600, flush: true });
+      renameSync(tmp, file);
+    } catch (err) {
+      throw tokenError(file, err);
+    }
+    return token;
+  }
+  if (!st.isFile()) throw new ConfigError(`the API token file ${file} is not a regular file`);
+  try {
+    if ((st.mode & 0o077) !== 0) chmodSync(file, 0o600);
+    const token = readFileSync(file, 'utf8').trim();
+    if (/^[\x21-\x7e]{32,1024}$/.test(token)) return token;
+  } catch (err) {
+    throw tokenError(file, err);
+  }
+  throw new ConfigError(
+    `the API token file ${file} holds no token (want 32 or more visible ASCII characters): remove it and launch makes one`,
+  );
+}
+
+function tokenError(file: string, err: unknown): ConfigError {
+  return new ConfigError(`cannot use the API token file ${file}: ${errorMessage(err)}`, { cause: err });
+}
+
+/**
+ * listenApiSocket makes `server` listen on the unix socket `file`, mode API_SOCKET_MODE, group
+ * `gid` (the `weft` group; undefined: root's). A socket left by a router that died (nothing
+ * answers on it) is removed first; a live one is refused with EWEFT_CONFLICT. Resolves to a close
+ * function that stops listening (Node unlinks the socket) and removes the socket's directory when
+ * it made it or `ownDir` says the directory is the socket's alone (a per-namespace one under
+ * /run/weft, which a router that was killed leaves behind); only an empty directory is removed.
+ */
+export async function listenApiSocket(
+  server: NetServer,
+  file: string,
+  gid: number | undefined,
+  ownDir = false,
+): Promise<() => Promise<void>> {
+  if (!path.isAbsolute(file)) throw new ConfigError(`invalid API socket "${file}": want an absolute path`);
+  if (Buffer.byteLength(file) > UNIX_PATH_MAX_BYTES) {
+    throw new ConfigError(
+      `the API socket path ${file} is longer than ${UNIX_PATH_MAX_BYTES} bytes: choose another with --api-socket`,
+    );
+  }
+  const dir = path.dirname(file);
+  let made: string | undefined;
+  try {
+    made = mkdirSync(dir, { recursive: true, mode: 0o755 });
+  } catch (err) {
+    throw new WeftError('EWEFT_SYSTEM', `cannot make the API socket directory ${dir}: ${errorMessage(err)}`, {
+      cause: err,
+    });
+  }
+  for (let attempt = 0; ; attempt++) {
+    const err = await bindSocket(server, file);
+    if (err === undefined) break;
+    if (err.code !== 'EADDRINUSE' || attempt > 0) {
+      throw new WeftError('EWEFT_SYSTEM', `cannot listen on the API socket ${file}: ${err.message}`, { cause: err });
+    }
+    let st: Stats;
+    try {
+      st = lstatSync(file);
+    } catch {
+      continue; // gone meanwhile: try again
+    }
+    if (!st.isSocket()) throw new ConfigError(`the API socket path ${file} exists and is not a socket: remove it`);
+    if (await socketAnswers(file)) {
+      throw new WeftError(
+        'EWEFT_CONFLICT',
+        `the API socket ${file} is already in use: is a weft router already running in this network namespace?`,
+      );
+    }
+    // Left by a router that died: nothing answers on it.
+    try {
+      rmSync(file);
+    } catch (e) {
+      throw new WeftError('EWEFT_SYSTEM', `cannot remove the stale API socket ${file}: ${errorMessage(e)}`, {
+        cause: e,
+      });
+    }
+  }
+  try {
+    const st = lstatSync(file);
+    if (gid !== undefined && st.gid !== gid) lchownSync(file, st.uid, gid);
+    if ((st.mode & 0o777) !== API_SOCKET_MODE && st.isSocket()) chmodSync(file, API_SOCKET_MODE);
+  } catch (err) {
+    await new Promise<void>((r) => server.close(() => r()));
+    throw new WeftError(
+      'EWEFT_SYSTEM',
+      `cannot set the owner and mode of the API socket ${file}: ${errorMessage(err)}`,
+      {
+        cause: err,
+      },
+    );
+  }
+  return async () => {
+    await new Promise<void>((r) => server.close(() => r()));
+    if (made !== undefined || ownDir) {
+      try {
+        rmdirSync(dir);
+      } catch {
+        // not empty, or gone: leave it
+      }
+    }
+  };
+}
+
+/** bindSocket listens on `file`, created with API_SOCKET_MODE (the umask is narrowed for the bind, which is synchronous). */
+function bindSocket(server: NetServer, file: string): Promise<NodeJS.ErrnoException | undefined> {
+  return new Promise((resolve) => {
+    const onError = (err: NodeJS.ErrnoException) => {
+      server.off('listening', onListening);
+      resolve(err);
+    };
+    const onListening = () => {
+      server.off('error', onError);
+      resolve(undefined);
+    };
+    server.once('error', onError);
+    server.once('listening', onListening);
+    const umask = process.umask(0o777 & ~API_SOCKET_MODE);
+    try {
+      server.listen(file);
+    } finally {
+      process.umask(umask);
+    }
+  });
+}
+
+/** socketAnswers: something accepts connections on the unix socket `file` (a timeout counts as yes: it is not stale). */
+function socketAnswers(file: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = connect({ path: file });
+    const done = (v: boolean) => {
+      s.destroy();
+      resolve(v);
+    };
+    s.setTimeout(1_000, () => done(true));
+    s.once('connect', () => done(true));
+    s.once('error', (err: NodeJS.ErrnoException) => done(err.code !== 'ECONNREFUSED' && err.code !== 'ENOENT'));
+  });
 }
 
 function requireDns(d: DnsService | undefined): DnsService {
@@ -237,11 +658,16 @@ function requireAttacher(a: Attacher | undefined): Attacher {
 function send(res: ServerResponse, r: Reply): void {
   if (r.json !== undefined) {
     const body = `${JSON.stringify(r.json, null, 2)}\n`;
-    res.writeHead(r.status ?? 200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) });
+    res.writeHead(r.status ?? 200, {
+      ...r.headers,
+      'content-type': 'application/json',
+      'content-length': Buffer.byteLength(body),
+    });
     res.end(body);
   } else {
     const body = r.text ?? '';
     res.writeHead(r.status ?? 200, {
+      ...r.headers,
       'content-type': r.contentType ?? 'text/plain; charset=utf-8',
       'content-length': Buffer.byteLength(body),
     });
@@ -303,22 +729,12 @@ function render(s: RouterStatus, part: string | undefined): string {
   }
 }
 
-/** parseBody reads a JSON object or an urlencoded form; anything else is a 400. */
-function parseBody(req: IncomingMessage, body: Buffer): Record<string, unknown> {
+/** parseBody reads a JSON object (every changing request is application/json); anything else is a 400. */
+function parseBody(_req: IncomingMessage, body: Buffer): Record<string, unknown> {
   if (body.length === 0) return {};
-  const type = req.headers['content-type'] ?? '';
-  const text = body.toString('utf8');
-  if (type.includes('application/x-www-form-urlencoded')) {
-    const out: Record<string, unknown> = {};
-    for (const [k, v] of new URLSearchParams(text)) {
-      const prev = out[k];
-      out[k] = prev === undefined ? v : Array.isArray(prev) ? [...prev, v] : [prev, v];
-    }
-    return out;
-  }
   let json: unknown;
   try {
-    json = JSON.parse(text);
+    json = JSON.parse(body.toString('utf8'));
   } catch {
     throw new InputError('request body is not valid JSON');
   }

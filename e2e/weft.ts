@@ -18,9 +18,15 @@ export function stateDir(ns: Netns): string {
   return d;
 }
 
-/** removeStateDirs deletes the state directories of a topology's namespaces. */
+/**
+ * removeStateDirs deletes the state directories of a topology's namespaces, and the API socket
+ * directories (/run/weft/netns/NAME) a router that was killed leaves behind.
+ */
 export function removeStateDirs(topo: Topology): void {
-  for (const name of topo.namespaces) rmSync(path.join(tmpdir(), 'weft-e2e', name), { recursive: true, force: true });
+  for (const name of topo.namespaces) {
+    rmSync(path.join(tmpdir(), 'weft-e2e', name), { recursive: true, force: true });
+    rmSync(path.join('/run/weft/netns', name), { recursive: true, force: true });
+  }
 }
 
 /** weft runs the CLI in a namespace and rejects with its stderr when it fails (unless allowFail). */
