@@ -25,6 +25,36 @@ export function parsePeerName(s: string): PeerName {
   return v as PeerName;
 }
 
+/**
+ * reservedPeerNameReason says why a peer name cannot be a router's own, or undefined when it can.
+ * A peer name doubles as the router's inner MAC address (VXLAN, ARP answers), so it must be a
+ * unicast address: not all zeros, and without the I/G (group) bit, the lowest bit of the first
+ * byte, which broadcast (ff:ff:ff:ff:ff:ff) and every multicast address carry.
+ */
+export function reservedPeerNameReason(name: PeerName): string | undefined {
+  if (name === '00:00:00:00:00:00') return 'the all-zero MAC address is reserved';
+  if (name === 'ff:ff:ff:ff:ff:ff') return 'it is the broadcast MAC address';
+  if ((Number.parseInt(name.slice(0, 2), 16) & 0x01) !== 0) {
+    return 'it is a multicast MAC address (the lowest bit of the first byte is set)';
+  }
+  return undefined;
+}
+
+/**
+ * parseOwnPeerName validates a name a router is to take as its own (`--name`, the persisted
+ * name): a valid peer name that is a unicast MAC (see reservedPeerNameReason). Throws InputError.
+ */
+export function parseOwnPeerName(s: string): PeerName {
+  const name = parsePeerName(s);
+  const reason = reservedPeerNameReason(name);
+  if (reason !== undefined) {
+    throw new InputError(
+      `peer name "${s}" cannot be used: ${reason}; a peer name is also the router's MAC address, so it must be a unicast one like 02:42:0a:00:00:01`,
+    );
+  }
+  return name;
+}
+
 /** peerNameToBytes writes the 6 bytes of a peer name into buf at off. */
 export function peerNameToBytes(name: PeerName, buf: Uint8Array, off: number): void {
   for (let i = 0; i < 6; i++) buf[off + i] = Number.parseInt(name.slice(i * 3, i * 3 + 2), 16);

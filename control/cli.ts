@@ -1,12 +1,13 @@
 #!/usr/bin/env node
-import { spawn } from 'node:child_process';
-import { closeSync, mkdirSync, openSync, readFileSync, realpathSync } from 'node:fs';
+import { execFile, spawn } from 'node:child_process';
+import { closeSync, linkSync, openSync, readFileSync, realpathSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { networkInterfaces } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Argument, Command, CommanderError, Option } from 'commander';
 import { errorMessage, InputError, isWeftError, WeftError, type WeftErrorCode } from '../common/errors.js';
 import { parseCidr } from '../common/types.js';
-import { ApiClient } from './client.js';
+import { ALLOCATING_TIMEOUT_MS, ApiClient } from './client.js';
 import {
   buildLaunchConfig,
   type ClientFlags,
@@ -15,6 +16,7 @@ import {
   type LaunchFlags,
   loopbackFor,
   parsePeerAddress,
+  prepareStateDir,
 } from './config.js';
 import { VERSION } from './version.js';
 
@@ -38,10 +40,20 @@ function exitCodeFor(code: WeftErrorCode): number {
 }
 
 const LAUNCH_READY_TIMEOUT_MS = 30_000;
+/**
+ * LAUNCH_WAIT_MS bounds how long a launch waits for a concurrent one (the holder of the launch
+ * lock) to bring the router up: the holder's own wait, plus a margin for its start.
+ */
+const LAUNCH_WAIT_MS = LAUNCH_READY_TIMEOUT_MS + 10_000;
+/** LAUNCH_LOCK_FILE is the file in the state directory a launch holds while it starts the router. */
+export const LAUNCH_LOCK_FILE = 'launch.lock';
+/** LAUNCH_LOCK_STALE_MS: a lock older than this is stale even if its pid lives (the pid was reused). */
+export const LAUNCH_LOCK_STALE_MS = LAUNCH_WAIT_MS + 10_000;
 
-function client(cmd: Command): ApiClient {
+/** client is the API client of a command; `timeoutMs` for requests that may wait on the router (allocations). */
+function client(cmd: Command, timeoutMs?: number): ApiClient {
   const t = clientTarget(cmd.optsWithGlobals() as ClientFlags);
-  return new ApiClient(t.addr, undefined, t);
+  return new ApiClient(t.addr, timeoutMs, t);
 }
 
 function out(text: string): void {
@@ -157,7 +169,10 @@ Examples:
       const globals = cmd.optsWithGlobals() as ClientFlags;
       const cfg = buildLaunchConfig(peers, { ...flags, httpAddr: globals.httpAddr, apiSocket: globals.apiSocket });
       if (!cfg.httpLoopback) process.stderr.write(`${beyondLoopbackNote(cfg)}\n`);
+      // The router's API and the CLI meet on 127.0.0.1: this namespace is the router's own, so lo must be up.
+      await ensureLoopbackUp();
       if (cfg.foreground) {
+        prepareStateDir(cfg.stateDir);
         // Loaded only here: the router and its native addon would slow every other command's start.
         const { runForeground } = await import('./daemon.js');
         await runForeground(cfg);
@@ -167,13 +182,7 @@ Examples:
         socketPath: cfg.apiSocket,
         tokenFile: cfg.apiTokenFile,
       });
-      const running = await statusIfRunning(api);
-      if (running !== undefined) {
-        if (cfg.peers.length > 0) await api.ok('POST', '/connect', { body: { peers: cfg.peers } });
-        out(running.name);
-        return;
-      }
-      out(await launchBackground(cfg.stateDir, api));
+      out(await launchOnce(cfg, api));
     });
 
   program
@@ -236,7 +245,10 @@ Examples:
     .argument('[cidr]', 'address/prefix inside the overlay range, e.g. 10.32.0.1/12')
     .action(async (cidr: string | undefined, _opts: unknown, cmd: Command) => {
       if (cidr !== undefined) parseCidr(cidr);
-      const r = await client(cmd).ok('POST', '/expose', { body: cidr === undefined ? {} : { cidr }, json: true });
+      const r = await client(cmd, ALLOCATING_TIMEOUT_MS).ok('POST', '/expose', {
+        body: cidr === undefined ? {} : { cidr },
+        json: true,
+      });
       const exposed = (r.json as { exposed: string[] }).exposed;
       const shown = cidr === undefined ? exposed.find((c) => c.includes('/')) : cidr;
       out((shown ?? '').split('/')[0] ?? '');
@@ -265,7 +277,10 @@ Examples:
       const target = args[args.length - 1] as string;
       const cidrs = args.slice(0, -1);
       for (const c of cidrs) parseCidr(c);
-      const r = await client(cmd).ok('POST', '/attach', { body: { target, cidrs, name: opts.name }, json: true });
+      const r = await client(cmd, ALLOCATING_TIMEOUT_MS).ok('POST', '/attach', {
+        body: { target, cidrs, name: opts.name },
+        json: true,
+      });
       out(((r.json as { cidrs: string[] }).cidrs ?? []).map((c) => c.split('/')[0]).join(' '));
     });
 
@@ -411,12 +426,178 @@ async function statusIfRunning(api: ApiClient): Promise<{ name: string } | undef
 }
 
 /**
+ * ensureLoopbackUp brings the loopback interface of this network namespace up when it is down:
+ * the CLI reaches the router's API on 127.0.0.1 and the router listens there, and a namespace
+ * made with `ip netns add` starts with lo down. (libuv lists only interfaces that are up and
+ * running, so `lo` missing from networkInterfaces() means it is down.) Throws a one-line
+ * WeftError when it cannot.
+ */
+export async function ensureLoopbackUp(
+  isUp: () => boolean = () => networkInterfaces().lo !== undefined,
+  setUp: () => Promise<void> = () =>
+    new Promise((resolve, reject) =>
+      execFile('ip', ['link', 'set', 'lo', 'up'], (err, _stdout, stderr) =>
+        err === null ? resolve() : reject(new Error(stderr.trim() || err.message)),
+      ),
+    ),
+): Promise<void> {
+  if (isUp()) return;
+  try {
+    await setUp();
+  } catch (err) {
+    throw new WeftError(
+      'EWEFT_SYSTEM',
+      `the loopback interface lo is down in this network namespace and cannot be brought up (${errorMessage(err)}): run \`ip link set lo up\` as root`,
+      { cause: err },
+    );
+  }
+  process.stderr.write('weft: the loopback interface lo was down in this network namespace: brought it up\n');
+}
+
+/**
+ * launchOnce starts this namespace's router unless one runs, and returns its peer name; concurrent
+ * launches agree on one router. Whoever holds `<stateDir>/launch.lock` starts it; the others wait
+ * until it answers ready (or the lock goes away, and then try again themselves). A launch that
+ * finds the router running, or waited for it, asks it to connect to the peers given.
+ */
+async function launchOnce(cfg: LaunchConfig, api: ApiClient): Promise<string> {
+  const running = await readyName(api);
+  if (running !== undefined) return connected(api, cfg, running);
+  prepareStateDir(cfg.stateDir);
+  const deadline = Date.now() + LAUNCH_WAIT_MS;
+  for (;;) {
+    const lock = takeLaunchLock(cfg.stateDir);
+    if (typeof lock !== 'number') {
+      try {
+        // The holder before us may have just finished, or a router started by other means.
+        if ((await statusIfRunning(api)) !== undefined) return connected(api, cfg, await waitReady(api, deadline));
+        return await launchBackground(cfg.stateDir, api);
+      } finally {
+        lock.release();
+      }
+    }
+    const name = await readyName(api).catch(() => undefined); // it may be busy starting: ask again
+    if (name !== undefined) return connected(api, cfg, name);
+    if (Date.now() > deadline) {
+      throw new WeftError(
+        'EWEFT_SYSTEM',
+        `another weft launch (pid ${lock}) has been starting the router for over ${LAUNCH_WAIT_MS / 1000} s; if it is stuck, stop it or remove ${path.join(cfg.stateDir, LAUNCH_LOCK_FILE)}`,
+      );
+    }
+    await sleep(100);
+  }
+}
+
+/** connected asks a router already running to connect to the peers this launch names, and returns its name. */
+async function connected(api: ApiClient, cfg: LaunchConfig, name: string): Promise<string> {
+  if (cfg.peers.length > 0) await api.ok('POST', '/connect', { body: { peers: cfg.peers } });
+  return name;
+}
+
+/** readyName is the peer name of the router when it answers ready, else undefined (none, or starting). */
+async function readyName(api: ApiClient): Promise<string | undefined> {
+  const s = await statusIfRunning(api);
+  return s === undefined || s.name === '' ? undefined : s.name;
+}
+
+/** waitReady waits until a router that answers (maybe still starting) is ready; returns its name. */
+async function waitReady(api: ApiClient, deadline: number): Promise<string> {
+  for (;;) {
+    const s = await statusIfRunning(api).catch(() => undefined);
+    if (s !== undefined && s.name !== '') return s.name;
+    if (Date.now() > deadline) throw new WeftError('EWEFT_SYSTEM', 'the router did not become ready');
+    await sleep(100);
+  }
+}
+
+/** LaunchLock is a held launch lock; `release` removes it if it is still ours. */
+export interface LaunchLock {
+  readonly file: string;
+  release(): void;
+}
+
+/**
+ * takeLaunchLock takes `<dir>/launch.lock` for this process, or returns the pid of the live
+ * process that holds it. The lock is made whole or not at all: the pid is written to a file of
+ * our own, which is then hard-linked to the lock's name (link fails if the name exists). A lock
+ * whose pid is gone, that holds no pid, or that is older than LAUNCH_LOCK_STALE_MS (the pid was
+ * reused) is stale: it is removed, checking first that it is still the file we judged, and taken.
+ */
+export function takeLaunchLock(
+  dir: string,
+  pid: number = process.pid,
+  now: () => number = Date.now,
+): LaunchLock | number {
+  const file = path.join(dir, LAUNCH_LOCK_FILE);
+  const mine = `${file}.${pid}`;
+  writeFileSync(mine, `${pid}\n`, { mode: 0o600 });
+  try {
+    for (let attempt = 0; attempt < 5; attempt++) {
+      try {
+        linkSync(mine, file);
+        return { file, release: () => releaseLaunchLock(file, pid) };
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+      }
+      let ino: number;
+      let age: number;
+      let holder: number;
+      try {
+        const st = statSync(file);
+        ino = st.ino;
+        age = now() - st.mtimeMs;
+        holder = Number(readFileSync(file, 'utf8').trim());
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code === 'ENOENT') continue; // released meanwhile: try again
+        throw err;
+      }
+      if (
+        Number.isInteger(holder) &&
+        holder > 0 &&
+        holder !== pid &&
+        processAlive(holder) &&
+        age < LAUNCH_LOCK_STALE_MS
+      ) {
+        return holder;
+      }
+      try {
+        if (statSync(file).ino === ino) rmSync(file, { force: true });
+      } catch {
+        // gone already: try again
+      }
+    }
+    throw new WeftError('EWEFT_SYSTEM', `cannot take the launch lock ${file}: it keeps changing`);
+  } finally {
+    rmSync(mine, { force: true });
+  }
+}
+
+/** releaseLaunchLock removes the lock if it still names `pid` (a waiter may have judged it stale and taken it). */
+function releaseLaunchLock(file: string, pid: number): void {
+  try {
+    if (Number(readFileSync(file, 'utf8').trim()) === pid) rmSync(file, { force: true });
+  } catch {
+    // gone already
+  }
+}
+
+/** processAlive says whether a process with this pid exists (EPERM: it exists, owned by another user). */
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/**
  * launchBackground re-runs this CLI as `launch --foreground` in a detached process logging to
  * `<stateDir>/weft.log`, then waits until the router answers ready. If the process exits
  * first, its last error line becomes ours.
  */
 async function launchBackground(stateDir: string, api: ApiClient): Promise<string> {
-  mkdirSync(stateDir, { recursive: true, mode: 0o700 });
+  // The state directory exists: prepareStateDir made it (never `mkdirSync(..., { recursive })`, see there).
   const logFile = path.join(stateDir, 'weft.log');
   const fd = openSync(logFile, 'a');
   const argv = process.argv.slice(2);
@@ -476,9 +657,41 @@ export async function main(argv: string[]): Promise<number> {
       process.stderr.write(`weft: ${err.message}\n`);
       return exitCodeFor(err.code);
     }
-    process.stderr.write(`weft: ${errorMessage(err)}\n`);
+    process.stderr.write(`weft: ${systemErrorText(err)}\n`);
     return EXIT.error;
   }
+}
+
+/** UNREACHABLE_CODES are the socket errors that mean the router's address cannot be reached from here at all. */
+const UNREACHABLE_CODES = new Set(['ENETUNREACH', 'EHOSTUNREACH', 'EADDRNOTAVAIL']);
+
+/** systemErrorText renders an unexpected error as one line, explaining the ones a user can fix. */
+function systemErrorText(err: unknown): string {
+  const e = err as NodeJS.ErrnoException & { address?: string; port?: number };
+  if (e !== null && typeof e === 'object' && typeof e.code === 'string' && UNREACHABLE_CODES.has(e.code)) {
+    const where = e.address === undefined ? 'the router' : `the router at ${e.address}:${e.port ?? ''}`;
+    return `cannot reach ${where} (${e.code}): is the loopback interface lo up in this network namespace? (\`ip link set lo up\`)`;
+  }
+  return errorMessage(err);
+}
+
+/**
+ * quietOnEpipe makes a closed pipe on stdout end the command quietly (`weft --help | head -1`):
+ * the reader has all it wanted, so exit 0 instead of dying with a stack trace. A foreground router
+ * (`launch --foreground`) must not stop because a log reader went away: there errors on stdout
+ * are ignored. Another write error on stdout is one line on stderr and exit 1; errors on stderr
+ * are dropped (there is nowhere left to report them).
+ */
+export function quietOnEpipe(foreground: boolean, exit: (code: number) => void = (c) => process.exit(c)): void {
+  process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+    if (foreground) return;
+    if (err.code === 'EPIPE') exit(0);
+    else {
+      process.stderr.write(`weft: cannot write the output: ${err.code ?? err.message}\n`);
+      exit(EXIT.error);
+    }
+  });
+  process.stderr.on('error', () => {});
 }
 
 function isMain(): boolean {
@@ -491,9 +704,20 @@ function isMain(): boolean {
 
 const invokedDirectly = isMain();
 if (invokedDirectly) {
+  quietOnEpipe(process.argv.includes('--foreground'));
   main(process.argv).then((code) => {
     // A foreground router returns only when it has stopped; exit explicitly in every case.
     process.exitCode = code;
-    if (code !== 0 || !process.argv.includes('--foreground')) setImmediate(() => process.exit(code));
+    if (code !== 0 || !process.argv.includes('--foreground')) void flushed().then(() => process.exit(code));
   });
+}
+
+/**
+ * flushed resolves once everything written to stdout and stderr has left the process: a pipe
+ * takes 64 KiB at once and Node queues the rest, which `process.exit` would drop (a large
+ * `weft status --json | jq` came out cut). A write error (EPIPE) counts as done.
+ */
+function flushed(): Promise<void> {
+  const drained = (s: NodeJS.WriteStream) => new Promise<void>((resolve) => s.write('', () => resolve()));
+  return Promise.all([drained(process.stdout), drained(process.stderr)]).then(() => undefined);
 }

@@ -24,6 +24,16 @@ export interface ApiClientOptions {
   tokenFile?: string;
 }
 
+/** REQUEST_TIMEOUT_MS is how long a request waits for the router's answer by default. */
+export const REQUEST_TIMEOUT_MS = 10_000;
+/**
+ * ALLOCATING_TIMEOUT_MS is how long a request that takes an address (attach, expose) waits: longer
+ * than the router's allocation deadline (ALLOCATE_TIMEOUT_MS, 20 s, router/ipam/service.ts), so
+ * that the router's own answer, which says why no address came, reaches the user instead of a
+ * timeout of ours.
+ */
+export const ALLOCATING_TIMEOUT_MS = 25_000;
+
 /** FALLBACK_CODES are the socket errors that mean "not this way" (before anything was sent): try TCP. */
 const FALLBACK_CODES = new Set(['ENOENT', 'ECONNREFUSED', 'EACCES', 'EPERM', 'ENOTDIR']);
 
@@ -40,7 +50,7 @@ export class ApiClient {
 
   constructor(
     readonly addr: HostPort,
-    private readonly timeoutMs = 10_000,
+    private readonly timeoutMs = REQUEST_TIMEOUT_MS,
     private readonly opts: ApiClientOptions = {},
   ) {
     this.token = opts.token;

@@ -1,5 +1,15 @@
-import { describe, expect, it } from 'vitest';
-import { buildLaunchConfig, parseHostPort, parsePeerAddress } from './config.js';
+import { chmodSync, existsSync, mkdtempSync, readdirSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import {
+  buildLaunchConfig,
+  checkStateDir,
+  parseHostPort,
+  parsePeerAddress,
+  prepareStateDir,
+  TARGETS_MAX,
+} from './config.js';
 
 describe('buildLaunchConfig', () => {
   it('fills the documented defaults', () => {
@@ -103,5 +113,99 @@ describe('buildLaunchConfig', () => {
   it('parses host:port', () => {
     expect(parseHostPort('0.0.0.0:6784', 'x')).toEqual({ host: '0.0.0.0', port: 6784 });
     expect(() => parseHostPort(':6784', 'x')).toThrow(/invalid x/);
+  });
+});
+
+describe('buildLaunchConfig: inputs that could brick', () => {
+  it.each(['ff:ff:ff:ff:ff:ff', '00:00:00:00:00:00', '01:00:5e:00:00:fb'])(
+    'refuses --name %s: a peer name is the inner MAC address',
+    (name) => {
+      expect(() => buildLaunchConfig([], { stateDir: '/tmp/x', name }, {})).toThrow(
+        /^invalid --name: .*cannot be used/,
+      );
+    },
+  );
+
+  it('takes a unicast --name', () => {
+    expect(buildLaunchConfig([], { stateDir: '/tmp/x', name: '02:42:0A:00:00:01' }, {}).name).toBe('02:42:0a:00:00:01');
+  });
+
+  it.each([['/proc/1/x'], ['/proc'], ['/sys/fs/weft'], ['/dev/weft'], ['/dev/shm/weft']])(
+    'refuses --state-dir %s (and WEFT_STATE_DIR) at once, in one line',
+    (dir) => {
+      const t0 = Date.now();
+      expect(() => buildLaunchConfig([], { stateDir: dir }, {})).toThrow(/^invalid --state-dir .*kernel file system/);
+      expect(() => buildLaunchConfig([], {}, { WEFT_STATE_DIR: dir })).toThrow(
+        /^invalid WEFT_STATE_DIR .*kernel file system/,
+      );
+      expect(Date.now() - t0).toBeLessThan(1_000);
+    },
+  );
+
+  it('keeps TARGETS_MAX equal to what a state file holds', () => {
+    expect(TARGETS_MAX).toBe(10_000);
+  });
+});
+
+describe('checkStateDir and prepareStateDir', () => {
+  let root: string;
+  beforeEach(() => {
+    root = mkdtempSync(path.join(tmpdir(), 'weft-statedir-'));
+  });
+  afterEach(() => {
+    chmodSync(root, 0o700);
+    rmSync(root, { recursive: true, force: true });
+  });
+
+  it('makes an absolute path of a relative one', () => {
+    expect(checkStateDir('some/dir')).toBe(path.resolve('some/dir'));
+    expect(() => checkStateDir('')).toThrow(/invalid --state-dir/);
+    expect(() => checkStateDir('/tmp/a\0b')).toThrow(/invalid --state-dir/);
+  });
+
+  it('refuses a path that reaches /proc through a symbolic link', () => {
+    symlinkSync('/proc/1', path.join(root, 'p'));
+    expect(() => checkStateDir(path.join(root, 'p', 'x', 'y'))).toThrow(
+      /resolves to \/proc\/1\/x\/y.*kernel file system/,
+    );
+  });
+
+  it('makes the directory and its parents, mode 0700, and leaves nothing else there', () => {
+    const dir = path.join(root, 'a', 'b', 'c');
+    prepareStateDir(dir);
+    expect(statSync(dir).isDirectory()).toBe(true);
+    expect(statSync(dir).mode & 0o777).toBe(0o700);
+    expect(readdirSync(dir)).toEqual([]);
+    prepareStateDir(dir); // again: it exists
+  });
+
+  it('refuses a path through a file, in one line', () => {
+    writeFileSync(path.join(root, 'f'), '');
+    expect(() => prepareStateDir(path.join(root, 'f'))).toThrow(
+      /^cannot use the state directory .*f is not a directory$/,
+    );
+    expect(() => prepareStateDir(path.join(root, 'f', 'x'))).toThrow(
+      /^cannot use the state directory .*not a directory/,
+    );
+  });
+
+  it('refuses a directory it cannot write, in one line', () => {
+    if (process.getuid?.() === 0) {
+      // root writes anywhere but on a read-only file system: /proc/sys is one.
+      expect(() => prepareStateDir('/proc/sys')).toThrow(/kernel file system/);
+      return;
+    }
+    chmodSync(root, 0o500);
+    expect(() => prepareStateDir(path.join(root, 'x'))).toThrow(
+      /^cannot use the state directory .*cannot create .*EACCES: permission denied$/,
+    );
+    expect(() => prepareStateDir(root)).toThrow(/cannot write there: EACCES/);
+  });
+
+  it('refuses a missing path below /proc at once (a recursive mkdir spins there forever)', () => {
+    const t0 = Date.now();
+    expect(() => prepareStateDir('/proc/1/x')).toThrow();
+    expect(Date.now() - t0).toBeLessThan(1_000);
+    expect(existsSync('/proc/1/x')).toBe(false);
   });
 });

@@ -1,9 +1,18 @@
-import { readFileSync } from 'node:fs';
+import {
+  closeSync,
+  constants as fsConstants,
+  mkdirSync,
+  openSync,
+  readFileSync,
+  realpathSync,
+  rmSync,
+  statSync,
+} from 'node:fs';
 import path from 'node:path';
 import { ConfigError } from '../common/errors.js';
 import type { LogLevel } from '../common/log.js';
 import type { Cidr, PeerName } from '../common/types.js';
-import { parseCidr, parsePeerName } from '../common/types.js';
+import { parseCidr, parseOwnPeerName } from '../common/types.js';
 import {
   CONTAINER_GRACE_MS,
   CONTROL_PORT,
@@ -51,6 +60,93 @@ export function isLoopbackHost(host: string): boolean {
     .replace(/^::ffff:/i, '')
     .toLowerCase();
   return h === 'localhost' || h === '::1' || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(h);
+}
+
+/**
+ * TARGETS_MAX is the most connection targets (from launch and connect) a router keeps: exactly what
+ * its state file may hold (control/state.ts), so that a state file the router writes can always be
+ * read back. POST /connect refuses (409) a request that would take the list beyond it.
+ */
+export const TARGETS_MAX = 10_000;
+
+/**
+ * STATE_DIR_FORBIDDEN are the kernel's virtual file systems: a state directory there can never hold
+ * files (and Node's recursive mkdir spins forever on a missing path below /proc).
+ */
+export const STATE_DIR_FORBIDDEN: readonly string[] = ['/proc', '/sys', '/dev'];
+
+/**
+ * checkStateDir validates a state directory as given (`--state-dir`, WEFT_STATE_DIR) without
+ * touching the disk beyond reading: it must be a path with no NUL byte, and neither it nor what its
+ * deepest existing ancestor resolves to (symbolic links followed) may lie in /proc, /sys or /dev.
+ * Returns the absolute path (relative paths are taken from the current directory). Throws
+ * ConfigError with one line saying why. {@link prepareStateDir} then makes it and proves it writable.
+ */
+export function checkStateDir(dir: string, what = '--state-dir'): string {
+  if (dir === '' || dir.includes('\0')) throw new ConfigError(`invalid ${what} "${dir}": want a directory path`);
+  const abs = path.resolve(dir);
+  const inForbidden = (p: string) => STATE_DIR_FORBIDDEN.find((f) => p === f || p.startsWith(`${f}/`));
+  let real = abs;
+  for (let p = abs; ; p = path.dirname(p)) {
+    try {
+      real = path.join(realpathSync(p), path.relative(p, abs));
+      break;
+    } catch {
+      if (p === path.dirname(p)) break;
+    }
+  }
+  const bad = inForbidden(abs) ?? inForbidden(real);
+  if (bad !== undefined) {
+    const via = real === abs ? '' : ` (it resolves to ${real})`;
+    throw new ConfigError(
+      `invalid ${what} "${dir}"${via}: ${bad} is a kernel file system, it cannot hold state; choose a directory such as /var/lib/weft`,
+    );
+  }
+  return abs;
+}
+
+/**
+ * prepareStateDir makes the state directory (mode 0700, parents as needed) and proves it can hold
+ * files by creating and removing a probe file. It walks the path one component at a time instead
+ * of `mkdirSync(dir, { recursive: true })`, which in Node 20 retries forever where mkdir keeps
+ * answering ENOENT (any missing path below /proc). Throws ConfigError with one line saying why.
+ */
+export function prepareStateDir(dir: string): void {
+  const abs = checkStateDir(dir);
+  const fail = (what: string, err?: unknown): never => {
+    const e = err as NodeJS.ErrnoException | undefined;
+    // "EACCES: permission denied, mkdir '/x'" → "EACCES: permission denied": the path is said already.
+    const why = e === undefined ? '' : `: ${e.message.replace(/, \w+ '.*'$/, '')}`;
+    throw new ConfigError(`cannot use the state directory ${abs}: ${what}${why}`, { cause: err });
+  };
+  const missing: string[] = [];
+  for (let p = abs; ; p = path.dirname(p)) {
+    let isDir: boolean;
+    try {
+      isDir = statSync(p).isDirectory();
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') fail(`cannot look at ${p}`, err);
+      missing.unshift(p);
+      if (p === path.dirname(p)) break;
+      continue;
+    }
+    if (!isDir) fail(`${p} is not a directory`);
+    break;
+  }
+  for (const p of missing) {
+    try {
+      mkdirSync(p, { mode: 0o700 });
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') fail(`cannot create ${p}`, err);
+    }
+  }
+  const probe = path.join(abs, `.weft-probe-${process.pid}`);
+  try {
+    closeSync(openSync(probe, fsConstants.O_CREAT | fsConstants.O_EXCL | fsConstants.O_WRONLY, 0o600));
+  } catch (err) {
+    fail('cannot write there', err);
+  }
+  rmSync(probe, { force: true });
 }
 
 /** HostPort is a listen or dial address. */
@@ -223,7 +319,7 @@ export function buildLaunchConfig(
   let name: PeerName | undefined;
   if (flags.name !== undefined) {
     try {
-      name = parsePeerName(flags.name);
+      name = parseOwnPeerName(flags.name);
     } catch (err) {
       throw new ConfigError(`invalid --name: ${(err as Error).message}`, { cause: err });
     }
@@ -242,7 +338,10 @@ export function buildLaunchConfig(
     password = Buffer.from(env.WEFT_PASSWORD);
   }
   const httpAddr = parseHostPort(flags.httpAddr ?? env.WEFT_HTTP_ADDR ?? HTTP_ADDR, '--http-addr');
-  const stateDir = flags.stateDir ?? env.WEFT_STATE_DIR ?? defaultStateDir();
+  const stateDir = checkStateDir(
+    flags.stateDir ?? env.WEFT_STATE_DIR ?? defaultStateDir(),
+    flags.stateDir === undefined && env.WEFT_STATE_DIR !== undefined ? 'WEFT_STATE_DIR' : '--state-dir',
+  );
   const apiSocket = flags.apiSocket ?? env.WEFT_API_SOCKET ?? defaultApiSocket();
   if (!path.isAbsolute(apiSocket) || Buffer.byteLength(apiSocket) > 107) {
     throw new ConfigError(`invalid --api-socket "${apiSocket}": want an absolute path of at most 107 bytes`);

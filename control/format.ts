@@ -115,10 +115,39 @@ export function formatConnections(s: RouterStatus): string {
   return lines.length === 0 ? 'no connections\n' : `${lines.join('\n')}\n`;
 }
 
-/** formatTargets renders `weft status targets`, one address per line. */
-export function formatTargets(s: RouterStatus): string {
+/**
+ * formatTargets renders `weft status targets`, one target per line: its address, its state, the
+ * peer it led to, and for one that is not established how many attempts, the last error and when
+ * the next retry starts (relative to `now`, ms since the epoch), or that it was given up.
+ *
+ * ```
+ * 192.168.1.10:6783  established  peer 62:8e:01:02:03:04
+ * 192.168.1.12:6783  failed  3 attempts  last error: connect ECONNREFUSED 192.168.1.12:6783  next retry in 4.2 s
+ * 192.168.1.11:6783  failed  1 attempt  last error: cannot connect to ourselves  not retried
+ * ```
+ */
+export function formatTargets(s: RouterStatus, now: number = Date.now()): string {
   const t = s.targets as TargetView[];
-  return t.length === 0 ? '' : `${t.map((x) => x.address ?? '?').join('\n')}\n`;
+  if (t.length === 0) return 'no targets\n';
+  const lines = t.map((x) => {
+    const parts = [x.address ?? '?', x.state ?? '?'];
+    if (x.peer !== undefined) parts.push(`peer ${x.peer}`);
+    if (x.state !== 'established') {
+      if (x.attempts !== undefined && x.attempts > 0) parts.push(`${x.attempts} attempt${x.attempts === 1 ? '' : 's'}`);
+      if (x.lastError !== undefined) parts.push(`last error: ${x.lastError}`);
+      if (x.nextRetryAt !== undefined) parts.push(`next retry ${retryIn(x.nextRetryAt, now)}`);
+      else if (x.state === 'failed') parts.push('not retried');
+    }
+    return parts.join('  ');
+  });
+  return `${lines.join('\n')}\n`;
+}
+
+/** retryIn says when a retry at `at` starts: "in 4.2 s", or "now" when it is due. */
+function retryIn(at: number | string, now: number): string {
+  const ms = (typeof at === 'number' ? at : Date.parse(at)) - now;
+  if (!Number.isFinite(ms)) return String(at);
+  return ms <= 0 ? 'now' : `in ${(ms / 1000).toFixed(1)} s`;
 }
 
 /** formatIpam renders `weft status ipam`: the state, then each owner's share of the range. */

@@ -10,6 +10,7 @@ import { noopLogger } from '../common/log.js';
 import type { Router } from '../router/index.js';
 import { MemoryMesh } from '../router/testing/memory-router.js';
 import { ApiClient } from './client.js';
+import { TARGETS_MAX } from './config.js';
 import {
   type ApiListener,
   createApi,
@@ -611,5 +612,74 @@ describe('ensureApiToken', () => {
     expect(statSync(file).mode & 0o777).toBe(0o600);
     writeFileSync(file, 'short');
     expect(() => ensureApiToken(file)).toThrow(`the API token file ${file} holds no token`);
+  });
+});
+
+describe('HTTP API: targets bounded', () => {
+  /** fakeRouter keeps a persistent target list the way Router does, without dialling anyone. */
+  function fakeRouter(): { router: Router; list: Set<string>; connects: number } {
+    const state = { list: new Set<string>(), connects: 0 };
+    const router = {
+      isReady: true,
+      targetList: () => [...state.list],
+      connect: (t: readonly string[]) => {
+        state.connects++;
+        for (const x of t) state.list.add(x);
+        return [...state.list];
+      },
+      forget: (t: readonly string[]) => {
+        for (const x of t) state.list.delete(x);
+        return [...state.list];
+      },
+    } as unknown as Router;
+    return Object.assign(state, { router });
+  }
+
+  const peers = (batch: number) =>
+    Array.from({ length: 1000 }, (_, i) => `10.${batch}.${Math.floor(i / 250)}.${(i % 250) + 1}:6783`);
+
+  let server: Server;
+  afterEach(async () => {
+    server.closeAllConnections();
+    await new Promise((r) => server.close(r));
+  });
+
+  it(`refuses with 409 a connect that would pass TARGETS_MAX (${TARGETS_MAX}), keeping the list as it was`, async () => {
+    const f = fakeRouter();
+    let changes = 0;
+    server = createApi({
+      router: f.router,
+      metrics: {} as never,
+      log: noopLogger,
+      onStop: () => {},
+      onChange: () => changes++,
+      token: TOKEN,
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const api = new ApiClient({ host: '127.0.0.1', port: (server.address() as AddressInfo).port }, undefined, {
+      token: TOKEN,
+    });
+    for (let b = 0; b < TARGETS_MAX / 1000; b++) {
+      expect((await api.call('POST', '/connect', { body: { peers: peers(b) } })).status).toBe(200);
+    }
+    expect(f.list.size).toBe(TARGETS_MAX);
+    const r = await api.call('POST', '/connect', { body: { peers: peers(10) } });
+    expect(r.status).toBe(409);
+    expect(r.json).toEqual({
+      code: 'EWEFT_CONFLICT',
+      error: `too many connection targets: ${TARGETS_MAX} kept and 1000 new would make ${TARGETS_MAX + 1000}, more than the limit of ${TARGETS_MAX}; forget some first (\`weft forget\`), or replace the list (\`weft connect --replace\`)`,
+    });
+    expect(f.list.size).toBe(TARGETS_MAX);
+    expect(f.connects).toBe(TARGETS_MAX / 1000);
+    expect(changes).toBe(TARGETS_MAX / 1000);
+    // The CLI shows the router's reason.
+    await expect(api.ok('POST', '/connect', { body: { peers: ['192.0.2.1'] } })).rejects.toThrow(
+      /too many connection targets: 10000 kept and 1 new/,
+    );
+    // Addresses already kept are not new; a replacement list stands on its own.
+    expect((await api.call('POST', '/connect', { body: { peers: peers(3).slice(0, 5) } })).status).toBe(200);
+    const replaced = await api.call('POST', '/connect', { body: { peers: peers(10), replace: true } });
+    expect(replaced.status).toBe(200);
+    expect(f.list.size).toBe(1000);
   });
 });

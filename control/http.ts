@@ -21,7 +21,7 @@ import type { Logger } from '../common/log.js';
 import { formatCidr, parseCidr, parseIPv4 } from '../common/types.js';
 import type { Router, RouterStatus } from '../router/index.js';
 import type { Attacher } from './attach.js';
-import { isLoopbackHost, parsePeerAddress } from './config.js';
+import { isLoopbackHost, parsePeerAddress, TARGETS_MAX } from './config.js';
 import type { DnsService } from './dns.js';
 import { formatConnections, formatDns, formatIpam, formatPeers, formatStatus, formatTargets } from './format.js';
 
@@ -189,6 +189,7 @@ export function createApi(opts: ApiOptions, listener: ApiListener = { transport:
     'GET /metrics': async () => ({ text: await metrics.metrics(), contentType: metrics.contentType }),
     'POST /connect': (req, url, body) => {
       const { peers, replace } = peerList(req, url, body);
+      checkTargetsBound(replace ? [] : router.targetList(), peers);
       if (replace) router.forget(router.targetList());
       const targets = router.connect(peers);
       opts.onChange?.();
@@ -748,6 +749,22 @@ function field(req: IncomingMessage, url: URL, body: Buffer, name: string): stri
   if (v === undefined) return undefined;
   if (typeof v !== 'string') throw new InputError(`"${name}" must be a string`);
   return v;
+}
+
+/**
+ * checkTargetsBound refuses (EWEFT_CONFLICT, 409) a connect that would take the router's targets
+ * beyond TARGETS_MAX: that many is all its state file holds, and a list it could not read back
+ * would stop the next launch. Addresses already kept do not count twice.
+ */
+function checkTargetsBound(kept: readonly string[], adding: readonly string[]): void {
+  const all = new Set(kept.map((t) => t.toLowerCase()));
+  const before = all.size;
+  for (const p of adding) all.add(p.toLowerCase());
+  if (all.size <= TARGETS_MAX) return;
+  throw new WeftError(
+    'EWEFT_CONFLICT',
+    `too many connection targets: ${before} kept and ${all.size - before} new would make ${all.size}, more than the limit of ${TARGETS_MAX}; forget some first (\`weft forget\`), or replace the list (\`weft connect --replace\`)`,
+  );
 }
 
 function peerList(req: IncomingMessage, url: URL, body: Buffer): { peers: string[]; replace: boolean } {

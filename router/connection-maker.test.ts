@@ -13,6 +13,7 @@ import {
   ConnectionMaker,
   type ConnectionMakerOptions,
   parseTarget,
+  TARGETS_MAX_DEFAULT,
 } from './connection-maker.js';
 import { CONTROL_PORT, RECONNECT_FACTOR, RECONNECT_INITIAL_MS, RECONNECT_MAX_MS } from './constants.js';
 import { decodeBody, FrameDecoder } from './protocol.js';
@@ -181,6 +182,24 @@ describe('parseTarget and backoffMs', () => {
     expect(backoffMs(0, () => 0)).toBeCloseTo(RECONNECT_INITIAL_MS * 0.9);
     expect(backoffMs(0, () => 0.999999)).toBeCloseTo(RECONNECT_INITIAL_MS * 1.1, 0);
     expect(backoffMs(50, () => 0.999999)).toBe(RECONNECT_MAX_MS);
+  });
+});
+
+describe('ConnectionMaker targets bound', () => {
+  it(`holds at most targetsMax targets (default TARGETS_MAX_DEFAULT, ${TARGETS_MAX_DEFAULT}): beyond, addTargets refuses and adds none`, () => {
+    const m = maker(1, { targetsMax: 3 }); // not started: nothing is dialled
+    m.addTargets(['10.0.0.1', '10.0.0.2']);
+    m.addTargets(['10.0.0.1', '10.0.0.2', '10.0.0.3']); // one new: fits
+    expect(() => m.addTargets(['10.0.0.3', '10.0.0.4', '10.0.0.5'])).toThrow(InputError);
+    expect(() => m.addTargets(['10.0.0.4'])).toThrow(
+      'too many connection targets: 3 held and 1 new would pass the limit of 3',
+    );
+    expect(m.targets().map((t) => t.address)).toEqual(['10.0.0.1:6783', '10.0.0.2:6783', '10.0.0.3:6783']);
+    m.addTargets(['10.0.0.3:6783', '10.0.0.1']); // known ones are never refused
+    m.removeTargets(['10.0.0.1']);
+    m.addTargets(['10.0.0.4']);
+    expect(m.targets()).toHaveLength(3);
+    expect(TARGETS_MAX_DEFAULT).toBeGreaterThanOrEqual(20_000);
   });
 });
 

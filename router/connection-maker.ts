@@ -81,6 +81,13 @@ export const CLOSE_DUPLICATE = 'duplicate connection';
 /** CLOSE_SHUTDOWN is the close reason of every connection when the maker stops. */
 export const CLOSE_SHUTDOWN = 'router shutting down';
 
+/**
+ * TARGETS_MAX_DEFAULT bounds the targets one ConnectionMaker holds, so no caller can grow the list
+ * without bound: the persistent ones (launch and connect; control/ keeps at most 10 000, what a
+ * state file holds) plus those discovery adds (at most --discovery-degree, itself at most 10 000).
+ */
+export const TARGETS_MAX_DEFAULT = 20_000;
+
 /** TargetState: see the module comment. */
 export type TargetState = 'connecting' | 'established' | 'retrying' | 'failed';
 
@@ -136,6 +143,8 @@ export interface ConnectionMakerOptions {
   readonly handshakesPerAddrMax?: number;
   /** targets to dial once started. */
   readonly targets?: readonly string[];
+  /** targetsMax caps the targets held; addTargets refuses beyond it (default TARGETS_MAX_DEFAULT). */
+  readonly targetsMax?: number;
   readonly log: Logger;
   /** random returns a number in [0, 1) for backoff jitter (default Math.random). */
   readonly random?: () => number;
@@ -208,6 +217,7 @@ export class ConnectionMaker extends EventEmitter<ConnectionMakerEvents> impleme
   private readonly connLimit: number;
   private readonly handshakesMax: number;
   private readonly handshakesPerAddrMax: number;
+  private readonly targetsMax: number;
   private readonly targetMap = new Map<string, Target>();
   private readonly conns = new Set<Connection>();
   /** byPeer holds the one established connection kept per peer. */
@@ -248,6 +258,7 @@ export class ConnectionMaker extends EventEmitter<ConnectionMakerEvents> impleme
     this.connLimit = opts.connLimit ?? CONN_LIMIT_DEFAULT;
     this.handshakesMax = opts.handshakesMax ?? HANDSHAKES_MAX;
     this.handshakesPerAddrMax = opts.handshakesPerAddrMax ?? HANDSHAKES_PER_ADDR_MAX;
+    this.targetsMax = opts.targetsMax ?? TARGETS_MAX_DEFAULT;
     if (opts.targets !== undefined) this.addTargets(opts.targets);
   }
 
@@ -297,10 +308,16 @@ export class ConnectionMaker extends EventEmitter<ConnectionMakerEvents> impleme
   /**
    * addTargets adds `host[:port]` targets and dials new ones at once (if started). Addresses
    * already present are left alone, so discovery may call this repeatedly. Throws InputError for
-   * an invalid entry, adding none.
+   * an invalid entry, or when the new ones would take the list beyond `targetsMax`, adding none.
    */
   addTargets(list: readonly string[]): void {
     const parsed = list.map(parseTarget);
+    const fresh = new Set(parsed.filter((p) => !this.targetMap.has(p.address)).map((p) => p.address));
+    if (this.targetMap.size + fresh.size > this.targetsMax) {
+      throw new InputError(
+        `too many connection targets: ${this.targetMap.size} held and ${fresh.size} new would pass the limit of ${this.targetsMax}`,
+      );
+    }
     for (const p of parsed) {
       if (this.targetMap.has(p.address)) continue;
       const t: Target = {

@@ -1,0 +1,48 @@
+import { describe, expect, it } from 'vitest';
+import { InputError } from './errors.js';
+import { type PeerName, parseOwnPeerName, parsePeerName, randomPeerName, reservedPeerNameReason } from './types.js';
+
+describe('parseOwnPeerName', () => {
+  it('takes unicast names, normalised to lower case', () => {
+    expect(parseOwnPeerName('02:42:0A:00:00:01')).toBe('02:42:0a:00:00:01');
+    expect(parseOwnPeerName('fe:ff:ff:ff:ff:ff')).toBe('fe:ff:ff:ff:ff:ff');
+    expect(parseOwnPeerName('00:00:00:00:00:01')).toBe('00:00:00:00:00:01');
+  });
+
+  it.each([
+    ['ff:ff:ff:ff:ff:ff', /broadcast/],
+    ['FF:FF:FF:FF:FF:FF', /broadcast/],
+    ['00:00:00:00:00:00', /all-zero/],
+    ['01:00:5e:00:00:01', /multicast/],
+    ['33:33:00:00:00:01', /multicast/],
+    ['03:00:00:00:00:00', /multicast/],
+  ])('refuses %s, which cannot be a MAC address of one router', (text, why) => {
+    expect(() => parseOwnPeerName(text)).toThrow(InputError);
+    expect(() => parseOwnPeerName(text)).toThrow(why);
+    expect(() => parseOwnPeerName(text)).toThrow(/unicast/);
+  });
+
+  it('still refuses what is not a peer name at all', () => {
+    expect(() => parseOwnPeerName('not-a-mac')).toThrow(/invalid peer name/);
+  });
+
+  it('leaves parsePeerName as it was: names of other peers are only checked for form', () => {
+    expect(parsePeerName('ff:ff:ff:ff:ff:ff')).toBe('ff:ff:ff:ff:ff:ff');
+  });
+});
+
+describe('reservedPeerNameReason', () => {
+  it('never objects to a random name', () => {
+    for (let i = 0; i < 256; i++) {
+      const n = randomPeerName(() => Uint8Array.from([i, 0xff, 0xff, 0xff, 0xff, 0xff]));
+      expect(reservedPeerNameReason(n), n).toBeUndefined();
+    }
+  });
+
+  it('objects to every name with the I/G bit set', () => {
+    for (let b = 1; b < 256; b += 2) {
+      const n = `${b.toString(16).padStart(2, '0')}:00:00:00:00:01` as PeerName;
+      expect(reservedPeerNameReason(n), n).toBeDefined();
+    }
+  });
+});

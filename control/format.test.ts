@@ -1,0 +1,42 @@
+import { describe, expect, it } from 'vitest';
+import type { RouterStatus } from '../router/index.js';
+import { formatTargets } from './format.js';
+
+const NOW = Date.parse('2026-01-01T00:00:00Z');
+
+function withTargets(targets: unknown[]): RouterStatus {
+  return { targets } as unknown as RouterStatus;
+}
+
+describe('formatTargets', () => {
+  it('shows each target with its state, peer, attempts, last error and next retry', () => {
+    const text = formatTargets(
+      withTargets([
+        { address: '10.0.0.2:6783', state: 'established', attempts: 0, peer: '02:00:00:00:00:02' },
+        {
+          address: '10.0.0.3:6783',
+          state: 'failed',
+          attempts: 3,
+          lastError: 'connect ECONNREFUSED 10.0.0.3:6783',
+          nextRetryAt: NOW + 4_200,
+        },
+        { address: '10.0.0.4:6783', state: 'failed', attempts: 1, lastError: 'cannot connect to ourselves' },
+        { address: '10.0.0.5:6783', state: 'connecting', attempts: 1 },
+        { address: '10.0.0.6:6783', state: 'retrying', attempts: 2, lastError: 'timeout', nextRetryAt: NOW - 5 },
+      ]),
+      NOW,
+    );
+    expect(text.split('\n')).toEqual([
+      '10.0.0.2:6783  established  peer 02:00:00:00:00:02',
+      '10.0.0.3:6783  failed  3 attempts  last error: connect ECONNREFUSED 10.0.0.3:6783  next retry in 4.2 s',
+      '10.0.0.4:6783  failed  1 attempt  last error: cannot connect to ourselves  not retried',
+      '10.0.0.5:6783  connecting  1 attempt',
+      '10.0.0.6:6783  retrying  2 attempts  last error: timeout  next retry now',
+      '',
+    ]);
+  });
+
+  it('says so when there are no targets', () => {
+    expect(formatTargets(withTargets([]), NOW)).toBe('no targets\n');
+  });
+});
