@@ -23,7 +23,10 @@ export const Drop = {
   NotForOurMac: 9,
   /** UnsupportedEtherType: a VXLAN frame that is neither IPv4 nor ARP. */
   UnsupportedEtherType: 10,
-  /** ArpNotOurs: an ARP request for an address this router does not serve (not an error). */
+  /**
+   * ArpNotOurs: an ARP packet that needs no answer from us (not an error): a request for an
+   * address this router does not serve, or a reply (learned from first where that is allowed).
+   */
   ArpNotOurs: 11,
   /** TunWrite: the TUN device did not accept the packet (queue full or rejected). */
   TunWrite: 12,

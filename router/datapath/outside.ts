@@ -208,6 +208,10 @@ export class Outside {
     }
     const end = off + len;
     let fo = off + SLEEVE_PREFIX_LEN - 2;
+    if (fo >= end) {
+      c.drop(Drop.Truncated); // a DATA header with no frame
+      return;
+    }
     while (fo < end) {
       const fl = sleeveFrameLen(buf, fo, end);
       if (fl < 0) {
@@ -327,7 +331,6 @@ export class Outside {
     const sHi = arpSenderMacHi(buf, p);
     const sLo = arpSenderMacLo(buf, p);
     if (senderIp !== 0) this.learn(senderIp, sHi, sLo, fromAddr, now, fwd.fib.lookup(senderIp));
-    if (op === ARP_OP_REPLY) return;
     const target = arpTargetIp(buf, p);
     if (op !== ARP_OP_REQUEST || !fwd.fib.isLocal(target)) {
       c.drop(Drop.ArpNotOurs);
