@@ -8,10 +8,10 @@ import { promisify } from 'node:util';
 import { ConfigError, errorMessage, WeftError } from '../common/errors.js';
 import { createLogger, type Logger } from '../common/log.js';
 import type { Cidr, PeerName, PeerUid } from '../common/types.js';
-import { cidrsOverlap, formatCidr, parseCidr, parsePeerName, randomPeerName } from '../common/types.js';
-import { Router } from '../router/index.js';
+import { cidrsOverlap, formatCidr, parseCidr, parseOwnPeerName, randomPeerName } from '../common/types.js';
+import { EXPOSE_OWNER, Router } from '../router/index.js';
 import { Attacher, isContainerIfname } from './attach.js';
-import { type LaunchConfig, RUN_ROOT } from './config.js';
+import { type LaunchConfig, RUN_ROOT, TARGETS_MAX } from './config.js';
 import { DnsService } from './dns.js';
 import { API_SOCKET_GROUP, type ApiOptions, createApi, ensureApiToken, listenApiSocket } from './http.js';
 import { createMetrics } from './metrics.js';
@@ -29,8 +29,14 @@ export async function runForeground(cfg: LaunchConfig, log: Logger = createLogge
   const state = stateFile.load();
   let name: PeerName;
   if (cfg.name !== undefined) name = cfg.name;
-  else if (state.peerName !== undefined) name = parsePeerName(state.peerName);
+  else if (state.peerName !== undefined) name = persistedName(state.peerName, stateFile.file);
   else name = randomPeerName((n) => randomBytes(n));
+  const targets = [...new Set([...state.targets, ...cfg.peers])];
+  if (targets.length > TARGETS_MAX) {
+    throw new ConfigError(
+      `${stateFile.file} keeps ${state.targets.length} connection targets and launch adds ${targets.length - state.targets.length}: more than the limit of ${TARGETS_MAX}; launch without peers, then \`weft forget\` some`,
+    );
+  }
   const ns = netnsIdentity();
   const nickname = cfg.nickname ?? ns.name ?? hostname();
   // A restarted router must supersede its old self everywhere even if the clock stepped back.
@@ -61,6 +67,8 @@ export async function runForeground(cfg: LaunchConfig, log: Logger = createLogge
     ipam: {
       init: cfg.ipallocInit,
       persisted: loadIpam(cfg.stateDir),
+      // IPAM recovery (router/ipam): with ipam.json lost, a router that had targets rejoins its cluster's ring.
+      expectCluster: state.targets.length > 0,
       persist: (st) => {
         if (!resetting) saveIpam(cfg.stateDir, st);
       },
@@ -199,6 +207,23 @@ export async function runForeground(cfg: LaunchConfig, log: Logger = createLogge
     await closeServers();
     throw err;
   }
+  // ---- IPAM recovery (router/ipam owner): connect first, then take back from the ring the
+  // addresses still in use here before anything is seeded or handed out; a conflict (or no ring
+  // within the deadline when ipam.json was lost) refuses the launch with the way out.
+  router.connect(targets);
+  try {
+    await router.ipam.reclaim([
+      { owner: EXPOSE_OWNER, addrs: state.exposed.map((c) => parseCidr(c).addr) },
+      ...state.attached.map((a) => ({ owner: a.target, addrs: a.cidrs.map((c) => parseCidr(c).addr) })),
+    ]);
+  } catch (err) {
+    log.error('ipam: cannot take back the addresses in use here', { err: errorMessage(err) });
+    resetting = true; // save nothing: the next launch must find the state as it is
+    await router.stop();
+    await closeServers();
+    throw err;
+  }
+  // ---- end IPAM recovery
   // Restore what the previous run had, then what this launch asks for.
   for (const c of state.exposed) {
     try {
@@ -210,7 +235,6 @@ export async function runForeground(cfg: LaunchConfig, log: Logger = createLogge
   await dns?.start();
   await attacher.restore(state.attached);
   attacher.start();
-  router.connect([...new Set([...state.targets, ...cfg.peers])]);
   persist();
   log.info('router ready', {
     peer: name,
@@ -225,6 +249,15 @@ export async function runForeground(cfg: LaunchConfig, log: Logger = createLogge
     });
   }
   await done;
+}
+
+/** persistedName validates the peer name kept in the state file as one a router may take. */
+function persistedName(text: string, file: string): PeerName {
+  try {
+    return parseOwnPeerName(text);
+  } catch (err) {
+    throw new ConfigError(`${file}: ${errorMessage(err)}; launch with --name NAME to choose another`, { cause: err });
+  }
 }
 
 /** RESET_LINGER_MS: after `weft reset` hands its space over, the router stays up this long for the gossip to go out. */

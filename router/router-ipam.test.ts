@@ -1,5 +1,6 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { formatIPv4, type IPv4, type PeerName, parseCidr } from '../common/types.js';
+import { seedIdOf } from './ipam/ring.js';
 import { ipv4Packet, MemoryMesh, type MemoryRouter, until } from './testing/memory-router.js';
 
 const RANGE = parseCidr('10.32.0.0/12');
@@ -121,8 +122,184 @@ describe('Router with IPAM', () => {
       ipallocRange: RANGE,
       ipam: { init: { mode: 'auto', alone: false }, allocateTimeoutMs: 200 },
     });
-    await expect(r.router.allocate('x')).rejects.toThrow(/no peer has seeded the address ring yet/);
+    await expect(r.router.allocate('x')).rejects.toThrow(/no reachable router may seed the address ring/);
     expect(r.router.status().ipam.state).toBe('awaiting-seed');
     await expect(r.router.allocate('weft:expose')).rejects.toThrow(/reserved/);
   });
+});
+
+/** fullMesh waits until every router has an established connection to each other one. */
+async function fullMesh(rs: readonly MemoryRouter[]): Promise<void> {
+  await until(
+    () => rs.every((r) => r.router.status().peers.filter((p) => p.state === 'established').length === rs.length - 1),
+    'a full mesh',
+    10_000,
+  );
+}
+
+/** expectOneRing checks every router holds the same seeded ring with no conflict, and the addresses are distinct. */
+async function expectOneRing(rs: readonly MemoryRouter[], addrs: readonly IPv4[]): Promise<void> {
+  expect(new Set(addrs).size).toBe(addrs.length);
+  const same = () => new Set(rs.map((r) => JSON.stringify(r.router.ipam.spans()))).size === 1;
+  await until(same, 'one ring everywhere');
+  const spans = JSON.stringify(rs[0]!.router.ipam.spans());
+  for (const r of rs) {
+    const st = r.router.status().ipam;
+    expect(st.conflicts, r.router.nickname).toEqual([]);
+    expect(st.seeded).toBe(true);
+    expect(JSON.stringify(r.router.ipam.spans())).toBe(spans);
+  }
+  for (const a of addrs) expect(rs.filter((r) => r.router.ipam.ownerOf(a) !== undefined).length).toBe(rs.length);
+}
+
+describe('Router with IPAM: who seeds', () => {
+  let mesh: MemoryMesh;
+  afterEach(async () => {
+    await mesh?.stop();
+  });
+  const alone = (timeout = 5_000) => ({
+    ipallocRange: RANGE,
+    ipam: { init: { mode: 'auto', alone: true } as const, allocateTimeoutMs: timeout },
+  });
+  const withPeers = (timeout = 5_000) => ({
+    ipallocRange: RANGE,
+    ipam: { init: { mode: 'auto', alone: false } as const, allocateTimeoutMs: timeout },
+  });
+
+  it('a router launched with peers that allocates first makes the lone-launched one seed at once', async () => {
+    mesh = new MemoryMesh();
+    const a = await mesh.add(alone());
+    const b = await mesh.add(withPeers(20_000));
+    b.router.connect([`127.0.0.1:${a.router.controlPort}`]);
+    await fullMesh([a, b]);
+    const t0 = Date.now();
+    const y = await b.router.allocate('y');
+    expect(Date.now() - t0).toBeLessThan(3_000);
+    const x = await a.router.allocate('x');
+    await expectOneRing([a, b], [x, y]);
+    expect(b.router.ipam.ownerOf(y)).toBe(b.router.name);
+  }, 20_000);
+
+  it('an allocation waiting before the seed-capable router is reachable completes once it is', async () => {
+    mesh = new MemoryMesh();
+    const a = await mesh.add(alone());
+    const b = await mesh.add(withPeers(20_000));
+    const pending = b.router.allocate('y');
+    expect(b.router.status().ipam.message).toMatch(/no reachable router may seed/);
+    await new Promise((r) => setTimeout(r, 300));
+    b.router.connect([`127.0.0.1:${a.router.controlPort}`]);
+    const y = await pending;
+    const x = await a.router.allocate('x');
+    await expectOneRing([a, b], [x, y]);
+  }, 20_000);
+
+  // Two seed-capable routers (1 and 3) and one launched with peers (2), all connected: whoever
+  // allocates first, in any order or all at once, one ring is made (by the smallest name, 1).
+  const orders: number[][] = [
+    [0, 1, 2],
+    [0, 2, 1],
+    [1, 0, 2],
+    [1, 2, 0],
+    [2, 0, 1],
+    [2, 1, 0],
+  ];
+  for (const order of orders) {
+    it(`makes one ring when routers ${order.map((i) => i + 1).join(', ')} allocate in that order`, async () => {
+      mesh = new MemoryMesh();
+      const rs = [await mesh.add(alone()), await mesh.add(withPeers()), await mesh.add(alone())];
+      rs[1]!.router.connect([`127.0.0.1:${rs[0]!.router.controlPort}`]);
+      rs[2]!.router.connect([`127.0.0.1:${rs[1]!.router.controlPort}`]);
+      await fullMesh(rs);
+      const addrs: IPv4[] = [];
+      for (const i of order) addrs.push(await rs[i]!.router.allocate(`c${i}`));
+      await expectOneRing(rs, addrs);
+      for (const r of rs) expect(r.router.ipam.seedId).toBe(seedIdOf([rs[0]!.router.name]));
+    }, 20_000);
+  }
+
+  it('makes one ring when all allocate at once, the larger seed-capable router too', async () => {
+    mesh = new MemoryMesh();
+    const rs = [await mesh.add(alone()), await mesh.add(withPeers()), await mesh.add(alone())];
+    rs[1]!.router.connect([`127.0.0.1:${rs[0]!.router.controlPort}`]);
+    rs[2]!.router.connect([`127.0.0.1:${rs[1]!.router.controlPort}`]);
+    await fullMesh(rs);
+    const addrs = await Promise.all([2, 1, 0].flatMap((i) => [0, 1].map((k) => rs[i]!.router.allocate(`c${i}-${k}`))));
+    await expectOneRing(rs, addrs);
+    for (const r of rs) expect(r.router.ipam.seedId).toBe(seedIdOf([rs[0]!.router.name]));
+  }, 20_000);
+});
+
+describe('Router with IPAM: a lost state', () => {
+  let mesh: MemoryMesh;
+  afterEach(async () => {
+    await mesh?.stop();
+  });
+
+  it('rejoins the cluster ring and takes back its containers’ addresses, even launched with no peers', async () => {
+    mesh = new MemoryMesh();
+    const a = await mesh.add({ ipallocRange: RANGE, ipam: { init: { mode: 'auto', alone: true } } });
+    const b = await mesh.add({ ipallocRange: RANGE, ipam: { init: { mode: 'auto', alone: false } } });
+    b.router.connect([`127.0.0.1:${a.router.controlPort}`]);
+    await fullMesh([a, b]);
+    await a.router.allocate('x');
+    const used = [await b.router.allocate('web'), await b.router.allocate('db')];
+    const name = b.router.name;
+    const uid = b.router.uid;
+    await b.router.stop();
+    mesh.routers.splice(mesh.routers.indexOf(b), 1);
+    // b comes back with no ipam state, launched with no peers, but it had targets.
+    const b2 = await mesh.add({
+      name,
+      uid: (uid + 1n) as typeof uid,
+      incarnation: Date.now() + 1,
+      ipallocRange: RANGE,
+      ipam: { init: { mode: 'auto', alone: true }, expectCluster: true },
+    });
+    const reclaimed = b2.router.ipam.reclaim([
+      { owner: 'web', addrs: [used[0]!] },
+      { owner: 'db', addrs: [used[1]!] },
+    ]);
+    // It neither seeds nor hands out anything before it hears the cluster.
+    const early = b2.router.allocate('new');
+    expect(b2.router.ipam.seeded).toBe(false);
+    expect(b2.router.status().ipam.recovering).toBe(true);
+    b2.router.connect([`127.0.0.1:${a.router.controlPort}`]);
+    await reclaimed;
+    expect(b2.router.ipam.lookup('web')).toEqual([used[0]]);
+    expect(b2.router.ipam.lookup('db')).toEqual([used[1]]);
+    const fresh = await early;
+    expect(used).not.toContain(fresh);
+    await expectOneRing([a, b2], [...used, fresh, await a.router.allocate('x2')]);
+  }, 20_000);
+
+  it('refuses to take back addresses the cluster gave away (an rmpeer of this peer)', async () => {
+    mesh = new MemoryMesh();
+    const a = await mesh.add({ ipallocRange: RANGE, ipam: { init: { mode: 'auto', alone: true } } });
+    const b = await mesh.add({ ipallocRange: RANGE, ipam: { init: { mode: 'auto', alone: false } } });
+    b.router.connect([`127.0.0.1:${a.router.controlPort}`]);
+    await fullMesh([a, b]);
+    const web = await b.router.allocate('web');
+    const name = b.router.name;
+    const uid = b.router.uid;
+    await b.router.stop();
+    mesh.routers.splice(mesh.routers.indexOf(b), 1);
+    await until(
+      () =>
+        a.router.status().peers.length === 0 || !a.router.status().ipam.peers.find((p) => p.name === name)?.reachable,
+      'b unreachable at a',
+    );
+    a.router.rmpeer(name);
+    const b2 = await mesh.add({
+      name,
+      uid: (uid + 1n) as typeof uid,
+      incarnation: Date.now() + 1,
+      ipallocRange: RANGE,
+      ipam: { init: { mode: 'auto', alone: false }, expectCluster: true },
+    });
+    const reclaimed = b2.router.ipam.reclaim([{ owner: 'web', addrs: [web] }]).catch((e: unknown) => e);
+    b2.router.connect([`127.0.0.1:${a.router.controlPort}`]);
+    const err = await reclaimed;
+    expect((err as Error).message).toMatch(/refusing to start/);
+    expect(b2.router.ipam.lookup('web')).toEqual([]);
+  }, 20_000);
 });

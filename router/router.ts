@@ -109,6 +109,8 @@ export interface RouterOptions {
     persisted?: unknown;
     persist?: (state: Persisted) => void;
     allocateTimeoutMs?: number;
+    /** expectCluster: this router belonged to a cluster (persisted targets); see IpamServiceOptions. */
+    expectCluster?: boolean;
   };
   log?: Logger;
   /** version is reported in status. */
@@ -236,6 +238,8 @@ export class Router implements Startable {
         persisted: ipamOpts.persisted,
         persist: ipamOpts.persist,
         allocateTimeoutMs: ipamOpts.allocateTimeoutMs,
+        expectCluster: ipamOpts.expectCluster,
+        reachable: () => this.routes.reachable,
         log: this.log,
         onRingChange: () => this.onRingChange(),
       },
@@ -256,9 +260,12 @@ export class Router implements Startable {
     return this.maker?.address().port ?? 0;
   }
 
-  /** isReady is true once start() has completed and until stop(). */
+  /**
+   * isReady is true once start() has completed and until stop(), except while IPAM takes back
+   * the addresses in use here after a lost state (ipam.reclaim): a launch waits for that.
+   */
   get isReady(): boolean {
-    return this.ready;
+    return this.ready && !this.ipam.reclaiming;
   }
 
   /** start opens the device and sockets, starts forwarding and the connection maker; idempotent. */

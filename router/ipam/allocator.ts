@@ -327,6 +327,16 @@ export class Allocator {
     this.take(owner, addr);
   }
 
+  /** unclaim releases one address of `owner` (undoing an allocation or claim that could not be saved). */
+  unclaim(owner: string, addr: number): void {
+    if (this.byAddr.get(addr) !== owner) return;
+    this.byAddr.delete(addr);
+    if (this.inRange(addr)) this.inUse.delete(addr - this.ring.base);
+    const set = this.byOwner.get(owner);
+    set?.delete(addr);
+    if (set?.size === 0) this.byOwner.delete(owner);
+  }
+
   /** free releases every address of `owner`; returns them (sorted). */
   free(owner: string): IPv4[] {
     const addrs = this.lookup(owner);

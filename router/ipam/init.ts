@@ -5,6 +5,15 @@
 import { WeftError } from '../../common/errors.js';
 import { type PeerName, parsePeerName } from '../../common/types.js';
 
+/** ALLOCATE_TIMEOUT_MS is how long an allocation waits for a seeded ring or for space (the router's deadline). */
+export const ALLOCATE_TIMEOUT_MS = 20_000;
+/**
+ * CLIENT_ALLOCATE_TIMEOUT_MS is how long a client of the API should wait for a request that may
+ * allocate (attach, expose): the router's deadline plus room for the rest of the work, so the
+ * client prints the router's reason instead of giving up first.
+ */
+export const CLIENT_ALLOCATE_TIMEOUT_MS = ALLOCATE_TIMEOUT_MS + 10_000;
+
 /** IpamInit says how this router may start the ring (see the module comment). */
 export type IpamInit =
   | { readonly mode: 'auto'; readonly alone: boolean }

@@ -7,7 +7,12 @@
  * ring          [ 1, 1, [ rangeAddr u32, prefix, seedId u32,
  *                        [ [ start u32, owner bin6, version, free ], ... ] ] ]   gossip, and unicast reply
  * space request [ 1, 2, wantSize ]                                                 unicast to a donor
+ * seed records  [ 1, 3, [ rangeAddr u32, prefix ],
+ *                     [ [ name bin6, epoch, counter, flags ], ... ] ]              gossip while unseeded
  * ```
+
+ * Seed records (flags: 1 = may seed, 2 = waits for a seed) are what an unseeded router gossips
+ * instead of a ring, so that the {@link SeedElection} picks one seeder everywhere alike.
  *
  * The whole ring is gossiped (it is its own delta: merging it twice changes nothing). A peer with no
  * free space unicasts a space request to the peer advertising the most free addresses (the sum of
@@ -23,6 +28,7 @@ import { type Cidr, type IPv4, type PeerName, peerNameFromBytes, peerNameToBytes
 import type { Gossip, Gossiper } from '../gossip/gossip.js';
 import type { Allocator } from './allocator.js';
 import { RING_TOKENS_MAX, type RingMergeResult, type RingState, ringProblem, type Token } from './ring.js';
+import { SEED_RECORDS_MAX, type SeedElection, type SeedRecord } from './seed-election.js';
 
 /** IPAM_CHANNEL is the gossip channel name. */
 export const IPAM_CHANNEL = 'ipam';
@@ -30,6 +36,9 @@ export const IPAM_CHANNEL = 'ipam';
 export const IPAM_FORMAT = 1;
 export const KIND_RING = 1;
 export const KIND_SPACE_REQUEST = 2;
+export const KIND_SEED_RECORDS = 3;
+const FLAG_SEED_CAPABLE = 1;
+const FLAG_WAITING = 2;
 /**
  * DEFAULT_WANT is the block size asked for when out of space: as much as the donor will give
  * (it gives at most half of its free space), so a new peer gets a large share at once and asks
@@ -44,6 +53,12 @@ const u32 = z.int().min(0).max(0xffffffff);
 const wireName = z.custom<Uint8Array>((v) => v instanceof Uint8Array && v.length === 6, 'want a 6-byte peer name');
 const WireToken = z.tuple([u32, wireName, z.int().min(1).max(Number.MAX_SAFE_INTEGER), u32]);
 const WireRing = z.tuple([u32, z.int().min(0).max(32), u32, z.array(WireToken).max(RING_TOKENS_MAX)]);
+const WireSeedRecord = z.tuple([
+  wireName,
+  z.int().min(0).max(Number.MAX_SAFE_INTEGER),
+  z.int().min(0).max(Number.MAX_SAFE_INTEGER),
+  z.int().min(0).max(3),
+]);
 const WireMessage = z.union([
   z.tuple([z.literal(IPAM_FORMAT), z.literal(KIND_RING), WireRing]),
   z.tuple([
@@ -54,14 +69,31 @@ const WireMessage = z.union([
       .min(1)
       .max(2 ** 32),
   ]),
+  z.tuple([
+    z.literal(IPAM_FORMAT),
+    z.literal(KIND_SEED_RECORDS),
+    z.tuple([u32, z.int().min(0).max(32)]),
+    z.array(WireSeedRecord).max(SEED_RECORDS_MAX),
+  ]),
 ]);
 
 /** IpamMessage is a decoded message. */
-export type IpamMessage = { kind: 'ring'; ring: RingState } | { kind: 'space-request'; want: number };
+export type IpamMessage =
+  | { kind: 'ring'; ring: RingState }
+  | { kind: 'space-request'; want: number }
+  | { kind: 'seed-records'; range: Cidr; records: SeedRecord[] };
 
 /** encodeMessage writes a message in the wire form. */
 export function encodeMessage(m: IpamMessage): Uint8Array {
   if (m.kind === 'space-request') return packr.pack([IPAM_FORMAT, KIND_SPACE_REQUEST, m.want]).slice();
+  if (m.kind === 'seed-records') {
+    const recs = m.records.map((r) => {
+      const b = new Uint8Array(6);
+      peerNameToBytes(r.name, b, 0);
+      return [b, r.epoch, r.counter, (r.seedCapable ? FLAG_SEED_CAPABLE : 0) | (r.waiting ? FLAG_WAITING : 0)];
+    });
+    return packr.pack([IPAM_FORMAT, KIND_SEED_RECORDS, [m.range.addr, m.range.prefix], recs]).slice();
+  }
   const r = m.ring;
   const toks = r.tokens.map((t) => {
     const b = new Uint8Array(6);
@@ -88,6 +120,16 @@ export function decodeMessage(bytes: Uint8Array): IpamMessage {
   }
   const m = r.data;
   if (m[1] === KIND_SPACE_REQUEST) return { kind: 'space-request', want: m[2] };
+  if (m[1] === KIND_SEED_RECORDS) {
+    const records: SeedRecord[] = m[3].map(([name, epoch, counter, flags]) => ({
+      name: peerNameFromBytes(name, 0),
+      epoch,
+      counter,
+      seedCapable: (flags & FLAG_SEED_CAPABLE) !== 0,
+      waiting: (flags & FLAG_WAITING) !== 0,
+    }));
+    return { kind: 'seed-records', range: { addr: m[2][0] as IPv4, prefix: m[2][1] }, records };
+  }
   const [addr, prefix, seedId, toks] = m[2];
   const tokens: Token[] = toks.map(([start, owner, version, free]) => ({
     start: start as IPv4,
@@ -103,10 +145,16 @@ export function decodeMessage(bytes: Uint8Array): IpamMessage {
 
 /** IpamEvents are the owner's hooks: persist before gossip, report conflicts and lost space. */
 export interface IpamEvents {
-  /** onChange fires after our ring or allocations changed (persist, then retry pending allocations). */
-  onChange?(): void;
+  /**
+   * onChange fires after our ring or allocations changed (persist, then retry pending
+   * allocations); `local` says the change is ours (to be gossiped). It may throw for a local
+   * change that cannot be saved: the change is then undone and nothing is gossiped.
+   */
+  onChange?(local: boolean): void;
   /** onConflict reports impossible states and space taken from us (with the allocations it orphaned). */
   onConflict?(message: string): void;
+  /** onSeedRecords fires after seed records from peers were new to us (the owner re-runs the election). */
+  onSeedRecords?(fresh: readonly SeedRecord[]): void;
 }
 
 /** AllocateResult: an address, or none yet (`requested` names the peer asked for space), or none anywhere. */
@@ -121,6 +169,7 @@ export class Ipam {
     allocator: Allocator,
     private readonly gossip: Gossip,
     private readonly events: IpamEvents = {},
+    readonly election?: SeedElection,
   ) {
     this.allocator = allocator;
   }
@@ -139,9 +188,10 @@ export class Ipam {
    * and returns `pending`; call again after `onChange`.
    */
   allocate(owner: string, subnet?: Cidr): AllocateResult {
+    const prior = this.allocator.lookup(owner);
     const addr = this.allocator.allocate(owner, subnet);
     if (addr !== undefined) {
-      this.changed(true);
+      if (!prior.includes(addr)) this.commit(() => this.allocator.unclaim(owner, addr));
       return { addr };
     }
     const donor = this.requestSpace();
@@ -150,14 +200,24 @@ export class Ipam {
 
   /** claim records a given address (see {@link Allocator.claim}). */
   claim(owner: string, addr: IPv4): void {
+    if (this.allocator.holder(addr) === owner) return;
     this.allocator.claim(owner, addr);
-    this.changed(true);
+    this.commit(() => this.allocator.unclaim(owner, addr));
   }
 
-  /** free releases an owner's addresses. */
+  /**
+   * free releases an owner's addresses. Never throws: a free that cannot be saved stays done here
+   * (a restart frees addresses no container holds), and the owner counts the failure.
+   */
   free(owner: string): IPv4[] {
     const out = this.allocator.free(owner);
-    if (out.length > 0) this.changed(true);
+    if (out.length > 0) {
+      try {
+        this.changed(true);
+      } catch {
+        // counted and reported by the owner's onChange; gossiped with the next change
+      }
+    }
     return out;
   }
 
@@ -184,8 +244,9 @@ export class Ipam {
    */
   rmpeer(dead: PeerName): number {
     if (dead === this.self) throw new WeftError('EWEFT_INPUT', 'ipam: cannot rmpeer ourselves');
+    const snap = this.ring.snapshot();
     const n = this.ring.rmpeer(dead);
-    if (n > 0) this.changed(true);
+    if (n > 0) this.commit(() => this.ring.restore(snap));
     return n;
   }
 
@@ -195,11 +256,12 @@ export class Ipam {
    */
   leave(heir: PeerName): number {
     let n = 0;
+    const snap = this.ring.snapshot();
     for (const s of this.ring.rangesOf(this.self)) {
       this.ring.transfer(s.start, s.end, heir);
       n += s.end - s.start;
     }
-    if (n > 0) this.changed(true);
+    if (n > 0) this.commit(() => this.ring.restore(snap));
     return n;
   }
 
@@ -233,14 +295,68 @@ export class Ipam {
 
   /** onSpaceRequest answers a request from `src`: donate if we can, reply with our ring either way. */
   onSpaceRequest(src: PeerName, want: number): void {
+    const snap = this.ring.snapshot();
     const block = this.allocator.donate(src, want);
-    if (block !== undefined) this.changed(true);
+    if (block !== undefined) {
+      try {
+        this.commit(() => this.ring.restore(snap));
+      } catch {
+        // not saved, so not given: the requester hears our unchanged ring and asks again later
+      }
+    }
     this.gossip.unicast(src, this.encodeRing());
+  }
+
+  /** seedAlone makes the ring `state` ours (a seed), saves it and gossips it at once. */
+  seedAlone(state: RingState): void {
+    this.mergeRing(state);
+    this.gossip.broadcast(this.encodeRing());
+  }
+
+  /** encodeSeedRecords is a seed-records message of `records` (default: every record we know). */
+  encodeSeedRecords(records?: readonly SeedRecord[]): Uint8Array {
+    const recs = records ?? this.election?.all() ?? [];
+    return encodeMessage({ kind: 'seed-records', range: this.ring.range, records: [...recs] });
+  }
+
+  /** broadcastSeedRecord gossips a change of our own seed record (only while unseeded). */
+  broadcastSeedRecord(record: SeedRecord): void {
+    if (this.ring.isEmpty()) this.gossip.broadcast(this.encodeSeedRecords([record]));
+  }
+
+  /**
+   * onSeedRecords merges records gossiped by peers; returns the new ones, to pass on. Records of
+   * routers using another range count as heard but may not seed (their ring is never ours). A
+   * router waiting for a seed while we have a ring is sent our ring.
+   */
+  onSeedRecords(range: Cidr, records: readonly SeedRecord[]): SeedRecord[] {
+    const same = range.addr === this.ring.range.addr && range.prefix === this.ring.range.prefix;
+    const recs = same ? records : records.map((r) => ({ ...r, seedCapable: false, waiting: false }));
+    const fresh = this.election?.merge(recs) ?? [];
+    if (!this.ring.isEmpty()) {
+      for (const r of fresh) if (r.waiting && same) this.gossip.unicast(r.name, this.encodeRing());
+    } else if (fresh.length > 0) this.events.onSeedRecords?.(fresh);
+    return fresh;
+  }
+
+  /**
+   * commit runs after a local change: it refreshes our free hints, has the owner save the change,
+   * and gossips it. When saving throws, `undo` puts the change back, the hints are refreshed
+   * again, nothing is gossiped, and the error is rethrown.
+   */
+  private commit(undo: () => void): void {
+    try {
+      this.changed(true);
+    } catch (err) {
+      undo();
+      this.allocator.refreshFree();
+      throw err;
+    }
   }
 
   private changed(local: boolean): void {
     if (local) this.allocator.refreshFree();
-    this.events.onChange?.();
+    this.events.onChange?.(local);
     if (local) this.gossip.broadcast(this.encodeRing());
   }
 }
@@ -250,21 +366,33 @@ export class IpamGossiper implements Gossiper {
   constructor(private readonly ipam: Ipam) {}
 
   /** onGossip merges a full ring; returns our merged ring when it changed. Throws ProtocolError / WeftError. */
-  onGossip(_src: PeerName, payload: Uint8Array): Uint8Array | undefined {
+  onGossip(src: PeerName, payload: Uint8Array): Uint8Array | undefined {
     const m = decodeMessage(payload);
-    if (m.kind !== 'ring') throw new ProtocolError('ipam: space request sent by broadcast');
-    return this.ipam.mergeRing(m.ring).changed ? this.ipam.encodeRing() : undefined;
+    if (m.kind === 'space-request') throw new ProtocolError('ipam: space request sent by broadcast');
+    if (m.kind === 'seed-records') {
+      const fresh = this.ipam.onSeedRecords(m.range, m.records);
+      return fresh.length > 0 ? this.ipam.encodeSeedRecords(fresh) : undefined;
+    }
+    try {
+      return this.ipam.mergeRing(m.ring).changed ? this.ipam.encodeRing() : undefined;
+    } catch (err) {
+      // A refused ring (another range) still tells the seed election we heard from its sender.
+      this.ipam.election?.heard(src);
+      throw err;
+    }
   }
 
   /** onGossipUnicast handles a space request or a ring reply. */
   onGossipUnicast(src: PeerName, payload: Uint8Array): void {
     const m = decodeMessage(payload);
     if (m.kind === 'ring') this.ipam.mergeRing(m.ring);
-    else this.ipam.onSpaceRequest(src, m.want);
+    else if (m.kind === 'space-request') this.ipam.onSpaceRequest(src, m.want);
+    else this.ipam.onSeedRecords(m.range, m.records);
   }
 
-  /** fullState is our ring (empty when unseeded). */
+  /** fullState is our ring, or while unseeded the seed records we know (empty without an election). */
   fullState(): Uint8Array {
-    return this.ipam.ring.isEmpty() ? new Uint8Array(0) : this.ipam.encodeRing();
+    if (!this.ipam.ring.isEmpty()) return this.ipam.encodeRing();
+    return this.ipam.election === undefined ? new Uint8Array(0) : this.ipam.encodeSeedRecords();
   }
 }

@@ -164,6 +164,17 @@ export class Ring {
     return { range: this.range, seedId: this.seed, tokens: this.toks };
   }
 
+  /** snapshot copies the ring's content, for {@link Ring.restore} (undoing a change that could not be saved). */
+  snapshot(): { seedId: number; tokens: readonly Token[] } {
+    return { seedId: this.seed, tokens: [...this.toks] };
+  }
+
+  /** restore puts back a {@link Ring.snapshot} of this ring (nothing changed since may have been gossiped). */
+  restore(snap: { seedId: number; tokens: readonly Token[] }): void {
+    this.seed = snap.seedId;
+    this.toks = [...snap.tokens];
+  }
+
   /** tokenEnd is one past the last address of the i-th token. */
   tokenEnd(i: number): number {
     return this.toks[i + 1]?.start ?? this.end;

@@ -6,16 +6,29 @@
  *
  * How the ring starts (`--ipalloc-init`):
  *
- * - `auto` (default). A router launched with no peers seeds the ring alone, but only when it first
- *   needs an address, so a lone host that is connected to a cluster before its first container
- *   adopts the cluster's ring instead of making a rival one. A router launched with peers never
- *   seeds: it adopts the first seeded ring it hears and asks for space. (If every router of a new
- *   cluster was launched with peers, nobody seeds; allocations then fail after their deadline
- *   with a message that says so, and status says "awaiting a seeded ring".)
+ * - `auto` (default). A router launched with no peers may seed the ring alone ("seed-capable"),
+ *   but only when an address is first needed, here or by any reachable peer, so a lone host that
+ *   is connected to a cluster before its first container adopts the cluster's ring instead of
+ *   making a rival one. A router launched with peers never seeds: it says it waits (see
+ *   {@link SeedElection}), adopts the first seeded ring it hears and asks for space. Among several
+ *   seed-capable routers that know each other, the one with the smallest name seeds, so the order
+ *   of launches and first allocations does not matter. (If no router of a new cluster may seed,
+ *   allocations fail after their deadline with a message that says so.)
  * - `seed=NAME,...`: every router given the same list builds the same ring at once (Weave's seed).
  * - `observer`: never seeds; only asks others for space.
  *
  * Persisted state (ring and allocations) always wins over the launch mode.
+ *
+ * Recovery. A router whose persisted state is missing although it belonged to a cluster
+ * (`expectCluster`: the daemon knows persisted targets) must not seed a rival ring: it may not
+ * seed at all, saves nothing, and waits for the cluster's ring by gossip, where its own tokens are
+ * still recorded under its name. {@link IpamService.reclaim} then takes back the addresses its
+ * containers still use, before any allocation is served, or refuses loudly when the ring gives
+ * them to another peer.
+ *
+ * Saving. Every change of ours is saved (by `persist`) before it is gossiped or answered; when
+ * saving throws, the change is undone and the operation fails with {@link IpamPersistError}, so
+ * an address is never handed out that a restart would forget.
  */
 import { WeftError } from '../../common/errors.js';
 import type { Logger } from '../../common/log.js';
@@ -23,14 +36,52 @@ import { noopLogger } from '../../common/log.js';
 import { type Cidr, cidrContains, formatCidr, formatIPv4, type IPv4, type PeerName } from '../../common/types.js';
 import type { Gossip } from '../gossip/gossip.js';
 import { Allocator, type Persisted } from './allocator.js';
-import { formatIpamInit, type IpamInit } from './init.js';
+import { ALLOCATE_TIMEOUT_MS, formatIpamInit, type IpamInit } from './init.js';
 import { Ipam, IpamGossiper } from './ipam.js';
 import { Ring, type Span } from './ring.js';
+import { SeedElection } from './seed-election.js';
 
-export { formatIpamInit, type IpamInit, parseIpamInit } from './init.js';
+export {
+  ALLOCATE_TIMEOUT_MS,
+  CLIENT_ALLOCATE_TIMEOUT_MS,
+  formatIpamInit,
+  type IpamInit,
+  parseIpamInit,
+} from './init.js';
 
-/** ALLOCATE_TIMEOUT_MS is how long an allocation waits for a seeded ring or for space. */
-export const ALLOCATE_TIMEOUT_MS = 20_000;
+/**
+ * IpamPersistError: a change could not be saved in the state directory (disk full, read-only,
+ * I/O error); it was undone. Code EWEFT_SYSTEM; `persist` is true so callers can tell it apart.
+ */
+export class IpamPersistError extends WeftError {
+  readonly persist = true;
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('EWEFT_SYSTEM', message, options);
+    this.name = 'IpamPersistError';
+  }
+}
+
+/**
+ * IpamReclaimError: addresses this host's containers still use cannot be taken back, because the
+ * cluster's ring gives them to another peer (EWEFT_CONFLICT), or no ring came in time
+ * (EWEFT_UNAVAILABLE). The message says what to do.
+ */
+export class IpamReclaimError extends WeftError {
+  constructor(
+    code: 'EWEFT_CONFLICT' | 'EWEFT_UNAVAILABLE',
+    message: string,
+    readonly addresses: readonly { owner: string; addr: string; peer?: string }[],
+  ) {
+    super(code, message);
+    this.name = 'IpamReclaimError';
+  }
+}
+
+/** ReclaimEntry lists addresses an owner key (a container, or the host) still uses here. */
+export interface ReclaimEntry {
+  readonly owner: string;
+  readonly addrs: readonly IPv4[];
+}
 /** SPACE_RETRY_MS: a waiting allocation asks donors again this often (a request or its answer may be lost). */
 export const SPACE_RETRY_MS = 2_000;
 /** CONFLICTS_KEPT bounds the recent conflicts kept for status. */
@@ -43,8 +94,20 @@ export interface IpamServiceOptions {
   init: IpamInit;
   /** persisted is the allocator's saved JSON, if any (validated here). */
   persisted?: unknown;
-  /** persist saves the allocator (atomically, synced) before any change is gossiped. */
+  /**
+   * persist saves the allocator (atomically, synced) before any change is gossiped. It throws when
+   * it cannot: the change is then undone and the operation fails ({@link IpamPersistError}).
+   */
   persist?: (state: Persisted) => void;
+  /**
+   * expectCluster says this router belonged to a cluster (the daemon has persisted targets). With
+   * no persisted state it then recovers (see the module comment) instead of seeding.
+   */
+  expectCluster?: boolean;
+  /** reachable lists the peers reachable now (for the seed election); default: none. */
+  reachable?: () => Iterable<PeerName>;
+  /** epoch is this run's start time for the seed election (default Date.now(); tests inject it). */
+  epoch?: number;
   /** onRingChange fires after the ring changed (the router re-derives routes). */
   onRingChange?: () => void;
   log?: Logger;
@@ -83,6 +146,23 @@ export interface IpamStatus {
   pending: { owner: string; sinceMs: number; reason: string }[];
   conflicts: string[];
   persistErrors: number;
+  /** persistFailing is true while the last save failed (the state directory is failing). */
+  persistFailing: boolean;
+  /** persistError is the last save error, if any. */
+  persistError: string | undefined;
+  /** recovering: the persisted state was lost and the cluster's ring has not been heard yet. */
+  recovering: boolean;
+  /** reclaiming counts addresses waiting to be taken back from the cluster's ring. */
+  reclaiming: number;
+  /** seeder names the router expected to seed while unseeded (the election's choice), if known. */
+  seeder: string | undefined;
+}
+
+interface PendingReclaim {
+  readonly entries: readonly ReclaimEntry[];
+  readonly resolve: () => void;
+  readonly reject: (e: Error) => void;
+  readonly timer: NodeJS.Timeout;
 }
 
 interface Pending {
@@ -104,9 +184,16 @@ export class IpamService {
   private readonly log: Logger;
   private readonly pending: Pending[] = [];
   private readonly conflicts: string[] = [];
+  private readonly reclaims: PendingReclaim[] = [];
+  private readonly election: SeedElection;
   private retryTimer: NodeJS.Timeout | undefined;
   private persistErrors = 0;
+  private persistError: string | undefined;
+  private persistFailing = false;
   private lastSeed = 0;
+  private recoveringValue: boolean;
+  private electScheduled = false;
+  private serving = false;
   private readonly allocateTimeoutMs: number;
 
   constructor(
@@ -125,14 +212,37 @@ export class IpamService {
     } else {
       allocator = new Allocator(new Ring(opts.range, opts.self));
     }
-    this.ipam = new Ipam(allocator, gossip, {
-      onChange: () => this.changed(),
-      onConflict: (message) => this.conflict(message),
-    });
+    this.recoveringValue = opts.persisted === undefined && opts.expectCluster === true && opts.init.mode === 'auto';
+    this.election = new SeedElection(opts.self, this.seedCapable(), opts.epoch);
+    this.ipam = new Ipam(
+      allocator,
+      gossip,
+      {
+        onChange: (local) => this.changed(local),
+        onConflict: (message) => this.conflict(message),
+        onSeedRecords: () => this.scheduleElect(),
+      },
+      this.election,
+    );
     this.gossiperValue = new IpamGossiper(this.ipam);
     this.lastSeed = allocator.ring.seedId;
+    if (this.recoveringValue) {
+      this.log.warn('ipam: no saved state, but this router belonged to a cluster: waiting for its ring', {
+        range: formatCidr(opts.range),
+      });
+    }
     // A seed ring made now (not loaded) is saved at once, so a restart finds it.
-    if (opts.persisted === undefined && !allocator.ring.isEmpty()) this.save();
+    if (opts.persisted === undefined && !allocator.ring.isEmpty()) this.save(false);
+  }
+
+  /** reclaiming says a {@link IpamService.reclaim} waits for the ring. */
+  get reclaiming(): boolean {
+    return this.reclaims.length > 0;
+  }
+
+  /** recovering says the persisted state was lost and the cluster's ring is not known yet (see the module comment). */
+  get recovering(): boolean {
+    return this.recoveringValue;
   }
 
   /** gossiper is the 'ipam' channel's receiver. */
@@ -158,11 +268,20 @@ export class IpamService {
       clearTimeout(p.timer);
       p.reject(new WeftError('EWEFT_NOT_READY', 'router is stopping'));
     }
+    for (const r of this.reclaims.splice(0)) {
+      clearTimeout(r.timer);
+      r.reject(new WeftError('EWEFT_NOT_READY', 'router is stopping'));
+    }
   }
 
   /** seeded says whether the ring exists yet. */
   get seeded(): boolean {
     return !this.ipam.ring.isEmpty();
+  }
+
+  /** seedId identifies the seed list of the ring (0 while unseeded; a hash of the seed list). */
+  get seedId(): number {
+    return this.ipam.ring.seedId;
   }
 
   /** spans lists every owner's runs of the ring (for routing). */
@@ -196,9 +315,15 @@ export class IpamService {
    * (saying why) when none comes, EWEFT_INPUT for a subnet outside the range.
    */
   allocate(owner: string, subnet?: Cidr): Promise<IPv4> {
-    this.maybeSeed();
-    const now = this.tryAllocate(owner, subnet);
+    this.elect(true);
+    let now: IPv4 | { reason: string };
+    try {
+      now = this.tryAllocate(owner, subnet);
+    } catch (err) {
+      return Promise.reject(err);
+    }
     if (typeof now === 'number') return Promise.resolve(now);
+    const reason = now.reason;
     return new Promise<IPv4>((resolve, reject) => {
       const p: Pending = {
         owner,
@@ -206,15 +331,72 @@ export class IpamService {
         since: Date.now(),
         resolve,
         reject,
-        reason: now.reason,
+        reason,
         timer: setTimeout(() => {
           const i = this.pending.indexOf(p);
           if (i >= 0) this.pending.splice(i, 1);
-          reject(new WeftError('EWEFT_UNAVAILABLE', `no address for ${owner}: ${p.reason}`));
+          this.noteWaiting();
+          reject(
+            new WeftError(
+              'EWEFT_UNAVAILABLE',
+              `no address for ${owner} within ${this.allocateTimeoutMs} ms: ${this.seeded ? p.reason : this.awaitingSeedReason()}`,
+            ),
+          );
         }, this.allocateTimeoutMs),
       };
       p.timer.unref();
       this.pending.push(p);
+      this.noteWaiting();
+    });
+  }
+
+  /**
+   * reclaim takes back, for their owners, addresses this host's containers (and the host itself)
+   * still use, typically at start from what the daemon restores. With a known ring it checks and
+   * records them at once. Without one it waits for the ring (seeding first if this router may,
+   * unless it is recovering) up to the allocation deadline; reclaims are served before any waiting
+   * allocation. Addresses outside the range are ignored. Rejects with {@link IpamReclaimError}:
+   * EWEFT_CONFLICT (nothing taken) when the ring gives any of them to another peer or another
+   * owner holds one, EWEFT_UNAVAILABLE when no ring came in time; {@link IpamPersistError} when
+   * the result cannot be saved.
+   */
+  reclaim(entries: readonly ReclaimEntry[]): Promise<void> {
+    const inRange = entries
+      .map((e) => ({ owner: e.owner, addrs: e.addrs.filter((a) => cidrContains(this.range, a)) }))
+      .filter((e) => e.addrs.length > 0);
+    if (!this.seeded) this.elect(inRange.length > 0);
+    if (this.seeded) {
+      try {
+        this.doReclaim(inRange);
+        return Promise.resolve();
+      } catch (err) {
+        return Promise.reject(err);
+      }
+    }
+    if (inRange.length === 0) return Promise.resolve();
+    return new Promise<void>((resolve, reject) => {
+      const r: PendingReclaim = {
+        entries: inRange,
+        resolve,
+        reject,
+        timer: setTimeout(() => {
+          const i = this.reclaims.indexOf(r);
+          if (i >= 0) this.reclaims.splice(i, 1);
+          this.noteWaiting();
+          const list = inRange.flatMap((e) => e.addrs.map((a) => ({ owner: e.owner, addr: formatIPv4(a) })));
+          reject(
+            new IpamReclaimError(
+              'EWEFT_UNAVAILABLE',
+              `cannot take back the ${list.length} addresses this host's containers still use (${describe(list)}): ` +
+                `no address ring within ${this.allocateTimeoutMs} ms: ${this.awaitingSeedReason()}`,
+              list,
+            ),
+          );
+        }, this.allocateTimeoutMs),
+      };
+      r.timer.unref();
+      this.reclaims.push(r);
+      this.noteWaiting();
     });
   }
 
@@ -226,7 +408,7 @@ export class IpamService {
    */
   claim(owner: string, addr: IPv4): void {
     if (!cidrContains(this.range, addr)) return;
-    this.maybeSeed();
+    this.elect(true);
     if (!this.seeded) {
       throw new WeftError('EWEFT_UNAVAILABLE', `cannot claim ${formatIPv4(addr)} yet: ${this.awaitingSeedReason()}`);
     }
@@ -267,8 +449,9 @@ export class IpamService {
     return this.ipam.leave(heir);
   }
 
-  /** onReachable retries waiting allocations (a donor may have become reachable). */
+  /** onTopologyChange retries waiting allocations (a donor may have become reachable) and re-runs the seed election. */
   onTopologyChange(): void {
+    if (!this.seeded) this.scheduleElect();
     if (this.pending.length > 0) this.retry(true);
   }
 
@@ -306,20 +489,141 @@ export class IpamService {
       pending: this.pending.map((p) => ({ owner: p.owner, sinceMs: now - p.since, reason: p.reason })),
       conflicts: [...this.conflicts],
       persistErrors: this.persistErrors,
+      persistFailing: this.persistFailing,
+      persistError: this.persistError,
+      recovering: this.recoveringValue,
+      reclaiming: this.reclaims.reduce((n, r) => n + r.entries.reduce((m, e) => m + e.addrs.length, 0), 0),
+      seeder: this.seeded ? undefined : this.election.seeder(this.reachablePeers()),
     };
   }
 
-  /** maySeedAlone says whether this router may make the ring by itself now. */
-  private maybeSeed(): void {
-    if (this.seeded || this.init.mode !== 'auto' || !this.init.alone) return;
+  /** seedCapable: launched without peers in auto mode, and not recovering a lost state. */
+  private seedCapable(): boolean {
+    return this.init.mode === 'auto' && this.init.alone && !this.recoveringValue;
+  }
+
+  private reachablePeers(): PeerName[] {
+    return [...(this.opts.reachable?.() ?? [])].filter((p) => p !== this.self);
+  }
+
+  /** noteWaiting updates (and gossips) our seed record's "waiting" while unseeded, then re-runs the election. */
+  private noteWaiting(): void {
+    if (this.seeded) return;
+    const rec = this.election.set({ waiting: this.pending.length > 0 || this.reclaims.length > 0 });
+    if (rec !== undefined) this.ipam.broadcastSeedRecord(rec);
+    this.scheduleElect();
+  }
+
+  private scheduleElect(): void {
+    if (this.electScheduled) return;
+    this.electScheduled = true;
+    queueMicrotask(() => {
+      this.electScheduled = false;
+      this.elect(false);
+    });
+  }
+
+  /**
+   * elect seeds the ring alone when the {@link SeedElection} says so; `selfNeeds` counts us as
+   * waiting (an allocation or claim in progress).
+   */
+  private elect(selfNeeds: boolean): void {
+    if (this.seeded || this.recoveringValue || !this.seedCapable()) return;
+    const d = this.election.decide(this.reachablePeers(), selfNeeds);
+    if (!d.seed) return;
     const ring = Ring.seeded(this.range, this.self, [this.self]);
-    this.ipam.mergeRing(ring.state());
+    this.ipam.seedAlone(ring.state());
     this.log.info('ipam: seeded the ring alone', { range: formatCidr(this.range) });
   }
 
   private awaitingSeedReason(): string {
+    if (this.recoveringValue) {
+      return (
+        'this router lost its saved ipam state and belonged to a cluster, so it waits for the cluster’s ring ' +
+        'instead of seeding a rival (start a peer of the cluster; if the cluster is gone for good, launch with ' +
+        `--ipalloc-init seed=${this.self})`
+      );
+    }
     if (this.init.mode === 'observer') return 'this router is an observer and no peer has shared its address space yet';
-    return 'no peer has seeded the address ring yet (launch one router without peers, or all with the same --ipalloc-init seed=...)';
+    const reachable = this.reachablePeers();
+    const seeder = this.election.seeder(reachable);
+    if (seeder !== undefined && seeder !== this.self) return `waiting for peer ${seeder} to seed the address ring`;
+    if (seeder === this.self) {
+      const d = this.election.decide(reachable);
+      if (!d.seed) return `about to seed the address ring: ${d.reason}`;
+    }
+    return 'no reachable router may seed the address ring (launch one router without peers, or all with the same --ipalloc-init seed=...)';
+  }
+
+  /** doReclaim checks every entry against the ring, then records them all (or throws, taking none). */
+  private doReclaim(entries: readonly ReclaimEntry[]): void {
+    const bad: { owner: string; addr: string; peer?: string }[] = [];
+    for (const e of entries) {
+      for (const a of e.addrs) {
+        const o = this.ipam.ring.ownerOf(a);
+        const holder = this.ipam.allocator.holder(a);
+        if (o !== this.self) bad.push({ owner: e.owner, addr: formatIPv4(a), ...(o !== undefined && { peer: o }) });
+        else if (holder !== undefined && holder !== e.owner)
+          bad.push({ owner: e.owner, addr: formatIPv4(a), peer: holder });
+      }
+    }
+    if (bad.length > 0) {
+      const peers = [...new Set(bad.map((b) => b.peer).filter((p) => p !== undefined))];
+      const err = new IpamReclaimError(
+        'EWEFT_CONFLICT',
+        `refusing to start: addresses this host's containers still use belong to others now (${describe(bad)}), ` +
+          `so they would be used twice (was this peer removed with \`weft rmpeer\`?). ` +
+          `Remove those containers' interfaces here (\`ip link del <veth>\`, or delete the containers) and launch ` +
+          `again, then attach them anew; or, if ${peers.join(', ') || 'that peer'} is gone for good and never used them, ` +
+          `launch with --ipalloc-init seed=${this.self} alone (a new cluster)`,
+        bad,
+      );
+      this.conflict(err.message);
+      throw err;
+    }
+    const snap = { allocs: this.ipam.allocator.allocations() };
+    try {
+      for (const e of entries) for (const a of e.addrs) this.ipam.claim(e.owner, a);
+    } catch (err) {
+      for (const e of entries) {
+        for (const a of e.addrs)
+          if (!snap.allocs.some(([x, o]) => x === a && o === e.owner)) this.ipam.allocator.unclaim(e.owner, a);
+      }
+      this.ipam.allocator.refreshFree();
+      throw err;
+    }
+    const n = entries.reduce((m, e) => m + e.addrs.length, 0);
+    if (n > 0 && this.recoveringValue)
+      this.log.info('ipam: took back the addresses still in use here', { addresses: n });
+  }
+
+  /** serveReclaims runs once the ring is known: reclaims first, then the end of recovery. */
+  private serveReclaims(): void {
+    if (this.serving) return;
+    this.serving = true;
+    try {
+      this.serveReclaimsNow();
+    } finally {
+      this.serving = false;
+    }
+  }
+
+  private serveReclaimsNow(): void {
+    for (const r of this.reclaims.splice(0)) {
+      clearTimeout(r.timer);
+      try {
+        this.doReclaim(r.entries);
+        r.resolve();
+      } catch (err) {
+        r.reject(err instanceof Error ? err : new Error(String(err)));
+      }
+    }
+    if (this.recoveringValue) {
+      this.recoveringValue = false;
+      this.election.set({ seedCapable: this.seedCapable() });
+      this.log.info('ipam: recovered the cluster’s ring', { owned: this.ipam.allocator.owned() });
+      this.save(false);
+    }
   }
 
   /** tryAllocate allocates now, or says why it cannot (having asked a donor if there is one). */
@@ -335,9 +639,24 @@ export class IpamService {
 
   /** retry serves waiting allocations in order; `ask` forgets which donors were tried. */
   private retry(ask: boolean): void {
+    if (!this.seeded) {
+      this.elect(false);
+      if (!this.seeded) {
+        const rec = this.election.mine;
+        if (rec.waiting) this.ipam.broadcastSeedRecord(rec);
+      }
+    }
     if (ask) this.ipam.forgetTried();
     for (const p of [...this.pending]) {
-      const r = this.tryAllocate(p.owner, p.subnet);
+      let r: IPv4 | { reason: string };
+      try {
+        r = this.tryAllocate(p.owner, p.subnet);
+      } catch (err) {
+        clearTimeout(p.timer);
+        this.pending.splice(this.pending.indexOf(p), 1);
+        p.reject(err instanceof Error ? err : new Error(String(err)));
+        continue;
+      }
       if (typeof r === 'number') {
         clearTimeout(p.timer);
         this.pending.splice(this.pending.indexOf(p), 1);
@@ -349,9 +668,10 @@ export class IpamService {
     }
   }
 
-  /** changed runs on every change of the ring or allocations, before the change is gossiped. */
-  private changed(): void {
-    this.save();
+  /** changed runs on every change of the ring or allocations, before the change is gossiped; throws when a local change cannot be saved. */
+  private changed(local: boolean): void {
+    this.save(local);
+    if (this.seeded && (this.reclaims.length > 0 || this.recoveringValue)) this.serveReclaims();
     const seed = this.ipam.ring.seedId;
     if (seed !== this.lastSeed) {
       this.lastSeed = seed;
@@ -362,12 +682,26 @@ export class IpamService {
     if (this.pending.length > 0) queueMicrotask(() => this.retry(false));
   }
 
-  private save(): void {
+  /**
+   * save writes the state (not while recovering: a ring without our allocations must not replace
+   * what a later launch could still recover). A failure is counted and shown in status; for a
+   * local change it throws {@link IpamPersistError} (the caller undoes the change).
+   */
+  private save(local: boolean): void {
+    if (this.recoveringValue || this.opts.persist === undefined) return;
     try {
-      this.opts.persist?.(this.ipam.allocator.toJSON());
+      this.opts.persist(this.ipam.allocator.toJSON());
+      if (this.persistFailing) this.log.info('ipam: state saved again');
+      this.persistFailing = false;
     } catch (err) {
+      const msg = err instanceof Error ? err.message : String(err);
       this.persistErrors++;
-      this.log.error('ipam: cannot save state', { err: err instanceof Error ? err.message : String(err) });
+      this.persistFailing = true;
+      this.persistError = msg;
+      this.log.error('ipam: cannot save state', { err: msg, count: this.persistErrors });
+      if (local) {
+        throw new IpamPersistError(`cannot save the ipam state, so the change was undone: ${msg}`, { cause: err });
+      }
     }
   }
 
@@ -378,4 +712,12 @@ export class IpamService {
     this.conflicts.push(`${new Date().toISOString()} ${message}`);
     if (this.conflicts.length > CONFLICTS_KEPT) this.conflicts.shift();
   }
+}
+
+/** describe lists a few addresses with their owners for a message. */
+function describe(list: readonly { owner: string; addr: string; peer?: string }[]): string {
+  const shown = list
+    .slice(0, 8)
+    .map((b) => `${b.addr} of ${b.owner}${b.peer !== undefined ? ` held by ${b.peer}` : ''}`);
+  return list.length > 8 ? `${shown.join(', ')} and ${list.length - 8} more` : shown.join(', ');
 }
