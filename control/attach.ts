@@ -3,11 +3,12 @@ import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
 import { promisify } from 'node:util';
-import { InputError, WeftError } from '../common/errors.js';
+import { errorMessage, InputError, WeftError } from '../common/errors.js';
 import type { Logger } from '../common/log.js';
 import type { Cidr } from '../common/types.js';
 import { cidrContains, formatCidr, formatIPv4, parseCidr, prefixMask } from '../common/types.js';
 import { CONTAINER_CHECK_MS, CONTAINER_GRACE_MS, EXPOSE_OWNER, GSO_MAX_BYTES, type Router } from '../router/index.js';
+import { StateSaveError } from './state.js';
 
 const run = promisify(execFile);
 
@@ -22,10 +23,46 @@ export interface AttachedContainer {
   ifname: string;
   /** cidrs are the container's addresses with the overlay prefix, e.g. 10.32.1.5/12. */
   cidrs: string[];
-  /** name is the DNS name given with --name (registered with the DNS, #5). */
+  /** name is the first DNS name given with --name (registered with the DNS, #5). */
   name?: string;
+  /** names are all its DNS names (`attach --name` on an attached container adds one); absent with at most one. */
+  names?: string[];
   /** mac is the MAC address of the container's interface. */
   mac?: string;
+  /**
+   * state is the attach journal (absent means attached): `pending` is written (with fsync) before
+   * any kernel object is made and `attached` only once everything is in place, before the caller
+   * is answered. See {@link Attacher.restore} for what a restart does with each.
+   */
+  state?: 'pending' | 'attached';
+}
+
+/** copyOf returns a copy of a record that shares no arrays with it. */
+function copyOf(a: AttachedContainer): AttachedContainer {
+  return { ...a, cidrs: [...a.cidrs], ...(a.names === undefined ? {} : { names: [...a.names] }) };
+}
+
+/** saveErrorIn finds a {@link StateSaveError} in an error or its chain of causes. */
+function saveErrorIn(err: unknown): StateSaveError | undefined {
+  for (let e: unknown = err, depth = 0; e instanceof Error && depth < 8; e = e.cause, depth++) {
+    if (e instanceof StateSaveError) return e;
+  }
+  return undefined;
+}
+
+/** namesOf returns every DNS name of a container record. */
+function namesOf(a: AttachedContainer): string[] {
+  return a.names ?? (a.name === undefined ? [] : [a.name]);
+}
+
+/** withNames sets a record's names: `name` is the first, `names` all of them when there are several. */
+function withNames(a: AttachedContainer, names: readonly string[]): AttachedContainer {
+  const { name: _n, names: _ns, ...rest } = a;
+  return {
+    ...rest,
+    ...(names.length > 0 ? { name: names[0] } : {}),
+    ...(names.length > 1 ? { names: [...names] } : {}),
+  };
 }
 
 /** vethNames lists the veth interfaces of this namespace, or undefined when `ip` fails. */
@@ -35,6 +72,30 @@ async function vethNames(): Promise<Set<string> | undefined> {
     return new Set(links.map((l) => l.ifname ?? ''));
   } catch {
     return undefined;
+  }
+}
+
+/**
+ * removeLink deletes a host interface (and with a veth its peer inside the container). Resolves
+ * true when it is gone (deleted, or there was none), false when it is still there.
+ */
+async function removeLink(ifname: string): Promise<boolean> {
+  try {
+    await run('ip', ['link', 'del', ifname]);
+    return true;
+  } catch (err) {
+    const stderr = String((err as { stderr?: unknown }).stderr ?? '');
+    return /Cannot find device|does not exist/i.test(stderr);
+  }
+}
+
+/** linkExists says whether this namespace has an interface of that name. */
+async function linkExists(ifname: string): Promise<boolean> {
+  try {
+    await run('ip', ['link', 'show', 'dev', ifname]);
+    return true;
+  } catch {
+    return false;
   }
 }
 
@@ -153,23 +214,54 @@ export function vethAddArgs(ifname: string, mtu: number, mac: string, ref: strin
   ];
 }
 
+/** AttacherStatus is what status shows about attaching. */
+export interface AttacherStatus {
+  attached: number;
+  /** pending counts attaches in progress (journaled, not done). */
+  pending: number;
+  /** persistErrors counts attaches and name changes refused because the journal could not be saved. */
+  persistErrors: number;
+}
+
 /**
  * Attacher plugs containers into the overlay: a veth pair with `ethwe` inside the container,
  * the container's address (from IPAM, or given) with the overlay prefix (so the whole range is
  * on-link), proxy ARP and a /32 route on the host side, the overlay MTU, and the address claimed
- * by the router so every peer routes it here. Nothing is left half-done: a failed attach removes
- * what it made and frees the address. Containers that go away without detach are noticed and
- * their addresses freed after a grace period (they may come back meanwhile, e.g. a restart).
+ * by the router so every peer routes it here. Containers that go away without detach are noticed
+ * and their addresses freed after a grace period (they may come back meanwhile, e.g. a restart).
+ *
+ * An attach is a transaction across crashes, journaled in the persisted list ({@link list},
+ * saved by `onChange`, which must write it durably and throw when it cannot):
+ *
+ * ```
+ *   allocate/reserve ──► record `pending` (target, ifname, cidrs) saved ──► ip link add, addresses,
+ *   routes, claim, DNS ──► record `attached` saved ──► answer the caller
+ *          any failure on the way: interface removed, address freed, record dropped, error answered
+ * ```
+ *
+ * So the caller's answer is the truth: an attach answered with an error leaves nothing behind,
+ * one answered done survives `kill -9`. What a restart does is {@link restore}'s rules. An attach
+ * or a name change that cannot be saved fails ("cannot save state in DIR: REASON"), is rolled
+ * back and counted ({@link status}).
  */
 export class Attacher {
+  /** attached holds containers whose attach is done (and saved). */
   private readonly attached = new Map<string, AttachedContainer>();
-  /** busy holds targets with an attach or detach in progress. */
+  /** pending holds the journal of attaches in progress (saved before any kernel object is made). */
+  private readonly pending = new Map<string, AttachedContainer>();
+  /** unreconciled holds saved records restore has not decided yet (persisted as they were meanwhile). */
+  private readonly unreconciled = new Map<string, AttachedContainer>();
+  /** busy holds targets with an attach, name change or detach in progress. */
   private readonly busy = new Set<string>();
   /** goneSince records when an attached container's interface was first seen missing. */
   private readonly goneSince = new Map<string, number>();
   private timer: NodeJS.Timeout | undefined;
   private monitor: ChildProcess | undefined;
   private checking = false;
+  private persistErrors = 0;
+  /** restored resolves once {@link restore} has reconciled the kernel and the journal; attach and detach wait for it. */
+  private readonly restored: Promise<void>;
+  private markRestored: () => void = () => {};
   /** hooks tell the DNS about containers coming and going (names, resolver configuration). */
   hooks: { attached(a: AttachedContainer): Promise<void>; detached(a: AttachedContainer): Promise<void> } | undefined;
 
@@ -177,15 +269,27 @@ export class Attacher {
     private readonly router: Router,
     private readonly range: Cidr,
     private readonly log: Logger,
-    /** onChange persists the attached list. */
+    /** onChange persists {@link list} durably; it throws when it cannot (the change is then rolled back). */
     private readonly onChange: () => void = () => {},
     /** graceMs: how long a vanished container keeps its address. */
     private readonly graceMs = CONTAINER_GRACE_MS,
-  ) {}
+  ) {
+    this.restored = new Promise<void>((r) => {
+      this.markRestored = r;
+    });
+  }
 
-  /** list returns the attached containers. */
+  /**
+   * list returns the containers to persist and show: the attached ones, then attaches in progress
+   * (`state: 'pending'`).
+   */
   list(): AttachedContainer[] {
-    return [...this.attached.values()].map((a) => ({ ...a, cidrs: [...a.cidrs] }));
+    return [...this.attached.values(), ...this.pending.values(), ...this.unreconciled.values()].map(copyOf);
+  }
+
+  /** status counts attached containers, attaches in progress and refusals for want of persistence. */
+  status(): AttacherStatus {
+    return { attached: this.attached.size, pending: this.pending.size, persistErrors: this.persistErrors };
   }
 
   /** start looks for vanished containers every CONTAINER_CHECK_MS. */
@@ -235,35 +339,63 @@ export class Attacher {
   /**
    * attach plugs `target` in with the given addresses, or one from IPAM when none is given.
    * Idempotent: attaching an attached container again returns it (when no or the same addresses
-   * are given).
+   * are given); with a `name` it does not have yet, the name is added (saved, then registered in
+   * the DNS). Waits until {@link restore} has run.
    */
   async attach(target: string, cidrs: readonly Cidr[], name?: string): Promise<AttachedContainer> {
     if (name !== undefined && !/^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$/.test(name)) {
       throw new InputError(`invalid --name "${name}": a DNS label (letters, digits, -)`);
     }
     for (const c of cidrs) this.checkAddress(c);
+    await this.restored;
     const wanted = cidrs.map(formatCidr).sort();
     const existing = this.attached.get(target);
-    if (existing !== undefined) {
-      if (wanted.length === 0 || existing.cidrs.join() === wanted.join()) return { ...existing };
+    if (existing !== undefined && wanted.length > 0 && existing.cidrs.join() !== wanted.join()) {
       throw new WeftError(
         'EWEFT_CONFLICT',
         `${target} is already attached with ${existing.cidrs.join(', ')}; detach it first`,
       );
     }
+    if (existing !== undefined && (name === undefined || namesOf(existing).includes(name))) return copyOf(existing);
     if (this.busy.has(target)) throw new WeftError('EWEFT_CONFLICT', `${target} is being attached or detached`);
     this.busy.add(target);
     try {
+      if (existing !== undefined && name !== undefined) return await this.addName(existing, name);
       return await this.plug(target, cidrs, name);
+    } catch (err) {
+      // Refused for want of persistence (ours, or IPAM's): say so plainly, and count it.
+      const saveErr = saveErrorIn(err);
+      if (saveErr === undefined) throw err;
+      this.persistErrors++;
+      throw saveErr;
     } finally {
       this.busy.delete(target);
     }
   }
 
+  /** addName gives an attached container one more DNS name: saved first (rolled back if that fails), then registered. */
+  private async addName(a: AttachedContainer, name: string): Promise<AttachedContainer> {
+    const next = withNames(a, [...namesOf(a), name]);
+    this.attached.set(a.target, next);
+    try {
+      this.save();
+    } catch (err) {
+      this.attached.set(a.target, a);
+      throw err;
+    }
+    await this.notify('attached', { ...next, name, names: [name] });
+    this.log.info('container name added', { container: a.target, name });
+    return copyOf(next);
+  }
+
   private async plug(target: string, given: readonly Cidr[], name: string | undefined): Promise<AttachedContainer> {
     const t = await resolveTarget(target);
     const ifname = hostIfname(target);
+    const mac = containerMac(target);
+    /** made: a kernel object may exist (from the first `ip link add` on). */
     let made = false;
+    let journaled = false;
+    let announced: AttachedContainer | undefined;
     try {
       let cidrs = given;
       if (cidrs.length === 0) {
@@ -272,11 +404,18 @@ export class Attacher {
       } else {
         this.router.reserve(target, cidrs);
       }
-      const mac = containerMac(target);
+      const record = withNames(
+        { target, ifname, cidrs: cidrs.map(formatCidr).sort(), mac, state: 'pending' },
+        name === undefined ? [] : [name],
+      );
+      // The intent is on disk before any kernel object exists (restore undoes it after a crash).
+      this.pending.set(target, record);
+      journaled = true;
+      this.save();
+      made = true;
       // The peer end is made inside the container under its final name: one `ip` for the pair,
       // one `ip -batch` inside, sysctls written directly, one `ip -batch` on the host.
-      await sh('ip', vethAddArgs(ifname, this.router.mtu, mac, t.ref));
-      made = true;
+      await this.addVeth(target, ifname, mac, t.ref);
       const [cmd, argv] = t.ipArgs(['-batch', '-']);
       await sh(
         cmd,
@@ -299,22 +438,74 @@ export class Attacher {
       });
       await sh('ip', ['-batch', '-'], [`link set ${ifname} up`, ...this.routeLines(ifname, cidrs)].join('\n'));
       this.router.claim(target, cidrs);
-      const a: AttachedContainer = {
-        target,
-        ifname,
-        cidrs: cidrs.map(formatCidr).sort(),
-        ...(name ? { name } : {}),
-        mac,
-      };
-      this.attached.set(target, a);
-      this.onChange();
+      const { state: _s, ...a } = record;
+      // Names before the record: once the caller hears "done", the name answers too.
+      announced = a;
       await this.notify('attached', a);
+      this.pending.delete(target);
+      this.attached.set(target, a);
+      try {
+        this.save();
+      } catch (err) {
+        this.attached.delete(target);
+        this.pending.set(target, record);
+        throw err;
+      }
       this.log.info('container attached', { container: target, device: ifname, cidr: a.cidrs.join(' ') });
-      return { ...a };
+      return copyOf(a);
     } catch (err) {
-      if (made) await run('ip', ['link', 'del', ifname]).catch(() => undefined);
-      this.router.release(target);
+      await this.rollback(target, ifname, made, journaled, announced);
       throw err;
+    }
+  }
+
+  /**
+   * addVeth makes the pair. A host interface of this target's name left by an attach that had no
+   * record (an older version, or a failed removal) is ours: it is removed and the pair made again.
+   */
+  private async addVeth(target: string, ifname: string, mac: string, ref: string): Promise<void> {
+    const args = vethAddArgs(ifname, this.router.mtu, mac, ref);
+    try {
+      await sh('ip', args);
+    } catch (err) {
+      if (!/File exists/.test((err as Error).message)) throw err;
+      if (!(await linkExists(ifname))) {
+        throw new WeftError(
+          'EWEFT_CONFLICT',
+          `${target} already has an interface named ${CONTAINER_IFNAME}: is it attached by another router?`,
+          { cause: err },
+        );
+      }
+      this.log.warn('removing a leftover interface of an earlier attach', { container: target, device: ifname });
+      await removeLink(ifname);
+      await sh('ip', args);
+    }
+  }
+
+  /**
+   * rollback undoes a failed attach: the interface goes, then the address, then the record. When
+   * the interface cannot be removed the address stays reserved and the record pending (restore or
+   * the next attach of the target cleans up), so IPAM never hands out an address still in use.
+   */
+  private async rollback(
+    target: string,
+    ifname: string,
+    made: boolean,
+    journaled: boolean,
+    announced: AttachedContainer | undefined,
+  ): Promise<void> {
+    if (announced !== undefined) await this.notify('detached', announced);
+    if (made && !(await removeLink(ifname))) {
+      this.log.error('cannot remove the interface of a failed attach; its address stays reserved', {
+        container: target,
+        device: ifname,
+      });
+      return;
+    }
+    this.router.release(target);
+    if (journaled) {
+      this.pending.delete(target);
+      this.saveQuietly();
     }
   }
 
@@ -329,9 +520,9 @@ export class Attacher {
     return cidrs.map((c) => `route replace ${formatIPv4(c.addr)}/32 dev ${ifname}${via}`);
   }
 
-  /** refreshRoutes rewrites every container's host routes (after expose/hide, and after a restart). */
+  /** refreshRoutes rewrites every attached container's host routes (after expose/hide, and after a restart). */
   async refreshRoutes(): Promise<void> {
-    const lines = this.list().flatMap((a) =>
+    const lines = [...this.attached.values()].flatMap((a) =>
       this.routeLines(
         a.ifname,
         a.cidrs.map((c) => parseCidr(c)),
@@ -345,50 +536,130 @@ export class Attacher {
 
   /** detach unplugs a container: removes the veth pair and frees its addresses. */
   async detach(target: string): Promise<AttachedContainer> {
+    await this.restored;
     const a = this.attached.get(target);
     if (a === undefined) throw new WeftError('EWEFT_NOT_FOUND', `${target} is not attached`);
     if (this.busy.has(target)) throw new WeftError('EWEFT_CONFLICT', `${target} is being attached or detached`);
-    await run('ip', ['link', 'del', a.ifname]).catch(() => undefined);
-    this.forget(a);
+    this.busy.add(target);
+    try {
+      if (!(await removeLink(a.ifname))) {
+        throw new WeftError('EWEFT_SYSTEM', `cannot remove ${a.ifname} of ${target}; it stays attached`);
+      }
+      this.forget(a);
+    } finally {
+      this.busy.delete(target);
+    }
     this.log.info('container detached', { container: target, device: a.ifname });
-    return a;
+    return copyOf(a);
   }
 
   /** detachAll unplugs every container (for `weft reset`). */
   async detachAll(): Promise<number> {
     let n = 0;
-    for (const a of this.list()) {
+    for (const a of [...this.attached.values()]) {
       await this.detach(a.target).catch(() => undefined);
       n++;
     }
     return n;
   }
 
+  /**
+   * forget drops an attached container whose interface is gone: the record first (a crash then
+   * leaves an address held by no record, which restore frees), then the address.
+   */
   private forget(a: AttachedContainer): void {
-    this.router.release(a.target);
     this.attached.delete(a.target);
     this.goneSince.delete(a.target);
-    this.onChange();
+    this.saveQuietly();
+    this.router.release(a.target);
     void this.notify('detached', a);
   }
 
-  /** notify runs a hook; its failure is logged, never fails the attach or detach. */
-  private async notify(what: 'attached' | 'detached', a: AttachedContainer): Promise<void> {
+  /** save persists the journal; a failure is thrown as a {@link StateSaveError} (the caller rolls back). */
+  private save(): void {
     try {
-      await this.hooks?.[what](a);
+      this.onChange();
     } catch (err) {
-      this.log.warn(`dns: container ${what}, but`, { container: a.target, err: (err as Error).message });
+      throw saveErrorIn(err) ?? new StateSaveError('the state directory', err);
+    }
+  }
+
+  /** saveQuietly persists where a failure changes nothing the caller could act on (it is logged). */
+  private saveQuietly(): void {
+    try {
+      this.save();
+    } catch (err) {
+      this.log.error('cannot save the attached containers', { err: errorMessage(err) });
     }
   }
 
   /**
-   * restore re-claims containers attached before a restart whose veth still exists; the others
-   * went away while the router was down, so their addresses are freed. Addresses held in IPAM by
-   * no attached container and not by the host (an attach cut short by a crash) are freed too.
+   * notify runs a hook, once per DNS name of the container (once without a name when it has
+   * none); its failure is logged, never fails the attach or detach.
+   */
+  private async notify(what: 'attached' | 'detached', a: AttachedContainer): Promise<void> {
+    const names = what === 'attached' ? namesOf(a) : [];
+    const each = names.length === 0 ? [a] : names.map((n) => ({ ...a, name: n }));
+    for (const one of each) {
+      try {
+        await this.hooks?.[what](one);
+      } catch (err) {
+        this.log.warn(`dns: container ${what}, but`, { container: a.target, err: (err as Error).message });
+      }
+    }
+  }
+
+  /**
+   * restore reconciles the kernel with the saved journal after a (re)start; attach and detach
+   * wait until it is done. Rules, in this order:
+   *
+   * 1. A `pending` record (an attach cut short: its caller was never told "done") is undone: its
+   *    host interface (and with it `ethwe` in the container) is removed, then its address freed.
+   * 2. An attached record whose interface exists is claimed again. One whose interface is gone
+   *    (the container went away while the router was down) is freed.
+   * 3. A `vw*` interface in this namespace with no record at all is removed.
+   * 4. Addresses IPAM holds for no record (and not for the host) are freed, after 1 and 3, so no
+   *    address is free while an interface still holds it. When an interface could not be removed
+   *    or the interfaces could not be listed, those addresses are kept (whoever holds one is unknown).
    */
   async restore(saved: readonly AttachedContainer[]): Promise<void> {
+    try {
+      await this.reconcile(saved);
+    } finally {
+      this.markRestored();
+    }
+  }
+
+  private async reconcile(saved: readonly AttachedContainer[]): Promise<void> {
     const present = await vethNames();
+    /** unsure: some interface may hold an address we cannot attribute; then no unattributed address is freed. */
+    let unsure = present === undefined;
+    /** keep: owners whose addresses must stay (an interface we could not remove or claim). */
+    const keep = new Set<string>();
+    const recorded = new Set(saved.map((a) => a.ifname));
+    // A save while this runs (a DNS hook exposing the host) must not drop records not decided yet.
+    for (const a of saved) this.unreconciled.set(a.target, copyOf(a));
     for (const a of saved) {
+      if (a.state === 'pending') {
+        const gone = present?.has(a.ifname) === false || (await removeLink(a.ifname));
+        this.unreconciled.delete(a.target);
+        if (!gone) {
+          this.log.error('cannot undo an attach cut short by a restart; its address stays reserved', {
+            container: a.target,
+            device: a.ifname,
+          });
+          this.pending.set(a.target, copyOf(a));
+          keep.add(a.target);
+          continue;
+        }
+        this.log.warn('attach cut short by a restart undone: interface removed, address freed', {
+          container: a.target,
+          cidr: a.cidrs.join(' '),
+        });
+        this.router.release(a.target);
+        continue;
+      }
+      this.unreconciled.delete(a.target);
       if (present !== undefined && !present.has(a.ifname)) {
         this.log.warn('attached container went away while the router was down; address freed', {
           container: a.target,
@@ -397,26 +668,42 @@ export class Attacher {
         this.router.release(a.target);
         continue;
       }
+      const { state: _s, ...record } = a;
       try {
         this.router.claim(
           a.target,
           a.cidrs.map((c) => parseCidr(c)),
         );
-        this.attached.set(a.target, { ...a });
-        await this.capGso(a);
-        await this.notify('attached', a);
+        this.attached.set(a.target, record);
+        await this.capGso(record);
+        await this.notify('attached', record);
       } catch (err) {
+        keep.add(a.target);
         this.log.error('cannot restore attached container', { container: a.target, err: (err as Error).message });
+      }
+    }
+    for (const ifname of present ?? []) {
+      if (!isContainerIfname(ifname) || recorded.has(ifname)) continue;
+      if (await removeLink(ifname)) {
+        this.log.warn('removed a container interface no attach record speaks for', { device: ifname });
+      } else {
+        unsure = true;
+        this.log.error('cannot remove a container interface no attach record speaks for', { device: ifname });
       }
     }
     await this.refreshRoutes();
     for (const owner of this.router.ipam.owners()) {
-      if (owner !== EXPOSE_OWNER && !this.attached.has(owner)) {
-        this.log.warn('freeing addresses held by no attached container', { owner });
-        this.router.ipam.free(owner);
+      if (owner === EXPOSE_OWNER || this.attached.has(owner) || keep.has(owner)) continue;
+      if (unsure) {
+        this.log.warn('keeping addresses held by no attached container: an unknown interface may use them', {
+          owner,
+        });
+        continue;
       }
+      this.log.warn('freeing addresses held by no attached container', { owner });
+      this.router.ipam.free(owner);
     }
-    this.onChange();
+    this.saveQuietly();
   }
 
   /**
@@ -445,7 +732,7 @@ export class Attacher {
       const present = await vethNames();
       if (present === undefined) return;
       const now = Date.now();
-      for (const a of this.list()) {
+      for (const a of [...this.attached.values()]) {
         if (this.busy.has(a.target)) continue;
         if (present.has(a.ifname)) {
           this.goneSince.delete(a.target);
@@ -461,7 +748,7 @@ export class Attacher {
             graceMs: this.graceMs,
           });
         }
-        if (now - (since ?? now) >= this.graceMs && this.attached.get(a.target) !== undefined) {
+        if (now - (since ?? now) >= this.graceMs && this.attached.get(a.target) === a) {
           this.forget(a);
           this.log.info('container gone; address freed', { container: a.target, cidr: a.cidrs.join(' ') });
         }

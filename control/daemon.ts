@@ -77,22 +77,28 @@ export async function runForeground(cfg: LaunchConfig, log: Logger = createLogge
     version: VERSION,
     incarnation,
   });
-  const persist = () => {
+  /** save writes state.json durably; throws "cannot save state in DIR: REASON" when it cannot. */
+  const save = (): void => {
     if (resetting) return;
+    stateFile.save({
+      peerName: name,
+      targets: router.targetList(),
+      exposed: router.exposedCidrs().map(formatCidr),
+      incarnation,
+      attached: attacher.list(),
+    });
+  };
+  /** persist saves where a failure is only logged (targets, exposed addresses); attaches use save. */
+  const persist = (): void => {
     try {
-      stateFile.save({
-        peerName: name,
-        targets: router.targetList(),
-        exposed: router.exposedCidrs().map(formatCidr),
-        incarnation,
-        attached: attacher.list(),
-      });
+      save();
     } catch (err) {
       log.error('cannot save state', { err: errorMessage(err) });
     }
   };
 
-  const attacher = new Attacher(router, cfg.ipallocRange, log, () => persist(), cfg.containerGraceMs);
+  // The attacher's journal must be on disk before it touches the kernel: it gets the throwing save.
+  const attacher = new Attacher(router, cfg.ipallocRange, log, save, cfg.containerGraceMs);
   // The DNS rides the router's gossip; its channel must exist before the router connects.
   const dns = cfg.noDns
     ? undefined
@@ -133,6 +139,7 @@ export async function runForeground(cfg: LaunchConfig, log: Logger = createLogge
     metrics: createMetrics(router, dns),
     log,
     dns,
+    stateStatus: () => ({ ...stateFile.status(), attach: attacher.status() }),
     onStop: () => void shutdown('stop requested'),
     onChange: () => {
       persist();

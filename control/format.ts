@@ -1,4 +1,11 @@
 import type { RouterStatus } from '../router/index.js';
+import type { AttacherStatus } from './attach.js';
+import type { StateDirStatus } from './state.js';
+
+/** StateStatus is `state` in status: whether the state directory takes writes, and attaches refused for it. */
+export type StateStatus = StateDirStatus & { attach: AttacherStatus };
+/** StatusView is what `GET /status` shows: the router's status and the daemon's state directory. */
+export type StatusView = RouterStatus & { state?: StateStatus };
 
 /** ConnectionView is the shape of one entry of RouterStatus.connections. */
 interface ConnectionView {
@@ -21,7 +28,7 @@ interface TargetView {
 }
 
 /** formatStatus renders the human summary of `weft status`. */
-export function formatStatus(s: RouterStatus): string {
+export function formatStatus(s: StatusView): string {
   const conns = s.connections as ConnectionView[];
   const established = conns.filter((c) => c.state === 'established').length;
   const rows: [string, string][] = [
@@ -49,6 +56,7 @@ export function formatStatus(s: RouterStatus): string {
     ['Range', s.ipallocRange],
     ['IPAM', ipamLine(s)],
     ['Exposed', s.exposed.length > 0 ? s.exposed.join(', ') : 'none'],
+    ...(s.state === undefined ? [] : [['State', stateLine(s.state)] as [string, string]]),
     ['Targets', String(s.targets.length)],
     ['Connections', `${conns.length} (${established} established)`],
     [
@@ -204,4 +212,11 @@ function bytes(n: number): string {
   if (n < 1024 ** 2) return `${(n / 1024).toFixed(1)} KiB`;
   if (n < 1024 ** 3) return `${(n / 1024 ** 2).toFixed(1)} MiB`;
   return `${(n / 1024 ** 3).toFixed(2)} GiB`;
+}
+
+/** stateLine says where state is kept and, when writes fail, that the directory is failing and why. */
+function stateLine(st: StateStatus): string {
+  if (!st.failing) return `${st.dir}${st.errors > 0 ? ` (${st.errors} failed writes earlier)` : ''}`;
+  const refused = st.attach.persistErrors > 0 ? `, ${st.attach.persistErrors} attaches/names refused` : '';
+  return `FAILING: ${st.lastError ?? st.dir} (${st.errors} failed writes${refused})`;
 }

@@ -19,11 +19,20 @@ import type { Registry } from 'prom-client';
 import { ConfigError, errorMessage, InputError, isWeftError, WeftError, type WeftErrorCode } from '../common/errors.js';
 import type { Logger } from '../common/log.js';
 import { formatCidr, parseCidr, parseIPv4 } from '../common/types.js';
-import type { Router, RouterStatus } from '../router/index.js';
+import type { Router } from '../router/index.js';
 import type { Attacher } from './attach.js';
 import { isLoopbackHost, parsePeerAddress, TARGETS_MAX } from './config.js';
 import type { DnsService } from './dns.js';
-import { formatConnections, formatDns, formatIpam, formatPeers, formatStatus, formatTargets } from './format.js';
+import {
+  formatConnections,
+  formatDns,
+  formatIpam,
+  formatPeers,
+  formatStatus,
+  formatTargets,
+  type StateStatus,
+  type StatusView,
+} from './format.js';
 
 /** BODY_MAX_BYTES bounds a request body; larger ones get 413. */
 const BODY_MAX_BYTES = 64 * 1024;
@@ -75,6 +84,8 @@ export interface ApiOptions {
   onChange?: () => void;
   /** dns serves `/status/dns` and the `/name/...` records; absent with --no-dns. */
   dns?: DnsService;
+  /** stateStatus says whether the state directory takes writes (shown in status as `state`). */
+  stateStatus?: () => StateStatus;
   /** onReset leaves the network for good (detach all, hand over address space, remove state, stop). */
   onReset?: () => Promise<{ heir: string | undefined; addresses: number }>;
   /**
@@ -154,7 +165,7 @@ export function createApi(opts: ApiOptions, listener: ApiListener = { transport:
   const statusView =
     (part: string | undefined) =>
     (req: IncomingMessage, url: URL): Reply => {
-      const s = router.status();
+      const s: StatusView = { ...router.status(), state: opts.stateStatus?.() };
       if (wantsJson(req, url)) return { json: part === undefined ? s : pick(s, part) };
       return { text: render(s, part) };
     };
@@ -711,11 +722,11 @@ function wantsJson(req: IncomingMessage, url: URL): boolean {
   return url.searchParams.get('format') === 'json' || (req.headers.accept ?? '').includes('application/json');
 }
 
-function pick(s: RouterStatus, part: string): unknown {
-  return s[part as keyof RouterStatus];
+function pick(s: StatusView, part: string): unknown {
+  return s[part as keyof StatusView];
 }
 
-function render(s: RouterStatus, part: string | undefined): string {
+function render(s: StatusView, part: string | undefined): string {
   switch (part) {
     case 'peers':
       return formatPeers(s);
