@@ -19,7 +19,6 @@ import { SLOT_BYTES } from '../../router/constants.js';
 import type { Counters } from '../../router/datapath/counters.js';
 import { Encap, Fib, Hop, peerNameHi, peerNameLo } from '../../router/datapath/fib.js';
 import { Forwarder } from '../../router/datapath/forwarder.js';
-import { fold16, sum16, VNET_F_NEEDS_CSUM, VNET_GSO_TCPV4, VNET_HDR_LEN } from '../../router/datapath/gso.js';
 import {
   ARP_OP_REPLY,
   ARP_OP_REQUEST,
@@ -29,6 +28,7 @@ import {
   writeEthernetHeader,
   writeVxlanHeader,
 } from '../../router/overlay/frame.js';
+import { withVnetHeader as withVnet } from '../../router/testing/packets.js';
 import { MemoryTun } from '../../router/tun/memory.js';
 import { check, type FuzzTarget } from '../target.js';
 
@@ -128,21 +128,6 @@ function ipv4(proto: number, payload: number, src: number, dst: number, seq = 10
   }
   for (let i = 20 + l4; i < p.length; i++) p[i] = i & 0xff;
   return p;
-}
-
-/** withVnet prefixes a packet with a virtio-net header; a TCP super-packet of `mss` segments when mss > 0. */
-function withVnet(pkt: Buffer, mss = 0): Buffer {
-  const h = Buffer.alloc(VNET_HDR_LEN);
-  if (mss > 0) {
-    h[0] = VNET_F_NEEDS_CSUM;
-    h[1] = VNET_GSO_TCPV4;
-    h.writeUInt16LE(40, 2);
-    h.writeUInt16LE(mss, 4);
-    h.writeUInt16LE(20, 6);
-    h.writeUInt16LE(16, 8);
-    pkt.writeUInt16BE(fold16(sum16(pkt, 12, 20, 6 + pkt.length - 20)), 36);
-  }
-  return Buffer.concat([h, pkt]);
 }
 
 /**

@@ -2,11 +2,12 @@ import { afterEach, describe, expect, it } from 'vitest';
 import type { PeerName } from '../../common/types.js';
 import { type MemoryUdp, MemoryUdpNet } from '../conn/memory-udp.js';
 import { SleeveType } from '../overlay/frame.js';
+import { withVnetHeader as vnet } from '../testing/packets.js';
 import { MemoryTun } from '../tun/memory.js';
 import { Drop } from './counters.js';
 import { Encap, Fib, Hop, peerNameHi, peerNameLo } from './fib.js';
 import { type ControlDatagram, Forwarder } from './forwarder.js';
-import { fold16, sum16, VNET_F_NEEDS_CSUM, VNET_GSO_TCPV4, VNET_HDR_LEN } from './gso.js';
+import { fold16, sum16, VNET_GSO_TCPV4, VNET_HDR_LEN } from './gso.js';
 
 const NAME_A = '02:00:00:00:00:0a' as PeerName;
 const NAME_B = '02:00:00:00:00:0b' as PeerName;
@@ -54,21 +55,6 @@ function udpPacket(total: number, df: boolean): Buffer {
   p.writeUInt16BE(total - 20, 24);
   for (let i = 28; i < total; i++) p[i] = i & 0xff;
   return p;
-}
-
-/** vnet prefixes a packet with a virtio-net header: a TCP super-packet of `mss` segments, or none. */
-function vnet(pkt: Buffer, mss = 0): Buffer {
-  const h = Buffer.alloc(VNET_HDR_LEN);
-  if (mss > 0) {
-    h[0] = VNET_F_NEEDS_CSUM;
-    h[1] = VNET_GSO_TCPV4;
-    h.writeUInt16LE(40, 2);
-    h.writeUInt16LE(mss, 4);
-    h.writeUInt16LE(20, 6);
-    h.writeUInt16LE(16, 8);
-    pkt.writeUInt16BE(fold16(sum16(pkt, 12, 20, 6 + pkt.length - 20)), 36);
-  }
-  return Buffer.concat([h, pkt]);
 }
 
 interface Pair {
