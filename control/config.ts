@@ -1,13 +1,4 @@
-import {
-  closeSync,
-  constants as fsConstants,
-  mkdirSync,
-  openSync,
-  readFileSync,
-  realpathSync,
-  rmSync,
-  statSync,
-} from 'node:fs';
+import { closeSync, constants as fsConstants, openSync, readFileSync, realpathSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { ConfigError } from '../common/errors.js';
 import type { LogLevel } from '../common/log.js';
@@ -30,7 +21,7 @@ import {
 } from '../router/constants.js';
 // Direct imports (not router/index.js): the CLI must start without loading the router.
 import { type IpamInit, parseIpamInit } from '../router/ipam/init.js';
-import { defaultStateDir, type NetnsIdentity, netnsIdentity } from './state-dir.js';
+import { defaultStateDir, mkdirParents, type NetnsIdentity, netnsIdentity } from './state-dir.js';
 
 /** RUN_ROOT holds the routers' API sockets (runtime state, gone at reboot), per network namespace below it. */
 export const RUN_ROOT = '/run/weft';
@@ -107,9 +98,8 @@ export function checkStateDir(dir: string, what = '--state-dir'): string {
 
 /**
  * prepareStateDir makes the state directory (mode 0700, parents as needed) and proves it can hold
- * files by creating and removing a probe file. It walks the path one component at a time instead
- * of `mkdirSync(dir, { recursive: true })`, which in Node 20 retries forever where mkdir keeps
- * answering ENOENT (any missing path below /proc). Throws ConfigError with one line saying why.
+ * files by creating and removing a probe file (mkdirParents: `mkdirSync(dir, { recursive: true })`
+ * spins on a path below /proc). Throws ConfigError with one line saying why.
  */
 export function prepareStateDir(dir: string): void {
   const abs = checkStateDir(dir);
@@ -119,26 +109,13 @@ export function prepareStateDir(dir: string): void {
     const why = e === undefined ? '' : `: ${e.message.replace(/, \w+ '.*'$/, '')}`;
     throw new ConfigError(`cannot use the state directory ${abs}: ${what}${why}`, { cause: err });
   };
-  const missing: string[] = [];
-  for (let p = abs; ; p = path.dirname(p)) {
-    let isDir: boolean;
-    try {
-      isDir = statSync(p).isDirectory();
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') fail(`cannot look at ${p}`, err);
-      missing.unshift(p);
-      if (p === path.dirname(p)) break;
-      continue;
-    }
-    if (!isDir) fail(`${p} is not a directory`);
-    break;
-  }
-  for (const p of missing) {
-    try {
-      mkdirSync(p, { mode: 0o700 });
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') fail(`cannot create ${p}`, err);
-    }
+  try {
+    mkdirParents(abs, 0o700);
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException;
+    const at = e.path ?? abs;
+    if (e.code === 'ENOTDIR') fail(`${at} is not a directory`);
+    fail(e.syscall === 'stat' ? `cannot look at ${at}` : `cannot create ${at}`, err);
   }
   const probe = path.join(abs, `.weft-probe-${process.pid}`);
   try {

@@ -3,7 +3,6 @@ import {
   chmodSync,
   lchownSync,
   lstatSync,
-  mkdirSync,
   readFileSync,
   renameSync,
   rmdirSync,
@@ -33,6 +32,7 @@ import {
   type StateStatus,
   type StatusView,
 } from './format.js';
+import { mkdirParents } from './state-dir.js';
 
 /** BODY_MAX_BYTES bounds a request body; larger ones get 413. */
 const BODY_MAX_BYTES = 64 * 1024;
@@ -489,7 +489,7 @@ function capConnections(server: Server, max: number, log: Logger): void {
  * read is narrowed to 0600. An operator may put a token of their own there (32+ visible ASCII characters).
  */
 export function ensureApiToken(file: string): string {
-  mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
+  mkdirParents(path.dirname(file), 0o700);
   let st: Stats | undefined;
   try {
     st = lstatSync(file);
@@ -547,7 +547,7 @@ export async function listenApiSocket(
   const dir = path.dirname(file);
   let made: string | undefined;
   try {
-    made = mkdirSync(dir, { recursive: true, mode: 0o755 });
+    made = mkdirParents(dir, 0o755);
   } catch (err) {
     throw new WeftError('EWEFT_SYSTEM', `cannot make the API socket directory ${dir}: ${errorMessage(err)}`, {
       cause: err,

@@ -1,4 +1,4 @@
-import { readdirSync, statSync } from 'node:fs';
+import { mkdirSync, readdirSync, statSync } from 'node:fs';
 import path from 'node:path';
 
 /** STATE_ROOT is where persistent router state lives; per network namespace below it. */
@@ -52,4 +52,37 @@ export function defaultStateDir(id: NetnsIdentity = netnsIdentity()): string {
   if (id.root) return STATE_ROOT;
   if (id.name !== undefined) return path.join(STATE_ROOT, 'netns', id.name);
   return path.join(STATE_ROOT, 'netns-ino', String(id.inode));
+}
+
+/**
+ * mkdirParents makes `dir` and its missing parents (each with `mode`), returning the first one it
+ * made (undefined when `dir` existed), like `mkdirSync(dir, { recursive: true })` but without its
+ * flaw: in Node 20 the recursive form retries forever where mkdir keeps answering ENOENT (any
+ * missing path below /proc). Throws the failing call's errno error (ENOTDIR when a component is a file).
+ */
+export function mkdirParents(dir: string, mode: number): string | undefined {
+  const missing: string[] = [];
+  for (let p = path.resolve(dir); ; p = path.dirname(p)) {
+    let st: ReturnType<typeof statSync>;
+    try {
+      st = statSync(p);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+      missing.unshift(p);
+      if (p === path.dirname(p)) break;
+      continue;
+    }
+    if (!st.isDirectory()) {
+      throw Object.assign(new Error(`ENOTDIR: not a directory, mkdir '${p}'`), { code: 'ENOTDIR', path: p });
+    }
+    break;
+  }
+  for (const p of missing) {
+    try {
+      mkdirSync(p, { mode });
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+    }
+  }
+  return missing[0];
 }

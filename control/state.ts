@@ -1,18 +1,10 @@
-import {
-  closeSync,
-  fsyncSync,
-  mkdirSync,
-  openSync,
-  readdirSync,
-  readFileSync,
-  renameSync,
-  rmSync,
-  writeSync,
-} from 'node:fs';
+import { closeSync, fsyncSync, openSync, readdirSync, readFileSync, renameSync, rmSync, writeSync } from 'node:fs';
 import path from 'node:path';
 import { z } from 'zod';
 import { ConfigError, WeftError } from '../common/errors.js';
 import type { AttachedContainer } from './attach.js';
+import { TARGETS_MAX } from './config.js';
+import { mkdirParents } from './state-dir.js';
 
 /** PersistedState is what a router keeps across restarts in `<stateDir>/state.json`. */
 export interface PersistedState {
@@ -30,7 +22,7 @@ export interface PersistedState {
 
 const StateSchema = z.object({
   peerName: z.string().max(64).optional(),
-  targets: z.array(z.string().max(300)).max(10_000).default([]),
+  targets: z.array(z.string().max(300)).max(TARGETS_MAX).default([]),
   exposed: z.array(z.string().max(64)).max(1_000).default([]),
   incarnation: z.number().int().nonnegative().max(Number.MAX_SAFE_INTEGER).optional(),
   attached: z
@@ -231,7 +223,7 @@ function writeJsonAtomic(
   value: unknown,
   sync: { syncFile: boolean; syncDir: boolean },
 ): void {
-  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  mkdirParents(dir, 0o700);
   const tmp = `${file}.${process.pid}.tmp`;
   try {
     const fd = openSync(tmp, 'w', 0o600);

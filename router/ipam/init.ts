@@ -3,7 +3,7 @@
  * heavy imports, so the CLI can validate the flag without loading the router.
  */
 import { WeftError } from '../../common/errors.js';
-import { type PeerName, parsePeerName } from '../../common/types.js';
+import { type PeerName, parsePeerName, reservedPeerNameReason } from '../../common/types.js';
 
 /** ALLOCATE_TIMEOUT_MS is how long an allocation waits for a seeded ring or for space (the router's deadline). */
 export const ALLOCATE_TIMEOUT_MS = 20_000;
@@ -27,14 +27,21 @@ export function parseIpamInit(text: string, alone: boolean): IpamInit {
   const m = /^seed=(.+)$/.exec(text);
   if (m !== null) {
     const names = m[1]!.split(',').map((s) => {
+      let name: PeerName;
       try {
-        return parsePeerName(s.trim());
+        name = parsePeerName(s.trim());
       } catch {
         throw new WeftError(
           'EWEFT_CONFIG',
           `invalid --ipalloc-init seed name "${s}": want a peer name like 0a:1b:2c:3d:4e:5f`,
         );
       }
+      // No router can have such a name (see parseOwnPeerName): a seed list naming one never completes.
+      const reserved = reservedPeerNameReason(name);
+      if (reserved !== undefined) {
+        throw new WeftError('EWEFT_CONFIG', `invalid --ipalloc-init seed name "${s}": ${reserved}, no router has it`);
+      }
+      return name;
     });
     return { mode: 'seed', seed: names };
   }

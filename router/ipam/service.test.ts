@@ -37,6 +37,16 @@ describe('parseIpamInit', () => {
       expect((err as Error).message).toMatch(/--ipalloc-init/);
     }
   });
+
+  it('refuses a seed list naming a peer no router can be (zero, broadcast, multicast)', () => {
+    for (const [bad, why] of [
+      ['00:00:00:00:00:00', /all-zero/],
+      ['ff:ff:ff:ff:ff:ff', /broadcast/],
+      ['01:00:5e:00:00:01', /multicast/],
+    ] as const) {
+      expect(() => parseIpamInit(`seed=${A},${bad}`, false)).toThrow(why);
+    }
+  });
 });
 
 describe('IpamService', () => {
