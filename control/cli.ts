@@ -7,6 +7,20 @@ import { fileURLToPath } from 'node:url';
 import { Argument, Command, CommanderError, Option } from 'commander';
 import { errorMessage, InputError, isWeftError, WeftError, type WeftErrorCode } from '../common/errors.js';
 import { parseCidr } from '../common/types.js';
+import {
+  CONN_LIMIT_DEFAULT,
+  CONTAINER_GRACE_MS,
+  CONTROL_PORT,
+  DISCOVERY_DEGREE,
+  ENCAP_OVERHEAD_MAX,
+  HTTP_ADDR,
+  IPALLOC_RANGE,
+  PEER_DOWN_TIMEOUT_MS,
+  TUN_DEVICE_NAME,
+  UNDERLAY_MTU_DEFAULT,
+  VXLAN_PORT,
+  VXLAN_VNI_DEFAULT,
+} from '../router/constants.js';
 import { ALLOCATING_TIMEOUT_MS, ApiClient } from './client.js';
 import {
   buildLaunchConfig,
@@ -18,6 +32,7 @@ import {
   parsePeerAddress,
   prepareStateDir,
 } from './config.js';
+import { STATE_ROOT } from './state-dir.js';
 import { VERSION } from './version.js';
 
 /** EXIT maps failures to exit statuses: 1 error, 2 usage, 3 no router running. */
@@ -69,7 +84,7 @@ export function buildProgram(): Command {
     .version(VERSION, '-v, --version')
     .option(
       '--http-addr <host:port>',
-      'HTTP API over TCP: for launch where it listens (default 127.0.0.1:6784), for other commands the router to talk to instead of the socket (env WEFT_HTTP_ADDR)',
+      `HTTP API over TCP: for launch where it listens (default ${HTTP_ADDR}), for other commands the router to talk to instead of the socket (env WEFT_HTTP_ADDR)`,
       undefined,
     )
     .option(
@@ -106,18 +121,18 @@ Examples:
     .argument('[peers...]', 'peers to connect to, as host[:port]')
     .option('--name <mac>', 'peer name (default: persisted, else random)')
     .option('--nickname <name>', 'human name shown in status (default: netns name or hostname)')
-    .option('--port <port>', 'TCP control port and UDP sleeve port (default 6783)')
+    .option('--port <port>', `TCP control port and UDP sleeve port (default ${CONTROL_PORT})`)
     .addOption(
       new Option('--encap <encap>', 'preferred encapsulation (VXLAN is used when both peers prefer it)').choices([
         'sleeve',
         'vxlan',
       ]),
     )
-    .option('--vxlan-port <port>', 'UDP port for VXLAN (default 6784; must match a kernel vxlan dstport)')
-    .option('--vni <n>', 'VXLAN network identifier (default 22342)')
+    .option('--vxlan-port <port>', `UDP port for VXLAN (default ${VXLAN_PORT}; must match a kernel vxlan dstport)`)
+    .option('--vni <n>', `VXLAN network identifier (default ${VXLAN_VNI_DEFAULT})`)
     .option(
       '--ipalloc-range <cidr>',
-      'overlay address range, shared out among peers by IPAM (default 10.32.0.0/12; refused if it overlaps a host route, unless given)',
+      `overlay address range, shared out among peers by IPAM (default ${IPALLOC_RANGE}; refused if it overlaps a host route, unless given)`,
     )
     .option(
       '--ipalloc-init <how>',
@@ -125,7 +140,7 @@ Examples:
     )
     .option(
       '--container-grace <ms>',
-      'a container gone without `weft detach` keeps its address this long before it is freed (default 30000)',
+      `a container gone without \`weft detach\` keeps its address this long before it is freed (default ${CONTAINER_GRACE_MS})`,
     )
     .option('--dns-domain <domain>', 'DNS domain the embedded DNS answers for (default weft.local)')
     .option('--no-dns', 'do not run the embedded DNS server')
@@ -141,27 +156,30 @@ Examples:
     .option('--dns-port <port>', "DNS port on the host's overlay address (default 53)")
     .option(
       '--state-dir <dir>',
-      'state directory (default per network namespace under /var/lib/weft; env WEFT_STATE_DIR)',
+      `state directory (default per network namespace under ${STATE_ROOT}; env WEFT_STATE_DIR)`,
     )
     .option(
       '--mtu <bytes>',
-      'overlay MTU given to containers (default: underlay MTU minus 80, which fits sleeve, VXLAN and encryption: 1420 on 1500; env WEFT_MTU). Packets too big for the path to a peer get ICMP "fragmentation needed"',
+      `overlay MTU given to containers (default: underlay MTU minus ${ENCAP_OVERHEAD_MAX}, which fits sleeve, VXLAN and encryption: ${UNDERLAY_MTU_DEFAULT - ENCAP_OVERHEAD_MAX} on ${UNDERLAY_MTU_DEFAULT}; env WEFT_MTU). Packets too big for the path to a peer get ICMP "fragmentation needed"`,
     )
     .option('--password-file <file>', 'peers must share this password (env WEFT_PASSWORD)')
     .option('--no-discovery', 'only connect to the peers given, not to peers they know')
-    .option('--discovery-degree <n>', 'discovery dials peers until this many connections; beyond, relays (default 16)')
+    .option(
+      '--discovery-degree <n>',
+      `discovery dials peers until this many connections; beyond, relays (default ${DISCOVERY_DEGREE})`,
+    )
     .option(
       '--peer-timeout <ms>',
-      'a data path silent this long either way is declared down and routed around (default 5000)',
+      `a data path silent this long either way is declared down and routed around (default ${PEER_DOWN_TIMEOUT_MS})`,
     )
-    .option('--device <name>', 'TUN device name (default weft)')
+    .option('--device <name>', `TUN device name (default ${TUN_DEVICE_NAME})`)
     .addOption(
       new Option('--datapath <kind>', 'socket layer: native batched I/O or portable Node dgram').choices([
         'native',
         'dgram',
       ]),
     )
-    .option('--conn-limit <n>', 'maximum control connections (default 200)')
+    .option('--conn-limit <n>', `maximum control connections (default ${CONN_LIMIT_DEFAULT})`)
     .option('--no-offload', 'do not take TCP super-packets from the kernel (TSO); slower, for debugging')
     .addOption(new Option('--log-level <level>', 'log level').choices(['debug', 'info', 'warn', 'error']))
     .option('--foreground', 'run the router in this process (for containers and supervisors)')

@@ -5,6 +5,7 @@ import type { LogLevel } from '../common/log.js';
 import type { Cidr, PeerName } from '../common/types.js';
 import { parseCidr, parseOwnPeerName } from '../common/types.js';
 import {
+  CONN_LIMIT_DEFAULT,
   CONTAINER_GRACE_MS,
   CONTROL_PORT,
   DISCOVERY_DEGREE,
@@ -356,7 +357,8 @@ export function buildLaunchConfig(
     logLevel: logLevel as LogLevel,
     device,
     datapath,
-    connLimit: flags.connLimit === undefined ? 200 : parseIntIn(flags.connLimit, '--conn-limit', 1, 10_000),
+    connLimit:
+      flags.connLimit === undefined ? CONN_LIMIT_DEFAULT : parseIntIn(flags.connLimit, '--conn-limit', 1, 10_000),
     offload: flags.offload !== false && env.WEFT_NO_OFFLOAD !== '1',
     discoveryDegree:
       flags.discoveryDegree === undefined
