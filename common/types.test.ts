@@ -1,6 +1,15 @@
 import { describe, expect, it } from 'vitest';
 import { InputError } from './errors.js';
-import { type PeerName, parseOwnPeerName, parsePeerName, randomPeerName, reservedPeerNameReason } from './types.js';
+import {
+  formatIPv4,
+  isIPv4,
+  type PeerName,
+  parseIPv4,
+  parseOwnPeerName,
+  parsePeerName,
+  randomPeerName,
+  reservedPeerNameReason,
+} from './types.js';
 
 describe('parseOwnPeerName', () => {
   it('takes unicast names, normalised to lower case', () => {
@@ -44,5 +53,32 @@ describe('reservedPeerNameReason', () => {
       const n = `${b.toString(16).padStart(2, '0')}:00:00:00:00:01` as PeerName;
       expect(reservedPeerNameReason(n), n).toBeDefined();
     }
+  });
+});
+
+describe('IPv4 text: the one parser', () => {
+  it('takes dotted quads and round-trips them', () => {
+    for (const s of ['0.0.0.0', '10.32.0.1', '127.0.0.1', '255.255.255.255']) {
+      expect(isIPv4(s)).toBe(true);
+      expect(formatIPv4(parseIPv4(s))).toBe(s);
+    }
+    expect(parseIPv4('10.32.0.1')).toBe(0x0a200001);
+  });
+
+  it.each([
+    '',
+    '1.2.3',
+    '1.2.3.4.5',
+    '256.0.0.1',
+    '010.0.0.1',
+    '0x1.2.3.4',
+    '1.2.3.4 ',
+    ' 1.2.3.4',
+    '1..2.3',
+    '::1',
+    '1.2.3.-4',
+  ])('refuses %j', (s) => {
+    expect(isIPv4(s)).toBe(false);
+    expect(() => parseIPv4(s)).toThrow(InputError);
   });
 });

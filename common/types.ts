@@ -82,9 +82,14 @@ export function randomPeerName(random: (n: number) => Uint8Array): PeerName {
   return peerNameFromBytes(b, 0);
 }
 
+/** isIPv4 says whether `s` is dotted-quad IPv4 text as parseIPv4 takes it (no octal, no short forms). */
+export function isIPv4(s: string): boolean {
+  return ipaddr.IPv4.isValidFourPartDecimal(s);
+}
+
 /** parseIPv4 parses dotted-quad text strictly (no octal, no short forms). */
 export function parseIPv4(s: string): IPv4 {
-  if (!ipaddr.IPv4.isValidFourPartDecimal(s)) throw new InputError(`invalid IPv4 address "${s}"`);
+  if (!isIPv4(s)) throw new InputError(`invalid IPv4 address "${s}"`);
   const o = ipaddr.IPv4.parse(s).octets;
   return ((((o[0] ?? 0) << 24) | ((o[1] ?? 0) << 16) | ((o[2] ?? 0) << 8) | (o[3] ?? 0)) >>> 0) as IPv4;
 }

@@ -3,7 +3,7 @@ import path from 'node:path';
 import { ConfigError } from '../common/errors.js';
 import type { LogLevel } from '../common/log.js';
 import type { Cidr, PeerName } from '../common/types.js';
-import { parseCidr, parseOwnPeerName } from '../common/types.js';
+import { isIPv4, parseCidr, parseOwnPeerName } from '../common/types.js';
 import {
   CONN_LIMIT_DEFAULT,
   CONTAINER_GRACE_MS,
@@ -51,7 +51,7 @@ export function isLoopbackHost(host: string): boolean {
     .replace(/^\[(.*)\]$/, '$1')
     .replace(/^::ffff:/i, '')
     .toLowerCase();
-  return h === 'localhost' || h === '::1' || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(h);
+  return h === 'localhost' || h === '::1' || (isIPv4(h) && h.startsWith('127.'));
 }
 
 /**
@@ -380,7 +380,7 @@ function parseVxlanPeers(text: string | undefined): string[] {
   if (text === undefined || text.trim() === '') return [];
   return text.split(',').map((s) => {
     const t = s.trim();
-    if (!/^\d{1,3}(\.\d{1,3}){3}$/.test(t) || t.split('.').some((o) => Number(o) > 255)) {
+    if (!isIPv4(t)) {
       throw new ConfigError(`invalid --vxlan-peer "${t}": want IPv4 addresses, comma-separated`);
     }
     return t;
@@ -396,7 +396,7 @@ function parseUpstreams(text: string | undefined): string[] | undefined {
     .filter((s) => s.length > 0);
   for (const s of list) {
     const hp = parseHostPort(s, '--dns-upstream', 53);
-    if (!/^\d{1,3}(\.\d{1,3}){3}$/.test(hp.host)) {
+    if (!isIPv4(hp.host)) {
       throw new ConfigError(`invalid --dns-upstream "${s}": want IPv4 addresses with optional :port, comma-separated`);
     }
   }
