@@ -6,8 +6,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { type PeerName, parseIPv4 } from '../common/types.js';
-import { DnsRecords } from '../dns/records.js';
-import { DnsServer } from '../dns/server.js';
+import { DnsRecords, DnsServer } from '../dns/index.js';
 
 const [portText, hostsFile] = process.argv.slice(2) as [string, string];
 const records = new DnsRecords({ self: '02:00:00:00:00:01' as PeerName, incarnation: 1 });

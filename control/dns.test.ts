@@ -2,10 +2,12 @@ import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { noopLogger } from '../common/log.js';
-import { parseCidr } from '../common/types.js';
+import { type Cidr, type PeerName, parseCidr } from '../common/types.js';
+import { DNS_CHANNEL, DnsRecords } from '../dns/index.js';
+import type { Gossip, Gossiper } from '../router/index.js';
 import { MemoryMesh } from '../router/testing/memory-router.js';
 import { ApiClient } from './client.js';
-import { DnsService } from './dns.js';
+import { type DnsRouter, DnsService } from './dns.js';
 import { createApi } from './http.js';
 import { createMetrics } from './metrics.js';
 
@@ -82,5 +84,85 @@ describe('HTTP API: DNS records', () => {
     });
     expect(res.status).toBe(status);
     expect(await res.text()).toMatch(msg);
+  });
+});
+
+/** FakeRouter is a DnsRouter without a mesh: it records what the service gossips and opens. */
+class FakeRouter implements DnsRouter {
+  readonly name = '02:00:00:00:00:0a' as PeerName;
+  onPeersForgotten: ((peers: PeerName[]) => void) | undefined;
+  exposed: Cidr[] = [];
+  channel = '';
+  gossiper: Gossiper | undefined;
+  readonly sent: Uint8Array[] = [];
+
+  addGossiper(channel: string, gossiper: Gossiper): Gossip {
+    this.channel = channel;
+    this.gossiper = gossiper;
+    return {
+      broadcast: (payload) => {
+        this.sent.push(payload);
+      },
+      unicast: () => false,
+    };
+  }
+
+  exposedCidrs(): readonly Cidr[] {
+    return this.exposed;
+  }
+}
+
+/** DnsService needs only the four members of DnsRouter, not a Router. */
+describe('DnsService on a DnsRouter', () => {
+  let router: FakeRouter;
+  let dns: DnsService;
+
+  beforeEach(async () => {
+    router = new FakeRouter();
+    dns = new DnsService({
+      router,
+      range: parseCidr('127.77.0.0/16'),
+      domain: 'weft.local',
+      ttl: 1,
+      port: 0,
+      upstreams: [],
+      incarnation: 1,
+      log: noopLogger,
+    });
+    await dns.start();
+  });
+
+  afterEach(async () => {
+    await dns.stop();
+  });
+
+  it('gossips on the dns channel the names it registers, with our peer name as origin', () => {
+    expect(router.channel).toBe(DNS_CHANNEL);
+    dns.add('db', ['127.77.0.9']);
+    expect(router.sent).toHaveLength(1);
+    const other = new DnsRecords({ self: '02:00:00:00:00:0b' as PeerName, incarnation: 1 });
+    other.merge(router.sent[0] as Uint8Array);
+    expect(other.lookupName('db.weft.local')).toEqual([parseCidr('127.77.0.9/32').addr]);
+    expect(dns.status().entries).toMatchObject([{ name: 'db.weft.local', origin: router.name }]);
+  });
+
+  it("drops a forgotten peer's records", () => {
+    const peer = '02:00:00:00:00:0c' as PeerName;
+    const remote = new DnsRecords({ self: peer, incarnation: 1 });
+    const delta = remote.add('c1', 'web.weft.local', parseCidr('127.77.0.7/32').addr);
+    router.gossiper?.onGossip(peer, delta as Uint8Array);
+    expect(dns.lookup('web')).toEqual(['127.77.0.7']);
+    router.onPeersForgotten?.([peer]);
+    expect(dns.lookup('web')).toEqual([]);
+  });
+
+  it('listens on the exposed address in its range, and stops when there is none', async () => {
+    expect(dns.address).toBeUndefined();
+    router.exposed = [parseCidr('10.0.0.1/24'), parseCidr('127.77.0.1/16')];
+    await dns.sync();
+    expect(dns.address).toBe('127.77.0.1');
+    router.exposed = [];
+    await dns.sync();
+    expect(dns.address).toBeUndefined();
   });
 });

@@ -11,23 +11,45 @@ import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { errorMessage, InputError, WeftError } from '../common/errors.js';
 import type { Logger } from '../common/log.js';
-import { type Cidr, cidrContains, formatIPv4, parseIPv4 } from '../common/types.js';
-import { DNS_CHANNEL, DnsGossiper, DnsRecords } from '../dns/records.js';
-import { DnsServer } from '../dns/server.js';
-import { loadResolvConf, Upstream } from '../dns/upstream.js';
-import type { Router } from '../router/index.js';
+import { type Cidr, cidrContains, formatIPv4, type PeerName, parseIPv4 } from '../common/types.js';
+import {
+  DNS_CHANNEL,
+  DNS_EXTERN_OWNER,
+  DnsGossiper,
+  DnsRecords,
+  DnsServer,
+  loadResolvConf,
+  Upstream,
+} from '../dns/index.js';
+import type { Gossip, Gossiper } from '../router/index.js';
 import type { AttachedContainer } from './attach.js';
 
-/** DNS_EXTERN_OWNER owns records added with `weft dns-add` (no container). */
-export const DNS_EXTERN_OWNER = 'weft:extern';
 /** RESOLV_MARK starts every resolv.conf Weft writes, so it only ever removes its own. */
 const RESOLV_MARK = '# written by weft: the router DNS of this host';
 /** GC_INTERVAL_MS: how often tombstones past their time are dropped. */
 const GC_INTERVAL_MS = 60_000;
 
+/**
+ * DnsRouter is all a DnsService needs of its router; Router satisfies it. Four members, so that
+ * tests and other hosts of the DNS can provide them without a whole mesh.
+ */
+export interface DnsRouter {
+  /** name is our peer name: the origin of the records we register. */
+  readonly name: PeerName;
+  /** addGossiper opens the named gossip channel over the mesh for `gossiper`; returns its sending side. */
+  addGossiper(channel: string, gossiper: Gossiper): Gossip;
+  /**
+   * onPeersForgotten is called with the peers dropped from the topology, whose records go with
+   * them. One listener: DnsService sets it and nothing else may.
+   */
+  onPeersForgotten: ((peers: PeerName[]) => void) | undefined;
+  /** exposedCidrs lists the host's overlay addresses; the server listens on the one in the range. */
+  exposedCidrs(): readonly Cidr[];
+}
+
 /** DnsServiceOptions configure a DnsService. */
 export interface DnsServiceOptions {
-  router: Router;
+  router: DnsRouter;
   range: Cidr;
   domain: string;
   ttl: number;

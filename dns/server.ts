@@ -5,8 +5,8 @@
  *
  * The common query is answered on a fast path: parseQuery by hand into one reused Query, the
  * answer found by NameMap straight from the parsed bytes and copied from records encoded once
- * per change of the record set (dns/wire.ts). Everything unusual (errors, upstream) is slower
- * and fine.
+ * per change of the record set (query.ts, name-map.ts, response.ts). Everything unusual
+ * (errors, upstream) is slower and fine. This file reads and writes no DNS bytes itself.
  *
  * Not an open resolver: queries from addresses outside the overlay range and not the host's own
  * are refused. Malformed queries are dropped or answered FORMERR/NOTIMP/REFUSED and counted; the
@@ -18,35 +18,37 @@ import { WeftError } from '../common/errors.js';
 import type { Logger } from '../common/log.js';
 import { noopLogger } from '../common/log.js';
 import { parseIPv4 } from '../common/types.js';
-import { NativeUdp, type PacketConn } from '../router/index.js';
+import { DNS_TTL_S } from './defaults.js';
+import { NameMap } from './name-map.js';
+import { normalizeName, ptrNameToIPv4 } from './names.js';
+import { isQueryInDomain, ParseResult, parseQuery, Query, udpResponseLimit } from './query.js';
 import type { DnsRecords } from './records.js';
-import { type Upstream, UpstreamError } from './upstream.js';
 import {
-  DNS_TCP_MAX_BYTES,
   encodeARecords,
   encodePtrRecords,
   encodeSoaRecord,
-  FLAG_AA,
-  FLAG_RA,
-  FLAG_TC,
-  isQueryInDomain,
-  NameMap,
-  normalizeName,
-  ParseResult,
-  parseQuery,
-  ptrNameToIPv4,
-  QType,
-  Query,
-  Rcode,
   type RecordSet,
-  udpResponseLimit,
+  truncateReply,
   writeAnswer,
   writeError,
   writeNegative,
+} from './response.js';
+import { NativeUdp, type PacketConn } from './socket.js';
+import { type Upstream, UpstreamError } from './upstream.js';
+import {
+  DNS_HEADER_LEN,
+  DNS_TCP_MAX_BYTES,
+  FLAG_AA,
+  FLAG_RA,
+  FLAG_TC,
+  frameTcp,
+  QType,
+  Rcode,
+  readFlags,
+  readTcpLength,
+  TCP_LENGTH_PREFIX_LEN,
+  writeTcpLength,
 } from './wire.js';
-
-/** DNS_TTL_S is the default TTL of our answers: short, so a container that goes away is forgotten fast. */
-export const DNS_TTL_S = 1;
 /** DNS_TCP_CONNECTIONS_MAX bounds concurrent TCP clients. */
 export const DNS_TCP_CONNECTIONS_MAX = 256;
 /**
@@ -72,7 +74,7 @@ export const DNS_TCP_WRITE_BUFFER_MAX_BYTES = 64 << 10;
  * largest frame (2-byte length + 65535), so that any query can arrive whole; more queued means a
  * client pipelining faster than we answer it (about 2,000 small queries fit).
  */
-export const DNS_TCP_READ_BUFFER_MAX_BYTES = 2 + DNS_TCP_MAX_BYTES;
+export const DNS_TCP_READ_BUFFER_MAX_BYTES = TCP_LENGTH_PREFIX_LEN + DNS_TCP_MAX_BYTES;
 /** BATCH is how many datagrams one receive/send call of the batched UDP path moves. */
 const BATCH = 64;
 /** SLOT is the room per datagram in the batch buffers: a whole query (DNS_QUERY_MAX_BYTES), and any UDP answer. */
@@ -196,7 +198,7 @@ export class DnsServer {
   private tcp: Server | undefined;
   private bound: string | undefined;
   private readonly q = new Query();
-  private readonly out = Buffer.alloc(DNS_TCP_MAX_BYTES + 2);
+  private readonly out = Buffer.alloc(TCP_LENGTH_PREFIX_LEN + DNS_TCP_MAX_BYTES);
   private answers = new NameMap<RecordSet>();
   private readonly ptrCache = new Map<number, RecordSet | null>();
   private builtVersion = -1;
@@ -387,7 +389,7 @@ export class DnsServer {
         this.count('forwarded');
         if (reply.length <= limit) return reply;
         this.count('truncated');
-        return truncated(reply, qEnd);
+        return truncateReply(reply, qEnd);
       },
       (err: unknown) => {
         // A client over its share of upstream queries is refused: a statement about this client
@@ -403,7 +405,7 @@ export class DnsServer {
   }
 
   private written(n: number, result: DnsResult, out: Buffer): number {
-    this.count((out.readUInt16BE(2) & FLAG_TC) !== 0 ? 'truncated' : result);
+    this.count((readFlags(out) & FLAG_TC) !== 0 ? 'truncated' : result);
     return n;
   }
 
@@ -538,16 +540,17 @@ export class DnsServer {
     const sock = s.sock;
     while (!s.busy && !sock.destroyed && sock.writableLength <= DNS_TCP_WRITE_BUFFER_MAX_BYTES) {
       const pending = s.pending;
-      if (pending.length < 2) break;
-      const n = pending.readUInt16BE(0);
-      if (n < 12) {
+      const n = readTcpLength(pending);
+      if (n < 0) break;
+      if (n < DNS_HEADER_LEN) {
         this.count('dropped');
         sock.destroy();
         return;
       }
-      if (pending.length < 2 + n) break;
-      s.pending = pending.length === 2 + n ? EMPTY : pending.subarray(2 + n);
-      this.serveTcp(s, pending.subarray(2, 2 + n));
+      const end = TCP_LENGTH_PREFIX_LEN + n;
+      if (pending.length < end) break;
+      s.pending = pending.length === end ? EMPTY : pending.subarray(end);
+      this.serveTcp(s, pending.subarray(TCP_LENGTH_PREFIX_LEN, end));
     }
     if (sock.destroyed) return;
     const full =
@@ -570,7 +573,7 @@ export class DnsServer {
     const sock = s.sock;
     let r: number | Promise<Buffer>;
     try {
-      r = this.answer(query, query.length, s.client, true, this.out.subarray(2));
+      r = this.answer(query, query.length, s.client, true, this.out.subarray(TCP_LENGTH_PREFIX_LEN));
     } catch (err) {
       this.log.error('dns: tcp query failed', { err: (err as Error).message });
       sock.destroy();
@@ -581,8 +584,8 @@ export class DnsServer {
         sock.destroy();
         return;
       }
-      this.out.writeUInt16BE(r, 0);
-      sock.write(Buffer.from(this.out.subarray(0, r + 2)));
+      writeTcpLength(this.out, r);
+      sock.write(Buffer.from(this.out.subarray(0, TCP_LENGTH_PREFIX_LEN + r)));
       return;
     }
     s.busy = true;
@@ -590,10 +593,7 @@ export class DnsServer {
       (body) => {
         s.busy = false;
         if (sock.destroyed) return;
-        const reply = Buffer.alloc(body.length + 2);
-        reply.writeUInt16BE(body.length, 0);
-        body.copy(reply, 2);
-        sock.write(reply);
+        sock.write(frameTcp(body));
         this.pumpTcp(s);
       },
       (err: unknown) => {
@@ -652,17 +652,6 @@ function openNative(host: string, port: number): PacketConn | undefined {
   } catch {
     return undefined; // Node's dgram then binds, and reports what is wrong
   }
-}
-
-/** truncated keeps only the header and question of an upstream reply, with TC set. */
-function truncated(reply: Buffer, questionEnd: number): Buffer {
-  const end = Math.min(questionEnd, reply.length);
-  const out = Buffer.from(reply.subarray(0, end));
-  out.writeUInt16BE(out.readUInt16BE(2) | FLAG_TC, 2);
-  out.writeUInt16BE(0, 6);
-  out.writeUInt16BE(0, 8);
-  out.writeUInt16BE(0, 10);
-  return out;
 }
 
 function typeName(t: number): string {

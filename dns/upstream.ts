@@ -23,45 +23,26 @@
  *        nothing ─► UpstreamError('exhausted'); the caller answers SERVFAIL
  * ```
  *
- * This file parses DNS messages by hand (header, one question, and a walk over every record) rather
- * than with dns2's Packet: the cache rewrites TTLs in place in the upstream's own bytes, so it needs
- * the offset of every TTL field, and re-encoding through dns2 would drop or reorder what it does not
- * model. The walker follows compression pointers only strictly backwards and never throws.
+ * Messages are read with message.ts (one question and a walk over every record, for the TTL
+ * offsets the cache rewrites in place) and every constant comes from wire.ts; this file reads
+ * and writes no DNS bytes itself. The host's resolv.conf is read by resolv-conf.ts.
  */
 
 import { randomInt } from 'node:crypto';
 import dgram from 'node:dgram';
-import { readFile } from 'node:fs/promises';
 import net from 'node:net';
-import os from 'node:os';
-import ipaddr from 'ipaddr.js';
 import { ConfigError, type Logger, noopLogger, type Startable, WeftError } from '../common/index.js';
-
-// ---- Specification (RFC 1035, RFC 2181, RFC 2308, RFC 6891) ----
-
-/** DNS_PORT is the port of resolv.conf nameservers and of upstream servers given without one (RFC 1035). */
-export const DNS_PORT = 53;
-/** DNS_HEADER_LEN is the fixed DNS message header: id, flags, four section counts (RFC 1035 §4.1.1). */
-const DNS_HEADER_LEN = 12;
-/** DNS_MESSAGE_MAX_LEN is the largest message TCP's 2-byte length prefix can frame (RFC 1035 §4.2.2). */
-const DNS_MESSAGE_MAX_LEN = 0xffff;
-/** DNS_NAME_MAX_LEN bounds a name's wire length, length bytes and root label included (RFC 1035 §2.3.4). */
-const DNS_NAME_MAX_LEN = 255;
-/** DNS_TTL_MAX: a TTL with the top bit set is treated as zero (RFC 2181 §8). */
-const DNS_TTL_MAX = 0x7fffffff;
-const FLAG_QR = 0x8000;
-const FLAG_TC = 0x0200;
-const FLAG_RD = 0x0100;
-const OPCODE_MASK = 0x7800;
-const RCODE_MASK = 0x000f;
-const RCODE_NOERROR = 0;
-const RCODE_SERVFAIL = 2;
-const RCODE_NXDOMAIN = 3;
-const RCODE_REFUSED = 5;
-const TYPE_SOA = 6;
-const TYPE_OPT = 41;
-/** OPT_DO_BIT is the DNSSEC OK flag in the high byte of the OPT record's flags (RFC 3225). */
-const OPT_DO_BIT = 0x80;
+import {
+  checkReply,
+  copyStoredReply,
+  type ForwardedQuery,
+  type Reply,
+  readForwardedQuery,
+  type StoredReply,
+} from './message.js';
+import { nameKeyText } from './names.js';
+import { parseUpstreamServer, sameAddress, type UpstreamServer } from './upstream-server.js';
+import { copyId, frameTcp, Rcode, readTcpLength, TCP_LENGTH_PREFIX_LEN, writeId } from './wire.js';
 
 // ---- Implementation choices ----
 
@@ -106,8 +87,6 @@ export const UPSTREAM_MAX_IN_FLIGHT = 1_024;
 export const UPSTREAM_MAX_IN_FLIGHT_PER_CLIENT = 64;
 /** LATENCY_RING_LEN is how many recent upstream latencies stats() reports. */
 const LATENCY_RING_LEN = 256;
-/** RESOLV_CONF_PATH is where the host's resolver configuration lives. */
-export const RESOLV_CONF_PATH = '/etc/resolv.conf';
 
 // ---- Errors ----
 
@@ -139,422 +118,10 @@ export class UpstreamError extends WeftError {
   }
 }
 
-// ---- Server addresses ----
-
-/** UpstreamServer is one parsed upstream address. */
-export interface UpstreamServer {
-  /** address is dotted IPv4 or RFC 5952 IPv6 text (a zone id such as `%eth0` kept). */
-  readonly address: string;
-  readonly port: number;
-  readonly family: 'udp4' | 'udp6';
-  /** name is `address:port` or `[address]:port`, as stats and errors show it. */
-  readonly name: string;
-}
-
-function canonicalIPv6(s: string): string | undefined {
-  if (!net.isIPv6(s) || !ipaddr.IPv6.isValid(s)) return undefined;
-  return ipaddr.IPv6.parse(s).toRFC5952String();
-}
-
-function isStrictIPv4(s: string): boolean {
-  return ipaddr.IPv4.isValidFourPartDecimal(s);
-}
-
-/**
- * parseUpstreamServer parses `ipv4`, `ipv4:port`, `ipv6`, `[ipv6]` or `[ipv6]:port`; the port
- * defaults to 53. Host names are refused (resolving them would need the resolver being built).
- * Throws ConfigError.
- */
-export function parseUpstreamServer(s: string): UpstreamServer {
-  const text = s.trim();
-  let host: string;
-  let portText: string | undefined;
-  const bracketed = /^\[([^\]]+)\](?::(\d+))?$/.exec(text);
-  if (bracketed !== null) {
-    host = bracketed[1] ?? '';
-    portText = bracketed[2];
-  } else if (net.isIPv6(text)) {
-    host = text;
-  } else {
-    const m = /^([^:]+)(?::(\d+))?$/.exec(text);
-    host = m?.[1] ?? '';
-    portText = m?.[2];
-  }
-  const port = portText === undefined ? DNS_PORT : Number(portText);
-  if (!Number.isInteger(port) || port < 1 || port > 65535) {
-    throw new ConfigError(`invalid upstream server "${s}": port must be 1-65535`);
-  }
-  if (isStrictIPv4(host)) return { address: host, port, family: 'udp4', name: `${host}:${port}` };
-  const v6 = canonicalIPv6(host);
-  if (v6 !== undefined) return { address: v6, port, family: 'udp6', name: `[${v6}]:${port}` };
-  throw new ConfigError(`invalid upstream server "${s}": want ipv4[:port] or [ipv6]:port`);
-}
-
-// ---- resolv.conf ----
-
-/** ResolvConfOptions are the `options` line's settings that a forwarder may care about. */
-export interface ResolvConfOptions {
-  ndots?: number;
-  /** timeoutSeconds is `timeout:n` (glibc caps it at 30). */
-  timeoutSeconds?: number;
-  /** attempts is `attempts:n` (glibc caps it at 5). */
-  attempts?: number;
-  rotate: boolean;
-  edns0: boolean;
-  /** other lists the options we do not interpret, as written. */
-  other: string[];
-}
-
-/** ResolvConf is what parseResolvConf found. */
-export interface ResolvConf {
-  /** nameservers are IPv4 (dotted) and IPv6 (RFC 5952) addresses in file order, duplicates dropped; port 53 is implied. */
-  nameservers: string[];
-  /** search is the last `search` or `domain` line's domains, lower-cased, trailing dot dropped. */
-  search: string[];
-  options: ResolvConfOptions;
-  /** notes say which lines were skipped and why, one line each, for the caller to log. */
-  notes: string[];
-}
-
-function optionNumber(value: string, max: number): number | undefined {
-  if (!/^\d{1,6}$/.test(value)) return undefined;
-  return Math.min(Number(value), max);
-}
-
-/**
- * parseResolvConf reads resolv.conf(5) text. It never throws: comments (`#` or `;` to the end of
- * a line), blank lines and unknown keywords are skipped, bad lines are reported in `notes`. It
- * returns exactly what the file says: no nameserver line means an empty list (glibc would fall
- * back to 127.0.0.1, which for a DNS server on this host is usually itself).
- */
-export function parseResolvConf(text: string): ResolvConf {
-  const out: ResolvConf = {
-    nameservers: [],
-    search: [],
-    options: { rotate: false, edns0: false, other: [] },
-    notes: [],
-  };
-  const lines = text.split(/\r?\n/);
-  for (let i = 0; i < lines.length; i++) {
-    const line = (lines[i] ?? '').replace(/[#;].*$/, '').trim();
-    if (line === '') continue;
-    const [keyword = '', ...args] = line.split(/\s+/);
-    const where = `line ${i + 1}`;
-    switch (keyword) {
-      case 'nameserver': {
-        const addr = args[0] ?? '';
-        const v = isStrictIPv4(addr) ? addr : canonicalIPv6(addr);
-        if (v === undefined) out.notes.push(`${where}: skipped nameserver "${addr}": not an IP address`);
-        else if (out.nameservers.includes(v)) out.notes.push(`${where}: skipped duplicate nameserver ${v}`);
-        else out.nameservers.push(v);
-        break;
-      }
-      case 'search':
-      case 'domain':
-        out.search = args.map((d) => d.toLowerCase().replace(/\.$/, '')).filter((d) => d !== '');
-        break;
-      case 'options':
-        for (const opt of args) {
-          const colon = opt.indexOf(':');
-          const name = colon < 0 ? opt : opt.slice(0, colon);
-          const value = colon < 0 ? '' : opt.slice(colon + 1);
-          if (name === 'ndots' && optionNumber(value, 15) !== undefined) out.options.ndots = optionNumber(value, 15);
-          else if (name === 'timeout' && optionNumber(value, 30) !== undefined)
-            out.options.timeoutSeconds = optionNumber(value, 30);
-          else if (name === 'attempts' && optionNumber(value, 5) !== undefined)
-            out.options.attempts = optionNumber(value, 5);
-          else if (opt === 'rotate') out.options.rotate = true;
-          else if (opt === 'edns0') out.options.edns0 = true;
-          else out.options.other.push(opt);
-        }
-        break;
-      case 'sortlist':
-        break;
-      default:
-        out.notes.push(`${where}: skipped unknown keyword "${keyword.slice(0, 40)}"`);
-    }
-  }
-  return out;
-}
-
-/**
- * excludeNameservers drops nameservers that are our own DNS server, so that we never forward a
- * query to ourselves. `exclude` lists our listen addresses (`ip`, `ip:port`, `[ipv6]:port`);
- * only those on port 53 can collide with a resolv.conf nameserver. A wildcard (`0.0.0.0`, `::`)
- * stands for itself and every address in `localAddresses` of its family. Other loopback
- * addresses stay: a stub resolver such as systemd-resolved on 127.0.0.53 is a fine upstream.
- * Throws ConfigError on an unparsable `exclude` entry.
- */
-export function excludeNameservers(
-  nameservers: readonly string[],
-  exclude: readonly string[],
-  localAddresses: readonly string[] = [],
-): { kept: string[]; excluded: string[] } {
-  const ours = new Set<string>();
-  for (const e of exclude) {
-    const s = parseUpstreamServer(e);
-    if (s.port !== DNS_PORT) continue;
-    ours.add(s.address);
-    if (s.address === '0.0.0.0' || s.address === '::') {
-      for (const a of localAddresses) {
-        const v = isStrictIPv4(a) ? a : canonicalIPv6(a);
-        if (v !== undefined && isStrictIPv4(v) === (s.family === 'udp4')) ours.add(v);
-      }
-    }
-  }
-  const kept: string[] = [];
-  const excluded: string[] = [];
-  for (const n of nameservers) (ours.has(n) ? excluded : kept).push(n);
-  return { kept, excluded };
-}
-
-/** LoadResolvConfOptions configure loadResolvConf. */
-export interface LoadResolvConfOptions {
-  /** path defaults to /etc/resolv.conf. */
-  readonly path?: string;
-  /** exclude lists our own DNS listen addresses; see excludeNameservers. */
-  readonly exclude?: readonly string[];
-  /** localAddresses lists this host's interface addresses (default: os.networkInterfaces()). */
-  readonly localAddresses?: () => readonly string[];
-}
-
-function interfaceAddresses(): string[] {
-  const out: string[] = [];
-  for (const list of Object.values(os.networkInterfaces())) for (const a of list ?? []) out.push(a.address);
-  return out;
-}
-
-/**
- * loadResolvConf reads and parses the host's resolv.conf and removes our own listen addresses
- * from its nameservers (see excludeNameservers); `excluded` lists what was removed. A missing
- * file gives an empty result with a note. Other read failures throw WeftError EWEFT_SYSTEM.
- */
-export async function loadResolvConf(
-  options: LoadResolvConfOptions = {},
-): Promise<ResolvConf & { excluded: string[] }> {
-  const path = options.path ?? RESOLV_CONF_PATH;
-  let text: string;
-  try {
-    text = await readFile(path, 'utf8');
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
-      const conf = parseResolvConf('');
-      conf.notes.push(`${path} does not exist: no upstream nameservers`);
-      return { ...conf, excluded: [] };
-    }
-    throw new WeftError('EWEFT_SYSTEM', `cannot read ${path}: ${(err as Error).message}`, { cause: err });
-  }
-  const conf = parseResolvConf(text);
-  const local = (options.localAddresses ?? interfaceAddresses)();
-  const { kept, excluded } = excludeNameservers(conf.nameservers, options.exclude ?? [], local);
-  for (const e of excluded) conf.notes.push(`skipped nameserver ${e}: it is our own dns listen address`);
-  return { ...conf, nameservers: kept, excluded };
-}
-
-// ---- Message inspection (never throws) ----
-
-/**
- * readName walks the name at `start` and returns its canonical key (each label as a length
- * character then its bytes, ASCII letters lower-cased: unambiguous even for labels containing
- * dots) and the offset just past the name where it sits. Pointers must go strictly backwards
- * from the previous jump, so loops end; undefined on any overrun or bad label type.
- */
-function readName(buf: Buffer, start: number): { key: string; end: number } | undefined {
-  let off = start;
-  let limit = start;
-  let end = -1;
-  let wireLen = 1;
-  let key = '';
-  for (;;) {
-    if (off >= buf.length) return undefined;
-    const len = buf[off] as number;
-    if (len === 0) return { key, end: end < 0 ? off + 1 : end };
-    if ((len & 0xc0) === 0xc0) {
-      if (off + 1 >= buf.length) return undefined;
-      const ptr = ((len & 0x3f) << 8) | (buf[off + 1] as number);
-      if (end < 0) end = off + 2;
-      if (ptr >= limit) return undefined;
-      limit = ptr;
-      off = ptr;
-      continue;
-    }
-    if ((len & 0xc0) !== 0) return undefined;
-    wireLen += len + 1;
-    if (wireLen > DNS_NAME_MAX_LEN || off + 1 + len > buf.length) return undefined;
-    key += String.fromCharCode(len);
-    for (let i = off + 1; i <= off + len; i++) {
-      const c = buf[i] as number;
-      key += String.fromCharCode(c >= 0x41 && c <= 0x5a ? c + 0x20 : c);
-    }
-    off += 1 + len;
-  }
-}
-
-/** nameText renders a name key as dotted text for messages (not escaped; not for the wire). */
-function nameText(key: string): string {
-  const labels: string[] = [];
-  for (let i = 0; i < key.length; ) {
-    const len = key.charCodeAt(i);
-    labels.push(key.slice(i + 1, i + 1 + len));
-    i += 1 + len;
-  }
-  return labels.length === 0 ? '.' : `${labels.join('.')}.`;
-}
-
-/** Question is a message's single question and where it ends. */
-interface Question {
-  readonly key: string;
-  readonly type: number;
-  readonly klass: number;
-  /** end is the offset just past QCLASS: the question occupies [DNS_HEADER_LEN, end). */
-  readonly end: number;
-}
-
-function readQuestion(buf: Buffer): Question | undefined {
-  if (buf.length < DNS_HEADER_LEN || buf.readUInt16BE(4) !== 1) return undefined;
-  const name = readName(buf, DNS_HEADER_LEN);
-  if (name === undefined || name.end + 4 > buf.length) return undefined;
-  return { key: name.key, type: buf.readUInt16BE(name.end), klass: buf.readUInt16BE(name.end + 2), end: name.end + 4 };
-}
-
-/** Records is what the cache needs from a message's answer, authority and additional sections. */
-interface Records {
-  readonly answerCount: number;
-  /** answerMinTtl is the smallest answer TTL (DNS_TTL_MAX when there are no answers). */
-  readonly answerMinTtl: number;
-  /** soa is the first SOA of the authority section: its RR TTL and its MINIMUM field. */
-  readonly soa: { readonly ttl: number; readonly minimum: number } | undefined;
-  /** ttlOffsets are the offsets of every TTL field but OPT's (whose "TTL" holds EDNS flags). */
-  readonly ttlOffsets: number[];
-  readonly ttls: number[];
-  /** edns is 0 without OPT, 1 with OPT, 2 with OPT and the DO bit. */
-  readonly edns: 0 | 1 | 2;
-  /** extendedRcode is the OPT record's upper 8 bits of RCODE (RFC 6891 §6.1.3), else 0. */
-  readonly extendedRcode: number;
-}
-
-function ttlValue(raw: number): number {
-  return raw > DNS_TTL_MAX ? 0 : raw;
-}
-
-/** readRecords walks all records after the question; undefined when any of them overruns the message. */
-function readRecords(buf: Buffer, start: number): Records | undefined {
-  const counts = [buf.readUInt16BE(6), buf.readUInt16BE(8), buf.readUInt16BE(10)];
-  let off = start;
-  let answerMinTtl = DNS_TTL_MAX;
-  let soa: Records['soa'];
-  let edns: 0 | 1 | 2 = 0;
-  let extendedRcode = 0;
-  const ttlOffsets: number[] = [];
-  const ttls: number[] = [];
-  for (let section = 0; section < 3; section++) {
-    const count = counts[section] as number;
-    for (let i = 0; i < count; i++) {
-      const name = readName(buf, off);
-      if (name === undefined || name.end + 10 > buf.length) return undefined;
-      const at = name.end;
-      const type = buf.readUInt16BE(at);
-      const rdStart = at + 10;
-      const rdEnd = rdStart + buf.readUInt16BE(at + 8);
-      if (rdEnd > buf.length) return undefined;
-      if (type === TYPE_OPT) {
-        if (section !== 2 || edns !== 0) return undefined; // RFC 6891 §6.1.1: one OPT, in additional
-        extendedRcode = buf[at + 4] as number;
-        edns = ((buf[at + 6] as number) & OPT_DO_BIT) !== 0 ? 2 : 1;
-      } else {
-        const ttl = ttlValue(buf.readUInt32BE(at + 4));
-        ttlOffsets.push(at + 4);
-        ttls.push(ttl);
-        if (section === 0) answerMinTtl = Math.min(answerMinTtl, ttl);
-        if (section === 1 && type === TYPE_SOA && soa === undefined) {
-          const mname = readName(buf, rdStart);
-          const rname = mname === undefined || mname.end > rdEnd ? undefined : readName(buf, mname.end);
-          if (rname === undefined || rname.end + 20 > rdEnd) return undefined;
-          soa = { ttl, minimum: ttlValue(buf.readUInt32BE(rname.end + 16)) };
-        }
-      }
-      off = rdEnd;
-    }
-  }
-  return { answerCount: counts[0] as number, answerMinTtl, soa, ttlOffsets, ttls, edns, extendedRcode };
-}
-
-/** Query is a validated client query. */
-interface Query {
-  readonly question: Question;
-  readonly edns: 0 | 1 | 2;
-  /** cacheKey is (qname lower-cased, qtype, qclass, EDNS/DO of the query). */
-  readonly cacheKey: string;
-}
-
-function readQuery(buf: Buffer): Query | undefined {
-  if (buf.length < DNS_HEADER_LEN || buf.length > DNS_MESSAGE_MAX_LEN) return undefined;
-  if ((buf.readUInt16BE(2) & (FLAG_QR | OPCODE_MASK)) !== 0) return undefined;
-  const question = readQuestion(buf);
-  if (question === undefined) return undefined;
-  const records = readRecords(buf, question.end);
-  if (records === undefined) return undefined;
-  const cacheKey = `${question.key}\0${question.type}\0${question.klass}\0${records.edns}`;
-  return { question, edns: records.edns, cacheKey };
-}
-
-/** Reply is an upstream message that matched our query and parsed cleanly. */
-interface Reply {
-  /** message is owned by the Upstream: the caller of resolve() gets it (or a copy) with its own id. */
-  readonly message: Buffer;
-  readonly rcode: number;
-  readonly truncated: boolean;
-  /**
-   * intact is false for a TC reply cut mid-record (some servers truncate bytes, not records):
-   * good enough to trigger the TCP retry, not to hand to a client.
-   */
-  readonly intact: boolean;
-  readonly question: Question;
-  readonly records: Records;
-}
-
-type Verdict = { kind: 'mismatch' } | { kind: 'malformed' } | { kind: 'ok'; reply: Reply };
-
-const MISMATCH: Verdict = { kind: 'mismatch' };
-
-/** NO_RECORDS stands in for the records of a truncated reply that did not parse. */
-const NO_RECORDS: Records = {
-  answerCount: 0,
-  answerMinTtl: 0,
-  soa: undefined,
-  ttlOffsets: [],
-  ttls: [],
-  edns: 0,
-  extendedRcode: 0,
-};
-
-/**
- * checkReply decides what a message from the server's address is: ours (id, QR, opcode and
- * question all match; case-insensitive name), not ours (ignored: it may be spoofed or late), or
- * ours but malformed beyond the question (the server's failure) unless TC is set: a truncated
- * reply only has to say "retry over TCP".
- */
-function checkReply(msg: Buffer, id: number, query: Buffer, q: Query): Verdict {
-  if (msg.length < DNS_HEADER_LEN || msg.readUInt16BE(0) !== id) return MISMATCH;
-  const flags = msg.readUInt16BE(2);
-  if ((flags & FLAG_QR) === 0 || (flags & OPCODE_MASK) !== (query.readUInt16BE(2) & OPCODE_MASK)) return MISMATCH;
-  const question = readQuestion(msg);
-  const want = q.question;
-  if (question === undefined || question.key !== want.key || question.type !== want.type) return MISMATCH;
-  if (question.klass !== want.klass) return MISMATCH;
-  const truncated = (flags & FLAG_TC) !== 0;
-  const records = readRecords(msg, question.end);
-  if (records === undefined && !truncated) return { kind: 'malformed' };
-  const intact = records !== undefined;
-  const r = records ?? NO_RECORDS;
-  const rcode = (r.extendedRcode << 4) | (flags & RCODE_MASK);
-  return { kind: 'ok', reply: { message: msg, rcode, truncated, intact, question, records: r } };
-}
-
 // ---- Cache ----
 
 /** CacheEntry is one stored reply. */
-interface CacheEntry {
+interface CacheEntry extends StoredReply {
   /** message is a private copy of the upstream's bytes (id bytes meaningless). */
   readonly message: Buffer;
   readonly questionEnd: number;
@@ -585,8 +152,8 @@ function cacheLifetimeS(reply: Reply, maxTtlS: number): number {
   if (reply.truncated) return 0;
   const r = reply.records;
   let ttl = 0;
-  if (reply.rcode === RCODE_NOERROR && r.answerCount > 0) ttl = r.answerMinTtl;
-  else if (reply.rcode === RCODE_NXDOMAIN || reply.rcode === RCODE_NOERROR) {
+  if (reply.rcode === Rcode.NoError && r.answerCount > 0) ttl = r.answerMinTtl;
+  else if (reply.rcode === Rcode.NxDomain || reply.rcode === Rcode.NoError) {
     ttl = r.soa === undefined ? 0 : Math.min(r.soa.ttl, r.soa.minimum);
   }
   return Math.min(ttl, maxTtlS);
@@ -814,7 +381,7 @@ export class Upstream implements Startable {
    */
   async resolve(query: Buffer, client?: string | number): Promise<Buffer> {
     if (this.stopped) throw new UpstreamError('stopped', 'upstream resolver is stopped');
-    const q = readQuery(query);
+    const q = readForwardedQuery(query);
     if (q === undefined) {
       throw new UpstreamError('bad-query', `not a well-formed one-question dns query (${query.length} bytes)`);
     }
@@ -827,7 +394,7 @@ export class Upstream implements Startable {
     this.counters.cacheMisses++;
     if (this.servers.length === 0) {
       this.counters.failed++;
-      throw new UpstreamError('no-servers', `no upstream servers to ask for ${nameText(q.question.key)}`);
+      throw new UpstreamError('no-servers', `no upstream servers to ask for ${nameKeyText(q.question.key)}`);
     }
     const held = client === undefined ? 0 : (this.inFlightByClient.get(client) ?? 0);
     if (held >= this.maxInFlightPerClient) {
@@ -858,7 +425,7 @@ export class Upstream implements Startable {
     }
     this.cachePut(q.cacheKey, reply);
     const out = reply.message;
-    query.copy(out, 0, 0, 2);
+    copyId(query, out);
     return out;
   }
 
@@ -955,16 +522,9 @@ export class Upstream implements Startable {
    * spelling of the name: 0x20 case randomisation survives), and every TTL reduced by the whole
    * seconds since it was stored.
    */
-  private serveCached(entry: CacheEntry, query: Buffer, q: Query): Buffer {
-    const out = Buffer.from(entry.message);
-    query.copy(out, 0, 0, 2);
-    out[2] = ((out[2] as number) & ~(FLAG_RD >> 8)) | ((query[2] as number) & (FLAG_RD >> 8));
-    if (q.question.end === entry.questionEnd) query.copy(out, DNS_HEADER_LEN, DNS_HEADER_LEN, q.question.end);
+  private serveCached(entry: CacheEntry, query: Buffer, q: ForwardedQuery): Buffer {
     const elapsedS = Math.max(0, Math.floor((this.now() - entry.storedAtMs) / 1000));
-    for (let i = 0; i < entry.ttlOffsets.length; i++) {
-      out.writeUInt32BE(Math.max(0, (entry.ttls[i] as number) - elapsedS), entry.ttlOffsets[i] as number);
-    }
-    return out;
+    return copyStoredReply(entry, query, q.question.end, elapsedS);
   }
 
   /** order lists the servers with the last one that answered first, the rest as configured. */
@@ -974,7 +534,7 @@ export class Upstream implements Startable {
     return [first, ...this.servers.filter((s) => s !== first)];
   }
 
-  private async forward(query: Buffer, q: Query): Promise<Reply> {
+  private async forward(query: Buffer, q: ForwardedQuery): Promise<Reply> {
     const tried: string[] = [];
     let fallback: Reply | undefined;
     let lastError: Error | undefined;
@@ -1007,7 +567,7 @@ export class Upstream implements Startable {
           lastError = a.error;
           tried.push(`${server.name} failed: ${a.error.message}`);
           this.debug('upstream failure', server, a.error.message);
-        } else if (a.reply.rcode === RCODE_SERVFAIL || a.reply.rcode === RCODE_REFUSED) {
+        } else if (a.reply.rcode === Rcode.ServFail || a.reply.rcode === Rcode.Refused) {
           server.servfails++;
           fallback = a.reply;
           tried.push(`${server.name} answered rcode ${a.reply.rcode}`);
@@ -1023,7 +583,7 @@ export class Upstream implements Startable {
     if (fallback !== undefined) return fallback;
     throw new UpstreamError(
       'exhausted',
-      `no upstream answered ${nameText(q.question.key)} type ${q.question.type}: ${tried.join('; ')}`,
+      `no upstream answered ${nameKeyText(q.question.key)} type ${q.question.type}: ${tried.join('; ')}`,
       { cause: lastError },
     );
   }
@@ -1043,11 +603,11 @@ export class Upstream implements Startable {
   }
 
   /** udpExchange sends one query from a fresh socket and waits for the matching reply. */
-  private udpExchange(server: ServerState, query: Buffer, q: Query): Promise<Attempt> {
+  private udpExchange(server: ServerState, query: Buffer, q: ForwardedQuery): Promise<Attempt> {
     return new Promise<Attempt>((resolve) => {
       const id = randomInt(0x10000);
       const out = Buffer.from(query);
-      out.writeUInt16BE(id, 0);
+      writeId(out, id);
       let socket: UpstreamSocket;
       try {
         socket = this.createSocket(server.family);
@@ -1094,13 +654,11 @@ export class Upstream implements Startable {
   }
 
   /** tcpExchange sends the query over a fresh TCP connection and reads one length-prefixed reply. */
-  private tcpExchange(server: ServerState, query: Buffer, q: Query): Promise<Attempt> {
+  private tcpExchange(server: ServerState, query: Buffer, q: ForwardedQuery): Promise<Attempt> {
     return new Promise<Attempt>((resolve) => {
       const id = randomInt(0x10000);
-      const out = Buffer.alloc(2 + query.length);
-      out.writeUInt16BE(query.length, 0);
-      query.copy(out, 2);
-      out.writeUInt16BE(id, 2);
+      const out = frameTcp(query);
+      writeId(out, id, TCP_LENGTH_PREFIX_LEN);
       const chunks: Buffer[] = [];
       let received = 0;
       let done = false;
@@ -1123,13 +681,13 @@ export class Upstream implements Startable {
       socket.on('data', (chunk: Buffer) => {
         chunks.push(chunk);
         received += chunk.length;
-        if (received < 2) return;
+        if (received < TCP_LENGTH_PREFIX_LEN) return;
         const all = chunks.length === 1 ? (chunks[0] as Buffer) : Buffer.concat(chunks, received);
         chunks.length = 0;
         chunks.push(all);
-        const len = all.readUInt16BE(0);
-        if (received < 2 + len) return;
-        const msg = Buffer.from(all.subarray(2, 2 + len));
+        const len = readTcpLength(all);
+        if (received < TCP_LENGTH_PREFIX_LEN + len) return;
+        const msg = Buffer.from(all.subarray(TCP_LENGTH_PREFIX_LEN, TCP_LENGTH_PREFIX_LEN + len));
         const v = checkReply(msg, id, query, q);
         // Over TCP nobody can inject a reply: anything but ours is the server's failure.
         finish(v.kind === 'ok' && v.reply.intact ? { kind: 'answer', reply: v.reply } : this.malformed(server, 'tcp'));
@@ -1137,9 +695,4 @@ export class Upstream implements Startable {
       socket.write(out);
     });
   }
-}
-
-function sameAddress(address: string, server: UpstreamServer): boolean {
-  if (address === server.address) return true;
-  return server.family === 'udp6' && canonicalIPv6(address) === server.address;
 }

@@ -1,35 +1,44 @@
+/**
+ * The server's wire path (query.ts, response.ts, names.ts, name-map.ts) and the header and
+ * framing helpers of wire.ts, checked against dns2 as an independent implementation. The
+ * forwarder's reader is tested in message.test.ts, compressed names in names.test.ts.
+ */
 import { Packet } from 'dns2';
 import { describe, expect, it } from 'vitest';
 import { InputError } from '../common/errors.js';
 import { mulberry32 } from '../common/random.js';
+import { NameMap } from './name-map.js';
+import { encodeName, hashName, ipv4ToPtrName, isInDomain, normalizeName, ptrNameToIPv4 } from './names.js';
+import { isQueryInDomain, ParseResult, parseQuery, Query, udpResponseLimit } from './query.js';
 import {
   A_RECORD_LEN,
-  DNS_QUERY_MAX_BYTES,
-  DNS_TCP_MAX_BYTES,
-  EDNS_UDP_PAYLOAD_BYTES,
   encodeARecords,
-  encodeName,
   encodePtrRecords,
   encodeSoaRecord,
-  FLAG_AA,
-  FLAG_RA,
-  hashName,
-  ipv4ToPtrName,
-  isInDomain,
-  isQueryInDomain,
-  NameMap,
-  normalizeName,
-  ParseResult,
-  parseQuery,
-  ptrNameToIPv4,
-  QType,
-  Query,
-  Rcode,
   type RecordSet,
-  udpResponseLimit,
+  truncateReply,
   writeAnswer,
   writeError,
   writeNegative,
+} from './response.js';
+import { rawMessage, wireName } from './testing/messages.js';
+import {
+  copyId,
+  DNS_QUERY_MAX_BYTES,
+  DNS_TCP_MAX_BYTES,
+  EDNS_UDP_PAYLOAD_BYTES,
+  FLAG_AA,
+  FLAG_QR,
+  FLAG_RA,
+  FLAG_RD,
+  FLAG_TC,
+  frameTcp,
+  QType,
+  Rcode,
+  readFlags,
+  readTcpLength,
+  writeId,
+  writeTcpLength,
 } from './wire.js';
 
 // ---- Helpers: dns2 is the independent implementation that builds queries and reads responses ----
@@ -58,38 +67,6 @@ function query(name: string, type: number, opts: QueryOptions = {}): Buffer {
     );
   }
   return p.toBuffer();
-}
-
-/** wireName encodes labels by hand, so tests can build names dns2 would refuse to write. */
-function wireName(labels: readonly (string | Buffer)[]): Buffer {
-  const parts: Buffer[] = [];
-  for (const l of labels) {
-    const b = typeof l === 'string' ? Buffer.from(l, 'latin1') : l;
-    parts.push(Buffer.from([b.length]), b);
-  }
-  parts.push(Buffer.from([0]));
-  return Buffer.concat(parts);
-}
-
-interface Header {
-  id?: number;
-  flags?: number;
-  qd?: number;
-  an?: number;
-  ns?: number;
-  ar?: number;
-}
-
-/** raw builds a message from a header and body bytes, for malformed input. */
-function raw(h: Header, ...body: (Buffer | readonly number[])[]): Buffer {
-  const head = Buffer.alloc(12);
-  head.writeUInt16BE(h.id ?? 0xbeef, 0);
-  head.writeUInt16BE(h.flags ?? 0x0100, 2);
-  head.writeUInt16BE(h.qd ?? 1, 4);
-  head.writeUInt16BE(h.an ?? 0, 6);
-  head.writeUInt16BE(h.ns ?? 0, 8);
-  head.writeUInt16BE(h.ar ?? 0, 10);
-  return Buffer.concat([head, ...body.map((b) => (Buffer.isBuffer(b) ? b : Buffer.from(b)))]);
 }
 
 /** typeClass is QTYPE and QCLASS as 4 bytes. */
@@ -184,7 +161,7 @@ describe('parseQuery', () => {
     const q = new Query();
     expect(parse(query('_http._tcp.a-1.weft.local', QType.A), q)).toBe(ParseResult.Ok);
     expect(q.name).toBe('_http._tcp.a-1.weft.local');
-    expect(parse(raw({}, [0], typeClass(QType.A)), q)).toBe(ParseResult.Ok);
+    expect(parse(rawMessage({}, [0], typeClass(QType.A)), q)).toBe(ParseResult.Ok);
     expect(q.name).toBe('');
     expect(q.nameLen).toBe(0);
   });
@@ -214,7 +191,7 @@ describe('parseQuery', () => {
     // 3 × (1 + 63) + (1 + 61) + root = 255
     const name = [...Array(3).fill('a'.repeat(63)), 'b'.repeat(61)] as string[];
     const q = new Query();
-    expect(parse(raw({}, wireName(name), typeClass(QType.A)), q)).toBe(ParseResult.Ok);
+    expect(parse(rawMessage({}, wireName(name), typeClass(QType.A)), q)).toBe(ParseResult.Ok);
     expect(q.nameLen).toBe(253);
     expect(q.name).toBe(name.join('.'));
   });
@@ -223,7 +200,7 @@ describe('parseQuery', () => {
     const q = new Query();
     expect(parse(query('A.weft.local', QType.A, { edns: { size: 4096, dnssecOk: true } }), q)).toBe(ParseResult.Ok);
     expect(q.name).toBe('a.weft.local');
-    expect(parse(raw({ qd: 0 }), q)).toBe(ParseResult.FormErr);
+    expect(parse(rawMessage({ qd: 0 }), q)).toBe(ParseResult.FormErr);
     expect(q.edns).toBe(false);
     expect(q.dnssecOk).toBe(false);
     expect(q.questionEnd).toBe(0);
@@ -276,14 +253,14 @@ describe('parseQuery', () => {
 
     it('for a question count other than 1', () => {
       const body = [wireName(['a']), typeClass(1)] as const;
-      expect(parse(raw({ qd: 0 }))).toBe(ParseResult.FormErr);
-      expect(parse(raw({ qd: 2 }, ...body, ...body))).toBe(ParseResult.FormErr);
-      expect(parse(raw({ qd: 0xffff }, ...body))).toBe(ParseResult.FormErr);
+      expect(parse(rawMessage({ qd: 0 }))).toBe(ParseResult.FormErr);
+      expect(parse(rawMessage({ qd: 2 }, ...body, ...body))).toBe(ParseResult.FormErr);
+      expect(parse(rawMessage({ qd: 0xffff }, ...body))).toBe(ParseResult.FormErr);
     });
 
     it('for all counts 0xFFFF', () => {
-      expect(parse(raw({ qd: 0xffff, an: 0xffff, ns: 0xffff, ar: 0xffff }))).toBe(ParseResult.FormErr);
-      expect(parse(raw({ qd: 0xffff, an: 0xffff, ns: 0xffff, ar: 0xffff }, Buffer.alloc(500, 0xff)))).toBe(
+      expect(parse(rawMessage({ qd: 0xffff, an: 0xffff, ns: 0xffff, ar: 0xffff }))).toBe(ParseResult.FormErr);
+      expect(parse(rawMessage({ qd: 0xffff, an: 0xffff, ns: 0xffff, ar: 0xffff }, Buffer.alloc(500, 0xff)))).toBe(
         ParseResult.FormErr,
       );
     });
@@ -291,34 +268,34 @@ describe('parseQuery', () => {
     it('for answer or authority records in a query, echoing the question', () => {
       for (const h of [{ an: 1 }, { ns: 1 }, { an: 0xffff }]) {
         const q = new Query();
-        expect(parse(raw(h, wireName(['a']), typeClass(1)), q)).toBe(ParseResult.FormErr);
+        expect(parse(rawMessage(h, wireName(['a']), typeClass(1)), q)).toBe(ParseResult.FormErr);
         expect(q.questionEnd).toBeGreaterThan(0);
       }
     });
 
     it('for two OPT records', () => {
-      const buf = raw({ ar: 2 }, wireName(['a']), typeClass(1), opt({}), opt({}));
+      const buf = rawMessage({ ar: 2 }, wireName(['a']), typeClass(1), opt({}), opt({}));
       expect(parse(buf)).toBe(ParseResult.FormErr);
     });
 
     it('for a compression pointer in the question, including a pointer loop', () => {
       const q = new Query();
-      expect(parse(raw({}, [0xc0, 0x0c], typeClass(1)), q)).toBe(ParseResult.FormErr); // points at itself
+      expect(parse(rawMessage({}, [0xc0, 0x0c], typeClass(1)), q)).toBe(ParseResult.FormErr); // points at itself
       expect(q.reason).toBe('compression pointer in question');
-      expect(parse(raw({}, [1, 0x61, 0xc0, 0x0c], typeClass(1)))).toBe(ParseResult.FormErr);
-      expect(parse(raw({}, [1, 0x61, 0xc0, 0x0e], typeClass(1)))).toBe(ParseResult.FormErr);
+      expect(parse(rawMessage({}, [1, 0x61, 0xc0, 0x0c], typeClass(1)))).toBe(ParseResult.FormErr);
+      expect(parse(rawMessage({}, [1, 0x61, 0xc0, 0x0e], typeClass(1)))).toBe(ParseResult.FormErr);
     });
 
     it('for the reserved label types 01 and 10 (length bytes 64-191)', () => {
       for (const l of [64, 0x7f, 0x80, 0xbf]) {
-        expect(parse(raw({}, [l], Buffer.alloc(l, 0x61), [0], typeClass(1)))).toBe(ParseResult.FormErr);
+        expect(parse(rawMessage({}, [l], Buffer.alloc(l, 0x61), [0], typeClass(1)))).toBe(ParseResult.FormErr);
       }
     });
 
     it('for a label holding a dot or a byte outside letters, digits, - and _', () => {
       for (const label of ['a.b', 'a b', 'a*', '*', 'a/b', 'a\0b', 'caf\xe9', 'a\x7f']) {
         const q = new Query();
-        expect(parse(raw({}, wireName([label, 'weft', 'local']), typeClass(1)), q)).toBe(ParseResult.FormErr);
+        expect(parse(rawMessage({}, wireName([label, 'weft', 'local']), typeClass(1)), q)).toBe(ParseResult.FormErr);
         expect(q.reason).toBe('byte not allowed in a label');
       }
     });
@@ -326,10 +303,10 @@ describe('parseQuery', () => {
     it('for a name over 255 bytes (a 300-byte name)', () => {
       const q = new Query();
       const name = wireName(Array(5).fill('x'.repeat(59)) as string[]); // 5 × 60 + 1 = 301 bytes
-      expect(parse(raw({}, name, typeClass(1)), q)).toBe(ParseResult.FormErr);
+      expect(parse(rawMessage({}, name, typeClass(1)), q)).toBe(ParseResult.FormErr);
       expect(q.reason).toBe('name longer than 255');
       const over = wireName([...Array(3).fill('a'.repeat(63)), 'b'.repeat(62)] as string[]); // 256 bytes
-      expect(parse(raw({}, over, typeClass(1)))).toBe(ParseResult.FormErr);
+      expect(parse(rawMessage({}, over, typeClass(1)))).toBe(ParseResult.FormErr);
     });
 
     it('for bytes after the question', () => {
@@ -352,7 +329,7 @@ describe('parseQuery', () => {
       };
       for (const [what, record] of Object.entries(cases)) {
         const q = new Query();
-        expect(parse(raw({ ar: 1 }, ...head, record), q), what).toBe(ParseResult.FormErr);
+        expect(parse(rawMessage({ ar: 1 }, ...head, record), q), what).toBe(ParseResult.FormErr);
         expect(q.edns, what).toBe(false);
       }
     });
@@ -362,12 +339,12 @@ describe('parseQuery', () => {
     for (const opcode of [1, 2, 4, 5, 15]) {
       const q = new Query();
       // An UPDATE has a zone section where a query has its question, and updates in the authority section.
-      const buf = raw({ flags: opcode << 11, ns: 1 }, wireName(['weft', 'local']), typeClass(QType.SOA));
+      const buf = rawMessage({ flags: opcode << 11, ns: 1 }, wireName(['weft', 'local']), typeClass(QType.SOA));
       expect(parse(buf, q)).toBe(ParseResult.NotImp);
       expect(q.opcode).toBe(opcode);
       expect(q.questionEnd).toBe(buf.length);
     }
-    expect(parse(raw({ flags: 5 << 11, qd: 0 }))).toBe(ParseResult.NotImp);
+    expect(parse(rawMessage({ flags: 5 << 11, qd: 0 }))).toBe(ParseResult.NotImp);
   });
 
   it('answers BADVERS for EDNS version 1', () => {
@@ -391,7 +368,7 @@ describe('parseQuery on random input', () => {
     query('c1.weft.local', QType.A),
     query('C7.Weft.Local', QType.AAAA, { edns: { size: 4096, dnssecOk: true } }),
     query('4.3.2.1.in-addr.arpa', QType.PTR, { edns: { size: 1232, ecs: '10.1.2.0/24' } }),
-    raw({ ar: 1 }, wireName(['a']), typeClass(1), opt({ rdata: [0, 10, 0, 2, 1, 2, 0, 3, 0, 0] })),
+    rawMessage({ ar: 1 }, wireName(['a']), typeClass(1), opt({ rdata: [0, 10, 0, 2, 1, 2, 0, 3, 0, 0] })),
   ];
 
   /** check fails the test with the offending datagram; cheaper than expect() in a 50,000-step loop. */
@@ -813,7 +790,7 @@ describe('writeError', () => {
   }
 
   it('answers FORMERR with only the id when the question did not parse', () => {
-    const p = respond(raw({ id: 0x1111, qd: 0xffff, an: 0xffff, ns: 0xffff, ar: 0xffff }));
+    const p = respond(rawMessage({ id: 0x1111, qd: 0xffff, an: 0xffff, ns: 0xffff, ar: 0xffff }));
     expect(p.header.id).toBe(0x1111);
     expect(p.header.rcode).toBe(Rcode.FormErr);
     expect(p.header.qdcount).toBe(0);
@@ -827,7 +804,7 @@ describe('writeError', () => {
   });
 
   it('answers NOTIMP to an UPDATE with its opcode and id', () => {
-    const buf = raw({ id: 0x2222, flags: 5 << 11, ns: 1 }, wireName(['weft', 'local']), typeClass(QType.SOA));
+    const buf = rawMessage({ id: 0x2222, flags: 5 << 11, ns: 1 }, wireName(['weft', 'local']), typeClass(QType.SOA));
     const p = respond(buf);
     expect(p.header.id).toBe(0x2222);
     expect(p.header.opcode).toBe(5);
@@ -988,5 +965,67 @@ describe('NameMap', () => {
     expect(m.delete(a)).toBe(true); // now the tail of the chain
     expect([lookup(a), lookup(b), lookup('c.weft.local')]).toEqual([undefined, 'B2', 'C']);
     expect(m.size).toBe(2);
+  });
+});
+
+// ---- Header fields and TCP framing (wire.ts) ----
+
+describe('header fields', () => {
+  it('reads the flags word, writes ids at an offset, copies ids', () => {
+    const m = query('a.weft.local', QType.A, { id: 0xabcd });
+    expect(readFlags(m)).toBe(FLAG_RD);
+    writeId(m, 0x1234);
+    expect(m.readUInt16BE(0)).toBe(0x1234);
+    const framed = frameTcp(m);
+    writeId(framed, 0xfedc, 2);
+    expect(framed.readUInt16BE(2)).toBe(0xfedc);
+    expect(framed.readUInt16BE(0)).toBe(m.length);
+    const other = Buffer.alloc(12);
+    copyId(m, other);
+    expect(other.readUInt16BE(0)).toBe(0x1234);
+  });
+});
+
+describe('TCP framing', () => {
+  it('frames a message with its 2-byte length and reads the length back', () => {
+    const m = query('a.weft.local', QType.A);
+    const framed = frameTcp(m);
+    expect(framed.length).toBe(2 + m.length);
+    expect(readTcpLength(framed)).toBe(m.length);
+    expect(framed.subarray(2)).toEqual(m);
+    const big = Buffer.alloc(4);
+    writeTcpLength(big, DNS_TCP_MAX_BYTES, 2);
+    expect(readTcpLength(big, 2)).toBe(DNS_TCP_MAX_BYTES);
+  });
+
+  it('says -1 while fewer than 2 length bytes are there', () => {
+    expect(readTcpLength(Buffer.alloc(0))).toBe(-1);
+    expect(readTcpLength(Buffer.from([0]))).toBe(-1);
+    expect(readTcpLength(Buffer.from([0, 0, 7]), 2)).toBe(-1);
+    expect(readTcpLength(Buffer.from([0, 0]))).toBe(0);
+  });
+});
+
+// ---- truncateReply (response.ts) ----
+
+describe('truncateReply', () => {
+  it('keeps header and question, sets TC and zeroes the record counts, in a copy', () => {
+    const q = query('db.weft.local', QType.A, { edns: {} });
+    const { out, n } = answer(q, encodeARecords(addrs(3), 5));
+    const reply = Buffer.from(out.subarray(0, n));
+    const questionEnd = 12 + encodeName('db.weft.local').length + 4;
+    const t = truncateReply(reply, questionEnd);
+    expect(t.length).toBe(questionEnd);
+    expect(flagsOf(t)).toBe(flagsOf(reply) | FLAG_TC);
+    expect(flagsOf(t) & FLAG_QR).toBe(FLAG_QR);
+    const p = decode(t, t.length);
+    expect(p.questions).toHaveLength(1);
+    expect([p.answers.length, p.authorities.length, p.additionals.length]).toEqual([0, 0, 0]);
+    expect(reply.readUInt16BE(6)).toBe(3); // the reply itself is left alone
+  });
+
+  it('never reads past a reply shorter than the question end it is given', () => {
+    const reply = Buffer.from(query('db.weft.local', QType.A));
+    expect(truncateReply(reply, reply.length + 50).length).toBe(reply.length);
   });
 });

@@ -53,9 +53,7 @@ const UDP_RATE_PER_10MS = 100;
 /** SERVER is the child: a DnsServer for weft.local with an Upstream, driven over IPC. */
 const SERVER = `
 const dist = process.env.WEFT_DIST;
-const { DnsServer } = await import(dist + '/dns/server.js');
-const { DnsRecords } = await import(dist + '/dns/records.js');
-const { Upstream } = await import(dist + '/dns/upstream.js');
+const { DnsServer, DnsRecords, Upstream } = await import(dist + '/dns/index.js');
 let server, upstream;
 process.on('message', async (m) => {
   if (m.cmd === 'start') {

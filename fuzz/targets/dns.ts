@@ -1,17 +1,25 @@
 /**
  * DNS: client queries through the real server's answer path (dns/server.ts DnsServer.answer →
- * dns/wire.ts parseQuery and the answer writers), and upstream answers through a real Upstream
- * (dns/upstream.ts checkReply, readRecords, the cache) fed by a fake UDP socket and a TCP server on
- * 127.0.0.1 port 0 that answer with the fuzzed bytes.
+ * dns/query.ts parseQuery and the dns/response.ts writers), and upstream answers through a real
+ * Upstream (dns/message.ts checkReply, readRecords; the cache in dns/upstream.ts) fed by a fake
+ * UDP socket and a TCP server on 127.0.0.1 port 0 that answer with the fuzzed bytes. walkMessage
+ * below is a reader of our answers written apart from dns/ on purpose: an oracle that shares the
+ * code under test cannot catch its bugs.
  */
 import { createServer, type Server, type Socket } from 'node:net';
 import { Packet } from 'dns2';
 import * as fc from 'fast-check';
 import { type PeerName, parseIPv4 } from '../../common/types.js';
-import { DnsRecords } from '../../dns/records.js';
-import { DnsServer } from '../../dns/server.js';
-import { Upstream, UpstreamError, type UpstreamSocket } from '../../dns/upstream.js';
-import { DNS_TCP_MAX_BYTES, EDNS_UDP_PAYLOAD_BYTES, FLAG_QR } from '../../dns/wire.js';
+import {
+  DNS_TCP_MAX_BYTES,
+  DnsRecords,
+  DnsServer,
+  EDNS_UDP_PAYLOAD_BYTES,
+  FLAG_QR,
+  Upstream,
+  UpstreamError,
+  type UpstreamSocket,
+} from '../../dns/index.js';
 import { concat } from '../mutator.js';
 import { dnsName, Pool } from '../structured.js';
 import { check, type FuzzTarget, label } from '../target.js';
@@ -149,7 +157,9 @@ export const dnsQuery: FuzzTarget = {
   name: 'dns-query',
   parsers: [
     'dns/server.ts: DnsServer.answer (the per-query path of the UDP and TCP listeners)',
-    'dns/wire.ts: parseQuery (parseQuestion, parseOpt), writeAnswer, writeNegative, writeError, ptrNameToIPv4, NameMap.lookup',
+    'dns/query.ts: parseQuery (parseQuestion, parseOpt)',
+    'dns/response.ts: writeAnswer, writeNegative, writeError',
+    'dns/names.ts: ptrNameToIPv4; dns/name-map.ts: NameMap.lookup',
   ],
   maxLen: 1024,
   seeds: querySeeds,
@@ -281,7 +291,8 @@ let upstream: Upstream | undefined;
 export const dnsUpstream: FuzzTarget = {
   name: 'dns-upstream',
   parsers: [
-    'dns/upstream.ts: Upstream.resolve → checkReply, readQuestion, readRecords, readName, cachePut, serveCached',
+    'dns/upstream.ts: Upstream.resolve → cachePut, serveCached',
+    'dns/message.ts: readForwardedQuery, checkReply, readQuestion, readRecords, copyStoredReply; dns/names.ts: readNameKey',
     'dns/upstream.ts: the TCP retry (tcpExchange) for a truncated answer',
   ],
   maxLen: 2048,

@@ -13,7 +13,7 @@
 import * as fc from 'fast-check';
 import { ProtocolError, WeftError } from '../../common/errors.js';
 import { type PeerName, parseCidr } from '../../common/types.js';
-import { DnsGossiper, DnsRecords, decodeDnsMessage } from '../../dns/records.js';
+import { DnsGossiper, DnsRecords, decodeDnsMessage } from '../../dns/index.js';
 import type { Gossip } from '../../router/gossip/gossip.js';
 import { Allocator } from '../../router/ipam/allocator.js';
 import {

@@ -19,7 +19,7 @@ import { ConfigError, WeftError } from '../../common/errors.js';
 import { noopLogger } from '../../common/log.js';
 import { type PeerName, parseCidr } from '../../common/types.js';
 import { ipamFile, loadIpam, StateFile, saveIpam } from '../../control/state.js';
-import { parseResolvConf } from '../../dns/upstream.js';
+import { parseResolvConf } from '../../dns/index.js';
 import { Allocator } from '../../router/ipam/allocator.js';
 import { Ring } from '../../router/ipam/ring.js';
 import { IpamService } from '../../router/ipam/service.js';
@@ -149,7 +149,7 @@ export const stateFiles: FuzzTarget = {
   parsers: [
     'control/state.ts: StateFile.load, loadIpam (and save/saveIpam for the round trip)',
     'router/ipam/service.ts: IpamService restore (persisted) → router/ipam/allocator.ts Allocator.fromJSON',
-    'dns/upstream.ts: parseResolvConf; router/kernel-drops.ts: parseUdpSnmp, parseUdpSocketDrops',
+    'dns/resolv-conf.ts: parseResolvConf; router/kernel-drops.ts: parseUdpSnmp, parseUdpSocketDrops',
   ],
   maxLen: 4096,
   seeds,
