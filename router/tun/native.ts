@@ -10,6 +10,12 @@ import { errorMessage, TunOpenError } from '../../common/errors.js';
  */
 export type NativeWatchHandle = { readonly __brand: 'NativeWatchHandle' };
 
+/** NativeAeadCipher names the two AEADs the addon offers (issue #13). */
+export type NativeAeadCipher = 'aes-256-gcm' | 'chacha20-poly1305';
+
+/** NativeAeadKey is the opaque keyed context `aeadKey` returns; `aeadFree` wipes it (GC does too). */
+export type NativeAeadKey = { readonly __brand: 'NativeAeadKey' };
+
 /**
  * NativeSystemError is what the addon throws when a system call fails while opening or setting
  * up a device or socket: `code` is the errno name ('ENOENT', 'EBUSY'...), `errno` is -errno as
@@ -129,6 +135,66 @@ export interface NativeAddon {
   close(fd: number): number;
   /** copyBytes memmoves `len` bytes from src[srcOff] to dst[dstOff] without allocating; throws TypeError out of bounds. */
   copyBytes(src: Buffer, srcOff: number, dst: Buffer, dstOff: number, len: number): void;
+
+  // ---- AEAD (issue #13; native/weft_native.c "AEAD" has the full contract) ----
+  /**
+   * aeadKey keys one AEAD context (the EVP_CIPHER_CTX pair is created here once and reused by
+   * every call). `key` is 32 bytes; `iv` is the 12-byte static IV (default zero): the nonce of
+   * counter c is iv XOR (4 zero bytes || c as 8 bytes big-endian). Throws TypeError/RangeError.
+   */
+  aeadKey(cipher: NativeAeadCipher, key: Uint8Array, iv?: Uint8Array): NativeAeadKey;
+  /** aeadFree wipes and frees the context now (otherwise at garbage collection); later use throws TypeError. */
+  aeadFree(key: NativeAeadKey): void;
+  /**
+   * aeadSeal encrypts buf[off + aadLen, off + len) in place, authenticating buf[off, off + aadLen),
+   * and writes the 16-byte tag at buf[off + len]; returns len + 16. Throws RangeError out of bounds
+   * or for a counter outside [0, 2^53).
+   */
+  aeadSeal(key: NativeAeadKey, buf: Buffer, off: number, len: number, aadLen: number, counter: number): number;
+  /** aeadOpen checks and decrypts a sealed packet of `len` bytes (tag included) in place; returns len - 16, or -1 when it does not authenticate. */
+  aeadOpen(key: NativeAeadKey, buf: Buffer, off: number, len: number, aadLen: number, counter: number): number;
+  /**
+   * aeadSealBatch seals packets 0..count-1 (packet i: buf[offsets[i]], lengths[i] bytes of AAD +
+   * plaintext; its tag goes after it). ctrAt >= 0 writes counters[i] big-endian at packet + ctrAt
+   * (inside the AAD); maskAt >= 0 authenticates that AAD byte as zero (a field relays change).
+   * Validates everything first and throws RangeError without touching any packet; returns count.
+   * `first` (default 0) makes the batch entries first..first+count-1 of the parallel arrays, so
+   * one datagram list can be sealed in runs, one run per key, without subarray views.
+   */
+  aeadSealBatch(
+    key: NativeAeadKey,
+    buf: Buffer,
+    offsets: Int32Array,
+    lengths: Int32Array,
+    counters: Float64Array,
+    count: number,
+    aadLen: number,
+    ctrAt: number,
+    maskAt: number,
+    first?: number,
+  ): number;
+  /**
+   * aeadOpenBatch opens packets 0..count-1 (lengths include the tag) in place: results[i] = 1
+   * opened, 0 failed (bad tag, too short, counter >= 2^53; the packet is left unchanged); never throws for one. With ctrAt >= 0
+   * the counter is read from the packet into counters[i] (-1 if unreadable). Returns how many
+   * opened. `first` as for aeadSealBatch (results are indexed like the other arrays).
+   */
+  aeadOpenBatch(
+    key: NativeAeadKey,
+    buf: Buffer,
+    offsets: Int32Array,
+    lengths: Int32Array,
+    counters: Float64Array,
+    count: number,
+    aadLen: number,
+    ctrAt: number,
+    maskAt: number,
+    results: Uint8Array,
+    first?: number,
+  ): number;
+  /** AEAD_TAG_LEN is the tag length (16); AEAD_KEY_LEN the key length (32). */
+  readonly AEAD_TAG_LEN: number;
+  readonly AEAD_KEY_LEN: number;
 
   /** IFF_* are the TUNSETIFF flags tunOpen combines (exported for diagnostics). */
   readonly IFF_TUN: number;
