@@ -42,6 +42,7 @@
  */
 import { EventEmitter } from 'node:events';
 import { createServer, connect as netConnect, type Server, type Socket } from 'node:net';
+import { type Clock, realClock, type Timer } from '../common/clock.js';
 import { InputError, WeftError } from '../common/errors.js';
 import type { Startable } from '../common/lifecycle.js';
 import type { Logger } from '../common/log.js';
@@ -148,7 +149,9 @@ export interface ConnectionMakerOptions {
   readonly log: Logger;
   /** random returns a number in [0, 1) for backoff jitter (default Math.random). */
   readonly random?: () => number;
-  /** now returns the current time in ms (default Date.now). */
+  /** clock gives timers to the maker and its connections, and the time unless `now` is given (default real). */
+  readonly clock?: Clock;
+  /** now returns the current time in ms (default Date.now, or the clock's when one is given). */
   readonly now?: () => number;
   /** connection passes timing/version overrides to every Connection (tests). */
   readonly connection?: Pick<
@@ -170,7 +173,7 @@ interface Target {
   peer: PeerName | undefined;
   /** conn is the attempt or connection this target dialled, while it lives. */
   conn: Connection | undefined;
-  timer: ReturnType<typeof setTimeout> | undefined;
+  timer: Timer | undefined;
 }
 
 const HOSTNAME_RE =
@@ -214,6 +217,7 @@ export class ConnectionMaker extends EventEmitter<ConnectionMakerEvents> impleme
   private readonly log: Logger;
   private readonly random: () => number;
   private readonly now: () => number;
+  private readonly clock: Clock;
   private readonly connLimit: number;
   private readonly handshakesMax: number;
   private readonly handshakesPerAddrMax: number;
@@ -254,7 +258,9 @@ export class ConnectionMaker extends EventEmitter<ConnectionMakerEvents> impleme
     this.opts = opts;
     this.log = opts.log;
     this.random = opts.random ?? Math.random;
-    this.now = opts.now ?? (() => Date.now());
+    const clock = opts.clock ?? realClock;
+    this.clock = clock;
+    this.now = opts.now ?? (opts.clock === undefined ? () => Date.now() : () => clock.now());
     this.connLimit = opts.connLimit ?? CONN_LIMIT_DEFAULT;
     this.handshakesMax = opts.handshakesMax ?? HANDSHAKES_MAX;
     this.handshakesPerAddrMax = opts.handshakesPerAddrMax ?? HANDSHAKES_PER_ADDR_MAX;
@@ -346,7 +352,7 @@ export class ConnectionMaker extends EventEmitter<ConnectionMakerEvents> impleme
     for (const p of parsed) {
       const t = this.targetMap.get(p.address);
       if (t === undefined) continue;
-      if (t.timer !== undefined) clearTimeout(t.timer);
+      if (t.timer !== undefined) this.clock.clearTimeout(t.timer);
       t.timer = undefined;
       this.targetMap.delete(p.address);
       this.log.info('target removed', { addr: p.address });
@@ -481,9 +487,9 @@ export class ConnectionMaker extends EventEmitter<ConnectionMakerEvents> impleme
       if (discarded > LINGER_DISCARD_MAX_BYTES) socket.destroy();
     });
     socket.on('end', () => socket.destroy());
-    const timer = setTimeout(() => socket.destroy(), REFUSE_LINGER_MS);
+    const timer = this.clock.setTimeout(() => socket.destroy(), REFUSE_LINGER_MS);
     socket.once('close', () => {
-      clearTimeout(timer);
+      this.clock.clearTimeout(timer);
       this.refused.delete(socket);
     });
     socket.end(encodeFrame({ t: 'close', reason }));
@@ -522,6 +528,7 @@ export class ConnectionMaker extends EventEmitter<ConnectionMakerEvents> impleme
       ...(this.opts.password !== undefined && { password: this.opts.password }),
       log: this.log,
       now: this.now,
+      clock: this.clock,
       ...(target !== undefined && { label: target.address }),
     });
     this.conns.add(conn);
@@ -613,13 +620,13 @@ export class ConnectionMaker extends EventEmitter<ConnectionMakerEvents> impleme
     t.state = 'failed';
     t.lastError = reason;
     t.nextRetryAt = this.now() + delay;
-    if (t.timer !== undefined) clearTimeout(t.timer);
-    t.timer = setTimeout(() => this.dial(t), delay);
+    if (t.timer !== undefined) this.clock.clearTimeout(t.timer);
+    t.timer = this.clock.setTimeout(() => this.dial(t), delay);
     this.log.info('connection to target failed, retrying', { addr: t.address, reason, ms: Math.round(delay) });
   }
 
   private markEstablished(t: Target, peer: PeerName): void {
-    if (t.timer !== undefined) clearTimeout(t.timer);
+    if (t.timer !== undefined) this.clock.clearTimeout(t.timer);
     t.timer = undefined;
     t.state = 'established';
     t.peer = peer;
@@ -632,7 +639,7 @@ export class ConnectionMaker extends EventEmitter<ConnectionMakerEvents> impleme
   private async doStop(): Promise<void> {
     this.stopped = true;
     for (const t of this.targetMap.values()) {
-      if (t.timer !== undefined) clearTimeout(t.timer);
+      if (t.timer !== undefined) this.clock.clearTimeout(t.timer);
       t.timer = undefined;
       t.nextRetryAt = undefined;
     }

@@ -17,6 +17,7 @@
 import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import type { Socket } from 'node:net';
+import { type Clock, realClock, type Timer } from '../common/clock.js';
 import { ProtocolError, WeftError } from '../common/errors.js';
 import type { Logger } from '../common/log.js';
 import { type PeerName, type PeerUid, peerNameToBytes } from '../common/types.js';
@@ -144,7 +145,9 @@ export interface ConnectionOptions {
   readonly log: Logger;
   /** label names the other end in logs until the socket is connected (e.g. the dialled `host:port`). */
   readonly label?: string;
-  /** now returns the current time in ms (default Date.now). */
+  /** clock gives timers, and the time unless `now` is given (default the real clock). */
+  readonly clock?: Clock;
+  /** now returns the current time in ms (default Date.now, or the clock's when one is given). */
   readonly now?: () => number;
   readonly versionMin?: number;
   readonly versionMax?: number;
@@ -224,9 +227,10 @@ export class Connection extends EventEmitter<ConnectionEvents> {
   private establishedAt: number | undefined;
   private lastRecvAt: number;
   private lastSentAt: number;
-  private handshakeTimer: ReturnType<typeof setTimeout> | undefined;
-  private heartbeatTimer: ReturnType<typeof setInterval> | undefined;
-  private lingerTimer: ReturnType<typeof setTimeout> | undefined;
+  private readonly clock: Clock;
+  private handshakeTimer: Timer | undefined;
+  private heartbeatTimer: Timer | undefined;
+  private lingerTimer: Timer | undefined;
   /** lingerDiscarded counts bytes received and thrown away after `closed`. */
   private lingerDiscarded = 0;
   private resolveDone!: () => void;
@@ -237,7 +241,9 @@ export class Connection extends EventEmitter<ConnectionEvents> {
     this.outbound = opts.outbound;
     this.local = opts.local;
     this.password = opts.password;
-    this.now = opts.now ?? (() => Date.now());
+    const clock = opts.clock ?? realClock;
+    this.clock = clock;
+    this.now = opts.now ?? (opts.clock === undefined ? () => Date.now() : () => clock.now());
     this.versionMin = opts.versionMin ?? PROTOCOL_VERSION_MIN;
     this.versionMax = opts.versionMax ?? PROTOCOL_VERSION_MAX;
     this.heartbeatIntervalMs = opts.heartbeatIntervalMs ?? HEARTBEAT_INTERVAL_MS;
@@ -269,13 +275,13 @@ export class Connection extends EventEmitter<ConnectionEvents> {
       this.shutdown({ reason: err.message, error, initiator: 'remote' }, false);
     });
     s.on('close', () => {
-      if (this.lingerTimer !== undefined) clearTimeout(this.lingerTimer);
+      if (this.lingerTimer !== undefined) this.clock.clearTimeout(this.lingerTimer);
       this.lingerTimer = undefined;
       this.shutdown({ reason: CLOSE_PEER_EOF, initiator: 'remote' }, false);
       this.resolveDone();
     });
 
-    this.handshakeTimer = setTimeout(() => {
+    this.handshakeTimer = this.clock.setTimeout(() => {
       this.handshakeTimer = undefined;
       this.fail(
         new ProtocolError(`handshake not completed within ${opts.handshakeTimeoutMs ?? HANDSHAKE_TIMEOUT_MS} ms`),
@@ -549,7 +555,7 @@ export class Connection extends EventEmitter<ConnectionEvents> {
 
   private establish(): void {
     const hello = this.hello!;
-    if (this.handshakeTimer !== undefined) clearTimeout(this.handshakeTimer);
+    if (this.handshakeTimer !== undefined) this.clock.clearTimeout(this.handshakeTimer);
     this.handshakeTimer = undefined;
     this.phase = 'established';
     this.decoder.maxBytes = CONTROL_MESSAGE_MAX_BYTES;
@@ -567,7 +573,7 @@ export class Connection extends EventEmitter<ConnectionEvents> {
       addr: normaliseIPv4(this.socket.remoteAddress),
       tcpPort: hello.tcpPort,
     };
-    this.heartbeatTimer = setInterval(() => this.tick(), this.heartbeatIntervalMs);
+    this.heartbeatTimer = this.clock.setInterval(() => this.tick(), this.heartbeatIntervalMs);
     this.log.info('connection established', {
       peer: hello.name,
       nickname: hello.nickname,
@@ -609,8 +615,8 @@ export class Connection extends EventEmitter<ConnectionEvents> {
     this.phase = 'closed';
     this.closeInfo = info;
     this.decoder.close();
-    if (this.handshakeTimer !== undefined) clearTimeout(this.handshakeTimer);
-    if (this.heartbeatTimer !== undefined) clearInterval(this.heartbeatTimer);
+    if (this.handshakeTimer !== undefined) this.clock.clearTimeout(this.handshakeTimer);
+    if (this.heartbeatTimer !== undefined) this.clock.clearInterval(this.heartbeatTimer);
     this.handshakeTimer = undefined;
     this.heartbeatTimer = undefined;
 
@@ -624,7 +630,7 @@ export class Connection extends EventEmitter<ConnectionEvents> {
         this.write(encodeFrame({ t: 'close', reason }));
       }
       s.end();
-      this.lingerTimer = setTimeout(() => {
+      this.lingerTimer = this.clock.setTimeout(() => {
         this.lingerTimer = undefined;
         s.destroy();
       }, CLOSE_LINGER_MS);

@@ -164,6 +164,13 @@ export const GOSSIP_RELAY_TTL = 16;
  * not dropped in between (mesh waits 1 s too).
  */
 export const PEER_GC_DELAY_MS = 1_000;
+/**
+ * TOPOLOGY_ANNOUNCE_DELAY_MS coalesces gossip of our own entry: a connection's pending and
+ * established states, and a new router's first connections, go out as one delta instead of one
+ * epidemic each (mesh batches its topology broadcasts too). A join in a mesh of N routers then
+ * costs about degree + 1 epidemics, not 4 × degree.
+ */
+export const TOPOLOGY_ANNOUNCE_DELAY_MS = 50;
 /** SEND_BUFFER_MAX_BYTES: `send()` drops (and counts) a message while more than this is queued on the socket. */
 export const SEND_BUFFER_MAX_BYTES = 16 * 1024 * 1024;
 /** CLOSE_LINGER_MS is how long a closed connection waits for the peer's FIN before destroying the socket. */

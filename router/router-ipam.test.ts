@@ -1,7 +1,7 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { formatIPv4, type IPv4, type PeerName, parseCidr } from '../common/types.js';
 import { seedIdOf } from './ipam/ring.js';
-import { ipv4Packet, MemoryMesh, type MemoryRouter, until } from './testing/memory-router.js';
+import { ipv4Packet, MemoryMesh, type MemoryRouter } from './testing/memory-router.js';
 
 const RANGE = parseCidr('10.32.0.0/12');
 
@@ -17,7 +17,7 @@ async function ipamMesh(mesh: MemoryMesh, n: number): Promise<MemoryRouter[]> {
     r.router.connect([`127.0.0.1:${first.router.controlPort}`]);
     out.push(r);
   }
-  await until(
+  await mesh.until(
     () => out.every((r) => r.router.status().peers.filter((p) => p.state === 'established').length === n - 1),
     'a full mesh',
     10_000,
@@ -32,7 +32,7 @@ describe('Router with IPAM', () => {
   });
 
   it('gives every host distinct addresses from its own share and routes them by ring ownership', async () => {
-    mesh = new MemoryMesh();
+    mesh = new MemoryMesh({ virtual: true });
     const [a, b, c] = (await ipamMesh(mesh, 3)) as [MemoryRouter, MemoryRouter, MemoryRouter];
     // Nobody has a ring until the lone-launched router needs an address.
     expect(b.router.ipam.seeded).toBe(false);
@@ -44,23 +44,23 @@ describe('Router with IPAM', () => {
     expect(await b.router.allocate('ctr-1')).toBe(addrs[1]);
     for (const [i, r] of [a, b, c].entries()) r.router.claim(`ctr-${i}`, [{ addr: addrs[i]!, prefix: 12 }]);
     // Addresses in one's own share are not announced as /32s: peers route them by the ring.
-    await until(() => a.router.status().ipam.peers.length === 3, 'the ring at a');
+    await mesh.until(() => a.router.status().ipam.peers.length === 3, 'the ring at a');
     expect(a.router.status().peers.every((p) => p.cidrs.length === 0)).toBe(true);
-    await until(
+    await mesh.until(
       () => [a, b, c].every((r) => r.router.status().ipam.peers.every((p) => p.reachable)),
       'every owner reachable',
     );
     a.tun.inject(ipv4Packet(90, addrs[0]!, addrs[2]!));
-    await until(() => c.tun.written.length === 1, `a packet for ${formatIPv4(addrs[2]!)} at c`);
+    await mesh.until(() => c.tun.written.length === 1, `a packet for ${formatIPv4(addrs[2]!)} at c`);
     c.tun.inject(ipv4Packet(90, addrs[2]!, addrs[1]!));
-    await until(() => b.tun.written.length === 1, 'a packet for b’s container at b');
+    await mesh.until(() => b.tun.written.length === 1, 'a packet for b’s container at b');
     const st = a.router.status().ipam;
     expect(st.state).toBe('ready');
     expect(st.peers.reduce((n, p) => n + p.owned, 0)).toBe(2 ** 20);
   }, 20_000);
 
   it('refuses a given address in another peer’s space, and one held by another container', async () => {
-    mesh = new MemoryMesh();
+    mesh = new MemoryMesh({ virtual: true });
     const [a, b] = (await ipamMesh(mesh, 2)) as [MemoryRouter, MemoryRouter];
     const x = await a.router.allocate('x');
     await b.router.allocate('y');
@@ -73,7 +73,7 @@ describe('Router with IPAM', () => {
   }, 20_000);
 
   it('refuses rmpeer of a reachable peer, and takes over the space of a stopped one', async () => {
-    mesh = new MemoryMesh();
+    mesh = new MemoryMesh({ virtual: true });
     const [a, b] = (await ipamMesh(mesh, 2)) as [MemoryRouter, MemoryRouter];
     await a.router.allocate('x');
     await b.router.allocate('y');
@@ -83,7 +83,7 @@ describe('Router with IPAM', () => {
     const bOwned = a.router.status().ipam.peers.find((p) => p.name === bName)?.owned ?? 0;
     expect(bOwned).toBeGreaterThan(0);
     await b.router.stop();
-    await until(() => a.router.status().peers.length === 0, 'a to forget b');
+    await mesh.until(() => a.router.status().peers.length === 0, 'a to forget b');
     expect(a.router.status().ipam.unreachableOwned).toBe(bOwned);
     expect(a.router.rmpeer(bName)).toEqual({ peer: bName as PeerName, addresses: bOwned });
     expect(a.router.ipam.ownerOf(a.router.ipam.spans().at(-1)!.start)).toBe(a.router.name);
@@ -92,32 +92,32 @@ describe('Router with IPAM', () => {
   }, 20_000);
 
   it('hands its space to a live peer when it leaves', async () => {
-    mesh = new MemoryMesh();
+    mesh = new MemoryMesh({ virtual: true });
     const [a, b] = (await ipamMesh(mesh, 2)) as [MemoryRouter, MemoryRouter];
     await a.router.allocate('x');
     await b.router.allocate('y');
     const left = b.router.leave();
     expect(left.heir).toBe(a.router.name);
     expect(left.addresses).toBeGreaterThan(0);
-    await until(() => a.router.status().ipam.owned === 2 ** 20, 'a to own the whole range');
+    await mesh.until(() => a.router.status().ipam.owned === 2 ** 20, 'a to own the whole range');
     expect(b.router.ipam.lookup('y')).toEqual([]);
   }, 20_000);
 
   it('never merges rings seeded differently, and says so', async () => {
-    mesh = new MemoryMesh();
+    mesh = new MemoryMesh({ virtual: true });
     const a = await mesh.add({ ipallocRange: RANGE, ipam: { init: { mode: 'auto', alone: true } } });
     const b = await mesh.add({ ipallocRange: RANGE, ipam: { init: { mode: 'auto', alone: true } } });
     await a.router.allocate('x');
     await b.router.allocate('y');
     b.router.connect([`127.0.0.1:${a.router.controlPort}`]);
-    await until(() => a.router.status().ipam.conflicts.length > 0, 'the conflict reported at a');
+    await mesh.until(() => a.router.status().ipam.conflicts.length > 0, 'the conflict reported at a');
     expect(a.router.status().ipam.conflicts[0]).toMatch(/seeded with a different list of peers/);
     expect(a.router.status().ipam.owned).toBe(2 ** 20);
     expect(b.router.status().ipam.owned).toBe(2 ** 20);
   }, 20_000);
 
   it('fails an allocation that cannot be served with a message that says why', async () => {
-    mesh = new MemoryMesh();
+    mesh = new MemoryMesh({ virtual: true });
     const r = await mesh.add({
       ipallocRange: RANGE,
       ipam: { init: { mode: 'auto', alone: false }, allocateTimeoutMs: 200 },
@@ -129,8 +129,8 @@ describe('Router with IPAM', () => {
 });
 
 /** fullMesh waits until every router has an established connection to each other one. */
-async function fullMesh(rs: readonly MemoryRouter[]): Promise<void> {
-  await until(
+async function fullMesh(mesh: MemoryMesh, rs: readonly MemoryRouter[]): Promise<void> {
+  await mesh.until(
     () => rs.every((r) => r.router.status().peers.filter((p) => p.state === 'established').length === rs.length - 1),
     'a full mesh',
     10_000,
@@ -138,10 +138,10 @@ async function fullMesh(rs: readonly MemoryRouter[]): Promise<void> {
 }
 
 /** expectOneRing checks every router holds the same seeded ring with no conflict, and the addresses are distinct. */
-async function expectOneRing(rs: readonly MemoryRouter[], addrs: readonly IPv4[]): Promise<void> {
+async function expectOneRing(mesh: MemoryMesh, rs: readonly MemoryRouter[], addrs: readonly IPv4[]): Promise<void> {
   expect(new Set(addrs).size).toBe(addrs.length);
   const same = () => new Set(rs.map((r) => JSON.stringify(r.router.ipam.spans()))).size === 1;
-  await until(same, 'one ring everywhere');
+  await mesh.until(same, 'one ring everywhere');
   const spans = JSON.stringify(rs[0]!.router.ipam.spans());
   for (const r of rs) {
     const st = r.router.status().ipam;
@@ -167,30 +167,30 @@ describe('Router with IPAM: who seeds', () => {
   });
 
   it('a router launched with peers that allocates first makes the lone-launched one seed at once', async () => {
-    mesh = new MemoryMesh();
+    mesh = new MemoryMesh({ virtual: true });
     const a = await mesh.add(alone());
     const b = await mesh.add(withPeers(20_000));
     b.router.connect([`127.0.0.1:${a.router.controlPort}`]);
-    await fullMesh([a, b]);
-    const t0 = Date.now();
+    await fullMesh(mesh, [a, b]);
+    const t0 = mesh.clock.now();
     const y = await b.router.allocate('y');
-    expect(Date.now() - t0).toBeLessThan(3_000);
+    expect(mesh.clock.now() - t0).toBeLessThan(3_000);
     const x = await a.router.allocate('x');
-    await expectOneRing([a, b], [x, y]);
+    await expectOneRing(mesh, [a, b], [x, y]);
     expect(b.router.ipam.ownerOf(y)).toBe(b.router.name);
   }, 20_000);
 
   it('an allocation waiting before the seed-capable router is reachable completes once it is', async () => {
-    mesh = new MemoryMesh();
+    mesh = new MemoryMesh({ virtual: true });
     const a = await mesh.add(alone());
     const b = await mesh.add(withPeers(20_000));
     const pending = b.router.allocate('y');
     expect(b.router.status().ipam.message).toMatch(/no reachable router may seed/);
-    await new Promise((r) => setTimeout(r, 300));
+    await mesh.sleep(300);
     b.router.connect([`127.0.0.1:${a.router.controlPort}`]);
     const y = await pending;
     const x = await a.router.allocate('x');
-    await expectOneRing([a, b], [x, y]);
+    await expectOneRing(mesh, [a, b], [x, y]);
   }, 20_000);
 
   // Two seed-capable routers (1 and 3) and one launched with peers (2), all connected: whoever
@@ -205,26 +205,26 @@ describe('Router with IPAM: who seeds', () => {
   ];
   for (const order of orders) {
     it(`makes one ring when routers ${order.map((i) => i + 1).join(', ')} allocate in that order`, async () => {
-      mesh = new MemoryMesh();
+      mesh = new MemoryMesh({ virtual: true });
       const rs = [await mesh.add(alone()), await mesh.add(withPeers()), await mesh.add(alone())];
       rs[1]!.router.connect([`127.0.0.1:${rs[0]!.router.controlPort}`]);
       rs[2]!.router.connect([`127.0.0.1:${rs[1]!.router.controlPort}`]);
-      await fullMesh(rs);
+      await fullMesh(mesh, rs);
       const addrs: IPv4[] = [];
       for (const i of order) addrs.push(await rs[i]!.router.allocate(`c${i}`));
-      await expectOneRing(rs, addrs);
+      await expectOneRing(mesh, rs, addrs);
       for (const r of rs) expect(r.router.ipam.seedId).toBe(seedIdOf([rs[0]!.router.name]));
     }, 20_000);
   }
 
   it('makes one ring when all allocate at once, the larger seed-capable router too', async () => {
-    mesh = new MemoryMesh();
+    mesh = new MemoryMesh({ virtual: true });
     const rs = [await mesh.add(alone()), await mesh.add(withPeers()), await mesh.add(alone())];
     rs[1]!.router.connect([`127.0.0.1:${rs[0]!.router.controlPort}`]);
     rs[2]!.router.connect([`127.0.0.1:${rs[1]!.router.controlPort}`]);
-    await fullMesh(rs);
+    await fullMesh(mesh, rs);
     const addrs = await Promise.all([2, 1, 0].flatMap((i) => [0, 1].map((k) => rs[i]!.router.allocate(`c${i}-${k}`))));
-    await expectOneRing(rs, addrs);
+    await expectOneRing(mesh, rs, addrs);
     for (const r of rs) expect(r.router.ipam.seedId).toBe(seedIdOf([rs[0]!.router.name]));
   }, 20_000);
 });
@@ -236,11 +236,11 @@ describe('Router with IPAM: a lost state', () => {
   });
 
   it('rejoins the cluster ring and takes back its containers’ addresses, even launched with no peers', async () => {
-    mesh = new MemoryMesh();
+    mesh = new MemoryMesh({ virtual: true });
     const a = await mesh.add({ ipallocRange: RANGE, ipam: { init: { mode: 'auto', alone: true } } });
     const b = await mesh.add({ ipallocRange: RANGE, ipam: { init: { mode: 'auto', alone: false } } });
     b.router.connect([`127.0.0.1:${a.router.controlPort}`]);
-    await fullMesh([a, b]);
+    await fullMesh(mesh, [a, b]);
     await a.router.allocate('x');
     const used = [await b.router.allocate('web'), await b.router.allocate('db')];
     const name = b.router.name;
@@ -251,7 +251,7 @@ describe('Router with IPAM: a lost state', () => {
     const b2 = await mesh.add({
       name,
       uid: (uid + 1n) as typeof uid,
-      incarnation: Date.now() + 1,
+      incarnation: Math.floor(mesh.clock.now()) + 1,
       ipallocRange: RANGE,
       ipam: { init: { mode: 'auto', alone: true }, expectCluster: true },
     });
@@ -269,21 +269,21 @@ describe('Router with IPAM: a lost state', () => {
     expect(b2.router.ipam.lookup('db')).toEqual([used[1]]);
     const fresh = await early;
     expect(used).not.toContain(fresh);
-    await expectOneRing([a, b2], [...used, fresh, await a.router.allocate('x2')]);
+    await expectOneRing(mesh, [a, b2], [...used, fresh, await a.router.allocate('x2')]);
   }, 20_000);
 
   it('refuses to take back addresses the cluster gave away (an rmpeer of this peer)', async () => {
-    mesh = new MemoryMesh();
+    mesh = new MemoryMesh({ virtual: true });
     const a = await mesh.add({ ipallocRange: RANGE, ipam: { init: { mode: 'auto', alone: true } } });
     const b = await mesh.add({ ipallocRange: RANGE, ipam: { init: { mode: 'auto', alone: false } } });
     b.router.connect([`127.0.0.1:${a.router.controlPort}`]);
-    await fullMesh([a, b]);
+    await fullMesh(mesh, [a, b]);
     const web = await b.router.allocate('web');
     const name = b.router.name;
     const uid = b.router.uid;
     await b.router.stop();
     mesh.routers.splice(mesh.routers.indexOf(b), 1);
-    await until(
+    await mesh.until(
       () =>
         a.router.status().peers.length === 0 || !a.router.status().ipam.peers.find((p) => p.name === name)?.reachable,
       'b unreachable at a',
@@ -292,7 +292,7 @@ describe('Router with IPAM: a lost state', () => {
     const b2 = await mesh.add({
       name,
       uid: (uid + 1n) as typeof uid,
-      incarnation: Date.now() + 1,
+      incarnation: Math.floor(mesh.clock.now()) + 1,
       ipallocRange: RANGE,
       ipam: { init: { mode: 'auto', alone: false }, expectCluster: true },
     });

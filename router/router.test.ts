@@ -3,7 +3,7 @@ import type { PeerName } from '../common/types.js';
 import { parseCidr } from '../common/types.js';
 import { peerNameHi, peerNameLo } from './datapath/fib.js';
 import { SLEEVE_PREFIX_LEN, SleeveType, writeSleevePrefix } from './overlay/frame.js';
-import { ipv4Packet, LOOPBACK, MemoryMesh, type MemoryRouter, until } from './testing/memory-router.js';
+import { ipv4Packet, LOOPBACK, MemoryMesh, type MemoryRouter } from './testing/memory-router.js';
 
 const A = 0x0a200001; // 10.32.0.1
 const B = 0x0a200002; // 10.32.0.2
@@ -18,7 +18,7 @@ async function connectedPair(
   b.router.connect([`127.0.0.1:${a.router.controlPort}`]);
   await a.router.expose(parseCidr('10.32.0.1/12'));
   await b.router.expose(parseCidr('10.32.0.2/12'));
-  await until(
+  await mesh.until(
     () =>
       [a, b].every(
         (r) => r.router.status().peers[0]?.cidrs.length === 1 && r.router.status().peers[0]?.state === 'established',
@@ -36,12 +36,12 @@ describe('Router', () => {
 
   for (const encap of ['sleeve', 'vxlan'] as const) {
     it(`delivers a packet for an exposed address to the peer that announced it (${encap})`, async () => {
-      mesh = new MemoryMesh();
+      mesh = new MemoryMesh({ virtual: true });
       const [a, b] = await connectedPair(mesh, encap);
       expect(a.router.status().peers[0]).toMatchObject({ encap, cidrs: ['10.32.0.2/32'] });
       const pkt = ipv4Packet(300, A, B, 0xab);
       a.tun.inject(pkt);
-      await until(() => b.tun.written.length === 1, 'the packet at b');
+      await mesh.until(() => b.tun.written.length === 1, 'the packet at b');
       expect(b.tun.written[0]).toEqual(pkt);
       expect(a.router.status().peers[0]?.txPackets).toBe(1);
       expect(b.router.status().peers[0]?.rxPackets).toBe(1);
@@ -49,12 +49,12 @@ describe('Router', () => {
   }
 
   it('bundles small packets read together for one peer into fewer datagrams, in order', async () => {
-    mesh = new MemoryMesh();
+    mesh = new MemoryMesh({ virtual: true });
     const [a, b] = await connectedPair(mesh, 'sleeve');
     const sent = Array.from({ length: 10 }, (_, i) => ipv4Packet(60 + i, A, B, i));
     const rxBefore = b.router.counters.udpRxPackets;
     for (const p of sent) a.tun.inject(p);
-    await until(() => b.tun.written.length === 10, 'all ten packets at b');
+    await mesh.until(() => b.tun.written.length === 10, 'all ten packets at b');
     expect(b.tun.written).toEqual(sent);
     expect(a.router.counters.bundled).toBeGreaterThan(0);
     // Heartbeats also arrive meanwhile, so compare with what bundling saves.
@@ -62,23 +62,23 @@ describe('Router', () => {
   });
 
   it('uses sleeve towards a peer that does not prefer VXLAN', async () => {
-    mesh = new MemoryMesh();
+    mesh = new MemoryMesh({ virtual: true });
     const a = await mesh.add({ encap: 'vxlan' });
     const b = await mesh.add({ encap: 'sleeve' });
     b.router.connect([`127.0.0.1:${a.router.controlPort}`]);
-    await until(() => a.router.status().peers.length === 1, 'connection');
+    await mesh.until(() => a.router.status().peers.length === 1, 'connection');
     expect(a.router.status().peers[0]?.encap).toBe('sleeve');
   });
 
   it('counts a packet for an address nobody announced as a no_route drop', async () => {
-    mesh = new MemoryMesh();
+    mesh = new MemoryMesh({ virtual: true });
     const [a] = await connectedPair(mesh, 'sleeve');
     a.tun.inject(ipv4Packet(100, A, 0x0a200063));
-    await until(() => a.router.counters.snapshot().drops.no_route === 1, 'the drop');
+    await mesh.until(() => a.router.counters.snapshot().drops.no_route === 1, 'the drop');
   });
 
   it('counts garbage datagrams on its data ports as drops and keeps forwarding', async () => {
-    mesh = new MemoryMesh();
+    mesh = new MemoryMesh({ virtual: true });
     const [a, b] = await connectedPair(mesh, 'sleeve');
     const attacker = mesh.net.open({ addr: LOOPBACK });
     const bPorts = b.router.status();
@@ -100,16 +100,16 @@ describe('Router', () => {
       const x = b.router.counters.snapshot().drops;
       return (x.truncated ?? 0) + (x.bad_magic ?? 0) + (x.bad_version ?? 0) + (x.bad_vni ?? 0);
     };
-    await until(() => bad() >= 6, 'the garbage to arrive');
+    await mesh.until(() => bad() >= 6, 'the garbage to arrive');
     expect(bad()).toBe(6);
     expect(b.tun.written).toHaveLength(0);
     a.tun.inject(ipv4Packet(100, A, B));
-    await until(() => b.tun.written.length === 1, 'traffic after the garbage');
+    await mesh.until(() => b.tun.written.length === 1, 'traffic after the garbage');
     attacker.close();
   });
 
   it('drops well-formed sleeve data from an endpoint that is not a connected peer, whatever peer it claims', async () => {
-    mesh = new MemoryMesh();
+    mesh = new MemoryMesh({ virtual: true });
     const [a, b] = await connectedPair(mesh, 'sleeve');
     const attacker = mesh.net.open({ addr: LOOPBACK });
     const send = (src: string, dst: string) => {
@@ -132,7 +132,7 @@ describe('Router', () => {
     send(a.router.name, b.router.name); // claims the connected peer, from another endpoint
     send(a.router.name, '02:00:00:00:00:77'); // asks b to relay
     const d = () => b.router.counters.snapshot().drops;
-    await until(() => (d().not_from_peer ?? 0) >= 3, 'all three datagrams');
+    await mesh.until(() => (d().not_from_peer ?? 0) >= 3, 'all three datagrams');
     const drops = d();
     expect(drops.not_from_peer).toBe(3);
     expect(drops.unknown_peer ?? 0).toBe(0);
@@ -142,16 +142,16 @@ describe('Router', () => {
   });
 
   it('withdraws a peer routes when its connection closes', async () => {
-    mesh = new MemoryMesh();
+    mesh = new MemoryMesh({ virtual: true });
     const [a, b] = await connectedPair(mesh, 'sleeve');
     await b.router.stop();
-    await until(() => a.router.status().peers.length === 0, 'a to notice');
+    await mesh.until(() => a.router.status().peers.length === 0, 'a to notice');
     a.tun.inject(ipv4Packet(100, A, B));
-    await until(() => a.router.counters.snapshot().drops.no_route === 1, 'no_route after withdrawal');
+    await mesh.until(() => a.router.counters.snapshot().drops.no_route === 1, 'no_route after withdrawal');
   });
 
   it('refuses to expose an address a peer already uses, and a /32', async () => {
-    mesh = new MemoryMesh();
+    mesh = new MemoryMesh({ virtual: true });
     const [a] = await connectedPair(mesh, 'sleeve');
     await expect(a.router.expose(parseCidr('10.32.0.2/12'))).rejects.toThrow(/already in use by peer/);
     await expect(a.router.expose(parseCidr('10.32.0.7/32'))).rejects.toThrow(/want a prefix/);
@@ -161,7 +161,7 @@ describe('Router', () => {
   });
 
   it('stops cleanly and can be stopped twice', async () => {
-    mesh = new MemoryMesh();
+    mesh = new MemoryMesh({ virtual: true });
     const { router } = await mesh.add();
     expect(router.isReady).toBe(true);
     await router.stop();
@@ -177,23 +177,23 @@ describe('Router data path', () => {
   });
 
   it('proves the data path with heartbeats both ways, then fails it when UDP is blocked', async () => {
-    mesh = new MemoryMesh();
+    mesh = new MemoryMesh({ virtual: true });
     const [a, b] = await connectedPair(mesh, 'sleeve', { peerTimeoutMs: 1_500 });
-    await until(() => a.router.status().peers[0]?.state === 'established', 'established', 5_000);
+    await mesh.until(() => a.router.status().peers[0]?.state === 'established', 'established', 5_000);
     expect(a.router.status().peers[0]?.rttMs).toBeGreaterThanOrEqual(0);
     // Block the data path only (control connections are real TCP and stay up).
     mesh.net.block(LOOPBACK, LOOPBACK);
-    await until(() => a.router.status().peers[0]?.state === 'failed', 'failed', 10_000);
+    await mesh.until(() => a.router.status().peers[0]?.state === 'failed', 'failed', 10_000);
     expect(a.router.status().peers[0]?.reason).toMatch(/heartbeats/);
     // Its routes are withdrawn: traffic for b is now a counted no_route drop, not a black hole.
     a.tun.inject(ipv4Packet(100, A, B));
-    await until(() => a.router.counters.snapshot().drops.no_route === 1, 'no_route');
+    await mesh.until(() => a.router.counters.snapshot().drops.no_route === 1, 'no_route');
     mesh.net.unblockAll();
-    await until(() => a.router.status().peers[0]?.state === 'established', 'recovered', 10_000);
+    await mesh.until(() => a.router.status().peers[0]?.state === 'established', 'recovered', 10_000);
     // The route comes back once b's entry (saying its side works too) has reached a by gossip:
     // send until a packet gets through.
     let sent = 0;
-    await until(
+    await mesh.until(
       () => {
         if (b.tun.written.length > 0) return true;
         if (sent++ % 10 === 0) a.tun.inject(ipv4Packet(100, A, B));
@@ -212,7 +212,7 @@ describe('Router mesh', () => {
   });
 
   it('learns a peer it is not connected to by gossip, and relays through the peer in between', async () => {
-    mesh = new MemoryMesh();
+    mesh = new MemoryMesh({ virtual: true });
     const a = await mesh.add({ discovery: false });
     const b = await mesh.add({ discovery: false });
     const c = await mesh.add({ discovery: false });
@@ -221,7 +221,7 @@ describe('Router mesh', () => {
     await a.router.expose(parseCidr('10.32.0.1/12'));
     await c.router.expose(parseCidr('10.32.0.3/12'));
     const peerOf = (r: MemoryRouter, n: string) => r.router.status().peers.find((p) => p.nickname === n);
-    await until(
+    await mesh.until(
       () => peerOf(a, 'r3')?.state === 'relayed' && peerOf(c, 'r1')?.state === 'relayed',
       'relayed routes',
       8_000,
@@ -229,20 +229,20 @@ describe('Router mesh', () => {
     expect(peerOf(a, 'r3')).toMatchObject({ via: b.router.name, cidrs: ['10.32.0.3/32'] });
     const pkt = ipv4Packet(200, A, 0x0a200003, 7);
     a.tun.inject(pkt);
-    await until(() => c.tun.written.length === 1, 'the relayed packet at c');
+    await mesh.until(() => c.tun.written.length === 1, 'the relayed packet at c');
     expect(c.tun.written[0]).toEqual(pkt);
     expect(b.router.counters.relayed).toBe(1);
     expect(b.tun.written).toHaveLength(0);
   }, 15_000);
 
   it('connects to peers it hears about when discovery is on', async () => {
-    mesh = new MemoryMesh();
+    mesh = new MemoryMesh({ virtual: true });
     const a = await mesh.add();
     const b = await mesh.add();
     const c = await mesh.add();
     b.router.connect([`127.0.0.1:${a.router.controlPort}`]);
     c.router.connect([`127.0.0.1:${b.router.controlPort}`]);
-    await until(
+    await mesh.until(
       () => a.router.status().peers.filter((p) => p.state === 'established').length === 2,
       'a to connect to c, which it only heard of',
       10_000,
@@ -253,7 +253,7 @@ describe('Router mesh', () => {
   }, 15_000);
 
   it('stops dialling discovered peers at the discovery degree and relays to the rest', async () => {
-    mesh = new MemoryMesh();
+    mesh = new MemoryMesh({ virtual: true });
     const hub = await mesh.add({ discoveryDegree: 1 });
     const spokes = [
       await mesh.add({ discoveryDegree: 1 }),
@@ -262,7 +262,7 @@ describe('Router mesh', () => {
     ];
     for (const s of spokes) s.router.connect([`127.0.0.1:${hub.router.controlPort}`]);
     const first = spokes[0] as MemoryRouter;
-    await until(
+    await mesh.until(
       () => first.router.status().peers.filter((p) => p.state === 'relayed').length === 2,
       'the first spoke to reach the other two through the hub',
       10_000,
@@ -277,34 +277,34 @@ describe('Router mesh', () => {
   }, 15_000);
 
   it('uses VXLAN while its heartbeats flow, and switches to sleeve when only the VXLAN port is blocked', async () => {
-    mesh = new MemoryMesh();
+    mesh = new MemoryMesh({ virtual: true });
     const [a, b] = await connectedPair(mesh, 'vxlan', { peerTimeoutMs: 1_500 });
     const peer = () => a.router.status().peers[0];
-    await until(() => peer()?.state === 'established' && peer()?.encap === 'vxlan', 'vxlan established', 5_000);
+    await mesh.until(() => peer()?.state === 'established' && peer()?.encap === 'vxlan', 'vxlan established', 5_000);
     const vxlanPorts = new Set([a.router.status().vxlanPort, b.router.status().vxlanPort]);
     mesh.net.filter = (_sa, _sp, _da, dp) => !vxlanPorts.has(dp);
-    await until(() => peer()?.encap === 'sleeve', 'the switch to sleeve', 10_000);
+    await mesh.until(() => peer()?.encap === 'sleeve', 'the switch to sleeve', 10_000);
     expect(peer()?.state).toBe('established');
     expect(peer()?.reason).toMatch(/vxlan .*using sleeve/);
     a.tun.inject(ipv4Packet(120, A, B));
-    await until(() => b.tun.written.length === 1, 'traffic over sleeve');
+    await mesh.until(() => b.tun.written.length === 1, 'traffic over sleeve');
     mesh.net.filter = undefined;
-    await until(() => peer()?.encap === 'vxlan', 'back to vxlan', 5_000);
+    await mesh.until(() => peer()?.encap === 'vxlan', 'back to vxlan', 5_000);
   }, 20_000);
 
   it('announces container addresses it claims, and refuses a claim on an address in use', async () => {
-    mesh = new MemoryMesh();
+    mesh = new MemoryMesh({ virtual: true });
     const [a, b] = await connectedPair(mesh, 'sleeve');
     a.router.claim('c1', [parseCidr('10.32.1.1/12')]);
-    await until(() => b.router.status().peers[0]?.cidrs.includes('10.32.1.1/32') === true, 'the claim at b');
+    await mesh.until(() => b.router.status().peers[0]?.cidrs.includes('10.32.1.1/32') === true, 'the claim at b');
     expect(() => b.router.claim('c2', [parseCidr('10.32.1.1/12')])).toThrow(/already in use by peer/);
     expect(() => a.router.claim('c3', [parseCidr('10.32.1.1/12')])).toThrow(/already used by c1/);
     expect(() => a.router.claim('c3', [parseCidr('10.32.0.1/12')])).toThrow(/exposed address/);
     a.tun.inject(ipv4Packet(80, B, 0x0a200101));
     // b's packet for the container goes to a.
     b.tun.inject(ipv4Packet(80, B, 0x0a200101));
-    await until(() => a.tun.written.length === 1, 'the packet for the container at a');
+    await mesh.until(() => a.tun.written.length === 1, 'the packet for the container at a');
     expect(a.router.release('c1')).toHaveLength(1);
-    await until(() => b.router.status().peers[0]?.cidrs.includes('10.32.1.1/32') === false, 'the release at b');
+    await mesh.until(() => b.router.status().peers[0]?.cidrs.includes('10.32.1.1/32') === false, 'the release at b');
   }, 15_000);
 });

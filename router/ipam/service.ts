@@ -30,6 +30,7 @@
  * saving throws, the change is undone and the operation fails with {@link IpamPersistError}, so
  * an address is never handed out that a restart would forget.
  */
+import { type Clock, realClock, type Timer } from '../../common/clock.js';
 import { WeftError } from '../../common/errors.js';
 import type { Logger } from '../../common/log.js';
 import { noopLogger } from '../../common/log.js';
@@ -106,8 +107,10 @@ export interface IpamServiceOptions {
   expectCluster?: boolean;
   /** reachable lists the peers reachable now (for the seed election); default: none. */
   reachable?: () => Iterable<PeerName>;
-  /** epoch is this run's start time for the seed election (default Date.now(); tests inject it). */
+  /** epoch is this run's start time for the seed election (default the clock's now; tests inject it). */
   epoch?: number;
+  /** clock gives time and timers (default the real clock). */
+  clock?: Clock;
   /** onRingChange fires after the ring changed (the router re-derives routes). */
   onRingChange?: () => void;
   log?: Logger;
@@ -162,7 +165,7 @@ interface PendingReclaim {
   readonly entries: readonly ReclaimEntry[];
   readonly resolve: () => void;
   readonly reject: (e: Error) => void;
-  readonly timer: NodeJS.Timeout;
+  readonly timer: Timer;
 }
 
 interface Pending {
@@ -171,7 +174,7 @@ interface Pending {
   readonly since: number;
   readonly resolve: (a: IPv4) => void;
   readonly reject: (e: Error) => void;
-  readonly timer: NodeJS.Timeout;
+  readonly timer: Timer;
   reason: string;
 }
 
@@ -186,7 +189,8 @@ export class IpamService {
   private readonly conflicts: string[] = [];
   private readonly reclaims: PendingReclaim[] = [];
   private readonly election: SeedElection;
-  private retryTimer: NodeJS.Timeout | undefined;
+  private retryTimer: Timer | undefined;
+  private readonly clock: Clock;
   private persistErrors = 0;
   private persistError: string | undefined;
   private persistFailing = false;
@@ -200,6 +204,7 @@ export class IpamService {
     private readonly opts: IpamServiceOptions,
     gossip: Gossip,
   ) {
+    this.clock = opts.clock ?? realClock;
     this.range = opts.range;
     this.init = opts.init;
     this.log = opts.log ?? noopLogger;
@@ -213,7 +218,7 @@ export class IpamService {
       allocator = new Allocator(new Ring(opts.range, opts.self));
     }
     this.recoveringValue = opts.persisted === undefined && opts.expectCluster === true && opts.init.mode === 'auto';
-    this.election = new SeedElection(opts.self, this.seedCapable(), opts.epoch);
+    this.election = new SeedElection(opts.self, this.seedCapable(), opts.epoch ?? Math.floor(this.clock.now()));
     this.ipam = new Ipam(
       allocator,
       gossip,
@@ -256,20 +261,20 @@ export class IpamService {
 
   /** start begins re-asking for space for waiting allocations. */
   start(): void {
-    this.retryTimer ??= setInterval(() => this.retry(true), SPACE_RETRY_MS);
+    this.retryTimer ??= this.clock.setInterval(() => this.retry(true), SPACE_RETRY_MS);
     this.retryTimer.unref();
   }
 
   /** stop fails every waiting allocation and stops the retry timer. */
   stop(): void {
-    if (this.retryTimer !== undefined) clearInterval(this.retryTimer);
+    if (this.retryTimer !== undefined) this.clock.clearInterval(this.retryTimer);
     this.retryTimer = undefined;
     for (const p of this.pending.splice(0)) {
-      clearTimeout(p.timer);
+      this.clock.clearTimeout(p.timer);
       p.reject(new WeftError('EWEFT_NOT_READY', 'router is stopping'));
     }
     for (const r of this.reclaims.splice(0)) {
-      clearTimeout(r.timer);
+      this.clock.clearTimeout(r.timer);
       r.reject(new WeftError('EWEFT_NOT_READY', 'router is stopping'));
     }
   }
@@ -328,11 +333,11 @@ export class IpamService {
       const p: Pending = {
         owner,
         subnet,
-        since: Date.now(),
+        since: this.clock.now(),
         resolve,
         reject,
         reason,
-        timer: setTimeout(() => {
+        timer: this.clock.setTimeout(() => {
           const i = this.pending.indexOf(p);
           if (i >= 0) this.pending.splice(i, 1);
           this.noteWaiting();
@@ -379,7 +384,7 @@ export class IpamService {
         entries: inRange,
         resolve,
         reject,
-        timer: setTimeout(() => {
+        timer: this.clock.setTimeout(() => {
           const i = this.reclaims.indexOf(r);
           if (i >= 0) this.reclaims.splice(i, 1);
           this.noteWaiting();
@@ -472,7 +477,7 @@ export class IpamService {
         if (!reachable) unreachableOwned += n;
         return { name, nickname: info?.nickname, self, owned: n, free: free.get(name) ?? 0, reachable };
       });
-    const now = Date.now();
+    const now = this.clock.now();
     const waiting = this.pending.length > 0;
     return {
       range: formatCidr(this.range),
@@ -610,7 +615,7 @@ export class IpamService {
 
   private serveReclaimsNow(): void {
     for (const r of this.reclaims.splice(0)) {
-      clearTimeout(r.timer);
+      this.clock.clearTimeout(r.timer);
       try {
         this.doReclaim(r.entries);
         r.resolve();
@@ -652,13 +657,13 @@ export class IpamService {
       try {
         r = this.tryAllocate(p.owner, p.subnet);
       } catch (err) {
-        clearTimeout(p.timer);
+        this.clock.clearTimeout(p.timer);
         this.pending.splice(this.pending.indexOf(p), 1);
         p.reject(err instanceof Error ? err : new Error(String(err)));
         continue;
       }
       if (typeof r === 'number') {
-        clearTimeout(p.timer);
+        this.clock.clearTimeout(p.timer);
         this.pending.splice(this.pending.indexOf(p), 1);
         p.resolve(r);
       } else {

@@ -1,57 +1,49 @@
 /**
- * GossipSim: many routers' mesh cores (Topology + GossipMux + topology channel + discovery + peer
- * GC) in one process, on a virtual clock. No sockets, no timers: every delivery, handshake and tick
- * is an event in one queue ordered by (virtual time, insertion), and all randomness comes from one
- * seed, so a run is exactly repeatable.
+ * GossipSim runs N routers' real mesh cores (router/mesh.ts: Topology, the gossip channels, routes,
+ * discovery by pairHash up to DISCOVERY_DEGREE, peer GC) in one process on one VirtualClock, so
+ * what it measures is the product's own behaviour. Only what lies below the core is modelled: the
+ * control connections (a link with a latency), the connection maker's dialling (targets, backoff)
+ * and the data path's proof that a link works. All randomness comes from one seed and all time
+ * from the clock (ordered by due time, then scheduling), so a run is exactly repeatable.
  *
- * What is modelled, per node:
+ * Per node, the same wiring as router/router.ts:
  *
  * ```
- *  dial ──3 one-way delays (SYN, SYN-ACK, Hellos)──▶ link up: connection listed as pending, full state
- *        pushed both ways ──2 one-way delays (data-path heartbeat + ack)──▶ listed as established
- *  dial fails (peer down, partitioned) ──▶ a launch target is redialled with RECONNECT_* backoff; a
- *        discovered peer is skipped for SIM_DIAL_RETRY_MS
+ *  core.dialer.addTargets ──▶ dial ──3 one-way delays (SYN, SYN-ACK, Hellos)──▶ link up on both
+ *        ends: neighbourUp (full state to the new neighbour), our entry republished (pending)
+ *        ──2 one-way delays (data-path heartbeat + ack)──▶ republished (established)
+ *  dial fails (peer down, partitioned) ──▶ retried while it is a target, with the connection
+ *        maker's backoff (backoffMs: RECONNECT_* with jitter); a link that drops is redialled from
+ *        the initial delay if it is a target
  *  message ──link latency (+ jitter; FIFO per direction like TCP)──▶ queued behind the receiver's
- *        earlier messages, processingMs each ──▶ GossipMux.receive
- *  own entry changes ──▶ gossiped once per announceDelayMs (coalesced, like mesh's batching)
- *  topology change ──▶ routes recomputed routesDelayMs later (coalesced); then discovery dials
- *        reachable peers until `degree` connections; PEER_GC_DELAY_MS later unreachable peers are
- *        forgotten
+ *        earlier messages, processingMs each ──▶ core.receive
  * ```
  *
- * Converged: every live node holds, for every live peer, exactly that peer's own current entry
- * (same uid, incarnation and version), and its routes reach every live peer.
+ * Everything else (when routes are recomputed, what is gossiped to whom, when a peer is forgotten,
+ * whom discovery dials) is MeshCore's. Converged: every live node holds, for every live peer,
+ * exactly that peer's own current entry (same uid, incarnation and version), and its routes reach
+ * every live peer.
+ *
+ * Over 400 lines because it is one harness: the link model, the dialler and the convergence
+ * bookkeeping only make sense together.
  */
 
+import { type Timer, VirtualClock } from '../../common/clock.js';
 import { noopLogger } from '../../common/log.js';
 import { mulberry32 } from '../../common/random.js';
 import type { PeerName } from '../../common/types.js';
-import { RECONNECT_FACTOR, RECONNECT_INITIAL_MS, RECONNECT_MAX_MS } from '../constants.js';
-import { GOSSIP_INTERVAL_MS, type GossipChannel, GossipMux } from '../gossip/channel.js';
+import { backoffMs } from '../connection-maker.js';
+import { DISCOVERY_DEGREE } from '../constants.js';
+import { GOSSIP_INTERVAL_MS } from '../gossip/channel.js';
+import { MeshCore, pairHash } from '../mesh.js';
 import { FRAME_HEADER_LEN } from '../protocol.js';
-import { computeRoutes, emptyRoutes, PEER_GC_DELAY_MS, type Routes, unreachable } from '../routes.js';
-import { type ConnectionSummary, type MergeResult, TOPOLOGY_CHANNEL, Topology, TopologyGossiper } from '../topology.js';
+import { PEER_GC_DELAY_MS } from '../routes.js';
+import type { ConnectionSummary, PeerEntry, Topology } from '../topology.js';
 
 export { mulberry32 };
 
-// ---- Defaults (candidates for router/constants.ts where the router shares them) ----
-
 /** SIM_EPOCH_MS is the wall-clock time virtual time 0 stands for (incarnations are ms timestamps). */
 export const SIM_EPOCH_MS = 1_700_000_000_000;
-/** SIM_DEGREE is the default discovery target: dial discovered peers until this many connections. */
-export const SIM_DEGREE = 8;
-/** SIM_DIAL_RETRY_MS is how long a node waits before dialling a peer again after a failed dial. */
-export const SIM_DIAL_RETRY_MS = 2_000;
-/**
- * ROUTES_RECALC_DELAY_MS coalesces route recomputation after topology changes (mesh: 100 ms); the
- * router should do the same, off the hot path.
- */
-export const ROUTES_RECALC_DELAY_MS = 100;
-/**
- * TOPOLOGY_ANNOUNCE_DELAY_MS coalesces gossip of our own entry: a connection's pending and
- * established states, and a new router's first connections, go out as one delta (mesh batches 1 s).
- */
-export const TOPOLOGY_ANNOUNCE_DELAY_MS = 50;
 /** SIM_CONTROL_PORT is the control port every simulated node announces. */
 export const SIM_CONTROL_PORT = 6783;
 
@@ -70,7 +62,7 @@ export function gossipFrameBytes(channel: string, payloadBytes: number): number 
 
 /** GossipSimOptions configure a simulation; times are virtual milliseconds. */
 export interface GossipSimOptions {
-  /** seed drives every random choice (names, latencies, fanout, discovery). Default 1. */
+  /** seed drives every random choice (names, latencies, fanout, backoff jitter). Default 1. */
   readonly seed?: number;
   /** latencyMs is the range one link's one-way latency is drawn from, once per link. Default [0.5, 2]. */
   readonly latencyMs?: readonly [number, number];
@@ -78,17 +70,13 @@ export interface GossipSimOptions {
   readonly jitterMs?: number;
   /** processingMs is the receiver's time per message; a busy receiver queues. Default 0.2. */
   readonly processingMs?: number;
-  /** gossipIntervalMs is the anti-entropy period (each node's phase is random). Default GOSSIP_INTERVAL_MS. */
+  /** gossipIntervalMs is the anti-entropy period. Default GOSSIP_INTERVAL_MS. */
   readonly gossipIntervalMs?: number;
   /** gcDelayMs is how long after a topology change unreachable peers are forgotten. Default PEER_GC_DELAY_MS. */
   readonly gcDelayMs?: number;
-  /** routesDelayMs coalesces route recomputation. Default ROUTES_RECALC_DELAY_MS. */
-  readonly routesDelayMs?: number;
-  /** announceDelayMs coalesces gossip of a node's own entry. Default TOPOLOGY_ANNOUNCE_DELAY_MS. */
-  readonly announceDelayMs?: number;
-  /** degree is the discovery target. Default SIM_DEGREE. */
+  /** degree is the discovery degree. Default DISCOVERY_DEGREE (the router's). */
   readonly degree?: number;
-  /** discovery dials peers learned from the topology (default true); off, only explicit targets are dialled. */
+  /** discovery dials peers learned from the topology (default true); off, only launch targets are dialled. */
   readonly discovery?: boolean;
   /** fifo keeps each link direction in order, as TCP does (default true); false lets jitter reorder messages. */
   readonly fifo?: boolean;
@@ -124,95 +112,40 @@ export interface SimRejection {
 
 interface Link {
   readonly latencyMs: number;
+  /** dialler is the end that dialled (its connection is outbound). */
+  readonly dialler: PeerName;
   up: boolean;
+  /** established: the data path has been proven (heartbeats both ways). */
+  established: boolean;
   /** lastAt is the arrival time of the last message per direction, keyed by sender (FIFO). */
   readonly lastAt: Map<PeerName, number>;
+}
+
+/** Target is a connection maker target: dialled, and redialled with backoff while it is held. */
+interface Target {
+  readonly address: string;
+  readonly peer: PeerName;
+  failures: number;
+  dialling: boolean;
+  timer: Timer | undefined;
 }
 
 interface SimNode {
   readonly name: PeerName;
   readonly index: number;
   readonly addr: string;
-  readonly targets: readonly PeerName[];
-  readonly topology: Topology;
-  readonly mux: GossipMux;
-  readonly channel: GossipChannel;
+  /** launch are the node's launch targets (persistent). */
+  readonly launch: readonly PeerName[];
+  readonly core: MeshCore;
   readonly links: Map<PeerName, Link>;
-  readonly dialing: Set<PeerName>;
-  readonly failedAt: Map<PeerName, number>;
-  /** failures counts consecutive failed dials of a launch target (its backoff). */
-  readonly failures: Map<PeerName, number>;
+  readonly targets: Map<string, Target>;
   readonly sent: SimCounters;
+  readonly cidrs: string[];
   alive: boolean;
   neighbourList: PeerName[] | undefined;
-  /** routes is the snapshot the node gossips and discovers by, recomputed routesDelayMs after changes. */
-  routes: Routes;
-  /** fresh is computed from the current topology when needed (GC, convergence check). */
-  fresh: Routes | undefined;
-  /** announceTo collects the peers whose connection changed since our entry was last gossiped. */
-  readonly announceTo: Set<PeerName>;
+  /** lastTopology is the topology the node held when it died. */
+  lastTopology: Topology | undefined;
   busyUntil: number;
-  gcPending: boolean;
-  routesPending: boolean;
-  announcePending: boolean;
-}
-
-interface SimEvent {
-  readonly at: number;
-  readonly seq: number;
-  /** active events are work in progress; the run is quiescent when none is queued. Ticks and retries are not. */
-  readonly active: boolean;
-  readonly run: () => void;
-}
-
-/** EventQueue is a binary min-heap of events by (at, seq). */
-class EventQueue {
-  private readonly heap: SimEvent[] = [];
-
-  get size(): number {
-    return this.heap.length;
-  }
-
-  peek(): SimEvent | undefined {
-    return this.heap[0];
-  }
-
-  push(e: SimEvent): void {
-    const h = this.heap;
-    h.push(e);
-    let i = h.length - 1;
-    while (i > 0) {
-      const p = (i - 1) >> 1;
-      if (!before(h[i]!, h[p]!)) break;
-      [h[i], h[p]] = [h[p]!, h[i]!];
-      i = p;
-    }
-  }
-
-  pop(): SimEvent | undefined {
-    const h = this.heap;
-    const top = h[0];
-    const last = h.pop();
-    if (h.length > 0 && last !== undefined) {
-      h[0] = last;
-      let i = 0;
-      for (;;) {
-        const l = 2 * i + 1;
-        const r = l + 1;
-        let m = i;
-        if (l < h.length && before(h[l]!, h[m]!)) m = l;
-        if (r < h.length && before(h[r]!, h[m]!)) m = r;
-        if (m === i) break;
-        [h[i], h[m]] = [h[m]!, h[i]!];
-        i = m;
-      }
-    }
-    return top;
-  }
-}
-
-function before(a: SimEvent, b: SimEvent): boolean {
-  return a.at < b.at || (a.at === b.at && a.seq < b.seq);
 }
 
 function pairKey(a: PeerName, b: PeerName): string {
@@ -220,14 +153,17 @@ function pairKey(a: PeerName, b: PeerName): string {
 }
 
 /**
- * GossipSim runs N routers' mesh cores on a virtual clock. Build with `join`, disturb with `kill`,
- * `restart`, `disconnect`, `partition` and `heal`, then `runUntilConverged` or `runFor`.
+ * GossipSim runs N routers' mesh cores on a virtual clock. Build with `join` or `bootstrap`,
+ * disturb with `kill`, `restart`, `disconnect`, `partition` and `heal`, then `runUntilConverged`
+ * or `runFor`.
  */
 export class GossipSim {
   /** sent totals every frame any node sent since the simulation began. */
   readonly sent: SimCounters = { messages: 0, bytes: 0 };
   /** rejections lists every entry a node refused, oldest first. */
   readonly rejections: SimRejection[] = [];
+  /** clock is the simulation's time; virtual time 0 is SIM_EPOCH_MS. */
+  readonly clock = new VirtualClock(SIM_EPOCH_MS);
 
   private readonly random: () => number;
   private readonly latencyMs: readonly [number, number];
@@ -235,13 +171,11 @@ export class GossipSim {
   private readonly processingMs: number;
   private readonly gossipIntervalMs: number;
   private readonly gcDelayMs: number;
-  private readonly routesDelayMs: number;
-  private readonly announceDelayMs: number;
   private readonly degree: number;
   private readonly discovery: boolean;
   private readonly fifo: boolean;
-  private readonly queue = new EventQueue();
   private readonly nodes = new Map<PeerName, SimNode>();
+  private readonly byAddr = new Map<string, PeerName>();
   private readonly linkLatency = new Map<string, number>();
   /** mismatched[n] holds the live peers whose entry at live node n differs from their own. */
   private readonly mismatched = new Map<PeerName, Set<PeerName>>();
@@ -250,12 +184,10 @@ export class GossipSim {
   private convergedSince: number | undefined;
   /** sentAtConverged is `sent` when convergedSince was set. */
   private sentAtConverged: SimCounters = { messages: 0, bytes: 0 };
+  /** activeEvents counts work in flight (messages, dials, link changes); retries and ticks are not. */
   private activeEvents = 0;
-  private seq = 0;
-  private clock = 0;
   private joined = 0;
   private partitionSide: ReadonlySet<PeerName> | undefined;
-  private cuts: [PeerName, PeerName][] = [];
 
   constructor(opts: GossipSimOptions = {}) {
     this.random = mulberry32(opts.seed ?? 1);
@@ -264,16 +196,14 @@ export class GossipSim {
     this.processingMs = opts.processingMs ?? 0.2;
     this.gossipIntervalMs = opts.gossipIntervalMs ?? GOSSIP_INTERVAL_MS;
     this.gcDelayMs = opts.gcDelayMs ?? PEER_GC_DELAY_MS;
-    this.routesDelayMs = opts.routesDelayMs ?? ROUTES_RECALC_DELAY_MS;
-    this.announceDelayMs = opts.announceDelayMs ?? TOPOLOGY_ANNOUNCE_DELAY_MS;
-    this.degree = opts.degree ?? SIM_DEGREE;
+    this.degree = opts.degree ?? DISCOVERY_DEGREE;
     this.discovery = opts.discovery ?? true;
     this.fifo = opts.fifo ?? true;
   }
 
-  /** now is the virtual time in ms. */
+  /** now is the virtual time in ms since the simulation began. */
   get now(): number {
-    return this.clock;
+    return this.clock.now() - SIM_EPOCH_MS;
   }
 
   /** live lists the names of the nodes that are running. */
@@ -283,7 +213,8 @@ export class GossipSim {
 
   /** topology returns a node's Topology (also after it died: its last state). */
   topology(name: PeerName): Topology | undefined {
-    return this.nodes.get(name)?.topology;
+    const n = this.nodes.get(name);
+    return n?.core.topology ?? n?.lastTopology;
   }
 
   /** neighbours lists a node's live control connections. */
@@ -298,8 +229,8 @@ export class GossipSim {
   }
 
   /**
-   * join starts a new node that dials `via` (default: one random live node; none for the first).
-   * Returns its name. Nothing happens until the simulation runs.
+   * join starts a new node launched with `via` as its peers (default: one random live node; none
+   * for the first). Returns its name. Nothing happens until the simulation runs.
    */
   join(via?: readonly PeerName[]): PeerName {
     const live = this.live();
@@ -307,29 +238,40 @@ export class GossipSim {
     let name: PeerName;
     do name = this.randomName();
     while (this.nodes.has(name));
-    this.start(name, this.joined++, targets, SIM_EPOCH_MS + Math.floor(this.clock));
+    this.start(name, this.joined++, targets, Math.floor(this.clock.now()));
     return name;
   }
 
   /**
-   * bootstrap adds `n` nodes at once, in the shape discovery gives a mesh (each new node links to
-   * one random existing node and then to random others until `degree`; a node still short of
-   * `degree` at the end links to more), with every link established and every node already holding
-   * every entry, so that large meshes start converged without simulating their growth. Returns the
-   * new names.
+   * bootstrap adds `n` nodes at once in the shape the router's discovery gives a mesh grown one
+   * join at a time (each new node is connected to the node it was launched with, then to the
+   * peers ranking first by pairHash until `degree`; a node still short of `degree` at the end is
+   * connected to more the same way), with every link established and every node already holding
+   * every entry, so that large meshes start converged without simulating their growth. The cores
+   * then recompute (and discovery may still dial). Returns the new names.
    */
   bootstrap(n: number): PeerName[] {
     const added: SimNode[] = [];
     const link = (a: SimNode, b: SimNode) => {
-      const l: Link = { latencyMs: this.latencyOf(a.name, b.name), up: true, lastAt: new Map() };
+      const l: Link = {
+        latencyMs: this.latencyOf(a.name, b.name),
+        dialler: a.name,
+        up: true,
+        established: true,
+        lastAt: new Map(),
+      };
       a.links.set(b.name, l);
       b.links.set(a.name, l);
     };
-    const linkRandom = (node: SimNode, pool: readonly SimNode[]) => {
-      const candidates = pool.filter((p) => p !== node && !node.links.has(p.name));
-      while (node.links.size < this.degree && candidates.length > 0) {
-        const [p] = candidates.splice(Math.floor(this.random() * candidates.length), 1);
-        link(node, p!);
+    const linkRanked = (node: SimNode, pool: readonly SimNode[]) => {
+      if (node.links.size >= this.degree) return;
+      const candidates = pool
+        .filter((p) => p !== node && !node.links.has(p.name))
+        .map((p) => ({ p, rank: pairHash(node.name, p.name) }))
+        .sort((x, y) => x.rank - y.rank || (x.p.name < y.p.name ? -1 : 1));
+      for (const { p } of candidates) {
+        if (node.links.size >= this.degree) break;
+        link(node, p);
       }
     };
     for (let i = 0; i < n; i++) {
@@ -338,31 +280,26 @@ export class GossipSim {
       let name: PeerName;
       do name = this.randomName();
       while (this.nodes.has(name));
-      const node = this.makeNode(name, this.joined++, first === undefined ? [] : [first.name], SIM_EPOCH_MS);
+      const node = this.makeNode(name, this.joined++, first === undefined ? [] : [first.name]);
       this.nodes.set(name, node);
+      this.byAddr.set(node.addr, name);
+      node.core.start(this.localEntry(node, Math.floor(this.clock.now())));
       added.push(node);
-      if (first !== undefined) link(node, first);
-      linkRandom(node, pool);
+      if (first !== undefined) {
+        link(node, first);
+        this.hold(node, first.name);
+      }
+      linkRanked(node, pool);
     }
     const live = [...this.nodes.values()].filter((x) => x.alive);
-    for (const node of added) linkRandom(node, live);
+    for (const node of added) linkRanked(node, live);
     for (const node of live) {
       node.neighbourList = undefined;
-      node.topology.setLocal({
-        connections: [...node.links.keys()].map((p) => {
-          const other = this.nodes.get(p)!;
-          const outbound = other.targets.includes(node.name) === false && node.targets.includes(p);
-          return { peer: p, addr: other.addr, tcpPort: SIM_CONTROL_PORT, outbound, established: true };
-        }),
-      });
+      node.core.topology!.setLocal({ connections: this.summaries(node), cidrs: node.cidrs });
     }
-    const all = live.map((x) => x.topology.local);
-    for (const node of live) {
-      node.topology.merge(all);
-      node.fresh = undefined;
-      node.routes = this.routesOf(node);
-    }
-    for (const node of added) this.scheduleTicks(node);
+    const all = live.map((x) => x.core.topology!.local);
+    for (const node of live) node.core.topology!.merge(all);
+    for (const node of live) node.core.recompute();
     for (const node of live) this.refreshNode(node.name);
     return added.map((x) => x.name);
   }
@@ -376,6 +313,10 @@ export class GossipSim {
     const node = this.nodes.get(name);
     if (node === undefined || !node.alive) return;
     node.alive = false;
+    node.lastTopology = node.core.topology;
+    node.core.stop();
+    for (const t of node.targets.values()) this.clock.clearTimeout(t.timer);
+    node.targets.clear();
     for (const [peer, link] of node.links) {
       link.up = false;
       const other = this.nodes.get(peer);
@@ -388,14 +329,14 @@ export class GossipSim {
 
   /**
    * restart kills a node (if running) and starts it again under the same name with a new uid and a
-   * newer incarnation, dialling the targets it was launched with.
+   * newer incarnation, launched with the targets it was launched with before.
    */
   restart(name: PeerName, detectMs = 0): void {
     const old = this.nodes.get(name);
     if (old === undefined) return;
     this.kill(name, detectMs);
-    const incarnation = Math.max(SIM_EPOCH_MS + Math.floor(this.clock), old.topology.local.incarnation + 1);
-    this.start(name, old.index, old.targets, incarnation);
+    const incarnation = Math.max(Math.floor(this.clock.now()), (old.lastTopology?.local.incarnation ?? 0) + 1);
+    this.start(name, old.index, old.launch, incarnation);
   }
 
   /** disconnect closes the control connection between two nodes (both notice at once). */
@@ -411,7 +352,7 @@ export class GossipSim {
 
   /**
    * partition cuts every link between `side` and the rest (both ends notice after `detectMs`) and
-   * refuses dials across until `heal`.
+   * fails dials across until `heal`.
    */
   partition(side: readonly PeerName[], detectMs = 0): void {
     const s = new Set(side);
@@ -422,7 +363,6 @@ export class GossipSim {
       for (const [b, link] of [...na.links]) {
         if (s.has(b)) continue;
         link.up = false;
-        this.cuts.push([a, b]);
         const nb = this.nodes.get(b)!;
         this.after(detectMs, true, () => this.linkDown(na, b, link));
         this.after(detectMs, true, () => this.linkDown(nb, a, link));
@@ -430,14 +370,13 @@ export class GossipSim {
     }
   }
 
-  /** heal lifts the partition and redials the links it cut (their connection makers retry). */
+  /**
+   * heal lifts the partition. Nothing is redialled at once: as in the router, links come back when
+   * a connection maker's next retry of a target across succeeds (its backoff), and discovery does
+   * the rest.
+   */
   heal(): void {
     this.partitionSide = undefined;
-    for (const [a, b] of this.cuts) {
-      const na = this.nodes.get(a);
-      if (na?.alive) this.dial(na, b);
-    }
-    this.cuts = [];
   }
 
   /** converged says whether the convergence condition (module comment) holds now. */
@@ -447,24 +386,25 @@ export class GossipSim {
   }
 
   /**
-   * runUntilConverged runs until the mesh has converged and no work is in flight (messages,
-   * handshakes, pending GC), or until `timeoutMs` of virtual time. `timeMs` is when it converged
-   * for good: the last moment the condition became true before the quiet.
+   * runUntilConverged runs until the mesh has converged and no work is in flight (messages, dials,
+   * link changes), or until `timeoutMs` of virtual time. `timeMs` is when it converged for good:
+   * the last moment the condition became true before the quiet.
    */
   runUntilConverged(timeoutMs = 120_000): ConvergenceResult {
-    const start = this.clock;
+    const start = this.clock.now();
     const before = { ...this.sent };
     const deadline = start + timeoutMs;
     for (;;) {
       this.evaluate();
       if (this.activeEvents === 0 && this.convergedSince !== undefined) break;
-      const next = this.queue.peek();
-      if (next === undefined || next.at > deadline) {
-        this.clock = Math.max(this.clock, Math.min(deadline, next?.at ?? deadline));
+      const next = this.clock.nextAt();
+      if (next === undefined || next > deadline) {
+        this.clock.advanceTo(deadline);
         break;
       }
-      this.step();
+      this.clock.advanceTo(next);
     }
+    this.evaluate();
     const converged = this.activeEvents === 0 && this.convergedSince !== undefined;
     const early = converged && this.convergedSince! <= start;
     const at = early ? before : converged ? this.sentAtConverged : this.sent;
@@ -475,19 +415,21 @@ export class GossipSim {
       bytes: this.sent.bytes - before.bytes,
       messagesToConverge: at.messages - before.messages,
       bytesToConverge: at.bytes - before.bytes,
-      elapsedMs: this.clock - start,
+      elapsedMs: this.clock.now() - start,
     };
   }
 
   /** runFor runs every event due in the next `ms` and leaves the clock `ms` later. */
   runFor(ms: number): void {
-    const end = this.clock + ms;
+    const end = this.clock.now() + ms;
     for (;;) {
-      const next = this.queue.peek();
-      if (next === undefined || next.at > end) break;
-      this.step();
+      this.evaluate();
+      const next = this.clock.nextAt();
+      if (next === undefined || next > end) break;
+      this.clock.advanceTo(next);
     }
-    this.clock = end;
+    this.clock.advanceTo(end);
+    this.evaluate();
   }
 
   // ---- nodes ----
@@ -507,79 +449,173 @@ export class GossipSim {
     return ((hi << 32n) | lo | 1n).toString();
   }
 
-  private start(name: PeerName, index: number, targets: readonly PeerName[], incarnation: number): void {
-    const node = this.makeNode(name, index, targets, incarnation);
+  private start(name: PeerName, index: number, launch: readonly PeerName[], incarnation: number): void {
+    const node = this.makeNode(name, index, launch);
     this.nodes.set(name, node);
+    this.byAddr.set(node.addr, name);
+    node.core.start(this.localEntry(node, incarnation));
     this.refreshNode(name);
-    this.scheduleTicks(node);
-    for (const t of targets) this.dial(node, t);
+    for (const t of launch) this.addTarget(node, t);
   }
 
-  private makeNode(name: PeerName, index: number, targets: readonly PeerName[], incarnation: number): SimNode {
-    const topology = new Topology({
-      name,
-      nickname: `sim${index}`,
+  private localEntry(node: SimNode, incarnation: number): PeerEntry {
+    return {
+      name: node.name,
+      nickname: `sim${node.index}`,
       uid: this.randomUid(),
       incarnation,
       version: 1,
       connections: [],
-      cidrs: [`10.${32 + (index >> 16)}.${(index >> 8) & 255}.${index & 255}/32`],
+      cidrs: node.cidrs,
       sleevePort: 6783,
       vxlanPort: 6784,
       encap: 'sleeve',
-    });
+    };
+  }
+
+  private makeNode(name: PeerName, index: number, launch: readonly PeerName[]): SimNode {
     // The callbacks close over `node`, which exists by the time any of them runs.
-    const mux = new GossipMux({
-      local: name,
-      send: (to, channel, payload) => this.send(node, to, channel, payload),
-      neighbours: () => {
-        node.neighbourList ??= [...node.links.keys()];
-        return node.neighbourList;
-      },
-      routes: () => node.routes,
-      random: this.random,
+    const core: MeshCore = new MeshCore({
+      name,
+      clock: this.clock,
       log: noopLogger,
+      random: this.random,
+      discovery: this.discovery,
+      discoveryDegree: this.degree,
+      gossipIntervalMs: this.gossipIntervalMs,
+      gcDelayMs: this.gcDelayMs,
+      links: {
+        neighbours: () => {
+          node.neighbourList ??= [...node.links.keys()];
+          return node.neighbourList;
+        },
+        has: (p) => node.links.has(p),
+        send: (to, channel, payload) => this.send(node, to, channel, payload),
+      },
+      onChange: () => {
+        this.dirty = true;
+      },
+      onMerge: (result, src) => {
+        for (const r of result.rejected) this.rejections.push({ node: name, from: src, reason: r.reason });
+        for (const e of result.changed) this.refreshPair(node, e.name);
+      },
+      onPeersForgotten: (gone) => {
+        for (const p of gone) this.refreshPair(node, p);
+      },
     });
-    const gossiper = new TopologyGossiper(topology, (result, src) => this.onMerge(node, result, src));
+    core.dialer = {
+      addTargets: (list) => {
+        for (const a of list) this.addTarget(node, this.byAddr.get(a.slice(0, a.lastIndexOf(':')))!);
+      },
+      removeTargets: (list) => {
+        for (const a of list) {
+          const t = node.targets.get(a);
+          if (t === undefined) continue;
+          this.clock.clearTimeout(t.timer);
+          node.targets.delete(a);
+        }
+      },
+      isPersistent: (a) => {
+        const p = this.byAddr.get(a.slice(0, a.lastIndexOf(':')));
+        return p !== undefined && node.launch.includes(p);
+      },
+    };
     const node: SimNode = {
       name,
       index,
       addr: `192.168.${(index >> 8) & 255}.${index & 255}`,
-      targets,
-      topology,
-      mux,
-      channel: mux.addChannel(TOPOLOGY_CHANNEL, gossiper),
+      launch,
+      core,
       links: new Map(),
-      dialing: new Set(),
-      failedAt: new Map(),
-      failures: new Map(),
+      targets: new Map(),
       sent: { messages: 0, bytes: 0 },
+      cidrs: [`10.${32 + (index >> 16)}.${(index >> 8) & 255}.${index & 255}/32`],
       alive: true,
       neighbourList: undefined,
-      routes: emptyRoutes(name),
-      fresh: undefined,
-      announceTo: new Set(),
+      lastTopology: undefined,
       busyUntil: 0,
-      gcPending: false,
-      routesPending: false,
-      announcePending: false,
     };
     return node;
   }
 
-  private scheduleTicks(node: SimNode): void {
-    const tick = () => {
-      if (!node.alive) return;
-      node.mux.tick();
-      this.after(this.gossipIntervalMs, false, tick);
-    };
-    this.after(this.random() * this.gossipIntervalMs, false, tick);
+  /** summaries are a node's connections as its topology entry lists them. */
+  private summaries(node: SimNode): ConnectionSummary[] {
+    const out: ConnectionSummary[] = [];
+    for (const [p, link] of node.links) {
+      out.push({
+        peer: p,
+        addr: this.nodes.get(p)!.addr,
+        tcpPort: SIM_CONTROL_PORT,
+        outbound: link.dialler === node.name,
+        established: link.established,
+      });
+    }
+    return out;
   }
 
-  /** routesOf returns routes computed from the node's current topology. */
-  private routesOf(node: SimNode): Routes {
-    node.fresh ??= computeRoutes(node.name, node.topology.entries());
-    return node.fresh;
+  /** publish is the router's updateLocal: our connections as they are now, gossiped. */
+  private publish(node: SimNode): void {
+    if (!node.alive) return;
+    node.core.setLocal({ connections: this.summaries(node), cidrs: node.cidrs });
+    this.refreshPeer(node.name);
+  }
+
+  // ---- the connection maker ----
+
+  private targetAddress(peer: PeerName): string {
+    return `${this.nodes.get(peer)!.addr}:${SIM_CONTROL_PORT}`;
+  }
+
+  /** hold records a target whose connection exists already (bootstrap). */
+  private hold(node: SimNode, peer: PeerName): void {
+    const address = this.targetAddress(peer);
+    node.targets.set(address, { address, peer, failures: 0, dialling: false, timer: undefined });
+  }
+
+  private addTarget(node: SimNode, peer: PeerName): void {
+    const address = this.targetAddress(peer);
+    if (node.targets.has(address)) return;
+    const t: Target = { address, peer, failures: 0, dialling: false, timer: undefined };
+    node.targets.set(address, t);
+    this.dial(node, t);
+  }
+
+  private dial(node: SimNode, t: Target): void {
+    if (t.dialling || !node.alive) return;
+    this.clock.clearTimeout(t.timer);
+    t.timer = undefined;
+    if (node.links.has(t.peer)) {
+      t.failures = 0;
+      return;
+    }
+    t.dialling = true;
+    this.after(3 * this.latencyOf(node.name, t.peer), true, () => {
+      t.dialling = false;
+      if (!node.alive) return;
+      if (node.links.has(t.peer)) {
+        t.failures = 0;
+        return;
+      }
+      const other = this.nodes.get(t.peer);
+      if (other === undefined || !other.alive || this.blocked(node.name, t.peer)) {
+        if (node.targets.get(t.address) === t) this.retry(node, t, false);
+        return;
+      }
+      t.failures = 0;
+      this.linkUp(node, other);
+    });
+  }
+
+  /** retry dials a held target again after the backoff (from the initial delay when `reset`). */
+  private retry(node: SimNode, t: Target, reset: boolean): void {
+    if (reset) t.failures = 0;
+    const delay = backoffMs(t.failures, this.random);
+    t.failures++;
+    this.clock.clearTimeout(t.timer);
+    t.timer = this.clock.setTimeout(() => {
+      t.timer = undefined;
+      if (node.alive && node.targets.get(t.address) === t) this.dial(node, t);
+    }, delay);
   }
 
   // ---- links ----
@@ -600,35 +636,15 @@ export class GossipSim {
     return s !== undefined && s.has(a) !== s.has(b);
   }
 
-  private dial(node: SimNode, peer: PeerName): void {
-    if (peer === node.name || node.links.has(peer) || node.dialing.has(peer)) return;
-    node.dialing.add(peer);
-    this.after(3 * this.latencyOf(node.name, peer), true, () => {
-      node.dialing.delete(peer);
-      const other = this.nodes.get(peer);
-      if (!node.alive || node.links.has(peer)) return;
-      if (other === undefined || !other.alive || this.blocked(node.name, peer)) {
-        node.failedAt.set(peer, this.clock);
-        if (node.targets.includes(peer)) this.redial(node, peer);
-        else this.after(SIM_DIAL_RETRY_MS, false, () => this.discover(node));
-        return;
-      }
-      this.linkUp(node, other);
-    });
-  }
-
-  /** redial dials a launch target again after the connection maker's backoff (RECONNECT_*, no jitter). */
-  private redial(node: SimNode, peer: PeerName): void {
-    const failures = (node.failures.get(peer) ?? 0) + 1;
-    node.failures.set(peer, failures);
-    const delay = Math.min(RECONNECT_INITIAL_MS * RECONNECT_FACTOR ** (failures - 1), RECONNECT_MAX_MS);
-    this.after(delay, false, () => {
-      if (node.alive && !node.links.has(peer)) this.dial(node, peer);
-    });
-  }
-
+  /** linkUp: `a` dialled `b` and both handshakes completed (Router.onEstablished on both ends). */
   private linkUp(a: SimNode, b: SimNode): void {
-    const link: Link = { latencyMs: this.latencyOf(a.name, b.name), up: true, lastAt: new Map() };
+    const link: Link = {
+      latencyMs: this.latencyOf(a.name, b.name),
+      dialler: a.name,
+      up: true,
+      established: false,
+      lastAt: new Map(),
+    };
     for (const [x, y] of [
       [a, b],
       [b, a],
@@ -637,63 +653,32 @@ export class GossipSim {
       if (old !== undefined) old.up = false; // replaced: the peer restarted before we noticed
       x.links.set(y.name, link);
       x.neighbourList = undefined;
-      x.failedAt.delete(y.name);
-      x.failures.delete(y.name);
-      this.setConnection(x, y, x === a, false);
-      x.mux.onNewNeighbour(y.name);
     }
+    for (const [x, y] of [
+      [a, b],
+      [b, a],
+    ] as const) {
+      x.core.neighbourUp(y.name);
+      this.publish(x);
+    }
+    // The data path: each end's first heartbeat is heard, and acked, within two one-way delays.
     this.after(2 * link.latencyMs, true, () => {
       if (!link.up) return;
-      this.setConnection(a, b, true, true);
-      this.setConnection(b, a, false, true);
+      link.established = true;
+      this.publish(a);
+      this.publish(b);
     });
   }
 
+  /** linkDown: the node noticed its connection to `peer` closed (Router.onClosed). */
   private linkDown(node: SimNode, peer: PeerName, link: Link): void {
     if (!node.alive || node.links.get(peer) !== link) return;
     node.links.delete(peer);
     node.neighbourList = undefined;
-    if (node.targets.includes(peer)) this.redial(node, peer);
-    this.changeLocal(
-      node,
-      node.topology.local.connections.filter((c) => c.peer !== peer),
-      peer,
-    );
-  }
-
-  /** setConnection lists (or updates) the connection to `peer` in our entry and gossips the change. */
-  private setConnection(node: SimNode, peer: SimNode, outbound: boolean, established: boolean): void {
-    const summary: ConnectionSummary = {
-      peer: peer.name,
-      addr: peer.addr,
-      tcpPort: SIM_CONTROL_PORT,
-      outbound,
-      established,
-    };
-    this.changeLocal(
-      node,
-      [...node.topology.local.connections.filter((c) => c.peer !== peer.name), summary],
-      peer.name,
-    );
-  }
-
-  /**
-   * changeLocal replaces our connections; our entry is gossiped announceDelayMs later, to the peers
-   * whose connection changed (those still connected) among others.
-   */
-  private changeLocal(node: SimNode, connections: ConnectionSummary[], concerned: PeerName): void {
-    node.topology.setLocal({ connections });
-    this.afterTopologyChange(node, [node.name]);
-    node.announceTo.add(concerned);
-    if (node.announcePending) return;
-    node.announcePending = true;
-    this.after(this.announceDelayMs, true, () => {
-      node.announcePending = false;
-      if (!node.alive) return;
-      const include = [...node.announceTo];
-      node.announceTo.clear();
-      node.channel.broadcast(node.topology.encode([node.name]), include);
-    });
+    const other = this.nodes.get(peer);
+    const t = other === undefined ? undefined : node.targets.get(`${other.addr}:${SIM_CONTROL_PORT}`);
+    if (t !== undefined && !t.dialling) this.retry(node, t, true);
+    this.publish(node);
   }
 
   // ---- messages ----
@@ -702,82 +687,26 @@ export class GossipSim {
     const link = from.links.get(to);
     if (!from.alive || link === undefined || !link.up) return;
     const bytes = gossipFrameBytes(channel, payload.length);
+    // The payload is borrowed (encoders reuse their buffers); the router copies it into a frame.
+    const copy = Uint8Array.prototype.slice.call(payload);
     this.sent.messages++;
     this.sent.bytes += bytes;
     from.sent.messages++;
     from.sent.bytes += bytes;
-    let at = this.clock + link.latencyMs + this.random() * this.jitterMs;
+    const now = this.clock.now();
+    let at = now + link.latencyMs + this.random() * this.jitterMs;
     if (this.fifo) at = Math.max(at, link.lastAt.get(from.name) ?? 0);
     link.lastAt.set(from.name, at);
-    this.at(at, true, () => {
+    this.after(at - now, true, () => {
       const dst = this.nodes.get(to);
       if (dst === undefined || !dst.alive || !link.up || dst.links.get(from.name) !== link) return;
-      const done = Math.max(this.clock, dst.busyUntil) + this.processingMs;
+      const t = this.clock.now();
+      const done = Math.max(t, dst.busyUntil) + this.processingMs;
       dst.busyUntil = done;
-      this.at(done, true, () => {
-        if (dst.alive) dst.mux.receive(from.name, channel, payload);
+      this.after(done - t, true, () => {
+        if (dst.alive && dst.links.get(from.name) === link) dst.core.receive(from.name, channel, copy);
       });
     });
-  }
-
-  private onMerge(node: SimNode, result: MergeResult, src: PeerName): void {
-    for (const r of result.rejected) this.rejections.push({ node: node.name, from: src, reason: r.reason });
-    if (result.changed.length > 0)
-      this.afterTopologyChange(
-        node,
-        result.changed.map((e) => e.name),
-      );
-  }
-
-  /** afterTopologyChange invalidates routes, updates the convergence bookkeeping and schedules discovery and GC. */
-  private afterTopologyChange(node: SimNode, names: readonly PeerName[]): void {
-    node.fresh = undefined;
-    for (const p of names) {
-      if (p === node.name) this.refreshPeer(p);
-      else this.refreshPair(node, p);
-    }
-    if (!node.routesPending) {
-      node.routesPending = true;
-      this.after(this.routesDelayMs, true, () => {
-        node.routesPending = false;
-        if (!node.alive) return;
-        node.routes = this.routesOf(node);
-        this.discover(node);
-      });
-    }
-    if (!node.gcPending) {
-      node.gcPending = true;
-      this.after(this.gcDelayMs, true, () => {
-        node.gcPending = false;
-        this.collect(node);
-      });
-    }
-  }
-
-  /** discover dials reachable peers we are not connected to until we have `degree` connections. */
-  private discover(node: SimNode): void {
-    if (!node.alive || !this.discovery) return;
-    let want = this.degree - node.links.size - node.dialing.size;
-    if (want <= 0) return;
-    const candidates: PeerName[] = [];
-    for (const p of node.routes.reachable) {
-      const failed = node.failedAt.get(p);
-      if (p === node.name || node.links.has(p) || node.dialing.has(p)) continue;
-      if (failed !== undefined && this.clock - failed < SIM_DIAL_RETRY_MS) continue;
-      candidates.push(p);
-    }
-    while (want-- > 0 && candidates.length > 0) {
-      const i = Math.floor(this.random() * candidates.length);
-      const [p] = candidates.splice(i, 1);
-      this.dial(node, p!);
-    }
-  }
-
-  /** collect forgets the peers a node's routes no longer reach. */
-  private collect(node: SimNode): void {
-    if (!node.alive) return;
-    const removed = node.topology.remove(unreachable(node.topology.entries(), this.routesOf(node)));
-    if (removed.length > 0) this.afterTopologyChange(node, removed);
   }
 
   // ---- convergence bookkeeping ----
@@ -787,7 +716,9 @@ export class GossipSim {
     this.dirty = true;
     const peer = this.nodes.get(p);
     let set = this.mismatched.get(n.name);
-    const ok = !n.alive || peer === undefined || !peer.alive || sameVersion(n.topology.get(p), peer.topology.local);
+    const own = peer?.core.topology?.local;
+    const ok =
+      !n.alive || peer === undefined || !peer.alive || own === undefined || sameVersion(n.core.topology?.get(p), own);
     if (ok) {
       if (set?.delete(p)) this.mismatches--;
       return;
@@ -824,7 +755,7 @@ export class GossipSim {
     this.dirty = false;
     if (this.mismatches > 0 || !this.routesComplete()) this.convergedSince = undefined;
     else if (this.convergedSince === undefined) {
-      this.convergedSince = this.clock;
+      this.convergedSince = this.clock.now();
       this.sentAtConverged = { ...this.sent };
     }
   }
@@ -832,7 +763,7 @@ export class GossipSim {
   private routesComplete(): boolean {
     const live = this.live();
     for (const name of live) {
-      const reach = this.routesOf(this.nodes.get(name)!).reachable;
+      const reach = this.nodes.get(name)!.core.routes.reachable;
       if (reach.size < live.length) return false;
       for (const p of live) if (!reach.has(p)) return false;
     }
@@ -841,21 +772,13 @@ export class GossipSim {
 
   // ---- events ----
 
-  private at(at: number, active: boolean, run: () => void): void {
-    if (active) this.activeEvents++;
-    this.queue.push({ at, seq: this.seq++, active, run });
-  }
-
+  /** after schedules `run` on the clock; active events are work in flight (see activeEvents). */
   private after(ms: number, active: boolean, run: () => void): void {
-    this.at(this.clock + ms, active, run);
-  }
-
-  private step(): void {
-    const e = this.queue.pop()!;
-    this.clock = Math.max(this.clock, e.at);
-    if (e.active) this.activeEvents--;
-    e.run();
-    this.evaluate();
+    if (active) this.activeEvents++;
+    this.clock.setTimeout(() => {
+      if (active) this.activeEvents--;
+      run();
+    }, ms);
   }
 }
 

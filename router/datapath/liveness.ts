@@ -8,12 +8,12 @@
 export type DataState = 'pending' | 'established' | 'failed';
 
 /**
- * DataPath tracks data-path heartbeats for one peer. The router sends a heartbeat every
+ * PathLiveness tracks data-path heartbeats for one peer. The router sends a heartbeat every
  * interval; the peer's forwarder acks it at once. Both directions are proven when we have
  * heard a heartbeat from the peer and had one of ours acked, each within `timeoutMs`.
  * Pure state: the caller passes the time.
  */
-export class DataPath {
+export class PathLiveness {
   state: DataState = 'pending';
   /** since is when `state` last changed (ms). */
   since: number;

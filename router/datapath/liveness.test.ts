@@ -1,9 +1,9 @@
 import { describe, expect, it } from 'vitest';
-import { DataPath } from './data-path.js';
+import { PathLiveness } from './liveness.js';
 
-describe('DataPath', () => {
+describe('PathLiveness', () => {
   it('is established only once heartbeats flow both ways', () => {
-    const d = new DataPath(0);
+    const d = new PathLiveness(0);
     d.heard(100);
     expect(d.evaluate(100, 5000)).toBe(false);
     expect(d.state).toBe('pending');
@@ -14,7 +14,7 @@ describe('DataPath', () => {
   });
 
   it('fails when one direction goes silent for longer than the timeout, and says which', () => {
-    const d = new DataPath(0);
+    const d = new PathLiveness(0);
     d.heard(0);
     d.acked(0, 0);
     d.evaluate(0, 5000);
@@ -28,7 +28,7 @@ describe('DataPath', () => {
   });
 
   it('fails a path that never came up once the timeout passes', () => {
-    const d = new DataPath(1000);
+    const d = new PathLiveness(1000);
     expect(d.evaluate(5999, 5000)).toBe(false);
     expect(d.evaluate(6001, 5000)).toBe(true);
     expect(d.state).toBe('failed');
@@ -36,7 +36,7 @@ describe('DataPath', () => {
   });
 
   it('ignores an ack stamped in the future for the RTT', () => {
-    const d = new DataPath(0);
+    const d = new PathLiveness(0);
     d.acked(100, 500);
     expect(d.rttMs).toBeUndefined();
   });

@@ -1,0 +1,402 @@
+/**
+ * MeshCore is the part of a router that the product, the multi-router tests and the simulator all
+ * run: the topology (our entry and everyone else's), the gossip channels over the neighbours,
+ * routes derived from the topology, discovery (which learned peers to dial) and forgetting peers
+ * that stay unreachable. It knows nothing of sockets: its owner tells it when a neighbour comes
+ * and goes and hands it the gossip that arrives, and it sends through `MeshLinks`. Time and timers
+ * come from the injected Clock.
+ *
+ * ```
+ *  owner ── neighbourUp / receive / setLocal ──▶ MeshCore ── links.send ──▶ neighbours
+ *                                                   │ merge → computeRoutes → rediscover (dialer)
+ *                                                   └──────▶ onChange (IPAM, forwarding table)
+ * ```
+ */
+import type { Clock, Timer } from '../common/clock.js';
+import { InputError } from '../common/errors.js';
+import type { Logger } from '../common/log.js';
+import type { PeerName } from '../common/types.js';
+import { DISCOVERY_DEGREE, TOPOLOGY_ANNOUNCE_DELAY_MS } from './constants.js';
+import { GOSSIP_INTERVAL_MS, type GossipChannel, GossipMux } from './gossip/channel.js';
+import type { Gossip, Gossiper } from './gossip/gossip.js';
+import { computeRoutes, emptyRoutes, PEER_GC_DELAY_MS, type Routes, unreachable } from './routes.js';
+import {
+  type ConnectionSummary,
+  type MergeResult,
+  type PeerEntry,
+  REJECT_COLLISION,
+  TOPOLOGY_CHANNEL,
+  Topology,
+  TopologyGossiper,
+} from './topology.js';
+
+/** REFUSAL_LOG_INTERVAL_MS: the same refused topology entry is logged at most this often. */
+export const REFUSAL_LOG_INTERVAL_MS = 60_000;
+
+/** MeshLinks is how the core reaches its neighbours (peers with a working control connection). */
+export interface MeshLinks {
+  /** neighbours lists the connected peers. */
+  neighbours(): readonly PeerName[];
+  /** has says whether `peer` is a connected neighbour. */
+  has(peer: PeerName): boolean;
+  /** send passes one gossip message to a neighbour; dropped if it is gone. */
+  send(neighbour: PeerName, channel: string, payload: Uint8Array): void;
+}
+
+/** MeshDialer is the connection maker as discovery sees it: targets are `host:port` strings. */
+export interface MeshDialer {
+  addTargets(list: readonly string[]): void;
+  removeTargets(list: readonly string[]): void;
+  /** isPersistent says whether a target was given by the operator (discovery never removes those). */
+  isPersistent(target: string): boolean;
+}
+
+/** MeshCoreOptions configure a MeshCore. */
+export interface MeshCoreOptions {
+  readonly name: PeerName;
+  readonly clock: Clock;
+  readonly log: Logger;
+  readonly links: MeshLinks;
+  /** random returns a number in [0, 1) for gossip fanout (default Math.random). */
+  readonly random?: () => number;
+  /** discovery connects to peers learned from the topology (default true). */
+  readonly discovery?: boolean;
+  /** discoveryDegree caps how many connections discovery makes (default DISCOVERY_DEGREE). */
+  readonly discoveryDegree?: number;
+  /** gossipIntervalMs is the anti-entropy period (default GOSSIP_INTERVAL_MS). */
+  readonly gossipIntervalMs?: number;
+  /** gcDelayMs: peers unreachable this long after a topology change are forgotten (default PEER_GC_DELAY_MS). */
+  readonly gcDelayMs?: number;
+  /**
+   * routesDelayMs coalesces recomputation after merges from gossip: once, this long after the
+   * first (default 0: at once, so status, routes and the forwarding table always agree).
+   */
+  readonly routesDelayMs?: number;
+  /** announceDelayMs coalesces gossip of our own entry (default TOPOLOGY_ANNOUNCE_DELAY_MS; 0: at once). */
+  readonly announceDelayMs?: number;
+  /** onChange fires after routes were recomputed (the owner rebuilds what depends on them). */
+  readonly onChange?: () => void;
+  /** onPeersForgotten fires with the peers dropped from the topology as unreachable. */
+  readonly onPeersForgotten?: (peers: PeerName[]) => void;
+  /** onMerge sees every topology merge (what changed, what was refused) from neighbour `src`; for harnesses. */
+  readonly onMerge?: (result: MergeResult, src: PeerName) => void;
+}
+
+/**
+ * MeshCore: see the module comment. `start(local)` creates the topology with our entry and starts
+ * anti-entropy; `stop()` drops all of it (channels registered with addGossiper stay registered and
+ * are re-created by the next start). Both idempotent.
+ */
+export class MeshCore {
+  readonly name: PeerName;
+  /** dialer receives discovery's targets; unset, discovery does nothing. */
+  dialer: MeshDialer | undefined;
+  private readonly opts: MeshCoreOptions;
+  private readonly clock: Clock;
+  private readonly log: Logger;
+  private topologyValue: Topology | undefined;
+  private mux: GossipMux | undefined;
+  private topoChannel: GossipChannel | undefined;
+  /** routesValue are the routes of the last recomputation: what the owner has installed. */
+  private routesValue: Routes;
+  /** latest are the routes of the topology as it is now (computed on demand, see latestRoutes). */
+  private latest: Routes;
+  /** routesDirty: the topology changed since `latest` was computed. */
+  private routesDirty = false;
+  /** discovered are targets learned from the topology (not persisted). */
+  private discovered = new Set<string>();
+  private gossipTimer: Timer | undefined;
+  private gcTimer: Timer | undefined;
+  private routesTimer: Timer | undefined;
+  private announceTimer: Timer | undefined;
+  /** announceTo are neighbours that must receive our next announcement (their link to us changed). */
+  private readonly announceTo = new Set<PeerName>();
+  /** collisionsValue counts topology entries refused because another router uses our name. */
+  private collisionsValue = 0;
+  private readonly refusalsLogged = new Map<string, number>();
+  private readonly gossipers: { name: string; gossiper: Gossiper; channel: GossipChannel | undefined }[] = [];
+  /** rank caches pairHash(name, peer): discovery sorts every known peer by it on each change. */
+  private readonly rank = new Map<PeerName, number>();
+
+  constructor(opts: MeshCoreOptions) {
+    this.opts = opts;
+    this.name = opts.name;
+    this.clock = opts.clock;
+    this.log = opts.log;
+    this.routesValue = emptyRoutes(opts.name);
+    this.latest = this.routesValue;
+  }
+
+  /** topology is the current topology (undefined while stopped). */
+  get topology(): Topology | undefined {
+    return this.topologyValue;
+  }
+
+  /**
+   * routes are the routes as of the last recomputation (at once after a change unless
+   * routesDelayMs coalesces them): the ones the forwarding table, IPAM and discovery were given.
+   */
+  get routes(): Routes {
+    return this.routesValue;
+  }
+
+  /**
+   * latestRoutes are the routes of the topology as it is now, computed on first use after a
+   * change: gossip relays along fresh broadcast trees (a stale tree leaves holes in an epidemic
+   * that only anti-entropy fills) while the rest of the work a change starts is coalesced.
+   */
+  private latestRoutes(): Routes {
+    const topology = this.topologyValue;
+    if (this.routesDirty && topology !== undefined) {
+      this.latest = computeRoutes(this.name, topology.entries());
+      this.routesDirty = false;
+    }
+    return this.latest;
+  }
+
+  get collisions(): number {
+    return this.collisionsValue;
+  }
+
+  /** entries lists every topology entry, ours included (empty while stopped). */
+  entries(): PeerEntry[] {
+    return this.topologyValue?.entries() ?? [];
+  }
+
+  /** channels lists the gossip channels with their counters (empty while stopped). */
+  channels(): GossipChannel[] {
+    return this.mux?.channels() ?? [];
+  }
+
+  /** unknownChannels counts gossip for channels nobody registered (undefined while stopped). */
+  get unknownChannels(): GossipMux['unknown'] | undefined {
+    return this.mux?.unknown;
+  }
+
+  /** start creates the topology with our entry, the gossip channels and the anti-entropy timer. */
+  start(local: PeerEntry): void {
+    if (this.topologyValue !== undefined) return;
+    const topology = new Topology(local);
+    this.topologyValue = topology;
+    const links = this.opts.links;
+    this.mux = new GossipMux({
+      local: this.name,
+      send: (neighbour, channel, payload) => links.send(neighbour, channel, payload),
+      neighbours: () => links.neighbours(),
+      routes: () => this.latestRoutes(),
+      random: this.opts.random ?? Math.random,
+      log: this.log,
+    });
+    this.topoChannel = this.mux.addChannel(
+      TOPOLOGY_CHANNEL,
+      new TopologyGossiper(topology, (result, src) => this.onMerge(result, src)),
+    );
+    for (const g of this.gossipers) g.channel = this.mux.addChannel(g.name, g.gossiper);
+    this.gossipTimer = this.clock.setInterval(() => this.mux?.tick(), this.opts.gossipIntervalMs ?? GOSSIP_INTERVAL_MS);
+    this.gossipTimer.unref();
+  }
+
+  /** stop drops the topology, channels, routes, discovered targets and timers. */
+  stop(): void {
+    this.clock.clearInterval(this.gossipTimer);
+    this.gossipTimer = undefined;
+    this.clock.clearTimeout(this.gcTimer);
+    this.gcTimer = undefined;
+    this.clock.clearTimeout(this.routesTimer);
+    this.routesTimer = undefined;
+    this.clock.clearTimeout(this.announceTimer);
+    this.announceTimer = undefined;
+    this.announceTo.clear();
+    this.topologyValue = undefined;
+    this.mux = undefined;
+    this.topoChannel = undefined;
+    for (const g of this.gossipers) g.channel = undefined;
+    this.routesValue = emptyRoutes(this.name);
+    this.latest = this.routesValue;
+    this.routesDirty = false;
+    this.discovered.clear();
+  }
+
+  /**
+   * addGossiper gives a subsystem its own gossip channel over the mesh; returns the channel's
+   * sending side, usable at once (sends while stopped are dropped). Names are unique.
+   */
+  addGossiper(name: string, gossiper: Gossiper): Gossip {
+    if (name === TOPOLOGY_CHANNEL || this.gossipers.some((g) => g.name === name)) {
+      throw new InputError(`gossip channel "${name}" is already in use`);
+    }
+    const entry = { name, gossiper, channel: this.mux?.addChannel(name, gossiper) };
+    this.gossipers.push(entry);
+    return {
+      broadcast: (payload, include) => entry.channel?.broadcast(payload, include),
+      unicast: (dst, payload) => entry.channel?.unicast(dst, payload) ?? false,
+    };
+  }
+
+  /** neighbourUp tells the core a neighbour connected: it is sent our full state. */
+  neighbourUp(peer: PeerName): void {
+    this.mux?.onNewNeighbour(peer);
+  }
+
+  /** receive hands the core gossip that arrived from a neighbour. */
+  receive(from: PeerName, channel: string, payload: Uint8Array): void {
+    this.mux?.receive(from, channel, payload);
+  }
+
+  /** tick runs one round of anti-entropy now (the timer does this every gossip interval). */
+  tick(): void {
+    this.mux?.tick();
+  }
+
+  /**
+   * setLocal publishes our own connections and addresses: a new version of our entry, gossiped
+   * within announceDelayMs (changes meanwhile go in the same delta) to our neighbours among others
+   * (they always hear of a change to their own link from us). Routes are recomputed at once.
+   */
+  setLocal(patch: { connections: ConnectionSummary[]; cidrs: string[] }): void {
+    const topology = this.topologyValue;
+    if (topology === undefined) return;
+    topology.setLocal(patch);
+    this.routesDirty = true;
+    for (const p of this.opts.links.neighbours()) this.announceTo.add(p);
+    const delay = this.opts.announceDelayMs ?? TOPOLOGY_ANNOUNCE_DELAY_MS;
+    if (delay <= 0) this.announce();
+    else if (this.announceTimer === undefined) {
+      this.announceTimer = this.clock.setTimeout(() => this.announce(), delay);
+      this.announceTimer.unref();
+    }
+    this.recompute();
+  }
+
+  /** announce gossips our own entry as it is now. */
+  private announce(): void {
+    this.clock.clearTimeout(this.announceTimer);
+    this.announceTimer = undefined;
+    const topology = this.topologyValue;
+    if (topology === undefined) return;
+    const links = this.opts.links;
+    const include = [...this.announceTo].filter((p) => links.has(p));
+    this.announceTo.clear();
+    this.topoChannel?.broadcast(topology.encode([this.name]), include);
+  }
+
+  private onMerge(result: MergeResult, src: PeerName): void {
+    this.opts.onMerge?.(result, src);
+    const now = this.clock.now();
+    for (const r of result.rejected) {
+      if (r.reason === REJECT_COLLISION) this.collisionsValue++;
+      // The same refusal comes back with every full state a peer sends: log it once a minute.
+      const key = `${r.entry.name} ${r.reason}`;
+      if ((this.refusalsLogged.get(key) ?? Number.NEGATIVE_INFINITY) + REFUSAL_LOG_INTERVAL_MS > now) continue;
+      this.refusalsLogged.set(key, now);
+      const fields = { peer: r.entry.name, nickname: r.entry.nickname, reason: r.reason };
+      if (r.reason === REJECT_COLLISION) {
+        this.log.error('another router uses our peer name', { ...fields, code: 'EWEFT_PEER_NAME_COLLISION' });
+      } else {
+        this.log.warn('topology entry refused', fields);
+      }
+    }
+    if (result.changed.length > 0) {
+      this.routesDirty = true;
+      this.scheduleRecompute();
+    }
+  }
+
+  /** scheduleRecompute recomputes routesDelayMs from now, once however many changes come meanwhile. */
+  private scheduleRecompute(): void {
+    const delay = this.opts.routesDelayMs ?? 0;
+    if (delay <= 0) this.recompute();
+    else if (this.routesTimer === undefined) {
+      this.routesTimer = this.clock.setTimeout(() => this.recompute(), delay);
+      this.routesTimer.unref();
+    }
+  }
+
+  /**
+   * recompute brings everything derived from the topology up to date: routes, discovery's
+   * targets, forgetting unreachable peers (scheduled), and the owner (onChange). Off the hot path.
+   */
+  recompute(): void {
+    this.clock.clearTimeout(this.routesTimer);
+    this.routesTimer = undefined;
+    const topology = this.topologyValue;
+    if (topology === undefined) return;
+    const entries = topology.entries();
+    // From the topology as it is now (an owner may have loaded entries into it directly); every
+    // path here has marked the routes dirty already, so this computes once.
+    this.routesDirty = true;
+    const routes = this.latestRoutes();
+    this.routesValue = routes;
+    this.rediscover(entries);
+    if (unreachable(entries, routes).length > 0 && this.gcTimer === undefined) {
+      this.gcTimer = this.clock.setTimeout(() => this.collect(), this.opts.gcDelayMs ?? PEER_GC_DELAY_MS);
+      this.gcTimer.unref();
+    }
+    this.opts.onChange?.();
+  }
+
+  /** collect forgets the peers still unreachable when the grace delay is over. */
+  private collect(): void {
+    this.gcTimer = undefined;
+    const t = this.topologyValue;
+    if (t === undefined) return;
+    const gone = t.remove(unreachable(t.entries(), this.latestRoutes()));
+    if (gone.length > 0) {
+      this.routesDirty = true;
+      this.log.info('forgot unreachable peers', { count: gone.length });
+      this.recompute();
+      this.opts.onPeersForgotten?.(gone);
+    }
+  }
+
+  /**
+   * rediscover targets the peers our peers are connected to and we are not (unless discovery is
+   * off). Up to `discoveryDegree` connections that makes a full mesh; past it, each router dials
+   * only enough discovered peers to reach the degree (chosen by a hash of both names, so choices
+   * spread evenly) and reaches the rest through relays: gossip then grows O(N), not O(N²).
+   */
+  private rediscover(entries: readonly PeerEntry[]): void {
+    const dialer = this.dialer;
+    if (this.opts.discovery === false || dialer === undefined) return;
+    const links = this.opts.links;
+    const room = Math.max(0, (this.opts.discoveryDegree ?? DISCOVERY_DEGREE) - links.neighbours().length);
+    const addrOf = new Map<PeerName, string>();
+    for (const e of room === 0 ? [] : entries) {
+      for (const c of e.connections) {
+        if (c.peer === this.name || links.has(c.peer)) continue;
+        addrOf.set(c.peer, `${c.addr}:${c.tcpPort}`);
+      }
+    }
+    const chosen =
+      room === 0
+        ? []
+        : [...addrOf.keys()].sort((a, b) => this.rankOf(a) - this.rankOf(b) || (a < b ? -1 : 1)).slice(0, room);
+    const want = new Set(chosen.map((p) => addrOf.get(p) as string));
+    const stale = [...this.discovered].filter((t) => !want.has(t) && !dialer.isPersistent(t));
+    if (stale.length > 0) dialer.removeTargets(stale);
+    const fresh = [...want].filter((t) => !this.discovered.has(t));
+    this.discovered = want;
+    if (fresh.length > 0) dialer.addTargets(fresh);
+  }
+
+  private rankOf(peer: PeerName): number {
+    let r = this.rank.get(peer);
+    if (r === undefined) {
+      r = pairHash(this.name, peer);
+      if (this.rank.size >= RANK_CACHE_MAX) this.rank.clear();
+      this.rank.set(peer, r);
+    }
+    return r;
+  }
+}
+
+/** RANK_CACHE_MAX bounds the pairHash cache (it is cleared when full; entries are cheap to redo). */
+const RANK_CACHE_MAX = 65_536;
+
+/** pairHash mixes two peer names into a 32-bit number (FNV-1a), the same on both peers' sides. */
+export function pairHash(a: string, b: string): number {
+  const s = a < b ? `${a}${b}` : `${b}${a}`;
+  let h = 0x811c9dc5;
+  for (let i = 0; i < s.length; i++) h = Math.imul(h ^ s.charCodeAt(i), 0x01000193);
+  return h >>> 0;
+}

@@ -1,0 +1,162 @@
+import { describe, expect, it } from 'vitest';
+import { VirtualClock } from '../../common/clock.js';
+import { noopLogger } from '../../common/log.js';
+import type { PeerName } from '../../common/types.js';
+import type { Connection } from '../connection.js';
+import { DATA_HEARTBEAT_INTERVAL_MS } from '../constants.js';
+import { Encap, type Hop, peerNameHi, peerNameLo } from '../datapath/fib.js';
+import type { ControlDatagram, Forwarder } from '../datapath/forwarder.js';
+import { SleeveType } from './frame.js';
+import { ipToU32, linkState, OverlaySwitch } from './switch.js';
+
+const PEER = '02:00:00:00:00:02' as PeerName;
+const TIMEOUT_MS = 1_500;
+
+function fakeConn(encap: 'sleeve' | 'vxlan'): Connection {
+  return {
+    outbound: true,
+    remote: {
+      name: PEER,
+      nickname: 'r2',
+      addr: '127.0.0.2',
+      tcpPort: 6783,
+      sleevePort: 7000,
+      vxlanPort: 7001,
+      encap,
+      mtu: 1400,
+    },
+  } as unknown as Connection;
+}
+
+function setup(encap: 'sleeve' | 'vxlan') {
+  const clock = new VirtualClock(0);
+  const sent: { hop: Hop; vxlan: boolean; size: number }[] = [];
+  const forwarder = {
+    sendHeartbeat: (hop: Hop, _stamp: number, size = 0) => {
+      sent.push({ hop, vxlan: false, size });
+      return true;
+    },
+    sendVxlanHeartbeat: (hop: Hop) => {
+      sent.push({ hop, vxlan: true, size: 0 });
+      return true;
+    },
+  } as unknown as Forwarder;
+  let changes = 0;
+  const pmtus: number[] = [];
+  const sw = new OverlaySwitch({
+    clock,
+    log: noopLogger,
+    encap,
+    peerTimeoutMs: TIMEOUT_MS,
+    forwarder: () => forwarder,
+    routeMtu: () => 1500,
+    kernelPathMtu: () => 0,
+    onPmtu: (_via, pmtu) => pmtus.push(pmtu),
+    onChange: () => changes++,
+  });
+  const dgram = (type: number, overlay: Encap, stamp = clock.now(), size = 0): ControlDatagram => ({
+    type,
+    srcHi: peerNameHi(PEER),
+    srcLo: peerNameLo(PEER),
+    addr: ipToU32('127.0.0.2'),
+    port: 7000,
+    stamp,
+    size,
+    overlay,
+  });
+  return { clock, sent, sw, dgram, changes: () => changes, pmtus };
+}
+
+describe('OverlaySwitch', () => {
+  it('makes a sleeve hop for a sleeve peer and heartbeats it on the clock', () => {
+    const { clock, sent, sw } = setup('vxlan');
+    const st = sw.add(fakeConn('sleeve'));
+    expect(st.vxlanHop).toBeUndefined();
+    expect(st.hop.encap).toBe(Encap.Sleeve);
+    expect(st.hop.addr).toBe(0x7f000002);
+    const first = sent.length;
+    expect(first).toBeGreaterThan(0);
+    sw.start();
+    clock.advance(DATA_HEARTBEAT_INTERVAL_MS * 4);
+    expect(sent.filter((s) => !s.vxlan && s.size === 0).length).toBe(5);
+    sw.stop();
+    const after = sent.length;
+    clock.advance(DATA_HEARTBEAT_INTERVAL_MS * 4);
+    expect(sent.length).toBe(after);
+    expect(sw.size).toBe(0);
+  });
+
+  it('establishes a link once heartbeats flow both ways, and fails it after the timeout', () => {
+    const { clock, sw, dgram, changes } = setup('sleeve');
+    const st = sw.add(fakeConn('sleeve'));
+    sw.start();
+    expect(linkState(st).state).toBe('pending');
+    clock.advance(10);
+    sw.onDataControl(dgram(SleeveType.Heartbeat, Encap.Sleeve));
+    sw.onDataControl(dgram(SleeveType.HeartbeatAck, Encap.Sleeve, clock.now() - 4));
+    expect(linkState(st)).toMatchObject({ state: 'established', rttMs: 4 });
+    expect(changes()).toBe(1);
+    expect(sw.summaries()).toEqual([
+      { peer: PEER, addr: '127.0.0.2', tcpPort: 6783, outbound: true, established: true },
+    ]);
+    clock.advance(TIMEOUT_MS + DATA_HEARTBEAT_INTERVAL_MS);
+    expect(linkState(st)).toMatchObject({ state: 'failed', reason: 'no heartbeats either way' });
+    expect(changes()).toBe(2);
+  });
+
+  it('uses VXLAN while its heartbeats flow and falls back to sleeve when they stop', () => {
+    const { clock, sent, sw, dgram } = setup('vxlan');
+    const st = sw.add(fakeConn('vxlan'));
+    expect(st.vxlanHop?.encap).toBe(Encap.Vxlan);
+    expect(sent.some((s) => s.vxlan)).toBe(true);
+    sw.start();
+    const both = () => {
+      for (const o of [Encap.Sleeve, Encap.Vxlan]) {
+        sw.onDataControl(dgram(SleeveType.Heartbeat, o));
+        sw.onDataControl(dgram(SleeveType.HeartbeatAck, o));
+      }
+    };
+    both();
+    expect(st.hop).toBe(st.vxlanHop);
+    // Only sleeve keeps working.
+    for (let t = 0; t < TIMEOUT_MS + 1_000; t += DATA_HEARTBEAT_INTERVAL_MS) {
+      clock.advance(DATA_HEARTBEAT_INTERVAL_MS);
+      sw.onDataControl(dgram(SleeveType.Heartbeat, Encap.Sleeve));
+      sw.onDataControl(dgram(SleeveType.HeartbeatAck, Encap.Sleeve));
+    }
+    expect(st.hop).toBe(st.sleeveHop);
+    expect(linkState(st)).toMatchObject({
+      state: 'established',
+      reason: 'vxlan no heartbeats either way: using sleeve',
+    });
+    both();
+    expect(st.hop).toBe(st.vxlanHop);
+  });
+
+  it('ignores datagrams from peers it does not know and forgets only the connection it holds', () => {
+    const { sw, dgram } = setup('sleeve');
+    sw.onDataControl({ ...dgram(SleeveType.Heartbeat, Encap.Sleeve), srcLo: 1 });
+    const conn = fakeConn('sleeve');
+    sw.add(conn);
+    expect(sw.remove(fakeConn('sleeve'))).toBe(false);
+    expect(sw.has(PEER)).toBe(true);
+    expect(sw.remove(conn)).toBe(true);
+    expect(sw.names()).toEqual([]);
+  });
+
+  it('applies an acknowledged path MTU probe to the direct hops and reports it', () => {
+    const { sw, dgram, pmtus } = setup('sleeve');
+    const st = sw.add(fakeConn('sleeve'));
+    const probe = st.pmtu.status().probing;
+    expect(probe).toBeGreaterThan(0);
+    sw.onDataControl(dgram(SleeveType.HeartbeatAck, Encap.Sleeve, 0, probe));
+    expect(st.sleeveHop.pmtu).toBe(st.pmtu.pmtu);
+    expect(pmtus.every((p) => p === st.pmtu.pmtu)).toBe(true);
+  });
+
+  it('parses IPv4 and IPv4-mapped addresses, and refuses others', () => {
+    expect(ipToU32('10.32.0.1')).toBe(0x0a200001);
+    expect(ipToU32('::ffff:127.0.0.1')).toBe(0x7f000001);
+    expect(() => ipToU32('fe80::1')).toThrow(/not an IPv4/);
+  });
+});

@@ -1,0 +1,265 @@
+/**
+ * OverlaySwitch keeps, for every directly connected peer, its direct hops (sleeve always; VXLAN
+ * too when both ends prefer it), the liveness of each overlay as proven by data-path heartbeats,
+ * and the peer's path MTU discovery, and picks the overlay each peer uses: VXLAN while its
+ * heartbeats flow both ways, else sleeve. Heartbeats (and PMTU probes riding them) go out every
+ * DATA_HEARTBEAT_INTERVAL_MS from the injected Clock; heartbeats and acks come back through
+ * `onDataControl`. `onChange` tells the owner a link's state or overlay changed.
+ */
+import type { Clock, Timer } from '../../common/clock.js';
+import { InputError } from '../../common/errors.js';
+import type { Logger } from '../../common/log.js';
+import type { PeerName } from '../../common/types.js';
+import type { Connection } from '../connection.js';
+import { DATA_HEARTBEAT_INTERVAL_MS, PEER_DOWN_TIMEOUT_MS } from '../constants.js';
+import { Encap, encapName, Hop, peerKey, peerNameHi, peerNameLo } from '../datapath/fib.js';
+import type { ControlDatagram, Forwarder } from '../datapath/forwarder.js';
+import { type DataState, PathLiveness } from '../datapath/liveness.js';
+import type { ConnectionSummary } from '../topology.js';
+import { SleeveType } from './frame.js';
+import { PathMtu } from './pmtu.js';
+
+/** PeerLink is what the switch knows about one connected peer. */
+export interface PeerLink {
+  readonly conn: Connection;
+  /** hop is the hop in use: vxlanHop while the VXLAN path works, else sleeveHop. */
+  hop: Hop;
+  readonly sleeveHop: Hop;
+  /** data is the sleeve path's liveness (heartbeats in sleeve framing). */
+  readonly data: PathLiveness;
+  /** vxlanHop/vxData exist when both ends prefer VXLAN: heartbeats inside VXLAN prove that path. */
+  readonly vxlanHop: Hop | undefined;
+  readonly vxData: PathLiveness | undefined;
+  /** vxlanPort is the peer's VXLAN port. */
+  readonly vxlanPort: number;
+  /** pmtu discovers the path MTU towards the peer; its result is every direct hop's `pmtu`. */
+  readonly pmtu: PathMtu;
+}
+
+/** LinkState is what a direct link offers: established if either overlay works (VXLAN preferred). */
+export interface LinkState {
+  state: DataState;
+  reason: string | undefined;
+  rttMs: number | undefined;
+  since: number;
+}
+
+/** linkState is the state of a peer's direct link (see LinkState). */
+export function linkState(st: PeerLink): LinkState {
+  const vx = st.vxData;
+  if (vx !== undefined && vx.state === 'established')
+    return { state: 'established', reason: undefined, rttMs: vx.rttMs, since: vx.since };
+  const d = st.data;
+  const reason =
+    vx !== undefined && vx.state === 'failed'
+      ? `vxlan ${vx.reason ?? 'failed'}${d.state === 'established' ? ': using sleeve' : ''}`
+      : d.reason;
+  return { state: d.state, reason, rttMs: d.rttMs, since: d.since };
+}
+
+/** OverlaySwitchOptions configure an OverlaySwitch. */
+export interface OverlaySwitchOptions {
+  readonly clock: Clock;
+  readonly log: Logger;
+  /** encap is what this router prefers; VXLAN is used towards a peer only when both prefer it. */
+  readonly encap: 'sleeve' | 'vxlan';
+  /** peerTimeoutMs: an overlay silent this long in either direction is failed (default PEER_DOWN_TIMEOUT_MS). */
+  readonly peerTimeoutMs?: number;
+  /** forwarder sends the heartbeats (undefined while the data plane is closed). */
+  readonly forwarder: () => Forwarder | undefined;
+  /** routeMtu is where path MTU discovery starts towards an underlay address. */
+  readonly routeMtu: (addr: number) => number;
+  /** kernelPathMtu is the kernel's path MTU towards an underlay address (0 when unknown). */
+  readonly kernelPathMtu: (addr: number) => number;
+  /** onPmtu fires when a peer's path MTU moved (relay hops through it follow). */
+  readonly onPmtu?: (via: Hop, pmtu: number) => void;
+  /** onChange fires when a link's state or overlay changed. */
+  readonly onChange: () => void;
+}
+
+/** OverlaySwitch: see the module comment. */
+export class OverlaySwitch {
+  private readonly opts: OverlaySwitchOptions;
+  private readonly clock: Clock;
+  private readonly log: Logger;
+  private readonly links = new Map<PeerName, PeerLink>();
+  private readonly byKey = new Map<number, PeerLink>();
+  private timer: Timer | undefined;
+
+  constructor(opts: OverlaySwitchOptions) {
+    this.opts = opts;
+    this.clock = opts.clock;
+    this.log = opts.log;
+  }
+
+  /** start begins the heartbeat timer; idempotent. */
+  start(): void {
+    if (this.timer !== undefined) return;
+    this.timer = this.clock.setInterval(() => this.heartbeat(), DATA_HEARTBEAT_INTERVAL_MS);
+    this.timer.unref();
+  }
+
+  /** stop ends the heartbeat timer and forgets every peer. */
+  stop(): void {
+    this.clock.clearInterval(this.timer);
+    this.timer = undefined;
+    this.links.clear();
+    this.byKey.clear();
+  }
+
+  get size(): number {
+    return this.links.size;
+  }
+
+  get(peer: PeerName): PeerLink | undefined {
+    return this.links.get(peer);
+  }
+
+  has(peer: PeerName): boolean {
+    return this.links.has(peer);
+  }
+
+  /** names lists the connected peers. */
+  names(): PeerName[] {
+    return [...this.links.keys()];
+  }
+
+  values(): IterableIterator<PeerLink> {
+    return this.links.values();
+  }
+
+  /** summaries describe our connections for our topology entry. */
+  summaries(): ConnectionSummary[] {
+    return [...this.links.values()].map((st) => ({
+      peer: st.conn.remote.name,
+      addr: st.conn.remote.addr,
+      tcpPort: st.conn.remote.tcpPort,
+      outbound: st.conn.outbound,
+      established: linkState(st).state === 'established',
+    }));
+  }
+
+  /** add makes the hops towards a newly connected peer and sends its first heartbeats. */
+  add(conn: Connection): PeerLink {
+    const r = conn.remote;
+    const vx = this.opts.encap === 'vxlan' && r.encap === 'vxlan';
+    const hi = peerNameHi(r.name);
+    const lo = peerNameLo(r.name);
+    const addr = ipToU32(r.addr);
+    const pmtu = new PathMtu(this.opts.routeMtu(addr));
+    const sleeveHop = new Hop(r.name, hi, lo, hi, lo, addr, r.sleevePort, Encap.Sleeve, r.sleevePort, pmtu.pmtu);
+    const vxlanHop = vx
+      ? new Hop(r.name, hi, lo, hi, lo, addr, r.vxlanPort, Encap.Vxlan, r.sleevePort, pmtu.pmtu)
+      : undefined;
+    const now = this.clock.now();
+    const st: PeerLink = {
+      conn,
+      hop: sleeveHop,
+      sleeveHop,
+      data: new PathLiveness(now),
+      vxlanHop,
+      vxData: vx ? new PathLiveness(now) : undefined,
+      vxlanPort: r.vxlanPort,
+      pmtu,
+    };
+    this.links.set(r.name, st);
+    this.byKey.set(peerKey(hi, lo), st);
+    this.sendHeartbeats(st, now);
+    return st;
+  }
+
+  /** remove forgets a peer whose connection `conn` closed; false when another connection replaced it. */
+  remove(conn: Connection): boolean {
+    const name = conn.remote.name;
+    const st = this.links.get(name);
+    if (st === undefined || st.conn !== conn) return false;
+    this.links.delete(name);
+    this.byKey.delete(peerKey(st.hop.nameHi, st.hop.nameLo));
+    return true;
+  }
+
+  /** heartbeat sends data-path heartbeats to every peer and re-evaluates their data paths. */
+  heartbeat(): void {
+    const now = this.clock.now();
+    let changed = false;
+    for (const st of this.links.values()) {
+      this.sendHeartbeats(st, now);
+      changed = this.evaluate(st, now) || changed;
+    }
+    if (changed) this.opts.onChange();
+  }
+
+  /** onDataControl records heartbeats and acks from the forwarder, per overlay. */
+  onDataControl(d: ControlDatagram): void {
+    const st = this.byKey.get(peerKey(d.srcHi, d.srcLo));
+    if (st === undefined) return;
+    const path = d.overlay === Encap.Vxlan ? st.vxData : st.data;
+    if (path === undefined) return;
+    const now = this.clock.now();
+    if (d.type === SleeveType.Heartbeat) {
+      path.heard(now);
+    } else {
+      path.acked(now, d.stamp);
+      if (d.overlay === Encap.Sleeve && d.size > 0) {
+        st.pmtu.acked(d.size, now);
+        this.applyPmtu(st);
+      }
+    }
+    if (this.evaluate(st, now)) this.opts.onChange();
+  }
+
+  private sendHeartbeats(st: PeerLink, now: number): void {
+    const fwd = this.opts.forwarder();
+    fwd?.sendHeartbeat(st.sleeveHop, now);
+    if (st.vxlanHop !== undefined) fwd?.sendVxlanHeartbeat(st.vxlanHop, st.vxlanPort, now);
+    // Path MTU discovery rides the heartbeat timer: a probe is a heartbeat padded to the size tried.
+    const probe = st.pmtu.tick(now, this.opts.kernelPathMtu(st.sleeveHop.addr));
+    if (probe > 0 && fwd?.sendHeartbeat(st.sleeveHop, now, probe) === false) st.pmtu.sendFailed(now);
+    this.applyPmtu(st);
+  }
+
+  /**
+   * applyPmtu gives the peer's direct hops, and (through onPmtu) the relay hops through it, the
+   * path MTU in use. A relayed datagram crosses more than this first hop; its relay forwards it
+   * unchanged and refuses (counts) one too large for the next link.
+   */
+  private applyPmtu(st: PeerLink): void {
+    const pmtu = st.pmtu.pmtu;
+    if (st.sleeveHop.pmtu === pmtu) return;
+    this.log.info('path mtu', { peer: st.sleeveHop.peer, pmtu, state: st.pmtu.state });
+    st.sleeveHop.pmtu = pmtu;
+    if (st.vxlanHop !== undefined) st.vxlanHop.pmtu = pmtu;
+    this.opts.onPmtu?.(st.sleeveHop, pmtu);
+  }
+
+  /**
+   * evaluate updates both data paths of a peer and picks the overlay: VXLAN while its heartbeats
+   * flow both ways, else sleeve. Returns true when anything changed.
+   */
+  private evaluate(st: PeerLink, now: number): boolean {
+    const timeout = this.opts.peerTimeoutMs ?? PEER_DOWN_TIMEOUT_MS;
+    const before = linkState(st).state;
+    let changed = st.data.evaluate(now, timeout);
+    if (st.vxData !== undefined) changed = st.vxData.evaluate(now, timeout) || changed;
+    const hop = st.vxlanHop !== undefined && st.vxData?.state === 'established' ? st.vxlanHop : st.sleeveHop;
+    const link = linkState(st);
+    const fields = { peer: st.sleeveHop.peer, overlay: encapName(hop.encap), reason: link.reason };
+    if (hop !== st.hop) {
+      this.log.info('overlay switched', { ...fields, from: encapName(st.hop.encap) });
+      st.hop = hop;
+      changed = true;
+    }
+    if (link.state !== before) {
+      if (link.state === 'failed') this.log.warn('data path failed', fields);
+      else if (link.state === 'established') this.log.info('data path established', { ...fields, from: before });
+    }
+    return changed;
+  }
+}
+
+/** ipToU32 parses a dotted IPv4 address (an IPv4-mapped IPv6 form too) to a host-order integer. */
+export function ipToU32(s: string): number {
+  const m = /^(?:::ffff:)?(\d+)\.(\d+)\.(\d+)\.(\d+)$/.exec(s);
+  if (m === null) throw new InputError(`not an IPv4 address: "${s}"`);
+  return ((Number(m[1]) << 24) | (Number(m[2]) << 16) | (Number(m[3]) << 8) | Number(m[4])) >>> 0;
+}
