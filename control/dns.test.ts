@@ -90,7 +90,7 @@ describe('HTTP API: DNS records', () => {
 /** FakeRouter is a DnsRouter without a mesh: it records what the service gossips and opens. */
 class FakeRouter implements DnsRouter {
   readonly name = '02:00:00:00:00:0a' as PeerName;
-  onPeersForgotten: ((peers: PeerName[]) => void) | undefined;
+  onPeersForgotten: ((peers: PeerName[], forGood: boolean) => void) | undefined;
   exposed: Cidr[] = [];
   channel = '';
   gossiper: Gossiper | undefined;
@@ -152,8 +152,23 @@ describe('DnsService on a DnsRouter', () => {
     const delta = remote.add('c1', 'web.weft.local', parseCidr('127.77.0.7/32').addr);
     router.gossiper?.onGossip(peer, delta as Uint8Array);
     expect(dns.lookup('web')).toEqual(['127.77.0.7']);
-    router.onPeersForgotten?.([peer]);
+    router.onPeersForgotten?.([peer], true);
     expect(dns.lookup('web')).toEqual([]);
+    // Gone for good (rmpeer'd): the same incarnation is refused from then on.
+    router.gossiper?.onGossip(peer, remote.fullState());
+    expect(dns.lookup('web')).toEqual([]);
+  });
+
+  it("takes a peer's records again when it comes back after a partition (forgotten as unreachable)", () => {
+    const peer = '02:00:00:00:00:0d' as PeerName;
+    const remote = new DnsRecords({ self: peer, incarnation: 1 });
+    router.gossiper?.onGossip(peer, remote.add('c1', 'api.weft.local', parseCidr('127.77.0.8/32').addr) as Uint8Array);
+    expect(dns.lookup('api')).toEqual(['127.77.0.8']);
+    router.onPeersForgotten?.([peer], false);
+    expect(dns.lookup('api')).toEqual([]);
+    // The partition heals: the peer, never restarted, sends its full state in the same incarnation.
+    router.gossiper?.onGossip(peer, remote.fullState());
+    expect(dns.lookup('api')).toEqual(['127.77.0.8']);
   });
 
   it('listens on the exposed address in its range, and stops when there is none', async () => {

@@ -40,9 +40,9 @@ export interface DnsRouter {
   addGossiper(channel: string, gossiper: Gossiper): Gossip;
   /**
    * onPeersForgotten is called with the peers dropped from the topology, whose records go with
-   * them. One listener: DnsService sets it and nothing else may.
+   * them; `forGood` when rmpeer'd rather than unreachable. One listener: DnsService sets it and nothing else may.
    */
-  onPeersForgotten: ((peers: PeerName[]) => void) | undefined;
+  onPeersForgotten: ((peers: PeerName[], forGood: boolean) => void) | undefined;
   /** exposedCidrs lists the host's overlay addresses; the server listens on the one in the range. */
   exposedCidrs(): readonly Cidr[];
 }
@@ -82,15 +82,18 @@ export class DnsService {
   private upstreams: string[] = [];
   private readonly gossip;
   private gcTimer: NodeJS.Timeout | undefined;
-  private readonly domain: string;
+  /** domain is the DNS domain, lower-case, without the final dot (the search domain containers get). */
+  readonly domain: string;
 
   constructor(private readonly opts: DnsServiceOptions) {
     this.domain = opts.domain.replace(/\.$/, '').toLowerCase();
     this.records = new DnsRecords({ self: opts.router.name, incarnation: opts.incarnation });
     this.gossip = opts.router.addGossiper(DNS_CHANNEL, new DnsGossiper(this.records));
-    opts.router.onPeersForgotten = (peers) => {
+    opts.router.onPeersForgotten = (peers, forGood) => {
       for (const p of peers) {
-        const n = this.records.dropOrigin(p);
+        // Only a peer gone for good is refused from then on: an unreachable one (a partition) may
+        // come back with the same incarnation, and its records must be taken again when it does.
+        const n = this.records.dropOrigin(p, undefined, forGood);
         if (n > 0) opts.log.info('dns: dropped the records of a peer gone', { peer: p, records: n });
       }
     };
@@ -170,7 +173,8 @@ export class DnsService {
     if (a.name !== undefined) {
       for (const c of a.cidrs) this.broadcast(this.records.add(a.target, `${a.name}.${this.domain}`, cidrAddr(c)));
     }
-    if (this.address !== undefined && isNetnsName(a.target)) {
+    // A container attached by path (CNI) gets its resolver from the runtime (the CNI result's dns).
+    if (this.address !== undefined && a.netns === undefined && isNetnsName(a.target)) {
       const dir = path.join(this.opts.netnsDir ?? '/etc/netns', a.target);
       await mkdir(dir, { recursive: true });
       await writeFile(
@@ -183,7 +187,7 @@ export class DnsService {
   /** detached removes a container's names at once (gossiped) and the resolv.conf Weft wrote. */
   async detached(a: AttachedContainer): Promise<void> {
     this.broadcast(this.records.remove(a.target));
-    if (!isNetnsName(a.target)) return;
+    if (a.netns !== undefined || !isNetnsName(a.target)) return;
     const dir = path.join(this.opts.netnsDir ?? '/etc/netns', a.target);
     const file = path.join(dir, 'resolv.conf');
     const text = await readFile(file, 'utf8').catch(() => '');

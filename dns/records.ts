@@ -622,19 +622,20 @@ export class DnsRecords {
   }
 
   /**
-   * dropOrigin forgets every record of `peer`, gone for good (forgotten from the topology, or
-   * rmpeer'd), and from then on refuses its records in the incarnation we knew (or `incarnation`,
-   * if higher) and older ones; a newer incarnation is accepted. Returns the number of records
-   * dropped. Throws InputError for ourselves.
+   * dropOrigin forgets every record of `peer`. With `refuse` (the default: gone for good, rmpeer'd)
+   * it from then on refuses its records in the incarnation we knew (or `incarnation`, if higher)
+   * and older ones; a newer incarnation is accepted. Without (forgotten as unreachable: it may come
+   * back, unrestarted, when a partition heals) its records are taken again when gossiped. Returns
+   * the number of records dropped. Throws InputError for ourselves.
    */
-  dropOrigin(peer: PeerName, incarnation?: number): number {
+  dropOrigin(peer: PeerName, incarnation?: number, refuse = true): number {
     if (peer === this.self) throw new InputError('dns: cannot drop our own records with dropOrigin');
     const os = this.byOrigin.get(peer);
     const n = os?.size ?? 0;
     if (os !== undefined) this.clearOrigin(os);
     this.byOrigin.delete(peer);
     const inc = Math.max(os?.incarnation ?? -1, incarnation ?? -1);
-    if (inc >= 0 && (this.byOrigin.size < this.maxOrigins || this.evictDropped())) {
+    if ((refuse || os?.dropped === true) && inc >= 0 && (this.byOrigin.size < this.maxOrigins || this.evictDropped())) {
       // Re-inserted last: eviction takes the oldest drop first.
       this.byOrigin.set(peer, { ...newOrigin(inc), dropped: true });
     }

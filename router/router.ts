@@ -64,8 +64,12 @@ export class Router implements Startable {
   readonly ipam: IpamService;
   /** onTargetsChanged is called after connect/forget so the owner can persist targets. */
   onTargetsChanged: ((targets: string[]) => void) | undefined;
-  /** onPeersForgotten is called with peers dropped from the topology (unreachable past the grace delay, or rmpeer'd). */
-  onPeersForgotten: ((peers: PeerName[]) => void) | undefined;
+  /**
+   * onPeersForgotten is called with peers dropped from the topology: `forGood` false when they were
+   * unreachable past the grace delay (they may come back with the same incarnation, e.g. when a
+   * partition heals), true when rmpeer'd.
+   */
+  onPeersForgotten: ((peers: PeerName[], forGood: boolean) => void) | undefined;
   private readonly opts: RouterOptions;
   private readonly log: Logger;
   private readonly clock: Clock;
@@ -124,7 +128,7 @@ export class Router implements Startable {
         this.ipam.onTopologyChange();
         this.rebuild();
       },
-      onPeersForgotten: (gone) => this.onPeersForgotten?.(gone),
+      onPeersForgotten: (gone) => this.onPeersForgotten?.(gone, false),
     });
     const ipamOpts = opts.ipam ?? { init: { mode: 'auto', alone: true } };
     let ipamGossip: Gossip | undefined;
@@ -163,7 +167,7 @@ export class Router implements Startable {
       entries: () => this.mesh.entries(),
       routes: () => this.mesh.routes,
       connected: (p) => this.links.has(p),
-      forgotten: (peers) => this.onPeersForgotten?.(peers),
+      forgotten: (peers) => this.onPeersForgotten?.(peers, true),
     });
   }
 
