@@ -1,5 +1,13 @@
 import { describe, expect, it } from 'vitest';
-import { cpuPercent, fragmentsOf, parseSnmpIp, parseStatTicks } from './proc-counters.js';
+import {
+  cpuPercent,
+  fragmentsOf,
+  parseSnmpIp,
+  parseStatTicks,
+  parseVmRssBytes,
+  readFdCount,
+  readRssBytes,
+} from './proc-counters.js';
 
 const SNMP = [
   'Ip: Forwarding DefaultTTL InReceives InHdrErrors InAddrErrors ForwDatagrams InUnknownProtos InDiscards InDelivers OutRequests OutDiscards OutNoRoutes ReasmTimeout ReasmReqds ReasmOKs ReasmFails FragOKs FragFails FragCreates OutTransmits',
@@ -41,5 +49,23 @@ describe('cpuPercent', () => {
     expect(cpuPercent(250, 5_000, 100)).toBeCloseTo(50);
     expect(cpuPercent(1000, 5_000, 100)).toBeCloseTo(200);
     expect(cpuPercent(10, 0, 100)).toBeNaN();
+  });
+});
+
+describe('parseVmRssBytes', () => {
+  it('reads the VmRSS line in bytes', () => {
+    const status = 'Name:\tnode\nVmHWM:\t   90000 kB\nVmRSS:\t   81234 kB\nVmData:\t  1000 kB\n';
+    expect(parseVmRssBytes(status)).toBe(81_234 * 1024);
+  });
+
+  it('rejects a status without VmRSS (a kernel thread)', () => {
+    expect(() => parseVmRssBytes('Name:\tkthreadd\nState:\tS\n')).toThrow(/no VmRSS/);
+  });
+});
+
+describe('readRssBytes and readFdCount', () => {
+  it('read this process', async () => {
+    expect(await readRssBytes(process.pid)).toBeGreaterThan(1024 * 1024);
+    expect(await readFdCount(process.pid)).toBeGreaterThanOrEqual(3);
   });
 });

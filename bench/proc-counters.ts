@@ -1,9 +1,10 @@
 /**
  * proc-counters reads the kernel counters the tunnel bench reports beside its timings: IP
- * fragmentation from `/proc/net/snmp` (per network namespace) and a process's CPU time from
- * `/proc/<pid>/stat`. The parsers are pure; the readers take a namespace or pid.
+ * fragmentation from `/proc/net/snmp` (per network namespace), a process's CPU time from
+ * `/proc/<pid>/stat`, and (for the soak) its resident memory from `/proc/<pid>/status` and its
+ * open file descriptors from `/proc/<pid>/fd`. The parsers are pure; the readers take a namespace or pid.
  */
-import { readFile } from 'node:fs/promises';
+import { readdir, readFile } from 'node:fs/promises';
 import type { Netns } from '../e2e/netns.js';
 
 /** IpFragments are the IPv4 fragmentation counters of one namespace (or a sum of several). */
@@ -82,4 +83,25 @@ export async function readCpuTicks(pids: readonly number[]): Promise<number> {
     }
   }
   return sum;
+}
+
+/**
+ * parseVmRssBytes returns the resident set size in bytes from the text of `/proc/<pid>/status`
+ * (its `VmRSS:` line, which the kernel gives in kB). Throws when there is no such line (a kernel
+ * thread, or not a status file).
+ */
+export function parseVmRssBytes(text: string): number {
+  const m = /^VmRSS:\s+(\d+) kB$/m.exec(text);
+  if (!m) throw new Error(`no VmRSS line in: ${text.slice(0, 100)}`);
+  return Number(m[1]) * 1024;
+}
+
+/** readRssBytes reads {@link parseVmRssBytes} of `pid`; rejects when the process is gone. */
+export async function readRssBytes(pid: number): Promise<number> {
+  return parseVmRssBytes(await readFile(`/proc/${pid}/status`, 'utf8'));
+}
+
+/** readFdCount counts the open file descriptors of `pid` (entries of `/proc/<pid>/fd`); rejects when it is gone. */
+export async function readFdCount(pid: number): Promise<number> {
+  return (await readdir(`/proc/${pid}/fd`)).length;
 }

@@ -10,6 +10,7 @@ import {
   stopProcess,
   sweepStale,
   Topology,
+  waitUntil,
 } from './netns.js';
 
 const reason = requireRoot();
@@ -209,6 +210,34 @@ describe.skipIf(reason)('Topology (network namespaces, root)', () => {
       await topo.setUnderlayOffloads(true);
       expect(await tso()).toBe('on');
       await expect(topo.setFrameLoss(1001)).rejects.toThrow(/per mille/);
+    } finally {
+      await topo.destroy();
+    }
+  });
+
+  it('partitions the switch between two groups of hosts only, and heals', async () => {
+    const topo = await Topology.create({ hosts: 3 });
+    try {
+      const [a, b, c] = [topo.hosts[0]!, topo.hosts[1]!, topo.hosts[2]!];
+      await topo.partition([a], [b]);
+      await topo.partition([a], [b]); // replaces the cut
+      expect((await a.ping(b.underlayIp, { count: 2, intervalS: 0.05, timeoutMs: 1_000 })).received).toBe(0);
+      expect((await b.ping(a.underlayIp, { count: 2, intervalS: 0.05, timeoutMs: 1_000 })).received).toBe(0);
+      expect(await topo.partitionedFrames()).toBeGreaterThan(0);
+      // A host in neither group still reaches both sides.
+      expect((await c.ping(a.underlayIp, { count: 2, intervalS: 0.05 })).received).toBe(2);
+      expect((await c.ping(b.underlayIp, { count: 2, intervalS: 0.05 })).received).toBe(2);
+      for (const h of [a, b, c])
+        expect((await h.exec('nft', ['list', 'tables'])).stdout).not.toContain('weft_partition');
+      await topo.heal();
+      await topo.heal(); // idempotent
+      expect(await topo.partitionedFrames()).toBe(0);
+      await waitUntil(async () => (await a.ping(b.underlayIp, { count: 1, timeoutMs: 1_000 })).received === 1, {
+        timeoutMs: 5_000,
+        what: 'a to reach b after the heal',
+      });
+      await expect(topo.partition([a], [a, b])).rejects.toThrow(/both sides/);
+      await expect(topo.partition([], [b])).rejects.toThrow(/empty/);
     } finally {
       await topo.destroy();
     }

@@ -16,7 +16,8 @@
  *
  * With {@link TopologyOptions.midPathMtu} the second host sits instead behind two router namespaces
  * (`<p>rt1`, `<p>rt2`) whose middle link has a smaller MTU. {@link Topology.setFrameLoss} makes the
- * switch drop a share of frames (nftables in the switch namespace) and
+ * switch drop a share of frames (nftables in the switch namespace), {@link Topology.partition} cuts
+ * the switch between two groups of hosts until {@link Topology.heal}, and
  * {@link Topology.setUnderlayOffloads} turns segmentation offloads of the underlay veths off or on.
  *
  * `<p>` is the topology prefix `w<pid><letters>` (for example `w12345a`): every namespace and every
@@ -828,6 +829,8 @@ export interface TopologyOptions {
 
 /** LOSS_TABLE is the nftables table (family bridge, switch namespace only) of {@link Topology.setFrameLoss}. */
 const LOSS_TABLE = 'weft_loss';
+/** PARTITION_TABLE is the nftables table (family bridge, switch namespace only) of {@link Topology.partition}. */
+const PARTITION_TABLE = 'weft_partition';
 
 /**
  * OFFLOAD_FEATURES pairs each `ethtool -K` name that {@link Topology.setUnderlayOffloads} turns off
@@ -1099,6 +1102,57 @@ export class Topology {
   async droppedFrames(): Promise<number> {
     const r = await this.switchNetns.exec('nft', ['list', 'table', 'bridge', LOSS_TABLE], { allowFail: true });
     return r.code === 0 ? Number(/counter packets (\d+)/.exec(r.stdout)?.[1] ?? 0) : 0;
+  }
+
+  /**
+   * partition cuts the underlay between two groups of hosts, as a broken switch would: the switch
+   * drops every frame (ARP included) forwarded from a port of a host in `a` to a port of a host in
+   * `b`, and back (an nftables table of family `bridge` in the switch namespace, matching the
+   * bridge ports by name). Hosts within a group, and hosts in neither group, still reach everyone
+   * they reached before. A later call replaces the cut; {@link heal} removes it. Independent of
+   * {@link setFrameLoss}. Refused for a mid-path topology, whose hosts do not share the switch.
+   */
+  async partition(a: readonly Host[], b: readonly Host[]): Promise<void> {
+    if (this.midPathMtu !== undefined) throw new Error(`topology ${this.prefix} routes its hosts: no switch to cut`);
+    const ports = (group: readonly Host[], which: string): string => {
+      if (group.length === 0) throw new Error(`partition group ${which} is empty`);
+      for (const h of group) {
+        if (this.hosts[h.index - 1] !== h) throw new Error(`${h.name} is not a host of topology ${this.prefix}`);
+      }
+      // Host i is plugged into the bridge through the switch port <p>s<i> (see create()).
+      return `{ ${group.map((h) => `"${this.prefix}s${h.index}"`).join(', ')} }`;
+    };
+    const pa = ports(a, 'a');
+    const pb = ports(b, 'b');
+    const both = a.find((h) => b.includes(h));
+    if (both) throw new Error(`${both.name} is on both sides of the partition`);
+    await this.switchNetns.exec('nft', ['-f', '-'], {
+      input: [
+        `table bridge ${PARTITION_TABLE} {}`,
+        `delete table bridge ${PARTITION_TABLE}`,
+        `table bridge ${PARTITION_TABLE} {`,
+        '  chain forward {',
+        '    type filter hook forward priority -10; policy accept;',
+        `    iifname ${pa} oifname ${pb} counter drop`,
+        `    iifname ${pb} oifname ${pa} counter drop`,
+        '  }',
+        '}',
+        '',
+      ].join('\n'),
+    });
+  }
+
+  /** heal removes the cut of {@link partition}, if any; frame loss set by {@link setFrameLoss} stays. */
+  async heal(): Promise<void> {
+    const script = `table bridge ${PARTITION_TABLE} {}\ndelete table bridge ${PARTITION_TABLE}\n`;
+    await this.switchNetns.exec('nft', ['-f', '-'], { input: script });
+  }
+
+  /** partitionedFrames reads how many frames the {@link partition} cut has dropped (0 when healed). */
+  async partitionedFrames(): Promise<number> {
+    const r = await this.switchNetns.exec('nft', ['list', 'table', 'bridge', PARTITION_TABLE], { allowFail: true });
+    if (r.code !== 0) return 0;
+    return [...r.stdout.matchAll(/counter packets (\d+)/g)].reduce((n, m) => n + Number(m[1]), 0);
   }
 
   /**

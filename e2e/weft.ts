@@ -1,7 +1,10 @@
+import { execFile } from 'node:child_process';
 import { mkdirSync, rmSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
 import type { ExecResult, Netns, Topology } from './netns.js';
 import { waitUntil } from './netns.js';
 
@@ -102,4 +105,20 @@ export async function expose(ns: Netns): Promise<string> {
   const addr = (await weft(ns, ['expose'])).stdout.trim();
   if (!/^\d{1,3}(\.\d{1,3}){3}$/.test(addr)) throw new Error(`weft expose in ${ns.name} printed "${addr}"`);
   return addr;
+}
+
+/**
+ * routerPid returns the pid of the router running in `ns` (the `weft launch --foreground` process
+ * that `launch` leaves behind), found by `ip netns pids` and command lines; rejects when there is
+ * none or more than one.
+ */
+export async function routerPid(ns: Netns): Promise<number> {
+  const { stdout } = await promisify(execFile)('ip', ['netns', 'pids', ns.name]);
+  const found: number[] = [];
+  for (const pid of stdout.split(/\s+/).filter((p) => /^\d+$/.test(p))) {
+    const argv = (await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '')).split('\0');
+    if (argv.includes(CLI) && argv.includes('launch') && argv.includes('--foreground')) found.push(Number(pid));
+  }
+  if (found.length !== 1) throw new Error(`expected one router in ${ns.name}, found pids [${found.join(', ')}]`);
+  return found[0] as number;
 }
