@@ -9,7 +9,7 @@
  *      (bench/tunnel-suite.ts).
  *
  *   node dist/bench/run.js [--packets 1000000] [--seconds 5] [--mtu 1500,9000] [--loss 0,2,10]
- *       [--lossy-mtu 1500] [--mid-path 1400|off] [--no-write]
+ *       [--lossy-mtu 1500] [--mid-path 1400|off] [--no-soak] [--no-write]
  */
 import { writeFileSync } from 'node:fs';
 import { cpus, loadavg, release } from 'node:os';
@@ -17,12 +17,15 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { requireRoot } from '../e2e/netns.js';
+import { aeadBenchTable, runAeadBench } from './aead.js';
 import { renderAttachTable, runAttach } from './attach.js';
 import { renderConvergenceTable, runConvergence } from './convergence.js';
 import { renderDnsTable, runDnsBench } from './dns.js';
 import { type HotpathResult, runHotpath } from './hotpath.js';
+import { renderIdleTable, runIdle } from './idle.js';
 import { renderIpamTable, runIpamBench } from './ipam.js';
 import { runRelay } from './relay.js';
+import { renderSoakTable, runSoak } from './soak.js';
 import { runStatusStall } from './status-stall.js';
 import { runTunnelSuite } from './tunnel-suite.js';
 
@@ -37,6 +40,7 @@ const { values } = parseArgs({
     'mid-path': { type: 'string', default: '1400' },
     'no-write': { type: 'boolean', default: false },
     'hotpath-only': { type: 'boolean', default: false },
+    'no-soak': { type: 'boolean', default: false },
   },
 });
 const packets = Number(values.packets);
@@ -97,16 +101,27 @@ sections.push(
   '',
 );
 
-console.error('mesh convergence (simulated routers)');
+console.error('aead');
 sections.push(
-  '## Mesh convergence, simulated routers (bench/convergence.ts)',
+  '## AEAD for encryption (bench/aead.ts)',
   '',
-  'Routers in one process on a simulated network (1 ms ± jitter per hop, 0.2 ms per message), each joining',
-  'knowing one random router and dialling discovered peers up to a degree of 8 (the router itself caps discovery',
-  'at 16 connections, a full mesh up to 17 hosts). Times are virtual: from the event to every live router',
-  'holding the same topology with routes to every other.',
+  "The addon's batched AEAD on Node's own OpenSSL (EVP) against node:crypto per packet, one core, batches of 64;",
+  'data-crypto is the sleeve wrapper (counter, key phase, replay window). Gbit/s counts payload. Best of 5 slices.',
   '',
-  renderConvergenceTable(await runConvergence({})),
+  aeadBenchTable(await runAeadBench({ seconds: 3 })),
+  '',
+);
+
+console.error('mesh convergence (the real mesh core, simulated links)');
+sections.push(
+  '## Mesh convergence: the real mesh core on simulated links (bench/convergence.ts)',
+  '',
+  "N instances of the router's own MeshCore (topology, gossip, discovery by pairHash with degree 16, routes) on one",
+  'virtual clock, over modelled links (1 ms ± jitter per hop, 0.2 ms per message, FIFO per direction) and the',
+  "connection maker's real backoff. Each router joins knowing one other. Times are virtual: from the event to every",
+  'live router holding the same topology with routes to every other. Wall = real time the size took to simulate.',
+  '',
+  renderConvergenceTable(await runConvergence({ sizes: [10, 50, 100, 200], trials: 1 })),
   '',
 );
 
@@ -193,6 +208,27 @@ if (!values['hotpath-only']) {
       renderDnsTable(await runDnsBench()),
       '',
     );
+    console.error('idle cost');
+    sections.push(
+      '## Idle cost of real routers (bench/idle.ts)',
+      '',
+      'N real routers (one per network namespace, `weft launch` as a chain with `--discovery-degree N-1`: a full mesh),',
+      'idle: after the mesh is complete and 10 s of settling, 60 s measured. Per router: CPU (utime+stime from /proc) as %',
+      'of one core, VmRSS, RssAnon (private), V8 heap and external memory from /metrics, and what its host sends on the',
+      'underlay. Target: ≤ 0.2 % of a core and ≤ 60 MB RSS at 20 peers.',
+      '',
+      renderIdleTable(await runIdle({ hosts: [5, 10, 20], seconds: 60 })),
+      '',
+    );
+    if (!values['no-soak']) {
+      console.error('memory soak (10 min)');
+      sections.push(
+        '## Memory soak (bench/soak.ts)',
+        '',
+        renderSoakTable(await runSoak({ minutes: 10, cycles: 1000 })),
+        '',
+      );
+    }
   }
 }
 
