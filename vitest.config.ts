@@ -8,7 +8,7 @@ export default defineConfig({
       {
         test: {
           name: 'unit',
-          include: ['{common,router,dns,control,bench,fuzz}/**/*.test.ts'],
+          include: ['{common,router,dns,control,cni,k8s,bench,fuzz}/**/*.test.ts'],
           environment: 'node',
           testTimeout: 20_000,
         },

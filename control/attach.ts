@@ -30,6 +30,13 @@ export interface AttachedContainer {
   /** mac is the MAC address of the container's interface. */
   mac?: string;
   /**
+   * netns is the path of the container's network namespace when it was attached by path (the CNI
+   * plugin's CNI_NETNS, see {@link AttachAt}); `target` is then only the owner key of the record.
+   */
+  netns?: string;
+  /** containerIfname is the interface's name inside the container when it is not `ethwe` (CNI_IFNAME). */
+  containerIfname?: string;
+  /**
    * state is the attach journal (absent means attached): `pending` is written (with fsync) before
    * any kernel object is made and `attached` only once everything is in place, before the caller
    * is answered. See {@link Attacher.restore} for what a restart does with each.
@@ -108,11 +115,74 @@ interface Target {
 }
 
 /**
- * resolveTarget turns a user's TARGET into a namespace reference: a named network namespace
- * (`ip netns`), a process id, or a running Docker container (by name or id, through `docker
- * inspect`, when a Docker engine answers).
+ * AttachAt places an attach by network namespace path instead of by TARGET (the CNI plugin, #16):
+ * the namespace is entered by path, the interface inside gets the name given, and the record's
+ * target is only the key that owns the address (e.g. `CONTAINERID:IFNAME`).
  */
-export async function resolveTarget(target: string): Promise<Target> {
+export interface AttachAt {
+  /** netns is the namespace's path, e.g. /run/netns/cni-1234 or /proc/PID/ns/net. */
+  netns: string;
+  /** ifname is the interface's name inside the namespace (Linux rules: 1-15 bytes, no `/`, `:` or space). */
+  ifname: string;
+  /**
+   * defaultRoute adds a default route inside via the host's overlay address (the host is exposed
+   * first when it has none, as Weave exposed its bridge for pods), see {@link Attacher.gateway}.
+   */
+  defaultRoute?: boolean;
+}
+
+/** IFNAME is what Linux takes as an interface name (and CNI as CNI_IFNAME). */
+const IFNAME = /^(?!\.{1,2}$)[^\s/:]{1,15}$/;
+/** OWNER_KEY is what a record attached by path may be keyed by (a CNI container id, `:` and the ifname). */
+const OWNER_KEY = /^[A-Za-z0-9][A-Za-z0-9_.:-]{0,255}$/;
+
+/** pathTarget enters a network namespace by its path (nsenter), for {@link AttachAt}. */
+function pathTarget(netns: string): Target {
+  return { ref: netns, ipArgs: (args) => ['nsenter', [`--net=${netns}`, 'ip', ...args]] };
+}
+
+/** checkAttachAt validates an attach by path: the owner key, the namespace's path and the interface name. */
+function checkAttachAt(target: string, at: AttachAt): void {
+  if (!OWNER_KEY.test(target)) throw new InputError(`invalid owner key "${target}" for an attach by namespace path`);
+  if (!IFNAME.test(at.ifname)) throw new InputError(`invalid interface name "${at.ifname}"`);
+  if (!at.netns.startsWith('/') || at.netns.length > 4096 || /[\0\n]/.test(at.netns)) {
+    throw new InputError(`invalid network namespace path "${at.netns}": want an absolute path`);
+  }
+  if (!existsSync(at.netns)) throw new WeftError('EWEFT_NOT_FOUND', `no network namespace at ${at.netns}`);
+}
+
+/** insideIfname is the name of a record's interface inside its container. */
+function insideIfname(a: AttachedContainer): string {
+  return a.containerIfname ?? CONTAINER_IFNAME;
+}
+
+/** FoundContainer is a container an engine knows by the name or id attach was given. */
+export interface FoundContainer {
+  /** key is the container's stable id: the attach record's target. */
+  key: string;
+  /** name is the engine's name for it (the default DNS name). */
+  name: string;
+  /** pid is its init process while it runs: its network namespace is /proc/PID/ns/net. */
+  pid: number | undefined;
+}
+
+/** ContainerEngine finds containers of a container engine (Docker: control/docker.ts) for attach. */
+export interface ContainerEngine {
+  /** find resolves a name or id; undefined when there is no engine or no such container. Never throws. */
+  find(target: string): Promise<FoundContainer | undefined>;
+}
+
+/** isLocalTarget: a pid or a named network namespace, which no engine is asked about. */
+function isLocalTarget(target: string): boolean {
+  return /^[1-9][0-9]{0,9}$/.test(target) || (target.length <= 64 && existsSync(`/run/netns/${target}`));
+}
+
+/**
+ * resolveTarget turns a user's TARGET into a namespace reference: a named network namespace
+ * (`ip netns`), a process id, or a running container of `engine` (a Docker container by name or
+ * id: its pid's namespace).
+ */
+export async function resolveTarget(target: string, engine?: ContainerEngine): Promise<Target> {
   if (/^[1-9][0-9]{0,9}$/.test(target)) return pidTarget(target);
   if (!/^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/.test(target)) {
     throw new InputError(`invalid target "${target}": want a network namespace name, a pid or a Docker container`);
@@ -120,8 +190,11 @@ export async function resolveTarget(target: string): Promise<Target> {
   if (target.length <= 64 && existsSync(`/run/netns/${target}`)) {
     return { ref: target, ipArgs: (args) => ['ip', ['-n', target, ...args]] };
   }
-  const pid = await dockerPid(target);
-  if (pid !== undefined) return pidTarget(pid);
+  const found = await engine?.find(target);
+  if (found !== undefined) {
+    if (found.pid === undefined) throw new WeftError('EWEFT_CONFLICT', `container ${target} is not running`);
+    return pidTarget(String(found.pid));
+  }
   throw new WeftError(
     'EWEFT_NOT_FOUND',
     `no network namespace "${target}" (see \`ip netns list\`), no such pid, and no running Docker container of that name`,
@@ -133,18 +206,8 @@ function pidTarget(pid: string): Target {
   return { ref: pid, ipArgs: (args) => ['nsenter', ['-t', pid, '-n', 'ip', ...args]] };
 }
 
-/** dockerPid asks a Docker engine for a running container's pid; undefined without docker, engine or container. */
-async function dockerPid(target: string): Promise<string | undefined> {
-  try {
-    const { stdout } = await run('docker', ['inspect', '--format', '{{.State.Running}} {{.State.Pid}}', target], {
-      timeout: 5_000,
-    });
-    const m = /^true ([1-9][0-9]*)\s*$/.exec(stdout);
-    return m?.[1];
-  } catch {
-    return undefined;
-  }
-}
+/** DNS_LABEL is what a container's DNS name must be: letters, digits and inner hyphens, at most 63. */
+const DNS_LABEL = /^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$/;
 
 /** isContainerIfname says whether a host interface name is one of ours (see {@link hostIfname}). */
 export function isContainerIfname(name: string): boolean {
@@ -187,7 +250,13 @@ export function containerMac(target: string): string {
  * kernel's gso_features_check), so the router would read the container's traffic one MTU at a
  * time. Packets the router writes to the TUN are within that limit and reach the container whole.
  */
-export function vethAddArgs(ifname: string, mtu: number, mac: string, ref: string): string[] {
+export function vethAddArgs(
+  ifname: string,
+  mtu: number,
+  mac: string,
+  ref: string,
+  inside = CONTAINER_IFNAME,
+): string[] {
   const m = String(mtu);
   const gso = String(GSO_MAX_BYTES);
   return [
@@ -202,7 +271,7 @@ export function vethAddArgs(ifname: string, mtu: number, mac: string, ref: strin
     'veth',
     'peer',
     'name',
-    CONTAINER_IFNAME,
+    inside,
     'address',
     mac,
     'mtu',
@@ -264,6 +333,8 @@ export class Attacher {
   private markRestored: () => void = () => {};
   /** hooks tell the DNS about containers coming and going (names, resolver configuration). */
   hooks: { attached(a: AttachedContainer): Promise<void>; detached(a: AttachedContainer): Promise<void> } | undefined;
+  /** containers finds engine containers (Docker) by name or id; their records are keyed by the engine's id. */
+  containers: ContainerEngine | undefined;
 
   constructor(
     private readonly router: Router,
@@ -342,12 +413,22 @@ export class Attacher {
    * are given); with a `name` it does not have yet, the name is added (saved, then registered in
    * the DNS). Waits until {@link restore} has run.
    */
-  async attach(target: string, cidrs: readonly Cidr[], name?: string): Promise<AttachedContainer> {
-    if (name !== undefined && !/^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$/.test(name)) {
+  async attach(target: string, cidrs: readonly Cidr[], name?: string, at?: AttachAt): Promise<AttachedContainer> {
+    if (name !== undefined && !DNS_LABEL.test(name)) {
       throw new InputError(`invalid --name "${name}": a DNS label (letters, digits, -)`);
     }
     for (const c of cidrs) this.checkAddress(c);
+    if (at !== undefined) checkAttachAt(target, at);
     await this.restored;
+    // A record of this key in another namespace is stale (its DEL was lost): unplug it first.
+    const stale = at === undefined ? undefined : this.attached.get(target);
+    if (stale !== undefined && stale.netns !== at?.netns) await this.detach(target);
+    const found = at === undefined ? await this.findContainer(target) : undefined;
+    if (found !== undefined) {
+      target = found.key;
+      // A container comes with a name: by default it is its DNS name too (when it is a DNS label).
+      if (name === undefined && !this.attached.has(target) && DNS_LABEL.test(found.name)) name = found.name;
+    }
     const wanted = cidrs.map(formatCidr).sort();
     const existing = this.attached.get(target);
     if (existing !== undefined && wanted.length > 0 && existing.cidrs.join() !== wanted.join()) {
@@ -361,7 +442,8 @@ export class Attacher {
     this.busy.add(target);
     try {
       if (existing !== undefined && name !== undefined) return await this.addName(existing, name);
-      return await this.plug(target, cidrs, name);
+      const gateway = at?.defaultRoute === true ? await this.gateway() : undefined;
+      return await this.plug(target, cidrs, name, at, gateway);
     } catch (err) {
       // Refused for want of persistence (ours, or IPAM's): say so plainly, and count it.
       const saveErr = saveErrorIn(err);
@@ -388,8 +470,65 @@ export class Attacher {
     return copyOf(next);
   }
 
-  private async plug(target: string, given: readonly Cidr[], name: string | undefined): Promise<AttachedContainer> {
-    const t = await resolveTarget(target);
+  /** findContainer asks the engine about a target that is not a pid, a named namespace or an attached record. */
+  private async findContainer(target: string): Promise<FoundContainer | undefined> {
+    if (this.containers === undefined || this.attached.has(target) || isLocalTarget(target)) return undefined;
+    return this.containers.find(target);
+  }
+
+  /**
+   * reattach plugs an attached container in again after its network namespace was replaced (an
+   * engine restarted it): same addresses, same names, new veth pair. Does nothing when its
+   * `ethwe` is still in place, when it is not attached, or while it is busy. Resolves with the
+   * record, or undefined when nothing was done; a failure detaches it (address and names freed).
+   */
+  async reattach(target: string): Promise<AttachedContainer | undefined> {
+    await this.restored;
+    const a = this.attached.get(target);
+    if (a === undefined || a.netns !== undefined || this.busy.has(target)) return undefined;
+    const t = await resolveTarget(target, this.containers);
+    const [cmd, argv] = t.ipArgs(['link', 'show', 'dev', CONTAINER_IFNAME]);
+    if (
+      await sh(cmd, argv).then(
+        () => true,
+        () => false,
+      )
+    )
+      return undefined;
+    this.busy.add(target);
+    try {
+      const names = namesOf(a);
+      // The old pair went (or goes) with the old namespace; plug() replaces a leftover host end.
+      this.attached.delete(target);
+      this.goneSince.delete(target);
+      let next = await this.plug(
+        target,
+        a.cidrs.map((c) => parseCidr(c)),
+        names[0],
+      );
+      for (const n of names.slice(1)) next = await this.addName(next, n);
+      this.log.info('container re-attached', { container: target, cidr: next.cidrs.join(' ') });
+      return next;
+    } catch (err) {
+      // plug() rolled back (interface removed, address freed); the names go too.
+      await this.notify('detached', a);
+      this.saveQuietly();
+      this.log.warn('cannot re-attach a restarted container; detached', { container: target, err: errorMessage(err) });
+      throw err;
+    } finally {
+      this.busy.delete(target);
+    }
+  }
+
+  private async plug(
+    target: string,
+    given: readonly Cidr[],
+    name: string | undefined,
+    at?: AttachAt,
+    gateway?: Cidr,
+  ): Promise<AttachedContainer> {
+    const t = at === undefined ? await resolveTarget(target, this.containers) : pathTarget(at.netns);
+    const inside = at?.ifname ?? CONTAINER_IFNAME;
     const ifname = hostIfname(target);
     const mac = containerMac(target);
     /** made: a kernel object may exist (from the first `ip link add` on). */
@@ -405,7 +544,14 @@ export class Attacher {
         this.router.reserve(target, cidrs);
       }
       const record = withNames(
-        { target, ifname, cidrs: cidrs.map(formatCidr).sort(), mac, state: 'pending' },
+        {
+          target,
+          ifname,
+          cidrs: cidrs.map(formatCidr).sort(),
+          mac,
+          ...(at === undefined ? {} : { netns: at.netns, containerIfname: at.ifname }),
+          state: 'pending',
+        },
         name === undefined ? [] : [name],
       );
       // The intent is on disk before any kernel object exists (restore undoes it after a crash).
@@ -415,15 +561,16 @@ export class Attacher {
       made = true;
       // The peer end is made inside the container under its final name: one `ip` for the pair,
       // one `ip -batch` inside, sysctls written directly, one `ip -batch` on the host.
-      await this.addVeth(target, ifname, mac, t.ref);
+      await this.addVeth(target, ifname, mac, t.ref, inside);
       const [cmd, argv] = t.ipArgs(['-batch', '-']);
       await sh(
         cmd,
         argv,
         [
-          ...cidrs.map((c) => `addr add ${formatCidr(c)} dev ${CONTAINER_IFNAME}`),
-          `link set ${CONTAINER_IFNAME} up`,
+          ...cidrs.map((c) => `addr add ${formatCidr(c)} dev ${inside}`),
+          `link set ${inside} up`,
           'link set lo up',
+          ...(gateway === undefined ? [] : [`route replace default via ${formatIPv4(gateway.addr)} dev ${inside}`]),
         ].join('\n'),
       );
       // Host side: proxy ARP answers the container for every overlay address, /32 routes bring
@@ -463,8 +610,8 @@ export class Attacher {
    * addVeth makes the pair. A host interface of this target's name left by an attach that had no
    * record (an older version, or a failed removal) is ours: it is removed and the pair made again.
    */
-  private async addVeth(target: string, ifname: string, mac: string, ref: string): Promise<void> {
-    const args = vethAddArgs(ifname, this.router.mtu, mac, ref);
+  private async addVeth(target: string, ifname: string, mac: string, ref: string, inside: string): Promise<void> {
+    const args = vethAddArgs(ifname, this.router.mtu, mac, ref, inside);
     try {
       await sh('ip', args);
     } catch (err) {
@@ -472,7 +619,7 @@ export class Attacher {
       if (!(await linkExists(ifname))) {
         throw new WeftError(
           'EWEFT_CONFLICT',
-          `${target} already has an interface named ${CONTAINER_IFNAME}: is it attached by another router?`,
+          `${target} already has an interface named ${inside}: is it attached by another router?`,
           { cause: err },
         );
       }
@@ -520,6 +667,22 @@ export class Attacher {
     return cidrs.map((c) => `route replace ${formatIPv4(c.addr)}/32 dev ${ifname}${via}`);
   }
 
+  /**
+   * gateway returns the host's overlay address in the range, exposing the host first (from IPAM,
+   * saved) when it has none: the default gateway and DNS server of containers attached by path.
+   */
+  async gateway(): Promise<Cidr> {
+    const inRange = () => this.router.exposedCidrs().find((c) => cidrContains(this.range, c.addr));
+    const have = inRange();
+    if (have !== undefined) return have;
+    await this.router.expose();
+    await this.refreshRoutes();
+    this.saveQuietly();
+    const got = inRange();
+    if (got === undefined) throw new WeftError('EWEFT_SYSTEM', 'the host has no overlay address after expose');
+    return got;
+  }
+
   /** refreshRoutes rewrites every attached container's host routes (after expose/hide, and after a restart). */
   async refreshRoutes(): Promise<void> {
     const lines = [...this.attached.values()].flatMap((a) =>
@@ -537,6 +700,7 @@ export class Attacher {
   /** detach unplugs a container: removes the veth pair and frees its addresses. */
   async detach(target: string): Promise<AttachedContainer> {
     await this.restored;
+    target = (await this.findContainer(target))?.key ?? target;
     const a = this.attached.get(target);
     if (a === undefined) throw new WeftError('EWEFT_NOT_FOUND', `${target} is not attached`);
     if (this.busy.has(target)) throw new WeftError('EWEFT_CONFLICT', `${target} is being attached or detached`);
@@ -616,7 +780,8 @@ export class Attacher {
    * 1. A `pending` record (an attach cut short: its caller was never told "done") is undone: its
    *    host interface (and with it `ethwe` in the container) is removed, then its address freed.
    * 2. An attached record whose interface exists is claimed again. One whose interface is gone
-   *    (the container went away while the router was down) is freed.
+   *    (the container went away while the router was down) is freed, unless the engine runs that
+   *    container (it restarted meanwhile): then it is claimed and re-attached by the engine's events.
    * 3. A `vw*` interface in this namespace with no record at all is removed.
    * 4. Addresses IPAM holds for no record (and not for the host) are freed, after 1 and 3, so no
    *    address is free while an interface still holds it. When an interface could not be removed
@@ -660,7 +825,10 @@ export class Attacher {
         continue;
       }
       this.unreconciled.delete(a.target);
-      if (present !== undefined && !present.has(a.ifname)) {
+      // An engine's container restarted while the router was down has a new namespace: it keeps
+      // its addresses and is plugged in again once the engine's events are followed (reattach).
+      const restarted = present !== undefined && !present.has(a.ifname) && (await this.runsAgain(a.target));
+      if (present !== undefined && !present.has(a.ifname) && !restarted) {
         this.log.warn('attached container went away while the router was down; address freed', {
           container: a.target,
           cidr: a.cidrs.join(' '),
@@ -675,6 +843,12 @@ export class Attacher {
           a.cidrs.map((c) => parseCidr(c)),
         );
         this.attached.set(a.target, record);
+        if (restarted) {
+          this.log.info('attached container restarted while the router was down; it will be re-attached', {
+            container: a.target,
+          });
+          continue;
+        }
         await this.capGso(record);
         await this.notify('attached', record);
       } catch (err) {
@@ -706,6 +880,12 @@ export class Attacher {
     this.saveQuietly();
   }
 
+  /** runsAgain says whether the engine runs the container whose id is `target` (so it is not gone). */
+  private async runsAgain(target: string): Promise<boolean> {
+    const found = await this.containers?.find(target);
+    return found !== undefined && found.key === target && found.pid !== undefined;
+  }
+
   /**
    * capGso gives a restored container's veth pair the gso_max_size attach gives new ones (see
    * {@link vethAddArgs}): pairs made by an older version have the kernel's 65536. Best effort.
@@ -713,8 +893,8 @@ export class Attacher {
   private async capGso(a: AttachedContainer): Promise<void> {
     const gso = String(GSO_MAX_BYTES);
     try {
-      const t = await resolveTarget(a.target);
-      const [cmd, argv] = t.ipArgs(['link', 'set', CONTAINER_IFNAME, 'gso_max_size', gso]);
+      const t = a.netns === undefined ? await resolveTarget(a.target, this.containers) : pathTarget(a.netns);
+      const [cmd, argv] = t.ipArgs(['link', 'set', insideIfname(a), 'gso_max_size', gso]);
       await Promise.all([sh('ip', ['link', 'set', a.ifname, 'gso_max_size', gso]), sh(cmd, argv)]);
     } catch (err) {
       this.log.warn('cannot set gso_max_size of a restored container', {

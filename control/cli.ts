@@ -7,11 +7,14 @@ import { fileURLToPath } from 'node:url';
 import { Argument, Command, CommanderError, Option } from 'commander';
 import { errorMessage, InputError, isWeftError, WeftError, type WeftErrorCode } from '../common/errors.js';
 import { parseCidr } from '../common/types.js';
+// Direct import (not dns/index.js): defaults.ts imports nothing, so the CLI starts without the DNS server.
+import { DNS_PORT, DNS_TTL_S } from '../dns/defaults.js';
 import {
   CONN_LIMIT_DEFAULT,
   CONTAINER_GRACE_MS,
   CONTROL_PORT,
   DISCOVERY_DEGREE,
+  DNS_DOMAIN,
   ENCAP_OVERHEAD_MAX,
   HTTP_ADDR,
   IPALLOC_RANGE,
@@ -26,6 +29,7 @@ import {
   buildLaunchConfig,
   type ClientFlags,
   clientTarget,
+  DOCKER_SOCKET_DEFAULT,
   type LaunchConfig,
   type LaunchFlags,
   loopbackFor,
@@ -142,7 +146,11 @@ Examples:
       '--container-grace <ms>',
       `a container gone without \`weft detach\` keeps its address this long before it is freed (default ${CONTAINER_GRACE_MS})`,
     )
-    .option('--dns-domain <domain>', 'DNS domain the embedded DNS answers for (default weft.local)')
+    .option(
+      '--docker-socket <path>',
+      `Docker engine API socket for \`weft attach CONTAINER\` and its events, or none (default: DOCKER_HOST if unix://, else ${DOCKER_SOCKET_DEFAULT}; env WEFT_DOCKER_SOCKET)`,
+    )
+    .option('--dns-domain <domain>', `DNS domain the embedded DNS answers for (default ${DNS_DOMAIN})`)
     .option('--no-dns', 'do not run the embedded DNS server')
     .option(
       '--dns-upstream <ip[:port],...>',
@@ -152,8 +160,8 @@ Examples:
       '--vxlan-peer <ip,...>',
       'underlay addresses of kernel vxlan devices (hosts without Weft) allowed to send VXLAN here; VXLAN from any other non-peer is dropped',
     )
-    .option('--dns-ttl <seconds>', 'TTL of answers for the domain (default 1)')
-    .option('--dns-port <port>', "DNS port on the host's overlay address (default 53)")
+    .option('--dns-ttl <seconds>', `TTL of answers for the domain (default ${DNS_TTL_S})`)
+    .option('--dns-port <port>', `DNS port on the host's overlay address (default ${DNS_PORT})`)
     .option(
       '--state-dir <dir>',
       `state directory (default per network namespace under ${STATE_ROOT}; env WEFT_STATE_DIR)`,

@@ -4,6 +4,8 @@ import { ConfigError } from '../common/errors.js';
 import type { LogLevel } from '../common/log.js';
 import type { Cidr, PeerName } from '../common/types.js';
 import { isIPv4, parseCidr, parseOwnPeerName } from '../common/types.js';
+// Direct import (not dns/index.js): defaults.ts imports nothing, so the CLI starts without the DNS server.
+import { DNS_PORT, DNS_TTL_S } from '../dns/defaults.js';
 import {
   CONN_LIMIT_DEFAULT,
   CONTAINER_GRACE_MS,
@@ -166,6 +168,8 @@ export interface LaunchConfig {
   readonly httpLoopback: boolean;
   /** apiSocket is the unix socket the API is also served on (mode 0660, root or group weft); the CLI prefers it. */
   readonly apiSocket: string;
+  /** dockerSocket is the Docker engine's API socket (`weft attach` of Docker containers, its events); undefined: none. */
+  readonly dockerSocket: string | undefined;
   /** apiTokenFile holds the bearer token TCP callers need to change the router: `<stateDir>/api-token`. */
   readonly apiTokenFile: string;
   readonly stateDir: string;
@@ -215,6 +219,7 @@ export interface LaunchFlags {
   peerTimeout?: string;
   ipallocInit?: string;
   containerGrace?: string;
+  dockerSocket?: string;
   dnsUpstream?: string;
   vxlanPeer?: string;
   dnsTtl?: string;
@@ -324,6 +329,7 @@ export function buildLaunchConfig(
   if (!path.isAbsolute(apiSocket) || Buffer.byteLength(apiSocket) > 107) {
     throw new ConfigError(`invalid --api-socket "${apiSocket}": want an absolute path of at most 107 bytes`);
   }
+  const dockerSocket = parseDockerSocket(flags.dockerSocket ?? env.WEFT_DOCKER_SOCKET, env.DOCKER_HOST);
   const cfg: LaunchConfig = {
     peers: peers.map(parsePeerAddress),
     name,
@@ -343,11 +349,12 @@ export function buildLaunchConfig(
     noDns: flags.dns === false,
     dnsUpstream: parseUpstreams(flags.dnsUpstream ?? env.WEFT_DNS_UPSTREAM),
     vxlanPeers: parseVxlanPeers(flags.vxlanPeer),
-    dnsTtl: flags.dnsTtl === undefined ? 1 : parseIntIn(flags.dnsTtl, '--dns-ttl', 0, 86_400),
-    dnsPort: flags.dnsPort === undefined ? 53 : parsePort(flags.dnsPort, '--dns-port'),
+    dnsTtl: flags.dnsTtl === undefined ? DNS_TTL_S : parseIntIn(flags.dnsTtl, '--dns-ttl', 0, 86_400),
+    dnsPort: flags.dnsPort === undefined ? DNS_PORT : parsePort(flags.dnsPort, '--dns-port'),
     httpAddr,
     httpLoopback: isLoopbackHost(httpAddr.host),
     apiSocket,
+    dockerSocket,
     apiTokenFile: path.join(stateDir, API_TOKEN_FILE_NAME),
     stateDir,
     mtu,
@@ -375,6 +382,24 @@ export function buildLaunchConfig(
   return Object.freeze(cfg);
 }
 
+/** DOCKER_SOCKET_DEFAULT is where the Docker engine listens unless DOCKER_HOST or --docker-socket say otherwise. */
+export const DOCKER_SOCKET_DEFAULT = '/var/run/docker.sock';
+
+/**
+ * parseDockerSocket picks the Docker engine's socket: `--docker-socket` (or WEFT_DOCKER_SOCKET; `none`
+ * turns the integration off), else a `unix://` DOCKER_HOST, else /var/run/docker.sock. A TCP
+ * DOCKER_HOST is not followed (the engine's pids mean nothing on another host).
+ */
+export function parseDockerSocket(given: string | undefined, dockerHost: string | undefined): string | undefined {
+  if (given === 'none') return undefined;
+  const socket = given ?? (dockerHost?.startsWith('unix://') ? dockerHost.slice('unix://'.length) : undefined);
+  if (socket === undefined) return DOCKER_SOCKET_DEFAULT;
+  if (!path.isAbsolute(socket) || Buffer.byteLength(socket) > 107) {
+    throw new ConfigError(`invalid --docker-socket "${socket}": want an absolute path of at most 107 bytes, or none`);
+  }
+  return socket;
+}
+
 /** parseVxlanPeers validates `--vxlan-peer IP,...`: IPv4 addresses of kernel vxlan devices. */
 function parseVxlanPeers(text: string | undefined): string[] {
   if (text === undefined || text.trim() === '') return [];
@@ -395,7 +420,7 @@ function parseUpstreams(text: string | undefined): string[] | undefined {
     .map((s) => s.trim())
     .filter((s) => s.length > 0);
   for (const s of list) {
-    const hp = parseHostPort(s, '--dns-upstream', 53);
+    const hp = parseHostPort(s, '--dns-upstream', DNS_PORT);
     if (!isIPv4(hp.host)) {
       throw new ConfigError(`invalid --dns-upstream "${s}": want IPv4 addresses with optional :port, comma-separated`);
     }

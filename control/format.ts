@@ -1,11 +1,12 @@
 import type { RouterStatus } from '../router/index.js';
 import type { AttacherStatus } from './attach.js';
+import type { DockerStatus } from './docker.js';
 import type { StateDirStatus } from './state.js';
 
 /** StateStatus is `state` in status: whether the state directory takes writes, and attaches refused for it. */
 export type StateStatus = StateDirStatus & { attach: AttacherStatus };
 /** StatusView is what `GET /status` shows: the router's status and the daemon's state directory. */
-export type StatusView = RouterStatus & { state?: StateStatus };
+export type StatusView = RouterStatus & { state?: StateStatus; docker?: DockerStatus };
 
 /** ConnectionView is the shape of one entry of RouterStatus.connections. */
 interface ConnectionView {
@@ -57,6 +58,7 @@ export function formatStatus(s: StatusView): string {
     ['IPAM', ipamLine(s)],
     ['Exposed', s.exposed.length > 0 ? s.exposed.join(', ') : 'none'],
     ...(s.state === undefined ? [] : [['State', stateLine(s.state)] as [string, string]]),
+    ...(s.docker === undefined ? [] : [['Docker', dockerLine(s.docker)] as [string, string]]),
     ['Targets', String(s.targets.length)],
     ['Connections', `${conns.length} (${established} established)`],
     [
@@ -71,6 +73,12 @@ export function formatStatus(s: StatusView): string {
   if (!s.ready) rows.unshift(['Status', 'starting']);
   const w = Math.max(...rows.map(([k]) => k.length));
   return `${rows.map(([k, v]) => `${k.padStart(w + 4)}: ${v}`).join('\n')}\n`;
+}
+
+/** dockerLine is the `Docker` line: which engine socket, and whether its events are followed. */
+function dockerLine(d: DockerStatus): string {
+  if (d.state === 'not found') return `not found at ${d.socket}`;
+  return `connected to ${d.socket} (${d.events ? 'events' : 'no events'})`;
 }
 
 /** formatPeers renders `weft status peers`: ourselves, then every connected peer. */

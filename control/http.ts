@@ -14,14 +14,14 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import { connect, type Server as NetServer, type Socket } from 'node:net';
 import { hostname, networkInterfaces } from 'node:os';
 import path from 'node:path';
-import type { Registry } from 'prom-client';
 import { ConfigError, errorMessage, InputError, isWeftError, WeftError, type WeftErrorCode } from '../common/errors.js';
 import type { Logger } from '../common/log.js';
-import { formatCidr, parseCidr, parseIPv4 } from '../common/types.js';
+import { formatCidr, formatIPv4, parseCidr, parseIPv4 } from '../common/types.js';
 import type { Router } from '../router/index.js';
-import type { Attacher } from './attach.js';
+import type { AttachAt, Attacher } from './attach.js';
 import { isLoopbackHost, parsePeerAddress, TARGETS_MAX } from './config.js';
 import type { DnsService } from './dns.js';
+import type { DockerStatus } from './docker.js';
 import {
   formatConnections,
   formatDns,
@@ -32,6 +32,7 @@ import {
   type StateStatus,
   type StatusView,
 } from './format.js';
+import type { Metrics } from './metrics.js';
 import { mkdirParents } from './state-dir.js';
 
 /** BODY_MAX_BYTES bounds a request body; larger ones get 413. */
@@ -76,7 +77,8 @@ export interface ApiOptions {
   router: Router;
   /** attacher plugs containers in; without one the container endpoints answer 404. */
   attacher?: Attacher;
-  metrics: Registry;
+  /** metrics renders GET /metrics (the registry is built at the first scrape). */
+  metrics: Metrics;
   log: Logger;
   /** onStop is called after a POST /stop has been answered. */
   onStop: () => void;
@@ -86,6 +88,8 @@ export interface ApiOptions {
   dns?: DnsService;
   /** stateStatus says whether the state directory takes writes (shown in status as `state`). */
   stateStatus?: () => StateStatus;
+  /** docker says which Docker integration is active (shown in status as `docker`); absent without one. */
+  docker?: () => DockerStatus;
   /** onReset leaves the network for good (detach all, hand over address space, remove state, stop). */
   onReset?: () => Promise<{ heir: string | undefined; addresses: number }>;
   /**
@@ -165,7 +169,7 @@ export function createApi(opts: ApiOptions, listener: ApiListener = { transport:
   const statusView =
     (part: string | undefined) =>
     (req: IncomingMessage, url: URL): Reply => {
-      const s: StatusView = { ...router.status(), state: opts.stateStatus?.() };
+      const s: StatusView = { ...router.status(), state: opts.stateStatus?.(), docker: opts.docker?.() };
       if (wantsJson(req, url)) return { json: part === undefined ? s : pick(s, part) };
       return { text: render(s, part) };
     };
@@ -235,12 +239,19 @@ export function createApi(opts: ApiOptions, listener: ApiListener = { transport:
         throw new InputError('"cidrs" must be a list of up to 64 strings like 10.32.1.5/12');
       }
       if (b.name !== undefined && typeof b.name !== 'string') throw new InputError('"name" must be a string');
+      const at = attachAt(b);
       const a = await attacher.attach(
         b.target,
         (cidrs as string[]).map((c) => parseCidr(c)),
         b.name as string | undefined,
+        at,
       );
-      return { json: a };
+      if (at === undefined) return { json: a };
+      // By path (the CNI plugin): what its result needs besides the record, in this one answer.
+      const gateway = formatIPv4((await attacher.gateway()).addr);
+      const dns =
+        opts.dns?.address === undefined ? undefined : { nameservers: [opts.dns.address], search: [opts.dns.domain] };
+      return { json: { ...a, mtu: router.mtu, gateway, ...(dns === undefined ? {} : { dns }) } };
     },
     'POST /detach': async (req, url, body) => {
       const target = field(req, url, body, 'target');
@@ -660,6 +671,20 @@ function nameAndIps(b: Record<string, unknown>): { name: string | undefined; ips
     throw new InputError('"ips" must be up to 64 IPv4 addresses');
   for (const ip of ips as string[]) parseIPv4(ip);
   return { name: name as string | undefined, ips: ips as string[] };
+}
+
+/**
+ * attachAt reads an attach by network namespace path from a body: `netns` (absolute path),
+ * `ifname` (inside) and `defaultRoute` (boolean); undefined when there is no `netns`.
+ */
+function attachAt(b: Record<string, unknown>): AttachAt | undefined {
+  if (b.netns === undefined) return undefined;
+  if (typeof b.netns !== 'string') throw new InputError('"netns" must be the path of a network namespace');
+  if (typeof b.ifname !== 'string') throw new InputError('"ifname" (the interface name inside) must go with "netns"');
+  if (b.defaultRoute !== undefined && typeof b.defaultRoute !== 'boolean') {
+    throw new InputError('"defaultRoute" must be true or false');
+  }
+  return { netns: b.netns, ifname: b.ifname, ...(b.defaultRoute === true ? { defaultRoute: true } : {}) };
 }
 
 function requireAttacher(a: Attacher | undefined): Attacher {

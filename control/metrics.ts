@@ -1,8 +1,10 @@
 import { monitorEventLoopDelay } from 'node:perf_hooks';
-import { Counter, collectDefaultMetrics, Gauge, Registry } from 'prom-client';
+import type { Registry } from 'prom-client';
 import type { Router } from '../router/index.js';
 import { DROP_NAMES } from '../router/index.js';
 import type { DnsService } from './dns.js';
+
+type PromClient = typeof import('prom-client');
 
 /**
  * EVENT_LOOP_RESOLUTION_MS is how often the event-loop delay monitor samples: once a second, so an
@@ -19,7 +21,7 @@ const LAG_STATS = ['min', 'max', 'mean', 'stddev', 'p50', 'p90', 'p99'] as const
  * sampling interval itself (~1.0 s at a 1 s resolution on an idle router), with gauges of how
  * late the loop actually was: each sample minus the resolution, never below 0. Same names.
  */
-function replaceEventLoopLag(register: Registry): void {
+function replaceEventLoopLag(register: Registry, { Gauge }: PromClient): void {
   const prefix = 'weft_process_nodejs_eventloop_lag';
   for (const stat of LAG_STATS) register.removeSingleMetric(`${prefix}_${stat}_seconds`);
   register.removeSingleMetric(`${prefix}_seconds`);
@@ -63,15 +65,59 @@ function replaceEventLoopLag(register: Registry): void {
 }
 
 /**
- * createMetrics builds a Prometheus registry whose values are read from the router at scrape
- * time (the datapath keeps plain counters; nothing is updated per packet here).
+ * PROMETHEUS_CONTENT_TYPE is the text exposition format's content type (prom-client's
+ * `Registry.PROMETHEUS_CONTENT_TYPE`), known before the registry exists.
  */
-export function createMetrics(router: Router, dns?: DnsService): Registry {
+export const PROMETHEUS_CONTENT_TYPE = 'text/plain; version=0.0.4; charset=utf-8';
+
+/**
+ * UNUSED_MONITOR_RESOLUTION_MS is the resolution given to prom-client's own event-loop delay
+ * monitor, whose gauges {@link replaceEventLoopLag} replaces: so coarse that the unused monitor
+ * never wakes the loop (Node's largest timer delay).
+ */
+const UNUSED_MONITOR_RESOLUTION_MS = 2 ** 31 - 1;
+
+/**
+ * Metrics is the router's Prometheus endpoint: `metrics()` renders the text exposition format.
+ * Nothing exists until the first scrape: prom-client (about 4 MB of heap once loaded), its
+ * default process metrics, the event-loop delay monitor and the GC observer are set up then, so
+ * a router nobody scrapes pays for none of them. Process-wide figures (CPU, memory, handles) are
+ * since the process started; GC durations and event-loop lag are since the first scrape.
+ */
+export interface Metrics {
+  /** metrics renders every metric, read from the router and DNS service at this moment. */
+  metrics(): Promise<string>;
+  /** contentType is the Content-Type of what `metrics()` returns. */
+  readonly contentType: string;
+}
+
+/**
+ * createMetrics returns the router's {@link Metrics}, whose values are read from the router at
+ * scrape time (the datapath keeps plain counters; nothing is updated per packet here). The
+ * Prometheus registry is built at the first scrape.
+ */
+export function createMetrics(router: Router, dns?: DnsService): Metrics {
+  let registry: Promise<Registry> | undefined;
+  return {
+    contentType: PROMETHEUS_CONTENT_TYPE,
+    async metrics() {
+      registry ??= import('prom-client').then((prom) => createRegistry(prom, router, dns));
+      return (await registry).metrics();
+    },
+  };
+}
+
+/** createRegistry builds the Prometheus registry behind {@link createMetrics}. */
+function createRegistry(prom: PromClient, router: Router, dns: DnsService | undefined): Registry {
+  const { Counter, Gauge, Registry } = prom;
   const register = new Registry();
-  // The event-loop delay monitor samples every eventLoopMonitoringPrecision ms; the default (10) would wake
-  // an idle router 100 times a second.
-  collectDefaultMetrics({ register, prefix: 'weft_process_', eventLoopMonitoringPrecision: EVENT_LOOP_RESOLUTION_MS });
-  replaceEventLoopLag(register);
+  // prom-client's event-loop delay monitor is replaced below; given the largest resolution it never samples.
+  prom.collectDefaultMetrics({
+    register,
+    prefix: 'weft_process_',
+    eventLoopMonitoringPrecision: UNUSED_MONITOR_RESOLUTION_MS,
+  });
+  replaceEventLoopLag(register, prom);
   // One status snapshot serves every metric of a scrape (building it is the costly part).
   let cached: ReturnType<Router['status']> | undefined;
   let cachedAt = 0;
@@ -239,12 +285,12 @@ export function createMetrics(router: Router, dns?: DnsService): Registry {
       this.set(snap().ipam.pending.length);
     },
   });
-  if (dns !== undefined) dnsMetrics(register, dns);
+  if (dns !== undefined) dnsMetrics(register, dns, prom);
   return register;
 }
 
 /** dnsMetrics exports the DNS server's and the upstream forwarder's counters. */
-function dnsMetrics(register: Registry, dns: DnsService): void {
+function dnsMetrics(register: Registry, dns: DnsService, { Counter, Gauge }: PromClient): void {
   const st = () =>
     dns.status() as {
       server: { queries: Record<string, number>; results: Record<string, number> };

@@ -28,12 +28,15 @@ const StateSchema = z.object({
   attached: z
     .array(
       z.object({
-        target: z.string().max(64),
+        // 256: an owner key of an attach by path (CNI: CONTAINERID:IFNAME) is longer than a name or pid.
+        target: z.string().max(256),
         ifname: z.string().max(15),
         cidrs: z.array(z.string().max(18)).max(64),
         name: z.string().max(63).optional(),
         names: z.array(z.string().max(63)).max(64).optional(),
         mac: z.string().max(17).optional(),
+        netns: z.string().max(4096).optional(),
+        containerIfname: z.string().max(15).optional(),
         state: z.enum(['pending', 'attached']).optional(),
       }),
     )

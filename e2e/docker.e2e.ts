@@ -1,0 +1,394 @@
+import { execFile, execFileSync, spawn } from 'node:child_process';
+import { existsSync, mkdirSync, openSync, readFileSync, rmdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { type Host, requireRoot, Topology, waitUntil } from './netns.js';
+import { launch, weft } from './weft.js';
+
+const run = promisify(execFile);
+const ROOT = path.resolve(path.dirname(new URL(import.meta.url).pathname), '..');
+/** DOCKER is the engine's own 20.10 client (BuildKit built in); /usr/local/bin/docker may be a newer one without buildx. */
+const DOCKER = '/usr/bin/docker';
+const DOCKERD = '/usr/sbin/dockerd';
+/** ENGINE_STOP_MS: how long a dockerd gets after SIGTERM before SIGKILL. */
+const ENGINE_STOP_MS = 20_000;
+/** IMAGE_BUILD_MS bounds building (cold: base rootfs + image, ~3 min on 2 busy cores) or loading the router image. */
+const IMAGE_BUILD_MS = 600_000;
+
+/** skipReason says in one line why no Docker engine can be started here, or undefined when one can. */
+function skipReason(): string | undefined {
+  const root = requireRoot();
+  if (root !== undefined) return root;
+  for (const [file, pkg] of [
+    [DOCKERD, 'docker.io'],
+    [DOCKER, 'docker.io'],
+    ['/usr/sbin/debootstrap', 'debootstrap'],
+  ] as const) {
+    if (!existsSync(file)) return `${file} is missing (apt-get install ${pkg})`;
+  }
+  if (!existsSync('/sys/fs/cgroup/devices') && !existsSync('/sys/fs/cgroup/cgroup.controllers')) {
+    return 'no cgroup filesystem at /sys/fs/cgroup: dockerd cannot run containers';
+  }
+  return undefined;
+}
+
+const reason = skipReason();
+if (reason !== undefined && requireRoot() === undefined) console.warn(`docker e2e skipped: ${reason}`);
+
+/**
+ * Engine is one dockerd started inside a host's network namespace (`nsenter --net`, which, unlike
+ * `ip netns exec`, leaves /sys and so the cgroups visible), with everything it keeps in `dir`. It
+ * touches no firewall and makes no bridge (`--iptables=false --bridge=none`): containers run with
+ * `--network none` (attached by Weft) or `--network host` (the router).
+ */
+class Engine {
+  readonly socket: string;
+  readonly pidFile: string;
+  pid: number | undefined;
+
+  constructor(
+    readonly host: Host,
+    readonly dir: string,
+  ) {
+    this.socket = path.join(dir, 'docker.sock');
+    this.pidFile = path.join(dir, 'docker.pid');
+  }
+
+  async start(): Promise<void> {
+    mkdirSync(this.dir, { recursive: true });
+    const log = openSync(path.join(this.dir, 'dockerd.log'), 'a');
+    const child = spawn(
+      'nsenter',
+      [
+        `--net=/run/netns/${this.host.name}`,
+        DOCKERD,
+        ...['--data-root', path.join(this.dir, 'root'), '--exec-root', path.join(this.dir, 'exec')],
+        ...['-H', `unix://${this.socket}`, '--pidfile', this.pidFile],
+        ...['--iptables=false', '--ip6tables=false', '--bridge=none', '--storage-driver', 'overlay2'],
+      ],
+      { stdio: ['ignore', log, log], detached: true },
+    );
+    child.unref();
+    this.pid = child.pid;
+    await waitUntil(async () => (await this.docker(['version', '--format', '{{.Server.Version}}'], true)).code === 0, {
+      timeoutMs: 60_000,
+      what: `dockerd in ${this.host.name} to answer (log: ${path.join(this.dir, 'dockerd.log')})`,
+    });
+  }
+
+  /** docker runs the docker CLI against this engine. */
+  async docker(args: string[], allowFail = false, timeoutMs = 60_000): Promise<{ stdout: string; code: number }> {
+    try {
+      const r = await run(DOCKER, args, {
+        env: { ...process.env, DOCKER_HOST: `unix://${this.socket}` },
+        timeout: timeoutMs,
+      });
+      return { stdout: r.stdout, code: 0 };
+    } catch (err) {
+      const e = err as { stdout?: string; stderr?: string; code?: number };
+      if (allowFail) return { stdout: e.stdout ?? '', code: typeof e.code === 'number' ? e.code : 1 };
+      throw new Error(`[${this.host.name}] docker ${args.join(' ')}: ${(e.stderr ?? String(err)).trim()}`);
+    }
+  }
+
+  /** weft runs the CLI inside the router container, as a user does. */
+  weft(args: string[], allowFail = false): Promise<{ stdout: string; code: number }> {
+    return this.docker(['exec', 'weft', 'weft', ...args], allowFail);
+  }
+
+  /**
+   * stop removes every container, image and volume, stops dockerd by its pid (SIGTERM, SIGKILL
+   * after ENGINE_STOP_MS), unmounts what it left and removes its directory. Never throws.
+   */
+  async stop(): Promise<void> {
+    if (this.pid !== undefined && existsSync(this.socket)) {
+      const ids = (await this.docker(['ps', '-aq'], true)).stdout.split(/\s+/).filter(Boolean);
+      if (ids.length > 0) await this.docker(['rm', '-f', '-v', ...ids], true);
+      const images = (await this.docker(['images', '-q'], true)).stdout.split(/\s+/).filter(Boolean);
+      if (images.length > 0) await this.docker(['rmi', '-f', ...new Set(images)], true);
+      await this.docker(['volume', 'prune', '-f'], true);
+    }
+    const pid = this.pid;
+    if (pid !== undefined) {
+      try {
+        process.kill(pid, 'SIGTERM');
+        const deadline = Date.now() + ENGINE_STOP_MS;
+        while (isAlive(pid) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+        if (isAlive(pid)) process.kill(pid, 'SIGKILL');
+      } catch {
+        // already gone
+      }
+      this.pid = undefined;
+    }
+    // Mounts dockerd leaves behind (nsfs of exec/netns, overlays after a SIGKILL), deepest first.
+    const mounts = readFileSync('/proc/self/mounts', 'utf8')
+      .split('\n')
+      .map((l) => l.split(' ')[1] ?? '')
+      .filter((m) => m.startsWith(`${this.dir}/`))
+      .sort((a, b) => b.length - a.length);
+    for (const m of mounts) {
+      try {
+        execFileSync('umount', ['-l', m], { stdio: 'ignore' });
+      } catch {
+        // best effort
+      }
+    }
+    rmSync(this.dir, { recursive: true, force: true });
+  }
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return !/^\d+ \(.*\) Z/.test(stat);
+  } catch {
+    return false;
+  }
+}
+
+interface StatusJson {
+  ready: boolean;
+  peers: { state: string }[];
+  docker?: { state: string; events: boolean; socket: string };
+}
+
+interface PsEntry {
+  target: string;
+  cidrs: string[];
+  name?: string;
+}
+
+/**
+ * The router as a container built from the Dockerfile on two hosts, each with its own dockerd;
+ * Docker containers attached by name (`weft attach c1`) ping each other across hosts by DNS name,
+ * stay attached across `docker restart`, give their address and name back at once on `docker rm
+ * -f`, and keep their addresses across `docker stop`/`start` of the router container.
+ */
+describe.skipIf(reason)('Docker: the router container and weft attach of Docker containers', () => {
+  let topo: Topology;
+  let h1: Host;
+  let h2: Host;
+  let e1: Engine;
+  let e2: Engine;
+  const dir = path.join(tmpdir(), `weft-e2e-docker-${process.pid}`);
+  const image = `weft-e2e:${process.pid}`;
+  /** dnsAddr: each host's exposed overlay address, where its router's DNS listens. */
+  const dnsAddr: Record<string, string> = {};
+  const addr: Record<string, string> = {};
+
+  /** startRouter runs the router container on an engine (host network, TUN, the engine's socket, a state volume). */
+  async function startRouter(e: Engine, peers: string[]): Promise<void> {
+    await e.docker([
+      'run',
+      '-d',
+      '--name',
+      'weft',
+      ...['--network', 'host', '--pid', 'host', '--cap-add', 'NET_ADMIN', '--cap-add', 'SYS_ADMIN'],
+      ...['--security-opt', 'systempaths=unconfined', '--device', '/dev/net/tun'],
+      ...['-v', 'weft-state:/var/lib/weft', '-v', `${e.socket}:/var/run/docker.sock`],
+      image,
+      ...['--nickname', e.host.name, '--container-grace', '60000'],
+      ...peers,
+    ]);
+    await waitReady(e);
+  }
+
+  async function status(e: Engine): Promise<StatusJson> {
+    return JSON.parse((await e.weft(['status', '--json'])).stdout) as StatusJson;
+  }
+
+  async function waitReady(e: Engine, peers = 0): Promise<void> {
+    await waitUntil(
+      async () => {
+        const r = await e.weft(['status', '--json'], true);
+        if (r.code !== 0) return false;
+        const s = JSON.parse(r.stdout) as StatusJson;
+        return s.ready && s.peers.filter((p) => p.state === 'established').length >= peers;
+      },
+      { timeoutMs: 30_000, what: `the router container on ${e.host.name} to be ready with ${peers} peer(s)` },
+    );
+  }
+
+  async function ps(e: Engine): Promise<PsEntry[]> {
+    return JSON.parse((await e.docker(['exec', 'weft', 'weft', 'ps', '--json'], true)).stdout || '[]') as PsEntry[];
+  }
+
+  /** runContainer starts a container with no network of Docker's own, resolving names with its router's DNS. */
+  async function runContainer(e: Engine, name: string): Promise<void> {
+    await e.docker([
+      'run',
+      '-d',
+      '--name',
+      name,
+      '--network',
+      'none',
+      ...['--dns', dnsAddr[e.host.name] as string, '--dns-search', 'weft.local', '--entrypoint', 'sleep'],
+      image,
+      'infinity',
+    ]);
+  }
+
+  /** pingName pings `name` from a container until it answers (resolving it through the router's DNS). */
+  async function pingName(e: Engine, from: string, name: string): Promise<void> {
+    await waitUntil(async () => (await e.docker(['exec', from, 'ping', '-c', '1', '-W', '1', name], true)).code === 0, {
+      timeoutMs: 20_000,
+      what: `${from} on ${e.host.name} to ping ${name}`,
+    });
+    const r = await e.docker(['exec', from, 'ping', '-c', '3', '-i', '0.2', '-W', '1', name]);
+    expect(r.stdout).toMatch(/3 received/);
+  }
+
+  async function containerAddr(e: Engine, name: string): Promise<string | undefined> {
+    const r = await e.docker(['exec', name, 'ip', '-j', '-4', 'addr', 'show', 'ethwe'], true);
+    if (r.code !== 0) return undefined;
+    const info = JSON.parse(r.stdout || '[]') as { addr_info?: { local: string }[] }[];
+    return info[0]?.addr_info?.[0]?.local;
+  }
+
+  beforeAll(async () => {
+    topo = await Topology.create({ hosts: 2 });
+    [h1, h2] = topo.hosts as [Host, Host];
+    e1 = new Engine(h1, path.join(dir, 'h1'));
+    e2 = new Engine(h2, path.join(dir, 'h2'));
+    await Promise.all([e1.start(), e2.start()]);
+    // Built once (or loaded from the cache keyed by its inputs), then loaded into the second engine
+    // from the same cached tarball (the tree may change meanwhile: both hosts run the same image).
+    const t0 = Date.now();
+    const built = await run('sh', [path.join(ROOT, 'scripts/build-image.sh'), image], {
+      cwd: ROOT,
+      env: { ...process.env, DOCKER_HOST: `unix://${e1.socket}`, DOCKER },
+      timeout: IMAGE_BUILD_MS,
+    });
+    const note = built.stderr.trim().split('\n').at(-1) ?? '';
+    console.info(`docker e2e: image on ${h1.name} in ${Date.now() - t0} ms: ${note}`);
+    const t1 = Date.now();
+    const tarball = /(\/\S+\/router-([0-9a-f]{16})\.tar)/.exec(note);
+    if (tarball !== null) {
+      await e2.docker(['load', '-q', '-i', tarball[1] as string], false, IMAGE_BUILD_MS);
+      await e2.docker(['tag', `weft-router:${tarball[2]}`, image]);
+    } else {
+      const file = path.join(dir, 'router.tar');
+      await e1.docker(['save', '-o', file, image], false, IMAGE_BUILD_MS);
+      await e2.docker(['load', '-q', '-i', file], false, IMAGE_BUILD_MS);
+      rmSync(file, { force: true });
+    }
+    console.info(`docker e2e: image loaded on ${h2.name} in ${Date.now() - t1} ms`);
+    await startRouter(e1, []);
+    await startRouter(e2, [h1.underlayIp]);
+    await waitReady(e1, 1);
+    await waitReady(e2, 1);
+    for (const e of [e1, e2]) dnsAddr[e.host.name] = (await e.weft(['expose'])).stdout.trim();
+  }, IMAGE_BUILD_MS + 180_000);
+
+  afterAll(async () => {
+    await Promise.all([e1?.stop(), e2?.stop()]);
+    rmSync(dir, { recursive: true, force: true });
+    // Directories dockerd makes outside its roots: removed only when empty (no other engine uses them).
+    // (containerd's /run/containerd/{s,runc} are shared with any other containerd here: left alone.)
+    for (const d of ['/run/docker/plugins', '/run/docker']) {
+      try {
+        rmdirSync(d);
+      } catch {
+        // not there, or in use
+      }
+    }
+    await topo?.destroy();
+  }, 120_000);
+
+  it('runs the router container: status says the Docker integration is connected', async () => {
+    const s = await status(e1);
+    expect(s.docker).toMatchObject({ state: 'connected', events: true, socket: '/var/run/docker.sock' });
+    expect((await e1.weft(['status'])).stdout).toMatch(/Docker: connected to \/var\/run\/docker\.sock \(events\)/);
+    // The image's size, for the record.
+    const size = Number((await e1.docker(['image', 'inspect', '-f', '{{.Size}}', image])).stdout);
+    console.info(`docker e2e: router image ${image} is ${(size / 1e6).toFixed(0)} MB`);
+  });
+
+  it('without an engine, a router says so in its status and works', async () => {
+    const ns = await topo.addNamespace('nd');
+    try {
+      await launch(ns, [], ['--docker-socket', path.join(dir, 'no-engine.sock')]);
+      const text = (await weft(ns, ['status'])).stdout;
+      expect(text).toContain(`Docker: not found at ${path.join(dir, 'no-engine.sock')}`);
+      const r = await weft(ns, ['attach', 'no-such-container'], { allowFail: true });
+      expect(r.code).not.toBe(0);
+      expect(r.stderr).toMatch(/no running Docker container of that name/);
+      await weft(ns, ['stop']);
+    } finally {
+      await topo.removeNamespace(ns);
+      for (const d of [path.join(tmpdir(), 'weft-e2e', ns.name), path.join('/run/weft/netns', ns.name)]) {
+        rmSync(d, { recursive: true, force: true });
+      }
+    }
+  });
+
+  it('attaches Docker containers by name on both hosts; they ping each other by DNS name', async () => {
+    await runContainer(e1, 'c1');
+    await runContainer(e2, 'c2');
+    await runContainer(e2, 'c3');
+    addr.c1 = (await e1.weft(['attach', 'c1'])).stdout.trim();
+    addr.c2 = (await e2.weft(['attach', 'c2'])).stdout.trim();
+    addr.c3 = (await e2.weft(['attach', 'c3'])).stdout.trim();
+    expect(new Set(Object.values(addr)).size).toBe(3);
+    expect(await containerAddr(e1, 'c1')).toBe(addr.c1);
+    // Keyed by the container's id, named after it by default.
+    const id = (await e1.docker(['inspect', '-f', '{{.Id}}', 'c1'])).stdout.trim();
+    expect(await ps(e1)).toEqual([expect.objectContaining({ target: id, name: 'c1' })]);
+    // Idempotent, by name or by id.
+    expect((await e1.weft(['attach', id.slice(0, 12)])).stdout.trim()).toBe(addr.c1);
+    await pingName(e1, 'c1', 'c2');
+    await pingName(e2, 'c2', 'c1');
+    await pingName(e2, 'c3', 'c1.weft.local');
+  });
+
+  it('keeps a container attached across docker restart', async () => {
+    await e1.docker(['restart', '-t', '1', 'c1']);
+    await waitUntil(async () => (await containerAddr(e1, 'c1')) === addr.c1, {
+      timeoutMs: 15_000,
+      what: 'c1 to be re-attached with its address after docker restart',
+    });
+    await pingName(e2, 'c2', 'c1');
+    await pingName(e1, 'c1', 'c3');
+  });
+
+  it('frees the address and the name of a removed container at once, on every host', async () => {
+    await e2.docker(['rm', '-f', 'c2']);
+    await waitUntil(async () => !(await ps(e2)).some((p) => p.name === 'c2'), {
+      timeoutMs: 5_000,
+      what: 'c2 to be detached after docker rm -f',
+    });
+    const ipam = JSON.parse((await e2.weft(['status', 'ipam', '--json'])).stdout) as {
+      allocations: { addr: string }[];
+    };
+    expect(ipam.allocations.map((a) => a.addr)).not.toContain(addr.c2);
+    for (const e of [e1, e2]) {
+      await waitUntil(async () => (await e.weft(['dns-lookup', 'c2'], true)).code !== 0, {
+        timeoutMs: 5_000,
+        what: `c2.weft.local to be gone from ${e.host.name}'s DNS`,
+      });
+    }
+    expect((await e1.docker(['exec', 'c1', 'ping', '-c', '1', '-W', '1', 'c2'], true)).code).not.toBe(0);
+  });
+
+  it('keeps every address across docker stop / start of the router container', async () => {
+    const before = { h1: await ps(e1), h2: await ps(e2) };
+    await e1.docker(['stop', 'weft']);
+    // A container restarted while its router is down is plugged in again when the router is back.
+    await e1.docker(['restart', '-t', '1', 'c1']);
+    expect(await containerAddr(e1, 'c1')).toBeUndefined();
+    await e1.docker(['start', 'weft']);
+    await waitReady(e1, 1);
+    expect(await ps(e1)).toEqual(before.h1);
+    await waitUntil(async () => (await containerAddr(e1, 'c1')) === addr.c1, {
+      timeoutMs: 15_000,
+      what: 'c1, restarted while the router was down, to be re-attached with its address',
+    });
+    expect((await e1.weft(['expose'])).stdout.trim()).toBe(dnsAddr[h1.name]);
+    await pingName(e1, 'c1', 'c3');
+    await pingName(e2, 'c3', 'c1');
+    expect(await ps(e2)).toEqual(before.h2);
+  });
+});
