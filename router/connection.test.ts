@@ -288,6 +288,22 @@ describe('Connection', () => {
     );
   });
 
+  it('refuses a peer announcing a name no router may have (zero, broadcast, multicast)', async () => {
+    for (const bad of ['00:00:00:00:00:00', 'ff:ff:ff:ff:ff:ff', '01:00:5e:00:00:01'] as PeerName[]) {
+      let conn: Connection | undefined;
+      const port = await listen((socket) => {
+        conn = wrap({ socket, outbound: false, local: local(NAME_A, 1n) });
+      });
+      const raw = connect(port, '127.0.0.1');
+      sockets.push(raw);
+      raw.write(helloFrom(bad));
+      await until(() => conn !== undefined);
+      const c = await closedOf(conn!);
+      expect(c.error?.code, bad).toBe('EWEFT_PROTOCOL');
+      expect(c.reason).toMatch(/which no router may have/);
+    }
+  });
+
   it('closes a peer that sends garbage instead of a hello, tells it why, and keeps accepting', async () => {
     const inbound: Connection[] = [];
     const port = await listen((socket) => inbound.push(wrap({ socket, outbound: false, local: local(NAME_A, 1n) })));

@@ -20,7 +20,7 @@ import type { Socket } from 'node:net';
 import { type Clock, realClock, type Timer } from '../common/clock.js';
 import { ProtocolError, WeftError } from '../common/errors.js';
 import type { Logger } from '../common/log.js';
-import { type PeerName, type PeerUid, peerNameToBytes } from '../common/types.js';
+import { type PeerName, type PeerUid, peerNameToBytes, reservedPeerNameReason } from '../common/types.js';
 import { HELLO_MAX_BYTES, LINGER_DISCARD_MAX_BYTES } from './conn-limits.js';
 import {
   CLOSE_LINGER_MS,
@@ -487,6 +487,13 @@ export class Connection extends EventEmitter<ConnectionEvents> {
           ),
         );
       }
+      return;
+    }
+    // No router may have such a name (parseOwnPeerName refuses it at launch): it would be a group
+    // MAC in every peer's forwarding table.
+    const reserved = reservedPeerNameReason(hello.name as PeerName);
+    if (reserved !== undefined) {
+      this.fail(new ProtocolError(`peer announced the name ${hello.name}, which no router may have: ${reserved}`));
       return;
     }
     if (hello.auth && this.password === undefined) {
