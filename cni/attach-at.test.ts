@@ -1,7 +1,8 @@
 import { promisify } from 'node:util';
 import { beforeEach, describe, expect, it, vi } from 'vitest';
 import { noopLogger } from '../common/log.js';
-import { type Cidr, parseCidr } from '../common/types.js';
+import { parseCidr } from '../common/types.js';
+import { FakeAttachRouter } from '../control/testing/fake-router.js';
 import { GSO_MAX_BYTES, type Router } from '../router/index.js';
 
 /** kernel stands in for `ip` and `nsenter`: host links, and every command with its stdin. */
@@ -64,55 +65,19 @@ vi.mock('node:fs/promises', async (importOriginal) => {
 
 const { Attacher, hostIfname } = await import('../control/attach.js');
 
-/** FakeRouter: IPAM as a map, and an expose that takes 10.32.0.1 once. */
-class FakeRouter {
-  readonly mtu = 1410;
-  readonly held = new Map<string, number[]>();
-  exposed: Cidr[] = [];
-  exposes = 0;
-  private next = 0x0a200005;
-  readonly ipam = { owners: () => [...this.held.keys()], free: (o: string) => this.held.delete(o) };
-  async allocate(owner: string): Promise<number> {
-    const addr = this.next++;
-    this.held.set(owner, [addr]);
-    return addr;
-  }
-  reserve(owner: string, addrs: readonly Cidr[]): void {
-    this.held.set(
-      owner,
-      addrs.map((a) => a.addr),
-    );
-  }
-  claim(owner: string, addrs: readonly Cidr[]): void {
-    this.reserve(owner, addrs);
-  }
-  release(owner: string): Cidr[] {
-    this.held.delete(owner);
-    return [];
-  }
-  async expose(): Promise<Cidr[]> {
-    this.exposes++;
-    if (this.exposed.length === 0) this.exposed = [parseCidr('10.32.0.1/12')];
-    return this.exposed;
-  }
-  exposedCidrs(): Cidr[] {
-    return [...this.exposed];
-  }
-}
-
 const RANGE = parseCidr('10.32.0.0/12');
 const KEY = 'weftnet:c1:eth0';
 
 /** The Attacher's attach by namespace path (control/attach.ts AttachAt), the hook the CNI plugin stands on. */
 describe('Attacher.attach by netns path', () => {
-  let router: FakeRouter;
+  let router: FakeAttachRouter;
   let attacher: InstanceType<typeof Attacher>;
   let saved: number;
 
   beforeEach(async () => {
     kernel.links.clear();
     kernel.commands = [];
-    router = new FakeRouter();
+    router = new FakeAttachRouter({ first: 0x0a200005 });
     saved = 0;
     attacher = new Attacher(router as unknown as Router, RANGE, noopLogger, () => {
       saved++;

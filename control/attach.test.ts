@@ -2,9 +2,10 @@ import { promisify } from 'node:util';
 import { beforeEach, describe, expect, it, vi } from 'vitest';
 import { WeftError } from '../common/errors.js';
 import { noopLogger } from '../common/log.js';
-import { type Cidr, formatIPv4, parseCidr } from '../common/types.js';
+import { parseCidr } from '../common/types.js';
 import { GSO_MAX_BYTES, type Router } from '../router/index.js';
 import { StateSaveError } from './state.js';
+import { FakeAttachRouter } from './testing/fake-router.js';
 
 /**
  * FakeKernel stands in for `ip`: the host namespace's links, and a log of what was run. Every
@@ -84,55 +85,10 @@ vi.mock('node:fs/promises', async (importOriginal) => {
 const { Attacher, CONTAINER_IFNAME, hostIfname, vethAddArgs } = await import('./attach.js');
 type AttachedContainer = import('./attach.js').AttachedContainer;
 
-/** FakeRouter is the part of the Router the Attacher uses, with IPAM as a map of owners to addresses. */
-class FakeRouter {
-  readonly mtu = 1410;
-  readonly held = new Map<string, number[]>();
-  readonly claimed = new Set<string>();
-  private next = 0x0a200001;
-  readonly ipam = {
-    owners: () => [...this.held.keys()],
-    free: (owner: string) => {
-      kernel.events.push(`free ${owner}`);
-      const had = this.held.get(owner) ?? [];
-      this.held.delete(owner);
-      return had;
-    },
-  };
-  async allocate(owner: string): Promise<number> {
-    const had = this.held.get(owner);
-    if (had?.[0] !== undefined) return had[0];
-    const addr = this.next++;
-    this.held.set(owner, [addr]);
-    return addr;
-  }
-  reserve(owner: string, addrs: readonly Cidr[]): void {
-    this.held.set(
-      owner,
-      addrs.map((a) => a.addr),
-    );
-  }
-  claim(owner: string, addrs: readonly Cidr[]): void {
-    this.reserve(owner, addrs);
-    this.claimed.add(owner);
-  }
-  release(owner: string): Cidr[] {
-    this.ipam.free(owner);
-    this.claimed.delete(owner);
-    return [];
-  }
-  exposedCidrs(): Cidr[] {
-    return [];
-  }
-  used(): string[] {
-    return [...this.held.values()].flat().map(formatIPv4);
-  }
-}
-
 const RANGE = parseCidr('10.32.0.0/12');
 
 describe('Attacher', () => {
-  let router: FakeRouter;
+  let router: FakeAttachRouter;
   /** saves are the lists onChange persisted, in order; failSave makes the next N saves throw. */
   let saves: AttachedContainer[][] = [];
   let failSave: number;
@@ -163,7 +119,7 @@ describe('Attacher', () => {
     kernel.links.clear();
     kernel.events = [];
     kernel.fail = undefined;
-    router = new FakeRouter();
+    router = new FakeAttachRouter({ onFree: (owner) => kernel.events.push(`free ${owner}`) });
     failSave = 0;
     names = [];
     attacher = make();

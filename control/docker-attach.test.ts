@@ -1,8 +1,9 @@
 import { promisify } from 'node:util';
 import { beforeEach, describe, expect, it, vi } from 'vitest';
 import { noopLogger } from '../common/log.js';
-import { type Cidr, formatIPv4, parseCidr } from '../common/types.js';
+import { formatIPv4, parseCidr } from '../common/types.js';
 import type { Router } from '../router/index.js';
+import { FakeAttachRouter } from './testing/fake-router.js';
 
 /**
  * kernel stands in for `ip` and `nsenter`: the host's veths, and which container pids have an
@@ -97,41 +98,6 @@ type FoundContainer = import('./attach.js').FoundContainer;
 
 const ID = 'c'.repeat(64);
 
-/** FakeRouter is the part of the Router the Attacher uses. */
-class FakeRouter {
-  readonly mtu = 1410;
-  readonly held = new Map<string, number[]>();
-  private next = 0x0a200001;
-  readonly ipam = {
-    owners: () => [...this.held.keys()],
-    free: (owner: string) => {
-      this.held.delete(owner);
-      return [];
-    },
-  };
-  async allocate(owner: string): Promise<number> {
-    const addr = this.next++;
-    this.held.set(owner, [addr]);
-    return addr;
-  }
-  reserve(owner: string, addrs: readonly Cidr[]): void {
-    this.held.set(
-      owner,
-      addrs.map((a) => a.addr),
-    );
-  }
-  claim(owner: string, addrs: readonly Cidr[]): void {
-    this.reserve(owner, addrs);
-  }
-  release(owner: string): Cidr[] {
-    this.held.delete(owner);
-    return [];
-  }
-  exposedCidrs(): Cidr[] {
-    return [];
-  }
-}
-
 /** FakeEngine is a ContainerEngine with containers by name and id. */
 class FakeEngine {
   readonly byName = new Map<string, FoundContainer>();
@@ -143,7 +109,7 @@ class FakeEngine {
 }
 
 describe('Attacher with a container engine', () => {
-  let router: FakeRouter;
+  let router: FakeAttachRouter;
   let engine: FakeEngine;
   let attacher: InstanceType<typeof Attacher>;
   let names: string[];
@@ -152,7 +118,7 @@ describe('Attacher with a container engine', () => {
     kernel.links.clear();
     kernel.ethwe.clear();
     kernel.log.length = 0;
-    router = new FakeRouter();
+    router = new FakeAttachRouter();
     engine = new FakeEngine();
     engine.byName.set('web', { key: ID, name: 'web', pid: 9001 });
     names = [];
