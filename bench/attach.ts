@@ -6,7 +6,7 @@
  */
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { type Host, Topology } from '../e2e/netns.js';
+import { type Host, Lab } from '../e2e/netns.js';
 import { launch, removeStateDirs, weft } from '../e2e/weft.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -30,7 +30,7 @@ export function quantile(xs: readonly number[], q: number): number {
 
 /** runAttach builds one host and `containers` + `cliRuns` namespaces and times attaching them. */
 export async function runAttach(containers = 100, cliRuns = 10): Promise<AttachResult> {
-  const topo = await Topology.create({ hosts: 1 });
+  const topo = await Lab.create({ hosts: 1 });
   try {
     const h = topo.hosts[0] as Host;
     await launch(h, []);

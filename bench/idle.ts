@@ -25,7 +25,7 @@ import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { type Host, requireRoot, Topology } from '../e2e/netns.js';
+import { type Host, Lab, requireRoot } from '../e2e/netns.js';
 import { CLI, removeStateDirs, stateDir, waitPeers, weft } from '../e2e/weft.js';
 import { cpuPercent, readCpuTicks } from './proc-counters.js';
 import { routerPids } from './weft-scenarios.js';
@@ -107,7 +107,7 @@ async function runOne(n: number, opts: IdleOptions): Promise<IdleResult> {
   // Discovery stops dialling at DISCOVERY_DEGREE (16) connections: ask for a full mesh at any N.
   const flags = ['--discovery-degree', String(Math.max(1, n - 1)), ...(opts.flags ?? [])];
   const env = opts.nodeOptions === undefined ? undefined : { NODE_OPTIONS: opts.nodeOptions };
-  const topo = await Topology.create({ hosts: n });
+  const topo = await Lab.create({ hosts: n });
   const hosts = topo.hosts as readonly Host[];
   try {
     const started = performance.now();

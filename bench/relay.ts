@@ -2,7 +2,7 @@
  * relay measures what relaying costs: ping RTT between two Weft hosts directly, then with the
  * direct link cut (nftables inside one host's namespace) so traffic crosses a third host.
  */
-import { type Host, Topology, waitUntil } from '../e2e/netns.js';
+import { type Host, Lab, waitUntil } from '../e2e/netns.js';
 import { expose, launch, removeStateDirs, status } from '../e2e/weft.js';
 
 /** RelayResult is the median RTTs and their ratio. */
@@ -22,7 +22,7 @@ export function median(xs: number[]): number {
 
 /** runRelay builds three hosts, measures `pings` pings direct and relayed between hosts 1 and 3. */
 export async function runRelay(pings = 100): Promise<RelayResult> {
-  const topo = await Topology.create({ hosts: 3 });
+  const topo = await Lab.create({ hosts: 3 });
   try {
     const [h1, h2, h3] = topo.hosts as [Host, Host, Host];
     await launch(h1, []);

@@ -31,7 +31,7 @@ import { cpus, release } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs, promisify } from 'node:util';
-import { type Host, type Netns, outputTail, requireRoot, stopProcess, Topology, waitUntil } from '../e2e/netns.js';
+import { type Host, Lab, type Netns, outputTail, requireRoot, stopProcess, waitUntil } from '../e2e/netns.js';
 import { launch, removeStateDirs, routerPid, waitPeers, weft } from '../e2e/weft.js';
 import { readCpuTicks, readRssBytes } from './proc-counters.js';
 
@@ -234,7 +234,7 @@ export async function runSoak(opts: SoakOptions): Promise<SoakResult> {
   const bitrate = opts.bitrate ?? '20M';
   const durationMs = Math.round(minutes * 60_000);
   const cpu = cpus();
-  const topo = await Topology.create({ hosts: 2 });
+  const topo = await Lab.create({ hosts: 2 });
   try {
     const hosts = topo.hosts as [Host, Host];
     const [h1, h2] = hosts;

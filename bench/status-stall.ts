@@ -4,7 +4,7 @@
  * idle, then while a poller in host 1 fetches `/status?format=json` and `/metrics` 20 times a
  * second each. Target: the polled median within 1.2× the idle one.
  */
-import { type Host, type Netns, Topology, waitUntil } from '../e2e/netns.js';
+import { type Host, Lab, type Netns, waitUntil } from '../e2e/netns.js';
 import { launch, removeStateDirs, waitPeers, weft } from '../e2e/weft.js';
 import { median } from './relay.js';
 
@@ -29,7 +29,7 @@ process.on('SIGTERM', () => { console.log(JSON.stringify({ requests: n })); proc
 
 /** runStatusStall builds two hosts with a container each and measures `pings` pings both ways. */
 export async function runStatusStall(pings = 200): Promise<StatusStallResult> {
-  const topo = await Topology.create({ hosts: 2 });
+  const topo = await Lab.create({ hosts: 2 });
   try {
     const [h1, h2] = topo.hosts as [Host, Host];
     const c1: Netns = await topo.addNamespace('ca');

@@ -4,7 +4,7 @@
  * level (lossy levels only for the MTUs in `lossyMtus`), then a small table across a routed path
  * whose middle link has a smaller MTU. Rows are {@link tunnelScenarios}, or the subset `rows` names.
  */
-import { Topology } from '../e2e/netns.js';
+import { Lab } from '../e2e/netns.js';
 import {
   baselineScenarios,
   kernelVxlan,
@@ -102,7 +102,7 @@ export async function runTunnelSuite(opts: TunnelSuiteOptions): Promise<TunnelTa
   for (const underlayMtu of opts.mtus) {
     const overlayMtu = underlayMtu - OVERLAY_OVERHEAD_BYTES;
     const losses = lossyMtus.includes(underlayMtu) ? opts.lossPermille : [0];
-    const topo = await Topology.create({ hosts: 2, underlayMtu });
+    const topo = await Lab.create({ hosts: 2, underlayMtu });
     try {
       const results = await measureLossLevels(topo, pick(tunnelScenarios(), opts.rows), {
         ...measure,
@@ -123,7 +123,7 @@ export async function runTunnelSuite(opts: TunnelSuiteOptions): Promise<TunnelTa
   if (opts.midPathMtu !== undefined) {
     const underlayMtu = 1500;
     const overlayMtu = underlayMtu - OVERLAY_OVERHEAD_BYTES;
-    const topo = await Topology.create({ hosts: 2, underlayMtu, midPathMtu: opts.midPathMtu });
+    const topo = await Lab.create({ hosts: 2, underlayMtu, midPathMtu: opts.midPathMtu });
     try {
       const results = await measureLossLevels(topo, pick(midPathScenarios(), opts.rows), {
         ...measure,

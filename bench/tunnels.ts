@@ -1,5 +1,5 @@
 /**
- * tunnels measures IP tunnels between two hosts of a netns {@link Topology}, side by side in one run:
+ * tunnels measures IP tunnels between two hosts of a netns {@link Lab}, side by side in one run:
  * the physical limit (raw veth), the kernel's own vxlan, and userspace tunnels installed from Debian
  * packages (socat TUN-over-UDP, wireguard-go, nebula). Weft's bench adds its own {@link TunnelScenario}s
  * and passes them through the same {@link measureScenarios} and {@link renderTable}.
@@ -25,7 +25,7 @@ import { tmpdir } from 'node:os';
 import path, { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
-import type { Host, Netns, Topology } from '../e2e/netns.js';
+import type { Host, Lab, Netns } from '../e2e/netns.js';
 import { AbortWait, outputTail, stopProcess, waitUntil } from '../e2e/netns.js';
 import { cpuPercent, type IpFragments, readCpuTicks, readIpFragments } from './proc-counters.js';
 
@@ -102,7 +102,7 @@ export interface TunnelScenario {
    * (not necessarily handshaken: the measurement pings until the first reply). On failure it removes
    * what it built before rejecting.
    */
-  setup(topo: Topology, opts: TunnelSetupOptions): Promise<TunnelSetup>;
+  setup(topo: Lab, opts: TunnelSetupOptions): Promise<TunnelSetup>;
 }
 
 /** TunnelResult is one measured row. Numbers are NaN where a measurement failed (see `error`). */
@@ -192,7 +192,7 @@ async function staged<T extends Omit<TunnelSetup, 'teardown'>>(
   }
 }
 
-function pair(topo: Topology): [Host, Host] {
+function pair(topo: Lab): [Host, Host] {
   const [a, b] = topo.hosts;
   if (!a || !b) throw new Error(`a tunnel needs 2 hosts; topology ${topo.prefix} has ${topo.hosts.length}`);
   return [a, b];
@@ -567,7 +567,7 @@ function message(err: unknown): string {
 }
 
 /** underlayNamespaces are where underlay fragments are counted: every host and router of `topo`. */
-function underlayNamespaces(topo: Topology): Netns[] {
+function underlayNamespaces(topo: Lab): Netns[] {
   return [...topo.hosts, ...topo.routers];
 }
 
@@ -593,7 +593,7 @@ function ticksPerSecond(): Promise<number> {
  * function never rejects, and it always tears the scenario down.
  */
 export async function measureScenario(
-  topo: Topology,
+  topo: Lab,
   scenario: TunnelScenario,
   opts: MeasureOptions,
 ): Promise<TunnelResult> {
@@ -718,7 +718,7 @@ export async function measureScenario(
  * failing scenario; its row carries the `error`.
  */
 export async function measureScenarios(
-  topo: Topology,
+  topo: Lab,
   scenarios: readonly TunnelScenario[],
   opts: MeasureOptions,
 ): Promise<TunnelResult[]> {
@@ -750,7 +750,7 @@ export interface LossLevelOptions extends Omit<MeasureOptions, 'lossPermille' | 
  * underlay with offloads on when done, also on failure. Ratios are to raw veth of the same level.
  */
 export async function measureLossLevels(
-  topo: Topology,
+  topo: Lab,
   scenarios: readonly TunnelScenario[],
   opts: LossLevelOptions,
 ): Promise<TunnelResult[]> {

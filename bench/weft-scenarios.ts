@@ -2,7 +2,7 @@ import { execFile } from 'node:child_process';
 import { rmSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { promisify } from 'node:util';
-import type { Host, Netns, Topology } from '../e2e/netns.js';
+import type { Host, Lab, Netns } from '../e2e/netns.js';
 import { CLI, expose, launch, stateDir, waitPeers, weft } from '../e2e/weft.js';
 import type { TunnelScenario, TunnelSetup } from './tunnels.js';
 
@@ -41,7 +41,7 @@ function weftRow(encap: 'sleeve' | 'vxlan', mode: WeftMode, extraFlags: string[]
     id: `weft-${encap}${mode === 'host' ? '-host' : ''}`,
     name: `weft ${encap}${flagText}${mode === 'host' ? ', host to host' : ''}`,
     lossy: mode === 'container',
-    async setup(topo: Topology): Promise<TunnelSetup> {
+    async setup(topo: Lab): Promise<TunnelSetup> {
       const [a, b] = topo.hosts as [Host | undefined, Host | undefined];
       if (a === undefined || b === undefined) throw new Error('weft scenario needs two hosts');
       // No --mtu: the router picks the overlay MTU from its underlay, as users run it.

@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type ExecResult, type Host, type Netns, requireRoot, Topology, waitUntil } from './netns.js';
+import { type ExecResult, type Host, Lab, type Netns, requireRoot, waitUntil } from './netns.js';
 import { launch, removeStateDirs, weft } from './weft.js';
 
 const reason = requireRoot();
@@ -79,7 +79,7 @@ function tmpFiles(dir: string): string[] {
  * and leaves nothing behind.
  */
 describe.skipIf(reason)('attach across crashes and full disks', () => {
-  let topo: Topology;
+  let topo: Lab;
   let h1: Host;
   let h2: Host;
   /** disk is the small tmpfs h2 keeps its state in. */
@@ -87,7 +87,7 @@ describe.skipIf(reason)('attach across crashes and full disks', () => {
   let mounted = false;
 
   beforeAll(async () => {
-    topo = await Topology.create({ hosts: 2 });
+    topo = await Lab.create({ hosts: 2 });
     [h1, h2] = topo.hosts as [Host, Host];
     await launch(h1, [], ['--container-grace', '1000']);
   });

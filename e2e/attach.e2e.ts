@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type Host, type Netns, requireRoot, Topology, waitUntil } from './netns.js';
+import { type Host, Lab, type Netns, requireRoot, waitUntil } from './netns.js';
 import { launch, removeStateDirs, status, waitPeers, weft } from './weft.js';
 
 const reason = requireRoot();
@@ -21,7 +21,7 @@ async function ipam(h: Host): Promise<IpamJson> {
  * or when they vanish. Bad attaches leave nothing behind.
  */
 describe.skipIf(reason)('weft attach / detach / ps', () => {
-  let topo: Topology;
+  let topo: Lab;
   let h1: Host;
   let h2: Host;
   let c1: Netns;
@@ -30,7 +30,7 @@ describe.skipIf(reason)('weft attach / detach / ps', () => {
   const addr: Record<string, string> = {};
 
   beforeAll(async () => {
-    topo = await Topology.create({ hosts: 2 });
+    topo = await Lab.create({ hosts: 2 });
     [h1, h2] = topo.hosts as [Host, Host];
     c1 = await topo.addNamespace('ca');
     c2 = await topo.addNamespace('cb');

@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type Host, type Netns, requireRoot, Topology, waitUntil } from './netns.js';
+import { type Host, Lab, type Netns, requireRoot, waitUntil } from './netns.js';
 import { launch, removeStateDirs, status, waitPeers, weft } from './weft.js';
 
 const reason = requireRoot();
@@ -113,7 +113,7 @@ async function st(h: Host): Promise<AttackStatus> {
  * fill the learned endpoint table. Every forged datagram is a counted drop.
  */
 describe.skipIf(reason)('an attacker on the underlay', () => {
-  let topo: Topology;
+  let topo: Lab;
   let h1: Host;
   let h2: Host;
   let attacker: Host;
@@ -125,7 +125,7 @@ describe.skipIf(reason)('an attacker on the underlay', () => {
   let name2 = '';
 
   beforeAll(async () => {
-    topo = await Topology.create({ hosts: 3 });
+    topo = await Lab.create({ hosts: 3 });
     [h1, h2, attacker] = topo.hosts as [Host, Host, Host];
     c1 = await topo.addNamespace('ca');
     c2 = await topo.addNamespace('cb');

@@ -1,6 +1,6 @@
 import { writeFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type Host, requireRoot, Topology, waitUntil } from './netns.js';
+import { type Host, Lab, requireRoot, waitUntil } from './netns.js';
 import { expose, launch, removeStateDirs, stateDir, status, waitPeers, weft } from './weft.js';
 
 const reason = requireRoot();
@@ -13,12 +13,12 @@ function passwordFile(h: Host, password: string): string {
 }
 
 describe.skipIf(reason)('peers authenticate when a password is set', () => {
-  let topo: Topology;
+  let topo: Lab;
   let h1: Host;
   let h2: Host;
 
   beforeAll(async () => {
-    topo = await Topology.create({ hosts: 2 });
+    topo = await Lab.create({ hosts: 2 });
     [h1, h2] = topo.hosts as [Host, Host];
     await launch(h1, [], ['--password-file', passwordFile(h1, 'correct horse')]);
   });

@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type Host, requireRoot, Topology } from './netns.js';
+import { type Host, Lab, requireRoot } from './netns.js';
 import { expose, launch, removeStateDirs, status, waitPeers, weft } from './weft.js';
 
 const reason = requireRoot();
@@ -31,7 +31,7 @@ c.on('error', () => {});
 `;
 
 describe.skipIf(reason)('bad input does not disturb a router', () => {
-  let topo: Topology;
+  let topo: Lab;
   let h1: Host;
   let h2: Host;
   /** a1 and a2 are the addresses IPAM gave hosts 1 and 2. */
@@ -39,7 +39,7 @@ describe.skipIf(reason)('bad input does not disturb a router', () => {
   let a2: string;
 
   beforeAll(async () => {
-    topo = await Topology.create({ hosts: 2 });
+    topo = await Lab.create({ hosts: 2 });
     [h1, h2] = topo.hosts as [Host, Host];
     await launch(h1, []);
     await launch(h2, [h1.underlayIp]);

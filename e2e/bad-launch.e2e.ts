@@ -3,7 +3,7 @@ import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { TARGETS_MAX } from '../control/config.js';
-import { type Host, type Netns, requireRoot, Topology, waitUntil } from './netns.js';
+import { type Host, Lab, type Netns, requireRoot, waitUntil } from './netns.js';
 import { CLI, launch, removeStateDirs, stateDir, weft } from './weft.js';
 
 const reason = requireRoot();
@@ -48,12 +48,12 @@ function peers(b: number): string[] {
  * and more targets than a state file holds.
  */
 describe.skipIf(reason)('bad launches', () => {
-  let topo: Topology;
+  let topo: Lab;
   let h1: Host;
   let h2: Host;
 
   beforeAll(async () => {
-    topo = await Topology.create({ hosts: 2 });
+    topo = await Lab.create({ hosts: 2 });
     h1 = topo.hosts[0] as Host;
     h2 = topo.hosts[1] as Host;
   });

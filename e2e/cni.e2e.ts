@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type ExecResult, type Host, type Netns, requireRoot, Topology, waitUntil } from './netns.js';
+import { type ExecResult, type Host, Lab, type Netns, requireRoot, waitUntil } from './netns.js';
 import { CLI, launch, removeStateDirs, waitPeers, weft } from './weft.js';
 
 /** PLUGINS is where Debian's containernetworking-plugins put the reference plugins. */
@@ -79,7 +79,7 @@ describe.skipIf(reason)('CNI plugin weft with cnitool, portmap, firewall and ban
   const work = path.join(tmpdir(), `weft-cni-e2e-${process.pid}`);
   const binDir = path.join(work, 'bin');
   const confDir = path.join(work, 'net.d');
-  let topo: Topology;
+  let topo: Lab;
   let h1: Host;
   let h2: Host;
   let p1: Netns;
@@ -135,7 +135,7 @@ describe.skipIf(reason)('CNI plugin weft with cnitool, portmap, firewall and ban
         ],
       }),
     );
-    topo = await Topology.create({ hosts: 2 });
+    topo = await Lab.create({ hosts: 2 });
     [h1, h2] = topo.hosts as [Host, Host];
     p1 = await topo.addNamespace('pa');
     p2 = await topo.addNamespace('pb');

@@ -1,6 +1,6 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type Host, type Netns, outputTail, requireRoot, stopProcess, Topology, waitUntil } from './netns.js';
+import { type Host, Lab, type Netns, outputTail, requireRoot, stopProcess, waitUntil } from './netns.js';
 import { launch, removeStateDirs, status, waitPeers, weft } from './weft.js';
 
 /** HANDSHAKES_MAX and HANDSHAKES_PER_ADDR_MAX as in router/conn-limits.ts: what the floods should find full. */
@@ -132,13 +132,13 @@ async function terminations(ns: Netns): Promise<Record<string, number>> {
  * (frames announced as 8 MiB before Hello) and lock-out (hundreds of junk connections held open).
  */
 describe.skipIf(reason)('a router under a flood of unauthenticated control connections', () => {
-  let topo: Topology;
+  let topo: Lab;
   let h1: Host;
   let h2: Host;
   let attacker: Host;
 
   beforeAll(async () => {
-    topo = await Topology.create({ hosts: 3 });
+    topo = await Lab.create({ hosts: 3 });
     [h1, h2, attacker] = topo.hosts as [Host, Host, Host];
     await launch(h1, []);
     await launch(h2, [h1.underlayIp]);

@@ -15,7 +15,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SocketRouterApi } from '../cni/router-api.js';
-import { type Host, requireRoot, Topology, waitUntil } from './netns.js';
+import { type Host, Lab, requireRoot, waitUntil } from './netns.js';
 import { CLI, launch, removeStateDirs, waitPeers, weft } from './weft.js';
 
 const ROOT = path.resolve(path.dirname(CLI), '../..');
@@ -168,7 +168,7 @@ describe.skipIf(reason)('CRI (containerd) runs pods on the weft network', () => 
   const work = path.join(tmpdir(), `weft-cri-e2e-${process.pid}`);
   const binDir = path.join(work, 'bin');
   const confDir = path.join(work, 'net.d');
-  let topo: Topology;
+  let topo: Lab;
   let hosts: Host[] = [];
   const daemons: Containerd[] = [];
   const pods: { d: Containerd; id: string; ip: string }[] = [];
@@ -244,7 +244,7 @@ describe.skipIf(reason)('CRI (containerd) runs pods on the weft network', () => 
       }),
     );
     const pauseTar = buildPauseImage(path.join(work, 'image'));
-    topo = await Topology.create({ hosts: 2 });
+    topo = await Lab.create({ hosts: 2 });
     hosts = topo.hosts as Host[];
     const [h1, h2] = hosts as [Host, Host];
     await launch(h1, [], ['--container-grace', '1000']);

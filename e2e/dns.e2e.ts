@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type Host, type Netns, requireRoot, Topology, waitUntil } from './netns.js';
+import { type Host, Lab, type Netns, requireRoot, waitUntil } from './netns.js';
 import { launch, removeStateDirs, status, waitPeers, weft } from './weft.js';
 
 const reason = requireRoot();
@@ -32,12 +32,12 @@ async function dig(ns: Netns, args: string[]): Promise<string[]> {
  * and garbage does not disturb the next query.
  */
 describe.skipIf(reason)('weft DNS', () => {
-  let topo: Topology;
+  let topo: Lab;
   let hosts: [Host, Host, Host, Host];
   const c: Record<string, { ns: Netns; addr: string }> = {};
 
   beforeAll(async () => {
-    topo = await Topology.create({ hosts: 4 });
+    topo = await Lab.create({ hosts: 4 });
     hosts = topo.hosts as [Host, Host, Host, Host];
     const [h1, h2, h3, net] = hosts;
     // The "internet": a resolver on host 4's underlay address that knows one outside name.

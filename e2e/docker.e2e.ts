@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type Host, requireRoot, Topology, waitUntil } from './netns.js';
+import { type Host, Lab, requireRoot, waitUntil } from './netns.js';
 import { launch, weft } from './weft.js';
 
 const run = promisify(execFile);
@@ -168,7 +168,7 @@ interface PsEntry {
  * -f`, and keep their addresses across `docker stop`/`start` of the router container.
  */
 describe.skipIf(reason)('Docker: the router container and weft attach of Docker containers', () => {
-  let topo: Topology;
+  let topo: Lab;
   let h1: Host;
   let h2: Host;
   let e1: Engine;
@@ -249,7 +249,7 @@ describe.skipIf(reason)('Docker: the router container and weft attach of Docker 
   }
 
   beforeAll(async () => {
-    topo = await Topology.create({ hosts: 2 });
+    topo = await Lab.create({ hosts: 2 });
     [h1, h2] = topo.hosts as [Host, Host];
     e1 = new Engine(h1, path.join(dir, 'h1'));
     e2 = new Engine(h2, path.join(dir, 'h2'));

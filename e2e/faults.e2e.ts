@@ -2,7 +2,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { CyclesReport } from '../bench/attach-cycles.js';
 import { readFdCount } from '../bench/proc-counters.js';
-import { type Host, type Netns, outputTail, requireRoot, stopProcess, Topology, waitUntil } from './netns.js';
+import { type Host, Lab, type Netns, outputTail, requireRoot, stopProcess, waitUntil } from './netns.js';
 import { CLI, launch, removeStateDirs, routerPid, status, waitPeers, weft } from './weft.js';
 
 const reason = requireRoot();
@@ -101,7 +101,7 @@ interface Container {
 }
 
 /** attach makes a container namespace `tag` and attaches it on `h` (with a DNS name, if given). */
-async function attach(topo: Topology, h: Host, tag: string, name?: string): Promise<Container> {
+async function attach(topo: Lab, h: Host, tag: string, name?: string): Promise<Container> {
   const ns = await topo.addNamespace(tag);
   const r = await weft(h, ['attach', ns.name, ...(name === undefined ? [] : ['--name', name])]);
   const addr = r.stdout.trim();
@@ -126,12 +126,12 @@ async function expectUniqueAddresses(hosts: readonly Host[]): Promise<void> {
  * and containers ping each other across hosts with no more loss than the wire's.
  */
 describe.skipIf(reason)('faults: 5 % frame loss on the underlay', () => {
-  let topo: Topology;
+  let topo: Lab;
   let hosts: [Host, Host, Host];
   const ctrs: Container[] = [];
 
   beforeAll(async () => {
-    topo = await Topology.create({ hosts: 3 });
+    topo = await Lab.create({ hosts: 3 });
     hosts = topo.hosts as [Host, Host, Host];
     await topo.setUnderlayOffloads(false);
     await topo.setFrameLoss(50);
@@ -203,12 +203,12 @@ describe.skipIf(reason)('faults: 5 % frame loss on the underlay', () => {
  * everywhere, removed ones nowhere).
  */
 describe.skipIf(reason)('faults: a partition that heals', () => {
-  let topo: Topology;
+  let topo: Lab;
   let hosts: [Host, Host, Host];
   const c: Record<string, Container> = {};
 
   beforeAll(async () => {
-    topo = await Topology.create({ hosts: 3 });
+    topo = await Lab.create({ hosts: 3 });
     hosts = topo.hosts as [Host, Host, Host];
     const [h1, h2, h3] = hosts;
     await launch(h1, [], ['--nickname', 'h1']);
@@ -325,13 +325,13 @@ describe.skipIf(reason)('faults: attach/detach churn with traffic running', () =
   const CYCLES = 100;
   /** FD_SLACK allows for sockets the router opens and closes on its own (API, DNS, gossip). */
   const FD_SLACK = 16;
-  let topo: Topology;
+  let topo: Lab;
   let hosts: [Host, Host];
   const stay: Container[] = [];
   const churn: Netns[][] = [[], []];
 
   beforeAll(async () => {
-    topo = await Topology.create({ hosts: 2 });
+    topo = await Lab.create({ hosts: 2 });
     hosts = topo.hosts as [Host, Host];
     const [h1, h2] = hosts;
     await launch(h1, [], ['--nickname', 'h1']);

@@ -3,7 +3,7 @@ import { readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { HTTP_MAX_CONNECTIONS } from '../control/http.js';
-import { type Host, outputTail, requireRoot, stopProcess, Topology, waitUntil } from './netns.js';
+import { type Host, Lab, outputTail, requireRoot, stopProcess, waitUntil } from './netns.js';
 import { CLI, launch, removeStateDirs, stateDir, status, weft } from './weft.js';
 
 const reason = requireRoot();
@@ -21,7 +21,7 @@ const NOBODY = ['--reuid=65534', '--regid=65534', '--clear-groups'];
  * next launch.
  */
 describe.skipIf(reason)('HTTP API security', () => {
-  let topo: Topology;
+  let topo: Lab;
   let h: Host;
   let socket: string;
   let token: string;
@@ -40,7 +40,7 @@ describe.skipIf(reason)('HTTP API security', () => {
   }
 
   beforeAll(async () => {
-    topo = await Topology.create({ hosts: 1 });
+    topo = await Lab.create({ hosts: 1 });
     h = topo.hosts[0] as Host;
     await launch(h, []);
     socket = `/run/weft/netns/${h.name}/weft.sock`;

@@ -1,7 +1,7 @@
 import { existsSync, readFileSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type Host, type Netns, requireRoot, Topology, waitUntil } from './netns.js';
+import { type Host, Lab, type Netns, requireRoot, waitUntil } from './netns.js';
 import { expose, launch, removeStateDirs, stateDir, status, waitPeers, weft } from './weft.js';
 
 const reason = requireRoot();
@@ -34,9 +34,9 @@ function attachedInStateFile(h: Host): number {
  * that may seed is up yet, the first allocation completes well within the deadline.
  */
 describe.skipIf(reason)('IPAM launch and allocation order', () => {
-  let topo: Topology;
+  let topo: Lab;
   beforeAll(async () => {
-    topo = await Topology.create({ hosts: 4 });
+    topo = await Lab.create({ hosts: 4 });
   });
   afterAll(async () => {
     await topo?.destroy();
@@ -77,14 +77,14 @@ describe.skipIf(reason)('IPAM launch and allocation order', () => {
  * or when the cluster gave them away, the launch is refused loudly and nothing is rewritten.
  */
 describe.skipIf(reason)('IPAM with a lost ipam.json', () => {
-  let topo: Topology;
+  let topo: Lab;
   let h1: Host;
   let h2: Host;
   const ctrs: Netns[] = [];
   let before = new Map<string, string>();
 
   beforeAll(async () => {
-    topo = await Topology.create({ hosts: 2 });
+    topo = await Lab.create({ hosts: 2 });
     [h1, h2] = topo.hosts as [Host, Host];
     await launch(h1, [], ['--nickname', 'h1', '--no-dns']);
     await launch(h2, [h1.underlayIp], ['--nickname', 'h2', '--no-dns']);

@@ -2,7 +2,7 @@ import { execFileSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type Host, type Netns, requireRoot, Topology, waitUntil } from './netns.js';
+import { type Host, Lab, type Netns, requireRoot, waitUntil } from './netns.js';
 import { launch, removeStateDirs, stateDir, status, waitPeers, weft } from './weft.js';
 
 const reason = requireRoot();
@@ -36,12 +36,12 @@ async function reach(from: Netns, to: string, what: string): Promise<void> {
  * leaving host's space to a live one.
  */
 describe.skipIf(reason)('IPAM across hosts', () => {
-  let topo: Topology;
+  let topo: Lab;
   let hosts: [Host, Host, Host];
   const containers: { ns: Netns; host: Host; addr: string }[] = [];
 
   beforeAll(async () => {
-    topo = await Topology.create({ hosts: 3 });
+    topo = await Lab.create({ hosts: 3 });
     hosts = topo.hosts as [Host, Host, Host];
     const [h1, h2, h3] = hosts;
     await launch(h1, [], ['--nickname', 'h1', '--no-dns']);
@@ -181,14 +181,14 @@ describe.skipIf(reason)('IPAM across hosts', () => {
 });
 
 describe.skipIf(reason)('IPAM range and host routes', () => {
-  let topo: Topology;
+  let topo: Lab;
   afterAll(async () => {
     await topo?.destroy();
     if (topo) removeStateDirs(topo);
   });
 
   it('refuses a default range that overlaps a host route, and only warns for a range given explicitly', async () => {
-    topo = await Topology.create({ hosts: 1 });
+    topo = await Lab.create({ hosts: 1 });
     const h = topo.hosts[0] as Host;
     await h.exec('ip', ['route', 'add', '10.33.0.0/16', 'dev', h.underlayDev]);
     const r = await weft(h, ['launch', '--device', h.ifname('t'), '--state-dir', stateDir(h)], { allowFail: true });

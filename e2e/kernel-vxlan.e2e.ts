@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type Host, requireRoot, Topology } from './netns.js';
+import { type Host, Lab, requireRoot } from './netns.js';
 import { expose, launch, removeStateDirs, status } from './weft.js';
 
 const reason = requireRoot();
@@ -17,14 +17,14 @@ const KERNEL_IP = '10.32.0.9';
  * only `ip link add ... type vxlan` with a static all-zeros FDB entry towards host 1.
  */
 describe.skipIf(reason)('a kernel vxlan device talks to a Weft router', () => {
-  let topo: Topology;
+  let topo: Lab;
   let weftHost: Host;
   let kernelHost: Host;
   /** weftIp is the address IPAM gave the Weft host. */
   let weftIp: string;
 
   beforeAll(async () => {
-    topo = await Topology.create({ hosts: 2 });
+    topo = await Lab.create({ hosts: 2 });
     [weftHost, kernelHost] = topo.hosts as [Host, Host];
     await launch(weftHost, [], ['--encap', 'vxlan', '--vxlan-peer', kernelHost.underlayIp]);
     weftIp = await expose(weftHost);

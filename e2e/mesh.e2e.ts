@@ -1,6 +1,6 @@
 import { execFileSync } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type Host, requireRoot, Topology, waitUntil } from './netns.js';
+import { type Host, Lab, requireRoot, waitUntil } from './netns.js';
 import { expose, launch, removeStateDirs, status } from './weft.js';
 
 const reason = requireRoot();
@@ -35,11 +35,11 @@ async function establishedPeers(h: Host): Promise<string[]> {
  * router must be noticed and must rejoin when relaunched.
  */
 describe.skipIf(reason)('a mesh of five hosts launched as a chain', () => {
-  let topo: Topology;
+  let topo: Lab;
   let hosts: Host[];
 
   beforeAll(async () => {
-    topo = await Topology.create({ hosts: HOSTS });
+    topo = await Lab.create({ hosts: HOSTS });
     hosts = topo.hosts;
     for (const [i, h] of hosts.entries()) {
       const prev = hosts[i - 1];

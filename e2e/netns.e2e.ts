@@ -1,6 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   ExecError,
+  Lab,
   listNamespaces,
   outputTail,
   parseEthtoolFeatures,
@@ -9,7 +10,6 @@ import {
   runId,
   stopProcess,
   sweepStale,
-  Topology,
   waitUntil,
 } from './netns.js';
 
@@ -72,11 +72,11 @@ describe('parseEthtoolFeatures', () => {
   });
 });
 
-describe.skipIf(reason)('Topology (network namespaces, root)', () => {
+describe.skipIf(reason)('Lab (network namespaces, root)', () => {
   describe('three hosts at MTU 1500', () => {
-    let topo: Topology;
+    let topo: Lab;
     beforeAll(async () => {
-      topo = await Topology.create({ hosts: 3 });
+      topo = await Lab.create({ hosts: 3 });
     });
     afterAll(async () => {
       await topo?.destroy();
@@ -149,7 +149,7 @@ describe.skipIf(reason)('Topology (network namespaces, root)', () => {
   });
 
   it('carries 9000-byte packets unfragmented at MTU 9000, and no larger', async () => {
-    const topo = await Topology.create({ hosts: 2, underlayMtu: 9000 });
+    const topo = await Lab.create({ hosts: 2, underlayMtu: 9000 });
     try {
       const [a, b] = [topo.hosts[0]!, topo.hosts[1]!];
       const sw = await a.exec('ip', ['-o', 'link', 'show', a.underlayDev]);
@@ -164,7 +164,7 @@ describe.skipIf(reason)('Topology (network namespaces, root)', () => {
   });
 
   it('routes two hosts across a smaller mid-path MTU, whose routers answer too-big DF packets', async () => {
-    const topo = await Topology.create({ hosts: 2, midPathMtu: 1400 });
+    const topo = await Lab.create({ hosts: 2, midPathMtu: 1400 });
     try {
       const [a, b] = [topo.hosts[0]!, topo.hosts[1]!];
       expect(topo.routers.map((r) => r.name)).toEqual([`${topo.prefix}rt1`, `${topo.prefix}rt2`]);
@@ -189,7 +189,7 @@ describe.skipIf(reason)('Topology (network namespaces, root)', () => {
   });
 
   it('drops frames in the switch namespace only, and turns underlay offloads off and back on', async () => {
-    const topo = await Topology.create({ hosts: 2 });
+    const topo = await Lab.create({ hosts: 2 });
     try {
       const [a, b] = [topo.hosts[0]!, topo.hosts[1]!];
       const tso = async () =>
@@ -216,7 +216,7 @@ describe.skipIf(reason)('Topology (network namespaces, root)', () => {
   });
 
   it('partitions the switch between two groups of hosts only, and heals', async () => {
-    const topo = await Topology.create({ hosts: 3 });
+    const topo = await Lab.create({ hosts: 3 });
     try {
       const [a, b, c] = [topo.hosts[0]!, topo.hosts[1]!, topo.hosts[2]!];
       await topo.partition([a], [b]);
@@ -244,7 +244,7 @@ describe.skipIf(reason)('Topology (network namespaces, root)', () => {
   });
 
   it('removes an added namespace before the topology, but never a host', async () => {
-    const topo = await Topology.create({ hosts: 1 });
+    const topo = await Lab.create({ hosts: 1 });
     try {
       const c = await topo.addNamespace('c1');
       c.spawn('sleep', ['300']);
@@ -259,7 +259,7 @@ describe.skipIf(reason)('Topology (network namespaces, root)', () => {
   });
 
   it('destroy removes every namespace and process, and is idempotent', async () => {
-    const topo = await Topology.create({ hosts: 2 });
+    const topo = await Lab.create({ hosts: 2 });
     const extra = await topo.addNamespace('c1');
     const child = topo.hosts[0]!.spawn('sleep', ['300']);
     await new Promise((r) => setTimeout(r, 100));
@@ -276,7 +276,7 @@ describe.skipIf(reason)('Topology (network namespaces, root)', () => {
   });
 
   it('sweepStale deletes namespaces of runs it considers dead and nothing else', async () => {
-    const topo = await Topology.create({ hosts: 1 });
+    const topo = await Lab.create({ hosts: 1 });
     const created = topo.namespaces;
     // Every pid but ours counts as alive, so only this test's namespaces qualify.
     const swept = await sweepStale('w', { isAlive: (pid) => pid !== process.pid });
@@ -287,7 +287,7 @@ describe.skipIf(reason)('Topology (network namespaces, root)', () => {
   });
 
   it('keeps the output of spawned processes and stops them', async () => {
-    const topo = await Topology.create({ hosts: 1 });
+    const topo = await Lab.create({ hosts: 1 });
     try {
       const child = topo.hosts[0]!.spawn('sh', ['-c', 'echo ready; exec sleep 300']);
       await new Promise<void>((resolve) => child.stdout?.once('data', () => resolve()));
@@ -300,7 +300,7 @@ describe.skipIf(reason)('Topology (network namespaces, root)', () => {
   });
 
   it('rejects names that would not carry the run id', async () => {
-    await expect(Topology.create({ hosts: 1, prefix: 'w1x' })).rejects.toThrow(/prefix/);
-    await expect(Topology.create({ hosts: 0 })).rejects.toThrow(/hosts/);
+    await expect(Lab.create({ hosts: 1, prefix: 'w1x' })).rejects.toThrow(/prefix/);
+    await expect(Lab.create({ hosts: 0 })).rejects.toThrow(/hosts/);
   });
 });

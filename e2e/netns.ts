@@ -14,11 +14,11 @@
  *                            └────────┘   └────────┘      └────────┘
  * ```
  *
- * With {@link TopologyOptions.midPathMtu} the second host sits instead behind two router namespaces
- * (`<p>rt1`, `<p>rt2`) whose middle link has a smaller MTU. {@link Topology.setFrameLoss} makes the
- * switch drop a share of frames (nftables in the switch namespace), {@link Topology.partition} cuts
- * the switch between two groups of hosts until {@link Topology.heal}, and
- * {@link Topology.setUnderlayOffloads} turns segmentation offloads of the underlay veths off or on.
+ * With {@link LabOptions.midPathMtu} the second host sits instead behind two router namespaces
+ * (`<p>rt1`, `<p>rt2`) whose middle link has a smaller MTU. {@link Lab.setFrameLoss} makes the
+ * switch drop a share of frames (nftables in the switch namespace), {@link Lab.partition} cuts
+ * the switch between two groups of hosts until {@link Lab.heal}, and
+ * {@link Lab.setUnderlayOffloads} turns segmentation offloads of the underlay veths off or on.
  *
  * `<p>` is the topology prefix `w<pid><letters>` (for example `w12345a`): every namespace and every
  * link carries the pid of the process that made it, so parallel runs never clash and {@link sweepStale}
@@ -32,6 +32,7 @@
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import { accessSync, constants as fsConstants, rmSync } from 'node:fs';
 import { isMainThread } from 'node:worker_threads';
+import { formatIPv4, parseIPv4 } from '../common/types.js';
 
 /** DEFAULT_EXEC_TIMEOUT_MS bounds {@link Netns.exec} when no `timeoutMs` is given. */
 export const DEFAULT_EXEC_TIMEOUT_MS = 30_000;
@@ -39,7 +40,7 @@ export const DEFAULT_EXEC_TIMEOUT_MS = 30_000;
 export const MAX_IFNAME_LEN = 15;
 /** MAX_PREFIX_LEN leaves room for the longest suffix the harness appends to a prefix (`u50`, `sw`, `br`). */
 export const MAX_PREFIX_LEN = 11;
-/** MAX_HOSTS is the most hosts one {@link Topology} holds (names and the /24 default must fit). */
+/** MAX_HOSTS is the most hosts one {@link Lab} holds (names and the /24 default must fit). */
 export const MAX_HOSTS = 50;
 /** STOP_GRACE_MS is how long a process gets between SIGTERM and SIGKILL. */
 export const STOP_GRACE_MS = 2_000;
@@ -621,16 +622,16 @@ export interface Iperf3Server {
 // ─── namespaces and hosts ───────────────────────────────────────────────────────────────────────
 
 /**
- * Netns is one named network namespace made by a {@link Topology}: run commands in it, start tracked
+ * Netns is one named network namespace made by a {@link Lab}: run commands in it, start tracked
  * processes, ping and iperf3 from it. Nothing it starts outlives the topology.
  */
 export class Netns {
   /** The namespace name (`ip netns list`), e.g. `w12345ah1`. */
   readonly name: string;
-  readonly #topology: Topology;
+  readonly #topology: Lab;
 
-  /** @internal Made by {@link Topology}; not for direct use. */
-  constructor(name: string, topology: Topology) {
+  /** @internal Made by {@link Lab}; not for direct use. */
+  constructor(name: string, topology: Lab) {
     this.name = name;
     this.#topology = topology;
   }
@@ -665,7 +666,7 @@ export class Netns {
 
   /**
    * spawn starts a long-running `cmd args` inside this namespace and returns its ChildProcess, tracked:
-   * {@link Topology.destroy}, process exit and SIGINT/SIGTERM kill it. stdin is closed. Stop it earlier
+   * {@link Lab.destroy}, process exit and SIGINT/SIGTERM kill it. stdin is closed. Stop it earlier
    * with {@link stopProcess}. An 'error' listener is attached, so a failed start never crashes the caller;
    * check `exitCode` and {@link outputTail}.
    */
@@ -777,15 +778,15 @@ export class Netns {
  * `underlayIp`) plugged into the topology's switch.
  */
 export class Host extends Netns {
-  /** 1-based position in {@link Topology.hosts}. */
+  /** 1-based position in {@link Lab.hosts}. */
   readonly index: number;
   /** The underlay IPv4 address, without prefix length. */
   readonly underlayIp: string;
   /** The underlay interface inside this namespace (veth to the switch). */
   readonly underlayDev: string;
 
-  /** @internal Made by {@link Topology.create}. */
-  constructor(name: string, topology: Topology, index: number, underlayIp: string, underlayDev: string) {
+  /** @internal Made by {@link Lab.create}. */
+  constructor(name: string, topology: Lab, index: number, underlayIp: string, underlayDev: string) {
     super(name, topology);
     this.index = index;
     this.underlayIp = underlayIp;
@@ -793,8 +794,8 @@ export class Host extends Netns {
   }
 }
 
-/** TopologyOptions describe the hosts {@link Topology.create} builds. */
-export interface TopologyOptions {
+/** LabOptions describe the hosts {@link Lab.create} builds. */
+export interface LabOptions {
   /** Number of hosts, 1 to {@link MAX_HOSTS}. */
   hosts: number;
   /** MTU of every underlay veth end and of the bridge. Default 1500. */
@@ -827,13 +828,13 @@ export interface TopologyOptions {
   midPathMtu?: number;
 }
 
-/** LOSS_TABLE is the nftables table (family bridge, switch namespace only) of {@link Topology.setFrameLoss}. */
+/** LOSS_TABLE is the nftables table (family bridge, switch namespace only) of {@link Lab.setFrameLoss}. */
 const LOSS_TABLE = 'weft_loss';
-/** PARTITION_TABLE is the nftables table (family bridge, switch namespace only) of {@link Topology.partition}. */
+/** PARTITION_TABLE is the nftables table (family bridge, switch namespace only) of {@link Lab.partition}. */
 const PARTITION_TABLE = 'weft_partition';
 
 /**
- * OFFLOAD_FEATURES pairs each `ethtool -K` name that {@link Topology.setUnderlayOffloads} turns off
+ * OFFLOAD_FEATURES pairs each `ethtool -K` name that {@link Lab.setUnderlayOffloads} turns off
  * with the line `ethtool -k` shows its state on.
  */
 const OFFLOAD_FEATURES: readonly (readonly [string, string])[] = [
@@ -858,25 +859,13 @@ export function parseEthtoolFeatures(text: string): Map<string, 'on' | 'off'> {
   return out;
 }
 
-function parseIpv4(ip: string): number {
-  const parts = ip.split('.');
-  if (parts.length !== 4 || parts.some((p) => !/^\d{1,3}$/.test(p) || Number(p) > 255)) {
-    throw new Error(`bad IPv4 address ${JSON.stringify(ip)}`);
-  }
-  return parts.reduce((acc, p) => acc * 256 + Number(p), 0);
-}
-
-function formatIpv4(n: number): string {
-  return [24, 16, 8, 0].map((shift) => Math.floor(n / 2 ** shift) % 256).join('.');
-}
-
 /**
- * Topology is a switch namespace with a bridge and N host namespaces, each joined to the bridge by a
- * veth pair (see the diagram at the top of this file). Create with {@link Topology.create}; always
- * {@link Topology.destroy} it (in `afterAll` / `finally`). Process exit and SIGINT/SIGTERM destroy
+ * Lab is a switch namespace with a bridge and N host namespaces, each joined to the bridge by a
+ * veth pair (see the diagram at the top of this file). Create with {@link Lab.create}; always
+ * {@link Lab.destroy} it (in `afterAll` / `finally`). Process exit and SIGINT/SIGTERM destroy
  * whatever is left.
  */
-export class Topology {
+export class Lab {
   /** Name prefix of everything this topology created, e.g. `w12345a`. */
   readonly prefix: string;
   /** The hosts, in order (`hosts[0].index === 1`). */
@@ -889,7 +878,7 @@ export class Topology {
   /** The underlay subnet in CIDR form. */
   readonly underlayNet: string;
   /**
-   * The router namespaces of a mid-path topology ({@link TopologyOptions.midPathMtu}), in path order
+   * The router namespaces of a mid-path topology ({@link LabOptions.midPathMtu}), in path order
    * from hosts[0]; empty otherwise.
    */
   readonly routers: Netns[] = [];
@@ -934,7 +923,7 @@ export class Topology {
    * addressed. On failure it removes what it built and rejects. The first call in a process also runs
    * {@link sweepStale} for leftovers of dead runs.
    */
-  static async create(opts: TopologyOptions): Promise<Topology> {
+  static async create(opts: LabOptions): Promise<Lab> {
     const { hosts } = opts;
     if (!Number.isInteger(hosts) || hosts < 1 || hosts > MAX_HOSTS) {
       throw new Error(`hosts must be an integer from 1 to ${MAX_HOSTS}, got ${hosts}`);
@@ -955,7 +944,7 @@ export class Topology {
     if (!netIp || !Number.isInteger(len) || len < 8 || len > 30)
       throw new Error(`bad underlayNet ${JSON.stringify(net)}`);
     const size = 2 ** (32 - len);
-    const base = parseIpv4(netIp) - (parseIpv4(netIp) % size);
+    const base = parseIPv4(netIp) - (parseIPv4(netIp) % size);
     if (hosts > size - 2) throw new Error(`underlayNet ${net} has no room for ${hosts} hosts`);
     const midPathMtu = opts.midPathMtu;
     if (midPathMtu !== undefined) {
@@ -969,7 +958,7 @@ export class Topology {
       await sweepStale('w');
     }
 
-    const topo = new Topology(prefix, mtu, `${formatIpv4(base)}/${len}`, midPathMtu);
+    const topo = new Lab(prefix, mtu, `${formatIPv4(base)}/${len}`, midPathMtu);
     try {
       const existing = new Set(await listNamespaces());
       const routerNames = midPathMtu === undefined ? [] : [`${prefix}rt1`, `${prefix}rt2`];
@@ -992,7 +981,7 @@ export class Topology {
         const hostDev = checkIfname(`${prefix}u${i}`);
         const swDev = checkIfname(`${prefix}s${i}`);
         await topo.#addNamespace(ns);
-        const host = new Host(ns, topo, i, formatIpv4(base + i), hostDev);
+        const host = new Host(ns, topo, i, formatIPv4(base + i), hostDev);
         const m = String(mtu);
         await host.ip(
           'link',
@@ -1024,10 +1013,10 @@ export class Topology {
     return topo;
   }
 
-  /** Builds the routed two-host path of {@link TopologyOptions.midPathMtu} (the address plan is there). */
+  /** Builds the routed two-host path of {@link LabOptions.midPathMtu} (the address plan is there). */
   async #buildMidPath(sw: Netns, base: number, mtu: number, midMtu: number): Promise<void> {
     const p = this.prefix;
-    const ip = (offset: number): string => formatIpv4(base + offset);
+    const ip = (offset: number): string => formatIPv4(base + offset);
     const veth = async (a: Netns, aDev: string, aMtu: number, b: Netns, bDev: string, bMtu: number) => {
       await a.ip(
         ...['link', 'add', checkIfname(aDev), 'mtu', String(aMtu), 'type', 'veth'],

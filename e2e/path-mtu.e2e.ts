@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { readIpFragments } from '../bench/proc-counters.js';
-import { type Host, type Netns, requireRoot, Topology, waitUntil } from './netns.js';
+import { type Host, Lab, type Netns, requireRoot, waitUntil } from './netns.js';
 import { launch, removeStateDirs, status, waitPeers, weft } from './weft.js';
 
 const reason = requireRoot();
@@ -21,8 +21,8 @@ async function peerPmtu(h: Host): Promise<PeerPmtu | undefined> {
   return peers[0];
 }
 
-interface Lab {
-  topo: Topology;
+interface PathLab {
+  topo: Lab;
   h1: Host;
   h2: Host;
   c1: Netns;
@@ -32,8 +32,8 @@ interface Lab {
 }
 
 /** lab builds two hosts (routers launched with `flags`) and attaches a container on each. */
-async function lab(topoOpts: { midPathMtu?: number }, flags: string[]): Promise<Lab> {
-  const topo = await Topology.create({ hosts: 2, ...topoOpts });
+async function lab(topoOpts: { midPathMtu?: number }, flags: string[]): Promise<PathLab> {
+  const topo = await Lab.create({ hosts: 2, ...topoOpts });
   try {
     const [h1, h2] = topo.hosts as [Host, Host];
     const c1 = await topo.addNamespace('ca');
@@ -53,7 +53,7 @@ async function lab(topoOpts: { midPathMtu?: number }, flags: string[]): Promise<
 }
 
 /** underlay lists the namespaces whose kernels could fragment datagrams on the way: hosts and routers. */
-function underlay(topo: Topology): Netns[] {
+function underlay(topo: Lab): Netns[] {
   return [...topo.hosts, ...topo.routers];
 }
 
@@ -67,7 +67,7 @@ function underlay(topo: Topology): Netns[] {
 describe.skipIf(reason)('path MTU: no IP fragments on the underlay', () => {
   for (const encap of ['sleeve', 'vxlan'] as const) {
     describe(`flat 1500-byte underlay, ${encap}`, () => {
-      let topo: Topology;
+      let topo: Lab;
       let h1: Host;
       let c1: Netns;
       let c2: Netns;
@@ -118,7 +118,7 @@ describe.skipIf(reason)('path MTU: no IP fragments on the underlay', () => {
   }
 
   describe('routed path with a 1400-byte middle link (sleeve)', () => {
-    let topo: Topology;
+    let topo: Lab;
     let h1: Host;
     let h2: Host;
     let c1: Netns;

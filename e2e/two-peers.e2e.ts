@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { requireRoot, Topology } from './netns.js';
+import { Lab, requireRoot } from './netns.js';
 import { expose, launch, removeStateDirs, status, waitPeers, weft } from './weft.js';
 
 const reason = requireRoot();
@@ -9,13 +9,13 @@ const IPERF_SECONDS = 3;
 
 for (const encap of ['sleeve', 'vxlan'] as const) {
   describe.skipIf(reason)(`two hosts over ${encap}`, () => {
-    let topo: Topology;
+    let topo: Lab;
     /** a1 and a2 are the addresses IPAM gave hosts 1 and 2. */
     let a1: string;
     let a2: string;
 
     beforeAll(async () => {
-      topo = await Topology.create({ hosts: 2 });
+      topo = await Lab.create({ hosts: 2 });
       const [h1, h2] = topo.hosts as [(typeof topo.hosts)[0], (typeof topo.hosts)[0]];
       await launch(h1, [], ['--encap', encap]);
       await launch(h2, [h1.underlayIp], ['--encap', encap]);

@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
-import type { ExecResult, Netns, Topology } from './netns.js';
+import type { ExecResult, Lab, Netns } from './netns.js';
 import { waitUntil } from './netns.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -25,7 +25,7 @@ export function stateDir(ns: Netns): string {
  * removeStateDirs deletes the state directories of a topology's namespaces, and the API socket
  * directories (/run/weft/netns/NAME) a router that was killed leaves behind.
  */
-export function removeStateDirs(topo: Topology): void {
+export function removeStateDirs(topo: Lab): void {
   for (const name of topo.namespaces) {
     rmSync(path.join(tmpdir(), 'weft-e2e', name), { recursive: true, force: true });
     rmSync(path.join('/run/weft/netns', name), { recursive: true, force: true });
