@@ -618,6 +618,15 @@ function processAlive(pid: number): boolean {
 }
 
 /**
+ * DAEMON_NODE_ARGS are the Node options of a router launched in the background: V8's young
+ * generation capped at 1 MiB per semi-space from the start, so module loading cannot grow it (the
+ * daemon's run-time `--semi-space-growth-factor=1`, DAEMON_V8_FLAGS in daemon.ts, stops later
+ * growth but cannot shrink what loading grew). The datapath allocates nothing per packet; the
+ * control plane's garbage is small and short-lived. A 20-peer idle router: 88 → 77 MB RSS (bench/idle.ts).
+ */
+export const DAEMON_NODE_ARGS = ['--max-semi-space-size=1'] as const;
+
+/**
  * launchBackground re-runs this CLI as `launch --foreground` in a detached process logging to
  * `<stateDir>/weft.log`, then waits until the router answers ready. If the process exits
  * first, its last error line becomes ours.
@@ -627,7 +636,7 @@ async function launchBackground(stateDir: string, api: ApiClient): Promise<strin
   const logFile = path.join(stateDir, 'weft.log');
   const fd = openSync(logFile, 'a');
   const argv = process.argv.slice(2);
-  const child = spawn(process.execPath, [cliPath(), ...argv, '--foreground'], {
+  const child = spawn(process.execPath, [...DAEMON_NODE_ARGS, cliPath(), ...argv, '--foreground'], {
     detached: true,
     stdio: ['ignore', fd, fd],
     env: process.env,
