@@ -6,7 +6,7 @@
  */
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { type Host, Lab } from '../e2e/netns.js';
+import { type Host, Lab } from '../lab/netns.js';
 import { launch, removeStateDirs, weft } from '../e2e/weft.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));

@@ -5,7 +5,7 @@
  * open file descriptors from `/proc/<pid>/fd`. The parsers are pure; the readers take a namespace or pid.
  */
 import { readdir, readFile } from 'node:fs/promises';
-import type { Netns } from '../e2e/netns.js';
+import type { Netns } from '../lab/netns.js';
 
 /** IpFragments are the IPv4 fragmentation counters of one namespace (or a sum of several). */
 export interface IpFragments {

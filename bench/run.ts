@@ -16,7 +16,7 @@ import { cpus, loadavg, release } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { requireRoot } from '../e2e/netns.js';
+import { requireRoot } from '../lab/netns.js';
 import { aeadBenchTable, runAeadBench } from './aead.js';
 import { renderAttachTable, runAttach } from './attach.js';
 import { renderConvergenceTable, runConvergence } from './convergence.js';

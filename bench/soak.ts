@@ -31,7 +31,7 @@ import { cpus, release } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs, promisify } from 'node:util';
-import { type Host, Lab, type Netns, outputTail, requireRoot, stopProcess, waitUntil } from '../e2e/netns.js';
+import { type Host, Lab, type Netns, outputTail, requireRoot, stopProcess, waitUntil } from '../lab/netns.js';
 import { launch, removeStateDirs, routerPid, waitPeers, weft } from '../e2e/weft.js';
 import { readCpuTicks, readRssBytes } from './proc-counters.js';
 

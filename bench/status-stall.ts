@@ -4,7 +4,7 @@
  * idle, then while a poller in host 1 fetches `/status?format=json` and `/metrics` 20 times a
  * second each. Target: the polled median within 1.2× the idle one.
  */
-import { type Host, Lab, type Netns, waitUntil } from '../e2e/netns.js';
+import { type Host, Lab, type Netns, waitUntil } from '../lab/netns.js';
 import { launch, removeStateDirs, waitPeers, weft } from '../e2e/weft.js';
 import { median } from './relay.js';
 

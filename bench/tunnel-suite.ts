@@ -4,7 +4,7 @@
  * level (lossy levels only for the MTUs in `lossyMtus`), then a small table across a routed path
  * whose middle link has a smaller MTU. Rows are {@link tunnelScenarios}, or the subset `rows` names.
  */
-import { Lab } from '../e2e/netns.js';
+import { Lab } from '../lab/netns.js';
 import {
   baselineScenarios,
   kernelVxlan,

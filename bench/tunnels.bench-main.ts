@@ -15,7 +15,7 @@
  */
 import { cpus, release } from 'node:os';
 import { parseArgs } from 'node:util';
-import { requireRoot } from '../e2e/netns.js';
+import { requireRoot } from '../lab/netns.js';
 import { runTunnelSuite, scenarioIds } from './tunnel-suite.js';
 
 const USAGE =

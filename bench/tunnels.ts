@@ -25,8 +25,8 @@ import { tmpdir } from 'node:os';
 import path, { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
-import type { Host, Lab, Netns } from '../e2e/netns.js';
-import { AbortWait, outputTail, stopProcess, waitUntil } from '../e2e/netns.js';
+import type { Host, Lab, Netns } from '../lab/netns.js';
+import { AbortWait, outputTail, stopProcess, waitUntil } from '../lab/netns.js';
 import { cpuPercent, type IpFragments, readCpuTicks, readIpFragments } from './proc-counters.js';
 
 /** RAW_VETH is the name of the no-tunnel row every ratio is taken against. */

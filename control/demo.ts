@@ -2,6 +2,7 @@ import { execFile } from 'node:child_process';
 import { existsSync, rmSync } from 'node:fs';
 import { promisify } from 'node:util';
 import { WeftError } from '../common/errors.js';
+import { Lab, MAX_PREFIX_LEN as MAX_LAB_PREFIX_LEN, type Netns, removeLab } from '../lab/netns.js';
 
 const run = promisify(execFile);
 
@@ -42,6 +43,8 @@ interface DemoContainer {
   label: string;
   /** ns is the network namespace, `<prefix>-h1c2`. */
   ns: string;
+  /** netns runs commands in it. */
+  netns: Netns;
   /** host is the namespace of the host whose router attached it. */
   host: string;
   /** hostIndex is the index of that host in the demo's host list. */
@@ -50,14 +53,6 @@ interface DemoContainer {
   index: number;
   /** addr is the address IPAM gave it. */
   addr: string;
-}
-
-/** PingResult is one ping of the table. */
-interface PingResult {
-  sent: number;
-  received: number;
-  /** avgMs is the mean round trip, undefined when nothing came back. */
-  avgMs: number | undefined;
 }
 
 /**
@@ -75,6 +70,12 @@ export async function runDemo(o: DemoOptions): Promise<void> {
   const hostCount = o.hosts ?? DEMO_DEFAULT_HOSTS;
   const stateRoot = `/run/weft-demo/${prefix}`;
   const teardown = () => removeDemo(prefix, stateRoot);
+  if (`${prefix}-`.length > MAX_LAB_PREFIX_LEN || !/^[a-z][a-z0-9-]*$/.test(prefix)) {
+    throw new WeftError(
+      'EWEFT_CONFIG',
+      `invalid demo prefix "${prefix}": lower-case letters, digits and dashes, at most ${MAX_LAB_PREFIX_LEN - 1} characters`,
+    );
+  }
   if (o.down) {
     await teardown();
     print('demo hosts removed');
@@ -85,22 +86,12 @@ export async function runDemo(o: DemoOptions): Promise<void> {
   if (!existsSync('/dev/net/tun'))
     throw new WeftError('EWEFT_TUN_OPEN', '/dev/net/tun is missing: the demo needs TUN devices');
   await teardown();
+  const underlay = `${UNDERLAY_NET}.0/24`;
   const hosts = Array.from({ length: hostCount }, (_, i) => `${prefix}-h${i + 1}`);
+  print(`building ${hostCount} hosts (network namespaces ${hosts.join(', ')}) on a bridged underlay ${underlay}`);
+  // The same lab the e2e tests and benches build (lab/netns.ts), kept past this process for --keep.
+  const lab = await Lab.create({ hosts: hostCount, prefix: `${prefix}-`, persistent: true, underlayNet: underlay });
   try {
-    print(
-      `building ${hostCount} hosts (network namespaces ${hosts.join(', ')}) on a bridged underlay ${UNDERLAY_NET}.0/24`,
-    );
-    await ip('netns', 'add', `${prefix}-sw`);
-    await ip('-n', `${prefix}-sw`, 'link', 'add', 'br0', 'type', 'bridge');
-    await ip('-n', `${prefix}-sw`, 'link', 'set', 'br0', 'up');
-    for (const [i, h] of hosts.entries()) {
-      await ip('netns', 'add', h);
-      await ip('-n', h, 'link', 'set', 'lo', 'up');
-      await ip('-n', h, 'link', 'add', 'eth0', 'type', 'veth', 'peer', 'name', `p${i + 1}`, 'netns', `${prefix}-sw`);
-      await ip('-n', h, 'addr', 'add', `${UNDERLAY_NET}.${i + 1}/24`, 'dev', 'eth0');
-      await ip('-n', h, 'link', 'set', 'eth0', 'up');
-      await ip('-n', `${prefix}-sw`, 'link', 'set', `p${i + 1}`, 'master', 'br0', 'up');
-    }
     for (const [i, h] of hosts.entries()) {
       // Each host is told only about the one before it: discovery turns the chain into a mesh.
       const peers = i === 0 ? [] : [`${UNDERLAY_NET}.${i}`];
@@ -118,11 +109,10 @@ export async function runDemo(o: DemoOptions): Promise<void> {
     for (const [i, h] of hosts.entries()) {
       for (let k = 1; k <= DEMO_CONTAINERS_PER_HOST; k++) {
         const label = `h${i + 1}c${k}`;
-        const ns = `${prefix}-${label}`;
-        await ip('netns', 'add', ns);
-        await ip('-n', ns, 'link', 'set', 'lo', 'up');
+        const netns = await lab.addNamespace(label);
+        const ns = netns.name;
         const addr = (await weft(o.cli, h, 'attach', ns, '--name', label)).trim();
-        containers.push({ label, ns, host: h, hostIndex: i, index: k, addr });
+        containers.push({ label, ns, netns, host: h, hostIndex: i, index: k, addr });
         print(`  container ${ns} on ${h}: ${addr}, named ${label}.weft.local`);
       }
     }
@@ -170,10 +160,10 @@ async function pingTable(containers: DemoContainer[], print: (line: string) => v
         continue;
       }
       await waitReach(c, t);
-      const p = await ping(c.ns, t.addr, DEMO_PING_COUNT);
+      const p = await c.netns.ping(t.addr, { count: DEMO_PING_COUNT });
       total++;
-      if (p.received === p.sent) full++;
-      row.push(`${p.received}/${p.sent}${p.avgMs === undefined ? '' : ` ${p.avgMs.toFixed(2)} ms`}`);
+      if (p.received === p.transmitted) full++;
+      row.push(`${p.received}/${p.transmitted}${Number.isNaN(p.rttAvgMs) ? '' : ` ${p.rttAvgMs.toFixed(2)} ms`}`);
     }
     rows.push(row);
   }
@@ -190,7 +180,7 @@ async function pingTable(containers: DemoContainer[], print: (line: string) => v
 async function waitReach(from: DemoContainer, to: DemoContainer): Promise<void> {
   const deadline = Date.now() + REACH_TIMEOUT_MS;
   while (Date.now() < deadline) {
-    if ((await ping(from.ns, to.addr, 1)).received > 0) return;
+    if ((await from.netns.ping(to.addr, { count: 1 })).received > 0) return;
   }
 }
 
@@ -208,8 +198,8 @@ async function nameTable(containers: DemoContainer[], print: (line: string) => v
   for (const t of targets) {
     let got = '';
     for (let i = 0; i < 50 && got === ''; i++) {
-      got = await run('ip', ['netns', 'exec', from.ns, 'getent', 'hosts', t.label], { timeout: 5_000 }).then(
-        (r) => r.stdout.trim().split(/\s+/)[0] ?? '',
+      got = await from.netns.exec('getent', ['hosts', t.label], { allowFail: true, timeoutMs: 5_000 }).then(
+        (r) => (r.code === 0 ? (r.stdout.trim().split(/\s+/)[0] ?? '') : ''),
         () => '',
       );
       if (got === '') await new Promise((r) => setTimeout(r, 200));
@@ -219,24 +209,6 @@ async function nameTable(containers: DemoContainer[], print: (line: string) => v
     print(`  ${t.label.padEnd(6)} → ${got || 'not found'}${ok ? '' : `  (expected ${t.addr})`}`);
   }
   return failed;
-}
-
-/** ping runs `ping` inside namespace `ns`; a ping that lost packets is a result, not an error. */
-async function ping(ns: string, addr: string, count: number): Promise<PingResult> {
-  const args = ['netns', 'exec', ns, 'ping', '-n', '-q', '-c', String(count), '-i', '0.2', '-W', '1', addr];
-  let stdout: string;
-  try {
-    stdout = (await run('ip', args, { timeout: 5_000 + count * 1_000 })).stdout;
-  } catch (err) {
-    stdout = (err as { stdout?: string }).stdout ?? '';
-  }
-  const m = /(\d+) packets transmitted, (\d+) (?:packets )?received/.exec(stdout);
-  const rtt = /= [\d.]+\/([\d.]+)\//.exec(stdout);
-  return {
-    sent: m === null ? count : Number(m[1]),
-    received: m === null ? 0 : Number(m[2]),
-    avgMs: rtt === null ? undefined : Number(rtt[1]),
-  };
 }
 
 async function waitConnected(cli: string, hosts: string[]): Promise<void> {
@@ -261,61 +233,8 @@ async function waitConnected(cli: string, hosts: string[]): Promise<void> {
  * STOP_GRACE_MS), then deletes the namespaces (hosts, containers and switch) and the state.
  */
 async function removeDemo(prefix: string, stateRoot: string): Promise<void> {
-  let names: string[] = [];
-  try {
-    const { stdout } = await run('ip', ['netns', 'list']);
-    names = stdout
-      .split('\n')
-      .map((l) => l.split(' ')[0] ?? '')
-      .filter((n) => n.startsWith(`${prefix}-`));
-  } catch {
-    return;
-  }
-  const pidsIn = async (n: string): Promise<number[]> => {
-    try {
-      const { stdout } = await run('ip', ['netns', 'pids', n]);
-      return stdout.split('\n').filter(Boolean).map(Number);
-    } catch {
-      return []; // namespace vanished meanwhile
-    }
-  };
-  const signal = (pids: number[], sig: NodeJS.Signals) => {
-    for (const pid of pids) {
-      try {
-        process.kill(pid, sig);
-      } catch {
-        // already gone
-      }
-    }
-  };
-  for (const n of names) signal(await pidsIn(n), 'SIGTERM');
-  const deadline = Date.now() + STOP_GRACE_MS;
-  for (const n of names) {
-    for (;;) {
-      const left = await pidsIn(n);
-      if (left.length === 0) break;
-      if (Date.now() > deadline) {
-        signal(left, 'SIGKILL');
-        break;
-      }
-      await new Promise((r) => setTimeout(r, 100));
-    }
-  }
-  for (const n of names) {
-    await run('ip', ['netns', 'del', n]).catch(() => undefined);
-    // The resolv.conf a router wrote for an attached container (ip netns del leaves it).
-    rmSync(`/etc/netns/${n}`, { recursive: true, force: true });
-  }
+  await removeLab(`${prefix}-`, STOP_GRACE_MS);
   rmSync(stateRoot, { recursive: true, force: true });
-}
-
-async function ip(...args: string[]): Promise<void> {
-  try {
-    await run('ip', args);
-  } catch (err) {
-    const e = err as { stderr?: string };
-    throw new WeftError('EWEFT_SYSTEM', `ip ${args.join(' ')} failed: ${(e.stderr ?? '').trim().split('\n')[0]}`);
-  }
 }
 
 async function weft(cli: string, host: string, ...args: string[]): Promise<string> {

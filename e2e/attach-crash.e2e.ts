@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type ExecResult, type Host, Lab, type Netns, requireRoot, waitUntil } from './netns.js';
+import { type ExecResult, type Host, Lab, type Netns, requireRoot, waitUntil } from '../lab/netns.js';
 import { launch, removeStateDirs, weft } from './weft.js';
 
 const reason = requireRoot();

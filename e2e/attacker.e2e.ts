@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type Host, Lab, type Netns, requireRoot, waitUntil } from './netns.js';
+import { type Host, Lab, type Netns, requireRoot, waitUntil } from '../lab/netns.js';
 import { launch, removeStateDirs, status, waitPeers, weft } from './weft.js';
 
 const reason = requireRoot();

@@ -1,6 +1,6 @@
 import { writeFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type Host, Lab, requireRoot, waitUntil } from './netns.js';
+import { type Host, Lab, requireRoot, waitUntil } from '../lab/netns.js';
 import { expose, launch, removeStateDirs, stateDir, status, waitPeers, weft } from './weft.js';
 
 const reason = requireRoot();

@@ -3,7 +3,7 @@ import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { TARGETS_MAX } from '../control/config.js';
-import { type Host, Lab, type Netns, requireRoot, waitUntil } from './netns.js';
+import { type Host, Lab, type Netns, requireRoot, waitUntil } from '../lab/netns.js';
 import { CLI, launch, removeStateDirs, stateDir, weft } from './weft.js';
 
 const reason = requireRoot();

@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type ExecResult, type Host, Lab, type Netns, requireRoot, waitUntil } from './netns.js';
+import { type ExecResult, type Host, Lab, type Netns, requireRoot, waitUntil } from '../lab/netns.js';
 import { CLI, launch, removeStateDirs, waitPeers, weft } from './weft.js';
 
 /** PLUGINS is where Debian's containernetworking-plugins put the reference plugins. */

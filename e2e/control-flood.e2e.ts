@@ -1,6 +1,6 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type Host, Lab, type Netns, outputTail, requireRoot, stopProcess, waitUntil } from './netns.js';
+import { type Host, Lab, type Netns, outputTail, requireRoot, stopProcess, waitUntil } from '../lab/netns.js';
 import { launch, removeStateDirs, status, waitPeers, weft } from './weft.js';
 
 /** HANDSHAKES_MAX and HANDSHAKES_PER_ADDR_MAX as in router/conn-limits.ts: what the floods should find full. */

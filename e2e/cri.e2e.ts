@@ -15,7 +15,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SocketRouterApi } from '../cni/router-api.js';
-import { type Host, Lab, requireRoot, waitUntil } from './netns.js';
+import { type Host, Lab, requireRoot, waitUntil } from '../lab/netns.js';
 import { CLI, launch, removeStateDirs, waitPeers, weft } from './weft.js';
 
 const ROOT = path.resolve(path.dirname(CLI), '../..');

@@ -1,7 +1,7 @@
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { afterAll, describe, expect, it } from 'vitest';
-import { listNamespaces, requireRoot, runId } from './netns.js';
+import { listNamespaces, requireRoot, runId } from '../lab/netns.js';
 import { CLI } from './weft.js';
 
 const run = promisify(execFile);

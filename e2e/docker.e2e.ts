@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type Host, Lab, requireRoot, waitUntil } from './netns.js';
+import { type Host, Lab, requireRoot, waitUntil } from '../lab/netns.js';
 import { launch, weft } from './weft.js';
 
 const run = promisify(execFile);

@@ -2,7 +2,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { CyclesReport } from '../bench/attach-cycles.js';
 import { readFdCount } from '../bench/proc-counters.js';
-import { type Host, Lab, type Netns, outputTail, requireRoot, stopProcess, waitUntil } from './netns.js';
+import { type Host, Lab, type Netns, outputTail, requireRoot, stopProcess, waitUntil } from '../lab/netns.js';
 import { CLI, launch, removeStateDirs, routerPid, status, waitPeers, weft } from './weft.js';
 
 const reason = requireRoot();

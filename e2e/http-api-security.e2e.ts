@@ -3,7 +3,7 @@ import { readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { HTTP_MAX_CONNECTIONS } from '../control/http.js';
-import { type Host, Lab, outputTail, requireRoot, stopProcess, waitUntil } from './netns.js';
+import { type Host, Lab, outputTail, requireRoot, stopProcess, waitUntil } from '../lab/netns.js';
 import { CLI, launch, removeStateDirs, stateDir, status, weft } from './weft.js';
 
 const reason = requireRoot();

@@ -1,7 +1,7 @@
 import { existsSync, readFileSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type Host, Lab, type Netns, requireRoot, waitUntil } from './netns.js';
+import { type Host, Lab, type Netns, requireRoot, waitUntil } from '../lab/netns.js';
 import { expose, launch, removeStateDirs, stateDir, status, waitPeers, weft } from './weft.js';
 
 const reason = requireRoot();

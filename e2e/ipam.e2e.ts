@@ -2,7 +2,7 @@ import { execFileSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type Host, Lab, type Netns, requireRoot, waitUntil } from './netns.js';
+import { type Host, Lab, type Netns, requireRoot, waitUntil } from '../lab/netns.js';
 import { launch, removeStateDirs, stateDir, status, waitPeers, weft } from './weft.js';
 
 const reason = requireRoot();

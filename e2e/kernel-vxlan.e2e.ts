@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type Host, Lab, requireRoot } from './netns.js';
+import { type Host, Lab, requireRoot } from '../lab/netns.js';
 import { expose, launch, removeStateDirs, status } from './weft.js';
 
 const reason = requireRoot();

@@ -1,6 +1,6 @@
 import { execFileSync } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type Host, Lab, requireRoot, waitUntil } from './netns.js';
+import { type Host, Lab, requireRoot, waitUntil } from '../lab/netns.js';
 import { expose, launch, removeStateDirs, status } from './weft.js';
 
 const reason = requireRoot();

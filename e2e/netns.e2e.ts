@@ -11,7 +11,7 @@ import {
   stopProcess,
   sweepStale,
   waitUntil,
-} from './netns.js';
+} from '../lab/netns.js';
 
 const reason = requireRoot();
 

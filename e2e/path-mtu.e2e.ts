@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { readIpFragments } from '../bench/proc-counters.js';
-import { type Host, Lab, type Netns, requireRoot, waitUntil } from './netns.js';
+import { type Host, Lab, type Netns, requireRoot, waitUntil } from '../lab/netns.js';
 import { launch, removeStateDirs, status, waitPeers, weft } from './weft.js';
 
 const reason = requireRoot();

@@ -5,8 +5,8 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
-import type { ExecResult, Lab, Netns } from './netns.js';
-import { waitUntil } from './netns.js';
+import type { ExecResult, Lab, Netns } from '../lab/netns.js';
+import { waitUntil } from '../lab/netns.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 /** ROOT is the repository root, whether this file runs from source (e2e/) or compiled (dist/e2e/). */

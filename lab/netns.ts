@@ -1,7 +1,9 @@
 /**
- * netns is the e2e harness: it builds "hosts" from Linux network namespaces joined by veth pairs to one
- * switch namespace (a Linux bridge), runs commands inside them, and removes everything it created — on
- * `destroy()`, on process exit, on SIGINT/SIGTERM and after an uncaught exception.
+ * netns is the one network-namespace lab, used by the e2e tests, the benches and `weft demo`: it
+ * builds "hosts" from Linux network namespaces joined by veth pairs to one switch namespace (a Linux
+ * bridge), runs commands inside them, and removes everything it created — on `destroy()`, on process
+ * exit, on SIGINT/SIGTERM and after an uncaught exception (except a {@link LabOptions.persistent} lab,
+ * which `weft demo --keep` leaves running and {@link removeLab} removes).
  *
  * ```
  *                      ┌──────────── <p>sw (switch netns) ────────────┐
@@ -429,6 +431,24 @@ export async function sweepStale(prefix = 'w', opts: SweepOptions = {}): Promise
 
 let sweptOnce = false;
 
+/**
+ * removeLab removes a persistent lab ({@link LabOptions.persistent}) made by another process: every
+ * namespace whose name starts with `prefix` (processes inside get SIGTERM, SIGKILL after `graceMs`),
+ * with its /etc/netns files. Returns the names removed; a prefix that matches nothing is not an error.
+ */
+export async function removeLab(prefix: string, graceMs = STOP_GRACE_MS): Promise<string[]> {
+  if (!/^[a-z][a-z0-9-]*$/.test(prefix)) throw new Error(`bad lab prefix ${JSON.stringify(prefix)}`);
+  const names = (await listNamespaces()).filter((n) => n.startsWith(prefix));
+  await Promise.all(names.map((n) => killNamespacePids(n, graceMs)));
+  const removed: string[] = [];
+  for (const n of names.reverse()) {
+    const r = await runRoot('ip', ['netns', 'del', n], { allowFail: true });
+    removeNetnsEtc(n);
+    if (r.code === 0) removed.push(n);
+  }
+  return removed;
+}
+
 /** listNamespaces returns the names of all named network namespaces (`ip netns list`). */
 export async function listNamespaces(): Promise<string[]> {
   const r = await runRoot('ip', ['netns', 'list']);
@@ -807,6 +827,13 @@ export interface LabOptions {
    */
   prefix?: string;
   /**
+   * persistent makes a lab that outlives this process (`weft demo --keep`): `prefix` is then required
+   * and free-form (`[a-z][a-z0-9-]*`, at most {@link MAX_PREFIX_LEN} characters, no pid in it), its
+   * namespaces are not removed at process exit, and no stale sweep runs; remove it with
+   * {@link destroy} or, from another process, {@link removeLab}.
+   */
+  persistent?: boolean;
+  /**
    * IPv4 underlay subnet in CIDR form; host i gets network + i. Default `192.168.<n>.0/24` with n derived
    * from the pid, so that concurrent runs rarely use the same numbers (they never share a link anyway).
    */
@@ -884,6 +911,8 @@ export class Lab {
   readonly routers: Netns[] = [];
   /** MTU of the routed middle link, or undefined when the hosts share the switch. */
   readonly midPathMtu: number | undefined;
+  /** persistent: the lab outlives this process ({@link LabOptions.persistent}). */
+  readonly persistent: boolean;
   readonly #namespaces: string[] = [];
   readonly #children = new Set<ChildProcess>();
   /** Every underlay veth end (hosts', switch ports, routers'), for {@link setUnderlayOffloads}. */
@@ -893,8 +922,15 @@ export class Lab {
   #switch: Netns | undefined;
   #destroying: Promise<void> | undefined;
 
-  private constructor(prefix: string, underlayMtu: number, underlayNet: string, midPathMtu?: number) {
+  private constructor(
+    prefix: string,
+    underlayMtu: number,
+    underlayNet: string,
+    midPathMtu: number | undefined,
+    persistent: boolean,
+  ) {
     this.prefix = prefix;
+    this.persistent = persistent;
     this.switchNs = `${prefix}sw`;
     this.bridge = checkIfname(`${prefix}br`);
     this.underlayMtu = underlayMtu;
@@ -932,8 +968,15 @@ export class Lab {
     if (!Number.isInteger(mtu) || mtu < 576 || mtu > 65535)
       throw new Error(`underlayMtu must be 576..65535, got ${mtu}`);
     const seq = topologySeq++;
+    const persistent = opts.persistent === true;
+    if (persistent && (opts.prefix === undefined || !/^[a-z][a-z0-9-]*$/.test(opts.prefix))) {
+      throw new Error(`a persistent lab needs a prefix of [a-z][a-z0-9-]*, got ${JSON.stringify(opts.prefix)}`);
+    }
     const prefix = opts.prefix ?? `${runId()}${seqLetters(seq)}`;
-    if (!new RegExp(`^${runId()}[a-z][a-z0-9]*$`).test(prefix) || prefix.length > MAX_PREFIX_LEN) {
+    if (prefix.length > MAX_PREFIX_LEN) {
+      throw new Error(`prefix ${JSON.stringify(prefix)} is longer than ${MAX_PREFIX_LEN} characters`);
+    }
+    if (!persistent && !new RegExp(`^${runId()}[a-z][a-z0-9]*$`).test(prefix)) {
       throw new Error(
         `prefix must be ${runId()} + a lower-case letter + [a-z0-9]*, at most ${MAX_PREFIX_LEN} characters; got ${JSON.stringify(prefix)}`,
       );
@@ -953,12 +996,12 @@ export class Lab {
         throw new Error(`midPathMtu must be 576..underlayMtu (${mtu}), got ${midPathMtu}`);
       if (len > 24) throw new Error(`midPathMtu needs an underlayNet of /24 or larger, got ${net}`);
     }
-    if (!sweptOnce) {
+    if (!sweptOnce && !persistent) {
       sweptOnce = true;
       await sweepStale('w');
     }
 
-    const topo = new Lab(prefix, mtu, `${formatIPv4(base)}/${len}`, midPathMtu);
+    const topo = new Lab(prefix, mtu, `${formatIPv4(base)}/${len}`, midPathMtu, persistent);
     try {
       const existing = new Set(await listNamespaces());
       const routerNames = midPathMtu === undefined ? [] : [`${prefix}rt1`, `${prefix}rt2`];
@@ -1178,7 +1221,7 @@ export class Lab {
    */
   async addNamespace(suffix: string): Promise<Netns> {
     if (this.destroyed) throw new Error(`topology ${this.prefix} is destroyed`);
-    if (!/^[a-z][a-z0-9]*$/.test(suffix) || /^h\d/.test(suffix) || /^rt\d/.test(suffix) || suffix === 'sw') {
+    if (!/^[a-z][a-z0-9]*$/.test(suffix) || /^h\d+$/.test(suffix) || /^rt\d+$/.test(suffix) || suffix === 'sw') {
       throw new Error(`bad namespace suffix ${JSON.stringify(suffix)}`);
     }
     return this.#addNamespace(`${this.prefix}${suffix}`);
@@ -1210,9 +1253,9 @@ export class Lab {
   }
 
   async #addNamespace(name: string): Promise<Netns> {
-    installHandlers();
+    if (!this.persistent) installHandlers();
     await runRoot('ip', ['netns', 'add', name]);
-    liveNamespaces.add(name);
+    if (!this.persistent) liveNamespaces.add(name);
     this.#namespaces.push(name);
     const ns = new Netns(name, this);
     await ns.ip('link', 'set', 'lo', 'up');
