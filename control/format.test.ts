@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import type { RouterStatus } from '../router/index.js';
-import { formatTargets } from './format.js';
+import { formatConnections, formatTargets } from './format.js';
 
 const NOW = Date.parse('2026-01-01T00:00:00Z');
 
@@ -38,5 +38,25 @@ describe('formatTargets', () => {
 
   it('says so when there are no targets', () => {
     expect(formatTargets(withTargets([]), NOW)).toBe('no targets\n');
+  });
+});
+
+describe('formatConnections', () => {
+  it('says per connection whether it is encrypted, and with which cipher', () => {
+    const text = formatConnections({
+      peers: [],
+      targets: [],
+      connections: [
+        { remoteAddr: '10.0.0.2:6783', outbound: true, state: 'established', encrypted: true, cipher: 'aes-256-gcm' },
+        { remoteAddr: '10.0.0.3:40000', outbound: false, state: 'established', encrypted: false },
+        { remoteAddr: '10.0.0.4:40001', outbound: false, state: 'pending' },
+      ],
+    } as unknown as RouterStatus);
+    expect(text.split('\n')).toEqual([
+      '-> 10.0.0.2:6783  established  encrypted(aes-256-gcm)',
+      '<- 10.0.0.3:40000  established  unencrypted',
+      '<- 10.0.0.4:40001  pending',
+      '',
+    ]);
   });
 });

@@ -16,6 +16,8 @@ interface ConnectionView {
   outbound?: boolean;
   state?: string;
   since?: number | string;
+  encrypted?: boolean;
+  cipher?: string;
 }
 
 /** TargetView is the shape of one entry of RouterStatus.targets. */
@@ -53,7 +55,7 @@ export function formatStatus(s: StatusView): string {
               .join(', ')})`,
           ] as [string, string],
         ]),
-    ['Encryption', s.encryption ? 'peers authenticate with a password' : 'disabled'],
+    ['Encryption', s.encryption ? `enabled${s.cipher === undefined ? '' : ` (${s.cipher})`}` : 'disabled'],
     ['Range', s.ipallocRange],
     ['IPAM', ipamLine(s)],
     ['Exposed', s.exposed.length > 0 ? s.exposed.join(', ') : 'none'],
@@ -121,7 +123,8 @@ export function formatConnections(s: RouterStatus): string {
     const p = c.peer === undefined ? undefined : peers.get(c.peer);
     const overlay = p === undefined ? '' : `  ${p.encap}  mtu=${p.mtu}`;
     const who = c.peer === undefined ? '' : `  ${c.peer}(${c.nickname ?? ''})`;
-    return `${dir} ${c.remoteAddr ?? '?'}  ${c.state ?? '?'}${overlay}${who}`;
+    const enc = c.encrypted === undefined ? '' : c.encrypted ? `  encrypted(${c.cipher ?? '?'})` : '  unencrypted';
+    return `${dir} ${c.remoteAddr ?? '?'}  ${c.state ?? '?'}${overlay}${who}${enc}`;
   });
   for (const t of s.targets as TargetView[]) {
     if (t.state === 'established') continue;

@@ -59,6 +59,10 @@ describe.skipIf(reason)('peers authenticate when a password is set', () => {
     await waitPeers(h2, 1);
     expect((await h2.ping(a1, { count: 2, intervalS: 0.1 })).received).toBe(2);
     expect((await h1.ping(a2, { count: 2, intervalS: 0.1 })).received).toBe(2);
-    expect((await weft(h1, ['status'])).stdout).toMatch(/Encryption: peers authenticate with a password/);
+    expect((await weft(h1, ['status'])).stdout).toMatch(/Encryption: enabled \(aes-256-gcm\)/);
+    const conns = (await status(h1)).connections as { state: string; encrypted?: boolean; cipher?: string }[];
+    expect(conns.filter((c) => c.state === 'established')).toEqual([
+      expect.objectContaining({ encrypted: true, cipher: 'aes-256-gcm' }),
+    ]);
   });
 });

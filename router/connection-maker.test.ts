@@ -228,6 +228,23 @@ describe('ConnectionMaker', () => {
     expect(b.connections()).toHaveLength(1);
   });
 
+  it('encrypts connections between makers sharing a password, and counts a wrong one', async () => {
+    const a = maker(1, { password: Buffer.from('pw') });
+    const b = maker(2, { password: Buffer.from('pw') });
+    await a.start();
+    await b.start();
+    b.addTargets([addr(a)]);
+    await settled([a, b], 1);
+    expect(a.connections()[0]).toMatchObject({ state: 'established', encrypted: true, cipher: 'aes-256-gcm' });
+    expect(b.connections()[0]).toMatchObject({ state: 'established', encrypted: true, cipher: 'aes-256-gcm' });
+    const c = maker(3, { password: Buffer.from('other') });
+    await c.start();
+    c.addTargets([addr(a)]);
+    await until(() => (a.terminations.get('EWEFT_AUTH') ?? 0) > 0, 'auth termination');
+    await until(() => c.targets()[0]?.lastError !== undefined, 'refusal on the dialler');
+    expect(c.targets()[0]?.lastError).toMatch(/passwords differ/);
+  });
+
   for (const [low, high] of [
     [1, 2],
     [4, 3],

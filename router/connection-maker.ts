@@ -73,6 +73,7 @@ import {
   RECONNECT_JITTER,
   RECONNECT_MAX_MS,
 } from './constants.js';
+import { derivePasswordKey } from './crypto/index.js';
 import { encodeFrame } from './protocol.js';
 
 // ---- Implementation choices (candidates for router/constants.ts) ----
@@ -116,6 +117,9 @@ export interface ConnectionStatus {
   readonly state: 'pending' | 'established';
   /** since is when it was established, or opened if still pending (ms since the epoch). */
   readonly since: number;
+  /** encrypted is true for an established connection whose frames are sealed; cipher names its AEAD. */
+  readonly encrypted?: boolean;
+  readonly cipher?: string;
 }
 
 /** ConnectionMakerEvents: `connection-closed` fires only for connections that fired `connection-established`. */
@@ -128,6 +132,7 @@ export interface ConnectionMakerEvents {
 export interface ConnectionMakerOptions {
   /** local describes this router; `tcpPort` is filled in with the port actually bound. */
   readonly local: Omit<LocalPeerInfo, 'tcpPort'>;
+  /** password authenticates and encrypts every connection; its key is derived once, here (scrypt). */
   readonly password?: Buffer;
   /** host to listen on (default 0.0.0.0). */
   readonly host?: string;
@@ -249,6 +254,8 @@ export class ConnectionMaker extends EventEmitter<ConnectionMakerEvents> impleme
    * inbound connections refused by a limit, else 'closed_by_peer' / 'closed_by_us'.
    */
   readonly terminations = new Map<string, number>();
+  /** passwordKey is derivePasswordKey(opts.password), shared by every connection. */
+  private readonly passwordKey: Buffer | undefined;
   private started = false;
   private stopped = false;
   private stopping: Promise<void> | undefined;
@@ -256,6 +263,7 @@ export class ConnectionMaker extends EventEmitter<ConnectionMakerEvents> impleme
   constructor(opts: ConnectionMakerOptions) {
     super();
     this.opts = opts;
+    this.passwordKey = opts.password === undefined ? undefined : derivePasswordKey(opts.password);
     this.log = opts.log;
     this.random = opts.random ?? Math.random;
     const clock = opts.clock ?? realClock;
@@ -386,6 +394,8 @@ export class ConnectionMaker extends EventEmitter<ConnectionMakerEvents> impleme
         outbound: c.outbound,
         state: established ? 'established' : 'pending',
         since: c.since,
+        ...(established && { encrypted: c.encrypted }),
+        ...(c.cipher !== undefined && { cipher: c.cipher }),
       });
     }
     return out.sort(
@@ -525,7 +535,7 @@ export class ConnectionMaker extends EventEmitter<ConnectionMakerEvents> impleme
       socket,
       outbound,
       local: { ...this.opts.local, tcpPort: this.boundPort },
-      ...(this.opts.password !== undefined && { password: this.opts.password }),
+      ...(this.passwordKey !== undefined && { passwordKey: this.passwordKey }),
       log: this.log,
       now: this.now,
       clock: this.clock,

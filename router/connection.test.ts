@@ -8,7 +8,6 @@ import { noopLogger } from '../common/log.js';
 import type { PeerName } from '../common/types.js';
 import { HELLO_MAX_BYTES } from './conn-limits.js';
 import {
-  authMac,
   CLOSE_HEARTBEAT_TIMEOUT,
   CLOSE_REMOTE_PREFIX,
   CLOSE_SELF,
@@ -24,6 +23,7 @@ import {
   HEARTBEAT_INTERVAL_MS,
   HEARTBEAT_TIMEOUT_MS,
 } from './constants.js';
+import { AEAD_CIPHERS, derivePasswordKey, KeyExchange } from './crypto/index.js';
 import { decodeBody, encodeFrame, FRAME_HEADER_LEN, FrameDecoder, type Hello, type PeerMessage } from './protocol.js';
 import { expectNoLeaks, NET_HANDLES, type ResourceSnapshot, snapshotResources } from './testing/leaks.js';
 
@@ -66,6 +66,13 @@ function helloFrom(name: PeerName, patch: Partial<Hello> = {}): Buffer {
     auth: false,
     ...patch,
   });
+}
+
+/** flipByte returns a copy of f with one bit of byte i flipped. */
+function flipByte(f: Buffer, i: number): Buffer {
+  const g = Buffer.from(f);
+  g[i] = (g[i] ?? 0) ^ 1;
+  return g;
 }
 
 const rawPackr = new Packr({ useRecords: false });
@@ -212,7 +219,131 @@ describe('Connection', () => {
       b.state === 'established' ? undefined : once(b, 'established'),
     ]);
     expect(a.remote.name).toBe(NAME_B);
+    expect(a.encrypted && b.encrypted).toBe(true);
+    expect(a.cipher).toBe('aes-256-gcm');
+    expect(b.cipher).toBe('aes-256-gcm');
+    // The two ends agree on the data secrets, each direction its own.
+    expect(a.dataKeys?.send.equals(b.dataKeys!.recv)).toBe(true);
+    expect(a.dataKeys?.recv.equals(b.dataKeys!.send)).toBe(true);
+    expect(a.dataKeys?.send.equals(a.dataKeys.recv)).toBe(false);
+    // Sealed frames carry messages both ways.
+    const gotB = once(b, 'message');
+    const gotA = once(a, 'message');
+    expect(a.send({ t: 'addrs', cidrs: ['10.1.0.0/16'] })).toBe(true);
+    expect(b.send({ t: 'addrs', cidrs: ['10.2.0.0/16'] })).toBe(true);
+    expect((await gotB)[0]).toEqual({ t: 'addrs', cidrs: ['10.1.0.0/16'] });
+    expect((await gotA)[0]).toEqual({ t: 'addrs', cidrs: ['10.2.0.0/16'] });
+    // The Close frame is sealed too: the peer opens it and reports our reason.
+    a.close('bye');
+    expect((await closedOf(b)).reason).toBe(`${CLOSE_REMOTE_PREFIX}bye`);
+    expect(a.dataKeys).toBeUndefined(); // wiped on close
   });
+
+  it('is not encrypted without a password', async () => {
+    const { a, b } = await pair({ local: local(NAME_A, 1n) }, { local: local(NAME_B, 2n) });
+    if (a.state !== 'established') await once(a, 'established');
+    expect(a.encrypted).toBe(false);
+    expect(a.cipher).toBeUndefined();
+    expect(a.dataKeys).toBeUndefined();
+    expect(b.state).not.toBe('closed');
+  });
+
+  it('uses a password key derived once by the owner', async () => {
+    const passwordKey = derivePasswordKey(Buffer.from('s3cret'));
+    const { a, b } = await pair(
+      { local: local(NAME_A, 1n), passwordKey },
+      { local: local(NAME_B, 2n), password: Buffer.from('s3cret') },
+    );
+    await Promise.all([
+      a.state === 'established' ? undefined : once(a, 'established'),
+      b.state === 'established' ? undefined : once(b, 'established'),
+    ]);
+    expect(a.encrypted && b.encrypted).toBe(true);
+  });
+
+  for (const [what, mangle, reason] of [
+    ['a tampered', (f: Buffer) => [flipByte(f, FRAME_HEADER_LEN)], /\(tamper\)/],
+    ['a replayed', (f: Buffer) => [f, f], /\(replay\)/],
+    ['a reordered', (f: Buffer, prev: Buffer) => [f, prev], /\(reorder\)/],
+  ] as const) {
+    it(`closes on ${what} sealed frame with the reason`, async () => {
+      const password = Buffer.from('s3cret');
+      let inbound: Connection | undefined;
+      const port = await listen((socket) => {
+        inbound = wrap({ socket, outbound: false, local: local(NAME_B, 2n), password });
+      });
+      // A proxy that forwards a→b frame by frame and mangles the 4th (the 2nd sealed one).
+      const proxyPort = await listen((client) => {
+        const up = connect(port, '127.0.0.1');
+        sockets.push(client, up);
+        up.on('data', (d) => client.write(d));
+        const dec = new FrameDecoder(1 << 20);
+        let n = 0;
+        let prev: Buffer | undefined;
+        client.on('data', (d) => {
+          dec.push(d);
+          for (let body = dec.next(); body !== undefined; body = dec.next()) {
+            const f = Buffer.alloc(FRAME_HEADER_LEN + body.length);
+            f.writeUInt32BE(body.length, 0);
+            f.set(body, FRAME_HEADER_LEN);
+            n++;
+            if (n === 4) {
+              for (const g of (mangle as (f: Buffer, prev: Buffer) => Buffer[])(f, prev!)) up.write(g);
+            } else if (n !== 3 || what !== 'a reordered') up.write(f);
+            prev = f;
+          }
+        });
+        client.on('error', () => {});
+        up.on('error', () => {});
+      });
+      const a = wrap({ socket: connect(proxyPort, '127.0.0.1'), outbound: true, local: local(NAME_A, 1n), password });
+      await once(a, 'established');
+      await until(() => inbound?.state === 'established', 'inbound established');
+      a.send({ t: 'addrs', cidrs: ['10.1.0.0/16'] });
+      a.send({ t: 'addrs', cidrs: ['10.3.0.0/16'] });
+      const c = await closedOf(inbound!);
+      expect(c.error?.code).toBe('EWEFT_PROTOCOL');
+      expect(c.reason).toMatch(reason);
+    });
+  }
+
+  for (const password of [Buffer.from('s3cret'), undefined]) {
+    it(`${password ? 'hides' : 'shows'} message contents on the wire ${password ? 'with' : 'without'} a password`, async () => {
+      let inbound: Connection | undefined;
+      const port = await listen((socket) => {
+        inbound = wrap({ socket, outbound: false, local: local(NAME_B, 2n), ...(password && { password }) });
+      });
+      const seen: Buffer[] = [];
+      const proxyPort = await listen((client) => {
+        const up = connect(port, '127.0.0.1');
+        sockets.push(client, up);
+        up.on('data', (d: Buffer) => {
+          seen.push(d);
+          client.write(d);
+        });
+        client.on('data', (d: Buffer) => {
+          seen.push(d);
+          up.write(d);
+        });
+        client.on('error', () => {});
+        up.on('error', () => {});
+      });
+      const a = wrap({
+        socket: connect(proxyPort, '127.0.0.1'),
+        outbound: true,
+        local: local(NAME_A, 1n),
+        ...(password && { password }),
+      });
+      await once(a, 'established');
+      await until(() => inbound?.state === 'established', 'inbound established');
+      const marker = Buffer.from('MARKER-7f3a9c');
+      const got = once(inbound!, 'message');
+      a.send({ t: 'gossip', channel: 'test', payload: marker });
+      const [msg] = (await got) as [PeerMessage];
+      expect(msg.t === 'gossip' && Buffer.from(msg.payload).equals(marker)).toBe(true);
+      expect(Buffer.concat(seen).includes(marker)).toBe(password === undefined);
+    });
+  }
 
   it('refuses peers whose passwords differ, on both sides', async () => {
     const { a, b } = await pair(
@@ -240,6 +371,13 @@ describe('Connection', () => {
 
   it('refuses a peer that announces auth but sends something else, and a forged mac', async () => {
     const password = Buffer.from('pw');
+    const kx = new KeyExchange({
+      role: 'initiator',
+      localName: NAME_B,
+      passwordKey: Buffer.alloc(32, 1),
+      suite: 'aes-256-gcm',
+      nonce: new Uint8Array(16),
+    }).publicKey;
     for (const second of [encodeFrame({ t: 'hb' }), encodeFrame({ t: 'auth', mac: new Uint8Array(32) })]) {
       let conn: Connection | undefined;
       const port = await listen((socket) => {
@@ -247,7 +385,7 @@ describe('Connection', () => {
       });
       const raw = connect(port, '127.0.0.1');
       sockets.push(raw);
-      raw.write(Buffer.concat([helloFrom(NAME_B, { auth: true }), second]));
+      raw.write(Buffer.concat([helloFrom(NAME_B, { auth: true, kx, ciphers: [...AEAD_CIPHERS] }), second]));
       await until(() => conn !== undefined);
       const c = await closedOf(conn!);
       expect(c.error?.code).toBe('EWEFT_AUTH');
@@ -257,16 +395,61 @@ describe('Connection', () => {
     }
   });
 
-  it('computes a mac bound to direction, nonces and name', () => {
-    const pw = Buffer.from('pw');
+  it('refuses a hello with auth and a missing, malformed or low-order key', async () => {
+    const password = Buffer.from('pw');
+    const ciphers = [...AEAD_CIPHERS];
+    for (const [patch, reason] of [
+      [{ auth: true, ciphers }, /invalid hello: kx: auth needs a 32-byte x25519 public key/],
+      [{ auth: true, ciphers, kx: new Uint8Array(31) }, /invalid hello: kx: want exactly 32 bytes/],
+      [{ auth: true, ciphers, kx: new Uint8Array(32) }, /(unusable|low-order) x25519 public key/],
+      [{ auth: true, kx: new Uint8Array(32).fill(9) }, /invalid hello: ciphers: auth needs a cipher list/],
+      [{ auth: true, kx: new Uint8Array(32).fill(9), ciphers: ['rot13'] }, /offers no cipher we speak/],
+    ] as const) {
+      let conn: Connection | undefined;
+      const port = await listen((socket) => {
+        conn = wrap({ socket, outbound: false, local: local(NAME_A, 1n), password });
+      });
+      const raw = connect(port, '127.0.0.1');
+      sockets.push(raw);
+      raw.on('error', () => {});
+      raw.write(rawFrame({ ...decodeBody(helloFrom(NAME_B).subarray(FRAME_HEADER_LEN)), ...patch }));
+      await until(() => conn !== undefined);
+      const c = await closedOf(conn!);
+      expect(c.error).toBeInstanceOf(ProtocolError);
+      expect(c.reason).toMatch(reason);
+    }
+  });
+
+  it('binds the key confirmation to both sides: a reflected or foreign confirmation fails', () => {
+    // Replaces the old HMAC test: the confirmation is bound to direction, nonces, names and password.
     const n1 = new Uint8Array(16).fill(1);
     const n2 = new Uint8Array(16).fill(2);
-    const m = authMac(pw, n1, n2, NAME_A);
-    expect(m.length).toBe(32);
-    expect(m.equals(authMac(pw, n2, n1, NAME_A))).toBe(false);
-    expect(m.equals(authMac(pw, n1, n2, NAME_B))).toBe(false);
-    expect(m.equals(authMac(Buffer.from('pW'), n1, n2, NAME_A))).toBe(false);
-    expect(m.equals(authMac(pw, n1, n2, NAME_A))).toBe(true);
+    const run = (pwA: string, pwB: string, nameB: PeerName = NAME_B) => {
+      const i = new KeyExchange({
+        role: 'initiator',
+        localName: NAME_A,
+        passwordKey: Buffer.from(pwA),
+        suite: 'aes-256-gcm',
+        nonce: n1,
+      });
+      const r = new KeyExchange({
+        role: 'responder',
+        localName: nameB,
+        passwordKey: Buffer.from(pwB),
+        suite: 'aes-256-gcm',
+        nonce: n2,
+      });
+      const ki = i.finish({ name: nameB, publicKey: r.publicKey, nonce: n2 });
+      const kr = r.finish({ name: NAME_A, publicKey: i.publicKey, nonce: n1 });
+      return { ki, kr };
+    };
+    const { ki, kr } = run('pw', 'pw');
+    expect(ki.confirm.length).toBe(32);
+    expect(kr.verifyConfirm(ki.confirm)).toBe(true);
+    expect(ki.verifyConfirm(kr.confirm)).toBe(true);
+    expect(ki.verifyConfirm(ki.confirm)).toBe(false); // reflected
+    const other = run('pw', 'pW');
+    expect(other.kr.verifyConfirm(other.ki.confirm)).toBe(false);
   });
 
   it('refuses a connection to itself', async () => {
@@ -437,18 +620,22 @@ describe('Connection timers', () => {
     vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'setInterval', 'clearInterval', 'Date'] });
   });
 
-  it('sends heartbeats when idle and stays up while the peer does too', async () => {
-    const { a, b } = await pair({ local: local(NAME_A, 1n) }, { local: local(NAME_B, 2n) });
-    await until(() => a.state === 'established' && b.state === 'established');
-    for (let i = 0; i < 3 * (HEARTBEAT_TIMEOUT_MS / HEARTBEAT_INTERVAL_MS); i++) {
-      const inA = a.stats.framesIn;
-      const inB = b.stats.framesIn;
-      vi.advanceTimersByTime(HEARTBEAT_INTERVAL_MS);
-      await until(() => a.stats.framesIn > inA && b.stats.framesIn > inB, `heartbeat ${i}`);
-    }
-    expect(a.state).toBe('established');
-    expect(b.state).toBe('established');
-  });
+  for (const password of [undefined, Buffer.from('s3cret')]) {
+    it(`sends heartbeats when idle and stays up while the peer does too${password ? ' (sealed)' : ''}`, async () => {
+      const pw = password === undefined ? {} : { passwordKey: derivePasswordKey(password) };
+      const { a, b } = await pair({ local: local(NAME_A, 1n), ...pw }, { local: local(NAME_B, 2n), ...pw });
+      await until(() => a.state === 'established' && b.state === 'established');
+      expect(a.encrypted).toBe(password !== undefined);
+      for (let i = 0; i < 3 * (HEARTBEAT_TIMEOUT_MS / HEARTBEAT_INTERVAL_MS); i++) {
+        const inA = a.stats.framesIn;
+        const inB = b.stats.framesIn;
+        vi.advanceTimersByTime(HEARTBEAT_INTERVAL_MS);
+        await until(() => a.stats.framesIn > inA && b.stats.framesIn > inB, `heartbeat ${i}`);
+      }
+      expect(a.state).toBe('established');
+      expect(b.state).toBe('established');
+    });
+  }
 
   it('closes after the heartbeat timeout when the peer goes silent', async () => {
     let rawSide: Socket | undefined;

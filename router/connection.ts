@@ -14,13 +14,13 @@
  * until the peer's FIN (at most CLOSE_LINGER_MS) so that our Close frame reaches it; `done`
  * resolves when the socket is fully released.
  */
-import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
+import { generateKeyPairSync, randomBytes } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import type { Socket } from 'node:net';
 import { type Clock, realClock, type Timer } from '../common/clock.js';
 import { ProtocolError, WeftError } from '../common/errors.js';
 import type { Logger } from '../common/log.js';
-import { type PeerName, type PeerUid, peerNameToBytes, reservedPeerNameReason } from '../common/types.js';
+import { type PeerName, type PeerUid, reservedPeerNameReason } from '../common/types.js';
 import { HELLO_MAX_BYTES, LINGER_DISCARD_MAX_BYTES } from './conn-limits.js';
 import {
   CLOSE_LINGER_MS,
@@ -35,10 +35,25 @@ import {
   TCP_KEEPALIVE_DELAY_MS,
 } from './constants.js';
 import {
+  AEAD_CIPHERS,
+  type AeadCipher,
+  derivePasswordKey,
+  FrameOpener,
+  FrameSealer,
+  KeyExchange,
+  KeyExchangeError,
+  negotiateCipher,
+  SEALED_FRAME_OVERHEAD_BYTES,
+  SealedFrameError,
+  type SessionKeys,
+  X25519_KEY_BYTES,
+} from './crypto/index.js';
+import {
   CLOSE_REASON_MAX_CHARS,
   decodeBody,
   type Encap,
   encodeFrame,
+  FRAME_HEADER_LEN,
   FrameDecoder,
   type Hello,
   type Message,
@@ -53,9 +68,6 @@ import {
 } from './protocol.js';
 
 // ---- Implementation choices (candidates for router/constants.ts) ----
-
-/** AUTH_CONTEXT is the domain-separation prefix of the Auth HMAC input. */
-export const AUTH_CONTEXT = 'weft-auth-v1';
 
 /** CLOSE_SELF is the close reason for a connection whose other end is this very router. */
 export const CLOSE_SELF = 'connection to self';
@@ -140,8 +152,13 @@ export interface ConnectionOptions {
   /** outbound is true when we dialled. */
   readonly outbound: boolean;
   readonly local: LocalPeerInfo;
-  /** password, when set, requires the peer to prove it knows the same bytes. */
+  /**
+   * password, when set, requires the peer to prove it knows the same bytes and encrypts the
+   * connection. Prefer `passwordKey`: deriving it from `password` costs a scrypt per connection.
+   */
   readonly password?: Buffer;
+  /** passwordKey is derivePasswordKey(password), derived once per router; it wins over `password`. */
+  readonly passwordKey?: Buffer;
   readonly log: Logger;
   /** label names the other end in logs until the socket is connected (e.g. the dialled `host:port`). */
   readonly label?: string;
@@ -157,32 +174,21 @@ export interface ConnectionOptions {
   readonly sendBufferMaxBytes?: number;
 }
 
-/**
- * authMac computes the Auth tag `HMAC-SHA256(password, "weft-auth-v1" | senderNonce |
- * receiverNonce | senderName)`, the name as its 6 bytes. Binding both nonces and the sender's name
- * makes a tag useless on any other connection or in the other direction.
- */
-export function authMac(
-  password: Buffer,
-  senderNonce: Uint8Array,
-  receiverNonce: Uint8Array,
-  senderName: PeerName,
-): Buffer {
-  const name = new Uint8Array(6);
-  peerNameToBytes(senderName, name, 0);
-  return createHmac('sha256', password)
-    .update(AUTH_CONTEXT)
-    .update(senderNonce)
-    .update(receiverNonce)
-    .update(name)
-    .digest();
+/** DataKeys are a connection's data-plane traffic secrets (keys.ts dataGeneration expands them). */
+export interface DataKeys {
+  readonly suite: AeadCipher;
+  /** send is the secret of what we send; recv of what the peer sends. Owned by the connection's user. */
+  readonly send: Buffer;
+  readonly recv: Buffer;
 }
 
 /**
  * Connection wraps one control-connection socket. Both ends send Hello at once; with a password
- * both then send Auth. After the handshake it sends a heartbeat whenever it has sent nothing for
- * HEARTBEAT_INTERVAL_MS and closes after HEARTBEAT_TIMEOUT_MS without receiving a byte (checked
- * every heartbeat interval). Unknown message types are counted and ignored.
+ * each Hello carries an ephemeral X25519 key, both then send Auth (their key confirmation, see
+ * router/crypto/keys.ts) and every later frame is sealed (router/crypto/sealed-framer.ts): a frame
+ * that was changed, replayed or reordered closes the connection with a ProtocolError that says so.
+ * After the handshake it sends a heartbeat whenever it has sent nothing for HEARTBEAT_INTERVAL_MS
+ * and closes after HEARTBEAT_TIMEOUT_MS without receiving a byte (checked every heartbeat interval). Unknown message types are counted and ignored.
  *
  * Before the handshake completes (within HANDSHAKE_TIMEOUT_MS) a frame may hold at most
  * HELLO_MAX_BYTES: a longer length prefix closes the connection at once, before any of its body is
@@ -205,7 +211,18 @@ export class Connection extends EventEmitter<ConnectionEvents> {
 
   private readonly socket: Socket;
   private readonly local: LocalPeerInfo;
-  private readonly password: Buffer | undefined;
+  /** passwordKey is derivePasswordKey(password); set when a password is configured. */
+  private readonly passwordKey: Buffer | undefined;
+  /** kxPrivate is our ephemeral X25519 private key (raw) until the peer's Hello; wiped after. */
+  private kxPrivate: Buffer | undefined;
+  /** kxPublic is the public half, sent in Hello. */
+  private kxPublic: Buffer | undefined;
+  /** pendingKeys are the session keys between our Auth and the peer's (control secrets wiped at establish). */
+  private pendingKeys: SessionKeys | undefined;
+  private sealer: FrameSealer | undefined;
+  private opener: FrameOpener | undefined;
+  private suite: AeadCipher | undefined;
+  private data: DataKeys | undefined;
   private readonly now: () => number;
   private readonly versionMin: number;
   private readonly versionMax: number;
@@ -240,7 +257,17 @@ export class Connection extends EventEmitter<ConnectionEvents> {
     this.socket = opts.socket;
     this.outbound = opts.outbound;
     this.local = opts.local;
-    this.password = opts.password;
+    this.passwordKey = opts.passwordKey ?? (opts.password !== undefined ? derivePasswordKey(opts.password) : undefined);
+    if (this.passwordKey !== undefined) {
+      // Raw keys: KeyExchange binds the suite, known only after the peer's Hello, so the pair is
+      // made here and handed to it then.
+      const { privateKey, publicKey } = generateKeyPairSync('x25519');
+      const priv = privateKey.export({ format: 'der', type: 'pkcs8' });
+      const pub = publicKey.export({ format: 'der', type: 'spki' });
+      this.kxPrivate = Buffer.from(priv.subarray(priv.length - X25519_KEY_BYTES));
+      this.kxPublic = Buffer.from(pub.subarray(pub.length - X25519_KEY_BYTES));
+      priv.fill(0);
+    }
     const clock = opts.clock ?? realClock;
     this.clock = clock;
     this.now = opts.now ?? (opts.clock === undefined ? () => Date.now() : () => clock.now());
@@ -311,7 +338,8 @@ export class Connection extends EventEmitter<ConnectionEvents> {
         encap: this.local.encap,
         mtu: this.local.mtu,
         nonce: this.localNonce,
-        auth: this.password !== undefined,
+        auth: this.passwordKey !== undefined,
+        ...(this.kxPublic !== undefined && { kx: this.kxPublic, ciphers: [...AEAD_CIPHERS] }),
       }),
     );
   }
@@ -351,6 +379,25 @@ export class Connection extends EventEmitter<ConnectionEvents> {
     const theirs = Buffer.from(this.hello.nonce).toString('hex');
     const ours = this.localNonce.toString('hex');
     return this.outbound ? ours + theirs : theirs + ours;
+  }
+
+  /** encrypted is true once an established connection seals its frames (a password is configured). */
+  get encrypted(): boolean {
+    return this.sealer !== undefined;
+  }
+
+  /** cipher is the negotiated AEAD of an encrypted connection, else undefined. */
+  get cipher(): string | undefined {
+    return this.sealer === undefined ? undefined : this.suite;
+  }
+
+  /**
+   * dataKeys are the data-plane traffic secrets of an established encrypted connection (undefined
+   * otherwise), for the datapath to expand with dataGeneration. Wiped when the connection closes:
+   * copy them to keep them.
+   */
+  get dataKeys(): DataKeys | undefined {
+    return this.data;
   }
 
   /** since is when the connection was established, or created if it is still in the handshake (ms). */
@@ -428,6 +475,22 @@ export class Connection extends EventEmitter<ConnectionEvents> {
       }
       if (body === undefined) return;
       this.stats.framesIn++;
+      if (this.opener !== undefined) {
+        try {
+          body = this.opener.open(body);
+        } catch (err) {
+          this.fail(
+            err instanceof SealedFrameError
+              ? new SealedFrameError(
+                  err.reason,
+                  err.frame,
+                  `sealed frame refused (${err.reason}) from ${this.hello?.name ?? this.label}: ${err.message}`,
+                )
+              : err,
+          );
+          return;
+        }
+      }
       this.onFrame(body);
     }
   }
@@ -496,7 +559,7 @@ export class Connection extends EventEmitter<ConnectionEvents> {
       this.fail(new ProtocolError(`peer announced the name ${hello.name}, which no router may have: ${reserved}`));
       return;
     }
-    if (hello.auth && this.password === undefined) {
+    if (hello.auth && this.passwordKey === undefined) {
       this.fail(
         new ProtocolError(`peer ${hello.name} requires a password but none is configured here`, {
           code: 'EWEFT_AUTH',
@@ -504,7 +567,7 @@ export class Connection extends EventEmitter<ConnectionEvents> {
       );
       return;
     }
-    if (!hello.auth && this.password !== undefined) {
+    if (!hello.auth && this.passwordKey !== undefined) {
       this.fail(
         new ProtocolError(`peer ${hello.name} sent no authentication but a password is configured here`, {
           code: 'EWEFT_AUTH',
@@ -512,17 +575,53 @@ export class Connection extends EventEmitter<ConnectionEvents> {
       );
       return;
     }
-    if (this.password !== undefined) {
+    if (this.passwordKey !== undefined) {
+      const keys = this.exchangeKeys(hello);
+      if (keys === undefined) return;
+      this.pendingKeys = keys;
       this.phase = 'auth';
-      this.write(encodeFrame({ t: 'auth', mac: authMac(this.password, this.localNonce, hello.nonce, local.name) }));
+      this.write(encodeFrame({ t: 'auth', mac: keys.confirm }));
       return;
     }
     this.establish();
   }
 
+  /** exchangeKeys runs our side of the key exchange over both Hellos; undefined when it failed (closed). */
+  private exchangeKeys(hello: Hello): SessionKeys | undefined {
+    const priv = this.kxPrivate!;
+    this.kxPrivate = undefined;
+    try {
+      const initiator = this.outbound;
+      const suite = negotiateCipher(
+        initiator ? AEAD_CIPHERS : (hello.ciphers ?? []),
+        initiator ? (hello.ciphers ?? []) : AEAD_CIPHERS,
+      );
+      if (suite === undefined)
+        throw new KeyExchangeError(
+          'bad-suite',
+          `peer ${hello.name} offers no cipher we speak (${(hello.ciphers ?? []).join(', ')}; ours ${AEAD_CIPHERS.join(', ')})`,
+        );
+      this.suite = suite;
+      const kx = new KeyExchange({
+        role: initiator ? 'initiator' : 'responder',
+        localName: this.local.name,
+        passwordKey: this.passwordKey!,
+        suite,
+        nonce: this.localNonce,
+        privateKey: priv,
+      });
+      return kx.finish({ name: hello.name, publicKey: hello.kx ?? new Uint8Array(0), nonce: hello.nonce });
+    } catch (err) {
+      this.fail(err);
+      return undefined;
+    } finally {
+      priv.fill(0);
+    }
+  }
+
   private onAuth(value: Record<string, unknown>, t: string | undefined): void {
     const hello = this.hello!;
-    const password = this.password!;
+    const keys = this.pendingKeys!;
     try {
       if (t !== 'auth') {
         throw new ProtocolError(
@@ -531,14 +630,27 @@ export class Connection extends EventEmitter<ConnectionEvents> {
         );
       }
       const auth = parseAuth(value);
-      const want = authMac(password, hello.nonce, this.localNonce, hello.name as PeerName);
-      if (!timingSafeEqual(want, auth.mac)) {
-        throw new ProtocolError(`peer ${hello.name} failed authentication: passwords differ`, { code: 'EWEFT_AUTH' });
+      if (!keys.verifyConfirm(auth.mac)) {
+        throw new KeyExchangeError('confirm-mismatch', `peer ${hello.name} failed authentication: passwords differ`);
       }
     } catch (err) {
       this.fail(err);
       return;
     }
+    // Keep only the data secrets (copies); the control keys live in the sealer and opener.
+    const suite = keys.suite;
+    this.sealer = new FrameSealer(suite, {
+      key: Buffer.from(keys.controlSend.key),
+      iv: Buffer.from(keys.controlSend.iv),
+    });
+    this.opener = new FrameOpener(
+      suite,
+      { key: Buffer.from(keys.controlRecv.key), iv: Buffer.from(keys.controlRecv.iv) },
+      CONTROL_MESSAGE_MAX_BYTES,
+    );
+    this.data = { suite, send: Buffer.from(keys.dataSend), recv: Buffer.from(keys.dataRecv) };
+    keys.wipe();
+    this.pendingKeys = undefined;
     this.establish();
   }
 
@@ -565,7 +677,7 @@ export class Connection extends EventEmitter<ConnectionEvents> {
     if (this.handshakeTimer !== undefined) this.clock.clearTimeout(this.handshakeTimer);
     this.handshakeTimer = undefined;
     this.phase = 'established';
-    this.decoder.maxBytes = CONTROL_MESSAGE_MAX_BYTES;
+    this.decoder.maxBytes = CONTROL_MESSAGE_MAX_BYTES + (this.opener === undefined ? 0 : SEALED_FRAME_OVERHEAD_BYTES);
     this.establishedAt = this.now();
     this.remoteInfo = {
       name: hello.name as PeerName,
@@ -586,6 +698,8 @@ export class Connection extends EventEmitter<ConnectionEvents> {
       nickname: hello.nickname,
       remoteAddr: this.label,
       version: this.version,
+      encrypted: this.encrypted,
+      ...(this.encrypted && { cipher: this.suite }),
     });
     this.emit('established', this.remoteInfo);
   }
@@ -601,7 +715,9 @@ export class Connection extends EventEmitter<ConnectionEvents> {
 
   // ---- send and shutdown ----
 
-  private write(frame: Buffer): void {
+  /** write sends one encoded frame, sealed once the connection is encrypted. */
+  private write(plain: Buffer): void {
+    const frame = this.sealer === undefined ? plain : this.sealer.seal(plain.subarray(FRAME_HEADER_LEN));
     this.socket.write(frame);
     this.stats.framesOut++;
     this.stats.bytesOut += frame.length;
@@ -622,6 +738,13 @@ export class Connection extends EventEmitter<ConnectionEvents> {
     this.phase = 'closed';
     this.closeInfo = info;
     this.decoder.close();
+    this.pendingKeys?.wipe();
+    this.pendingKeys = undefined;
+    this.kxPrivate?.fill(0);
+    this.kxPrivate = undefined;
+    this.data?.send.fill(0);
+    this.data?.recv.fill(0);
+    this.data = undefined;
     if (this.handshakeTimer !== undefined) this.clock.clearTimeout(this.handshakeTimer);
     if (this.heartbeatTimer !== undefined) this.clock.clearInterval(this.heartbeatTimer);
     this.handshakeTimer = undefined;

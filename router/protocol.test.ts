@@ -104,6 +104,19 @@ describe('encodeFrame and decodeMessage', () => {
     }
   });
 
+  it('round-trips a hello with a key exchange', () => {
+    const withKx: Hello = {
+      ...hello,
+      auth: true,
+      kx: new Uint8Array(32).fill(3),
+      ciphers: ['aes-256-gcm', 'chacha20-poly1305'],
+    };
+    const h = parseHello(decodeBody(bodyOf(encodeFrame(withKx))), { min: 1, max: 1 }).hello;
+    expect(Buffer.from(h.kx!).equals(Buffer.from(withKx.kx!))).toBe(true);
+    expect(h.ciphers).toEqual(['aes-256-gcm', 'chacha20-poly1305']);
+    expect(() => encodeFrame({ ...withKx, kx: undefined } as unknown as Hello)).toThrow(InputError);
+  });
+
   it('round-trips hello and auth', () => {
     const h = parseHello(decodeBody(bodyOf(encodeFrame(hello))), { min: 1, max: 1 });
     expect(h.version).toBe(1);
@@ -237,6 +250,13 @@ describe('negotiateVersion and parseHello', () => {
       [{ tcpPort: 65536 }, /tcpPort/],
       [{ auth: 'yes' }, /auth/],
       [{ versionMin: 1.5 }, /versionMin/],
+      [{ auth: true, ciphers: ['aes-256-gcm'] }, /kx: auth needs a 32-byte x25519 public key/],
+      [{ auth: true, kx: new Uint8Array(32) }, /ciphers: auth needs a cipher list/],
+      [{ auth: true, ciphers: ['aes-256-gcm'], kx: new Uint8Array(33) }, /kx: want exactly 32 bytes/],
+      [{ auth: true, ciphers: ['aes-256-gcm'], kx: 'k'.repeat(32) }, /kx/],
+      [{ auth: true, ciphers: [], kx: new Uint8Array(32) }, /ciphers/],
+      [{ auth: true, ciphers: [7], kx: new Uint8Array(32) }, /ciphers/],
+      [{ auth: true, ciphers: Array(9).fill('aes-256-gcm'), kx: new Uint8Array(32) }, /ciphers/],
     ];
     for (const [patch, re] of bad) {
       expectProtocolError(

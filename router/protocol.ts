@@ -16,13 +16,19 @@
  *
  * ```
  *   A                                   B
- *   |-- Hello (nonceA, range, auth) --->|   sent as soon as the socket exists
- *   |<--- Hello (nonceB, range, auth) --|
- *   |-- Auth  (mac over nonces, A) ---->|   only when both sides have a password
- *   |<--- Auth (mac over nonces, B) ----|
+ *   |-- Hello (nonceA, range, auth[, kx, ciphers]) --->|   sent as soon as the socket exists
+ *   |<--- Hello (nonceB, range, auth[, kx, ciphers]) --|
+ *   |-- Auth  (key confirmation of A) ---------------->|   only when both sides have a password
+ *   |<--- Auth (key confirmation of B) ----------------|
  *   |<========= Heartbeat / Addresses / Gossip / unknown (ignored) ======>|
  *   |-- Close (reason) ---------------->|   then FIN
  * ```
+ *
+ * With a password, `kx` is the sender's ephemeral X25519 public key and `ciphers` the AEADs it
+ * offers; both sides run the key exchange of router/crypto/keys.ts over the two Hellos, and Auth
+ * carries the key confirmation. Every frame after the two Auths (both directions, heartbeats and
+ * Close included) is sealed (router/crypto/sealed-framer.ts): its length then counts the
+ * ciphertext and a 16-byte tag.
  *
  * Every body is validated with zod after decoding. Any malformed input raises {@link ProtocolError};
  * nothing else escapes the decode functions, whatever the bytes.
@@ -42,6 +48,12 @@ export const PROTOCOL_ID = 'weft';
 export const NONCE_LEN = 16;
 /** AUTH_MAC_LEN is the length of an HMAC-SHA256 tag in Auth. */
 export const AUTH_MAC_LEN = 32;
+/** KX_PUBLIC_KEY_LEN is the length of Hello's `kx` field: a raw X25519 public key. */
+export const KX_PUBLIC_KEY_LEN = 32;
+/** HELLO_CIPHERS_MAX bounds the cipher list of a Hello. */
+export const HELLO_CIPHERS_MAX = 8;
+/** CIPHER_NAME_MAX_CHARS bounds one cipher name in a Hello. */
+export const CIPHER_NAME_MAX_CHARS = 32;
 /** NICKNAME_MAX_CHARS bounds a peer's nickname. */
 export const NICKNAME_MAX_CHARS = 64;
 /** CHANNEL_MAX_CHARS bounds a gossip channel name. */
@@ -80,9 +92,13 @@ export interface Hello {
   readonly mtu: number;
   readonly nonce: Uint8Array;
   readonly auth: boolean;
+  /** kx is the sender's ephemeral X25519 public key (KX_PUBLIC_KEY_LEN bytes); required when `auth`. */
+  readonly kx?: Uint8Array;
+  /** ciphers are the AEADs the sender offers, most preferred first; required when `auth`. */
+  readonly ciphers?: string[];
 }
 
-/** Auth proves knowledge of the shared password: see `authMac` in connection.ts for the input. */
+/** Auth proves knowledge of the shared password: `mac` is the sender's key confirmation (keys.ts SessionKeys.confirm). */
 export interface Auth {
   readonly t: 'auth';
   readonly mac: Uint8Array;
@@ -152,26 +168,40 @@ const bytes = (len: number) =>
   z.instanceof(Uint8Array).refine((b) => b.length === len, { message: `want exactly ${len} bytes` });
 
 /** HelloSchema validates a Hello. Unknown keys are dropped, not refused: a later version may add some. */
-export const HelloSchema = z.object({
-  proto: z.literal(PROTOCOL_ID),
-  versionMin: version,
-  versionMax: version,
-  name: z.string().regex(PEER_NAME_RE, 'want a lower-case peer name like 02:42:0a:00:00:01'),
-  nickname: z.string().max(NICKNAME_MAX_CHARS),
-  uid: z
-    .string()
-    .regex(UID_RE, 'want a non-zero decimal u64')
-    // zod runs every check even after the regex fails: guard BigInt (found by the fuzz test).
-    .refine((s) => UID_RE.test(s) && BigInt(s) <= U64_MAX, 'want a non-zero decimal u64'),
-  tcpPort: port,
-  sleevePort: port,
-  vxlanPort: port,
-  vni: z.int().min(0).max(VXLAN_VNI_MAX),
-  encap: z.enum(['sleeve', 'vxlan']),
-  mtu: z.int().min(MTU_MIN).max(MTU_MAX),
-  nonce: bytes(NONCE_LEN),
-  auth: z.boolean(),
-}) satisfies z.ZodType<Hello>;
+export const HelloSchema = z
+  .object({
+    proto: z.literal(PROTOCOL_ID),
+    versionMin: version,
+    versionMax: version,
+    name: z.string().regex(PEER_NAME_RE, 'want a lower-case peer name like 02:42:0a:00:00:01'),
+    nickname: z.string().max(NICKNAME_MAX_CHARS),
+    uid: z
+      .string()
+      .regex(UID_RE, 'want a non-zero decimal u64')
+      // zod runs every check even after the regex fails: guard BigInt (found by the fuzz test).
+      .refine((s) => UID_RE.test(s) && BigInt(s) <= U64_MAX, 'want a non-zero decimal u64'),
+    tcpPort: port,
+    sleevePort: port,
+    vxlanPort: port,
+    vni: z.int().min(0).max(VXLAN_VNI_MAX),
+    encap: z.enum(['sleeve', 'vxlan']),
+    mtu: z.int().min(MTU_MIN).max(MTU_MAX),
+    nonce: bytes(NONCE_LEN),
+    auth: z.boolean(),
+    kx: bytes(KX_PUBLIC_KEY_LEN).optional(),
+    ciphers: z.array(z.string().min(1).max(CIPHER_NAME_MAX_CHARS)).min(1).max(HELLO_CIPHERS_MAX).optional(),
+  })
+  .superRefine((h, ctx) => {
+    // A Hello with auth is the start of a key exchange: without a key there is nothing to agree on.
+    if (h.auth && h.kx === undefined)
+      ctx.addIssue({
+        code: 'custom',
+        path: ['kx'],
+        message: `auth needs a ${KX_PUBLIC_KEY_LEN}-byte x25519 public key`,
+      });
+    if (h.auth && h.ciphers === undefined)
+      ctx.addIssue({ code: 'custom', path: ['ciphers'], message: 'auth needs a cipher list' });
+  }) satisfies z.ZodType<Hello>;
 
 /** HelloPreambleSchema is the part of Hello every version must keep: identity of the protocol and version range. */
 const HelloPreambleSchema = z.object({ proto: z.literal(PROTOCOL_ID), versionMin: version, versionMax: version });

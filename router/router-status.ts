@@ -6,6 +6,7 @@
 import type { Cidr, PeerName } from '../common/types.js';
 import { formatCidr } from '../common/types.js';
 import type { ConnectionMaker } from './connection-maker.js';
+import { DEFAULT_AEAD_CIPHER } from './crypto/index.js';
 import type { DataPlane } from './data-plane.js';
 import type { Counters } from './datapath/counters.js';
 import { encapName, type Hop } from './datapath/fib.js';
@@ -76,6 +77,7 @@ export function assembleStatus(s: StatusSources): RouterStatus {
       offload: plane.vnetHdr && s.offload,
       udpOffload: plane.udpOffload(),
       encryption: s.encryption,
+      ...(s.encryption && { cipher: DEFAULT_AEAD_CIPHER }),
       ipallocRange: formatCidr(s.ipallocRange),
       exposed: s.exposed.map(formatCidr),
       peers: peerStatus(s),

@@ -71,7 +71,10 @@ export interface RouterStatus {
    * GRO (else one datagram per system call entry), and why GSO is off when it was wanted.
    */
   udpOffload: { gso: boolean; gro: boolean; reason?: string };
+  /** encryption is true with a password: control connections (and, later, data) are sealed. */
   encryption: boolean;
+  /** cipher is the AEAD offered first on every connection when encryption is on. */
+  cipher?: string;
   ipallocRange: string;
   exposed: string[];
   peers: PeerStatus[];
