@@ -6,8 +6,8 @@
  */
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { type Host, Lab } from '../lab/netns.js';
 import { launch, removeStateDirs, weft } from '../e2e/weft.js';
+import { type Host, Lab } from '../lab/netns.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 

@@ -25,8 +25,8 @@ import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { type Host, Lab, requireRoot } from '../lab/netns.js';
 import { CLI, removeStateDirs, stateDir, waitPeers, weft } from '../e2e/weft.js';
+import { type Host, Lab, requireRoot } from '../lab/netns.js';
 import { cpuPercent, readCpuTicks } from './proc-counters.js';
 import { routerPids } from './weft-scenarios.js';
 

@@ -2,8 +2,9 @@
  * relay measures what relaying costs: ping RTT between two Weft hosts directly, then with the
  * direct link cut (nftables inside one host's namespace) so traffic crosses a third host.
  */
-import { type Host, Lab, waitUntil } from '../lab/netns.js';
+
 import { expose, launch, removeStateDirs, status } from '../e2e/weft.js';
+import { type Host, Lab, waitUntil } from '../lab/netns.js';
 
 /** RelayResult is the median RTTs and their ratio. */
 export interface RelayResult {

@@ -31,8 +31,8 @@ import { cpus, release } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs, promisify } from 'node:util';
-import { type Host, Lab, type Netns, outputTail, requireRoot, stopProcess, waitUntil } from '../lab/netns.js';
 import { launch, removeStateDirs, routerPid, waitPeers, weft } from '../e2e/weft.js';
+import { type Host, Lab, type Netns, outputTail, requireRoot, stopProcess, waitUntil } from '../lab/netns.js';
 import { readCpuTicks, readRssBytes } from './proc-counters.js';
 
 /** SAMPLE_EVERY_MS is how often each router's RSS is read. */

@@ -4,8 +4,9 @@
  * idle, then while a poller in host 1 fetches `/status?format=json` and `/metrics` 20 times a
  * second each. Target: the polled median within 1.2× the idle one.
  */
-import { type Host, Lab, type Netns, waitUntil } from '../lab/netns.js';
+
 import { launch, removeStateDirs, waitPeers, weft } from '../e2e/weft.js';
+import { type Host, Lab, type Netns, waitUntil } from '../lab/netns.js';
 import { median } from './relay.js';
 
 /** StatusStallResult is the median RTTs and their ratio. */

@@ -2,8 +2,8 @@ import { execFile } from 'node:child_process';
 import { rmSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { promisify } from 'node:util';
-import type { Host, Lab, Netns } from '../lab/netns.js';
 import { CLI, expose, launch, stateDir, waitPeers, weft } from '../e2e/weft.js';
+import type { Host, Lab, Netns } from '../lab/netns.js';
 import type { TunnelScenario, TunnelSetup } from './tunnels.js';
 
 let containerSeq = 0;

@@ -48,12 +48,15 @@ const hello: Hello = {
   mtu: 1400,
   nonce: new Uint8Array(16).fill(7),
   auth: true,
+  // With auth, a Hello carries the ephemeral X25519 key and the cipher list (router/crypto).
+  kx: new Uint8Array(32).fill(9),
+  ciphers: ['aes-256-gcm', 'chacha20-poly1305'],
 };
 
 function seeds(): Uint8Array[] {
   const frames: Uint8Array[] = [
     encodeFrame(hello),
-    encodeFrame({ ...hello, auth: false, encap: 'vxlan', nickname: '' }),
+    encodeFrame({ ...hello, auth: false, kx: undefined, ciphers: undefined, encap: 'vxlan', nickname: '' }),
     encodeFrame({ t: 'auth', mac: new Uint8Array(32).fill(1) }),
     encodeFrame({ t: 'hb' }),
     encodeFrame({ t: 'addrs', cidrs: ['10.32.0.0/12', '10.40.0.1/32'] }),
@@ -95,6 +98,8 @@ const messages = fc.oneof(
     mtu: fc.integer({ min: 0, max: 70000 }),
     nonce: fc.uint8Array({ minLength: 15, maxLength: 17 }),
     auth: fc.oneof(fc.boolean(), oddValue),
+    kx: fc.oneof(fc.uint8Array({ minLength: 31, maxLength: 33 }), oddValue),
+    ciphers: fc.oneof(fc.array(fc.constantFrom('aes-256-gcm', 'chacha20-poly1305', '', 'x'.repeat(33))), oddValue),
   }),
   fc.record({ t: fc.constantFrom('auth'), mac: fc.uint8Array({ minLength: 31, maxLength: 33 }) }),
   fc.record({ t: fc.constantFrom('hb', 'close', 'x'.repeat(65), ''), reason: fc.oneof(fc.string(), oddValue) }),
