@@ -1,4 +1,3 @@
-import { promisify } from 'node:util';
 import { beforeEach, describe, expect, it, vi } from 'vitest';
 import { noopLogger } from '../common/log.js';
 import { parseCidr } from '../common/types.js';
@@ -30,29 +29,10 @@ const kernel = {
 };
 
 vi.mock('node:child_process', async (importOriginal) => {
-  const real = await importOriginal<typeof import('node:child_process')>();
-  const execFile = (cmd: string, args: string[], ...rest: unknown[]) => {
-    const cb = rest.find((r) => typeof r === 'function') as (e: Error | null, out?: string, err?: string) => void;
-    let input = '';
-    const stdin = {
-      end: (s?: string) => {
-        input = s ?? '';
-      },
-    };
-    setImmediate(() => {
-      try {
-        cb(null, kernel.run(cmd, args, input), '');
-      } catch (err) {
-        cb(err as Error, '', String((err as { stderr?: string }).stderr ?? ''));
-      }
-    });
-    return { stdin };
-  };
-  (execFile as unknown as Record<symbol, unknown>)[promisify.custom] = async (cmd: string, args: string[]) => ({
-    stdout: kernel.run(cmd, args),
-    stderr: '',
+  const { fakeChildProcess } = await import('../control/testing/fake-exec.js');
+  return fakeChildProcess(await importOriginal<typeof import('node:child_process')>(), {
+    run: (cmd, args, input) => ({ stdout: kernel.run(cmd, args, input) }),
   });
-  return { ...real, execFile };
 });
 vi.mock('node:fs', async (importOriginal) => {
   const real = await importOriginal<typeof import('node:fs')>();

@@ -1,4 +1,3 @@
-import { promisify } from 'node:util';
 import { beforeEach, describe, expect, it, vi } from 'vitest';
 import { WeftError } from '../common/errors.js';
 import { noopLogger } from '../common/log.js';
@@ -54,24 +53,11 @@ const kernel = {
 };
 
 vi.mock('node:child_process', async (importOriginal) => {
-  const real = await importOriginal<typeof import('node:child_process')>();
-  const execFile = (cmd: string, args: string[], ...rest: unknown[]) => {
-    const cb = rest.find((r) => typeof r === 'function') as (e: Error | null, out?: string, err?: string) => void;
-    const stdin = { end: () => undefined };
-    queueMicrotask(() => {
-      try {
-        cb(null, kernel.run(cmd, args).stdout, '');
-      } catch (err) {
-        cb(err as Error, '', String((err as { stderr?: string }).stderr ?? ''));
-      }
-    });
-    return { stdin };
-  };
-  (execFile as unknown as Record<symbol, unknown>)[promisify.custom] = async (cmd: string, args: string[]) => ({
-    ...kernel.run(cmd, args),
-    stderr: '',
+  const { fakeChildProcess } = await import('./testing/fake-exec.js');
+  return fakeChildProcess(await importOriginal<typeof import('node:child_process')>(), {
+    // kernel is read lazily: the mock may be made before this file's top level runs.
+    run: (cmd, args) => kernel.run(cmd, args),
   });
-  return { ...real, execFile };
 });
 vi.mock('node:fs', async (importOriginal) => {
   const real = await importOriginal<typeof import('node:fs')>();

@@ -1,4 +1,3 @@
-import { promisify } from 'node:util';
 import { beforeEach, describe, expect, it, vi } from 'vitest';
 import { noopLogger } from '../common/log.js';
 import { formatIPv4, parseCidr } from '../common/types.js';
@@ -54,29 +53,11 @@ const kernel = {
 };
 
 vi.mock('node:child_process', async (importOriginal) => {
-  const real = await importOriginal<typeof import('node:child_process')>();
-  const execFile = (cmd: string, args: string[], ...rest: unknown[]) => {
-    const cb = rest.find((r) => typeof r === 'function') as (e: Error | null, out?: string, err?: string) => void;
-    let input = '';
-    const stdin = {
-      end: (s?: string) => {
-        input = s ?? '';
-      },
-    };
-    queueMicrotask(() => {
-      try {
-        cb(null, kernel.run(cmd, args, input).stdout, '');
-      } catch (err) {
-        cb(err as Error, '', String((err as { stderr?: string }).stderr ?? ''));
-      }
-    });
-    return { stdin };
-  };
-  (execFile as unknown as Record<symbol, unknown>)[promisify.custom] = async (cmd: string, args: string[]) => ({
-    ...kernel.run(cmd, args),
-    stderr: '',
+  const { fakeChildProcess } = await import('./testing/fake-exec.js');
+  return fakeChildProcess(await importOriginal<typeof import('node:child_process')>(), {
+    // kernel is read lazily: the mock may be made before this file's top level runs.
+    run: (cmd, args, input) => kernel.run(cmd, args, input),
   });
-  return { ...real, execFile };
 });
 vi.mock('node:fs', async (importOriginal) => {
   const real = await importOriginal<typeof import('node:fs')>();
