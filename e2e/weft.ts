@@ -27,7 +27,9 @@ export function stateDir(ns: Netns): string {
  */
 export function removeStateDirs(topo: Lab): void {
   for (const name of topo.namespaces) {
-    rmSync(path.join(tmpdir(), 'weft-e2e', name), { recursive: true, force: true });
+    // WEFT_E2E_KEEP_STATE=1 keeps the state directories (weft.log, state.json) for a post-mortem.
+    if (process.env.WEFT_E2E_KEEP_STATE !== '1')
+      rmSync(path.join(tmpdir(), 'weft-e2e', name), { recursive: true, force: true });
     rmSync(path.join('/run/weft/netns', name), { recursive: true, force: true });
   }
 }
