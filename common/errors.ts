@@ -13,6 +13,7 @@ export type WeftErrorCode =
   | 'EWEFT_AUTH' // password mismatch with a peer
   | 'EWEFT_NOT_RUNNING' // the CLI found no router in this network namespace
   | 'EWEFT_NOT_READY' // the router is starting
+  | 'EWEFT_INTERRUPTED' // the router went away after a change was sent: it may or may not have been made
   | 'EWEFT_CONFLICT' // the request conflicts with current state
   | 'EWEFT_NOT_FOUND' // the named thing does not exist
   | 'EWEFT_UNAVAILABLE' // nothing to give now (no free address, no seeded ring): retry later

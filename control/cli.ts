@@ -39,8 +39,11 @@ import {
 import { STATE_ROOT } from './state-dir.js';
 import { VERSION } from './version.js';
 
-/** EXIT maps failures to exit statuses: 1 error, 2 usage, 3 no router running. */
-const EXIT = { error: 1, usage: 2, notRunning: 3 } as const;
+/**
+ * EXIT maps failures to exit statuses: 1 error, 2 usage, 3 no router running, 4 the router went
+ * away while working on a change (outcome unknown).
+ */
+const EXIT = { error: 1, usage: 2, notRunning: 3, interrupted: 4 } as const;
 
 /** waitStopped waits until the router no longer answers (up to 15 s). */
 async function waitStopped(api: ApiClient): Promise<void> {
@@ -54,6 +57,7 @@ async function waitStopped(api: ApiClient): Promise<void> {
 
 function exitCodeFor(code: WeftErrorCode): number {
   if (code === 'EWEFT_NOT_RUNNING') return EXIT.notRunning;
+  if (code === 'EWEFT_INTERRUPTED') return EXIT.interrupted;
   if (code === 'EWEFT_INPUT' || code === 'EWEFT_CONFIG') return EXIT.usage;
   return EXIT.error;
 }
@@ -223,7 +227,8 @@ Examples:
           process.stderr.write('weft: no router is running in this network namespace\n');
           return;
         }
-        throw err;
+        // a router that exits before its answer is written has done what was asked
+        if (!(isWeftError(err) && err.code === 'EWEFT_INTERRUPTED')) throw err;
       }
       await waitStopped(api);
     });

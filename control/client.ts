@@ -72,7 +72,7 @@ export class ApiClient {
         return r;
       } catch (err) {
         const code = (err as NodeJS.ErrnoException).code ?? '';
-        if (!FALLBACK_CODES.has(code)) throw this.failure(err as NodeJS.ErrnoException);
+        if (!FALLBACK_CODES.has(code)) throw this.failure(err as NodeJS.ErrnoException, method);
         this.socketDenied = code === 'EACCES' || code === 'EPERM';
         socketError = code;
       }
@@ -90,7 +90,7 @@ export class ApiClient {
         opts,
       );
     } catch (err) {
-      throw this.failure(err as NodeJS.ErrnoException, socketError);
+      throw this.failure(err as NodeJS.ErrnoException, method, socketError);
     }
   }
 
@@ -171,8 +171,20 @@ export class ApiClient {
     });
   }
 
-  /** failure turns "nothing answers" into EWEFT_NOT_RUNNING naming where we looked; other errors pass. */
-  private failure(err: NodeJS.ErrnoException, socketError?: string): Error {
+  /**
+   * failure turns "nothing answers" into EWEFT_NOT_RUNNING naming where we looked; other errors
+   * pass. A connection the router reset after a change was sent (it was stopped or killed while
+   * working on it) is EWEFT_INTERRUPTED instead: the change may have been made, and saying "no
+   * router is running" would tell the user it was not.
+   */
+  private failure(err: NodeJS.ErrnoException, method: string, socketError?: string): Error {
+    if (err.code === 'ECONNRESET' && method !== 'GET' && method !== 'HEAD') {
+      return new WeftError(
+        'EWEFT_INTERRUPTED',
+        'the router went away before it answered (it was stopped or crashed while working on this); the change may or may not have been made: check with `weft ps` or `weft status` once it is back, or run the command again (attach, expose and names are idempotent)',
+        { cause: err },
+      );
+    }
     if (err.code === 'ECONNREFUSED' || err.code === 'ENOENT' || err.code === 'ECONNRESET') {
       const tried = [
         ...(this.opts.socketPath !== undefined && socketError !== 'EACCES' && socketError !== 'EPERM'

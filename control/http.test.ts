@@ -502,6 +502,26 @@ describe('ApiClient', () => {
     expect(isWeftError(err) && err.code).toBe('EWEFT_NOT_RUNNING');
     expect((err as Error).message).toMatch(/nothing answers on \/nonexistent\/weft\.sock or 127\.0\.0\.1:1/);
   });
+
+  it('says a change may have been made when the router resets the connection before answering it', async () => {
+    // A router killed while working on a request: it read the request, then its socket closes unanswered.
+    const dir = mkdtempSync(path.join(tmpdir(), 'weft-reset-'));
+    const sock = path.join(dir, 'weft.sock');
+    const server = createNetServer((s) => s.once('data', () => s.destroy()));
+    await new Promise<void>((r) => server.listen(sock, r));
+    try {
+      const api = new ApiClient({ host: '127.0.0.1', port: 1 }, 2_000, { socketPath: sock });
+      const change = await api.call('POST', '/attach', { body: { target: 'c1' } }).catch((e: unknown) => e);
+      expect(isWeftError(change) && change.code).toBe('EWEFT_INTERRUPTED');
+      expect((change as Error).message).toMatch(/may or may not have been made/);
+      // A read that was cut short changed nothing: the router is just not there any more.
+      const read = await api.call('GET', '/status').catch((e: unknown) => e);
+      expect(isWeftError(read) && read.code).toBe('EWEFT_NOT_RUNNING');
+    } finally {
+      await new Promise((r) => server.close(r));
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
 });
 
 describe('HTTP API limits', () => {
