@@ -191,8 +191,13 @@ export async function runForeground(cfg: LaunchConfig, log: Logger = createLogge
   const server: Server = createApi(apiOpts, { transport: 'tcp', loopback: cfg.httpLoopback });
   const socketServer: Server = createApi(apiOpts, { transport: 'unix' });
   let closeSocket: () => Promise<void> = async () => {};
+  // Close both servers and drop their connections: a keep-alive client (the CLI's launch poll asks
+  // for /status every 100 ms) would otherwise hold server.close() open for as long as it polls.
   const closeServers = async (): Promise<void> => {
-    await Promise.all([new Promise<void>((r) => server.close(() => r())), closeSocket()]);
+    const closed = Promise.all([new Promise<void>((r) => server.close(() => r())), closeSocket()]);
+    server.closeAllConnections();
+    socketServer.closeAllConnections();
+    await closed;
   };
   const shutdown = (reason: string): Promise<void> => {
     stopping ??= (async () => {
@@ -201,10 +206,7 @@ export async function runForeground(cfg: LaunchConfig, log: Logger = createLogge
       docker?.stop();
       await dns?.stop();
       await router.stop();
-      const closed = closeServers();
-      server.closeAllConnections();
-      socketServer.closeAllConnections();
-      await closed;
+      await closeServers();
       resolveDone();
     })();
     return stopping;

@@ -693,10 +693,9 @@ export class Connection extends EventEmitter<ConnectionEvents> {
       tcpPort: hello.tcpPort,
     };
     this.heartbeatTimer = this.clock.setInterval(() => this.tick(), this.heartbeatIntervalMs);
+    // peer and remoteAddr are the child logger's fields already.
     this.log.info('connection established', {
-      peer: hello.name,
       nickname: hello.nickname,
-      remoteAddr: this.label,
       version: this.version,
       encrypted: this.encrypted,
       ...(this.encrypted && { cipher: this.suite }),
@@ -767,7 +766,6 @@ export class Connection extends EventEmitter<ConnectionEvents> {
     }
 
     const fields = {
-      peer: this.hello?.name,
       reason: info.reason,
       code: info.error?.code,
       initiator: info.initiator,
