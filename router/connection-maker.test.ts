@@ -15,7 +15,13 @@ import {
   parseTarget,
   TARGETS_MAX_DEFAULT,
 } from './connection-maker.js';
-import { CONTROL_PORT, RECONNECT_FACTOR, RECONNECT_INITIAL_MS, RECONNECT_MAX_MS } from './constants.js';
+import {
+  CONTROL_PORT,
+  HEARTBEAT_INTERVAL_MS,
+  RECONNECT_FACTOR,
+  RECONNECT_INITIAL_MS,
+  RECONNECT_MAX_MS,
+} from './constants.js';
 import { decodeBody, FrameDecoder } from './protocol.js';
 import { expectNoLeaks, NET_HANDLES, type ResourceSnapshot, snapshotResources } from './testing/leaks.js';
 
@@ -557,7 +563,7 @@ describe('ConnectionMaker backoff', () => {
     const conn = b.peerConnection(name(1))!;
     for (let i = 0; i < 12; i++) {
       const n = conn.stats.framesIn;
-      vi.advanceTimersByTime(1_000);
+      vi.advanceTimersByTime(HEARTBEAT_INTERVAL_MS);
       await until(() => conn.stats.framesIn > n, `heartbeat ${i}`);
     }
     expect(conn.state).toBe('established');

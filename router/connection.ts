@@ -55,6 +55,7 @@ import {
   encodeFrame,
   FRAME_HEADER_LEN,
   FrameDecoder,
+  HEARTBEAT_FRAME,
   type Hello,
   type Message,
   messageType,
@@ -187,8 +188,8 @@ export interface DataKeys {
  * each Hello carries an ephemeral X25519 key, both then send Auth (their key confirmation, see
  * router/crypto/keys.ts) and every later frame is sealed (router/crypto/sealed-framer.ts): a frame
  * that was changed, replayed or reordered closes the connection with a ProtocolError that says so.
- * After the handshake it sends a heartbeat whenever it has sent nothing for HEARTBEAT_INTERVAL_MS
- * and closes after HEARTBEAT_TIMEOUT_MS without receiving a byte (checked every heartbeat interval). Unknown message types are counted and ignored.
+ * After the handshake it checks twice every HEARTBEAT_INTERVAL_MS: it sends a heartbeat when it has
+ * sent nothing for an interval and closes after HEARTBEAT_TIMEOUT_MS without receiving a byte. Unknown message types are counted and ignored.
  *
  * Before the handshake completes (within HANDSHAKE_TIMEOUT_MS) a frame may hold at most
  * HELLO_MAX_BYTES: a longer length prefix closes the connection at once, before any of its body is
@@ -692,7 +693,8 @@ export class Connection extends EventEmitter<ConnectionEvents> {
       addr: normaliseIPv4(this.socket.remoteAddress),
       tcpPort: hello.tcpPort,
     };
-    this.heartbeatTimer = this.clock.setInterval(() => this.tick(), this.heartbeatIntervalMs);
+    // Checked twice per interval: silence is noticed within half an interval of the timeout.
+    this.heartbeatTimer = this.clock.setInterval(() => this.tick(), this.heartbeatIntervalMs / 2);
     // peer and remoteAddr are the child logger's fields already.
     this.log.info('connection established', {
       nickname: hello.nickname,
@@ -709,7 +711,13 @@ export class Connection extends EventEmitter<ConnectionEvents> {
       this.close(CLOSE_HEARTBEAT_TIMEOUT);
       return;
     }
-    if (t - this.lastSentAt >= this.heartbeatIntervalMs) this.send({ t: 'hb' });
+    if (t - this.lastSentAt >= this.heartbeatIntervalMs) this.sendHeartbeat();
+  }
+
+  /** sendHeartbeat writes the one heartbeat frame, encoded once (it is sent every interval on every connection). */
+  private sendHeartbeat(): void {
+    if (this.socket.writableLength > this.sendBufferMaxBytes) return; // the queued bytes will do
+    this.write(HEARTBEAT_FRAME);
   }
 
   // ---- send and shutdown ----

@@ -8,10 +8,12 @@
 export type DataState = 'pending' | 'established' | 'failed';
 
 /**
- * PathLiveness tracks data-path heartbeats for one peer. The router sends a heartbeat every
- * interval; the peer's forwarder acks it at once. Both directions are proven when we have
- * heard a heartbeat from the peer and had one of ours acked, each within `timeoutMs`.
- * Pure state: the caller passes the time.
+ * PathLiveness tracks data-path heartbeats for one peer. The router sends heartbeats; the peer's
+ * forwarder acks each at once. Both directions are proven when we have heard a heartbeat from
+ * the peer and had one of ours acked, each within `timeoutMs`. `due` paces the heartbeats: a
+ * healthy path needs one per `healthyMs`, anything else one per tick of the caller's timer (a
+ * lost heartbeat or ack is retried at the next tick, and so is the peer's, since its sender
+ * misses our ack). Pure state: the caller passes the time.
  */
 export class PathLiveness {
   state: DataState = 'pending';
@@ -23,6 +25,7 @@ export class PathLiveness {
   rttMs: number | undefined;
   private heardMs = Number.NEGATIVE_INFINITY;
   private ackedMs = Number.NEGATIVE_INFINITY;
+  private sentMs = Number.NEGATIVE_INFINITY;
 
   constructor(nowMs: number) {
     this.since = nowMs;
@@ -37,6 +40,19 @@ export class PathLiveness {
   acked(nowMs: number, sentMs: number): void {
     this.ackedMs = nowMs;
     if (Number.isFinite(sentMs) && sentMs <= nowMs) this.rttMs = nowMs - sentMs;
+  }
+
+  /** sent records that a heartbeat went out at `nowMs`. */
+  sent(nowMs: number): void {
+    this.sentMs = nowMs;
+  }
+
+  /**
+   * due says whether a heartbeat should go out at `nowMs`: always while the path is not
+   * established, else when the last one is `healthyMs` old or no ack came for that long.
+   */
+  due(nowMs: number, healthyMs: number): boolean {
+    return this.state !== 'established' || nowMs - this.sentMs >= healthyMs || nowMs - this.ackedMs >= healthyMs;
   }
 
   /** evaluate updates `state` for the time now; returns true when it changed. */

@@ -7,7 +7,7 @@ import { DATA_HEARTBEAT_INTERVAL_MS } from '../constants.js';
 import { Encap, type Hop, peerNameHi, peerNameLo } from '../datapath/fib.js';
 import type { ControlDatagram, Forwarder } from '../datapath/forwarder.js';
 import { SleeveType } from './frame.js';
-import { ipToU32, linkState, OverlaySwitch } from './switch.js';
+import { healthyIntervalMs, ipToU32, linkState, OverlaySwitch } from './switch.js';
 
 const PEER = '02:00:00:00:00:02' as PeerName;
 const TIMEOUT_MS = 1_500;
@@ -29,6 +29,10 @@ function fakeConn(encap: 'sleeve' | 'vxlan'): Connection {
 }
 
 function setup(encap: 'sleeve' | 'vxlan') {
+  return setupWith(TIMEOUT_MS, encap);
+}
+
+function setupWith(peerTimeoutMs: number, encap: 'sleeve' | 'vxlan' = 'sleeve') {
   const clock = new VirtualClock(0);
   const sent: { hop: Hop; vxlan: boolean; size: number }[] = [];
   const forwarder = {
@@ -47,7 +51,7 @@ function setup(encap: 'sleeve' | 'vxlan') {
     clock,
     log: noopLogger,
     encap,
-    peerTimeoutMs: TIMEOUT_MS,
+    peerTimeoutMs,
     forwarder: () => forwarder,
     routeMtu: () => 1500,
     kernelPathMtu: () => 0,
@@ -131,6 +135,45 @@ describe('OverlaySwitch', () => {
     });
     both();
     expect(st.hop).toBe(st.vxlanHop);
+  });
+
+  it('paces heartbeats: every tick until the path is established, then every healthy interval, retrying a lost one at once', () => {
+    const slow = setupWith(5_000);
+    expect(healthyIntervalMs(5_000)).toBe(2_000);
+    expect(healthyIntervalMs(TIMEOUT_MS)).toBe(DATA_HEARTBEAT_INTERVAL_MS); // a short timeout keeps every tick
+    const st = slow.sw.add(fakeConn('sleeve'));
+    slow.sw.start();
+    const plain = () => slow.sent.filter((s) => s.size === 0).length;
+    const answer = () => {
+      slow.sw.onDataControl(slow.dgram(SleeveType.Heartbeat, Encap.Sleeve));
+      slow.sw.onDataControl(slow.dgram(SleeveType.HeartbeatAck, Encap.Sleeve));
+    };
+    // Pending: one per tick.
+    slow.clock.advance(DATA_HEARTBEAT_INTERVAL_MS * 2);
+    expect(plain()).toBe(3);
+    answer();
+    expect(linkState(st).state).toBe('established');
+    // Healthy and answered: one per 2 s, not per tick.
+    for (let i = 0; i < 20; i++) {
+      const before = plain();
+      slow.clock.advance(DATA_HEARTBEAT_INTERVAL_MS);
+      if (plain() > before) answer();
+    }
+    expect(plain()).toBe(3 + 20 / 4);
+    // A heartbeat whose ack is lost is sent again at the next tick, and every tick until answered.
+    const before = plain();
+    slow.clock.advance(2_000); // one due now, not answered
+    expect(plain()).toBe(before + 1);
+    slow.clock.advance(DATA_HEARTBEAT_INTERVAL_MS);
+    slow.clock.advance(DATA_HEARTBEAT_INTERVAL_MS);
+    expect(plain()).toBe(before + 3);
+    expect(linkState(st).state).toBe('established');
+    answer();
+    slow.clock.advance(DATA_HEARTBEAT_INTERVAL_MS);
+    expect(plain()).toBe(before + 3);
+    // Silence still fails the link within the timeout.
+    slow.clock.advance(5_000 + DATA_HEARTBEAT_INTERVAL_MS);
+    expect(linkState(st).state).toBe('failed');
   });
 
   it('ignores datagrams from peers it does not know and forgets only the connection it holds', () => {

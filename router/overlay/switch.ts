@@ -2,9 +2,12 @@
  * OverlaySwitch keeps, for every directly connected peer, its direct hops (sleeve always; VXLAN
  * too when both ends prefer it), the liveness of each overlay as proven by data-path heartbeats,
  * and the peer's path MTU discovery, and picks the overlay each peer uses: VXLAN while its
- * heartbeats flow both ways, else sleeve. Heartbeats (and PMTU probes riding them) go out every
- * DATA_HEARTBEAT_INTERVAL_MS from the injected Clock; heartbeats and acks come back through
- * `onDataControl`. `onChange` tells the owner a link's state or overlay changed.
+ * heartbeats flow both ways, else sleeve. The timer ticks every DATA_HEARTBEAT_INTERVAL_MS from
+ * the injected Clock; a path that is not established (or whose last heartbeat was not acked)
+ * gets a heartbeat every tick, a healthy one only every `healthyIntervalMs` (two per peer timeout
+ * with a tick to spare: an idle router's cost is mostly these). PMTU probes ride the ticks;
+ * heartbeats and acks come back through `onDataControl`. `onChange` tells the owner a link's
+ * state or overlay changed.
  */
 import type { Clock, Timer } from '../../common/clock.js';
 import { InputError } from '../../common/errors.js';
@@ -85,11 +88,15 @@ export class OverlaySwitch {
   private readonly links = new Map<PeerName, PeerLink>();
   private readonly byKey = new Map<number, PeerLink>();
   private timer: Timer | undefined;
+  private readonly timeoutMs: number;
+  private readonly healthyMs: number;
 
   constructor(opts: OverlaySwitchOptions) {
     this.opts = opts;
     this.clock = opts.clock;
     this.log = opts.log;
+    this.timeoutMs = opts.peerTimeoutMs ?? PEER_DOWN_TIMEOUT_MS;
+    this.healthyMs = healthyIntervalMs(this.timeoutMs);
   }
 
   /** start begins the heartbeat timer; idempotent. */
@@ -164,7 +171,7 @@ export class OverlaySwitch {
     };
     this.links.set(r.name, st);
     this.byKey.set(peerKey(hi, lo), st);
-    this.sendHeartbeats(st, now);
+    this.tickLink(st, now);
     return st;
   }
 
@@ -183,7 +190,7 @@ export class OverlaySwitch {
     const now = this.clock.now();
     let changed = false;
     for (const st of this.links.values()) {
-      this.sendHeartbeats(st, now);
+      this.tickLink(st, now);
       changed = this.evaluate(st, now) || changed;
     }
     if (changed) this.opts.onChange();
@@ -208,12 +215,21 @@ export class OverlaySwitch {
     if (this.evaluate(st, now)) this.opts.onChange();
   }
 
-  private sendHeartbeats(st: PeerLink, now: number): void {
+  /** tickLink sends the heartbeats that are due towards one peer and advances its path MTU discovery. */
+  private tickLink(st: PeerLink, now: number): void {
     const fwd = this.opts.forwarder();
-    fwd?.sendHeartbeat(st.sleeveHop, now);
-    if (st.vxlanHop !== undefined) fwd?.sendVxlanHeartbeat(st.vxlanHop, st.vxlanPort, now);
-    // Path MTU discovery rides the heartbeat timer: a probe is a heartbeat padded to the size tried.
-    const probe = st.pmtu.tick(now, this.opts.kernelPathMtu(st.sleeveHop.addr));
+    const sleeveDue = st.data.due(now, this.healthyMs);
+    if (sleeveDue) {
+      fwd?.sendHeartbeat(st.sleeveHop, now);
+      st.data.sent(now);
+    }
+    if (st.vxlanHop !== undefined && st.vxData?.due(now, this.healthyMs) === true) {
+      fwd?.sendVxlanHeartbeat(st.vxlanHop, st.vxlanPort, now);
+      st.vxData.sent(now);
+    }
+    // Path MTU discovery rides the ticks: a probe is a heartbeat padded to the size tried. The
+    // kernel's view (a syscall) is read with the sleeve heartbeats, often enough to follow an ICMP.
+    const probe = st.pmtu.tick(now, sleeveDue ? this.opts.kernelPathMtu(st.sleeveHop.addr) : 0);
     if (probe > 0 && fwd?.sendHeartbeat(st.sleeveHop, now, probe) === false) st.pmtu.sendFailed(now);
     this.applyPmtu(st);
   }
@@ -237,7 +253,7 @@ export class OverlaySwitch {
    * flow both ways, else sleeve. Returns true when anything changed.
    */
   private evaluate(st: PeerLink, now: number): boolean {
-    const timeout = this.opts.peerTimeoutMs ?? PEER_DOWN_TIMEOUT_MS;
+    const timeout = this.timeoutMs;
     const before = linkState(st).state;
     let changed = st.data.evaluate(now, timeout);
     if (st.vxData !== undefined) changed = st.vxData.evaluate(now, timeout) || changed;
@@ -255,6 +271,14 @@ export class OverlaySwitch {
     }
     return changed;
   }
+}
+
+/**
+ * healthyIntervalMs is how often a healthy path gets a heartbeat for a peer timeout: two per
+ * timeout with a tick to spare for a retry, never more often than the ticks.
+ */
+export function healthyIntervalMs(timeoutMs: number): number {
+  return Math.max(DATA_HEARTBEAT_INTERVAL_MS, timeoutMs / 2 - DATA_HEARTBEAT_INTERVAL_MS);
 }
 
 /** ipToU32 parses a dotted IPv4 address (an IPv4-mapped IPv6 form too) to a host-order integer. */
