@@ -66,8 +66,10 @@ COPY --from=build /src/package.json ./
 COPY --from=build /src/node_modules node_modules
 COPY --from=build /src/dist dist
 COPY --from=build /src/router/tun/native/build/Release/weft_native.node router/tun/native/build/Release/weft_native.node
-RUN ln -s /opt/weft/dist/control/cli.js /usr/local/bin/weft
+# dist/weft.mjs is the one-file build (one module to load: less memory than dist/control/cli.js).
+RUN ln -s /opt/weft/dist/weft.mjs /usr/local/bin/weft
 VOLUME /var/lib/weft
 ENV WEFT_STATE_DIR=/var/lib/weft WEFT_API_SOCKET=/run/weft/weft.sock
 STOPSIGNAL SIGTERM
-ENTRYPOINT ["weft", "launch", "--foreground"]
+# The young generation capped from the start, as `weft launch` does for a background router.
+ENTRYPOINT ["node", "--max-semi-space-size=1", "/opt/weft/dist/weft.mjs", "launch", "--foreground"]

@@ -25,10 +25,9 @@ import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { CLI, removeStateDirs, stateDir, waitPeers, weft } from '../e2e/weft.js';
+import { CLI, removeStateDirs, routerPids, stateDir, waitPeers, weft } from '../e2e/weft.js';
 import { type Host, Lab, requireRoot } from '../lab/netns.js';
 import { cpuPercent, readCpuTicks } from './proc-counters.js';
-import { routerPids } from './weft-scenarios.js';
 
 /** CLOCK_TICKS_PER_SECOND is Linux's USER_HZ (`getconf CLK_TCK`), the unit of /proc/PID/stat times. */
 const CLOCK_TICKS_PER_SECOND = 100;

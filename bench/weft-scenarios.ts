@@ -2,7 +2,7 @@ import { execFile } from 'node:child_process';
 import { rmSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { promisify } from 'node:util';
-import { CLI, expose, launch, stateDir, waitPeers, weft } from '../e2e/weft.js';
+import { expose, launch, routerPids, stateDir, waitPeers, weft } from '../e2e/weft.js';
 import type { Host, Lab, Netns } from '../lab/netns.js';
 import type { TunnelScenario, TunnelSetup } from './tunnels.js';
 
@@ -10,21 +10,6 @@ let containerSeq = 0;
 
 /** WeftMode is where a Weft row measures: between attached containers, or between the hosts' exposed addresses. */
 export type WeftMode = 'container' | 'host';
-
-/**
- * routerPids returns the pids of the Weft processes in `ns` (the router launched there and any
- * process it runs from the same CLI), found by `ip netns pids` and their command lines.
- */
-export async function routerPids(ns: Netns): Promise<number[]> {
-  // `ip netns pids` runs in the root namespace and lists the processes whose netns is NAME.
-  const { stdout: listed } = await promisify(execFile)('ip', ['netns', 'pids', ns.name]);
-  const pids: number[] = [];
-  for (const pid of listed.split(/\s+/).filter((p) => /^\d+$/.test(p))) {
-    const cmdline = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '');
-    if (cmdline.split('\0').includes(CLI)) pids.push(Number(pid));
-  }
-  return pids;
-}
 
 /**
  * weftRow is a tunnel-table row for Weft itself: the real `weft` CLI launches a router in each of

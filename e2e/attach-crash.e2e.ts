@@ -5,7 +5,7 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type ExecResult, type Host, Lab, type Netns, requireRoot, waitUntil } from '../lab/netns.js';
-import { launch, removeStateDirs, weft } from './weft.js';
+import { launch, removeStateDirs, routerPid, weft } from './weft.js';
 
 const reason = requireRoot();
 const run = promisify(execFile);
@@ -46,24 +46,9 @@ async function ethweAddrs(c: Netns): Promise<string[] | undefined> {
   return e?.addr_info?.filter((a) => a.family === 'inet').map((a) => a.local);
 }
 
-/** routerPid finds the foreground router among the processes of a host's namespace. */
-async function routerPid(h: Host): Promise<number | undefined> {
-  const pids = (await run('ip', ['netns', 'pids', h.name])).stdout.split(/\s+/).filter(Boolean);
-  for (const pid of pids) {
-    try {
-      const cmd = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
-      if (cmd.includes('launch') && cmd.includes('--foreground')) return Number(pid);
-    } catch {
-      // gone meanwhile
-    }
-  }
-  return undefined;
-}
-
 /** killRouter sends SIGKILL to a host's router and waits until it is gone. */
 async function killRouter(h: Host): Promise<void> {
   const pid = await routerPid(h);
-  if (pid === undefined) throw new Error(`no router running in ${h.name}`);
   process.kill(pid, 'SIGKILL');
   await waitUntil(() => !readdirSync('/proc').includes(String(pid)), { timeoutMs: 5_000, what: 'the router to die' });
 }

@@ -4,24 +4,9 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { TARGETS_MAX } from '../control/config.js';
 import { type Host, Lab, type Netns, requireRoot, waitUntil } from '../lab/netns.js';
-import { CLI, launch, removeStateDirs, stateDir, weft } from './weft.js';
+import { CLI, DAEMON_SCRIPT, launch, removeStateDirs, routerPids, stateDir, weft } from './weft.js';
 
 const reason = requireRoot();
-
-/** routerPids lists the processes in a namespace that run a router (`weft launch ... --foreground`). */
-async function routerPids(ns: Netns): Promise<number[]> {
-  const stdout = execFileSync('ip', ['netns', 'pids', ns.name], { encoding: 'utf8' });
-  const pids: number[] = [];
-  for (const p of stdout.split('\n').filter((l) => l.trim() !== '')) {
-    try {
-      const argv = readFileSync(`/proc/${p.trim()}/cmdline`, 'utf8').split('\0');
-      if (argv.includes(CLI) && argv.includes('launch') && argv.includes('--foreground')) pids.push(Number(p));
-    } catch {
-      // gone meanwhile
-    }
-  }
-  return pids;
-}
 
 /** launchArgs are the flags launch() in weft.ts gives: this run's device name and state directory. */
 function launchArgs(ns: Netns): string[] {
@@ -72,7 +57,10 @@ describe.skipIf(reason)('bad launches', () => {
     const names = runs.map((r) => r.stdout.trim());
     expect(names[0]).toMatch(/^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/);
     expect(new Set(names).size).toBe(1);
-    expect(await routerPids(h1)).toHaveLength(1);
+    const pids = await routerPids(h1);
+    expect(pids).toHaveLength(1);
+    // The background router runs from the one-file build (less memory than the unbundled CLI).
+    expect(readFileSync(`/proc/${pids[0]}/cmdline`, 'utf8').split('\0')).toContain(DAEMON_SCRIPT);
     // The lock is gone once the launch is over; a fourth launch is the idempotent kind.
     expect(() => readFileSync(path.join(stateDir(h1), 'launch.lock'))).toThrow(/ENOENT/);
     expect((await weft(h1, launchArgs(h1))).stdout.trim()).toBe(names[0]);

@@ -1,7 +1,7 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type Host, Lab, type Netns, outputTail, requireRoot, stopProcess, waitUntil } from '../lab/netns.js';
-import { launch, removeStateDirs, status, waitPeers, weft } from './weft.js';
+import { launch, removeStateDirs, routerPid, status, waitPeers, weft } from './weft.js';
 
 /** HANDSHAKES_MAX and HANDSHAKES_PER_ADDR_MAX as in router/conn-limits.ts: what the floods should find full. */
 const HANDSHAKES_MAX = 32;
@@ -88,22 +88,6 @@ if (mode === 'prefix') {
 
 /** JUNK_SOURCES is how many source addresses the distributed junk flood uses: 16 × 4 per address fills all 32 handshake slots. */
 const JUNK_SOURCES = 16;
-
-/** routerPid finds the pid of the router process (`weft launch --foreground`) running in `ns`. */
-async function routerPid(ns: Netns): Promise<number> {
-  const r = await ns.exec('ip', ['netns', 'pids', ns.name]);
-  for (const pid of r.stdout.split(/\s+/).filter((s) => /^\d+$/.test(s))) {
-    let cmd = '';
-    try {
-      cmd = readFileSync(`/proc/${pid}/cmdline`, 'utf8');
-    } catch {
-      continue;
-    }
-    const argv = cmd.split('\0');
-    if (argv.includes('launch') && argv.includes('--foreground')) return Number(pid);
-  }
-  throw new Error(`no router process found in ${ns.name}`);
-}
 
 /** memory reads a process's resident set size now and its peak (VmHWM), in MB. */
 function memory(pid: number): { rssMb: number; peakMb: number } {

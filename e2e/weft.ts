@@ -13,6 +13,8 @@ const here = path.dirname(fileURLToPath(import.meta.url));
 const ROOT = path.basename(path.dirname(here)) === 'dist' ? path.resolve(here, '../..') : path.resolve(here, '..');
 /** CLI is the compiled `weft` entry point the e2e tests run inside namespaces. */
 export const CLI = path.join(ROOT, 'dist/control/cli.js');
+/** DAEMON_SCRIPT is the one-file build (`npm run build`) that `weft launch` runs the background router from. */
+export const DAEMON_SCRIPT = path.join(ROOT, 'dist/weft.mjs');
 
 /** stateDir returns a per-run, per-namespace state directory under the system temp dir. */
 export function stateDir(ns: Netns): string {
@@ -110,17 +112,23 @@ export async function expose(ns: Netns): Promise<string> {
 }
 
 /**
- * routerPid returns the pid of the router running in `ns` (the `weft launch --foreground` process
- * that `launch` leaves behind), found by `ip netns pids` and command lines; rejects when there is
- * none or more than one.
+ * routerPids lists the routers running in `ns`: the `weft launch --foreground` processes (run
+ * from either entry point) found by `ip netns pids` and their command lines.
  */
-export async function routerPid(ns: Netns): Promise<number> {
+export async function routerPids(ns: { readonly name: string }): Promise<number[]> {
   const { stdout } = await promisify(execFile)('ip', ['netns', 'pids', ns.name]);
   const found: number[] = [];
   for (const pid of stdout.split(/\s+/).filter((p) => /^\d+$/.test(p))) {
     const argv = (await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '')).split('\0');
-    if (argv.includes(CLI) && argv.includes('launch') && argv.includes('--foreground')) found.push(Number(pid));
+    const entry = argv.includes(CLI) || argv.includes(DAEMON_SCRIPT);
+    if (entry && argv.includes('launch') && argv.includes('--foreground')) found.push(Number(pid));
   }
+  return found;
+}
+
+/** routerPid returns the pid of the one router running in `ns`; rejects when there is none or more than one. */
+export async function routerPid(ns: { readonly name: string }): Promise<number> {
+  const found = await routerPids(ns);
   if (found.length !== 1) throw new Error(`expected one router in ${ns.name}, found pids [${found.join(', ')}]`);
   return found[0] as number;
 }

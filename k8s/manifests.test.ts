@@ -5,6 +5,7 @@ import { fileURLToPath } from 'node:url';
 import { loadAllYaml } from '@kubernetes/client-node';
 import { describe, expect, it } from 'vitest';
 import { parseNetConf } from '../cni/netconf.js';
+import { BUNDLE_FILE, DAEMON_NODE_ARGS } from '../control/cli.js';
 import { HTTP_ADDR } from '../router/constants.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -58,7 +59,15 @@ describe('k8s/weft.yaml', () => {
     expect(router.securityContext.capabilities.add).toEqual(expect.arrayContaining(['NET_ADMIN', 'SYS_ADMIN']));
     expect(hostPathOf(router, '/dev/net/tun')).toBe('/dev/net/tun');
     expect(pod.volumes.find((v: Doc) => v.hostPath?.path === '/dev/net/tun').hostPath.type).toBe('CharDevice');
-    expect(launchArgs().slice(0, 4)).toEqual(['exec', 'weft', 'launch', '--foreground']);
+    // The one-file build, with the Node options `weft launch` gives a background router.
+    expect(launchArgs().slice(0, 6)).toEqual([
+      'exec',
+      'node',
+      ...DAEMON_NODE_ARGS,
+      `/opt/weft/dist/${BUNDLE_FILE}`,
+      'launch',
+      '--foreground',
+    ]);
     expect(hostPathOf(router, flagValue('--state-dir') as string)).toBe('/var/lib/weft');
     expect(hostPathOf(router, '/var/run/netns')).toBe('/var/run/netns');
   });
@@ -67,7 +76,8 @@ describe('k8s/weft.yaml', () => {
     const help = spawnSync(process.execPath, [CLI, 'launch', '--help'], { encoding: 'utf8' }).stdout;
     const known = new Set(help.match(/--[a-z][a-z-]+/g));
     expect(known.size).toBeGreaterThan(10);
-    for (const w of launchArgs().filter((x) => x.startsWith('--'))) expect(known, w).toContain(w);
+    const flags = launchArgs().slice(launchArgs().indexOf('launch'));
+    for (const w of flags.filter((x) => x.startsWith('--'))) expect(known, w).toContain(w);
     const env = new Set(router.env.map((e: Doc) => e.name));
     for (const v of (router.args[0] as string).match(/\$[A-Z_]+/g) ?? []) expect(env, v).toContain(v.slice(1));
   });

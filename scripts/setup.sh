@@ -39,4 +39,4 @@ if [ "$(id -u)" = 0 ]; then
   [ -x "$CNITOOL" ] || sh cni/build-cnitool.sh >/dev/null || echo "setup: cannot build cnitool: the cni e2e will skip"
   sh cni/fetch-cri-proto.sh >/dev/null || echo "setup: cannot get the CRI proto: the cri e2e will skip"
 fi
-echo "setup: done (weft CLI: node dist/control/cli.js, or npm link)"
+echo "setup: done (weft CLI: node dist/weft.mjs, or npm link)"
