@@ -8,7 +8,7 @@
  *
  * ```
  *  owner ── neighbourUp / receive / setLocal ──▶ MeshCore ── links.send ──▶ neighbours
- *                                                   │ merge → computeRoutes → rediscover (dialer)
+ *                                                   │ merge → routes (RouteGraph) → rediscover (dialer)
  *                                                   └──────▶ onChange (IPAM, forwarding table)
  * ```
  */
@@ -19,7 +19,7 @@ import type { PeerName } from '../common/types.js';
 import { DISCOVERY_DEGREE, TOPOLOGY_ANNOUNCE_DELAY_MS } from './constants.js';
 import { GOSSIP_INTERVAL_MS, type GossipChannel, GossipMux } from './gossip/channel.js';
 import type { Gossip, Gossiper } from './gossip/gossip.js';
-import { computeRoutes, emptyRoutes, PEER_GC_DELAY_MS, type Routes, unreachable } from './routes.js';
+import { emptyRoutes, PEER_GC_DELAY_MS, RouteGraph, type Routes, unreachable } from './routes.js';
 import {
   type ConnectionSummary,
   type MergeResult,
@@ -32,6 +32,14 @@ import {
 
 /** REFUSAL_LOG_INTERVAL_MS: the same refused topology entry is logged at most this often. */
 export const REFUSAL_LOG_INTERVAL_MS = 60_000;
+/**
+ * ROUTES_DELAY_MS is the default routesDelayMs: a change gossiped through the mesh arrives as a
+ * burst of deltas (one per origin, each from several neighbours), and everything a recomputation
+ * starts (discovery scans every entry, the owner rebuilds its forwarding table) is then done once
+ * per burst rather than once per delta. Small next to a heartbeat; gossip itself never waits (it
+ * relays along the current topology's trees, see latestRoutes).
+ */
+export const ROUTES_DELAY_MS = 10;
 
 /** MeshLinks is how the core reaches its neighbours (peers with a working control connection). */
 export interface MeshLinks {
@@ -69,7 +77,8 @@ export interface MeshCoreOptions {
   readonly gcDelayMs?: number;
   /**
    * routesDelayMs coalesces recomputation after merges from gossip: once, this long after the
-   * first (default 0: at once, so status, routes and the forwarding table always agree).
+   * first (default ROUTES_DELAY_MS; 0: at once, so status, routes and the forwarding table always
+   * agree). Our own changes (setLocal) and forgetting peers recompute at once.
    */
   readonly routesDelayMs?: number;
   /** announceDelayMs coalesces gossip of our own entry (default TOPOLOGY_ANNOUNCE_DELAY_MS; 0: at once). */
@@ -103,6 +112,8 @@ export class MeshCore {
   private latest: Routes;
   /** routesDirty: the topology changed since `latest` was computed. */
   private routesDirty = false;
+  /** graph derives `latest` from the topology, redoing only what a change touched. */
+  private graph: RouteGraph;
   /** discovered are targets learned from the topology (not persisted). */
   private discovered = new Set<string>();
   private gossipTimer: Timer | undefined;
@@ -125,6 +136,7 @@ export class MeshCore {
     this.log = opts.log;
     this.routesValue = emptyRoutes(opts.name);
     this.latest = this.routesValue;
+    this.graph = new RouteGraph(opts.name);
   }
 
   /** topology is the current topology (undefined while stopped). */
@@ -133,8 +145,8 @@ export class MeshCore {
   }
 
   /**
-   * routes are the routes as of the last recomputation (at once after a change unless
-   * routesDelayMs coalesces them): the ones the forwarding table, IPAM and discovery were given.
+   * routes are the routes as of the last recomputation (at once after our own change, within
+   * routesDelayMs of a merge from gossip): the ones the forwarding table, IPAM and discovery were given.
    */
   get routes(): Routes {
     return this.routesValue;
@@ -148,7 +160,7 @@ export class MeshCore {
   private latestRoutes(): Routes {
     const topology = this.topologyValue;
     if (this.routesDirty && topology !== undefined) {
-      this.latest = computeRoutes(this.name, topology.entries());
+      this.latest = this.graph.update(topology.sortedEntries());
       this.routesDirty = false;
     }
     return this.latest;
@@ -213,6 +225,7 @@ export class MeshCore {
     for (const g of this.gossipers) g.channel = undefined;
     this.routesValue = emptyRoutes(this.name);
     this.latest = this.routesValue;
+    this.graph = new RouteGraph(this.name);
     this.routesDirty = false;
     this.discovered.clear();
   }
@@ -304,7 +317,7 @@ export class MeshCore {
 
   /** scheduleRecompute recomputes routesDelayMs from now, once however many changes come meanwhile. */
   private scheduleRecompute(): void {
-    const delay = this.opts.routesDelayMs ?? 0;
+    const delay = this.opts.routesDelayMs ?? ROUTES_DELAY_MS;
     if (delay <= 0) this.recompute();
     else if (this.routesTimer === undefined) {
       this.routesTimer = this.clock.setTimeout(() => this.recompute(), delay);
@@ -321,14 +334,15 @@ export class MeshCore {
     this.routesTimer = undefined;
     const topology = this.topologyValue;
     if (topology === undefined) return;
-    const entries = topology.entries();
-    // From the topology as it is now (an owner may have loaded entries into it directly); every
-    // path here has marked the routes dirty already, so this computes once.
+    const entries = topology.sortedEntries();
+    // From the topology as it is now (an owner may have loaded entries into it directly): the
+    // route graph redoes only what changed since it last looked.
     this.routesDirty = true;
     const routes = this.latestRoutes();
     this.routesValue = routes;
     this.rediscover(entries);
-    if (unreachable(entries, routes).length > 0 && this.gcTimer === undefined) {
+    // Routes reach only known peers, so fewer reachable than entries means some are unreachable.
+    if (routes.reachable.size < entries.length && this.gcTimer === undefined) {
       this.gcTimer = this.clock.setTimeout(() => this.collect(), this.opts.gcDelayMs ?? PEER_GC_DELAY_MS);
       this.gcTimer.unref();
     }

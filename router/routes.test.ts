@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import type { PeerName } from '../common/types.js';
-import { computeRoutes, emptyRoutes, type Routes, unreachable } from './routes.js';
+import { computeRoutes, emptyRoutes, RouteGraph, type Routes, unreachable } from './routes.js';
 import { mulberry32 } from './testing/gossip-sim.js';
 import type { PeerEntry } from './topology.js';
 
@@ -234,5 +234,87 @@ describe('computeRoutes on random graphs (property)', () => {
         for (const count of received.values()) expect(count).toBe(1);
       }
     });
+  });
+});
+
+describe('RouteGraph', () => {
+  /** same expects two Routes snapshots to agree on next hops, reachability and every broadcast tree. */
+  function expectSame(a: Routes, b: Routes, nodes: string): void {
+    expect(hops(a)).toBe(hops(b));
+    expect([...a.reachable].sort()).toEqual([...b.reachable].sort());
+    expect(a.reachable.size).toBe(b.reachable.size);
+    for (const x of nodes) {
+      expect(a.reachable.has(p(x))).toBe(b.reachable.has(p(x)));
+      expect(a.unicast.get(p(x))).toBe(b.unicast.get(p(x)));
+      expect(bcast(a, x)).toBe(bcast(b, x));
+    }
+  }
+
+  it('gives what computeRoutes gives through 3000 random changes: edges, one-way and pending links, peers coming and going', () => {
+    const random = mulberry32(0x96a9);
+    const all = 'abcdefghijklmnop';
+    for (let run = 0; run < 30; run++) {
+      // State: the letters present and, per ordered pair, how a lists b (none, pending, established).
+      const present = new Set([...all].filter(() => random() < 0.7));
+      present.add('a');
+      const lists = new Map<string, 'pending' | 'established'>();
+      const version = new Map<string, number>();
+      let entries = new Map<string, PeerEntry>();
+      const rebuild = (changed: Iterable<string>): void => {
+        const next = new Map(entries);
+        for (const x of changed) {
+          if (!present.has(x)) {
+            next.delete(x);
+            continue;
+          }
+          version.set(x, (version.get(x) ?? 0) + 1);
+          const connections = [...present]
+            .filter((y) => y !== x && lists.has(x + y))
+            .sort()
+            .map((y) => ({
+              peer: p(y),
+              established: lists.get(x + y) === 'established',
+              addr: '10.0.0.1',
+              tcpPort: 6783,
+              outbound: true,
+            }));
+          next.set(x, { ...graph(x, [])[0]!, version: version.get(x)!, connections });
+        }
+        entries = next;
+      };
+      rebuild(present);
+      const local = [...present][Math.floor(random() * present.size)]!;
+      const rg = new RouteGraph(p(local));
+      for (let step = 0; step < 100; step++) {
+        const r = random();
+        const x = all[Math.floor(random() * all.length)]!;
+        const y = all[Math.floor(random() * all.length)]!;
+        const touched: string[] = [];
+        if (r < 0.1 && x !== local) {
+          // A peer comes or goes (forgotten peers take their entry with them).
+          if (present.has(x)) present.delete(x);
+          else present.add(x);
+          touched.push(x);
+        } else if (x !== y && present.has(x)) {
+          const kind = random();
+          if (kind < 0.3) lists.delete(x + y);
+          else lists.set(x + y, kind < 0.45 ? 'pending' : 'established');
+          if (random() < 0.5 && present.has(y)) {
+            // Usually both ends report the same link.
+            if (lists.has(x + y)) lists.set(y + x, lists.get(x + y)!);
+            else lists.delete(y + x);
+            touched.push(y);
+          }
+          touched.push(x);
+        }
+        if (random() < 0.1) touched.push(...present); // a full rebuild of every entry now and then
+        rebuild(touched);
+        const sorted = [...entries.values()].sort((e1, e2) => (e1.name < e2.name ? -1 : 1));
+        const got = rg.update(sorted);
+        expectSame(got, computeRoutes(p(local), sorted), all);
+        // Asking again without a change returns the same snapshot.
+        if (random() < 0.2) expect(rg.update(sorted)).toBe(got);
+      }
+    }
   });
 });

@@ -43,12 +43,16 @@ export function emptyRoutes(local: PeerName): Routes {
   return { unicast: new Map(), reachable: new Set([local]), broadcast: new Map([[local, []]]) };
 }
 
-/** Graph is the symmetric established graph over peers numbered in name order. */
+/**
+ * Graph is the symmetric established graph over peers numbered in name order. Never changed once
+ * built: Routes snapshots search it lazily, and a RouteGraph update makes a new one sharing the
+ * rows that did not change.
+ */
 interface Graph {
-  readonly names: PeerName[];
-  readonly index: Map<PeerName, number>;
+  readonly names: readonly PeerName[];
+  readonly index: ReadonlyMap<PeerName, number>;
   /** adj[i] lists i's neighbours in ascending index (= name) order. */
-  readonly adj: number[][];
+  readonly adj: readonly (readonly number[])[];
 }
 
 /** establishedPeers caches, per (immutable) entry, the peers it lists as established. */
@@ -64,52 +68,96 @@ function establishedOf(e: PeerEntry): Set<PeerName> {
   return s;
 }
 
-/** buildGraph keeps the edges both ends list as established; O(N log N + E). */
-function buildGraph(entries: readonly PeerEntry[]): Graph {
-  const byName = new Map<PeerName, PeerEntry>();
-  for (const e of entries) byName.set(e.name, e);
-  const names = [...byName.keys()].sort();
+/** adjacency lists, in index order, the peers that `sorted[i]` and they both list as established. */
+function adjacency(sorted: readonly PeerEntry[], index: ReadonlyMap<PeerName, number>, i: number): number[] {
+  const e = sorted[i]!;
+  const row: number[] = [];
+  for (const peer of establishedOf(e)) {
+    const j = index.get(peer);
+    if (j === undefined || j === i || !establishedOf(sorted[j]!).has(e.name)) continue;
+    row.push(j);
+  }
+  return row.sort((x, y) => x - y);
+}
+
+/** buildGraph keeps the edges both ends list as established; `sorted` has one entry per peer, in name order. O(N + E). */
+function buildGraph(sorted: readonly PeerEntry[]): Graph {
+  const names = sorted.map((e) => e.name);
   const index = new Map<PeerName, number>();
   names.forEach((n, i) => {
     index.set(n, i);
   });
-  const adj: number[][] = names.map(() => []);
-  for (const e of byName.values()) {
-    const i = index.get(e.name)!;
-    for (const peer of establishedOf(e)) {
-      const j = index.get(peer);
-      const other = byName.get(peer);
-      if (j === undefined || j === i || other === undefined || !establishedOf(other).has(e.name)) continue;
-      adj[i]!.push(j);
+  return { names, index, adj: sorted.map((_, i) => adjacency(sorted, index, i)) };
+}
+
+/** sameRow compares two adjacency rows. */
+function sameRow(a: readonly number[], b: readonly number[]): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
+
+/** symmetricDifference lists what is in exactly one of two ascending rows. */
+function symmetricDifference(a: readonly number[], b: readonly number[]): number[] {
+  const out: number[] = [];
+  let i = 0;
+  let j = 0;
+  while (i < a.length || j < b.length) {
+    if (j >= b.length || (i < a.length && a[i]! < b[j]!)) out.push(a[i++]!);
+    else if (i >= a.length || b[j]! < a[i]!) out.push(b[j++]!);
+    else {
+      i++;
+      j++;
     }
   }
-  for (const a of adj) a.sort((x, y) => x - y);
-  return { names, index, adj };
+  return out;
+}
+
+/** toggled returns an ascending row with `v` added if absent, removed if present (a new array). */
+function toggled(row: readonly number[], v: number): number[] {
+  let k = 0;
+  while (k < row.length && row[k]! < v) k++;
+  return row[k] === v ? [...row.slice(0, k), ...row.slice(k + 1)] : [...row.slice(0, k), v, ...row.slice(k)];
+}
+
+/** sameNames says whether two name-sorted entry lists are of the same peers. */
+function sameNames(a: readonly PeerEntry[], b: readonly PeerEntry[]): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i] && a[i]!.name !== b[i]!.name) return false;
+  return true;
+}
+
+/** Search is one breadth-first search: parents (-1 the root, -2 unreachable) and the visiting order. */
+interface Search {
+  readonly parent: Int32Array;
+  readonly order: Int32Array;
 }
 
 /**
  * search runs the level-ordered breadth-first search from `root` and returns each peer's parent
  * index (-1 for the root, -2 for unreachable) and the visiting order.
  */
-function search(g: Graph, root: number): { parent: Int32Array; order: number[] } {
+function search(g: Graph, root: number): Search {
   const parent = new Int32Array(g.names.length).fill(-2);
   parent[root] = -1;
-  const order = [root];
-  let level = [root];
-  while (level.length > 0) {
-    const next: number[] = [];
-    for (const u of level) {
+  // order doubles as the queue: [start, end) is the level being expanded, [end, len) the next one.
+  const order = new Int32Array(g.names.length);
+  order[0] = root;
+  let len = 1;
+  for (let start = 0; start < len; ) {
+    const end = len;
+    for (let k = start; k < end; k++) {
+      const u = order[k]!;
       for (const v of g.adj[u]!) {
         if (parent[v] !== -2) continue;
         parent[v] = u;
-        next.push(v);
+        order[len++] = v;
       }
     }
-    next.sort((x, y) => x - y);
-    for (const v of next) order.push(v);
-    level = next;
+    order.subarray(end, len).sort(); // the next level in index (= name) order
+    start = end;
   }
-  return { parent, order };
+  return { parent, order: order.subarray(0, len) };
 }
 
 /**
@@ -123,7 +171,7 @@ class BroadcastTable implements ReadonlyMap<PeerName, readonly PeerName[]> {
     private readonly g: Graph,
     private readonly me: number,
     /** own is our own search: parents in our tree, and the reachable peers in visiting order. */
-    private readonly own: { parent: Int32Array; order: number[] },
+    private readonly own: Search,
   ) {}
 
   get size(): number {
@@ -183,20 +231,184 @@ class BroadcastTable implements ReadonlyMap<PeerName, readonly PeerName[]> {
  * the first time the origin is looked up.
  */
 export function computeRoutes(local: PeerName, entries: readonly PeerEntry[]): Routes {
-  const g = buildGraph(entries);
+  const byName = new Map<PeerName, PeerEntry>();
+  for (const e of entries) byName.set(e.name, e);
+  const sorted = [...byName.values()].sort((a, b) => (a.name < b.name ? -1 : 1));
+  return routesOf(buildGraph(sorted), local);
+}
+
+/**
+ * RouteGraph keeps one router's routes up to date with its topology at the cost of what changed:
+ * an entry that changed re-derives only its own edges and those of the peers it lists, and routes
+ * are searched again only if an edge or a peer changed (otherwise the same snapshot is returned,
+ * broadcast trees already searched included). Gives exactly what computeRoutes gives.
+ */
+export class RouteGraph {
+  /** entries are the entries of the last update, in name order. */
+  private entries: readonly PeerEntry[] = [];
+  private graph: Graph | undefined;
+  private routes: Routes;
+
+  constructor(private readonly local: PeerName) {
+    this.routes = emptyRoutes(local);
+  }
+
+  /**
+   * update returns the routes of `sorted` (one entry per peer, in name order, as
+   * Topology.sortedEntries gives them; entries are compared by identity). O(N) plus O(degree) per
+   * changed entry when the same peers are known; O(N + E) when peers came or went.
+   */
+  update(sorted: readonly PeerEntry[]): Routes {
+    const next = this.nextGraph(sorted);
+    this.entries = [...sorted];
+    if (next !== this.graph) {
+      this.graph = next;
+      this.routes = routesOf(next, this.local);
+    }
+    return this.routes;
+  }
+
+  /** nextGraph is the graph of `sorted`: the current one if no edge changed. */
+  private nextGraph(sorted: readonly PeerEntry[]): Graph {
+    const g = this.graph;
+    const prev = this.entries;
+    if (g === undefined || !sameNames(prev, sorted)) return buildGraph(sorted);
+    // Only a changed entry's own edges can change: re-derive its row, and pass each edge that came
+    // or went to the row at the other end. Rows are copied on write (older snapshots share them).
+    let adj: (readonly number[])[] | undefined;
+    for (let i = 0; i < sorted.length; i++) {
+      if (sorted[i] === prev[i]) continue;
+      const rows = adj ?? g.adj;
+      const row = adjacency(sorted, g.index, i);
+      const old = rows[i]!;
+      if (sameRow(row, old)) continue;
+      adj ??= [...g.adj];
+      adj[i] = row;
+      for (const j of symmetricDifference(old, row)) adj[j] = toggled(adj[j]!, i);
+    }
+    return adj === undefined ? g : { names: g.names, index: g.index, adj };
+  }
+}
+
+/** routesOf searches a graph from `local` for its unicast next hops and reachable peers. */
+function routesOf(g: Graph, local: PeerName): Routes {
   const me = g.index.get(local);
   if (me === undefined) return emptyRoutes(local);
   const own = search(g, me);
-  const unicast = new Map<PeerName, PeerName>();
   const hop = new Int32Array(g.names.length).fill(-1);
   for (const v of own.order) {
     if (v === me) continue;
     const p = own.parent[v]!;
     hop[v] = p === me ? v : hop[p]!;
-    unicast.set(g.names[v]!, g.names[hop[v]!]!);
   }
-  const reachable = new Set(own.order.map((v) => g.names[v]!));
-  return { unicast, reachable, broadcast: new BroadcastTable(g, me, own) };
+  return {
+    unicast: new UnicastTable(g, me, own, hop),
+    reachable: new ReachableSet(g, own),
+    broadcast: new BroadcastTable(g, me, own),
+  };
+}
+
+/**
+ * UnicastTable is the unicast map of one Routes snapshot, answered from our own search and its
+ * first hops: a snapshot costs no map of N names unless someone iterates it (made then, once).
+ */
+class UnicastTable implements ReadonlyMap<PeerName, PeerName> {
+  private map: Map<PeerName, PeerName> | undefined;
+
+  constructor(
+    private readonly g: Graph,
+    private readonly me: number,
+    private readonly own: Search,
+    /** hop[v] is the neighbour on our path to v (-1 for ourselves and the unreachable). */
+    private readonly hop: Int32Array,
+  ) {}
+
+  get size(): number {
+    return this.own.order.length - 1;
+  }
+
+  has(dst: PeerName): boolean {
+    return this.get(dst) !== undefined;
+  }
+
+  get(dst: PeerName): PeerName | undefined {
+    const i = this.g.index.get(dst);
+    const h = i === undefined ? -1 : this.hop[i]!;
+    return h < 0 ? undefined : this.g.names[h];
+  }
+
+  forEach(fn: (value: PeerName, key: PeerName, map: ReadonlyMap<PeerName, PeerName>) => void): void {
+    for (const [k, v] of this.all()) fn(v, k, this);
+  }
+
+  entries(): MapIterator<[PeerName, PeerName]> {
+    return this.all().entries();
+  }
+
+  keys(): MapIterator<PeerName> {
+    return this.all().keys();
+  }
+
+  values(): MapIterator<PeerName> {
+    return this.all().values();
+  }
+
+  [Symbol.iterator](): MapIterator<[PeerName, PeerName]> {
+    return this.entries();
+  }
+
+  /** all is the table as a map, in visiting order (as computeRoutes always listed it). */
+  private all(): Map<PeerName, PeerName> {
+    if (this.map === undefined) {
+      this.map = new Map();
+      for (const v of this.own.order) if (v !== this.me) this.map.set(this.g.names[v]!, this.g.names[this.hop[v]!]!);
+    }
+    return this.map;
+  }
+}
+
+/** ReachableSet is the reachable set of one Routes snapshot, answered from our own search (a set made only to iterate). */
+class ReachableSet implements ReadonlySet<PeerName> {
+  private set: Set<PeerName> | undefined;
+
+  constructor(
+    private readonly g: Graph,
+    private readonly own: Search,
+  ) {}
+
+  get size(): number {
+    return this.own.order.length;
+  }
+
+  has(peer: PeerName): boolean {
+    const i = this.g.index.get(peer);
+    return i !== undefined && this.own.parent[i] !== -2;
+  }
+
+  forEach(fn: (value: PeerName, key: PeerName, set: ReadonlySet<PeerName>) => void): void {
+    for (const p of this.all()) fn(p, p, this);
+  }
+
+  entries(): SetIterator<[PeerName, PeerName]> {
+    return this.all().entries();
+  }
+
+  keys(): SetIterator<PeerName> {
+    return this.all().keys();
+  }
+
+  values(): SetIterator<PeerName> {
+    return this.all().values();
+  }
+
+  [Symbol.iterator](): SetIterator<PeerName> {
+    return this.values();
+  }
+
+  private all(): Set<PeerName> {
+    this.set ??= new Set(Array.from(this.own.order, (v) => this.g.names[v]!));
+    return this.set;
+  }
 }
 
 /** unreachable lists the peers in `entries` that `routes` cannot reach: the ones to forget (after PEER_GC_DELAY_MS). */

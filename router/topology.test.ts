@@ -217,6 +217,27 @@ describe('Topology', () => {
     expect(t.encode()).toEqual(encodeEntries(t.entries()));
     expect(decodeEntries(t.encode([peer(3), peer(99)]))).toEqual([t.get(peer(3))]);
   });
+
+  it('keeps the full state encoded until a merge, setLocal or remove changes it', () => {
+    const t = new Topology(entry(LOCAL));
+    t.merge([entry(peer(2)), entry(peer(3))]);
+    const whole = t.encode();
+    expect(t.encode()).toBe(whole);
+    // Our own full state, and a neighbour's identical one, change nothing.
+    expect(t.mergeEncoded(whole)).toEqual({ changed: [], rejected: [] });
+    expect(t.mergeEncoded(whole.slice())).toEqual({ changed: [], rejected: [] });
+    t.merge([entry(peer(2), { version: 2 })]);
+    expect(t.encode()).not.toBe(whole);
+    expect(t.encode()).toEqual(encodeEntries(t.entries()));
+    // The old full state is now older in one entry: merging it still changes nothing.
+    expect(t.mergeEncoded(whole)).toEqual({ changed: [], rejected: [] });
+    const afterMerge = t.encode();
+    t.setLocal({ cidrs: ['10.32.0.9/32'] });
+    expect(decodeEntries(t.encode()).find((e) => e.name === LOCAL)?.cidrs).toEqual(['10.32.0.9/32']);
+    expect(t.encode()).not.toBe(afterMerge);
+    t.remove([peer(3)]);
+    expect(decodeEntries(t.encode()).map((e) => e.name)).toEqual([LOCAL, peer(2)]);
+  });
 });
 
 describe('Topology.mergeEncoded', () => {
@@ -245,6 +266,53 @@ describe('Topology.mergeEncoded', () => {
     const bad = packr.pack([1, [[name3, 'n', '1000', 1_000, 1, 'junk']]]);
     expect(() => t.mergeEncoded(bad)).toThrow(/invalid topology: 1\.0: /);
     expect(t.size).toBe(2);
+  });
+
+  it('fuzz: on mutated full states agrees with merge(decodeEntries), refuses only with ProtocolError, never stores a bad entry', () => {
+    const random = mulberry32(0x5e1f);
+    const held = [2, 3, 4, 5].map((n) =>
+      entry(peer(n), { version: n, connections: [conn(peer(n + 1)), conn(peer(n + 2), { established: false })] }),
+    );
+    const fresh = (): Topology => {
+      const t = new Topology(entry(LOCAL));
+      t.merge(held);
+      return t;
+    };
+    // What a neighbour sends: mostly what we hold byte for byte, some newer, some unknown.
+    const newer = [entry(peer(3), { version: 9 }), entry(peer(7)), ...held];
+    const valid = encodeEntries(newer);
+    let agreed = 0;
+    let skippedJunk = 0;
+    for (let i = 0; i < 4000; i++) {
+      const buf = valid.slice(0, random() < 0.1 ? Math.floor(random() * valid.length) : valid.length);
+      const flips = 1 + Math.floor(random() * 3);
+      for (let f = 0; f < flips && buf.length > 0; f++)
+        buf[Math.floor(random() * buf.length)] = Math.floor(random() * 256);
+      const a = fresh();
+      let viaBytes: ReturnType<Topology['merge']> | undefined;
+      try {
+        viaBytes = a.mergeEncoded(buf);
+      } catch (err) {
+        expect(err).toBeInstanceOf(ProtocolError);
+      }
+      let decoded: PeerEntry[] | undefined;
+      try {
+        decoded = decodeEntries(buf);
+      } catch (err) {
+        expect(err).toBeInstanceOf(ProtocolError);
+      }
+      if (decoded !== undefined) {
+        // Whatever decodes whole merges alike either way.
+        const b = fresh();
+        expect(viaBytes).toEqual(b.merge(decoded));
+        expect(snapshot(a)).toEqual(snapshot(b));
+        agreed++;
+      } else if (viaBytes !== undefined) skippedJunk++; // junk only in entries too old to matter
+      if (viaBytes === undefined) expect(snapshot(a)).toEqual(snapshot(fresh())); // refused: nothing merged
+      for (const e of a.entries()) expect(entryProblem(e)).toBeUndefined();
+    }
+    expect(agreed).toBeGreaterThan(100);
+    expect(skippedJunk).toBeGreaterThan(0);
   });
 });
 

@@ -181,6 +181,13 @@ export class GossipSim {
   private readonly mismatched = new Map<PeerName, Set<PeerName>>();
   private mismatches = 0;
   private dirty = true;
+  /**
+   * unrouted holds the live nodes whose routes miss a live peer, kept per node as routes change;
+   * undefined when the live set changed and every node needs checking again (done on demand).
+   */
+  private unrouted: Set<PeerName> | undefined;
+  /** liveNames caches live() while unrouted is defined. */
+  private liveNames: PeerName[] = [];
   private convergedSince: number | undefined;
   /** sentAtConverged is `sent` when convergedSince was set. */
   private sentAtConverged: SimCounters = { messages: 0, bytes: 0 };
@@ -494,6 +501,7 @@ export class GossipSim {
       },
       onChange: () => {
         this.dirty = true;
+        this.refreshRoutes(node);
       },
       onMerge: (result, src) => {
         for (const r of result.rejected) this.rejections.push({ node: name, from: src, reason: r.reason });
@@ -687,8 +695,8 @@ export class GossipSim {
     const link = from.links.get(to);
     if (!from.alive || link === undefined || !link.up) return;
     const bytes = gossipFrameBytes(channel, payload.length);
-    // The payload is borrowed (encoders reuse their buffers); the router copies it into a frame.
-    const copy = Uint8Array.prototype.slice.call(payload);
+    // No copy: a channel payload is never modified once sent (GossipTransport.send), so the
+    // receiver may be handed the sender's bytes, as every receiver of one broadcast may.
     this.sent.messages++;
     this.sent.bytes += bytes;
     from.sent.messages++;
@@ -704,7 +712,7 @@ export class GossipSim {
       const done = Math.max(t, dst.busyUntil) + this.processingMs;
       dst.busyUntil = done;
       this.after(done - t, true, () => {
-        if (dst.alive && dst.links.get(from.name) === link) dst.core.receive(from.name, channel, copy);
+        if (dst.alive && dst.links.get(from.name) === link) dst.core.receive(from.name, channel, payload);
       });
     });
   }
@@ -747,6 +755,23 @@ export class GossipSim {
       this.mismatched.delete(name);
     } else for (const p of this.nodes.keys()) if (p !== name) this.refreshPair(node, p);
     this.refreshPeer(name);
+    this.unrouted = undefined;
+  }
+
+  /** refreshRoutes records whether a node's routes reach every live peer (unless all need checking anyway). */
+  private refreshRoutes(n: SimNode): void {
+    const unrouted = this.unrouted;
+    if (unrouted === undefined) return;
+    if (!n.alive || this.routesReachAll(n)) unrouted.delete(n.name);
+    else unrouted.add(n.name);
+  }
+
+  private routesReachAll(n: SimNode): boolean {
+    const reach = n.core.routes.reachable;
+    const live = this.liveNames;
+    if (reach.size < live.length) return false;
+    for (const p of live) if (!reach.has(p)) return false;
+    return true;
   }
 
   /** evaluate updates `convergedSince` after a change. */
@@ -761,13 +786,11 @@ export class GossipSim {
   }
 
   private routesComplete(): boolean {
-    const live = this.live();
-    for (const name of live) {
-      const reach = this.nodes.get(name)!.core.routes.reachable;
-      if (reach.size < live.length) return false;
-      for (const p of live) if (!reach.has(p)) return false;
+    if (this.unrouted === undefined) {
+      this.liveNames = this.live();
+      this.unrouted = new Set(this.liveNames.filter((p) => !this.routesReachAll(this.nodes.get(p)!)));
     }
-    return true;
+    return this.unrouted.size === 0;
   }
 
   // ---- events ----
