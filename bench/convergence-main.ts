@@ -43,7 +43,7 @@ const rows = runConvergence({
   ...(degree === undefined ? {} : { degree }),
   steadyWindowMs: windowS * 1000,
   ...(trials === undefined ? {} : { trials }),
-  progress: (n) => console.error(`convergence: simulating ${n} routers`),
+  progress: (line) => console.error(`convergence: ${line}`),
 });
 console.log(
   `Weft mesh core convergence (N real MeshCores on simulated links: 1 ms ± 0.2 one-way per hop, 0.2 ms per message, anti-entropy every 30 s, seed ${seed}).\n`,

@@ -55,8 +55,8 @@ export interface ConvergenceOptions {
   readonly trials?: number;
   /** heal measures a partition and its heal (default true). */
   readonly heal?: boolean;
-  /** progress, if given, is told when each size starts. */
-  readonly progress?: (n: number) => void;
+  /** progress, if given, is told when each size starts and how long (wall) each phase took. */
+  readonly progress?: (line: string) => void;
 }
 
 /** ConvergenceRow is the result for one mesh size. Bytes are control-connection frame bytes. */
@@ -120,8 +120,14 @@ function summarise(trials: readonly Trial[]): {
 export function runConvergence(opts: ConvergenceOptions = {}): ConvergenceRow[] {
   const rows: ConvergenceRow[] = [];
   for (const n of opts.sizes ?? CONVERGENCE_SIZES) {
-    opts.progress?.(n);
+    opts.progress?.(`simulating ${n} routers`);
     const started = performance.now();
+    let phaseStarted = started;
+    const phase = (name: string): void => {
+      const now = performance.now();
+      opts.progress?.(`${n} routers: ${name} in ${((now - phaseStarted) / 1000).toFixed(1)} s wall`);
+      phaseStarted = now;
+    };
     const sim = new GossipSim({
       seed: opts.seed ?? 1,
       ...(opts.degree === undefined ? {} : { degree: opts.degree }),
@@ -132,6 +138,7 @@ export function runConvergence(opts: ConvergenceOptions = {}): ConvergenceRow[] 
     });
     sim.bootstrap(n);
     sim.runUntilConverged();
+    phase('bootstrap');
 
     const windowMs = opts.steadyWindowMs ?? 60_000;
     const before = sim.sent.bytes;
@@ -140,6 +147,7 @@ export function runConvergence(opts: ConvergenceOptions = {}): ConvergenceRow[] 
     const live = sim.live();
     const degreeMean = live.reduce((sum, p) => sum + sim.neighbours(p).length, 0) / live.length;
     const fullStateBytes = sim.topology(live[0]!)!.encode().length;
+    phase('steady window');
 
     const joins: Trial[] = [];
     const failures: Trial[] = [];
@@ -150,6 +158,7 @@ export function runConvergence(opts: ConvergenceOptions = {}): ConvergenceRow[] 
       sim.kill(alive[Math.floor(alive.length / 2)]!);
       failures.push(trial(sim));
     }
+    phase('joins and failures');
     const join = summarise(joins);
     const failure = summarise(failures);
 
@@ -160,6 +169,7 @@ export function runConvergence(opts: ConvergenceOptions = {}): ConvergenceRow[] 
       sim.runFor(10_000); // each side forgets the other (PEER_GC_DELAY_MS), the makers back off
       sim.heal();
       heal = trial(sim, 600_000);
+      phase('partition and heal');
     }
 
     rows.push({
