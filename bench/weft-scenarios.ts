@@ -1,7 +1,4 @@
-import { execFile } from 'node:child_process';
 import { rmSync } from 'node:fs';
-import { readFile } from 'node:fs/promises';
-import { promisify } from 'node:util';
 import { expose, launch, routerPids, stateDir, waitPeers, weft } from '../e2e/weft.js';
 import type { Host, Lab, Netns } from '../lab/netns.js';
 import type { TunnelScenario, TunnelSetup } from './tunnels.js';
