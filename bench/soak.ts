@@ -24,6 +24,10 @@
  * `--samples-json` also writes the whole {@link SoakResult}, every sample included, to FILE.
  *
  * Progress goes to stderr, the markdown table to stdout.
+ *
+ * Over 400 lines because it is one bench run: the statistics (warm-up, halves by time, the flat
+ * test) are defined by how runSoak samples, and the table and the command line only show that
+ * result; apart, the description above would no longer sit next to the code it describes.
  */
 import { execFile } from 'node:child_process';
 import { writeFileSync } from 'node:fs';

@@ -1,3 +1,15 @@
+/**
+ * attach plugs containers into the overlay and keeps them plugged: {@link Attacher} (the attach
+ * journal, the veth pair, addresses and routes, restore after a restart, freeing the addresses of
+ * containers that went away) and the small pieces it is built from: resolving a target (a network
+ * namespace name, a pid, a namespace path from the CNI plugin, or an engine's container), the host
+ * interface name and MAC derived from it, and the `ip` arguments of the veth pair.
+ *
+ * Over 400 lines because an attach is one transaction across crashes: the journal states, the
+ * kernel steps, the rollback of each and what {@link Attacher.restore} does with a half-done one
+ * have to be read together to see that nothing is left behind, and they share the Attacher's maps
+ * of attached, pending and busy targets.
+ */
 import { type ChildProcess, execFile, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';

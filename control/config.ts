@@ -1,3 +1,15 @@
+/**
+ * config turns what the user gave (flags, WEFT_* environment, defaults) into checked values:
+ * {@link buildLaunchConfig} the router's {@link LaunchConfig}, {@link clientTarget} where the CLI
+ * finds a router, and the paths both agree on (the API socket under {@link RUN_ROOT}, the token
+ * file, the state directory). It imports leaf modules of router/ and dns/ only, never
+ * router/index.js, so the CLI starts without loading the router.
+ *
+ * Over 400 lines because it is the one place that checks flags and environment: the LaunchConfig
+ * and LaunchFlags interfaces, the parsers of ports, addresses and lists and the message for each
+ * bad value belong with buildLaunchConfig, which uses them all, so every option is defined,
+ * defaulted and checked in one file.
+ */
 import { closeSync, constants as fsConstants, openSync, readFileSync, realpathSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { ConfigError } from '../common/errors.js';

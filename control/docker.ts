@@ -19,6 +19,12 @@
  * never reused), so events and the journal agree. Everything here fails soft: without an engine
  * `find` answers undefined and status says "not found"; a malformed answer is an error for that
  * one request, never a crash.
+ *
+ * Over 400 lines because it is the one place that speaks to the Docker engine: the socket client,
+ * the event stream's line splitter, the parsers of the engine's answers and the integration that
+ * turns events into attach and detach share the engine's framing and the fail-soft rule above. Each
+ * part is small, and outside this file and its tests only the integration (daemon.ts) and its
+ * status type are used.
  */
 import { request } from 'node:http';
 import { z } from 'zod';

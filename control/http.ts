@@ -1,23 +1,24 @@
-import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
-import {
-  chmodSync,
-  lchownSync,
-  lstatSync,
-  readFileSync,
-  renameSync,
-  rmdirSync,
-  rmSync,
-  type Stats,
-  writeFileSync,
-} from 'node:fs';
+/**
+ * http is the router's HTTP API ({@link createApi}): the endpoints the CLI, the CNI plugin and a
+ * metrics scraper use (status, names, connect/forget, expose/hide, attach/detach, rmpeer, reset,
+ * stop, metrics), who may call each over TCP and over the unix socket, and the bounds on bodies,
+ * connections and timeouts. The token file and the socket itself are made by api-credentials.ts,
+ * re-exported here.
+ *
+ * Over 400 lines because it is one request path: the route table, the checks every request passes
+ * before its handler runs (Host, Origin, content type, token), the connection cap and the small
+ * parsers of request bodies are read together when asking "what can this caller do"; split, the
+ * refusal rules would sit apart from the endpoints they guard.
+ */
+import { createHash, timingSafeEqual } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import { connect, type Server as NetServer, type Socket } from 'node:net';
+import type { Socket } from 'node:net';
 import { hostname, networkInterfaces } from 'node:os';
-import path from 'node:path';
-import { ConfigError, errorMessage, InputError, isWeftError, WeftError, type WeftErrorCode } from '../common/errors.js';
+import { errorMessage, InputError, isWeftError, WeftError, type WeftErrorCode } from '../common/errors.js';
 import type { Logger } from '../common/log.js';
 import { formatCidr, formatIPv4, parseCidr, parseIPv4 } from '../common/types.js';
 import type { Router } from '../router/index.js';
+import { API_SOCKET_GROUP } from './api-credentials.js';
 import type { AttachAt, Attacher } from './attach.js';
 import { isLoopbackHost, parsePeerAddress, TARGETS_MAX } from './config.js';
 import type { DnsService } from './dns.js';
@@ -33,7 +34,15 @@ import {
   type StatusView,
 } from './format.js';
 import type { Metrics } from './metrics.js';
-import { mkdirParents } from './state-dir.js';
+
+export {
+  API_SOCKET_GROUP,
+  API_SOCKET_MODE,
+  API_TOKEN_BYTES,
+  ensureApiToken,
+  listenApiSocket,
+  UNIX_PATH_MAX_BYTES,
+} from './api-credentials.js';
 
 /** BODY_MAX_BYTES bounds a request body; larger ones get 413. */
 const BODY_MAX_BYTES = 64 * 1024;
@@ -59,14 +68,6 @@ export const HTTP_KEEPALIVE_TIMEOUT_MS = 5_000;
 export const HTTP_TIMEOUT_CHECK_INTERVAL_MS = 1_000;
 /** REFUSED_LINGER_MS: a connection refused by the cap is destroyed this long after its 503, read or not. */
 export const REFUSED_LINGER_MS = 1_000;
-/** API_TOKEN_BYTES: the bearer token is this many random bytes, written as hex (256 bits). */
-export const API_TOKEN_BYTES = 32;
-/** UNIX_PATH_MAX_BYTES: the longest unix socket path the kernel takes (sun_path is 108 bytes with the NUL). */
-export const UNIX_PATH_MAX_BYTES = 107;
-/** API_SOCKET_MODE: the socket is read-write for its owner (root) and group (`weft` when it exists), nobody else. */
-export const API_SOCKET_MODE = 0o660;
-/** API_SOCKET_GROUP: members of this local group may drive the router over its socket. */
-export const API_SOCKET_GROUP = 'weft';
 /** REFUSAL_LOG_EVERY: refused requests and connections are logged once per this many, so a flood cannot fill the log. */
 const REFUSAL_LOG_EVERY = 1000;
 /** LOCAL_HOST_NAMES: Host header names that always mean this machine. */
@@ -491,166 +492,6 @@ function capConnections(server: Server, max: number, log: Logger): void {
       open--;
     });
     for (const l of http) l.call(server, socket);
-  });
-}
-
-/**
- * ensureApiToken returns the API's bearer token from `file`, first writing a new one
- * (API_TOKEN_BYTES random bytes as hex, mode 0600) when there is none. A token file others may
- * read is narrowed to 0600. An operator may put a token of their own there (32+ visible ASCII characters).
- */
-export function ensureApiToken(file: string): string {
-  mkdirParents(path.dirname(file), 0o700);
-  let st: Stats | undefined;
-  try {
-    st = lstatSync(file);
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw tokenError(file, err);
-  }
-  if (st === undefined) {
-    const token = randomBytes(API_TOKEN_BYTES).toString('hex');
-    const tmp = `${file}.${process.pid}.tmp`;
-    try {
-      writeFileSync(tmp, `${token}\n`, { mode: 0o600, flush: true });
-      renameSync(tmp, file);
-    } catch (err) {
-      throw tokenError(file, err);
-    }
-    return token;
-  }
-  if (!st.isFile()) throw new ConfigError(`the API token file ${file} is not a regular file`);
-  try {
-    if ((st.mode & 0o077) !== 0) chmodSync(file, 0o600);
-    const token = readFileSync(file, 'utf8').trim();
-    if (/^[\x21-\x7e]{32,1024}$/.test(token)) return token;
-  } catch (err) {
-    throw tokenError(file, err);
-  }
-  throw new ConfigError(
-    `the API token file ${file} holds no token (want 32 or more visible ASCII characters): remove it and launch makes one`,
-  );
-}
-
-function tokenError(file: string, err: unknown): ConfigError {
-  return new ConfigError(`cannot use the API token file ${file}: ${errorMessage(err)}`, { cause: err });
-}
-
-/**
- * listenApiSocket makes `server` listen on the unix socket `file`, mode API_SOCKET_MODE, group
- * `gid` (the `weft` group; undefined: root's). A socket left by a router that died (nothing
- * answers on it) is removed first; a live one is refused with EWEFT_CONFLICT. Resolves to a close
- * function that stops listening (Node unlinks the socket) and removes the socket's directory when
- * it made it or `ownDir` says the directory is the socket's alone (a per-namespace one under
- * /run/weft, which a router that was killed leaves behind); only an empty directory is removed.
- */
-export async function listenApiSocket(
-  server: NetServer,
-  file: string,
-  gid: number | undefined,
-  ownDir = false,
-): Promise<() => Promise<void>> {
-  if (!path.isAbsolute(file)) throw new ConfigError(`invalid API socket "${file}": want an absolute path`);
-  if (Buffer.byteLength(file) > UNIX_PATH_MAX_BYTES) {
-    throw new ConfigError(
-      `the API socket path ${file} is longer than ${UNIX_PATH_MAX_BYTES} bytes: choose another with --api-socket`,
-    );
-  }
-  const dir = path.dirname(file);
-  let made: string | undefined;
-  try {
-    made = mkdirParents(dir, 0o755);
-  } catch (err) {
-    throw new WeftError('EWEFT_SYSTEM', `cannot make the API socket directory ${dir}: ${errorMessage(err)}`, {
-      cause: err,
-    });
-  }
-  for (let attempt = 0; ; attempt++) {
-    const err = await bindSocket(server, file);
-    if (err === undefined) break;
-    if (err.code !== 'EADDRINUSE' || attempt > 0) {
-      throw new WeftError('EWEFT_SYSTEM', `cannot listen on the API socket ${file}: ${err.message}`, { cause: err });
-    }
-    let st: Stats;
-    try {
-      st = lstatSync(file);
-    } catch {
-      continue; // gone meanwhile: try again
-    }
-    if (!st.isSocket()) throw new ConfigError(`the API socket path ${file} exists and is not a socket: remove it`);
-    if (await socketAnswers(file)) {
-      throw new WeftError(
-        'EWEFT_CONFLICT',
-        `the API socket ${file} is already in use: is a weft router already running in this network namespace?`,
-      );
-    }
-    // Left by a router that died: nothing answers on it.
-    try {
-      rmSync(file);
-    } catch (e) {
-      throw new WeftError('EWEFT_SYSTEM', `cannot remove the stale API socket ${file}: ${errorMessage(e)}`, {
-        cause: e,
-      });
-    }
-  }
-  try {
-    const st = lstatSync(file);
-    if (gid !== undefined && st.gid !== gid) lchownSync(file, st.uid, gid);
-    if ((st.mode & 0o777) !== API_SOCKET_MODE && st.isSocket()) chmodSync(file, API_SOCKET_MODE);
-  } catch (err) {
-    await new Promise<void>((r) => server.close(() => r()));
-    throw new WeftError(
-      'EWEFT_SYSTEM',
-      `cannot set the owner and mode of the API socket ${file}: ${errorMessage(err)}`,
-      {
-        cause: err,
-      },
-    );
-  }
-  return async () => {
-    await new Promise<void>((r) => server.close(() => r()));
-    if (made !== undefined || ownDir) {
-      try {
-        rmdirSync(dir);
-      } catch {
-        // not empty, or gone: leave it
-      }
-    }
-  };
-}
-
-/** bindSocket listens on `file`, created with API_SOCKET_MODE (the umask is narrowed for the bind, which is synchronous). */
-function bindSocket(server: NetServer, file: string): Promise<NodeJS.ErrnoException | undefined> {
-  return new Promise((resolve) => {
-    const onError = (err: NodeJS.ErrnoException) => {
-      server.off('listening', onListening);
-      resolve(err);
-    };
-    const onListening = () => {
-      server.off('error', onError);
-      resolve(undefined);
-    };
-    server.once('error', onError);
-    server.once('listening', onListening);
-    const umask = process.umask(0o777 & ~API_SOCKET_MODE);
-    try {
-      server.listen(file);
-    } finally {
-      process.umask(umask);
-    }
-  });
-}
-
-/** socketAnswers: something accepts connections on the unix socket `file` (a timeout counts as yes: it is not stale). */
-function socketAnswers(file: string): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = connect({ path: file });
-    const done = (v: boolean) => {
-      s.destroy();
-      resolve(v);
-    };
-    s.setTimeout(1_000, () => done(true));
-    s.once('connect', () => done(true));
-    s.once('error', (err: NodeJS.ErrnoException) => done(err.code !== 'ECONNREFUSED' && err.code !== 'ENOENT'));
   });
 }
 

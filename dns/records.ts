@@ -73,6 +73,11 @@
  * A delta has floor 0; a full state lists, per origin, our floor and every record we hold above it
  * plus every live one. Malformed or out-of-bounds messages are refused whole with ProtocolError
  * before anything is merged.
+ *
+ * Over 400 lines because the record set, its wire form and its gossiper are one replicated data
+ * type: the versions, floors and tombstone GC described above are invariants that encode, decode
+ * and merge must keep together, and the codec's bounds are the store's caps. Split, each rule would
+ * have to be checked against code in several files.
  */
 import { Packr, Unpackr } from 'msgpackr';
 import { z } from 'zod';

@@ -26,6 +26,11 @@
  * Messages are read with message.ts (one question and a walk over every record, for the TTL
  * offsets the cache rewrites in place) and every constant comes from wire.ts; this file reads
  * and writes no DNS bytes itself. The host's resolv.conf is read by resolv-conf.ts.
+ *
+ * Over 400 lines because it is one forwarding path: the in-flight bounds, the server order, the UDP
+ * and TCP exchanges and the cache are the steps of one query's way through the diagram above, and
+ * what the cache stores and ages is exactly what the exchanges accept as a reply. Every DNS byte is
+ * already left to message.ts and wire.ts.
  */
 
 import { randomInt } from 'node:crypto';

@@ -30,6 +30,12 @@
  * Every process started through {@link Netns.spawn}, and every process found inside our namespaces
  * (`ip netns pids`), is killed before its namespace is deleted: a process left inside would keep the
  * namespace and its links alive after the name is gone.
+ *
+ * Over 400 lines because it is one harness with one promise, that nothing it makes outlives the
+ * run: the registry of live namespaces and processes, the exit and signal handlers, command
+ * running, Netns, Host and Lab all feed or read that registry, and the ping and iperf3 parsers
+ * define what Netns's own methods return. Split, the cleanup guarantee would rest on every file
+ * registering what it creates.
  */
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import { accessSync, constants as fsConstants, rmSync } from 'node:fs';

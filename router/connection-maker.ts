@@ -39,6 +39,11 @@
  * no Connection is made for it. Connections we dial never take a handshake slot and are never
  * refused by the limits. A handshake that completes into a duplicate of an existing connection is
  * resolved by `prefer` as before; one that would add a peer beyond connLimit is closed.
+ *
+ * Over 400 lines because the target states, inbound admission and duplicate resolution above all
+ * decide one thing, which connection a peer ends up with, and they share the target table, the
+ * handshake slots and the per-peer connection map; split, a change to one would have to be checked
+ * against the others across files. The limits themselves are in conn-limits.ts.
  */
 import { EventEmitter } from 'node:events';
 import { createServer, connect as netConnect, type Server, type Socket } from 'node:net';

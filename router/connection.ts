@@ -13,6 +13,11 @@
  * bad frame, a timer); `established` at most once, before it. After `closed` the socket lingers
  * until the peer's FIN (at most CLOSE_LINGER_MS) so that our Close frame reaches it; `done`
  * resolves when the socket is fully released.
+ *
+ * Over 400 lines because it is one state machine: the handshake (Hello, key exchange, Auth),
+ * heartbeats, sealed framing after Auth and the single move to `closed` act on the same socket,
+ * timers and state, and `closed` is emitted exactly once only if every path to it stays in view.
+ * Framing and schemas are already in protocol.ts, the keys in crypto/.
  */
 import { generateKeyPairSync, randomBytes } from 'node:crypto';
 import { EventEmitter } from 'node:events';

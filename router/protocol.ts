@@ -32,6 +32,11 @@
  *
  * Every body is validated with zod after decoding. Any malformed input raises {@link ProtocolError};
  * nothing else escapes the decode functions, whatever the bytes.
+ *
+ * Over 400 lines because it is the whole wire contract of a control connection: the frame layout,
+ * every message's type and zod schema, version negotiation and the FrameDecoder that cuts a byte
+ * stream into frames are what both ends must agree on, and they are reviewed together whenever the
+ * protocol changes.
  */
 import { Packr, Unpackr } from 'msgpackr';
 import { z } from 'zod';

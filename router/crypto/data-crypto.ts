@@ -23,6 +23,10 @@
  * holds the previous, current and next generations, follows when a packet opens under the next
  * one (in-flight packets of the previous one still open). A new handshake (reconnect) installs a
  * new traffic secret the same way: `install` keeps the old current key as the previous one.
+ *
+ * Over 400 lines because the sender and the receiver are two ends of one format: the counter
+ * layout, the key phases, the ratchet and the rekey limits above must match exactly on both, and
+ * one file beside that description is what keeps them matching.
  */
 import { CRYPTO_RESERVE_BYTES, SLEEVE_HEADER_LEN } from '../constants.js';
 import type { NativeAddon, NativeAeadKey } from '../tun/native.js';

@@ -17,6 +17,12 @@
  * Sleeve segments keep a partial TCP checksum (virtio-net NEEDS_CSUM): the outer UDP checksum
  * protects them on the wire and the receiving kernel never needs the full one. VXLAN segments get
  * complete checksums, as a NIC doing TSO would: the peer may be a kernel vxlan device.
+ *
+ * Over 400 lines because it is one hot loop over one arena: bundling, TCP segmentation and
+ * fragmentation all reserve from the same arena and append to the same per-socket SendBatch in the
+ * order the packets came, with no allocation per packet; split, that shared state would be passed
+ * around on every packet. The packet formats and arithmetic around it are already in gso.ts,
+ * too-big.ts and overlay/frame.ts.
  */
 import {
   BATCH_MAX,

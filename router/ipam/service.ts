@@ -29,6 +29,12 @@
  * Saving. Every change of ours is saved (by `persist`) before it is gossiped or answered; when
  * saving throws, the change is undone and the operation fails with {@link IpamPersistError}, so
  * an address is never handed out that a restart would forget.
+ *
+ * Over 400 lines because it is one policy around one Ipam: seeding, waiting allocations, reclaim
+ * and saving all decide when an allocation may be answered, and share its queue of waiting
+ * allocations and its save-before-gossip rule; split, the order those rules apply in would no
+ * longer be visible in one place. The ring, the allocator and the seed election are their own
+ * files.
  */
 import { type Clock, realClock, type Timer } from '../../common/clock.js';
 import { WeftError } from '../../common/errors.js';
