@@ -1,4 +1,13 @@
 #!/usr/bin/env node
+/**
+ * cli is the `weft` command: every subcommand's flags, help text and examples (commander), how
+ * each reaches its router over the API (socket or loopback TCP), the exit codes, and `launch`
+ * running the router in the background or in the foreground.
+ *
+ * Over 400 lines because it is the whole user interface in one table: the help text of every
+ * command shows the defaults it imports, and the commands share one client, one error-to-exit-code
+ * mapping and one output style, which a reader checks together.
+ */
 import { execFile, spawn } from 'node:child_process';
 import { closeSync, linkSync, openSync, readFileSync, realpathSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { networkInterfaces } from 'node:os';

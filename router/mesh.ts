@@ -6,6 +6,10 @@
  * and goes and hands it the gossip that arrives, and it sends through `MeshLinks`. Time and timers
  * come from the injected Clock.
  *
+ * Over 400 lines because it is the one place where topology, gossip, routes, discovery and peer GC
+ * react to each other: the order of those reactions (merge, then coalesced recomputation, then
+ * discovery and GC) is the core's contract, and each reaction is short.
+ *
  * ```
  *  owner ── neighbourUp / receive / setLocal ──▶ MeshCore ── links.send ──▶ neighbours
  *                                                   │ merge → routes (RouteGraph) → rediscover (dialer)

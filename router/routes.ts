@@ -15,6 +15,10 @@
  *
  * Unicast: the first hop on our own tree's path to each peer. Broadcast from origin X: our children
  * in X's tree, so that in a stable topology every peer receives each broadcast exactly once.
+ *
+ * Over 400 lines because the search, the incremental RouteGraph and the lazily answered tables of
+ * one snapshot share one Graph representation and one tie-break rule; apart, the rule every router
+ * must apply identically would be written in several places.
  */
 import type { PeerName } from '../common/types.js';
 import { PEER_GC_DELAY_MS } from './constants.js';
