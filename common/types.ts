@@ -16,7 +16,20 @@ export interface Cidr {
   readonly prefix: number;
 }
 
-const PEER_NAME_RE = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/;
+/** PEER_NAME_RE matches a peer name in its canonical (lower-case) text form. */
+export const PEER_NAME_RE = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/;
+const OCTET = '(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])';
+/** IPV4_RE matches canonical dotted-quad text (no leading zeros), as formatIPv4 writes it. */
+export const IPV4_RE = new RegExp(`^${OCTET}(\\.${OCTET}){3}$`);
+/** CIDR_RE matches canonical `a.b.c.d/n` text, as formatCidr writes it. */
+export const CIDR_RE = new RegExp(`^${OCTET}(\\.${OCTET}){3}/(3[0-2]|[12]?[0-9])$`);
+const UID_RE = /^[1-9][0-9]{0,19}$/;
+const U64_MAX = (1n << 64n) - 1n;
+
+/** isUidText says whether `s` is a peer uid as sent on the wire: the decimal text of a non-zero u64. */
+export function isUidText(s: string): boolean {
+  return UID_RE.test(s) && BigInt(s) <= U64_MAX;
+}
 
 /** parsePeerName validates and normalises a peer name (lower-case MAC form). */
 export function parsePeerName(s: string): PeerName {

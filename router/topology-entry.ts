@@ -13,7 +13,7 @@
  *
  * The CRDT that keeps the highest copy of each is in topology.ts, the wire form in topology-wire.ts.
  */
-import type { PeerName } from '../common/types.js';
+import { CIDR_RE, IPV4_RE, isUidText, PEER_NAME_RE, type PeerName } from '../common/types.js';
 import { type Encap, NICKNAME_MAX_CHARS } from './protocol.js';
 
 // ---- Constants (candidates for router/constants.ts) ----
@@ -66,13 +66,6 @@ export interface PeerEntry {
 
 // ---- Validation ----
 
-const PEER_NAME_RE = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/;
-const UID_RE = /^[1-9][0-9]{0,19}$/;
-const U64_MAX = (1n << 64n) - 1n;
-const OCTET = '(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])';
-const IPV4_RE = new RegExp(`^${OCTET}(\\.${OCTET}){3}$`);
-const CIDR_RE = new RegExp(`^${OCTET}(\\.${OCTET}){3}/(3[0-2]|[12]?[0-9])$`);
-
 function isPort(p: unknown): boolean {
   return Number.isInteger(p) && (p as number) >= 1 && (p as number) <= 0xffff;
 }
@@ -108,7 +101,7 @@ function findProblem(e: PeerEntry): string | undefined {
     if (typeof e.name !== 'string' || !PEER_NAME_RE.test(e.name))
       return `invalid peer name ${JSON.stringify(String(e.name).slice(0, 32))}`;
     if (typeof e.nickname !== 'string' || e.nickname.length > NICKNAME_MAX_CHARS) return 'invalid nickname';
-    if (typeof e.uid !== 'string' || !UID_RE.test(e.uid) || BigInt(e.uid) > U64_MAX) {
+    if (typeof e.uid !== 'string' || !isUidText(e.uid)) {
       return `invalid uid ${JSON.stringify(String(e.uid).slice(0, UID_MAX_CHARS + 1))}`;
     }
     if (!isCount(e.incarnation)) return `invalid incarnation ${String(e.incarnation)}`;
