@@ -69,7 +69,8 @@ COPY --from=build /src/router/tun/native/build/Release/weft_native.node router/t
 # dist/weft.mjs is the one-file build (one module to load: less memory than dist/control/cli.js).
 RUN ln -s /opt/weft/dist/weft.mjs /usr/local/bin/weft
 VOLUME /var/lib/weft
-ENV WEFT_STATE_DIR=/var/lib/weft WEFT_API_SOCKET=/run/weft/weft.sock
+# Two malloc arenas, as `weft launch` gives a background router (DAEMON_MALLOC_ARENA_MAX).
+ENV WEFT_STATE_DIR=/var/lib/weft WEFT_API_SOCKET=/run/weft/weft.sock MALLOC_ARENA_MAX=2
 STOPSIGNAL SIGTERM
 # The young generation capped from the start, as `weft launch` does for a background router.
 ENTRYPOINT ["node", "--max-semi-space-size=1", "/opt/weft/dist/weft.mjs", "launch", "--foreground"]

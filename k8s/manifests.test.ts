@@ -5,7 +5,7 @@ import { fileURLToPath } from 'node:url';
 import { loadAllYaml } from '@kubernetes/client-node';
 import { describe, expect, it } from 'vitest';
 import { parseNetConf } from '../cni/netconf.js';
-import { BUNDLE_FILE, DAEMON_NODE_ARGS } from '../control/cli.js';
+import { BUNDLE_FILE, DAEMON_MALLOC_ARENA_MAX, DAEMON_NODE_ARGS } from '../control/cli.js';
 import { HTTP_ADDR } from '../router/constants.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -68,6 +68,7 @@ describe('k8s/weft.yaml', () => {
       'launch',
       '--foreground',
     ]);
+    expect(router.env).toContainEqual({ name: 'MALLOC_ARENA_MAX', value: DAEMON_MALLOC_ARENA_MAX });
     expect(hostPathOf(router, flagValue('--state-dir') as string)).toBe('/var/lib/weft');
     expect(hostPathOf(router, '/var/run/netns')).toBe('/var/run/netns');
   });
