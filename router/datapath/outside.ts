@@ -4,8 +4,10 @@
  *
  *   recvBatch ──► datagram i at buf[i*SLOT] (a UDP GRO train: several datagrams back to back,
  *        │        each gso[i] bytes but the last, split here)
- *        │ sleeve: check the header; heartbeats to Heartbeats; for another peer → relayed
- *        │         (unchanged but for the ttl); for us → each frame noted in place
+ *        │ sleeve: check the header; for another peer → relayed (unchanged but for the ttl,
+ *        │         sealed or not); from a peer with data keys → opened in place (each datagram
+ *        │         of a GRO train on its own; tampered/cleartext: Auth drop, replayed: Replay
+ *        │         drop); heartbeats to Heartbeats; for us → each frame noted in place
  *        │ VXLAN:  check VNI and MAC; IPv4 noted in place (the Ethernet header's tail becomes the
  *        │         virtio-net header); ARP answered; endpoints learned
  *        ▼
@@ -20,7 +22,7 @@
  */
 
 import type { PacketConn } from '../conn/packet-conn.js';
-import { BATCH_MAX, ETH_HEADER_LEN, SLOT_BYTES, VXLAN_HEADER_LEN } from '../constants.js';
+import { BATCH_MAX, ETH_HEADER_LEN, SLEEVE_HEADER_LEN, SLOT_BYTES, VXLAN_HEADER_LEN } from '../constants.js';
 import {
   ARP_FRAME_LEN,
   ARP_OP_REPLY,
@@ -75,6 +77,7 @@ import {
 } from './gso.js';
 import { ETHERTYPE_WEFT_HEARTBEAT } from './heartbeats.js';
 import { ROUNDS_PER_WAKEUP } from './inside.js';
+import { type PeerCrypto, SEAL_COUNTER_BYTES, SEAL_TAG_BYTES } from './peer-crypto.js';
 import { SendBatch } from './send-batch.js';
 import { GRO_BUFFER_BYTES, TunQueue } from './tun-queue.js';
 
@@ -94,6 +97,10 @@ export class Outside {
   private readonly gso = new Uint16Array(BATCH_MAX);
   readonly tunOut: TunQueue;
   private readonly relayOut = new SendBatch(RELAY_MAX);
+  // One sealed datagram is opened at a time from these.
+  private readonly openOff = new Int32Array(1);
+  private readonly openLen = new Int32Array(1);
+  private readonly openRes = new Uint8Array(1);
 
   // ARP replies are built here, one at a time.
   private readonly arpBuf = Buffer.alloc(ARP_FRAME_LEN);
@@ -171,6 +178,32 @@ export class Outside {
     }
   }
 
+  /**
+   * open authenticates and decrypts the sealed sleeve datagram of `len` bytes at `off` from a peer
+   * with data keys, in place, and moves its header next to the frames (over the counter), so the
+   * cleartext datagram is at the returned offset, SEAL_COUNTER_BYTES + SEAL_TAG_BYTES shorter.
+   * Returns -1 after a counted drop: Replay when authentic but seen before or too old, else Auth
+   * (tampered, forged, wrong key, cleartext, or the peer's keys were closed).
+   */
+  private open(crypto: PeerCrypto, off: number, len: number): number {
+    const c = this.fwd.counters;
+    const rx = crypto.receiver;
+    if (rx === undefined) {
+      c.drop(Drop.Auth);
+      return -1;
+    }
+    this.openOff[0] = off;
+    this.openLen[0] = len;
+    const replays = rx.replayDrops;
+    if (rx.openBatch(this.buf, this.openOff, this.openLen, 1, this.openRes) !== 1) {
+      c.drop(rx.replayDrops !== replays ? Drop.Replay : Drop.Auth);
+      return -1;
+    }
+    // The header moves forward over the counter (makeCounterRoom in reverse).
+    this.buf.copyWithin(off + SEAL_COUNTER_BYTES, off, off + SLEEVE_HEADER_LEN);
+    return off + SEAL_COUNTER_BYTES;
+  }
+
   /** sleeveDatagram handles one sleeve datagram of `len` bytes at `off`, received as datagram i. */
   private sleeveDatagram(off: number, len: number, i: number): void {
     const fwd = this.fwd;
@@ -197,7 +230,24 @@ export class Outside {
         c.drop(Drop.Spoofed);
         return;
       }
-      fwd.heartbeats.control(type, buf, off, len, this.addrs[i] as number, this.ports[i] as number, Encap.Sleeve);
+      const crypto = sender.crypto;
+      let at = off;
+      if (crypto !== undefined) {
+        at = this.open(crypto, off, len);
+        if (at < 0) return;
+      }
+      const clear = crypto === undefined ? len : len - SEAL_COUNTER_BYTES - SEAL_TAG_BYTES;
+      fwd.heartbeats.control(
+        type,
+        buf,
+        at,
+        clear,
+        this.addrs[i] as number,
+        this.ports[i] as number,
+        Encap.Sleeve,
+        crypto,
+        len,
+      );
       return;
     }
     if (sleeveDstLo(buf, off) !== fwd.nameLo || sleeveDstHi(buf, off) !== fwd.nameHi) {
@@ -210,6 +260,19 @@ export class Outside {
       c.drop(Drop.UnknownPeer);
       return;
     }
+    if (hop.crypto !== undefined) {
+      const at = this.open(hop.crypto, off, len);
+      if (at < 0) return;
+      this.sleeveFrames(at, len - SEAL_COUNTER_BYTES - SEAL_TAG_BYTES, hop);
+      return;
+    }
+    this.sleeveFrames(off, len, hop);
+  }
+
+  /** sleeveFrames handles the frames of a cleartext (or opened) DATA datagram of `len` bytes at `off` from `hop`. */
+  private sleeveFrames(off: number, len: number, hop: Hop): void {
+    const buf = this.buf;
+    const c = this.fwd.counters;
     const end = off + len;
     let fo = off + SLEEVE_PREFIX_LEN - 2;
     if (fo >= end) {
