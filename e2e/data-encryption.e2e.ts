@@ -161,6 +161,13 @@ describe.skipIf(reason)('container data is sealed on the underlay with a passwor
     expect((await weft(l.h1, ['status', 'peers'])).stdout).toMatch(/sleeve encrypted/);
   });
 
+  it('carries a DF ping that fills the overlay MTU: the sealed datagram fits the underlay', async () => {
+    const mtu = (await status(l.h1)).mtu;
+    expect(mtu).toBe(l.topo.underlayMtu - 80);
+    const r = await l.c2.ping(l.a1, { count: 2, intervalS: 0.1, size: mtu - 28, dontFragment: true });
+    expect(r.received).toBe(2);
+  });
+
   it('carries ping, TCP (iperf3) and UDP through, and the marker never appears on the underlay', async () => {
     const cap = await startCapture(l.h1);
     let counts: Capture | undefined;

@@ -258,10 +258,49 @@ describe.skipIf(native === undefined)('Forwarder with data keys (sealed sleeve)'
     expect(ip.subarray(40).equals(orig.subarray(40))).toBe(true);
   });
 
+  it('in a GRO train drops a tampered segment (auth) and a replayed train (replay), delivering the rest', () => {
+    const p = pair({ groB: true, pathMtu: 1500 });
+    send(p, vnet(tcpPacket(10 * 1368), 1368));
+    const train = p.atB[0]!;
+    expect(p.cryptoB!.receiver!.opened).toBe(10);
+    // Replayed whole: every segment is a replay.
+    p.sockB.deliver(train.buf, 0, train.buf.length, UNDER_A, PORT, train.seg);
+    p.b.outside.onSleeveReadable();
+    expect(p.b.counters.dropped(Drop.Replay)).toBe(10);
+    expect(p.tunB.written.splice(0)).toHaveLength(0);
+    // A fresh train whose fourth segment is changed on the way: only that one is lost.
+    const deliver = p.sockB.deliver.bind(p.sockB);
+    p.sockB.deliver = (buf, off, len, addr, port, seg = 0) => {
+      const copy = Buffer.from(buf.subarray(off, off + len));
+      copy[3 * seg + 100]! ^= 0x40;
+      return deliver(copy, 0, len, addr, port, seg);
+    };
+    const out = send(p, vnet(tcpPacket(10 * 1368), 1368));
+    expect(p.b.counters.dropped(Drop.Auth)).toBe(1);
+    expect(p.cryptoB!.receiver!.opened).toBe(19);
+    expect(out).toHaveLength(2); // segments 0-2 and 4-9, each merged
+    expect(inner(out[0]!).readUInt16BE(2)).toBe(40 + 3 * 1368);
+    expect(inner(out[1]!).readUInt16BE(2)).toBe(40 + 6 * 1368);
+  });
+
+  it('opens each datagram of a sealed GSO train the receiver gets one by one (no GRO)', () => {
+    const p = pair({ groB: false, pathMtu: 1500 });
+    const orig = tcpPacket(20_000);
+    const out = send(p, vnet(orig, 1368));
+    const segs = Math.ceil(20_000 / 1368);
+    expect(p.a.counters.gsoTrains).toBe(1);
+    expect(p.atB).toHaveLength(segs);
+    const d = SLEEVE_HEADER_LEN + 8 + 2 + VNET_HDR_LEN + 40 + 1368 + 16;
+    for (const w of p.atB.slice(0, -1)) expect(w.buf.length).toBe(d);
+    expect(p.cryptoB!.receiver!.opened).toBe(segs);
+    expect(out).toHaveLength(1);
+    expect(inner(out[0]!).subarray(40).equals(orig.subarray(40))).toBe(true);
+  });
+
   it('seals segments sent one by one (no GSO) and fits them in the path', () => {
     const p = pair({ gsoA: false, pathMtu: 1400 });
     const orig = tcpPacket(10_000);
-    // 1400 - 28 (IP, UDP) - 16 (header) - 8 (counter) - 28 (frame length, vnet, ...) - 16 (tag) - 40 = 1280
+    // 1400 - 28 (IP, UDP) - 16 (header) - 8 (counter) - 12 (frame length, vnet) - 16 (tag) - 40 (IP, TCP) = 1280
     const out = send(p, vnet(orig, 1280));
     expect(p.a.counters.gsoTrains).toBe(0);
     expect(p.atB.length).toBe(Math.ceil(10_000 / 1280));
