@@ -1,8 +1,8 @@
 import type { ChildProcess } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type Host, Lab, type Netns, requireRoot } from '../lab/netns.js';
-import { launch, removeStateDirs, stateDir, status, waitPeers, weft } from './weft.js';
+import { type Host, Lab, type Netns, requireRoot, waitUntil } from '../lab/netns.js';
+import { expose, launch, removeStateDirs, stateDir, status, waitPeers, weft } from './weft.js';
 
 const reason = requireRoot();
 
@@ -191,6 +191,20 @@ describe.skipIf(reason)('container data is sealed on the underlay with a passwor
       'fetch("http://127.0.0.1:6784/metrics").then((r) => r.text()).then((t) => process.stdout.write(t))',
     ]);
     expect(metrics.stdout).toMatch(/weft_drops_total\{reason="auth"\} 0/);
+  });
+
+  it('keeps the data path sealed across a restart of the peer (new connection, new keys)', async () => {
+    await weft(l.h2, ['stop']);
+    await launch(l.h2, [l.h1.underlayIp], ['--no-dns', '--password-file', `${stateDir(l.h2)}/password`]);
+    await waitPeers(l.h1, 1);
+    await waitPeers(l.h2, 1);
+    await expose(l.h2);
+    await waitUntil(async () => (await l.h2.ping(l.a1, { count: 1 })).received === 1, {
+      timeoutMs: 15_000,
+      what: 'a ping from the restarted host to the container',
+    });
+    const peers = (await status(l.h1)).peers as unknown as { dataEncrypted?: boolean }[];
+    expect(peers[0]?.dataEncrypted).toBe(true);
   });
 });
 
