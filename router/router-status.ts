@@ -121,6 +121,7 @@ function peerStatus(s: StatusSources): PeerStatus[] {
       uid: e.uid,
       addr: st?.conn.remote.addr ?? '',
       encap: relayed || st === undefined ? 'sleeve' : encapName(st.hop.encap),
+      ...(!relayed && st?.sleeveHop.crypto?.open === true && { dataEncrypted: true }),
       mtu: st?.conn.remote.mtu ?? 0,
       cidrs: [...e.cidrs],
       connections: e.connections.length,

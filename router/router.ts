@@ -43,6 +43,7 @@ import type { PeerMessage } from './protocol.js';
 import type { RouterOptions } from './router-options.js';
 import { assembleStatus, LEARNED_STATUS_SAMPLE } from './router-status.js';
 import type { RouterStatus } from './status.js';
+import { tryLoadNative } from './tun/native.js';
 
 export type { RouterOptions };
 export { EXPOSE_OWNER, LEARNED_STATUS_SAMPLE };
@@ -112,6 +113,7 @@ export class Router implements Startable {
       kernelPathMtu: (addr) => this.plane.kernelPathMtu(addr),
       onPmtu: (via, pmtu) => this.fib.onPmtu(via, pmtu),
       onChange: () => this.updateLocal(),
+      native: tryLoadNative(),
     });
     this.mesh = new MeshCore({
       name: opts.name,

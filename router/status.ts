@@ -10,6 +10,11 @@ export interface PeerStatus {
   /** addr is the peer's underlay address. */
   addr: string;
   encap: 'sleeve' | 'vxlan';
+  /**
+   * dataEncrypted is true when the datagrams to and from this peer are sealed (a password is set
+   * and the peer is directly connected); absent or false: data crosses in the clear.
+   */
+  dataEncrypted?: boolean;
   mtu: number;
   /** cidrs are the overlay addresses the peer announced. */
   cidrs: string[];
@@ -71,7 +76,7 @@ export interface RouterStatus {
    * GRO (else one datagram per system call entry), and why GSO is off when it was wanted.
    */
   udpOffload: { gso: boolean; gro: boolean; reason?: string };
-  /** encryption is true with a password: control connections (and, later, data) are sealed. */
+  /** encryption is true with a password: control connections and directly connected peers' data are sealed. */
   encryption: boolean;
   /** cipher is the AEAD offered first on every connection when encryption is on. */
   cipher?: string;

@@ -55,6 +55,15 @@ export const Drop = {
   NotFromPeer: 20,
   /** Spoofed: a datagram from a peer's endpoint claiming to come directly from another peer. */
   Spoofed: 21,
+  /**
+   * Auth: a sleeve datagram from a peer we hold data keys for (a password is set) that did not
+   * authenticate: tampered, forged, under a wrong key, or sent in the clear.
+   */
+  Auth: 22,
+  /** Replay: an authentic sealed datagram already received, or too old for the replay window. */
+  Replay: 23,
+  /** NoKey: a datagram for a peer whose data keys were closed (its connection went) is not sent in the clear. */
+  NoKey: 24,
 } as const;
 export type Drop = (typeof Drop)[keyof typeof Drop];
 
@@ -82,6 +91,9 @@ export const DROP_NAMES: readonly string[] = [
   'too_big_for_path',
   'not_from_peer',
   'spoofed',
+  'auth',
+  'replay',
+  'no_key',
 ];
 
 /**

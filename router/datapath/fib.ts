@@ -1,6 +1,7 @@
 import type { Cidr, PeerName } from '../../common/types.js';
 import { prefixMask } from '../../common/types.js';
 import { UNDERLAY_MTU_DEFAULT } from '../constants.js';
+import type { PeerCrypto } from './peer-crypto.js';
 
 /** Encap names the encapsulation used towards a hop. */
 export const Encap = { Sleeve: 0, Vxlan: 1 } as const;
@@ -29,6 +30,12 @@ export class Hop {
    * packet. Defaults to the underlay MTU the Hop was made with.
    */
   pmtu: number;
+  /**
+   * crypto is the data encryption towards this peer (a password is set and its connection is
+   * encrypted), else undefined: then datagrams to and from it are in the clear. The control
+   * plane sets it before the hop enters a Fib; an installed one stays (closed when the peer goes).
+   */
+  crypto: PeerCrypto | undefined = undefined;
 
   constructor(
     /** peer is the Weft peer name, or undefined for a learned kernel VXLAN endpoint. */
@@ -153,7 +160,8 @@ export class Fib {
       if (h.peer === undefined) continue;
       fib.byEndpoint.set(endpointKey(h.addr, h.port), h);
       fib.byEndpoint.set(endpointKey(h.addr, h.sleevePort), h);
-      fib.vxlanSources.add(h.addr);
+      // An encrypted peer sends nothing over VXLAN (it cannot be sealed): VXLAN from it is cleartext.
+      if (h.crypto === undefined) fib.vxlanSources.add(h.addr);
     }
     for (const a of senders.kernelVxlanPeers ?? []) {
       fib.kernelVxlan.add(a >>> 0);

@@ -17,6 +17,8 @@ import {
 import { Drop } from './counters.js';
 import { Encap, type Hop } from './fib.js';
 import type { Forwarder } from './forwarder.js';
+import { makeCounterRoom } from './inside.js';
+import { type PeerCrypto, SEAL_COUNTER_BYTES, SEAL_TAG_BYTES } from './peer-crypto.js';
 
 /**
  * ETHERTYPE_WEFT_HEARTBEAT marks a data-path heartbeat carried inside VXLAN (IEEE 802 local
@@ -27,11 +29,14 @@ export const ETHERTYPE_WEFT_HEARTBEAT = 0x88b5;
 /**
  * Heartbeats sends data-path heartbeats, path MTU probes (heartbeats padded to the size being
  * probed, sent with DF like all data) and acks, and hands what it hears to the control plane.
- * Rare next to data: one datagram at a time, from one preallocated buffer.
+ * Rare next to data: one datagram at a time, from one preallocated buffer. Towards a peer with
+ * data keys (hop.crypto) sleeve heartbeats and acks are sealed like data, so nobody without the
+ * keys can forge one (and fake a path's liveness, RTT or MTU); a probe's size stays the whole
+ * sealed datagram's.
  */
 export class Heartbeats {
   /** buf holds one heartbeat, ack or probe at a time: the VXLAN prefix room, then the datagram. */
-  private readonly buf = Buffer.alloc(VXLAN_PREFIX_LEN + UDP_PAYLOAD_MAX);
+  private readonly buf = Buffer.alloc(VXLAN_PREFIX_LEN + SEAL_COUNTER_BYTES + UDP_PAYLOAD_MAX + SEAL_TAG_BYTES);
   private readonly off = new Int32Array(1);
   private readonly len = new Int32Array(1);
   private readonly addr = new Uint32Array(1);
@@ -52,7 +57,8 @@ export class Heartbeats {
       Encap.Sleeve,
       0,
       0,
-      payload,
+      hop.crypto === undefined ? payload : Math.max(0, payload - SEAL_COUNTER_BYTES - SEAL_TAG_BYTES),
+      hop.crypto,
     );
   }
 
@@ -69,12 +75,14 @@ export class Heartbeats {
       hop.macHi,
       hop.macLo,
       0,
+      undefined,
     );
   }
 
   /**
    * send writes one heartbeat (padded with zeros to `padTo` bytes of sleeve datagram) or, for an
-   * ack, a heartbeat followed by `padTo` as the heard length; in VXLAN framing when asked.
+   * ack, a heartbeat followed by `padTo` as the heard length; in VXLAN framing when asked;
+   * sealed with `crypto` (sleeve framing only; false and a NoKey drop when its keys are closed).
    */
   private send(
     type: number,
@@ -87,11 +95,17 @@ export class Heartbeats {
     macHi: number,
     macLo: number,
     padTo: number,
+    crypto: PeerCrypto | undefined,
   ): boolean {
     const fwd = this.fwd;
     const b = this.buf;
     let conn = fwd.sleeve;
-    const at = VXLAN_PREFIX_LEN;
+    const sealer = crypto?.sender;
+    if (crypto !== undefined && (sealer === undefined || overlay === Encap.Vxlan)) {
+      fwd.counters.drop(Drop.NoKey);
+      return false;
+    }
+    const at = VXLAN_PREFIX_LEN + (sealer !== undefined ? SEAL_COUNTER_BYTES : 0);
     let n = writeSleeveHeartbeat(b, at, type, fwd.nameHi, fwd.nameLo, dstHi, dstLo, stamp);
     if (type === SleeveType.HeartbeatAck) {
       n = writeSleeveAckHeard(b, at, padTo);
@@ -104,6 +118,11 @@ export class Heartbeats {
       conn = fwd.vxlan;
       this.off[0] = writeVxlanPrefix(b, at, fwd.vni, macHi, macLo, fwd.nameHi, fwd.nameLo, ETHERTYPE_WEFT_HEARTBEAT);
       this.len[0] = VXLAN_PREFIX_LEN + n;
+    } else if (sealer !== undefined) {
+      this.off[0] = makeCounterRoom(b, at);
+      this.len[0] = SEAL_COUNTER_BYTES + n;
+      sealer.sealBatch(b, this.off, this.len, 1);
+      this.len[0] = SEAL_COUNTER_BYTES + n + SEAL_TAG_BYTES;
     } else {
       this.off[0] = at;
       this.len[0] = n;
@@ -123,9 +142,21 @@ export class Heartbeats {
 
   /**
    * control answers a heartbeat addressed to us with an ack (saying how long it was) and tells
-   * the control plane about heartbeats and acks. `addr`/`port` are where it came from.
+   * the control plane about heartbeats and acks. `addr`/`port` are where it came from. A sealed
+   * one arrives opened (`len` its cleartext length) with the peer's `crypto`, which seals the
+   * ack; `wireLen` is its length as received (what a probe proved fits), `len` when cleartext.
    */
-  control(type: number, buf: Buffer, off: number, len: number, addr: number, port: number, overlay: Encap): void {
+  control(
+    type: number,
+    buf: Buffer,
+    off: number,
+    len: number,
+    addr: number,
+    port: number,
+    overlay: Encap,
+    crypto: PeerCrypto | undefined = undefined,
+    wireLen = len,
+  ): void {
     const fwd = this.fwd;
     const c = fwd.counters;
     if (len < SLEEVE_HEARTBEAT_LEN) {
@@ -142,8 +173,8 @@ export class Heartbeats {
     c.heartbeats++;
     let size = 0;
     if (type === SleeveType.Heartbeat) {
-      size = len + IPV4_HEADER_MIN_LEN + UDP_HEADER_LEN;
-      this.send(SleeveType.HeartbeatAck, srcHi, srcLo, addr, port, stamp, overlay, srcHi, srcLo, size);
+      size = wireLen + IPV4_HEADER_MIN_LEN + UDP_HEADER_LEN;
+      this.send(SleeveType.HeartbeatAck, srcHi, srcLo, addr, port, stamp, overlay, srcHi, srcLo, size, crypto);
     } else if (len >= SLEEVE_ACK_LEN) {
       size = sleeveAckHeard(buf, off, len);
     }

@@ -14,6 +14,11 @@
  *        └─ too big, DF clear ──────► IP fragments that fit, in the arena (a train too)
  *   one SendBatch per socket, sent once per TUN batch, in the order the packets came.
  *
+ * Towards a peer with data keys (hop.crypto, a password is set) each sleeve datagram is laid out
+ * for sealing (data-crypto.ts): SEAL_COUNTER_BYTES more between the sleeve header and the first
+ * frame and SEAL_TAG_BYTES of room after the last, in every segment of a train too (so its
+ * segments stay equal), and SendBatch.flush seals them all before the send.
+ *
  * Sleeve segments keep a partial TCP checksum (virtio-net NEEDS_CSUM): the outer UDP checksum
  * protects them on the wire and the receiving kernel never needs the full one. VXLAN segments get
  * complete checksums, as a NIC doing TSO would: the peer may be a kernel vxlan device.
@@ -30,6 +35,7 @@ import {
   ICMP_FRAG_NEEDED_PER_S,
   IPV4_HEADER_MIN_LEN,
   SLEEVE_FRAME_HEADER_LEN,
+  SLEEVE_HEADER_LEN,
   SLEEVE_TTL_INITIAL,
   SLOT_BYTES,
   UDP_HEADER_LEN,
@@ -62,6 +68,7 @@ import {
   vnetGsoType,
   writeVnetNone,
 } from './gso.js';
+import { SEAL_COUNTER_BYTES, SEAL_TAG_BYTES } from './peer-crypto.js';
 import { SendBatch } from './send-batch.js';
 import { fragmentIpv4, fragNeededWanted, ICMP_FRAG_NEEDED_MAX_LEN, ipv4Df, writeFragNeeded } from './too-big.js';
 
@@ -159,10 +166,22 @@ export class Inside {
     const fwd = this.fwd;
     const buf = this.buf;
     const c = fwd.counters;
-    const maxDgram = Math.min(hop.pmtu - OUTER_BYTES, UDP_PAYLOAD_MAX);
-    const innerMax = maxDgram - SLEEVE_SEG_PREFIX;
+    // Sealed (hop.crypto): a counter after the header, a tag after the frames; maxDgram is before the tag.
+    const crypto = hop.crypto;
+    let extra = 0;
+    let tail = 0;
+    if (crypto !== undefined) {
+      if (crypto.sender === undefined) {
+        c.drop(Drop.NoKey); // the peer went: never fall back to cleartext
+        return;
+      }
+      extra = SEAL_COUNTER_BYTES;
+      tail = SEAL_TAG_BYTES;
+    }
+    const maxDgram = Math.min(hop.pmtu - OUTER_BYTES, UDP_PAYLOAD_MAX) - tail;
+    const innerMax = maxDgram - SLEEVE_SEG_PREFIX - extra;
     if (gso === VNET_GSO_TCPV4) {
-      this.segment(ip, ipLen, vnetGsoSize(buf, base), innerMax, hop, SLEEVE_SEG_PREFIX, false);
+      this.segment(ip, ipLen, vnetGsoSize(buf, base), innerMax, hop, SLEEVE_SEG_PREFIX + extra, false, tail);
       return;
     }
     if (gso !== 0) {
@@ -170,7 +189,7 @@ export class Inside {
       return;
     }
     if (ipLen > innerMax) {
-      this.tooBig(base, ip, ipLen, innerMax, hop, SLEEVE_SEG_PREFIX);
+      this.tooBig(base, ip, ipLen, innerMax, hop, SLEEVE_SEG_PREFIX + extra, tail);
       return;
     }
     // A sleeve frame is the virtio-net header and the packet, so a partial checksum crosses the wire.
@@ -200,7 +219,7 @@ export class Inside {
       }
     }
     if (out.full) this.flush();
-    const off = writeSleevePrefix(
+    let off = writeSleevePrefix(
       buf,
       frame,
       frameLen,
@@ -211,9 +230,11 @@ export class Inside {
       hop.nameHi,
       hop.nameLo,
     );
-    // Only small datagrams may be grown by bundling; the room ends at the end of the packet's slot.
-    const end = frameLen <= BUNDLE_FRAME_MAX_BYTES ? base - HEADROOM_BYTES + SLOT_BYTES : 0;
-    out.push(off, ipLen + SLEEVE_SEG_PREFIX, hop.addr, hop.sleevePort, 0, hop, end);
+    if (extra !== 0) off = makeCounterRoom(buf, off);
+    // Only small datagrams may be grown by bundling; the room ends at the end of the packet's slot
+    // (less the tag sealing appends).
+    const end = frameLen <= BUNDLE_FRAME_MAX_BYTES ? base - HEADROOM_BYTES + SLOT_BYTES - tail : 0;
+    out.push(off, ipLen + SLEEVE_SEG_PREFIX + extra, hop.addr, hop.sleevePort, 0, hop, end);
   }
 
   private toVxlan(base: number, ip: number, ipLen: number, gso: number, hop: Hop): void {
@@ -256,6 +277,7 @@ export class Inside {
     hop: Hop,
     prefix: number,
     fullCsum: boolean,
+    tail = 0,
   ): void {
     const buf = this.buf;
     const c = this.fwd.counters;
@@ -279,7 +301,7 @@ export class Inside {
       c.drop(Drop.Malformed);
       return;
     }
-    const d = prefix + hdr + mss;
+    const d = prefix + hdr + mss + tail;
     const count = Math.ceil((ipLen - hdr) / mss);
     if (count > SEGMENTS_MAX) {
       c.drop(Drop.Malformed);
@@ -302,7 +324,7 @@ export class Inside {
    * tooBig handles a packet larger than the path allows (`innerMax` bytes): DF set → ICMP
    * "fragmentation needed" and a PathMtu drop; DF clear → IP fragments that fit, as a train.
    */
-  private tooBig(base: number, ip: number, ipLen: number, innerMax: number, hop: Hop, prefix: number): void {
+  private tooBig(base: number, ip: number, ipLen: number, innerMax: number, hop: Hop, prefix: number, tail = 0): void {
     const fwd = this.fwd;
     const buf = this.buf;
     const c = fwd.counters;
@@ -314,7 +336,7 @@ export class Inside {
     if (fwd.vnet !== 0 && (vnetFlags(buf, base) & VNET_F_NEEDS_CSUM) !== 0) {
       completeChecksum(buf, ip, ipLen, vnetCsumStart(buf, base), vnetCsumOffset(buf, base));
     }
-    const d = prefix + innerMax;
+    const d = prefix + innerMax + tail;
     const count = Math.ceil(ipLen / Math.max(8, innerMax - 60));
     const first = this.reserve(Math.min(SEGMENTS_MAX, count + 1) * d + prefix);
     const n = fragmentIpv4(buf, ip, ipLen, innerMax, buf, first + prefix, d, SEGMENTS_MAX, this.segLens);
@@ -346,11 +368,14 @@ export class Inside {
    * them, its length in segLens[k]) and queues them: one GSO train per UDP_GSO_SEGMENTS_MAX
    * packets when the socket has GSO, else one datagram each. `partialCsumStart` ≥ 0 marks sleeve
    * segments whose TCP checksum is partial (virtio-net NEEDS_CSUM at partialCsumStart + 16).
+   * Sealed sleeve packets (hop.crypto) have SEAL_COUNTER_BYTES more in `prefix` (the counter after
+   * the header) and SEAL_TAG_BYTES of room in `d` after each packet.
    */
   private train(first: number, n: number, d: number, prefix: number, hop: Hop, partialCsumStart: number): void {
     const fwd = this.fwd;
     const buf = this.buf;
     const vxlan = prefix === VXLAN_PREFIX_LEN;
+    const sealed = !vxlan && hop.crypto !== undefined;
     let bytes = 0;
     for (let k = 0; k < n; k++) {
       const pkt = first + k * d + prefix;
@@ -365,7 +390,7 @@ export class Inside {
           buf.writeUInt16LE(partialCsumStart, vh + 6);
           buf.writeUInt16LE(16, vh + 8);
         }
-        writeSleevePrefix(
+        const h = writeSleevePrefix(
           buf,
           vh,
           len + VNET_HDR_LEN,
@@ -376,6 +401,7 @@ export class Inside {
           hop.nameHi,
           hop.nameLo,
         );
+        if (sealed) makeCounterRoom(buf, h);
       }
       bytes += len;
     }
@@ -416,4 +442,14 @@ export class Inside {
     if (fwd.tun.writeBatch(b, this.icmpOff, this.icmpLen, 1) === 1) fwd.counters.icmpFragNeeded++;
     else fwd.counters.drop(Drop.TunWrite);
   }
+}
+
+/**
+ * makeCounterRoom moves the sleeve header at `off` SEAL_COUNTER_BYTES back, so the counter of a
+ * sealed datagram fits between it and the frames (which stay where they are); returns the
+ * datagram's new start. The headroom before every packet has the room.
+ */
+export function makeCounterRoom(buf: Buffer, off: number): number {
+  buf.copyWithin(off - SEAL_COUNTER_BYTES, off, off + SLEEVE_HEADER_LEN);
+  return off - SEAL_COUNTER_BYTES;
 }

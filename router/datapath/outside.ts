@@ -4,8 +4,10 @@
  *
  *   recvBatch ──► datagram i at buf[i*SLOT] (a UDP GRO train: several datagrams back to back,
  *        │        each gso[i] bytes but the last, split here)
- *        │ sleeve: check the header; heartbeats to Heartbeats; for another peer → relayed
- *        │         (unchanged but for the ttl); for us → each frame noted in place
+ *        │ sleeve: check the header; for another peer → relayed (unchanged but for the ttl,
+ *        │         sealed or not); from a peer with data keys → opened in place (each datagram
+ *        │         of a GRO train on its own; tampered/cleartext: Auth drop, replayed: Replay
+ *        │         drop); heartbeats to Heartbeats; for us → each frame noted in place
  *        │ VXLAN:  check VNI and MAC; IPv4 noted in place (the Ethernet header's tail becomes the
  *        │         virtio-net header); ARP answered; endpoints learned
  *        ▼
@@ -20,7 +22,7 @@
  */
 
 import type { PacketConn } from '../conn/packet-conn.js';
-import { BATCH_MAX, ETH_HEADER_LEN, SLOT_BYTES, VXLAN_HEADER_LEN } from '../constants.js';
+import { BATCH_MAX, ETH_HEADER_LEN, SLEEVE_HEADER_LEN, SLOT_BYTES, VXLAN_HEADER_LEN } from '../constants.js';
 import {
   ARP_FRAME_LEN,
   ARP_OP_REPLY,
@@ -75,6 +77,7 @@ import {
 } from './gso.js';
 import { ETHERTYPE_WEFT_HEARTBEAT } from './heartbeats.js';
 import { ROUNDS_PER_WAKEUP } from './inside.js';
+import { type PeerCrypto, SEAL_COUNTER_BYTES, SEAL_TAG_BYTES } from './peer-crypto.js';
 import { SendBatch } from './send-batch.js';
 import { GRO_BUFFER_BYTES, TunQueue } from './tun-queue.js';
 
@@ -82,6 +85,8 @@ const tcpToPartial = tryLoadNative()?.tcpToPartial;
 
 /** TUN_WRITE_MAX is how many packets one TUN writeBatch carries at most (GRO trains and bundles hold many). */
 const TUN_WRITE_MAX = 4096;
+/** TRAIN_OPEN_MAX bounds the segments of one GRO train opened in one call (the rest one by one). */
+const TRAIN_OPEN_MAX = 256;
 /** RELAY_MAX is how many datagrams one wake-up relays before sending them early. */
 const RELAY_MAX = 4096;
 
@@ -94,6 +99,15 @@ export class Outside {
   private readonly gso = new Uint16Array(BATCH_MAX);
   readonly tunOut: TunQueue;
   private readonly relayOut = new SendBatch(RELAY_MAX);
+  // One sealed datagram is opened at a time from these.
+  private readonly openOff = new Int32Array(1);
+  private readonly openLen = new Int32Array(1);
+  private readonly openRes = new Uint8Array(1);
+  // A GRO train's sealed segments are opened together from these; trainOpened of them were.
+  private readonly trainOff = new Int32Array(TRAIN_OPEN_MAX);
+  private readonly trainLen = new Int32Array(TRAIN_OPEN_MAX);
+  private readonly trainRes = new Uint8Array(TRAIN_OPEN_MAX);
+  private trainOpened = 0;
 
   // ARP replies are built here, one at a time.
   private readonly arpBuf = Buffer.alloc(ARP_FRAME_LEN);
@@ -159,16 +173,88 @@ export class Outside {
         const off = i * SLOT_BYTES;
         const g = this.gso[i] as number;
         const step = g > 0 && g < len ? g : Math.max(len, 1);
-        for (let at = 0; at === 0 || at < len; at += step) {
+        // A sealed GRO train's leading run from one peer is opened in one call (openTrain).
+        const hop = !vxlan && step < len ? this.openTrain(off, len, step, i) : undefined;
+        let k = 0;
+        for (let at = 0; at === 0 || at < len; at += step, k++) {
           const dl = Math.min(step, len - at);
           if (vxlan) this.vxlanDatagram(off + at, dl, i, now);
-          else this.sleeveDatagram(off + at, dl, i);
+          else if (k >= this.trainOpened) this.sleeveDatagram(off + at, dl, i);
+          else if (this.trainRes[k] === 1)
+            this.sleeveFrames(off + at + SEAL_COUNTER_BYTES, dl - SEAL_COUNTER_BYTES - SEAL_TAG_BYTES, hop!);
         }
+        this.trainOpened = 0;
       }
       this.tunOut.write(fwd.tun, fwd.counters);
       if (!vxlan) this.relayOut.flush(fwd.sleeve, this.buf, fwd.counters);
       if (n < BATCH_MAX) return;
     }
+  }
+
+  /**
+   * open authenticates and decrypts the sealed sleeve datagram of `len` bytes at `off` from a peer
+   * with data keys, in place, and moves its header next to the frames (over the counter), so the
+   * cleartext datagram is at the returned offset, SEAL_COUNTER_BYTES + SEAL_TAG_BYTES shorter.
+   * Returns -1 after a counted drop: Replay when authentic but seen before or too old, else Auth
+   * (tampered, forged, wrong key, cleartext, or the peer's keys were closed).
+   */
+  private open(crypto: PeerCrypto, off: number, len: number): number {
+    const c = this.fwd.counters;
+    const rx = crypto.receiver;
+    if (rx === undefined) {
+      c.drop(Drop.Auth);
+      return -1;
+    }
+    this.openOff[0] = off;
+    this.openLen[0] = len;
+    const replays = rx.replayDrops;
+    if (rx.openBatch(this.buf, this.openOff, this.openLen, 1, this.openRes) !== 1) {
+      c.drop(rx.replayDrops !== replays ? Drop.Replay : Drop.Auth);
+      return -1;
+    }
+    // The header moves forward over the counter (makeCounterRoom in reverse).
+    this.buf.copyWithin(off + SEAL_COUNTER_BYTES, off, off + SLEEVE_HEADER_LEN);
+    return off + SEAL_COUNTER_BYTES;
+  }
+
+  /**
+   * openTrain opens, in one openBatch, the leading segments (`step` bytes each, the last may be
+   * shorter) of the GRO train of `len` bytes at `off` (received as datagram i) that are sealed DATA
+   * for us from the same directly connected peer with data keys, and counts those that fail
+   * (Auth, Replay). Opened segments are moved to their cleartext form as `open` does. Sets
+   * trainOpened/trainRes and returns the peer's hop; 0 segments (undefined) when the first one is
+   * not such a datagram: then every segment takes the one-by-one path.
+   */
+  private openTrain(off: number, len: number, step: number, i: number): Hop | undefined {
+    const fwd = this.fwd;
+    const buf = this.buf;
+    if (checkSleeveHeader(buf, off, step) !== SleeveCheck.Ok || sleeveType(buf, off) !== SleeveType.Data) return;
+    if (sleeveDstLo(buf, off) !== fwd.nameLo || sleeveDstHi(buf, off) !== fwd.nameHi) return;
+    const fib = fwd.fib;
+    if (fib.sender(this.addrs[i] as number, this.ports[i] as number) === undefined) return;
+    const hop = fib.peer(sleeveSrcHi(buf, off), sleeveSrcLo(buf, off));
+    const rx = hop?.crypto?.receiver;
+    if (hop === undefined || rx === undefined) return;
+    // The run: segments whose header (but for the ttl) is the first one's.
+    let m = 0;
+    for (let at = 0; at < len && m < TRAIN_OPEN_MAX; at += step, m++) {
+      const o = off + at;
+      if (at > 0 && !sameHeader(buf, off, o)) break;
+      this.trainOff[m] = o;
+      this.trainLen[m] = Math.min(step, len - at);
+    }
+    const auths = rx.authDrops;
+    const replays = rx.replayDrops;
+    rx.openBatch(buf, this.trainOff, this.trainLen, m, this.trainRes);
+    const c = fwd.counters;
+    if (rx.authDrops !== auths) c.drop(Drop.Auth, rx.authDrops - auths);
+    if (rx.replayDrops !== replays) c.drop(Drop.Replay, rx.replayDrops - replays);
+    for (let k = 0; k < m; k++) {
+      const o = this.trainOff[k] as number;
+      if (this.trainRes[k] === 1) buf.copyWithin(o + SEAL_COUNTER_BYTES, o, o + SLEEVE_HEADER_LEN);
+    }
+    this.trainOpened = m;
+    return hop;
   }
 
   /** sleeveDatagram handles one sleeve datagram of `len` bytes at `off`, received as datagram i. */
@@ -197,7 +283,24 @@ export class Outside {
         c.drop(Drop.Spoofed);
         return;
       }
-      fwd.heartbeats.control(type, buf, off, len, this.addrs[i] as number, this.ports[i] as number, Encap.Sleeve);
+      const crypto = sender.crypto;
+      let at = off;
+      if (crypto !== undefined) {
+        at = this.open(crypto, off, len);
+        if (at < 0) return;
+      }
+      const clear = crypto === undefined ? len : len - SEAL_COUNTER_BYTES - SEAL_TAG_BYTES;
+      fwd.heartbeats.control(
+        type,
+        buf,
+        at,
+        clear,
+        this.addrs[i] as number,
+        this.ports[i] as number,
+        Encap.Sleeve,
+        crypto,
+        len,
+      );
       return;
     }
     if (sleeveDstLo(buf, off) !== fwd.nameLo || sleeveDstHi(buf, off) !== fwd.nameHi) {
@@ -210,6 +313,19 @@ export class Outside {
       c.drop(Drop.UnknownPeer);
       return;
     }
+    if (hop.crypto !== undefined) {
+      const at = this.open(hop.crypto, off, len);
+      if (at < 0) return;
+      this.sleeveFrames(at, len - SEAL_COUNTER_BYTES - SEAL_TAG_BYTES, hop);
+      return;
+    }
+    this.sleeveFrames(off, len, hop);
+  }
+
+  /** sleeveFrames handles the frames of a cleartext (or opened) DATA datagram of `len` bytes at `off` from `hop`. */
+  private sleeveFrames(off: number, len: number, hop: Hop): void {
+    const buf = this.buf;
+    const c = this.fwd.counters;
     const end = off + len;
     let fo = off + SLEEVE_PREFIX_LEN - 2;
     if (fo >= end) {
@@ -394,6 +510,12 @@ export class Outside {
     this.relayOut.push(off, len, next.addr, next.sleevePort, 0, undefined, 0);
     c.relayed++;
   }
+}
+
+/** sameHeader says whether the sleeve headers at `a` and `b` are equal but for the ttl (byte 3). */
+function sameHeader(buf: Buffer, a: number, b: number): boolean {
+  for (let j = 0; j < SLEEVE_HEADER_LEN; j++) if (j !== 3 && buf[a + j] !== buf[b + j]) return false;
+  return true;
 }
 
 function sleeveDrop(chk: SleeveCheck): Drop {

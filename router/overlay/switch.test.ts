@@ -1,11 +1,13 @@
+import { randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { VirtualClock } from '../../common/clock.js';
 import { noopLogger } from '../../common/log.js';
 import type { PeerName } from '../../common/types.js';
-import type { Connection } from '../connection.js';
+import type { Connection, DataKeys } from '../connection.js';
 import { DATA_HEARTBEAT_INTERVAL_MS } from '../constants.js';
 import { Encap, type Hop, peerNameHi, peerNameLo } from '../datapath/fib.js';
 import type { ControlDatagram, Forwarder } from '../datapath/forwarder.js';
+import { tryLoadNative } from '../tun/native.js';
 import { SleeveType } from './frame.js';
 import { healthyIntervalMs, ipToU32, linkState, OverlaySwitch } from './switch.js';
 
@@ -201,5 +203,59 @@ describe('OverlaySwitch', () => {
     expect(ipToU32('10.32.0.1')).toBe(0x0a200001);
     expect(ipToU32('::ffff:127.0.0.1')).toBe(0x7f000001);
     expect(() => ipToU32('fe80::1')).toThrow(/not an IPv4/);
+  });
+});
+
+describe('OverlaySwitch data keys (a password is set)', () => {
+  const native = tryLoadNative();
+  const keys = (): DataKeys => ({ suite: 'aes-256-gcm', send: randomBytes(32), recv: randomBytes(32) });
+  const encryptedConn = (): Connection => {
+    const c = fakeConn('vxlan') as unknown as { dataKeys: DataKeys };
+    c.dataKeys = keys();
+    return c as unknown as Connection;
+  };
+  function make(withNative: boolean) {
+    return new OverlaySwitch({
+      clock: new VirtualClock(0),
+      log: noopLogger,
+      encap: 'vxlan',
+      forwarder: () => undefined,
+      routeMtu: () => 1500,
+      kernelPathMtu: () => 0,
+      onChange: () => {},
+      native: withNative ? native : undefined,
+    });
+  }
+
+  it.skipIf(native === undefined)(
+    'puts keys on an encrypted peer, uses sleeve only, installs on reconnect, closes when it goes',
+    () => {
+      const sw = make(true);
+      const c1 = encryptedConn();
+      const st1 = sw.add(c1);
+      expect(st1.vxlanHop).toBeUndefined(); // VXLAN cannot be sealed
+      const pc = st1.sleeveHop.crypto;
+      expect(pc?.open).toBe(true);
+      expect(sw.crypto(PEER)).toBe(pc);
+      // A reconnect while the old connection is up: the same keys object, new secrets.
+      const c2 = encryptedConn();
+      const st2 = sw.add(c2);
+      expect(st2.sleeveHop.crypto).toBe(pc);
+      expect(pc?.receiver?.rekeys).toBe(1);
+      expect(sw.remove(c1)).toBe(false);
+      expect(pc?.open).toBe(true);
+      expect(sw.remove(c2)).toBe(true);
+      expect(pc?.open).toBe(false); // the hops keep it, closed: nothing falls back to cleartext
+      expect(st2.sleeveHop.crypto).toBe(pc);
+      sw.stop();
+    },
+  );
+
+  it('leaves a cleartext connection without keys (VXLAN allowed)', () => {
+    const sw = make(true);
+    const st = sw.add(fakeConn('vxlan'));
+    expect(st.sleeveHop.crypto).toBeUndefined();
+    expect(st.vxlanHop).toBeDefined();
+    sw.stop();
   });
 });

@@ -8,6 +8,11 @@
  * with a tick to spare: an idle router's cost is mostly these). PMTU probes ride the ticks;
  * heartbeats and acks come back through `onDataControl`. `onChange` tells the owner a link's
  * state or overlay changed.
+ *
+ * With a password every connection is encrypted and the switch keeps each peer's PeerCrypto (the
+ * data keys of its connection, datapath/peer-crypto.ts) on its hops: made when the first
+ * connection is established, `install`ed from a reconnect, closed when the peer goes. Such a peer
+ * uses sleeve only (VXLAN cannot be sealed).
  */
 import type { Clock, Timer } from '../../common/clock.js';
 import { InputError } from '../../common/errors.js';
@@ -18,7 +23,9 @@ import { DATA_HEARTBEAT_INTERVAL_MS, PEER_DOWN_TIMEOUT_MS } from '../constants.j
 import { Encap, encapName, Hop, peerKey, peerNameHi, peerNameLo } from '../datapath/fib.js';
 import type { ControlDatagram, Forwarder } from '../datapath/forwarder.js';
 import { type DataState, PathLiveness } from '../datapath/liveness.js';
+import { PeerCrypto } from '../datapath/peer-crypto.js';
 import type { ConnectionSummary } from '../topology.js';
+import type { NativeAddon } from '../tun/native.js';
 import { SleeveType } from './frame.js';
 import { PathMtu } from './pmtu.js';
 
@@ -78,6 +85,8 @@ export interface OverlaySwitchOptions {
   readonly onPmtu?: (via: Hop, pmtu: number) => void;
   /** onChange fires when a link's state or overlay changed. */
   readonly onChange: () => void;
+  /** native seals and opens data of encrypted connections (without it their data stays cleartext, logged). */
+  readonly native?: NativeAddon | undefined;
 }
 
 /** OverlaySwitch: see the module comment. */
@@ -87,6 +96,8 @@ export class OverlaySwitch {
   private readonly log: Logger;
   private readonly links = new Map<PeerName, PeerLink>();
   private readonly byKey = new Map<number, PeerLink>();
+  /** cryptos: the data keys of each peer whose connection is encrypted. */
+  private readonly cryptos = new Map<PeerName, PeerCrypto>();
   private timer: Timer | undefined;
   private readonly timeoutMs: number;
   private readonly healthyMs: number;
@@ -112,6 +123,13 @@ export class OverlaySwitch {
     this.timer = undefined;
     this.links.clear();
     this.byKey.clear();
+    for (const pc of this.cryptos.values()) pc.close();
+    this.cryptos.clear();
+  }
+
+  /** crypto is the data encryption towards a connected peer, or undefined (cleartext). */
+  crypto(peer: PeerName): PeerCrypto | undefined {
+    return this.cryptos.get(peer);
   }
 
   get size(): number {
@@ -149,7 +167,8 @@ export class OverlaySwitch {
   /** add makes the hops towards a newly connected peer and sends its first heartbeats. */
   add(conn: Connection): PeerLink {
     const r = conn.remote;
-    const vx = this.opts.encap === 'vxlan' && r.encap === 'vxlan';
+    const crypto = this.cryptoFor(conn);
+    const vx = this.opts.encap === 'vxlan' && r.encap === 'vxlan' && crypto === undefined;
     const hi = peerNameHi(r.name);
     const lo = peerNameLo(r.name);
     const addr = ipToU32(r.addr);
@@ -158,6 +177,8 @@ export class OverlaySwitch {
     const vxlanHop = vx
       ? new Hop(r.name, hi, lo, hi, lo, addr, r.vxlanPort, Encap.Vxlan, r.sleevePort, pmtu.pmtu)
       : undefined;
+    sleeveHop.crypto = crypto;
+    if (vxlanHop !== undefined) vxlanHop.crypto = crypto;
     const now = this.clock.now();
     const st: PeerLink = {
       conn,
@@ -182,7 +203,35 @@ export class OverlaySwitch {
     if (st === undefined || st.conn !== conn) return false;
     this.links.delete(name);
     this.byKey.delete(peerKey(st.hop.nameHi, st.hop.nameLo));
+    // The hops keep the closed PeerCrypto: what is still sent to them is dropped, not sent in the clear.
+    this.cryptos.get(name)?.close();
+    this.cryptos.delete(name);
     return true;
+  }
+
+  /**
+   * cryptoFor gives an encrypted connection's peer its data keys: a new PeerCrypto, or the
+   * peer's current one with the new connection's secrets installed (a reconnect while the old
+   * connection is still up). Undefined for a cleartext connection.
+   */
+  private cryptoFor(conn: Connection): PeerCrypto | undefined {
+    const keys = conn.dataKeys;
+    if (keys === undefined) return undefined;
+    const native = this.opts.native;
+    const name = conn.remote.name;
+    if (native === undefined) {
+      this.log.warn('data not encrypted: native addon missing', { peer: name });
+      return undefined;
+    }
+    const old = this.cryptos.get(name);
+    if (old !== undefined && old.cipher === keys.suite) {
+      old.install(keys);
+      return old;
+    }
+    old?.close();
+    const pc = new PeerCrypto(native, keys);
+    this.cryptos.set(name, pc);
+    return pc;
   }
 
   /** heartbeat sends data-path heartbeats to every peer and re-evaluates their data paths. */

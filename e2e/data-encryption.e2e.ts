@@ -1,0 +1,236 @@
+import type { ChildProcess } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { type Host, Lab, type Netns, requireRoot, waitUntil } from '../lab/netns.js';
+import { expose, launch, removeStateDirs, stateDir, status, waitPeers, weft } from './weft.js';
+
+const reason = requireRoot();
+
+/** MARKER is sent in UDP payloads container to container; with a password it must never cross the underlay readable. */
+const MARKER = 'weft-e2e-marker-7f3a9c';
+
+/**
+ * CAPTURE reads every frame on an interface (AF_PACKET, as tcpdump would) until SIGTERM, then
+ * prints one JSON line: frames seen, UDP datagrams to the sleeve port, frames containing the marker.
+ */
+const CAPTURE = `
+import json, signal, socket, sys
+dev, marker = sys.argv[1], sys.argv[2].encode()
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.ntohs(3))
+s.bind((dev, 0))
+s.settimeout(0.2)
+stop = [False]
+signal.signal(signal.SIGTERM, lambda *a: stop.__setitem__(0, True))
+n = sleeve = hits = 0
+print('ready', flush=True)
+while not stop[0]:
+    try:
+        p = s.recv(262144)
+    except (socket.timeout, InterruptedError):
+        continue
+    n += 1
+    if len(p) >= 42 and p[12:14] == b'\\x08\\x00' and p[23] == 17:
+        ihl = (p[14] & 15) * 4
+        if int.from_bytes(p[14 + ihl + 2:14 + ihl + 4], 'big') == 6783:
+            sleeve += 1
+    if marker in p:
+        hits += 1
+print(json.dumps({'frames': n, 'sleeve': sleeve, 'hits': hits}), flush=True)
+`;
+
+/** RECEIVE waits (up to 10 s) for a UDP datagram on port 9999 holding the marker and prints "got". */
+const RECEIVE = `
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(('0.0.0.0', 9999))
+s.settimeout(10)
+print('ready', flush=True)
+while True:
+    d, _ = s.recvfrom(65535)
+    if sys.argv[1].encode() in d:
+        print('got', flush=True)
+        break
+`;
+
+/** SEND sends 50 UDP datagrams of the marker repeated to argv[1]:9999. */
+const SEND = `
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for _ in range(50):
+    s.sendto(sys.argv[2].encode() * 20, (sys.argv[1], 9999))
+    time.sleep(0.01)
+`;
+
+interface Capture {
+  frames: number;
+  sleeve: number;
+  hits: number;
+}
+
+/** lineFrom resolves with the first stdout line of `child` that matches `re`. */
+function lineFrom(child: ChildProcess, re: RegExp, timeoutMs = 15_000): Promise<string> {
+  return new Promise((resolve, reject) => {
+    let text = '';
+    const timer = setTimeout(() => reject(new Error(`no line matching ${re} (output: ${text})`)), timeoutMs);
+    child.stdout?.on('data', (b: Buffer) => {
+      text += b.toString('utf8');
+      const line = text.split('\n').find((l) => re.test(l));
+      if (line !== undefined) {
+        clearTimeout(timer);
+        resolve(line);
+      }
+    });
+  });
+}
+
+/** startCapture starts CAPTURE on the host's underlay device; `stop` ends it and returns its counts. */
+async function startCapture(h: Host): Promise<{ stop: () => Promise<Capture> }> {
+  const child = h.spawn('python3', ['-c', CAPTURE, h.underlayDev, MARKER]);
+  await lineFrom(child, /^ready$/);
+  return {
+    stop: async () => {
+      const done = lineFrom(child, /^\{/);
+      child.kill('SIGTERM');
+      return JSON.parse(await done) as Capture;
+    },
+  };
+}
+
+/** markerThrough sends the marker from c2 to c1 (address a1) over the overlay and says whether it arrived. */
+async function markerThrough(c1: Netns, c2: Netns, a1: string): Promise<boolean> {
+  const rx = c1.spawn('python3', ['-c', RECEIVE, MARKER]);
+  await lineFrom(rx, /^ready$/);
+  const got = lineFrom(rx, /^got$/, 12_000).then(
+    () => true,
+    () => false,
+  );
+  await c2.exec('python3', ['-c', SEND, a1, MARKER]);
+  return got;
+}
+
+interface DataLab {
+  topo: Lab;
+  h1: Host;
+  h2: Host;
+  c1: Netns;
+  c2: Netns;
+  a1: string;
+}
+
+async function lab(password: string | undefined): Promise<DataLab> {
+  const topo = await Lab.create({ hosts: 2 });
+  try {
+    const [h1, h2] = topo.hosts as [Host, Host];
+    const flags = (h: Host): string[] => {
+      if (password === undefined) return ['--no-dns'];
+      const f = `${stateDir(h)}/password`;
+      writeFileSync(f, `${password}\n`, { mode: 0o600 });
+      return ['--no-dns', '--password-file', f];
+    };
+    const c1 = await topo.addNamespace('ca');
+    const c2 = await topo.addNamespace('cb');
+    await launch(h1, [], flags(h1));
+    await launch(h2, [h1.underlayIp], flags(h2));
+    await waitPeers(h1, 1);
+    await waitPeers(h2, 1);
+    const a1 = (await weft(h1, ['attach', c1.name])).stdout.trim();
+    await weft(h2, ['attach', c2.name]);
+    return { topo, h1, h2, c1, c2, a1 };
+  } catch (err) {
+    await topo.destroy();
+    removeStateDirs(topo);
+    throw err;
+  }
+}
+
+describe.skipIf(reason)('container data is sealed on the underlay with a password', () => {
+  let l: DataLab;
+
+  beforeAll(async () => {
+    l = await lab('correct horse');
+  });
+
+  afterAll(async () => {
+    await l?.topo.destroy();
+    if (l) removeStateDirs(l.topo);
+  });
+
+  it('says the data path to the peer is encrypted (sleeve)', async () => {
+    const peers = (await status(l.h1)).peers as unknown as { encap: string; dataEncrypted?: boolean }[];
+    expect(peers).toEqual([expect.objectContaining({ encap: 'sleeve', dataEncrypted: true })]);
+    expect((await weft(l.h1, ['status', 'peers'])).stdout).toMatch(/sleeve encrypted/);
+  });
+
+  it('carries a DF ping that fills the overlay MTU: the sealed datagram fits the underlay', async () => {
+    const mtu = (await status(l.h1)).mtu;
+    expect(mtu).toBe(l.topo.underlayMtu - 80);
+    const r = await l.c2.ping(l.a1, { count: 2, intervalS: 0.1, size: mtu - 28, dontFragment: true });
+    expect(r.received).toBe(2);
+  });
+
+  it('carries ping, TCP (iperf3) and UDP through, and the marker never appears on the underlay', async () => {
+    const cap = await startCapture(l.h1);
+    let counts: Capture | undefined;
+    try {
+      expect((await l.c2.ping(l.a1, { count: 3, intervalS: 0.1 })).received).toBe(3);
+      const server = await l.c1.iperf3Server(5201);
+      try {
+        const r = await l.c2.iperf3Client(l.a1, { seconds: 2 });
+        expect(r.bitsPerSecond).toBeGreaterThan(1_000_000);
+      } finally {
+        await server.stop();
+      }
+      expect(await markerThrough(l.c1, l.c2, l.a1)).toBe(true);
+    } finally {
+      counts = await cap.stop();
+    }
+    expect(counts.sleeve).toBeGreaterThan(100);
+    expect(counts.hits).toBe(0);
+    const metrics = await l.h1.exec(process.execPath, [
+      '-e',
+      'fetch("http://127.0.0.1:6784/metrics").then((r) => r.text()).then((t) => process.stdout.write(t))',
+    ]);
+    expect(metrics.stdout).toMatch(/weft_drops_total\{reason="auth"\} 0/);
+  });
+
+  it('keeps the data path sealed across a restart of the peer (new connection, new keys)', async () => {
+    await weft(l.h2, ['stop']);
+    await launch(l.h2, [l.h1.underlayIp], ['--no-dns', '--password-file', `${stateDir(l.h2)}/password`]);
+    await waitPeers(l.h1, 1);
+    await waitPeers(l.h2, 1);
+    await expose(l.h2);
+    await waitUntil(async () => (await l.h2.ping(l.a1, { count: 1 })).received === 1, {
+      timeoutMs: 15_000,
+      what: 'a ping from the restarted host to the container',
+    });
+    const peers = (await status(l.h1)).peers as unknown as { dataEncrypted?: boolean }[];
+    expect(peers[0]?.dataEncrypted).toBe(true);
+  });
+});
+
+describe.skipIf(reason)('without a password the same capture sees the marker (the check above can fail)', () => {
+  let l: DataLab;
+
+  beforeAll(async () => {
+    l = await lab(undefined);
+  });
+
+  afterAll(async () => {
+    await l?.topo.destroy();
+    if (l) removeStateDirs(l.topo);
+  });
+
+  it('finds the marker on the underlay', async () => {
+    const cap = await startCapture(l.h1);
+    let delivered = false;
+    try {
+      delivered = await markerThrough(l.c1, l.c2, l.a1);
+    } finally {
+      const counts = await cap.stop();
+      expect(counts.hits).toBeGreaterThan(0);
+    }
+    expect(delivered).toBe(true);
+    const peers = (await status(l.h1)).peers as unknown as { dataEncrypted?: boolean }[];
+    expect(peers[0]?.dataEncrypted).toBeUndefined();
+  });
+});
