@@ -90,7 +90,7 @@ export function formatPeers(s: RouterStatus): string {
   for (const p of s.peers) {
     const how =
       p.state === 'relayed'
-        ? `relayed via ${p.via}(${names.get(p.via ?? '') ?? '?'})`
+        ? `relayed via ${p.via}(${names.get(p.via ?? '') ?? '?'})${p.reason ? ` (${p.reason})` : ''}`
         : p.state === 'unreachable'
           ? 'unreachable'
           : `${p.addr}  ${p.encap}${p.dataEncrypted === true ? ' encrypted' : ''}  ${p.state}${p.reason ? ` (${p.reason})` : ''}${p.rttMs === undefined ? '' : `  rtt=${p.rttMs.toFixed(2)}ms`}${pmtuText(p.pmtu)}`;

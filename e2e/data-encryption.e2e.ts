@@ -234,3 +234,73 @@ describe.skipIf(reason)('without a password the same capture sees the marker (th
     expect(peers[0]?.dataEncrypted).toBeUndefined();
   });
 });
+
+/**
+ * Three hosts with a password, h1 and h2 cut from each other on the underlay (nft in h1's
+ * namespace): once h1's own connection to h2 is gone, h2 is reached only through h3 and h1 holds
+ * no data keys with h2, so the traffic is dropped and counted rather than relayed in the clear.
+ */
+describe.skipIf(reason)('with a password, a peer reached only through a relay gets nothing in the clear', () => {
+  let topo: Lab;
+  let h1: Host;
+  let h2: Host;
+  let a2 = '';
+  let cap: { stop: () => Promise<Capture> } | undefined;
+
+  beforeAll(async () => {
+    topo = await Lab.create({ hosts: 3 });
+    const hs = topo.hosts as [Host, Host, Host];
+    [h1, h2] = hs;
+    for (const h of hs) writeFileSync(`${stateDir(h)}/password`, 'correct horse\n', { mode: 0o600 });
+    const flags = (h: Host): string[] => ['--no-dns', '--password-file', `${stateDir(h)}/password`];
+    await launch(h1, [], flags(h1));
+    await launch(h2, [h1.underlayIp], flags(h2));
+    await launch(hs[2], [h1.underlayIp, h2.underlayIp], flags(hs[2]));
+    for (const h of hs) await waitPeers(h, 2);
+    await expose(h1);
+    a2 = await expose(h2);
+  });
+
+  afterAll(async () => {
+    await cap?.stop().catch(() => undefined);
+    await topo?.destroy();
+    if (topo) removeStateDirs(topo);
+  });
+
+  it('drops h1 → h2 traffic (no_key) and says why in status peers, while h3 stays reachable and sealed', async () => {
+    const h3 = topo.hosts[2] as Host;
+    const a3 = await expose(h3);
+    await h1.exec('nft', ['-f', '-'], {
+      input: `table inet weftcut {
+  chain out { type filter hook output priority 0; ip daddr ${h2.underlayIp} drop; }
+  chain in { type filter hook input priority 0; ip saddr ${h2.underlayIp} drop; }
+}
+`,
+    });
+    // Relayed as soon as the data path fails; while the control connection to h2 lives its keys
+    // still seal end to end through h3. Once it is gone h1 holds no keys for h2 at all.
+    const name2 = (await status(h2)).name;
+    await waitUntil(
+      async () => {
+        const s = await status(h1);
+        return s.peers.some((p) => p.state === 'relayed') && !s.connections.some((c) => c.peer === name2);
+      },
+      { timeoutMs: 60_000, what: 'h1 to reach h2 only through h3, with no connection of its own' },
+    );
+    cap = await startCapture(h3);
+    const p = await h1.ping(a2, { count: 3, intervalS: 0.1, timeoutMs: 1_000 });
+    const counts = await cap.stop();
+    cap = undefined;
+    expect(p.received).toBe(0);
+    expect(counts.hits).toBe(0);
+    const text = (await weft(h1, ['status', 'peers'])).stdout;
+    expect(text).toMatch(/relayed via .*no data keys through a relay/);
+    const metrics = await h1.exec(process.execPath, [
+      '-e',
+      'fetch("http://127.0.0.1:6784/metrics").then((r) => r.text()).then((t) => process.stdout.write(t))',
+    ]);
+    expect(metrics.stdout).toMatch(/weft_drops_total\{reason="no_key"\} [1-9]/);
+    // The direct peer is unaffected: sealed and answering.
+    expect((await h1.ping(a3, { count: 2, intervalS: 0.1 })).received).toBe(2);
+  });
+});

@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import type { PeerName } from '../common/types.js';
 import { Encap, Hop, peerNameHi, peerNameLo } from './datapath/fib.js';
+import { PeerCrypto } from './datapath/peer-crypto.js';
 import { FibCompiler, type FibInput } from './fib-compiler.js';
 import { emptyRoutes, type Routes } from './routes.js';
 import type { PeerEntry } from './topology.js';
@@ -72,6 +73,23 @@ describe('FibCompiler', () => {
     expect(fib.lookup(0x0a400050)).toBeUndefined();
     expect(fib.isLocal(0x0a200001)).toBe(true);
     expect(fib.sender(0xc0a80002, 6783)).toBeDefined();
+  });
+
+  it('with a password gives a relay hop the data keys of our own connection to its peer, else NO_KEYS', () => {
+    const c = new FibCompiler();
+    expect(c.compile(input()).lookup(0x0a200003)?.crypto).toBeUndefined();
+    const toC = c.compile(input({ encrypted: true })).lookup(0x0a200003);
+    expect(toC?.crypto).toBe(PeerCrypto.NO_KEYS);
+    expect(toC?.crypto?.sender).toBeUndefined();
+    expect(toC?.crypto?.receiver).toBeUndefined();
+    const keys = PeerCrypto.NO_KEYS; // any PeerCrypto stands in for one the switch holds
+    const withKeys = Object.create(keys) as PeerCrypto;
+    const again = c.compile(input({ encrypted: true, dataKeys: (p) => (p === C ? withKeys : undefined) }));
+    expect(again.lookup(0x0a200003)?.crypto).toBe(withKeys);
+    // The direct hop is the switch's: the compiler leaves its keys alone.
+    expect(again.lookup(0x0a200002)?.crypto).toBeUndefined();
+    // Without a password again: cleartext relay hops.
+    expect(c.compile(input()).lookup(0x0a200003)?.crypto).toBeUndefined();
   });
 
   it('keeps a relay hop (and its counters) across compilations, and drops it when the route goes', () => {

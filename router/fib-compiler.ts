@@ -7,6 +7,7 @@
 import type { PeerName } from '../common/types.js';
 import { parseCidr } from '../common/types.js';
 import { Encap, Fib, type FibRange, type FibRoute, Hop, peerNameHi, peerNameLo } from './datapath/fib.js';
+import { PeerCrypto } from './datapath/peer-crypto.js';
 import type { Routes } from './routes.js';
 import type { PeerEntry } from './topology.js';
 
@@ -24,6 +25,15 @@ export interface FibInput {
   /** localAddrs are the addresses this host serves itself. */
   readonly localAddrs: readonly number[];
   readonly kernelVxlanPeers: readonly number[];
+  /**
+   * encrypted: a password is set. A relayed peer's datagrams are sealed end to end with the data
+   * keys of our own connection to it (`dataKeys`: one whose data path is not proven yet, so routes
+   * go round it); a peer reached only through a relay has none, so its relay hop carries
+   * PeerCrypto.NO_KEYS and its traffic is dropped both ways, never sent or taken in the clear
+   * (keys between peers without a connection are not built yet).
+   */
+  readonly encrypted?: boolean;
+  readonly dataKeys?: (peer: PeerName) => PeerCrypto | undefined;
 }
 
 /** FibCompiler: see the module comment. */
@@ -52,6 +62,7 @@ export class FibCompiler {
         if (via !== undefined) {
           const key = `${e.name}/${next}`;
           hop = this.relayHops.get(key) ?? relayHop(e.name, via);
+          hop.crypto = input.encrypted === true ? (input.dataKeys?.(e.name) ?? PeerCrypto.NO_KEYS) : undefined;
           relayHops.set(key, hop);
         }
       }

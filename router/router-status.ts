@@ -11,12 +11,16 @@ import type { DataPlane } from './data-plane.js';
 import type { Counters } from './datapath/counters.js';
 import { encapName, type Hop } from './datapath/fib.js';
 import type { DataState } from './datapath/liveness.js';
+import { PeerCrypto } from './datapath/peer-crypto.js';
 import type { FibCompiler } from './fib-compiler.js';
 import type { IpamService } from './ipam/service.js';
 import type { MeshCore } from './mesh.js';
 import { linkState, type OverlaySwitch } from './overlay/switch.js';
 import type { PeerStatus, RouterStatus } from './status.js';
 import { buildStatus } from './status.js';
+
+/** RELAYED_NO_KEYS_REASON: with a password, a relayed peer's traffic is dropped (no data keys with it). */
+export const RELAYED_NO_KEYS_REASON = 'no data keys through a relay: its traffic is dropped, not sent in the clear';
 
 /**
  * LEARNED_STATUS_SAMPLE bounds the learned VXLAN endpoints status lists (the count is always
@@ -131,7 +135,7 @@ function peerStatus(s: StatusSources): PeerStatus[] {
       rxBytes: sum('rxBytes'),
       state: relayed ? 'relayed' : directState(link, next === e.name),
       stateSince: link?.since ?? 0,
-      reason: link?.reason,
+      reason: relayed && hops[0]?.crypto === PeerCrypto.NO_KEYS ? RELAYED_NO_KEYS_REASON : link?.reason,
       rttMs: link?.rttMs,
       via: relayed ? next : undefined,
       pmtu: relayed ? links.get(next)?.pmtu.status() : st?.pmtu.status(),

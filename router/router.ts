@@ -303,6 +303,8 @@ export class Router implements Startable {
       spans: this.ipam.spans(),
       localAddrs: this.addrs.addrs(),
       kernelVxlanPeers: [...this.kernelVxlanPeers],
+      encrypted: this.opts.password !== undefined,
+      dataKeys: (p) => this.links.crypto(p),
     });
     const fwd = this.plane.forwarder;
     if (fwd !== undefined) fwd.fib = fib;

@@ -371,6 +371,20 @@ describe.skipIf(native === undefined)('Forwarder with data keys (sealed sleeve)'
     expect(send(p, vnet(udpPacket(300)))).toHaveLength(2);
   });
 
+  it('with NO_KEYS on the hop (a peer reached only through a relay) drops both ways instead of using the clear', () => {
+    const p = pair();
+    p.hopB.crypto = PeerCrypto.NO_KEYS;
+    expect(send(p, vnet(udpPacket(500)))).toHaveLength(0);
+    expect(p.atB).toHaveLength(0);
+    expect(p.a.counters.dropped(Drop.NoKey)).toBe(1);
+    // B holding NO_KEYS for A: a cleartext datagram from A is an auth drop, never delivered.
+    const q = pair({ encrypted: false });
+    q.hopA.crypto = PeerCrypto.NO_KEYS;
+    expect(send(q, vnet(udpPacket(500)))).toHaveLength(0);
+    expect(q.atB).toHaveLength(1);
+    expect(q.b.counters.dropped(Drop.Auth)).toBe(1);
+  });
+
   it('a relay forwards a sealed datagram it cannot read unchanged but for the ttl, and the peer opens it', () => {
     const p = pair();
     // A reaches B through R: A's hop for B points at R's address; R knows B directly, has no keys.

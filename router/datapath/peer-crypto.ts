@@ -24,13 +24,22 @@ export class PeerCrypto {
   readonly cipher: string;
 
   constructor(
-    private readonly native: NativeAddon,
-    keys: DataKeys,
+    private readonly native: NativeAddon | undefined,
+    keys: DataKeys | undefined,
   ) {
-    this.cipher = keys.suite;
+    this.cipher = keys?.suite ?? 'none';
+    if (native === undefined || keys === undefined) return; // NO_KEYS
     this.#sender = new DataSender(native, keys.suite, keys.send);
     this.#receiver = new DataReceiver(native, keys.suite, keys.recv);
   }
+
+  /**
+   * NO_KEYS stands for the keys we must have but do not: with a password, a peer reached only
+   * through a relay (no control connection of its own with us, so no data keys) gets it on its
+   * relay hop, and everything to it is dropped (Drop.NoKey) and everything from it too (Drop.Auth)
+   * instead of crossing the underlay in the clear. Never opened, never installed into.
+   */
+  static readonly NO_KEYS: PeerCrypto = new PeerCrypto(undefined, undefined);
 
   /** sender seals what we send; undefined after close. */
   get sender(): DataSender | undefined {
@@ -53,9 +62,11 @@ export class PeerCrypto {
    */
   install(keys: DataKeys): void {
     if (keys.suite !== this.cipher) throw new Error(`data cipher changed from ${this.cipher} to ${keys.suite}`);
+    const native = this.native;
+    if (native === undefined) throw new Error('NO_KEYS takes no keys');
     if (this.#sender === undefined || this.#receiver === undefined) {
-      this.#sender = new DataSender(this.native, keys.suite, keys.send);
-      this.#receiver = new DataReceiver(this.native, keys.suite, keys.recv);
+      this.#sender = new DataSender(native, keys.suite, keys.send);
+      this.#receiver = new DataReceiver(native, keys.suite, keys.recv);
       return;
     }
     this.#sender.install(keys.send);
