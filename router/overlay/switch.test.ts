@@ -7,6 +7,7 @@ import type { Connection, DataKeys } from '../connection.js';
 import { DATA_HEARTBEAT_INTERVAL_MS } from '../constants.js';
 import { Encap, type Hop, peerNameHi, peerNameLo } from '../datapath/fib.js';
 import type { ControlDatagram, Forwarder } from '../datapath/forwarder.js';
+import { PeerCrypto } from '../datapath/peer-crypto.js';
 import { tryLoadNative } from '../tun/native.js';
 import { SleeveType } from './frame.js';
 import { healthyIntervalMs, ipToU32, linkState, OverlaySwitch } from './switch.js';
@@ -250,6 +251,15 @@ describe('OverlaySwitch data keys (a password is set)', () => {
       sw.stop();
     },
   );
+
+  it("without the native addon drops an encrypted peer's data (NO_KEYS), never the clear", () => {
+    const sw = make(false);
+    const st = sw.add(encryptedConn());
+    expect(st.sleeveHop.crypto).toBe(PeerCrypto.NO_KEYS);
+    expect(st.sleeveHop.crypto?.sender).toBeUndefined();
+    expect(st.vxlanHop).toBeUndefined();
+    sw.stop();
+  });
 
   it('leaves a cleartext connection without keys (VXLAN allowed)', () => {
     const sw = make(true);

@@ -85,7 +85,7 @@ export interface OverlaySwitchOptions {
   readonly onPmtu?: (via: Hop, pmtu: number) => void;
   /** onChange fires when a link's state or overlay changed. */
   readonly onChange: () => void;
-  /** native seals and opens data of encrypted connections (without it their data stays cleartext, logged). */
+  /** native seals and opens data of encrypted connections (without it their data is dropped, logged). */
   readonly native?: NativeAddon | undefined;
 }
 
@@ -220,8 +220,11 @@ export class OverlaySwitch {
     const native = this.opts.native;
     const name = conn.remote.name;
     if (native === undefined) {
-      this.log.warn('data not encrypted: native addon missing', { peer: name });
-      return undefined;
+      // Never the clear with a password: without the addon's AEAD this peer's data is dropped.
+      this.log.warn('data to this peer dropped: a password is set but the native addon (AEAD) is missing', {
+        peer: name,
+      });
+      return PeerCrypto.NO_KEYS;
     }
     const old = this.cryptos.get(name);
     if (old !== undefined && old.cipher === keys.suite) {
