@@ -14,7 +14,7 @@ import {
   renderTable,
   type TunnelScenario,
 } from './tunnels.js';
-import { weftContainerScenario, weftScenario } from './weft-scenarios.js';
+import { weftContainerScenario, weftEncryptedScenario, weftScenario } from './weft-scenarios.js';
 
 /** OVERLAY_OVERHEAD_BYTES sets each table's overlay MTU: the underlay minus a VXLAN encapsulation. */
 export const OVERLAY_OVERHEAD_BYTES = 50;
@@ -23,12 +23,13 @@ export const DEFAULT_LOSS_PERMILLE: readonly number[] = [0, 2, 10];
 
 /**
  * tunnelScenarios are the rows of the two-host tables, in order: the baselines, then Weft
- * container to container (sleeve, VXLAN), then Weft host to host (lossless only).
+ * container to container (sleeve, sleeve with a password, VXLAN), then Weft host to host (lossless only).
  */
 export function tunnelScenarios(): TunnelScenario[] {
   return [
     ...baselineScenarios,
     weftContainerScenario('sleeve'),
+    weftEncryptedScenario(),
     weftContainerScenario('vxlan'),
     weftScenario('sleeve'),
     weftScenario('vxlan'),

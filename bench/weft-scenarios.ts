@@ -1,4 +1,6 @@
-import { rmSync } from 'node:fs';
+import { rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
 import { expose, launch, routerPids, stateDir, waitPeers, weft } from '../e2e/weft.js';
 import type { Host, Lab, Netns } from '../lab/netns.js';
 import type { TunnelScenario, TunnelSetup } from './tunnels.js';
@@ -17,17 +19,23 @@ export type WeftMode = 'container' | 'host';
  * an overlay address from IPAM and the measurement runs between the hosts themselves. Each
  * host's router processes are reported for CPU.
  */
-function weftRow(encap: 'sleeve' | 'vxlan', mode: WeftMode, extraFlags: string[]): TunnelScenario {
+function weftRow(encap: 'sleeve' | 'vxlan', mode: WeftMode, extraFlags: string[], password = false): TunnelScenario {
   const flagText = extraFlags.length > 0 ? ` ${extraFlags.join(' ')}` : '';
   return {
-    id: `weft-${encap}${mode === 'host' ? '-host' : ''}`,
-    name: `weft ${encap}${flagText}${mode === 'host' ? ', host to host' : ''}`,
+    id: `weft-${encap}${password ? '-encrypted' : ''}${mode === 'host' ? '-host' : ''}`,
+    name: `weft ${encap}${password ? ', password (sealed)' : ''}${flagText}${mode === 'host' ? ', host to host' : ''}`,
     lossy: mode === 'container',
     async setup(topo: Lab): Promise<TunnelSetup> {
       const [a, b] = topo.hosts as [Host | undefined, Host | undefined];
       if (a === undefined || b === undefined) throw new Error('weft scenario needs two hosts');
       // No --mtu: the router picks the overlay MTU from its underlay, as users run it.
       const flags = ['--encap', encap, ...extraFlags];
+      if (password) {
+        // Outside the state directories: a row's teardown removes them.
+        const file = path.join(tmpdir(), `weft-bench-password-${process.pid}`);
+        writeFileSync(file, 'bench password\n', { mode: 0o600 });
+        flags.push('--password-file', file);
+      }
       const containers: { host: Host; ns: Netns }[] = [];
       const teardown = async () => {
         for (const c of containers.splice(0)) {
@@ -90,4 +98,13 @@ export function weftScenario(encap: 'sleeve' | 'vxlan', extraFlags: string[] = [
  */
 export function weftContainerScenario(encap: 'sleeve' | 'vxlan', extraFlags: string[] = []): TunnelScenario {
   return weftRow(encap, 'container', extraFlags);
+}
+
+/**
+ * weftEncryptedScenario is the container row with a password: every sleeve datagram sealed
+ * (AES-256-GCM), to compare with the unencrypted row and with wireguard-go and nebula, which
+ * also encrypt.
+ */
+export function weftEncryptedScenario(): TunnelScenario {
+  return weftRow('sleeve', 'container', [], true);
 }
