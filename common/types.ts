@@ -152,3 +152,11 @@ export function cidrsOverlap(a: Cidr, b: Cidr): boolean {
   const m = prefixMask(p);
   return (a.addr & m) >>> 0 === (b.addr & m) >>> 0;
 }
+
+/**
+ * compareText orders strings by UTF-16 code unit, the same on every host and in every locale
+ * (`localeCompare` would load ICU's collation data, megabytes of resident memory, to sort names).
+ */
+export function compareText(a: string, b: string): number {
+  return a < b ? -1 : a > b ? 1 : 0;
+}

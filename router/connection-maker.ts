@@ -51,7 +51,7 @@ import { type Clock, realClock, type Timer } from '../common/clock.js';
 import { InputError, WeftError } from '../common/errors.js';
 import type { Startable } from '../common/lifecycle.js';
 import type { Logger } from '../common/log.js';
-import type { PeerName } from '../common/types.js';
+import { compareText, type PeerName } from '../common/types.js';
 import {
   HANDSHAKES_MAX,
   HANDSHAKES_PER_ADDR_MAX,
@@ -166,8 +166,16 @@ export interface ConnectionMakerOptions {
   /** connection passes timing/version overrides to every Connection (tests). */
   readonly connection?: Pick<
     ConnectionOptions,
-    'versionMin' | 'versionMax' | 'handshakeTimeoutMs' | 'heartbeatIntervalMs' | 'heartbeatTimeoutMs'
+    | 'versionMin'
+    | 'versionMax'
+    | 'handshakeTimeoutMs'
+    | 'heartbeatIntervalMs'
+    | 'heartbeatTimeoutMs'
+    | 'heartbeatRelaxedIntervalMs'
+    | 'heartbeatRelaxedTimeoutMs'
   >;
+  /** dataLiveness relaxes every connection's control heartbeats while the data path proves its peer alive. */
+  readonly dataLiveness?: ConnectionOptions['dataLiveness'];
 }
 
 interface Target {
@@ -406,8 +414,8 @@ export class ConnectionMaker extends EventEmitter<ConnectionMakerEvents> impleme
     return out.sort(
       (a, b) =>
         (a.state === b.state ? 0 : a.state === 'established' ? -1 : 1) ||
-        (a.peer ?? '~').localeCompare(b.peer ?? '~') ||
-        a.remoteAddr.localeCompare(b.remoteAddr),
+        compareText(a.peer ?? '~', b.peer ?? '~') ||
+        compareText(a.remoteAddr, b.remoteAddr),
     );
   }
 
@@ -544,6 +552,7 @@ export class ConnectionMaker extends EventEmitter<ConnectionMakerEvents> impleme
       log: this.log,
       now: this.now,
       clock: this.clock,
+      ...(this.opts.dataLiveness !== undefined && { dataLiveness: this.opts.dataLiveness }),
       ...(target !== undefined && { label: target.address }),
     });
     this.conns.add(conn);
