@@ -21,6 +21,8 @@ import {
   CONTROL_MESSAGE_MAX_BYTES,
   HANDSHAKE_TIMEOUT_MS,
   HEARTBEAT_INTERVAL_MS,
+  HEARTBEAT_RELAXED_INTERVAL_MS,
+  HEARTBEAT_RELAXED_TIMEOUT_MS,
   HEARTBEAT_TIMEOUT_MS,
 } from './constants.js';
 import { AEAD_CIPHERS, derivePasswordKey, KeyExchange } from './crypto/index.js';
@@ -662,6 +664,56 @@ describe('Connection timers', () => {
     expect((await closed).reason).toBe(CLOSE_HEARTBEAT_TIMEOUT);
     await until(() => heard > 0 && rawSide !== undefined);
     await a.done; // the raw side answered our FIN: no linger timer needed
+  });
+
+  it('relaxes control heartbeats while the data path proves the peer alive, and not after', async () => {
+    let heardBytes = 0;
+    const port = await listen((socket) => {
+      socket.write(helloFrom(NAME_B)); // then control silence: only the data path speaks
+      socket.on('data', (d: Buffer) => {
+        heardBytes += d.length;
+      });
+    });
+    // The data path: the peer's heartbeats heard and ours acked, both up to date while `live`.
+    let live = true;
+    let asked: PeerName | undefined;
+    const dataLiveness = (peer: PeerName) => {
+      asked = peer;
+      const t = Date.now();
+      return live
+        ? { heardAt: t, ackedAt: t }
+        : { heardAt: t - HEARTBEAT_TIMEOUT_MS, ackedAt: t - HEARTBEAT_TIMEOUT_MS };
+    };
+    const a = wrap({ socket: connect(port, '127.0.0.1'), outbound: true, local: local(NAME_A, 1n), dataLiveness });
+    await once(a, 'established');
+    const afterHandshake = a.stats.framesOut;
+    // Far beyond the plain timeout, well within the relaxed one: still up, one heartbeat per relaxed interval.
+    vi.advanceTimersByTime(HEARTBEAT_RELAXED_INTERVAL_MS * 2 + 1_000);
+    expect(asked).toBe(NAME_B);
+    expect(a.state).toBe('established');
+    expect(a.stats.framesOut - afterHandshake).toBe(2);
+    // Silent on TCP for the relaxed timeout: closed even though the data path lives.
+    vi.advanceTimersByTime(HEARTBEAT_RELAXED_TIMEOUT_MS - HEARTBEAT_RELAXED_INTERVAL_MS * 2);
+    expect(a.state).toBe('closed');
+    expect((await closedOf(a)).reason).toBe(CLOSE_HEARTBEAT_TIMEOUT);
+    await until(() => heardBytes > 0);
+    vi.advanceTimersByTime(CLOSE_LINGER_MS);
+    await a.done;
+
+    // Once the data path stops answering, the plain interval and timeout are back at once.
+    live = true;
+    const port2 = await listen((socket) => socket.resume().write(helloFrom(NAME_B)));
+    const c = wrap({ socket: connect(port2, '127.0.0.1'), outbound: true, local: local(NAME_A, 1n), dataLiveness });
+    await once(c, 'established');
+    vi.advanceTimersByTime(HEARTBEAT_TIMEOUT_MS * 2);
+    expect(c.state).toBe('established');
+    live = false;
+    const before = c.stats.framesOut;
+    vi.advanceTimersByTime(HEARTBEAT_INTERVAL_MS);
+    expect(c.stats.framesOut - before).toBe(1);
+    expect(c.state).toBe('closed'); // TCP silent for > HEARTBEAT_TIMEOUT_MS and no data path to vouch
+    vi.advanceTimersByTime(CLOSE_LINGER_MS);
+    await c.done;
   });
 
   it('closes a peer that never completes the handshake', async () => {

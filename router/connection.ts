@@ -33,6 +33,8 @@ import {
   CONTROL_PORT,
   HANDSHAKE_TIMEOUT_MS,
   HEARTBEAT_INTERVAL_MS,
+  HEARTBEAT_RELAXED_INTERVAL_MS,
+  HEARTBEAT_RELAXED_TIMEOUT_MS,
   HEARTBEAT_TIMEOUT_MS,
   PROTOCOL_VERSION_MAX,
   PROTOCOL_VERSION_MIN,
@@ -177,7 +179,21 @@ export interface ConnectionOptions {
   readonly handshakeTimeoutMs?: number;
   readonly heartbeatIntervalMs?: number;
   readonly heartbeatTimeoutMs?: number;
+  readonly heartbeatRelaxedIntervalMs?: number;
+  readonly heartbeatRelaxedTimeoutMs?: number;
+  /**
+   * dataLiveness tells when the data path last proved the peer's router alive (its heartbeat
+   * heard, ours acked), in this connection's clock; while it does, control heartbeats relax
+   * (HEARTBEAT_RELAXED_INTERVAL_MS). Absent: control heartbeats alone prove liveness.
+   */
+  readonly dataLiveness?: (peer: PeerName) => DataLivenessTimes | undefined;
   readonly sendBufferMaxBytes?: number;
+}
+
+/** DataLivenessTimes: when the peer's data-path heartbeat last reached us, and when one of ours was last acked (ms). */
+export interface DataLivenessTimes {
+  readonly heardAt: number;
+  readonly ackedAt: number;
 }
 
 /** DataKeys are a connection's data-plane traffic secrets (keys.ts dataGeneration expands them). */
@@ -234,6 +250,9 @@ export class Connection extends EventEmitter<ConnectionEvents> {
   private readonly versionMax: number;
   private readonly heartbeatIntervalMs: number;
   private readonly heartbeatTimeoutMs: number;
+  private readonly heartbeatRelaxedIntervalMs: number;
+  private readonly heartbeatRelaxedTimeoutMs: number;
+  private readonly dataLiveness: ((peer: PeerName) => DataLivenessTimes | undefined) | undefined;
   private readonly sendBufferMaxBytes: number;
   /** decoder accepts frames of at most HELLO_MAX_BYTES until the handshake completes. */
   private readonly decoder = new FrameDecoder(HELLO_MAX_BYTES);
@@ -281,6 +300,9 @@ export class Connection extends EventEmitter<ConnectionEvents> {
     this.versionMax = opts.versionMax ?? PROTOCOL_VERSION_MAX;
     this.heartbeatIntervalMs = opts.heartbeatIntervalMs ?? HEARTBEAT_INTERVAL_MS;
     this.heartbeatTimeoutMs = opts.heartbeatTimeoutMs ?? HEARTBEAT_TIMEOUT_MS;
+    this.heartbeatRelaxedIntervalMs = opts.heartbeatRelaxedIntervalMs ?? HEARTBEAT_RELAXED_INTERVAL_MS;
+    this.heartbeatRelaxedTimeoutMs = opts.heartbeatRelaxedTimeoutMs ?? HEARTBEAT_RELAXED_TIMEOUT_MS;
+    this.dataLiveness = opts.dataLiveness;
     this.sendBufferMaxBytes = opts.sendBufferMaxBytes ?? SEND_BUFFER_MAX_BYTES;
     this.label = opts.label ?? 'unknown';
     this.refreshLabel();
@@ -710,13 +732,27 @@ export class Connection extends EventEmitter<ConnectionEvents> {
     this.emit('established', this.remoteInfo);
   }
 
+  /**
+   * tick closes a silent connection and sends a heartbeat when one is due. While the data path
+   * proves the peer alive, both relax, and stay consistent across the two ends: we send less only
+   * while one of our data-path heartbeats was acked within (timeout − interval), so the peer heard
+   * us then and relaxes its timeout until a timeout after that; once the acks stop, our next tick
+   * (at most half an interval later) sends a control heartbeat, which reaches the peer before
+   * that. (A healthy data path is heartbeaten every ~2 s, so the acks' age stays well inside.)
+   */
   private tick(): void {
     const t = this.now();
-    if (t - this.lastRecvAt >= this.heartbeatTimeoutMs) {
+    const name = this.remoteInfo?.name;
+    const live = name === undefined ? undefined : this.dataLiveness?.(name);
+    const heard = live !== undefined && t - live.heardAt < this.heartbeatTimeoutMs;
+    const acked = live !== undefined && t - live.ackedAt < this.heartbeatTimeoutMs - this.heartbeatIntervalMs;
+    if (t - this.lastRecvAt >= (heard ? this.heartbeatRelaxedTimeoutMs : this.heartbeatTimeoutMs)) {
       this.close(CLOSE_HEARTBEAT_TIMEOUT);
       return;
     }
-    if (t - this.lastSentAt >= this.heartbeatIntervalMs) this.sendHeartbeat();
+    if (t - this.lastSentAt >= (acked ? this.heartbeatRelaxedIntervalMs : this.heartbeatIntervalMs)) {
+      this.sendHeartbeat();
+    }
   }
 
   /** sendHeartbeat writes the one heartbeat frame, encoded once (it is sent every interval on every connection). */

@@ -133,6 +133,17 @@ export const HANDSHAKE_TIMEOUT_MS = 5_000;
 export const HEARTBEAT_INTERVAL_MS = 2_000;
 /** HEARTBEAT_TIMEOUT_MS closes a control connection that has been silent this long. */
 export const HEARTBEAT_TIMEOUT_MS = 5_000;
+/**
+ * HEARTBEAT_RELAXED_INTERVAL_MS: while the data path proves the peer's router alive both ways (its
+ * data-path heartbeats reach us and ours are acked, see Connection's `dataLiveness`), a control
+ * connection sends a heartbeat only this often, and closes only after HEARTBEAT_RELAXED_TIMEOUT_MS
+ * of silence: the control heartbeats were a quarter of an idle router's CPU, doing twice the work
+ * the data-path heartbeats already do. Writing now and then still makes the kernel notice a dead
+ * TCP connection, and the silence bound closes one the peer can no longer write to.
+ */
+export const HEARTBEAT_RELAXED_INTERVAL_MS = 15_000;
+/** HEARTBEAT_RELAXED_TIMEOUT_MS closes a control connection silent this long even while its data path lives. */
+export const HEARTBEAT_RELAXED_TIMEOUT_MS = 45_000;
 /** DATA_HEARTBEAT_INTERVAL_MS is how often each router sends a data-path heartbeat to each peer. */
 export const DATA_HEARTBEAT_INTERVAL_MS = 500;
 /** PMTU_PROBE_TIMEOUT_MS: a path MTU probe not acked this long is lost. */

@@ -214,6 +214,7 @@ export class Router implements Startable {
         },
         password: this.opts.password,
         connLimit: this.opts.connLimit ?? CONN_LIMIT_DEFAULT,
+        dataLiveness: (peer) => this.links.get(peer)?.data,
         log: this.log,
         ...(this.opts.clock === undefined ? {} : { clock }),
       });

@@ -31,6 +31,16 @@ export class PathLiveness {
     this.since = nowMs;
   }
 
+  /** heardAt is when the peer's last heartbeat reached us (ms; -Infinity before the first). */
+  get heardAt(): number {
+    return this.heardMs;
+  }
+
+  /** ackedAt is when one of our heartbeats was last acked (ms; -Infinity before the first). */
+  get ackedAt(): number {
+    return this.ackedMs;
+  }
+
   /** heard records a heartbeat from the peer (their → our direction works). */
   heard(nowMs: number): void {
     this.heardMs = nowMs;
