@@ -338,9 +338,11 @@ export class Topology {
     this.setStored(e, packEntry(e));
   }
 
+  /** setStored keeps `bytes` in a buffer of its own: an encoder's output shares a larger block (tens of KB per entry). */
   private setStored(e: PeerEntry, bytes: Uint8Array): void {
     const known = this.peers.has(e.name);
-    this.peers.set(e.name, { entry: e, bytes });
+    const own = bytes.byteOffset === 0 && bytes.byteLength === bytes.buffer.byteLength ? bytes : new Uint8Array(bytes);
+    this.peers.set(e.name, { entry: e, bytes: own });
     this.whole = undefined;
     const i = sortedIndex(this.sorted, e.name);
     if (known) this.sorted[i] = e;
