@@ -40,8 +40,8 @@ const FETCH_TIMEOUT_MS = 3_000;
 /** TOKEN_KEY is where this tab keeps the bearer token. */
 const TOKEN_KEY = 'weft-api-token';
 const SVG = 'http://www.w3.org/2000/svg';
-const GRAPH_W = 640;
-const GRAPH_H = 440;
+const GRAPH_W = 540;
+const GRAPH_H = 380;
 const SPARK_W = 120;
 const SPARK_H = 24;
 
@@ -92,6 +92,7 @@ function takeTokenFromUrl(): void {
   const m = /(?:^#|&)token=([^&]+)/.exec(location.hash);
   if (m?.[1] === undefined) return;
   sessionStorage.setItem(TOKEN_KEY, decodeURIComponent(m[1]));
+  byId('token').hidden = true;
   // Out of the address bar and the history: the token stays in this tab's storage only.
   history.replaceState(null, '', location.pathname + location.search);
 }
@@ -143,6 +144,8 @@ function setConnection(state: 'live' | 'down' | 'auth' | 'starting', text: strin
   const c = byId('connection');
   c.className = `connection ${state}`;
   c.textContent = text;
+  // What is drawn is the last answer: faded while it may be out of date.
+  document.body.classList.toggle('stale', state !== 'live');
 }
 
 async function tick(): Promise<void> {
@@ -159,6 +162,7 @@ async function tick(): Promise<void> {
     }
     if (st.status !== 200) throw new Error(errorOf(st));
     downSince = undefined;
+    byId('token').hidden = true;
     render(st.json, ps.status === 200 ? ps.json : [], dns.status === 200 ? dns.json : undefined);
     setConnection('live', `live: updated ${new Date().toLocaleTimeString()}`);
   } catch (err) {
@@ -184,7 +188,8 @@ function render(status: unknown, ps: unknown, dns: unknown): void {
   renderRing(ring);
   renderCounters(counterTotals(status, dns));
   containers = containerRows(ps);
-  names = nameRows(dns);
+  const nick = new Map(mesh.nodes.map((n) => [n.name, n.nickname]));
+  names = nameRows(dns).map((n) => ({ ...n, origin: nick.get(n.origin) ?? n.origin }));
   renderLists();
   const problems = [...mesh.problems, ...ring.problems];
   const p = byId('problems');
@@ -205,7 +210,7 @@ function uptime(s: number): string {
 
 function renderGraph(m: MeshView): void {
   const g = byId<SVGSVGElement>('graph');
-  const at = layoutCircle(m.nodes, GRAPH_W, GRAPH_H, 70);
+  const at = layoutCircle(m.nodes, GRAPH_W, GRAPH_H, 62);
   const nick = new Map(m.nodes.map((n) => [n.name, n.nickname]));
   const parts: SVGElement[] = [];
   for (const l of m.links) {
@@ -267,7 +272,6 @@ function renderRing(r: RingView): void {
     seg.append(svg('title', {}, `${s.label}: ${s.owned} addresses (${pct(s.fraction)})`));
     seg.append(svg('rect', { x, y: 0, width: w, height: 30 }));
     seg.append(svg('rect', { class: 'used', x, y: 22, width: s.owned > 0 ? (w * s.used) / s.owned : 0, height: 8 }));
-    if (w > 60) seg.append(svg('text', { x: x + 6, y: 17 }, s.label));
     parts.push(seg);
     x += w;
   }
@@ -293,7 +297,7 @@ function renderRing(r: RingView): void {
 }
 
 function pct(f: number): string {
-  return `${(f * 100).toFixed(f < 0.1 ? 1 : 0)} %`;
+  return `${(f * 100).toFixed(f < 0.1 ? 1 : 0)}\u00a0%`;
 }
 
 function renderCounters(totals: CounterTotals): void {
@@ -352,6 +356,8 @@ function renderLists(): void {
 // ---- start ----
 
 takeTokenFromUrl();
+// A token pasted into the address bar of the open page changes only the fragment: no reload.
+window.addEventListener('hashchange', takeTokenFromUrl);
 setupTokenBox();
 byId('search').addEventListener('input', renderLists);
 void tick();

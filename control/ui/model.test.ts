@@ -50,7 +50,7 @@ const STATUS = {
     size: 1000,
     unreachableOwned: 250,
     peers: [
-      { name: 'aa:00:00:00:00:01', nickname: 'h1', self: true, owned: 500, free: 490, reachable: true },
+      { name: 'aa:00:00:00:00:01', self: true, owned: 500, free: 490, reachable: true },
       { name: 'aa:00:00:00:00:03', nickname: 'h3', self: false, owned: 250, free: 250, reachable: true },
       { name: 'aa:00:00:00:00:09', self: false, owned: 250, free: 100, reachable: false },
     ],
@@ -258,7 +258,7 @@ describe('counters', () => {
     expect(formatRate(0, 'B/s')).toBe('0 B/s');
     expect(formatRate(1536, 'B/s')).toBe('1.5 KiB/s');
     expect(formatRate(50 * 1024 * 1024, 'B/s')).toBe('50 MiB/s');
-    expect(formatRate(2.5, 'queries/s')).toBe('2.5 queries/s');
+    expect(formatRate(2.5, '/s')).toBe('2.5/s');
     expect(formatRate(12, 'packets/s')).toBe('12 packets/s');
   });
 });

@@ -97,9 +97,9 @@ export interface NameRow {
 export const COUNTERS = [
   { key: 'sentBytes', label: 'sent to the overlay', unit: 'B/s' },
   { key: 'receivedBytes', label: 'received from the overlay', unit: 'B/s' },
-  { key: 'relayed', label: 'relayed for other peers', unit: 'datagrams/s' },
-  { key: 'drops', label: 'dropped', unit: 'packets/s' },
-  { key: 'dnsQueries', label: 'DNS queries', unit: 'queries/s' },
+  { key: 'relayed', label: 'datagrams relayed for other peers', unit: '/s' },
+  { key: 'drops', label: 'packets dropped', unit: '/s' },
+  { key: 'dnsQueries', label: 'DNS queries', unit: '/s' },
 ] as const;
 
 /** CounterKey names one plotted counter. */
@@ -165,7 +165,8 @@ export function formatRate(v: number, unit: string): string {
     }
     return `${x < 10 && i > 0 ? x.toFixed(1) : Math.round(x)} ${units[i]}`;
   }
-  return `${v < 10 && v !== Math.round(v) ? v.toFixed(1) : Math.round(v)} ${unit}`;
+  const n = v < 10 && v !== Math.round(v) ? v.toFixed(1) : String(Math.round(v));
+  return unit.startsWith('/') ? `${n}${unit}` : `${n} ${unit}`;
 }
 
 // ---- the mesh ----
@@ -322,6 +323,7 @@ export function ringView(status: unknown): RingView {
     return { range: '', size: 0, state: 'unknown', shares: [], unreachableOwned: 0, problems };
   }
   const size = count(ipam.size);
+  const selfNick = isObj(status) ? str(status.nickname) : undefined;
   const shares: RingShare[] = [];
   for (const p of list(ipam.peers)) {
     const name = isObj(p) ? str(p.name) : undefined;
@@ -334,7 +336,7 @@ export function ringView(status: unknown): RingView {
     const reachable = p.reachable === true || p.self === true;
     shares.push({
       name,
-      label: str(p.nickname) ?? name,
+      label: str(p.nickname) ?? (p.self === true ? selfNick : undefined) ?? name,
       self: p.self === true,
       owned,
       free,
