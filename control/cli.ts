@@ -10,7 +10,7 @@
  */
 import { execFile, spawn } from 'node:child_process';
 import { closeSync, linkSync, openSync, readFileSync, realpathSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { networkInterfaces } from 'node:os';
+import { hostname, networkInterfaces } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Argument, Command, CommanderError, Option } from 'commander';
@@ -45,7 +45,9 @@ import {
   parsePeerAddress,
   prepareStateDir,
 } from './config.js';
-import { STATE_ROOT } from './state-dir.js';
+import type { ApiStatus } from './format.js';
+import { netnsIdentity, STATE_ROOT } from './state-dir.js';
+import { uiLines } from './ui-url.js';
 import { VERSION } from './version.js';
 
 /**
@@ -129,6 +131,7 @@ Examples:
   weft expose                        give this host an address on the overlay
   weft status ipam                   who owns which share of the address range
   weft status                        what the router knows now (--json for machines)
+  weft ui                            the URL of the router's web page of the mesh
   weft demo                          build hosts from network namespaces and show the mesh`,
     );
 
@@ -252,6 +255,31 @@ Examples:
     .action(async (what: string | undefined, opts: { json?: boolean }, cmd: Command) => {
       const r = await client(cmd).ok('GET', what === undefined ? '/status' : `/status/${what}`, { json: opts.json });
       out(r.body);
+    });
+
+  program
+    .command('ui')
+    .description("print the URL of the router's web page: the mesh, the address range, containers and names, live")
+    .addHelpText(
+      'after',
+      `
+The router serves one page at GET /ui on its HTTP API (127.0.0.1:6784 unless launched with
+--http-addr): the peers and their connections as a graph (state, data path, RTT, relays), each
+peer's share of the address range, counters with the last minute as sparklines, and this host's
+containers and the cluster's DNS names, searchable. It reads the same status API as \`weft status\`
+once a second and reconnects by itself when the router restarts. It loads nothing from elsewhere.
+On loopback it needs no token (as \`weft status\` over TCP); beyond loopback the page asks for the
+bearer token and sends it with every read. Prints the URL, then how to reach it from another
+machine (an SSH tunnel) or from outside the router's network namespace.`,
+    )
+    .action(async (_opts: unknown, cmd: Command) => {
+      const t = clientTarget(cmd.optsWithGlobals() as ClientFlags);
+      const r = await client(cmd).ok('GET', '/status', { json: true });
+      const id = netnsIdentity();
+      const api = (r.json as { api?: ApiStatus }).api;
+      out(
+        uiLines(api, { hostname: hostname(), netns: id.root ? undefined : id.name, tokenFile: t.tokenFile }).join('\n'),
+      );
     });
 
   program

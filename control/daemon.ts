@@ -169,6 +169,7 @@ export async function runForeground(cfg: LaunchConfig, log: Logger = createLogge
     dns,
     stateStatus: () => ({ ...stateFile.status(), attach: attacher.status() }),
     docker: docker === undefined ? undefined : () => docker.status(),
+    api: { http: `${cfg.httpAddr.host}:${cfg.httpAddr.port}`, loopback: cfg.httpLoopback },
     onStop: () => void shutdown('stop requested'),
     onChange: () => {
       persist();

@@ -127,6 +127,8 @@ export async function runDemo(o: DemoOptions): Promise<void> {
     print((await weft(o.cli, hosts[0] as string, 'status', 'ipam')).trimEnd());
     if (failed > 0) throw new WeftError('EWEFT_SYSTEM', `${failed} ping(s) or name lookup(s) of the tables failed`);
     if (o.keep) {
+      print(`\n$ ip netns exec ${hosts[0]} weft ui    # the web page of ${hosts[0]}'s router: the mesh, live`);
+      print((await weft(o.cli, hosts[0] as string, 'ui')).trimEnd());
       print(
         `\nhosts left running: try \`ip netns exec ${hosts[0]} weft status peers\` or ` +
           `\`ip netns exec ${containers[0]?.ns} ping ${containers[containers.length - 1]?.addr}\`; ` +

@@ -5,8 +5,16 @@ import type { StateDirStatus } from './state.js';
 
 /** StateStatus is `state` in status: whether the state directory takes writes, and attaches refused for it. */
 export type StateStatus = StateDirStatus & { attach: AttacherStatus };
-/** StatusView is what `GET /status` shows: the router's status and the daemon's state directory. */
-export type StatusView = RouterStatus & { state?: StateStatus; docker?: DockerStatus };
+/**
+ * ApiStatus is `api` in status: where the HTTP API listens over TCP (`host:port`) and whether that
+ * is a loopback address (reads need no token there); `weft ui` builds the page's URL from it.
+ */
+export interface ApiStatus {
+  http: string;
+  loopback: boolean;
+}
+/** StatusView is what `GET /status` shows: the router's status, the daemon's state directory and its API. */
+export type StatusView = RouterStatus & { state?: StateStatus; docker?: DockerStatus; api?: ApiStatus };
 
 /** ConnectionView is the shape of one entry of RouterStatus.connections. */
 interface ConnectionView {

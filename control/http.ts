@@ -24,6 +24,7 @@ import { isLoopbackHost, parsePeerAddress, TARGETS_MAX } from './config.js';
 import type { DnsService } from './dns.js';
 import type { DockerStatus } from './docker.js';
 import {
+  type ApiStatus,
   formatConnections,
   formatDns,
   formatIpam,
@@ -34,6 +35,7 @@ import {
   type StatusView,
 } from './format.js';
 import type { Metrics } from './metrics.js';
+import { findUiDir, isUiPath, loadUiAssets, UI_HEADERS, uiPaths } from './ui-assets.js';
 
 export {
   API_SOCKET_GROUP,
@@ -100,6 +102,10 @@ export interface ApiOptions {
    * refuses everything.
    */
   token?: string;
+  /** api says where the TCP API listens (shown in status as `api`, for `weft ui`). */
+  api?: ApiStatus;
+  /** uiDir holds the web page's files (default: found beside this module, see ui-assets.ts). */
+  uiDir?: string;
   /** socketPath and tokenFile are named in refusals, so a refused caller knows where the credentials are. */
   socketPath?: string;
   tokenFile?: string;
@@ -162,7 +168,9 @@ interface Reply {
  * - every method but GET/HEAD changes the router: it needs `Content-Type: application/json` (415
  *   otherwise, so no HTML form or `text/plain` "simple request" gets in) and, over TCP, the bearer
  *   token (401 otherwise). Over the unix socket the socket's file mode is the credential.
- * - GET endpoints only read; over loopback TCP they need no token, beyond loopback they do.
+ * - GET endpoints only read; over loopback TCP they need no token, beyond loopback they do —
+ *   except the web page's fixed files (`GET /ui`, `/ui/*`), which hold nothing of the router: the
+ *   page reads the status with the token the operator gives it (control/ui/README.md).
  * - at most `maxConnections` (HTTP_MAX_CONNECTIONS) connections at once; beyond, 503 and close.
  */
 export function createApi(opts: ApiOptions, listener: ApiListener = { transport: 'tcp', loopback: true }): Server {
@@ -170,11 +178,28 @@ export function createApi(opts: ApiOptions, listener: ApiListener = { transport:
   const statusView =
     (part: string | undefined) =>
     (req: IncomingMessage, url: URL): Reply => {
-      const s: StatusView = { ...router.status(), state: opts.stateStatus?.(), docker: opts.docker?.() };
+      const s: StatusView = {
+        ...router.status(),
+        state: opts.stateStatus?.(),
+        docker: opts.docker?.(),
+        api: opts.api,
+      };
       if (wantsJson(req, url)) return { json: part === undefined ? s : pick(s, part) };
       return { text: render(s, part) };
     };
+  const ui = loadUiAssets(opts.uiDir ?? findUiDir());
+  const uiRoutes = Object.fromEntries(
+    uiPaths().map((p): [string, Handler] => [
+      `GET ${p}`,
+      () => {
+        const f = ui.files.get(p);
+        if (f === undefined) return { status: 404, json: { error: ui.missing, code: 'EWEFT_NOT_FOUND' } };
+        return { text: f.body, contentType: f.contentType, headers: { ...UI_HEADERS } };
+      },
+    ]),
+  );
   const routes: Record<string, Handler> = {
+    ...uiRoutes,
     'GET /status': statusView(undefined),
     'GET /status/peers': statusView('peers'),
     'GET /status/connections': statusView('connections'),
@@ -325,6 +350,9 @@ export function createApi(opts: ApiOptions, listener: ApiListener = { transport:
       return;
     }
     const changes = req.method !== 'GET' && req.method !== 'HEAD';
+    // The page's files are fixed and hold nothing of the router (its data comes from /status with
+    // the caller's token), so they are served without a token and before the router is ready.
+    const page = !changes && isUiPath(path);
     if (changes && !isJson(req.headers['content-type'])) {
       const given = req.headers['content-type'] === undefined ? 'none' : `"${req.headers['content-type']}"`;
       const error = `${req.method} ${path} needs content-type application/json, not ${given}`;
@@ -332,7 +360,7 @@ export function createApi(opts: ApiOptions, listener: ApiListener = { transport:
       send(res, { status: 415, json: { error, code: 'EWEFT_INPUT' }, headers: { connection: 'close' } });
       return;
     }
-    if (listener.transport === 'tcp' && (changes || beyondLoopback)) {
+    if (listener.transport === 'tcp' && (changes || (beyondLoopback && !page))) {
       const denied = checkToken(req, tokenDigest, changes, beyondLoopback, `${req.method} ${path}`);
       if (denied !== undefined) {
         noteRefusal(req, path, denied);
@@ -348,7 +376,7 @@ export function createApi(opts: ApiOptions, listener: ApiListener = { transport:
       send(res, { status: 413, json: { error: errorMessage(err), code: 'EWEFT_INPUT' } });
       return;
     }
-    if (!router.isReady && path !== '/stop' && path !== '/reset') {
+    if (!router.isReady && path !== '/stop' && path !== '/reset' && !page) {
       send(res, { status: 503, json: { error: 'router is starting', code: 'EWEFT_NOT_READY' } });
       return;
     }

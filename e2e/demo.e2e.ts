@@ -73,8 +73,13 @@ describe.skipIf(reason)('weft demo', () => {
   });
 
   it('leaves hosts and containers running with --keep until --down removes every namespace it made', async () => {
-    await run(process.execPath, [CLI, 'demo', '--keep', '--hosts', '2', '--prefix', PREFIX], { timeout: 180_000 });
+    const kept = await run(process.execPath, [CLI, 'demo', '--keep', '--hosts', '2', '--prefix', PREFIX], {
+      timeout: 180_000,
+    });
     expect(await ours()).toEqual(expectedNamespaces(2));
+    // The URL of the first host's web page, and how to open it from outside its namespace.
+    expect(kept.stdout).toMatch(/^http:\/\/127\.0\.0\.1:6784\/ui$/m);
+    expect(kept.stdout).toContain(`ip netns exec ${PREFIX}-h1 socat STDIO TCP\\:127.0.0.1\\:6784`);
     const { stdout } = await run('ip', ['netns', 'exec', `${PREFIX}-h2`, process.execPath, CLI, 'status', 'peers']);
     expect(stdout.split('\n').filter(Boolean).length).toBeGreaterThanOrEqual(3);
     const ps = await run('ip', ['netns', 'exec', `${PREFIX}-h2`, process.execPath, CLI, 'ps']);

@@ -129,6 +129,7 @@ function peerStatus(s: StatusSources): PeerStatus[] {
       mtu: st?.conn.remote.mtu ?? 0,
       cidrs: [...e.cidrs],
       connections: e.connections.length,
+      neighbours: e.connections.map((c) => ({ name: c.peer, established: c.established })),
       txPackets: sum('txPackets'),
       txBytes: sum('txBytes'),
       rxPackets: sum('rxPackets'),

@@ -31,6 +31,12 @@ export interface PeerStatus {
   via?: string;
   /** connections is how many connections the peer itself reports. */
   connections: number;
+  /**
+   * neighbours are the peers this peer reports control connections to (its gossiped topology
+   * entry, sorted by name), each with whether that connection's data path is proven both ways: the
+   * edges of the mesh that do not touch this router (`weft status`'s graph, `GET /ui`).
+   */
+  neighbours: { name: string; established: boolean }[];
   /** stateSince is when the state last changed (ms since the epoch). */
   stateSince: number;
   /** reason says why a data path failed. */
