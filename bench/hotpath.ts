@@ -8,7 +8,10 @@
  * datapath's own cost (both directions on one core). It pushes at least 1M packets and reports
  * packets/s, heap growth and the number of garbage collections during the run: the hot path
  * allocates nothing per packet, so both should stay near zero whatever the packet count.
+ * `encrypted` seals every sleeve datagram with a fresh AES-256-GCM key pair (the data path a
+ * password gives: the addon's batched AEAD, counter and replay window) and opens it at B.
  */
+import { randomBytes } from 'node:crypto';
 import { PerformanceObserver } from 'node:perf_hooks';
 import type { PeerName } from '../common/types.js';
 import { NativeUdp } from '../router/conn/native-udp.js';
@@ -16,8 +19,10 @@ import type { PacketConn } from '../router/conn/packet-conn.js';
 import { Counters } from '../router/datapath/counters.js';
 import { Encap, Fib, Hop, peerNameHi, peerNameLo } from '../router/datapath/fib.js';
 import { Forwarder } from '../router/datapath/forwarder.js';
+import { PeerCrypto } from '../router/datapath/peer-crypto.js';
 import { ipv4Packet } from '../router/testing/memory-router.js';
 import type { TunDevice } from '../router/tun/device.js';
+import { tryLoadNative } from '../router/tun/native.js';
 
 /** GeneratorTun produces copies of one IPv4 packet until `remaining` reaches 0. */
 class GeneratorTun implements TunDevice {
@@ -94,6 +99,8 @@ class SinkTun implements TunDevice {
 /** HotpathResult is one run's figures. */
 export interface HotpathResult {
   encap: 'sleeve' | 'vxlan';
+  /** encrypted: every datagram sealed (sleeve with a password). */
+  encrypted: boolean;
   packetBytes: number;
   sent: number;
   delivered: number;
@@ -110,7 +117,11 @@ export async function runHotpath(
   encap: 'sleeve' | 'vxlan',
   packetBytes: number,
   total: number,
+  encrypted = false,
 ): Promise<HotpathResult> {
+  if (encrypted && encap !== 'sleeve') throw new Error('hotpath: only sleeve is encrypted');
+  const native = tryLoadNative();
+  if (encrypted && native === undefined) throw new Error('hotpath: encryption needs the native addon');
   const nameA = '02:00:00:00:00:0a' as PeerName;
   const nameB = '02:00:00:00:00:0b' as PeerName;
   const LO = 0x7f000001;
@@ -169,6 +180,14 @@ export async function runHotpath(
   );
   a.fib = Fib.build([{ cidr: { addr: 0x0a200002 as never, prefix: 32 }, hop: hopB }], [0x0a200001], [hopB]);
   b.fib = Fib.build([{ cidr: { addr: 0x0a200001 as never, prefix: 32 }, hop: hopA }], [0x0a200002], [hopA]);
+  const cryptos: PeerCrypto[] = [];
+  if (encrypted) {
+    const ab = randomBytes(32);
+    const ba = randomBytes(32);
+    hopB.crypto = new PeerCrypto(native, { suite: 'aes-256-gcm', send: ab, recv: ba }); // A's keys towards B
+    hopA.crypto = new PeerCrypto(native, { suite: 'aes-256-gcm', send: ba, recv: ab });
+    cryptos.push(hopB.crypto, hopA.crypto);
+  }
 
   let gcCount = 0;
   const obs = new PerformanceObserver((list) => {
@@ -197,9 +216,17 @@ export async function runHotpath(
   b.stop();
   for (const c of conns) c.close();
   const delivered = sink.packets - deliveredBefore;
+  // The figure must be of the sealed path: every datagram B received (small packets travel
+  // bundled, several per datagram) was sealed at A and opened at B.
+  const opened = hopA.crypto?.receiver?.opened ?? 0;
+  if (encrypted && (opened === 0 || opened !== cb.udpRxPackets)) {
+    throw new Error(`hotpath: B received ${cb.udpRxPackets} datagrams but opened ${opened}: not the sealed path`);
+  }
+  for (const c of cryptos) c.close();
   const drops = [...ca.drops, ...cb.drops].reduce((x, y) => x + y, 0);
   return {
     encap,
+    encrypted,
     packetBytes,
     sent: total,
     delivered,

@@ -71,7 +71,7 @@ function hotpathTable(rows: HotpathResult[]): string {
   ];
   for (const r of rows) {
     lines.push(
-      `| ${r.encap} | ${r.packetBytes} | ${r.sent} | ${r.delivered} | ${(r.packetsPerSecond / 1e6).toFixed(3)} | ${r.gbitPerSecond.toFixed(2)} | ${(r.heapGrowthBytes / 1024).toFixed(0)} KiB | ${r.gcCount} | ${r.drops} |`,
+      `| ${r.encap}${r.encrypted ? ' encrypted' : ''} | ${r.packetBytes} | ${r.sent} | ${r.delivered} | ${(r.packetsPerSecond / 1e6).toFixed(3)} | ${r.gbitPerSecond.toFixed(2)} | ${(r.heapGrowthBytes / 1024).toFixed(0)} KiB | ${r.gcCount} | ${r.drops} |`,
     );
   }
   return lines.join('\n');
@@ -79,11 +79,15 @@ function hotpathTable(rows: HotpathResult[]): string {
 
 console.error(`hot path: ${packets} packets per row`);
 const hot: HotpathResult[] = [];
-for (const encap of ['sleeve', 'vxlan'] as const) {
+for (const [encap, encrypted] of [
+  ['sleeve', false],
+  ['sleeve', true],
+  ['vxlan', false],
+] as const) {
   for (const size of [64, 1400]) {
-    const r = await runHotpath(encap, size, packets);
+    const r = await runHotpath(encap, size, packets, encrypted);
     console.error(
-      `  ${encap} ${size} B: ${(r.packetsPerSecond / 1e6).toFixed(3)} Mpps, heap +${r.heapGrowthBytes} B, ${r.gcCount} GCs`,
+      `  ${encap}${encrypted ? ' encrypted' : ''} ${size} B: ${(r.packetsPerSecond / 1e6).toFixed(3)} Mpps, heap +${r.heapGrowthBytes} B, ${r.gcCount} GCs`,
     );
     hot.push(r);
   }
