@@ -2,7 +2,7 @@ import type { ChildProcess } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type Host, Lab, type Netns, requireRoot, waitUntil } from '../lab/netns.js';
-import { expose, launch, removeStateDirs, stateDir, status, waitPeers, weft } from './weft.js';
+import { cutUnderlay, expose, launch, removeStateDirs, stateDir, status, waitPeers, weft } from './weft.js';
 
 const reason = requireRoot();
 
@@ -270,13 +270,7 @@ describe.skipIf(reason)('with a password, a peer reached only through a relay ge
   it('drops h1 → h2 traffic (no_key) and says why in status peers, while h3 stays reachable and sealed', async () => {
     const h3 = topo.hosts[2] as Host;
     const a3 = await expose(h3);
-    await h1.exec('nft', ['-f', '-'], {
-      input: `table inet weftcut {
-  chain out { type filter hook output priority 0; ip daddr ${h2.underlayIp} drop; }
-  chain in { type filter hook input priority 0; ip saddr ${h2.underlayIp} drop; }
-}
-`,
-    });
+    await cutUnderlay(h1, h2.underlayIp);
     // Relayed as soon as the data path fails; while the control connection to h2 lives its keys
     // still seal end to end through h3. Once it is gone h1 holds no keys for h2 at all.
     const name2 = (await status(h2)).name;

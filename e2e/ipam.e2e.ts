@@ -3,7 +3,7 @@ import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type Host, Lab, type Netns, requireRoot, waitUntil } from '../lab/netns.js';
-import { launch, removeStateDirs, stateDir, status, waitPeers, weft } from './weft.js';
+import { cutUnderlay, launch, removeStateDirs, stateDir, status, waitPeers, weft } from './weft.js';
 
 const reason = requireRoot();
 
@@ -98,13 +98,7 @@ describe.skipIf(reason)('IPAM across hosts', () => {
 
   it('never hands out one address twice across a partition and its heal', async () => {
     const [h1, h2, h3] = hosts;
-    await h3.exec('nft', ['-f', '-'], {
-      input: `table inet weftcut {
-  chain out { type filter hook output priority 0; ip daddr { ${h1.underlayIp}, ${h2.underlayIp} } drop; }
-  chain in { type filter hook input priority 0; ip saddr { ${h1.underlayIp}, ${h2.underlayIp} } drop; }
-}
-`,
-    });
+    const heal = await cutUnderlay(h3, [h1.underlayIp, h2.underlayIp]);
     const added: { ns: Netns; host: Host; addr: string }[] = [];
     try {
       await waitUntil(async () => (await established(h3)).length === 0, {
@@ -121,7 +115,7 @@ describe.skipIf(reason)('IPAM across hosts', () => {
         added.push({ ns, host: h, addr: (await weft(h, ['attach', ns.name])).stdout.trim() });
       }
     } finally {
-      await h3.exec('nft', ['delete', 'table', 'inet', 'weftcut']);
+      await heal();
     }
     for (const h of hosts) await waitPeers(h, 2, 40_000);
     const all = (await Promise.all(hosts.map(ipam))).flatMap((s) => s.allocations.map((a) => a.addr));

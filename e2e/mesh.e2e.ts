@@ -1,7 +1,7 @@
 import { execFileSync } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type Host, Lab, requireRoot, waitUntil } from '../lab/netns.js';
-import { expose, launch, removeStateDirs, status } from './weft.js';
+import { cutUnderlay, expose, launch, removeStateDirs, status } from './weft.js';
 
 const reason = requireRoot();
 const HOSTS = 5;
@@ -79,13 +79,7 @@ describe.skipIf(reason)('a mesh of five hosts launched as a chain', () => {
 
   it('relays through a third host when two hosts cannot reach each other', async () => {
     const [h1, h2] = hosts as [Host, Host];
-    await h1.exec('nft', ['-f', '-'], {
-      input: `table inet weftcut {
-  chain out { type filter hook output priority 0; ip daddr ${h2.underlayIp} drop; }
-  chain in { type filter hook input priority 0; ip saddr ${h2.underlayIp} drop; }
-}
-`,
-    });
+    const heal = await cutUnderlay(h1, h2.underlayIp, 'weftcut');
     try {
       await waitUntil(async () => !(await establishedPeers(h1)).includes('h2'), {
         timeoutMs: 20_000,
@@ -107,7 +101,7 @@ describe.skipIf(reason)('a mesh of five hosts launched as a chain', () => {
       );
       expect(after).toBeGreaterThan(before);
     } finally {
-      await h1.exec('nft', ['delete', 'table', 'inet', 'weftcut']);
+      await heal();
     }
   });
 

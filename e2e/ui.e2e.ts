@@ -5,7 +5,7 @@ import type { Browser, Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type Host, Lab, requireRoot, waitUntil } from '../lab/netns.js';
 import { chromiumMissing, launchBrowserIn } from './browser.js';
-import { expose, launch, removeStateDirs, stateDir, status, waitPeers, weft } from './weft.js';
+import { cutUnderlay, expose, launch, removeStateDirs, stateDir, status, waitPeers, weft } from './weft.js';
 
 const reason = requireRoot() ?? chromiumMissing();
 if (reason !== undefined && requireRoot() === undefined) console.warn(`ui e2e: skipping: ${reason}`);
@@ -97,13 +97,7 @@ describe.skipIf(reason)('the web page of the mesh (GET /ui) in a browser', () =>
 
   it('shows a cut link within 2 s of the CLI: h2 relayed via h3', async () => {
     const [h1, h2] = hosts as [Host, Host];
-    await h1.exec('nft', ['-f', '-'], {
-      input: `table inet weftuicut {
-  chain out { type filter hook output priority 0; ip daddr ${h2.underlayIp} drop; }
-  chain in { type filter hook input priority 0; ip saddr ${h2.underlayIp} drop; }
-}
-`,
-    });
+    const heal = await cutUnderlay(h1, h2.underlayIp, 'weftuicut');
     try {
       await waitUntil(async () => (await status(h1)).peers.some((p) => p.nickname === 'h2' && p.state === 'relayed'), {
         timeoutMs: 30_000,
@@ -117,7 +111,7 @@ describe.skipIf(reason)('the web page of the mesh (GET /ui) in a browser', () =>
       await shot('2-h2-relayed');
       expect(errors).toEqual([]);
     } finally {
-      await h1.exec('nft', ['delete', 'table', 'inet', 'weftuicut']);
+      await heal();
     }
     await waitUntil(async () => (await rowOf('h2').getAttribute('data-state')) === 'established', {
       timeoutMs: 30_000,

@@ -132,3 +132,25 @@ export async function routerPid(ns: { readonly name: string }): Promise<number> 
   if (found.length !== 1) throw new Error(`expected one router in ${ns.name}, found pids [${found.join(', ')}]`);
   return found[0] as number;
 }
+
+/**
+ * cutUnderlay drops everything between `host` and the underlay address(es) `peerIps`, both ways, in an
+ * nftables table of `host`'s own namespace (named `table`); the returned function heals the cut.
+ */
+export async function cutUnderlay(
+  host: Netns,
+  peerIps: string | readonly string[],
+  table = 'weftcut',
+): Promise<() => Promise<void>> {
+  const set = typeof peerIps === 'string' ? peerIps : `{ ${peerIps.join(', ')} }`;
+  await host.exec('nft', ['-f', '-'], {
+    input: `table inet ${table} {
+  chain out { type filter hook output priority 0; ip daddr ${set} drop; }
+  chain in { type filter hook input priority 0; ip saddr ${set} drop; }
+}
+`,
+  });
+  return async () => {
+    await host.exec('nft', ['delete', 'table', 'inet', table]);
+  };
+}
