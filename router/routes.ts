@@ -164,6 +164,61 @@ function search(g: Graph, root: number): Search {
   return { parent, order: order.subarray(0, len) };
 }
 
+/** Scratch space of {@link childrenOf}: one search at a time, never kept. */
+let scratchParent = new Int32Array(0);
+let scratchOrder = new Int32Array(0);
+
+/**
+ * childrenOf returns `me`'s children in `root`'s broadcast tree, in index order: the same as
+ * `search(g, root)` would give, but the search stops as soon as every neighbour of `me` has its
+ * parent (a parent, once set, is final: each level is expanded in index order), and works in
+ * scratch arrays. Near the root that is a few levels of a graph of thousands.
+ */
+function childrenOf(g: Graph, root: number, me: number): number[] {
+  const n = g.names.length;
+  if (scratchParent.length < n) {
+    scratchParent = new Int32Array(n);
+    scratchOrder = new Int32Array(n);
+  }
+  const parent = scratchParent;
+  const order = scratchOrder;
+  parent.fill(-2, 0, n);
+  parent[root] = -1;
+  const mine = g.adj[me]!;
+  let missing = mine.length - (mine.includes(root) ? 1 : 0);
+  order[0] = root;
+  let len = 1;
+  search: for (let start = 0; start < len && missing > 0; ) {
+    const end = len;
+    for (let k = start; k < end; k++) {
+      const u = order[k]!;
+      for (const v of g.adj[u]!) {
+        if (parent[v] !== -2) continue;
+        parent[v] = u;
+        order[len++] = v;
+        if (isNeighbour(mine, v) && --missing === 0) break search;
+      }
+    }
+    order.subarray(end, len).sort(); // the next level in index (= name) order
+    start = end;
+  }
+  return mine.filter((v) => parent[v] === me);
+}
+
+/** isNeighbour says whether `v` is in the ascending row `row` (binary search). */
+function isNeighbour(row: readonly number[], v: number): boolean {
+  let lo = 0;
+  let hi = row.length - 1;
+  while (lo <= hi) {
+    const mid = (lo + hi) >> 1;
+    const x = row[mid]!;
+    if (x === v) return true;
+    if (x < v) lo = mid + 1;
+    else hi = mid - 1;
+  }
+  return false;
+}
+
 /**
  * BroadcastTable is the broadcast map of one Routes snapshot, filled lazily: an origin's tree is
  * searched (O(N+E)) the first time it is asked for and kept. Iterating searches every origin.
@@ -192,8 +247,9 @@ class BroadcastTable implements ReadonlyMap<PeerName, readonly PeerName[]> {
     if (i === undefined || this.own.parent[i] === -2) return undefined;
     let children = this.cache.get(i);
     if (children === undefined) {
-      const tree = i === this.me ? this.own.parent : search(this.g, i).parent;
-      children = this.g.adj[this.me]!.filter((v) => tree[v] === this.me).map((v) => this.g.names[v]!);
+      const tree = this.own.parent;
+      const kids = i === this.me ? this.g.adj[this.me]!.filter((v) => tree[v] === this.me) : childrenOf(this.g, i, this.me);
+      children = kids.map((v) => this.g.names[v]!);
       this.cache.set(i, children);
     }
     return children;
