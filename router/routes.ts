@@ -188,7 +188,7 @@ function childrenOf(g: Graph, root: number, me: number): number[] {
   let missing = mine.length - (mine.includes(root) ? 1 : 0);
   order[0] = root;
   let len = 1;
-  search: for (let start = 0; start < len && missing > 0; ) {
+  levels: for (let start = 0; start < len && missing > 0; ) {
     const end = len;
     for (let k = start; k < end; k++) {
       const u = order[k]!;
@@ -196,7 +196,7 @@ function childrenOf(g: Graph, root: number, me: number): number[] {
         if (parent[v] !== -2) continue;
         parent[v] = u;
         order[len++] = v;
-        if (isNeighbour(mine, v) && --missing === 0) break search;
+        if (isNeighbour(mine, v) && --missing === 0) break levels;
       }
     }
     order.subarray(end, len).sort(); // the next level in index (= name) order
@@ -248,7 +248,8 @@ class BroadcastTable implements ReadonlyMap<PeerName, readonly PeerName[]> {
     let children = this.cache.get(i);
     if (children === undefined) {
       const tree = this.own.parent;
-      const kids = i === this.me ? this.g.adj[this.me]!.filter((v) => tree[v] === this.me) : childrenOf(this.g, i, this.me);
+      const kids =
+        i === this.me ? this.g.adj[this.me]!.filter((v) => tree[v] === this.me) : childrenOf(this.g, i, this.me);
       children = kids.map((v) => this.g.names[v]!);
       this.cache.set(i, children);
     }
