@@ -54,8 +54,29 @@ describe('buildLaunchConfig', () => {
     [{ httpAddr: 'localhost' }, /invalid --http-addr/],
     [{ passwordFile: '/nonexistent/pw' }, /cannot read --password-file/],
     [{ encap: 'vxlan', vxlanPort: '6783' }, /must differ from --port/],
+    [{ trustedSubnets: '10.0.0.0/8' }, /--trusted-subnets needs a password/],
   ])('rejects %o with a clear message', (flags, msg) => {
     expect(() => buildLaunchConfig([], { stateDir: '/tmp/x', ...flags }, {})).toThrow(msg);
+  });
+
+  it('takes --trusted-subnets (or WEFT_TRUSTED_SUBNETS) with a password, refusing host bits and non-prefixes', () => {
+    const env = { WEFT_PASSWORD: 'pw' };
+    expect(buildLaunchConfig([], { stateDir: '/tmp/x' }, env).trustedSubnets).toEqual([]);
+    expect(
+      buildLaunchConfig([], { stateDir: '/tmp/x', trustedSubnets: '10.0.0.0/8, 192.168.1.0/24' }, env).trustedSubnets,
+    ).toEqual([
+      { addr: 0x0a000000, prefix: 8 },
+      { addr: 0xc0a80100, prefix: 24 },
+    ]);
+    expect(
+      buildLaunchConfig([], { stateDir: '/tmp/x' }, { ...env, WEFT_TRUSTED_SUBNETS: '172.16.0.0/12' }).trustedSubnets,
+    ).toEqual([{ addr: 0xac100000, prefix: 12 }]);
+    expect(() => buildLaunchConfig([], { stateDir: '/tmp/x', trustedSubnets: '10.1.2.3/8' }, env)).toThrow(
+      /invalid --trusted-subnets "10.1.2.3\/8": host bits set \(want 10.0.0.0\/8\)/,
+    );
+    expect(() => buildLaunchConfig([], { stateDir: '/tmp/x', trustedSubnets: '10.0.0.0/8,bogus' }, env)).toThrow(
+      /invalid --trusted-subnets "bogus"/,
+    );
   });
 
   it('configures IPAM and DNS, and refuses bad values with the flag named', () => {

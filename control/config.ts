@@ -15,7 +15,7 @@ import path from 'node:path';
 import { ConfigError } from '../common/errors.js';
 import type { LogLevel } from '../common/log.js';
 import type { Cidr, PeerName } from '../common/types.js';
-import { isIPv4, parseCidr, parseOwnPeerName } from '../common/types.js';
+import { cidrNetwork, formatCidr, isIPv4, parseCidr, parseOwnPeerName } from '../common/types.js';
 // Direct import (not dns/index.js): defaults.ts imports nothing, so the CLI starts without the DNS server.
 import { DNS_PORT, DNS_TTL_S } from '../dns/defaults.js';
 import {
@@ -189,6 +189,8 @@ export interface LaunchConfig {
   readonly mtu: number | undefined;
   /** password authenticates peers when set (from --password-file or WEFT_PASSWORD). */
   readonly password: Buffer | undefined;
+  /** trustedSubnets (--trusted-subnets, with a password): data to peers there, who trust us too, stays unencrypted. */
+  readonly trustedSubnets: readonly Cidr[];
   readonly noDiscovery: boolean;
   readonly foreground: boolean;
   readonly logLevel: LogLevel;
@@ -220,6 +222,7 @@ export interface LaunchFlags {
   stateDir?: string;
   mtu?: string;
   passwordFile?: string;
+  trustedSubnets?: string;
   discovery?: boolean; // --no-discovery
   foreground?: boolean;
   logLevel?: string;
@@ -371,6 +374,7 @@ export function buildLaunchConfig(
     stateDir,
     mtu,
     password,
+    trustedSubnets: parseTrustedSubnets(flags.trustedSubnets ?? env.WEFT_TRUSTED_SUBNETS, password !== undefined),
     noDiscovery: flags.discovery === false,
     foreground: flags.foreground === true,
     logLevel: logLevel as LogLevel,
@@ -410,6 +414,33 @@ export function parseDockerSocket(given: string | undefined, dockerHost: string 
     throw new ConfigError(`invalid --docker-socket "${socket}": want an absolute path of at most 107 bytes, or none`);
   }
   return socket;
+}
+
+/**
+ * parseTrustedSubnets validates `--trusted-subnets CIDR,...` (canonical prefixes: no host bits).
+ * Only a password gives it a meaning, so without one it is refused rather than ignored.
+ */
+function parseTrustedSubnets(text: string | undefined, password: boolean): Cidr[] {
+  if (text === undefined || text.trim() === '') return [];
+  if (!password)
+    throw new ConfigError(
+      '--trusted-subnets needs a password (--password-file or WEFT_PASSWORD): without one nothing is encrypted',
+    );
+  return text.split(',').map((part) => {
+    const t = part.trim();
+    let c: Cidr;
+    try {
+      c = parseCidr(t);
+    } catch (err) {
+      throw new ConfigError(`invalid --trusted-subnets "${t}": ${(err as Error).message}`, { cause: err });
+    }
+    const network = cidrNetwork(c);
+    if (network !== c.addr)
+      throw new ConfigError(
+        `invalid --trusted-subnets "${t}": host bits set (want ${formatCidr({ addr: network, prefix: c.prefix })})`,
+      );
+    return c;
+  });
 }
 
 /** parseVxlanPeers validates `--vxlan-peer IP,...`: IPv4 addresses of kernel vxlan devices. */

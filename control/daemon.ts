@@ -75,6 +75,7 @@ export async function runForeground(cfg: LaunchConfig, log: Logger = createLogge
     device: cfg.device,
     ipallocRange: cfg.ipallocRange,
     password: cfg.password,
+    trustedSubnets: cfg.trustedSubnets,
     connLimit: cfg.connLimit,
     datapath: cfg.datapath,
     offload: cfg.offload,

@@ -63,7 +63,12 @@ export function formatStatus(s: StatusView): string {
               .join(', ')})`,
           ] as [string, string],
         ]),
-    ['Encryption', s.encryption ? `enabled${s.cipher === undefined ? '' : ` (${s.cipher})`}` : 'disabled'],
+    [
+      'Encryption',
+      s.encryption
+        ? `enabled${s.cipher === undefined ? '' : ` (${s.cipher})`}${s.trustedSubnets === undefined ? '' : `, data unencrypted with trusted subnets ${s.trustedSubnets.join(',')}`}`
+        : 'disabled',
+    ],
     ['Range', s.ipallocRange],
     ['IPAM', ipamLine(s)],
     ['Exposed', s.exposed.length > 0 ? s.exposed.join(', ') : 'none'],
@@ -101,7 +106,7 @@ export function formatPeers(s: RouterStatus): string {
         ? `relayed via ${p.via}(${names.get(p.via ?? '') ?? '?'})${p.reason ? ` (${p.reason})` : ''}`
         : p.state === 'unreachable'
           ? 'unreachable'
-          : `${p.addr}  ${p.encap}${p.dataEncrypted === true ? ' encrypted' : ''}  ${p.state}${p.reason ? ` (${p.reason})` : ''}${p.rttMs === undefined ? '' : `  rtt=${p.rttMs.toFixed(2)}ms`}${pmtuText(p.pmtu)}`;
+          : `${p.addr}  ${p.encap}${p.dataEncrypted === true ? ' encrypted' : p.dataTrusted === true ? ' unencrypted (trusted subnet)' : ''}  ${p.state}${p.reason ? ` (${p.reason})` : ''}${p.rttMs === undefined ? '' : `  rtt=${p.rttMs.toFixed(2)}ms`}${pmtuText(p.pmtu)}`;
     lines.push(
       `${p.name}(${p.nickname})  ${how}  ${p.cidrs.join(' ')}`.trimEnd(),
       `   ${p.connections} connections  tx ${p.txPackets} pkts ${bytes(p.txBytes)}  rx ${p.rxPackets} pkts ${bytes(p.rxBytes)}`,

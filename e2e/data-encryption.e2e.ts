@@ -117,15 +117,16 @@ interface DataLab {
   a1: string;
 }
 
-async function lab(password: string | undefined): Promise<DataLab> {
+/** lab launches two hosts with a container each; `extra` adds launch flags per host. */
+async function lab(password: string | undefined, extra: (topo: Lab) => string[] = () => []): Promise<DataLab> {
   const topo = await Lab.create({ hosts: 2 });
   try {
     const [h1, h2] = topo.hosts as [Host, Host];
     const flags = (h: Host): string[] => {
-      if (password === undefined) return ['--no-dns'];
+      if (password === undefined) return ['--no-dns', ...extra(topo)];
       const f = `${stateDir(h)}/password`;
       writeFileSync(f, `${password}\n`, { mode: 0o600 });
-      return ['--no-dns', '--password-file', f];
+      return ['--no-dns', '--password-file', f, ...extra(topo)];
     };
     const c1 = await topo.addNamespace('ca');
     const c2 = await topo.addNamespace('cb');
@@ -232,6 +233,64 @@ describe.skipIf(reason)('without a password the same capture sees the marker (th
     expect(delivered).toBe(true);
     const peers = (await status(l.h1)).peers as unknown as { dataEncrypted?: boolean }[];
     expect(peers[0]?.dataEncrypted).toBeUndefined();
+  });
+});
+
+/**
+ * With --trusted-subnets holding the underlay on both ends, data crosses in the clear (the capture
+ * finds the marker) while the control connection stays sealed; once one end stops trusting, the
+ * data is sealed again (the marker is gone), whatever the other end says.
+ */
+describe.skipIf(reason)('with a password and trusted subnets on both ends, data stays unencrypted', () => {
+  let l: DataLab;
+
+  beforeAll(async () => {
+    l = await lab('correct horse', (topo) => ['--trusted-subnets', topo.underlayNet]);
+  });
+
+  afterAll(async () => {
+    await l?.topo.destroy();
+    if (l) removeStateDirs(l.topo);
+  });
+
+  it('says so in status, keeps the control connection encrypted, and the marker crosses readable', async () => {
+    const s = await status(l.h1);
+    expect(s).toMatchObject({ encryption: true, trustedSubnets: [l.topo.underlayNet] });
+    expect(s.peers).toEqual([expect.objectContaining({ dataTrusted: true })]);
+    expect(s.peers[0]).not.toHaveProperty('dataEncrypted');
+    expect(s.connections).toEqual([expect.objectContaining({ encrypted: true })]);
+    expect((await weft(l.h1, ['status', 'peers'])).stdout).toMatch(/unencrypted \(trusted subnet\)/);
+    expect((await weft(l.h1, ['status'])).stdout).toMatch(/data unencrypted with trusted subnets/);
+    const cap = await startCapture(l.h1);
+    let delivered = false;
+    try {
+      delivered = await markerThrough(l.c1, l.c2, l.a1);
+    } finally {
+      expect((await cap.stop()).hits).toBeGreaterThan(0);
+    }
+    expect(delivered).toBe(true);
+  });
+
+  it('seals the data again when one end no longer trusts the other', async () => {
+    await weft(l.h2, ['stop']);
+    await launch(l.h2, [l.h1.underlayIp], ['--no-dns', '--password-file', `${stateDir(l.h2)}/password`]);
+    await waitPeers(l.h1, 1);
+    await waitPeers(l.h2, 1);
+    await weft(l.h2, ['attach', l.c2.name]); // idempotent: the same address if the router kept it
+    const peer = async () => (await status(l.h1)).peers[0] as unknown as Record<string, unknown> | undefined;
+    await waitUntil(async () => (await peer())?.dataEncrypted === true, {
+      timeoutMs: 15_000,
+      what: 'the data path to the restarted peer sealed',
+    });
+    expect(await peer()).not.toHaveProperty('dataTrusted');
+    const cap = await startCapture(l.h1);
+    let delivered = false;
+    try {
+      delivered = await markerThrough(l.c1, l.c2, l.a1);
+    } finally {
+      expect((await cap.stop()).hits).toBe(0);
+    }
+    expect(delivered).toBe(true);
   });
 });
 

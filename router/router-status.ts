@@ -45,6 +45,8 @@ export interface StatusSources {
   readonly datapath: 'native' | 'dgram';
   readonly offload: boolean;
   readonly encryption: boolean;
+  /** trustedSubnets are the --trusted-subnets (with a password: data to peers in them may stay unencrypted). */
+  readonly trustedSubnets: readonly Cidr[];
   readonly ipallocRange: Cidr;
   readonly exposed: readonly Cidr[];
   readonly vxlanPeers: string[];
@@ -82,6 +84,7 @@ export function assembleStatus(s: StatusSources): RouterStatus {
       udpOffload: plane.udpOffload(),
       encryption: s.encryption,
       ...(s.encryption && { cipher: DEFAULT_AEAD_CIPHER }),
+      ...(s.encryption && s.trustedSubnets.length > 0 && { trustedSubnets: s.trustedSubnets.map(formatCidr) }),
       ipallocRange: formatCidr(s.ipallocRange),
       exposed: s.exposed.map(formatCidr),
       peers: peerStatus(s),
@@ -126,6 +129,7 @@ function peerStatus(s: StatusSources): PeerStatus[] {
       addr: st?.conn.remote.addr ?? '',
       encap: relayed || st === undefined ? 'sleeve' : encapName(st.hop.encap),
       ...(!relayed && st?.sleeveHop.crypto?.open === true && { dataEncrypted: true }),
+      ...(!relayed && st?.conn.dataTrusted === true && { dataTrusted: true }),
       mtu: st?.conn.remote.mtu ?? 0,
       cidrs: [...e.cidrs],
       connections: e.connections.length,

@@ -427,6 +427,64 @@ describe.skipIf(native === undefined)('Forwarder with data keys (sealed sleeve)'
   });
 });
 
+describe.skipIf(native === undefined)('Forwarder with a trusted peer (--trusted-subnets on both ends)', () => {
+  it('takes cleartext straight from the trusted peer, but only sealed datagrams from it through a relay', () => {
+    const p = pair();
+    const sockR = p.net.open({ addr: UNDER_R, port: PORT, queueLimit: 4096 });
+    const tunR = new MemoryTun({ vnetHdr: true });
+    open.push(sockR, tunR);
+    const r = new Forwarder({ tun: tunR, sleeve: sockR, localName: NAME_R, vni: 1, vxlanPort: 4789, vnetHdr: true });
+    r.fib = Fib.build([], [], [hopOf(NAME_A, UNDER_A), hopOf(NAME_B, UNDER_B)]);
+    // B routes A through R (sealed end to end with the keys of B's connection to A) while A's
+    // direct hop, trusted, is in the clear and still one of B's endpoints.
+    const hopRatB = hopOf(NAME_R, UNDER_R);
+    const relayA = new Hop(
+      NAME_A,
+      p.hopA.nameHi,
+      p.hopA.nameLo,
+      p.hopA.nameHi,
+      p.hopA.nameLo,
+      UNDER_R,
+      PORT,
+      Encap.Sleeve,
+    );
+    relayA.crypto = p.cryptoB;
+    p.hopA.crypto = undefined;
+    p.b.fib = Fib.build([{ cidr: { addr: IP_A as never, prefix: 32 }, hop: relayA }], [IP_B], [relayA, hopRatB], [], {
+      endpoints: [p.hopA, hopRatB],
+    });
+    const viaR = (crypto: PeerCrypto | undefined): Hop => {
+      const h = new Hop(
+        NAME_B,
+        p.hopB.nameHi,
+        p.hopB.nameLo,
+        p.hopB.nameHi,
+        p.hopB.nameLo,
+        UNDER_R,
+        PORT,
+        Encap.Sleeve,
+      );
+      h.crypto = crypto;
+      return h;
+    };
+    const fromA = (hop: Hop): number => {
+      p.a.fib = Fib.build([{ cidr: { addr: IP_B as never, prefix: 32 }, hop }], [IP_A], [hop]);
+      p.tunA.inject(vnet(udpPacket(600)));
+      p.a.inside.onTunReadable();
+      r.outside.onSleeveReadable();
+      p.b.outside.onSleeveReadable();
+      return p.tunB.written.splice(0).length;
+    };
+    p.hopB.crypto = undefined;
+    expect(fromA(p.hopB)).toBe(1); // direct, in the clear
+    expect(containsMarker(p.atB)).toBe(true);
+    expect(fromA(viaR(p.cryptoA))).toBe(1); // through R, sealed
+    const auth = p.b.counters.drops[Drop.Auth] ?? 0;
+    expect(fromA(viaR(undefined))).toBe(0); // through R in the clear: refused
+    expect(p.b.counters.drops[Drop.Auth]).toBe(auth + 1);
+  });
+});
+
 describe('Forwarder without data keys (no password)', () => {
   it('sends the cleartext sleeve layout unchanged: header, frame length, vnet header, packet', () => {
     const p = pair({ encrypted: false });
