@@ -191,6 +191,10 @@ Examples:
       '--trusted-subnets <cidrs>',
       'with a password: data to peers whose underlay address is in these prefixes, and who trust ours, stays unencrypted; control is always encrypted (env WEFT_TRUSTED_SUBNETS)',
     )
+    .option(
+      '--masquerade',
+      "containers reach addresses outside the overlay range behind this host's address (nftables table ip weft; container to container is never NATed; env WEFT_MASQUERADE=1)",
+    )
     .option('--no-discovery', 'only connect to the peers given, not to peers they know')
     .option(
       '--discovery-degree <n>',

@@ -59,6 +59,12 @@ describe('buildLaunchConfig', () => {
     expect(() => buildLaunchConfig([], { stateDir: '/tmp/x', ...flags }, {})).toThrow(msg);
   });
 
+  it('turns egress masquerading on with --masquerade or WEFT_MASQUERADE=1, off by default', () => {
+    expect(buildLaunchConfig([], { stateDir: '/tmp/x' }, {}).masquerade).toBe(false);
+    expect(buildLaunchConfig([], { stateDir: '/tmp/x', masquerade: true }, {}).masquerade).toBe(true);
+    expect(buildLaunchConfig([], { stateDir: '/tmp/x' }, { WEFT_MASQUERADE: '1' }).masquerade).toBe(true);
+  });
+
   it('takes --trusted-subnets (or WEFT_TRUSTED_SUBNETS) with a password, refusing host bits and non-prefixes', () => {
     const env = { WEFT_PASSWORD: 'pw' };
     expect(buildLaunchConfig([], { stateDir: '/tmp/x' }, env).trustedSubnets).toEqual([]);

@@ -189,6 +189,8 @@ export interface LaunchConfig {
   readonly mtu: number | undefined;
   /** password authenticates peers when set (from --password-file or WEFT_PASSWORD). */
   readonly password: Buffer | undefined;
+  /** masquerade (--masquerade, WEFT_MASQUERADE=1): containers reach beyond the overlay behind the host's address. */
+  readonly masquerade: boolean;
   /** trustedSubnets (--trusted-subnets, with a password): data to peers there, who trust us too, stays unencrypted. */
   readonly trustedSubnets: readonly Cidr[];
   readonly noDiscovery: boolean;
@@ -223,6 +225,7 @@ export interface LaunchFlags {
   mtu?: string;
   passwordFile?: string;
   trustedSubnets?: string;
+  masquerade?: boolean;
   discovery?: boolean; // --no-discovery
   foreground?: boolean;
   logLevel?: string;
@@ -375,6 +378,7 @@ export function buildLaunchConfig(
     mtu,
     password,
     trustedSubnets: parseTrustedSubnets(flags.trustedSubnets ?? env.WEFT_TRUSTED_SUBNETS, password !== undefined),
+    masquerade: flags.masquerade === true || env.WEFT_MASQUERADE === '1',
     noDiscovery: flags.discovery === false,
     foreground: flags.foreground === true,
     logLevel: logLevel as LogLevel,

@@ -1,6 +1,7 @@
 import type { RouterStatus } from '../router/index.js';
 import type { AttacherStatus } from './attach.js';
 import type { DockerStatus } from './docker.js';
+import type { EgressStatus } from './egress.js';
 import type { StateDirStatus } from './state.js';
 
 /** StateStatus is `state` in status: whether the state directory takes writes, and attaches refused for it. */
@@ -14,7 +15,12 @@ export interface ApiStatus {
   loopback: boolean;
 }
 /** StatusView is what `GET /status` shows: the router's status, the daemon's state directory and its API. */
-export type StatusView = RouterStatus & { state?: StateStatus; docker?: DockerStatus; api?: ApiStatus };
+export type StatusView = RouterStatus & {
+  state?: StateStatus;
+  docker?: DockerStatus;
+  egress?: EgressStatus;
+  api?: ApiStatus;
+};
 
 /** ConnectionView is the shape of one entry of RouterStatus.connections. */
 interface ConnectionView {
@@ -74,6 +80,14 @@ export function formatStatus(s: StatusView): string {
     ['Exposed', s.exposed.length > 0 ? s.exposed.join(', ') : 'none'],
     ...(s.state === undefined ? [] : [['State', stateLine(s.state)] as [string, string]]),
     ...(s.docker === undefined ? [] : [['Docker', dockerLine(s.docker)] as [string, string]]),
+    ...(s.egress === undefined
+      ? []
+      : [
+          [
+            'Egress',
+            `masquerade ${s.egress.masquerade} beyond the overlay (nftables table ${s.egress.table}${s.egress.installed ? '' : ', NOT installed: see the log'})`,
+          ] as [string, string],
+        ]),
     ['Targets', String(s.targets.length)],
     ['Connections', `${conns.length} (${established} established)`],
     [
