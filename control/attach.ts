@@ -17,7 +17,7 @@ import { writeFile } from 'node:fs/promises';
 import { promisify } from 'node:util';
 import { errorMessage, InputError, WeftError } from '../common/errors.js';
 import type { Logger } from '../common/log.js';
-import type { Cidr } from '../common/types.js';
+import type { Cidr, IPv4 } from '../common/types.js';
 import { cidrContains, formatCidr, formatIPv4, parseCidr, prefixMask } from '../common/types.js';
 import { CONTAINER_CHECK_MS, CONTAINER_GRACE_MS, EXPOSE_OWNER, GSO_MAX_BYTES, type Router } from '../router/index.js';
 import { StateSaveError } from './state.js';
@@ -48,6 +48,14 @@ export interface AttachedContainer {
   netns?: string;
   /** containerIfname is the interface's name inside the container when it is not `ethwe` (CNI_IFNAME). */
   containerIfname?: string;
+  /**
+   * peerIfname is the container end's name in this namespace when the pair was made for an engine
+   * that moves it into the container and configures it itself (Docker's network plugin, see
+   * {@link AttachAt.peer}); the engine may rename it.
+   */
+  peerIfname?: string;
+  /** endpoint is the engine's endpoint id of a record made by its network plugin (Docker's libnetwork). */
+  endpoint?: string;
   /**
    * state is the attach journal (absent means attached): `pending` is written (with fsync) before
    * any kernel object is made and `attached` only once everything is in place, before the caller
@@ -141,6 +149,15 @@ export interface AttachAt {
    * first when it has none, as Weave exposed its bridge for pods), see {@link Attacher.gateway}.
    */
   defaultRoute?: boolean;
+  /**
+   * peer makes both ends of the pair in this namespace, the container's end named `peer` (with the
+   * MAC and MTU), and configures nothing inside: the engine moves it into `netns` and gives it its
+   * address itself (Docker's libnetwork after a network plugin's Join). `ifname` is then only the
+   * record's note of the name the engine gives it.
+   */
+  peer?: string;
+  /** endpoint is recorded with the attach (the engine's endpoint id, see {@link AttachedContainer.endpoint}). */
+  endpoint?: string;
 }
 
 /** IFNAME is what Linux takes as an interface name (and CNI as CNI_IFNAME). */
@@ -157,6 +174,10 @@ function pathTarget(netns: string): Target {
 function checkAttachAt(target: string, at: AttachAt): void {
   if (!OWNER_KEY.test(target)) throw new InputError(`invalid owner key "${target}" for an attach by namespace path`);
   if (!IFNAME.test(at.ifname)) throw new InputError(`invalid interface name "${at.ifname}"`);
+  if (at.peer !== undefined) {
+    if (!IFNAME.test(at.peer)) throw new InputError(`invalid interface name "${at.peer}"`);
+    return; // the engine's namespace need not be visible here: the engine moves the interface
+  }
   if (!at.netns.startsWith('/') || at.netns.length > 4096 || /[\0\n]/.test(at.netns)) {
     throw new InputError(`invalid network namespace path "${at.netns}": want an absolute path`);
   }
@@ -266,7 +287,7 @@ export function vethAddArgs(
   ifname: string,
   mtu: number,
   mac: string,
-  ref: string,
+  ref: string | undefined,
   inside = CONTAINER_IFNAME,
 ): string[] {
   const m = String(mtu);
@@ -290,8 +311,7 @@ export function vethAddArgs(
     m,
     'gso_max_size',
     gso,
-    'netns',
-    ref,
+    ...(ref === undefined ? [] : ['netns', ref]),
   ];
 }
 
@@ -540,7 +560,7 @@ export class Attacher {
     gateway?: Cidr,
   ): Promise<AttachedContainer> {
     const t = at === undefined ? await resolveTarget(target, this.containers) : pathTarget(at.netns);
-    const inside = at?.ifname ?? CONTAINER_IFNAME;
+    const inside = at?.peer ?? at?.ifname ?? CONTAINER_IFNAME;
     const ifname = hostIfname(target);
     const mac = containerMac(target);
     /** made: a kernel object may exist (from the first `ip link add` on). */
@@ -562,6 +582,8 @@ export class Attacher {
           cidrs: cidrs.map(formatCidr).sort(),
           mac,
           ...(at === undefined ? {} : { netns: at.netns, containerIfname: at.ifname }),
+          ...(at?.peer === undefined ? {} : { peerIfname: at.peer }),
+          ...(at?.endpoint === undefined ? {} : { endpoint: at.endpoint }),
           state: 'pending',
         },
         name === undefined ? [] : [name],
@@ -573,18 +595,20 @@ export class Attacher {
       made = true;
       // The peer end is made inside the container under its final name: one `ip` for the pair,
       // one `ip -batch` inside, sysctls written directly, one `ip -batch` on the host.
-      await this.addVeth(target, ifname, mac, t.ref, inside);
-      const [cmd, argv] = t.ipArgs(['-batch', '-']);
-      await sh(
-        cmd,
-        argv,
-        [
-          ...cidrs.map((c) => `addr add ${formatCidr(c)} dev ${inside}`),
-          `link set ${inside} up`,
-          'link set lo up',
-          ...(gateway === undefined ? [] : [`route replace default via ${formatIPv4(gateway.addr)} dev ${inside}`]),
-        ].join('\n'),
-      );
+      await this.addVeth(target, ifname, mac, at?.peer === undefined ? t.ref : undefined, inside);
+      if (at?.peer === undefined) {
+        const [cmd, argv] = t.ipArgs(['-batch', '-']);
+        await sh(
+          cmd,
+          argv,
+          [
+            ...cidrs.map((c) => `addr add ${formatCidr(c)} dev ${inside}`),
+            `link set ${inside} up`,
+            'link set lo up',
+            ...(gateway === undefined ? [] : [`route replace default via ${formatIPv4(gateway.addr)} dev ${inside}`]),
+          ].join('\n'),
+        );
+      }
       // Host side: proxy ARP answers the container for every overlay address, /32 routes bring
       // replies back, and forwarding moves packets between the veth and the router's device.
       // proxy_delay 0: answer at once (the default delays proxy replies up to 0.8 s).
@@ -622,12 +646,25 @@ export class Attacher {
    * addVeth makes the pair. A host interface of this target's name left by an attach that had no
    * record (an older version, or a failed removal) is ours: it is removed and the pair made again.
    */
-  private async addVeth(target: string, ifname: string, mac: string, ref: string, inside: string): Promise<void> {
+  private async addVeth(
+    target: string,
+    ifname: string,
+    mac: string,
+    ref: string | undefined,
+    inside: string,
+  ): Promise<void> {
     const args = vethAddArgs(ifname, this.router.mtu, mac, ref, inside);
     try {
       await sh('ip', args);
     } catch (err) {
       if (!/File exists/.test((err as Error).message)) throw err;
+      // Both ends here (a network plugin's pair): a leftover of either end is ours.
+      if (ref === undefined && !(await linkExists(ifname)) && (await linkExists(inside))) {
+        this.log.warn('removing a leftover interface of an earlier attach', { container: target, device: inside });
+        await removeLink(inside);
+        await sh('ip', args);
+        return;
+      }
       if (!(await linkExists(ifname))) {
         throw new WeftError(
           'EWEFT_CONFLICT',
@@ -709,8 +746,12 @@ export class Attacher {
     );
   }
 
-  /** detach unplugs a container: removes the veth pair and frees its addresses. */
-  async detach(target: string): Promise<AttachedContainer> {
+  /**
+   * detach unplugs a container: removes the veth pair and frees its addresses, or with
+   * `keepAddress` leaves them reserved in IPAM for the owner (a network plugin's endpoint, whose
+   * address its IPAM driver frees when the engine says so).
+   */
+  async detach(target: string, keepAddress = false): Promise<AttachedContainer> {
     await this.restored;
     target = (await this.findContainer(target))?.key ?? target;
     const a = this.attached.get(target);
@@ -721,7 +762,7 @@ export class Attacher {
       if (!(await removeLink(a.ifname))) {
         throw new WeftError('EWEFT_SYSTEM', `cannot remove ${a.ifname} of ${target}; it stays attached`);
       }
-      this.forget(a);
+      this.forget(a, keepAddress);
     } finally {
       this.busy.delete(target);
     }
@@ -743,11 +784,20 @@ export class Attacher {
    * forget drops an attached container whose interface is gone: the record first (a crash then
    * leaves an address held by no record, which restore frees), then the address.
    */
-  private forget(a: AttachedContainer): void {
+  private forget(a: AttachedContainer, keepAddress = false): void {
     this.attached.delete(a.target);
     this.goneSince.delete(a.target);
     this.saveQuietly();
-    this.router.release(a.target);
+    const had = this.router.release(a.target);
+    // Reserved again in the same turn: no allocation can take it in between.
+    try {
+      if (keepAddress) for (const c of had) this.router.ipam.claim(a.target, c.addr as IPv4);
+    } catch (err) {
+      this.log.warn('cannot keep the address of a detached container reserved', {
+        container: a.target,
+        err: errorMessage(err),
+      });
+    }
     void this.notify('detached', a);
   }
 
@@ -903,6 +953,7 @@ export class Attacher {
    * {@link vethAddArgs}): pairs made by an older version have the kernel's 65536. Best effort.
    */
   private async capGso(a: AttachedContainer): Promise<void> {
+    if (a.peerIfname !== undefined) return; // made by this version, gso_max_size set at birth
     const gso = String(GSO_MAX_BYTES);
     try {
       const t = a.netns === undefined ? await resolveTarget(a.target, this.containers) : pathTarget(a.netns);

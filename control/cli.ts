@@ -38,6 +38,7 @@ import {
   buildLaunchConfig,
   type ClientFlags,
   clientTarget,
+  DOCKER_PLUGIN_SOCKET,
   DOCKER_SOCKET_DEFAULT,
   type LaunchConfig,
   type LaunchFlags,
@@ -165,6 +166,14 @@ Examples:
     .option(
       '--docker-socket <path>',
       `Docker engine API socket for \`weft attach CONTAINER\` and its events, or none (default: DOCKER_HOST if unix://, else ${DOCKER_SOCKET_DEFAULT}; env WEFT_DOCKER_SOCKET)`,
+    )
+    .option(
+      '--docker-plugin',
+      'serve the Docker network plugin: `docker network create -d weft --ipam-driver weft NET`, then `docker run --network NET` (off by default)',
+    )
+    .option(
+      '--docker-plugin-socket <path>',
+      `the plugin's socket, which dockerd finds by its name (default ${DOCKER_PLUGIN_SOCKET}: the plugin \`weft\`)`,
     )
     .option('--dns-domain <domain>', `DNS domain the embedded DNS answers for (default ${DNS_DOMAIN})`)
     .option('--no-dns', 'do not run the embedded DNS server')

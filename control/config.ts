@@ -182,6 +182,8 @@ export interface LaunchConfig {
   readonly apiSocket: string;
   /** dockerSocket is the Docker engine's API socket (`weft attach` of Docker containers, its events); undefined: none. */
   readonly dockerSocket: string | undefined;
+  /** dockerPlugin is the socket the Docker network plugin (`weft` driver and IPAM) listens on; undefined: off. */
+  readonly dockerPlugin: string | undefined;
   /** apiTokenFile holds the bearer token TCP callers need to change the router: `<stateDir>/api-token`. */
   readonly apiTokenFile: string;
   readonly stateDir: string;
@@ -238,6 +240,8 @@ export interface LaunchFlags {
   ipallocInit?: string;
   containerGrace?: string;
   dockerSocket?: string;
+  dockerPlugin?: boolean;
+  dockerPluginSocket?: string;
   dnsUpstream?: string;
   vxlanPeer?: string;
   dnsTtl?: string;
@@ -348,6 +352,7 @@ export function buildLaunchConfig(
     throw new ConfigError(`invalid --api-socket "${apiSocket}": want an absolute path of at most 107 bytes`);
   }
   const dockerSocket = parseDockerSocket(flags.dockerSocket ?? env.WEFT_DOCKER_SOCKET, env.DOCKER_HOST);
+  const dockerPlugin = parseDockerPlugin(flags.dockerPlugin === true, flags.dockerPluginSocket, dockerSocket);
   const cfg: LaunchConfig = {
     peers: peers.map(parsePeerAddress),
     name,
@@ -373,6 +378,7 @@ export function buildLaunchConfig(
     httpLoopback: isLoopbackHost(httpAddr.host),
     apiSocket,
     dockerSocket,
+    dockerPlugin,
     apiTokenFile: path.join(stateDir, API_TOKEN_FILE_NAME),
     stateDir,
     mtu,
@@ -446,6 +452,35 @@ function parseTrustedSubnets(text: string | undefined, password: boolean): Cidr[
     return c;
   });
 }
+
+/**
+ * parseDockerPlugin gives the network plugin's socket: off unless `--docker-plugin`; then
+ * `--docker-plugin-socket` or /run/docker/plugins/weft.sock. It needs the engine's API (container
+ * names for the DNS), so not with `--docker-socket none`.
+ */
+export function parseDockerPlugin(
+  on: boolean,
+  socket: string | undefined,
+  dockerSocket: string | undefined,
+): string | undefined {
+  if (!on) {
+    if (socket !== undefined) throw new ConfigError('--docker-plugin-socket needs --docker-plugin');
+    return undefined;
+  }
+  if (dockerSocket === undefined) {
+    throw new ConfigError('--docker-plugin needs the Docker engine (it was turned off with --docker-socket none)');
+  }
+  const file = socket ?? DOCKER_PLUGIN_SOCKET;
+  if (!path.isAbsolute(file) || Buffer.byteLength(file) > 107 || !file.endsWith('.sock')) {
+    throw new ConfigError(
+      `invalid --docker-plugin-socket "${file}": want an absolute path of at most 107 bytes ending in .sock (the plugin is named after the file)`,
+    );
+  }
+  return file;
+}
+
+/** DOCKER_PLUGIN_SOCKET is where dockerd discovers the plugin `weft` (its name is the file's). */
+export const DOCKER_PLUGIN_SOCKET = '/run/docker/plugins/weft.sock';
 
 /** parseVxlanPeers validates `--vxlan-peer IP,...`: IPv4 addresses of kernel vxlan devices. */
 function parseVxlanPeers(text: string | undefined): string[] {

@@ -15,7 +15,8 @@ import { alignedClock } from './aligned-clock.js';
 import { Attacher, isContainerIfname } from './attach.js';
 import { type LaunchConfig, RUN_ROOT, TARGETS_MAX } from './config.js';
 import { DnsService } from './dns.js';
-import { DockerIntegration } from './docker.js';
+import { DockerClient, DockerIntegration } from './docker.js';
+import { DockerPlugin, routerBackend } from './docker-plugin.js';
 import { Egress } from './egress.js';
 import { API_SOCKET_GROUP, type ApiOptions, createApi, ensureApiToken, listenApiSocket } from './http.js';
 import { createMetrics } from './metrics.js';
@@ -129,6 +130,17 @@ export async function runForeground(cfg: LaunchConfig, log: Logger = createLogge
       detach: (t) => attacher.detach(t),
     });
   }
+  // The Docker network plugin (`docker network create -d weft`): its endpoints are attaches.
+  const plugin =
+    cfg.dockerPlugin === undefined || docker === undefined || cfg.dockerSocket === undefined
+      ? undefined
+      : new DockerPlugin({
+          socketPath: cfg.dockerPlugin,
+          backend: routerBackend(router, attacher, cfg.ipallocRange),
+          log,
+          docker: new DockerClient(cfg.dockerSocket),
+        });
+  if (plugin !== undefined) docker?.watch((e) => plugin.onEngineEvent(e));
   // The DNS rides the router's gossip; its channel must exist before the router connects.
   const dns = cfg.noDns
     ? undefined
@@ -172,7 +184,10 @@ export async function runForeground(cfg: LaunchConfig, log: Logger = createLogge
     log,
     dns,
     stateStatus: () => ({ ...stateFile.status(), attach: attacher.status() }),
-    docker: docker === undefined ? undefined : () => docker.status(),
+    docker:
+      docker === undefined
+        ? undefined
+        : () => ({ ...docker.status(), ...(plugin === undefined ? {} : { plugin: plugin.status() }) }),
     egress: egress === undefined ? undefined : () => egress.status(),
     api: { http: `${cfg.httpAddr.host}:${cfg.httpAddr.port}`, loopback: cfg.httpLoopback },
     onStop: () => void shutdown('stop requested'),
@@ -210,6 +225,7 @@ export async function runForeground(cfg: LaunchConfig, log: Logger = createLogge
       log.info('router stopping', { reason });
       attacher.stop();
       docker?.stop();
+      await plugin?.stop();
       await dns?.stop();
       await egress?.remove();
       await router.stop();
@@ -291,6 +307,8 @@ export async function runForeground(cfg: LaunchConfig, log: Logger = createLogge
   await attacher.restore(state.attached);
   attacher.start();
   docker?.start();
+  // After restore: a Leave of an endpoint joined before a restart finds its record.
+  await plugin?.start().catch((err) => log.error('docker plugin: not started', { err: errorMessage(err) }));
   persist();
   log.info('router ready', {
     peer: name,

@@ -77,8 +77,20 @@ describe('parseEvent', () => {
     expect(parseEvent(event('die'))).toEqual({ action: 'die', id: ID });
   });
 
+  it("reads a network's connect of a container; other network events carry no container", () => {
+    const net = (Action: string, Attributes: object) =>
+      JSON.stringify({ Type: 'network', Action, Actor: { ID: 'n1', Attributes } });
+    expect(parseEvent(net('connect', { container: ID, name: 'weftnet', type: 'weft' }))).toEqual({
+      action: 'connect',
+      id: ID,
+    });
+    expect(parseEvent(net('connect', { container: 'xyz' }))).toEqual({ action: 'network-connect', id: '' });
+    expect(parseEvent(net('destroy', { name: 'weftnet' }))).toEqual({ action: 'network-destroy', id: '' });
+  });
+
   it.each([
-    ['other types', JSON.stringify({ Type: 'network', Action: 'start', Actor: { ID } })],
+    ['other types', JSON.stringify({ Type: 'image', Action: 'pull', Actor: { ID } })],
+    ['a network event without an actor', JSON.stringify({ Type: 'network', Action: 'connect' })],
     ['garbage', '}{'],
     ['a bad id', event('start', 'xyz')],
     ['no actor', JSON.stringify({ Type: 'container', Action: 'start' })],

@@ -31,6 +31,7 @@ import { z } from 'zod';
 import { errorMessage, WeftError } from '../common/errors.js';
 import type { Logger } from '../common/log.js';
 import type { ContainerEngine, FoundContainer } from './attach.js';
+import type { DockerPluginStatus } from './docker-plugin.js';
 
 /** DOCKER_REQUEST_TIMEOUT_MS bounds one API request (not the events stream). */
 export const DOCKER_REQUEST_TIMEOUT_MS = 5_000;
@@ -120,7 +121,10 @@ export class DockerClient {
    * function that closes the stream; `onEnd` is called once when the stream ends or fails.
    */
   events(onEvent: (e: ContainerEvent) => void, onBad: () => void, onEnd: (err?: Error) => void): Promise<() => void> {
-    const filters = encodeURIComponent(JSON.stringify({ type: ['container'], event: ['start', 'destroy'] }));
+    // Network connects too: the network plugin names a container joined to a weft network (docker-plugin.ts).
+    const filters = encodeURIComponent(
+      JSON.stringify({ type: ['container', 'network'], event: ['start', 'destroy', 'connect'] }),
+    );
     return new Promise((resolve, reject) => {
       let ended = false;
       const end = (err?: Error): void => {
@@ -260,10 +264,14 @@ export function parseInspect(body: string): FoundContainer {
   };
 }
 
-/** ContainerEvent is one container event of the engine's stream (Weft acts on start and destroy). */
+/**
+ * ContainerEvent is one container event of the engine's stream (Weft acts on start and destroy),
+ * or a network's connect of a container (action `connect`); other network events have action
+ * `network-ACTION` and no id.
+ */
 export interface ContainerEvent {
   action: string;
-  /** id is the container's full id. */
+  /** id is the container's full id ('' for a network event without one). */
   id: string;
 }
 
@@ -273,7 +281,18 @@ const EventSchema = z.object({
   Actor: z.object({ ID: z.string().regex(/^[0-9a-f]{64}$/) }),
 });
 
-/** parseEvent reads one line of `GET /events`; undefined for anything but a well-formed container event. */
+const NetworkEventSchema = z.object({
+  Type: z.literal('network'),
+  Action: z.string().max(64),
+  Actor: z.object({
+    Attributes: z
+      .object({ container: z.string().max(64).optional() })
+      .passthrough()
+      .optional(),
+  }),
+});
+
+/** parseEvent reads one line of `GET /events`; undefined for anything but a well-formed container or network event. */
 export function parseEvent(line: string): ContainerEvent | undefined {
   let json: unknown;
   try {
@@ -282,8 +301,12 @@ export function parseEvent(line: string): ContainerEvent | undefined {
     return undefined;
   }
   const r = EventSchema.safeParse(json);
-  if (!r.success) return undefined;
-  return { action: r.data.Action, id: r.data.Actor.ID };
+  if (r.success) return { action: r.data.Action, id: r.data.Actor.ID };
+  const n = NetworkEventSchema.safeParse(json);
+  if (!n.success) return undefined;
+  const container = n.data.Actor.Attributes?.container ?? '';
+  if (n.data.Action === 'connect' && isContainerKey(container)) return { action: 'connect', id: container };
+  return { action: `network-${n.data.Action}`, id: '' };
 }
 
 /** DockerStatus is what `weft status` shows about Docker. */
@@ -297,6 +320,8 @@ export interface DockerStatus {
   badEvents: number;
   /** lastError is why the engine was last unreachable. */
   lastError?: string;
+  /** plugin is the Docker network plugin's state, when it is on (`--docker-plugin`). */
+  plugin?: DockerPluginStatus;
 }
 
 /** AttachActions are what the Docker integration does with the attacher. */
@@ -338,6 +363,8 @@ export class DockerIntegration implements ContainerEngine {
   private lastError: string | undefined;
   /** queue serializes event handling per container, so a destroy never overtakes a start. */
   private queue: Promise<void> = Promise.resolve();
+  /** watchers see every event (the network plugin names the containers it joined). */
+  private readonly watchers: ((e: ContainerEvent) => Promise<void>)[] = [];
 
   constructor(private readonly opts: DockerOptions) {
     this.client = opts.client ?? new DockerClient(opts.socketPath);
@@ -347,6 +374,11 @@ export class DockerIntegration implements ContainerEngine {
   /** bind gives the integration the attacher it re-attaches and detaches containers with. */
   bind(actions: AttachActions): void {
     this.actions = actions;
+  }
+
+  /** watch calls `fn` for every event, in order, after the attacher's own handling of it. */
+  watch(fn: (e: ContainerEvent) => Promise<void>): void {
+    this.watchers.push(fn);
   }
 
   /** find resolves a container name or id (see {@link ContainerEngine.find}); undefined without an engine. */
@@ -446,6 +478,14 @@ export class DockerIntegration implements ContainerEngine {
   }
 
   private async onEvent(e: ContainerEvent): Promise<void> {
+    try {
+      await this.onAttachedEvent(e);
+    } finally {
+      for (const fn of this.watchers) await fn(e);
+    }
+  }
+
+  private async onAttachedEvent(e: ContainerEvent): Promise<void> {
     const actions = this.actions;
     if (actions === undefined || !actions.attachedKeys().includes(e.id)) return;
     if (e.action === 'destroy') {

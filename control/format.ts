@@ -106,8 +106,16 @@ export function formatStatus(s: StatusView): string {
 
 /** dockerLine is the `Docker` line: which engine socket, and whether its events are followed. */
 function dockerLine(d: DockerStatus): string {
-  if (d.state === 'not found') return `not found at ${d.socket}`;
-  return `connected to ${d.socket} (${d.events ? 'events' : 'no events'})`;
+  const engine =
+    d.state === 'not found'
+      ? `not found at ${d.socket}`
+      : `connected to ${d.socket} (${d.events ? 'events' : 'no events'})`;
+  const p = d.plugin;
+  if (p === undefined) return engine;
+  const plugin = p.listening
+    ? `network plugin on ${p.socket} (${p.endpoints} endpoints)`
+    : `network plugin not listening on ${p.socket}${p.lastError === undefined ? '' : `: ${p.lastError}`}`;
+  return `${engine}; ${plugin}`;
 }
 
 /** formatPeers renders `weft status peers`: ourselves, then every connected peer. */

@@ -37,6 +37,8 @@ const StateSchema = z.object({
         mac: z.string().max(17).optional(),
         netns: z.string().max(4096).optional(),
         containerIfname: z.string().max(15).optional(),
+        peerIfname: z.string().max(15).optional(),
+        endpoint: z.string().max(128).optional(),
         state: z.enum(['pending', 'attached']).optional(),
       }),
     )

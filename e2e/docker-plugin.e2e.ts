@@ -1,0 +1,371 @@
+import { execFile, execFileSync, spawn } from 'node:child_process';
+import { existsSync, mkdirSync, openSync, readFileSync, rmdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { type Host, Lab, requireRoot, waitUntil } from '../lab/netns.js';
+import { launch, removeStateDirs, weft } from './weft.js';
+
+const run = promisify(execFile);
+const ROOT = path.resolve(path.dirname(new URL(import.meta.url).pathname), '..');
+const DOCKER = '/usr/bin/docker';
+const DOCKERD = '/usr/sbin/dockerd';
+/** PLUGINS_DIR is where every dockerd looks for plugin sockets (fixed in docker 20.10: no flag moves it). */
+const PLUGINS_DIR = '/run/docker/plugins';
+/** ENGINE_STOP_MS: how long a dockerd gets after SIGTERM before SIGKILL. */
+const ENGINE_STOP_MS = 20_000;
+/** BASE_BUILD_MS bounds building the local base rootfs on a cold cache (debootstrap). */
+const BASE_BUILD_MS = 600_000;
+/** WEFT_NET creates a weft network on the overlay range (see docker-plugin.ts for why --subnet). */
+const WEFT_NET = ['-d', 'weft', '--ipam-driver', 'weft', '--subnet', '10.32.0.0/12'];
+const IMAGE_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
+
+function skipReason(): string | undefined {
+  const root = requireRoot();
+  if (root !== undefined) return root;
+  for (const [file, pkg] of [
+    [DOCKERD, 'docker.io'],
+    [DOCKER, 'docker.io'],
+    ['/usr/sbin/debootstrap', 'debootstrap'],
+    ['/usr/bin/unshare', 'util-linux'],
+  ] as const) {
+    if (!existsSync(file)) return `${file} is missing (apt-get install ${pkg})`;
+  }
+  if (!existsSync('/sys/fs/cgroup/devices') && !existsSync('/sys/fs/cgroup/cgroup.controllers')) {
+    return 'no cgroup filesystem at /sys/fs/cgroup: dockerd cannot run containers';
+  }
+  return undefined;
+}
+
+const reason = skipReason();
+if (reason !== undefined && requireRoot() === undefined) console.warn(`docker plugin e2e skipped: ${reason}`);
+
+/**
+ * Engine is one dockerd in a host's network namespace with its own data and exec roots, and its
+ * own view of /run/docker/plugins. Two dockerds on one machine share the filesystem, and dockerd
+ * finds plugins only at the fixed /run/docker/plugins/NAME.sock: with one directory, both engines
+ * would reach whichever router made weft.sock last. A per-host plugin name (weft-h1, weft-h2)
+ * would avoid that but make the commands differ from what a user types (`-d weft`). So each
+ * dockerd runs in a mount namespace of its own (`unshare --mount`, propagation slave: the host's
+ * mounts still reach it, its own stay inside) where this host's `plugins/` directory is bind-mounted
+ * on /run/docker/plugins; the host's router (run as a process, outside that mount namespace)
+ * listens on `DIR/plugins/weft.sock`, the same inode dockerd sees as /run/docker/plugins/weft.sock.
+ * Everything dockerd mounts (overlays, netns files) lives and dies with that mount namespace.
+ */
+class Engine {
+  readonly socket: string;
+  readonly pidFile: string;
+  readonly plugins: string;
+  pid: number | undefined;
+
+  constructor(
+    readonly host: Host,
+    readonly dir: string,
+  ) {
+    this.socket = path.join(dir, 'docker.sock');
+    this.pidFile = path.join(dir, 'docker.pid');
+    this.plugins = path.join(dir, 'plugins');
+  }
+
+  async start(): Promise<void> {
+    mkdirSync(this.plugins, { recursive: true });
+    mkdirSync(PLUGINS_DIR, { recursive: true });
+    const log = openSync(path.join(this.dir, 'dockerd.log'), 'a');
+    const dockerd = [
+      DOCKERD,
+      ...['--data-root', path.join(this.dir, 'root'), '--exec-root', path.join(this.dir, 'exec')],
+      ...['-H', `unix://${this.socket}`, '--pidfile', this.pidFile],
+      ...['--iptables=false', '--ip6tables=false', '--bridge=none', '--storage-driver', 'overlay2'],
+    ];
+    const child = spawn(
+      'nsenter',
+      [
+        `--net=/run/netns/${this.host.name}`,
+        ...['unshare', '--mount', '--propagation', 'slave'],
+        ...['sh', '-c', 'mount --bind "$1" "$2" && shift 2 && exec "$@"', 'sh', this.plugins, PLUGINS_DIR],
+        ...dockerd,
+      ],
+      { stdio: ['ignore', log, log], detached: true },
+    );
+    child.unref();
+    this.pid = child.pid;
+    await waitUntil(async () => (await this.docker(['version', '--format', '{{.Server.Version}}'], true)).code === 0, {
+      timeoutMs: 60_000,
+      what: `dockerd in ${this.host.name} to answer (log: ${path.join(this.dir, 'dockerd.log')})`,
+    });
+  }
+
+  async docker(args: string[], allowFail = false, timeoutMs = 60_000): Promise<{ stdout: string; code: number }> {
+    try {
+      const r = await run(DOCKER, args, {
+        env: { ...process.env, DOCKER_HOST: `unix://${this.socket}` },
+        timeout: timeoutMs,
+      });
+      return { stdout: r.stdout, code: 0 };
+    } catch (err) {
+      const e = err as { stdout?: string; stderr?: string; code?: number };
+      if (allowFail) return { stdout: e.stdout ?? '', code: typeof e.code === 'number' ? e.code : 1 };
+      throw new Error(`[${this.host.name}] docker ${args.join(' ')}: ${(e.stderr ?? String(err)).trim()}`);
+    }
+  }
+
+  /** stop removes every container, network and image, stops dockerd by its pid and removes its directory. Never throws. */
+  async stop(): Promise<void> {
+    if (this.pid !== undefined && existsSync(this.socket)) {
+      const ids = (await this.docker(['ps', '-aq'], true)).stdout.split(/\s+/).filter(Boolean);
+      if (ids.length > 0) await this.docker(['rm', '-f', '-v', ...ids], true);
+      await this.docker(['network', 'prune', '-f'], true);
+      const images = (await this.docker(['images', '-q'], true)).stdout.split(/\s+/).filter(Boolean);
+      if (images.length > 0) await this.docker(['rmi', '-f', ...new Set(images)], true);
+    }
+    const pid = this.pid;
+    if (pid !== undefined) {
+      try {
+        process.kill(pid, 'SIGTERM');
+        const deadline = Date.now() + ENGINE_STOP_MS;
+        while (isAlive(pid) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+        if (isAlive(pid)) process.kill(pid, 'SIGKILL');
+      } catch {
+        // already gone
+      }
+      this.pid = undefined;
+    }
+    // dockerd's mounts were in its own mount namespace; anything under dir seen here is unmounted anyway.
+    const mounts = readFileSync('/proc/self/mounts', 'utf8')
+      .split('\n')
+      .map((l) => l.split(' ')[1] ?? '')
+      .filter((m) => m.startsWith(`${this.dir}/`))
+      .sort((a, b) => b.length - a.length);
+    for (const m of mounts) {
+      try {
+        execFileSync('umount', ['-l', m], { stdio: 'ignore' });
+      } catch {
+        // best effort
+      }
+    }
+    rmSync(this.dir, { recursive: true, force: true });
+  }
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return !/^\d+ \(.*\) Z/.test(readFileSync(`/proc/${pid}/stat`, 'utf8'));
+  } catch {
+    return false;
+  }
+}
+
+interface PsEntry {
+  target: string;
+  cidrs: string[];
+  name?: string;
+  names?: string[];
+  endpoint?: string;
+}
+
+/**
+ * The Docker network plugin on two hosts, each with its own dockerd and a Weft router (a process
+ * here; the router's image is tested in docker.e2e.ts): `docker network create -d weft
+ * --ipam-driver weft weftnet` on both, `docker run --network weftnet` containers ping each other
+ * by name across hosts, `docker rm -f` frees the address and the name on every host, and
+ * `docker network connect` / `disconnect` plug a running container in and out.
+ */
+describe.skipIf(reason)('Docker network plugin: docker run --network weftnet', () => {
+  let topo: Lab;
+  let h1: Host;
+  let h2: Host;
+  let e1: Engine;
+  let e2: Engine;
+  const dir = path.join(tmpdir(), `weft-e2e-dplugin-${process.pid}`);
+  const image = `weft-e2e-base:${process.pid}`;
+  const dnsAddr: Record<string, string> = {};
+
+  async function ps(h: Host): Promise<PsEntry[]> {
+    return JSON.parse((await weft(h, ['ps', '--json'])).stdout || '[]') as PsEntry[];
+  }
+
+  async function allocations(h: Host): Promise<string[]> {
+    const s = JSON.parse((await weft(h, ['status', 'ipam', '--json'])).stdout) as { allocations: { addr: string }[] };
+    return s.allocations.map((a) => a.addr);
+  }
+
+  /** runOn starts a container on `net` that resolves names through its router's DNS (via Docker's embedded DNS). */
+  async function runOn(e: Engine, name: string, net: string): Promise<void> {
+    await e.docker([
+      'run',
+      '-d',
+      '--name',
+      name,
+      ...['--network', net, '--dns', dnsAddr[e.host.name] as string, '--dns-search', 'weft.local'],
+      image,
+      ...['sleep', 'infinity'],
+    ]);
+  }
+
+  /** weftAddr is a container's address on a network, as Docker has it. */
+  async function weftAddr(e: Engine, name: string, net = 'weftnet'): Promise<string> {
+    const f = `{{(index .NetworkSettings.Networks "${net}").IPAddress}}`;
+    return (await e.docker(['inspect', '-f', f, name])).stdout.trim();
+  }
+
+  async function pingName(e: Engine, from: string, name: string): Promise<void> {
+    await waitUntil(async () => (await e.docker(['exec', from, 'ping', '-c', '1', '-W', '1', name], true)).code === 0, {
+      timeoutMs: 20_000,
+      what: `${from} on ${e.host.name} to ping ${name}`,
+    });
+    const r = await e.docker(['exec', from, 'ping', '-c', '3', '-i', '0.2', '-W', '1', name]);
+    expect(r.stdout).toMatch(/3 received/);
+  }
+
+  /** named waits until the router has registered `name` for a plugin endpoint. */
+  async function named(h: Host, name: string): Promise<PsEntry> {
+    let found: PsEntry | undefined;
+    await waitUntil(
+      async () => {
+        found = (await ps(h)).find((p) => p.endpoint !== undefined && (p.names ?? [p.name]).includes(name));
+        return found !== undefined;
+      },
+      { timeoutMs: 15_000, what: `${name} to be named on ${h.name}` },
+    );
+    return found as PsEntry;
+  }
+
+  async function goneEverywhere(name: string, addr: string, owner: Host): Promise<void> {
+    await waitUntil(async () => !(await ps(owner)).some((p) => p.cidrs.some((c) => c.startsWith(`${addr}/`))), {
+      timeoutMs: 10_000,
+      what: `${name}'s endpoint to go from ${owner.name}`,
+    });
+    expect(await allocations(owner)).not.toContain(addr);
+    for (const h of [h1, h2]) {
+      await waitUntil(async () => (await weft(h, ['dns-lookup', name], { allowFail: true })).code !== 0, {
+        timeoutMs: 5_000,
+        what: `${name}.weft.local to be gone from ${h.name}'s DNS`,
+      });
+    }
+  }
+
+  beforeAll(async () => {
+    topo = await Lab.create({ hosts: 2 });
+    [h1, h2] = topo.hosts as [Host, Host];
+    e1 = new Engine(h1, path.join(dir, 'h1'));
+    e2 = new Engine(h2, path.join(dir, 'h2'));
+    await Promise.all([e1.start(), e2.start()]);
+    // The containers' image: the local Debian base (ping, ip, getent), cached by its inputs.
+    const base = path.join(ROOT, 'scripts/build-base-image.sh');
+    const key = (await run('sh', [base, '--key-only'], { cwd: ROOT })).stdout.trim();
+    const cache = process.env.WEFT_BASE_CACHE ?? '/var/cache/weft-ci';
+    const tar = path.join(cache, `base-${key}-run.tar`);
+    if (!existsSync(tar)) await run('sh', [base, '--no-import'], { cwd: ROOT, timeout: BASE_BUILD_MS });
+    await Promise.all(
+      [e1, e2].map((e) => e.docker(['import', '--change', `ENV PATH=${IMAGE_PATH}`, tar, image], false, BASE_BUILD_MS)),
+    );
+    const routerFlags = (e: Engine) => [
+      ...['--docker-socket', e.socket, '--docker-plugin', '--docker-plugin-socket', path.join(e.plugins, 'weft.sock')],
+      ...['--container-grace', '60000'],
+    ];
+    await launch(h1, [], routerFlags(e1));
+    await launch(h2, [h1.underlayIp], routerFlags(e2));
+    await waitUntil(
+      async () => {
+        const s = JSON.parse((await weft(h2, ['status', '--json'])).stdout) as { peers: { state: string }[] };
+        return s.peers.some((p) => p.state === 'established');
+      },
+      { timeoutMs: 30_000, what: 'h2 to connect to h1' },
+    );
+  }, BASE_BUILD_MS + 180_000);
+
+  afterAll(async () => {
+    await Promise.all([e1?.stop(), e2?.stop()]);
+    for (const h of [h1, h2]) if (h !== undefined) await weft(h, ['stop'], { allowFail: true });
+    rmSync(dir, { recursive: true, force: true });
+    for (const d of [PLUGINS_DIR, '/run/docker']) {
+      try {
+        rmdirSync(d);
+      } catch {
+        // not there, or in use by another engine
+      }
+    }
+    if (topo !== undefined) {
+      removeStateDirs(topo);
+      await topo.destroy();
+    }
+  }, 120_000);
+
+  it('serves the plugin: status says so, and docker network create -d weft --ipam-driver weft works on both hosts', async () => {
+    const s = JSON.parse((await weft(h1, ['status', '--json'])).stdout) as {
+      docker?: { state: string; plugin?: { listening: boolean; socket: string } };
+    };
+    expect(s.docker).toMatchObject({ state: 'connected', plugin: { listening: true } });
+    expect((await weft(h1, ['status'])).stdout).toMatch(
+      /Docker: connected to .* \(events\); network plugin on \S+weft\.sock/,
+    );
+    for (const e of [e1, e2]) {
+      await e.docker(['network', 'create', ...WEFT_NET, 'weftnet']);
+      const subnet = (await e.docker(['network', 'inspect', '-f', '{{(index .IPAM.Config 0).Subnet}}', 'weftnet']))
+        .stdout;
+      expect(subnet.trim()).toBe('10.32.0.0/12');
+      // The host's overlay address (exposed for the network's gateway), where its router's DNS listens.
+      dnsAddr[e.host.name] = (await weft(e.host, ['expose'])).stdout.trim();
+    }
+    // A pool outside the range is refused with the driver's reason.
+    const bad = await e1.docker(
+      ['network', 'create', '-d', 'weft', '--ipam-driver', 'weft', '--subnet', '192.168.77.0/24', 'bad'],
+      true,
+    );
+    expect(bad.code).not.toBe(0);
+    // Without --subnet libnetwork would ask for pools forever (each overlaps the range's route): refused at once, saying why.
+    const none = await e1.docker(
+      ['network', 'create', '-d', 'weft', '--ipam-driver', 'weft', 'nosubnet'],
+      true,
+      20_000,
+    );
+    expect(none.code).not.toBe(0);
+  });
+
+  it('gives docker run --network weftnet containers an IPAM address and a DNS name; they ping by name across hosts', async () => {
+    await runOn(e1, 'db', 'weftnet');
+    await runOn(e2, 'web', 'weftnet');
+    const db = await weftAddr(e1, 'db');
+    const web = await weftAddr(e2, 'web');
+    expect(db).toMatch(/^10\.(3[2-9]|4[0-7])\./);
+    expect(web).not.toBe(db);
+    // The address is IPAM's, owned by the endpoint; the interface inside is libnetwork's ethwe0.
+    expect(await allocations(h1)).toContain(db);
+    const inside = (await e1.docker(['exec', 'db', 'ip', '-4', '-o', 'addr', 'show', 'ethwe0'])).stdout;
+    expect(inside).toContain(`${db}/12`);
+    // Its gateway is the host's overlay address.
+    const route = (await e1.docker(['exec', 'db', 'ip', '-4', 'route', 'show', 'default'])).stdout;
+    expect(route).toContain(`default via ${dnsAddr[h1.name]} dev ethwe0`);
+    expect((await named(h1, 'db')).cidrs).toEqual([`${db}/12`]);
+    await named(h2, 'web');
+    await pingName(e2, 'web', 'db');
+    await pingName(e1, 'db', 'web');
+    await pingName(e1, 'db', 'web.weft.local');
+  });
+
+  it('docker rm -f frees the address and the name on every host', async () => {
+    const web = await weftAddr(e2, 'web');
+    await e2.docker(['rm', '-f', 'web']);
+    await goneEverywhere('web', web, h2);
+    expect((await e1.docker(['exec', 'db', 'ping', '-c', '1', '-W', '1', 'web'], true)).code).not.toBe(0);
+  });
+
+  it('docker network connect plugs a running container in, disconnect takes it out', async () => {
+    await e2.docker(['network', 'create', '-d', 'bridge', '--internal', 'local']);
+    await runOn(e2, 'app', 'local');
+    expect((await e2.docker(['exec', 'app', 'ip', 'link', 'show', 'ethwe0'], true)).code).not.toBe(0);
+    await e2.docker(['network', 'connect', 'weftnet', 'app']);
+    const app = await weftAddr(e2, 'app');
+    await named(h2, 'app');
+    await pingName(e1, 'db', 'app');
+    await e2.docker(['network', 'disconnect', 'weftnet', 'app']);
+    expect((await e2.docker(['exec', 'app', 'ip', 'link', 'show', 'ethwe0'], true)).code).not.toBe(0);
+    await goneEverywhere('app', app, h2);
+    // And in again: a new endpoint, a new address from IPAM, the same name.
+    await e2.docker(['network', 'connect', 'weftnet', 'app']);
+    await named(h2, 'app');
+    await pingName(e1, 'db', 'app');
+  });
+});
