@@ -13,10 +13,13 @@ import { FakeAttachRouter } from './testing/fake-router.js';
 const kernel = {
   links: new Set<string>(),
   events: [] as string[],
+  /** lines are every command run, in order. */
+  lines: [] as string[],
   /** fail makes the next command matching it fail with this stderr. */
   fail: undefined as { match: RegExp; stderr: string } | undefined,
   run(cmd: string, args: readonly string[]): { stdout: string } {
     const line = [cmd, ...args].join(' ');
+    this.lines.push(line);
     if (this.fail?.match.test(line)) {
       const stderr = this.fail.stderr;
       this.fail = undefined;
@@ -125,6 +128,23 @@ describe('Attacher', () => {
     expect(a.state).toBeUndefined();
     expect(names).toEqual(['+c1:web']);
     expect(router.claimed.has('c1')).toBe(true);
+  });
+
+  it('with a peer (a network plugin), makes both ends here and configures nothing inside; detach can keep the address', async () => {
+    const at = { netns: '/var/run/docker/netns/abc', ifname: 'ethwe', peer: 'vp12345678', endpoint: 'e1' };
+    kernel.lines = [];
+    const a = await attacher.attach('docker:10.32.0.9', [parseCidr('10.32.0.9/12')], undefined, at);
+    expect(a).toMatchObject({ peerIfname: 'vp12345678', endpoint: 'e1', netns: at.netns, cidrs: ['10.32.0.9/12'] });
+    const add = kernel.lines.find((l) => l.includes(' link add '));
+    expect(add).toContain('peer name vp12345678');
+    expect(add).not.toContain(' netns ');
+    // The engine moves the peer and gives it its address: nothing is run inside.
+    expect(kernel.lines.some((l) => l.startsWith('nsenter'))).toBe(false);
+    expect(router.claimed.has('docker:10.32.0.9')).toBe(true);
+    await attacher.detach('docker:10.32.0.9', true);
+    expect(router.claimed.has('docker:10.32.0.9')).toBe(false);
+    expect(router.held.get('docker:10.32.0.9')).toEqual([0x0a200009]);
+    expect(attacher.list()).toEqual([]);
   });
 
   it('fails, leaving nothing, when the intent cannot be saved', async () => {
@@ -292,6 +312,12 @@ describe('vethAddArgs', () => {
     expect(valuesAfter(args, 'address')).toEqual(['02:00:00:00:00:01']);
     expect(valuesAfter(args, 'mtu')).toEqual(['1410', '1410']);
     expect(args.slice(-2)).toEqual(['netns', 'web']);
+  });
+
+  it('without a namespace makes both ends here (a network plugin: the engine moves the peer)', () => {
+    const here = vethAddArgs('vw0123abcd', 1410, '02:00:00:00:00:01', undefined, 'vp0123abcd');
+    expect(here).not.toContain('netns');
+    expect(here.slice(here.indexOf('peer'), here.indexOf('peer') + 3)).toEqual(['peer', 'name', 'vp0123abcd']);
   });
 
   it("caps both ends' gso_max_size at the TUN device's, so forwarded super-packets are not segmented", () => {

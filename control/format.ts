@@ -105,7 +105,7 @@ export function formatStatus(s: StatusView): string {
 }
 
 /** dockerLine is the `Docker` line: which engine socket, and whether its events are followed. */
-function dockerLine(d: DockerStatus): string {
+export function dockerLine(d: DockerStatus): string {
   const engine =
     d.state === 'not found'
       ? `not found at ${d.socket}`

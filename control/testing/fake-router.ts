@@ -3,7 +3,7 @@
  * addresses, for the attach tests (control/attach.test.ts, control/docker-attach.test.ts,
  * cni/attach-at.test.ts) that run the Attacher against a fake kernel.
  */
-import { type Cidr, formatIPv4, parseCidr } from '../../common/types.js';
+import { type Cidr, formatIPv4, type IPv4, parseCidr } from '../../common/types.js';
 
 export interface FakeAttachRouterOptions {
   /** first is the first address allocate hands out (default 10.32.0.1). */
@@ -25,6 +25,9 @@ export class FakeAttachRouter {
   private next: number;
   readonly ipam = {
     owners: () => [...this.held.keys()],
+    claim: (owner: string, addr: number): void => {
+      this.held.set(owner, [...(this.held.get(owner) ?? []), addr]);
+    },
     free: (owner: string): number[] => {
       this.opts.onFree?.(owner);
       const had = this.held.get(owner) ?? [];
@@ -55,10 +58,14 @@ export class FakeAttachRouter {
     this.reserve(owner, addrs);
     this.claimed.add(owner);
   }
+  /** release frees an owner's addresses; returns them when it had claimed them (as the Router does, with the range's prefix). */
   release(owner: string): Cidr[] {
+    const had = this.claimed.has(owner)
+      ? (this.held.get(owner) ?? []).map((addr) => ({ addr: addr as IPv4, prefix: 12 }))
+      : [];
     this.ipam.free(owner);
     this.claimed.delete(owner);
-    return [];
+    return had;
   }
   async expose(): Promise<Cidr[]> {
     this.exposes++;
