@@ -3,8 +3,8 @@
 #   - Debian packages: iproute2 (the router configures its device with `ip`), build tools for the
 #     native addon, and the tools the tests and benchmarks drive (ping, iperf3, dig, nft, socat,
 #     wireguard-go + wg, nebula, dnsmasq and dnsperf for DNS; docker.io and debootstrap for the Docker
-#     e2e and its local base image; containerd, Debian's reference CNI plugins and a static busybox
-#     for the CNI/CRI e2e, with golang-go while cnitool is not built yet; chromium and a font for the
+#     e2e and its local base image; podman for the podman e2e; containerd, Debian's reference CNI
+#     plugins and a static busybox for the CNI/CRI e2e, with golang-go while cnitool is not built yet; chromium and a font for the
 #     browser e2e of the web page) - only those that are
 #     missing, only when run as root;
 #   - cnitool (built from Debian's source package, cached in /var/cache/weft-ci) and the CRI proto;
@@ -13,7 +13,7 @@
 set -eu
 cd "$(dirname "$0")/.."
 
-PKGS="iproute2 ethtool iputils-ping iperf3 dnsutils dnsmasq-base dnsperf nftables socat wireguard-go wireguard-tools nebula python3 make g++ procps docker.io debootstrap containerd containernetworking-plugins busybox-static chromium fonts-dejavu-core"
+PKGS="iproute2 ethtool iputils-ping iperf3 dnsutils dnsmasq-base dnsperf nftables socat wireguard-go wireguard-tools nebula python3 make g++ procps docker.io debootstrap podman containerd containernetworking-plugins busybox-static chromium fonts-dejavu-core"
 CNITOOL=/var/cache/weft-ci/cnitool-1.1.2-1
 [ -x "$CNITOOL" ] || PKGS="$PKGS golang-go"
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

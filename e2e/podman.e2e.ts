@@ -1,0 +1,213 @@
+import { execFile, execFileSync } from 'node:child_process';
+import { existsSync, mkdirSync, readFileSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { type Host, Lab, requireRoot, waitUntil } from '../lab/netns.js';
+import { launch, removeStateDirs, weft } from './weft.js';
+
+const run = promisify(execFile);
+const ROOT = path.resolve(path.dirname(new URL(import.meta.url).pathname), '..');
+const PODMAN = '/usr/bin/podman';
+/** BASE_BUILD_MS bounds building the local base rootfs on a cold cache (debootstrap). */
+const BASE_BUILD_MS = 600_000;
+const IMAGE_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
+/** PODMAN_CACHE is the image blob cache podman keeps outside --root (removed after, when this test made it). */
+const PODMAN_CACHE = '/var/lib/containers/cache';
+
+function skipReason(): string | undefined {
+  const root = requireRoot();
+  if (root !== undefined) return root;
+  if (!existsSync(PODMAN)) return `${PODMAN} is missing (apt-get install podman)`;
+  if (!existsSync('/usr/sbin/debootstrap')) return '/usr/sbin/debootstrap is missing (apt-get install debootstrap)';
+  if (!existsSync('/sys/fs/cgroup/devices') && !existsSync('/sys/fs/cgroup/cgroup.controllers')) {
+    return 'no cgroup filesystem at /sys/fs/cgroup: podman cannot run containers';
+  }
+  return undefined;
+}
+
+const reason = skipReason();
+if (reason !== undefined && requireRoot() === undefined) console.warn(`podman e2e skipped: ${reason}`);
+
+interface PsEntry {
+  target: string;
+  cidrs: string[];
+  name?: string;
+}
+
+/**
+ * Podman containers (daemonless, run by podman 4.3 with its own --root, --runroot and --tmpdir
+ * under one directory, cgroupfs, file events and 1024 ulimits: see
+ * shared/reference/runtime-recipes.md) join the overlay with `weft attach PID` on two hosts,
+ * ping each other by DNS name across hosts, and `podman rm -f` takes the name off every host at
+ * once and gives the address back after the grace period. Podman has no engine API Weft follows,
+ * so a container is attached by its pid (its network namespace); podman's `--network none` gives
+ * it a namespace of its own with only `lo`.
+ */
+describe.skipIf(reason)('podman: containers attached by pid', () => {
+  let topo: Lab;
+  let h1: Host;
+  let h2: Host;
+  const dir = path.join(tmpdir(), `weft-e2e-podman-${process.pid}`);
+  const image = `localhost/weft-e2e-base:${process.pid}`;
+  const cacheExisted = existsSync(PODMAN_CACHE);
+  const dnsAddr: Record<string, string> = {};
+
+  /** podman runs podman with this test's storage, in a host's network namespace (where conmon then lives). */
+  async function podman(h: Host, args: string[], allowFail = false): Promise<{ stdout: string; code: number }> {
+    try {
+      const r = await run(
+        'nsenter',
+        [
+          `--net=/run/netns/${h.name}`,
+          PODMAN,
+          ...['--root', path.join(dir, 'root'), '--runroot', path.join(dir, 'run'), '--tmpdir', path.join(dir, 'tmp')],
+          ...args,
+        ],
+        { env: { ...process.env, CONTAINERS_CONF: path.join(dir, 'containers.conf') }, timeout: 120_000 },
+      );
+      return { stdout: r.stdout, code: 0 };
+    } catch (err) {
+      const e = err as { stdout?: string; stderr?: string; code?: number };
+      if (allowFail) return { stdout: e.stdout ?? '', code: typeof e.code === 'number' ? e.code : 1 };
+      throw new Error(`[${h.name}] podman ${args.join(' ')}: ${(e.stderr ?? String(err)).trim()}`);
+    }
+  }
+
+  async function ps(h: Host): Promise<PsEntry[]> {
+    return JSON.parse((await weft(h, ['ps', '--json'])).stdout || '[]') as PsEntry[];
+  }
+
+  /** runAttached starts a podman container on `h` and attaches it by pid; returns its overlay address. */
+  async function runAttached(h: Host, name: string): Promise<string> {
+    // --network none refuses --dns: the resolver file is mounted instead (the host's router's DNS).
+    const resolv = path.join(dir, `resolv-${h.name}.conf`);
+    writeFileSync(resolv, `nameserver ${dnsAddr[h.name]}\nsearch weft.local\noptions timeout:1 attempts:2\n`);
+    await podman(h, [
+      'run',
+      '-d',
+      ...['--name', name, '--network', 'none', '-v', `${resolv}:/etc/resolv.conf:ro`],
+      image,
+      ...['sleep', 'infinity'],
+    ]);
+    const pid = (await podman(h, ['inspect', '-f', '{{.State.Pid}}', name])).stdout.trim();
+    expect(pid).toMatch(/^[1-9][0-9]*$/);
+    return (await weft(h, ['attach', pid, '--name', name])).stdout.trim();
+  }
+
+  async function pingName(h: Host, from: string, name: string): Promise<void> {
+    await waitUntil(
+      async () => (await podman(h, ['exec', from, 'ping', '-c', '1', '-W', '1', name], true)).code === 0,
+      {
+        timeoutMs: 20_000,
+        what: `${from} on ${h.name} to ping ${name}`,
+      },
+    );
+    const r = await podman(h, ['exec', from, 'ping', '-c', '3', '-i', '0.2', '-W', '1', name]);
+    expect(r.stdout).toMatch(/3 received/);
+  }
+
+  beforeAll(async () => {
+    mkdirSync(dir, { recursive: true });
+    writeFileSync(
+      path.join(dir, 'containers.conf'),
+      [
+        '[containers]',
+        'default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]',
+        '[engine]',
+        'cgroup_manager = "cgroupfs"',
+        'events_logger = "file"',
+        `events_logfile_path = "${path.join(dir, 'events.log')}"`,
+        '',
+      ].join('\n'),
+    );
+    topo = await Lab.create({ hosts: 2 });
+    [h1, h2] = topo.hosts as [Host, Host];
+    const base = path.join(ROOT, 'scripts/build-base-image.sh');
+    const key = (await run('sh', [base, '--key-only'], { cwd: ROOT })).stdout.trim();
+    const tar = path.join(process.env.WEFT_BASE_CACHE ?? '/var/cache/weft-ci', `base-${key}-run.tar`);
+    if (!existsSync(tar)) await run('sh', [base, '--no-import'], { cwd: ROOT, timeout: BASE_BUILD_MS });
+    // One storage for both hosts: a podman container's network is its own namespace, whichever host ran podman.
+    await podman(h1, ['import', '--change', `ENV PATH=${IMAGE_PATH}`, tar, image]);
+    const flags = ['--docker-socket', 'none', '--container-grace', '1000'];
+    await launch(h1, [], flags);
+    await launch(h2, [h1.underlayIp], flags);
+    await waitUntil(
+      async () => {
+        const s = JSON.parse((await weft(h2, ['status', '--json'])).stdout) as { peers: { state: string }[] };
+        return s.peers.some((p) => p.state === 'established');
+      },
+      { timeoutMs: 30_000, what: 'h2 to connect to h1' },
+    );
+    for (const h of [h1, h2]) dnsAddr[h.name] = (await weft(h, ['expose'])).stdout.trim();
+  }, BASE_BUILD_MS + 120_000);
+
+  afterAll(async () => {
+    if (h1 !== undefined && existsSync(path.join(dir, 'root'))) {
+      await podman(h1, ['rm', '-a', '-f', '-t', '0'], true);
+      await podman(h1, ['rmi', '-a', '-f'], true);
+    }
+    for (const h of [h1, h2]) if (h !== undefined) await weft(h, ['stop'], { allowFail: true });
+    // Storage mounts podman may leave (overlay layers), deepest first.
+    const mounts = readFileSync('/proc/self/mounts', 'utf8')
+      .split('\n')
+      .map((l) => l.split(' ')[1] ?? '')
+      .filter((m) => m.startsWith(`${dir}/`))
+      .sort((a, b) => b.length - a.length);
+    for (const m of mounts) {
+      try {
+        execFileSync('umount', ['-l', m], { stdio: 'ignore' });
+      } catch {
+        // best effort
+      }
+    }
+    rmSync(dir, { recursive: true, force: true });
+    if (!cacheExisted) {
+      rmSync(PODMAN_CACHE, { recursive: true, force: true });
+      try {
+        rmdirSync(path.dirname(PODMAN_CACHE));
+      } catch {
+        // not empty: someone else's
+      }
+    }
+    if (topo !== undefined) {
+      removeStateDirs(topo);
+      await topo.destroy();
+    }
+  }, 120_000);
+
+  it('attaches podman containers by pid on both hosts; they ping each other by DNS name', async () => {
+    const p1 = await runAttached(h1, 'p1');
+    const p2 = await runAttached(h2, 'p2');
+    expect(p1).toMatch(/^10\.(3[2-9]|4[0-7])\./);
+    expect(p2).not.toBe(p1);
+    const inside = (await podman(h1, ['exec', 'p1', 'ip', '-4', '-o', 'addr', 'show', 'ethwe'])).stdout;
+    expect(inside).toContain(`${p1}/12`);
+    expect(await ps(h1)).toEqual([expect.objectContaining({ cidrs: [`${p1}/12`], name: 'p1' })]);
+    await pingName(h1, 'p1', 'p2');
+    await pingName(h2, 'p2', 'p1.weft.local');
+  });
+
+  it('podman rm -f takes the name off every host at once and frees the address after the grace period', async () => {
+    const p2 = (await ps(h2)).find((p) => p.name === 'p2')?.cidrs[0]?.split('/')[0];
+    expect(p2).toBeDefined();
+    await podman(h2, ['rm', '-f', '-t', '0', 'p2']);
+    for (const h of [h1, h2]) {
+      await waitUntil(async () => (await weft(h, ['dns-lookup', 'p2'], { allowFail: true })).code !== 0, {
+        timeoutMs: 5_000,
+        what: `p2.weft.local to be gone from ${h.name}'s DNS`,
+      });
+    }
+    await waitUntil(
+      async () => {
+        const s = JSON.parse((await weft(h2, ['status', 'ipam', '--json'])).stdout) as {
+          allocations: { addr: string }[];
+        };
+        return !s.allocations.some((a) => a.addr === p2) && (await ps(h2)).length === 0;
+      },
+      { timeoutMs: 15_000, what: "p2's address to be freed on h2" },
+    );
+    expect((await podman(h1, ['exec', 'p1', 'ping', '-c', '1', '-W', '1', 'p2'], true)).code).not.toBe(0);
+  });
+});
