@@ -96,16 +96,21 @@ class Engine {
     });
   }
 
-  async docker(args: string[], allowFail = false, timeoutMs = 60_000): Promise<{ stdout: string; code: number }> {
+  async docker(
+    args: string[],
+    allowFail = false,
+    timeoutMs = 60_000,
+  ): Promise<{ stdout: string; stderr: string; code: number }> {
     try {
       const r = await run(DOCKER, args, {
         env: { ...process.env, DOCKER_HOST: `unix://${this.socket}` },
         timeout: timeoutMs,
       });
-      return { stdout: r.stdout, code: 0 };
+      return { stdout: r.stdout, stderr: r.stderr, code: 0 };
     } catch (err) {
       const e = err as { stdout?: string; stderr?: string; code?: number };
-      if (allowFail) return { stdout: e.stdout ?? '', code: typeof e.code === 'number' ? e.code : 1 };
+      if (allowFail)
+        return { stdout: e.stdout ?? '', stderr: e.stderr ?? '', code: typeof e.code === 'number' ? e.code : 1 };
       throw new Error(`[${this.host.name}] docker ${args.join(' ')}: ${(e.stderr ?? String(err)).trim()}`);
     }
   }
@@ -181,6 +186,7 @@ describe.skipIf(reason)('Docker network plugin: docker run --network weftnet', (
   const dir = path.join(tmpdir(), `weft-e2e-dplugin-${process.pid}`);
   const image = `weft-e2e-base:${process.pid}`;
   const dnsAddr: Record<string, string> = {};
+  let routerFlags: (e: Engine) => string[];
 
   async function ps(h: Host): Promise<PsEntry[]> {
     return JSON.parse((await weft(h, ['ps', '--json'])).stdout || '[]') as PsEntry[];
@@ -261,7 +267,7 @@ describe.skipIf(reason)('Docker network plugin: docker run --network weftnet', (
     await Promise.all(
       [e1, e2].map((e) => e.docker(['import', '--change', `ENV PATH=${IMAGE_PATH}`, tar, image], false, BASE_BUILD_MS)),
     );
-    const routerFlags = (e: Engine) => [
+    routerFlags = (e: Engine) => [
       ...['--docker-socket', e.socket, '--docker-plugin', '--docker-plugin-socket', path.join(e.plugins, 'weft.sock')],
       ...['--container-grace', '60000'],
     ];
@@ -293,7 +299,7 @@ describe.skipIf(reason)('Docker network plugin: docker run --network weftnet', (
     }
   }, 120_000);
 
-  it('serves the plugin: status says so, and docker network create -d weft --ipam-driver weft works on both hosts', async () => {
+  it('serves the plugin: status says so; docker network create -d weft --ipam-driver weft --subnet RANGE works on both hosts, without --subnet it is refused', async () => {
     const s = JSON.parse((await weft(h1, ['status', '--json'])).stdout) as {
       docker?: { state: string; plugin?: { listening: boolean; socket: string } };
     };
@@ -322,6 +328,7 @@ describe.skipIf(reason)('Docker network plugin: docker run --network weftnet', (
       20_000,
     );
     expect(none.code).not.toBe(0);
+    expect(none.stderr).toMatch(/weft: RequestPool: give the network a subnet/);
   });
 
   it('gives docker run --network weftnet containers an IPAM address and a DNS name; they ping by name across hosts', async () => {
@@ -367,5 +374,28 @@ describe.skipIf(reason)('Docker network plugin: docker run --network weftnet', (
     await e2.docker(['network', 'connect', 'weftnet', 'app']);
     await named(h2, 'app');
     await pingName(e1, 'db', 'app');
+  });
+
+  it('keeps plugin endpoints across a restart of the router: addresses, names, and their cleanup', async () => {
+    const db = await weftAddr(e1, 'db');
+    const before = await ps(h1);
+    await weft(h1, ['stop']);
+    await launch(h1, [], routerFlags(e1));
+    await waitUntil(
+      async () => {
+        const s = JSON.parse((await weft(h1, ['status', '--json'])).stdout) as {
+          ready: boolean;
+          peers: { state: string }[];
+        };
+        return s.ready && s.peers.some((p) => p.state === 'established');
+      },
+      { timeoutMs: 30_000, what: 'the restarted router on h1 to be ready and connected' },
+    );
+    expect(await ps(h1)).toEqual(before);
+    await pingName(e2, 'app', 'db');
+    await pingName(e1, 'db', 'app');
+    // The endpoint joined before the restart is found again by its record when Docker lets it go.
+    await e1.docker(['rm', '-f', 'db']);
+    await goneEverywhere('db', db, h1);
   });
 });
