@@ -169,7 +169,7 @@ Examples:
     )
     .option(
       '--docker-plugin',
-      'serve the Docker network plugin: `docker network create -d weft --ipam-driver weft NET`, then `docker run --network NET` (off by default)',
+      'serve the Docker network plugin (driver and IPAM `weft`): `docker network create -d weft --ipam-driver weft --subnet RANGE NET`, then `docker run --network NET`; needs the engine (--docker-socket). Off by default',
     )
     .option(
       '--docker-plugin-socket <path>',
