@@ -1,4 +1,4 @@
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { createServer, request, type Server } from 'node:http';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -156,6 +156,7 @@ describe('DockerPlugin', () => {
     const a = await post('Plugin.Activate');
     expect(a).toMatchObject({ status: 200, json: { Implements: ['NetworkDriver', 'IpamDriver'] } });
     expect(a.type).toBe('application/vnd.docker.plugins.v1.2+json');
+    expect(statSync(sock).mode & 0o777).toBe(0o600);
     expect((await post('NetworkDriver.GetCapabilities', 'null')).json).toEqual({ Scope: 'local' });
     expect((await post('IpamDriver.GetCapabilities')).json).toMatchObject({ RequiresMACAddress: false });
     expect((await post('IpamDriver.GetDefaultAddressSpaces')).json).toMatchObject({ LocalDefaultAddressSpace: 'weft' });

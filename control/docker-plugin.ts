@@ -33,7 +33,7 @@
  * else, so a late ReleaseAddress never frees an address handed out again meanwhile. A malformed
  * request is answered with an error for that request; nothing a client sends stops the router.
  */
-import { existsSync, mkdirSync, rmSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, rmSync } from 'node:fs';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import path from 'node:path';
 import { z } from 'zod';
@@ -291,6 +291,8 @@ export class DockerPlugin {
       throw err;
     }
     server.on('error', (err) => this.opts.log.warn('docker plugin: socket error', { err: err.message }));
+    // Whoever can connect makes the router plumb interfaces: root's only, whatever the umask.
+    chmodSync(file, 0o600);
     this.server = server;
     this.opts.log.info('docker plugin: listening', { socket: file });
   }
