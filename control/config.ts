@@ -147,6 +147,12 @@ export interface HostPort {
   port: number;
 }
 
+/**
+ * ENCAP_DEFAULT is the data path a router prefers unless told: sleeve for now; `auto` (the kernel
+ * fast path per peer, issue #14) is opt-in until every e2e test runs on it.
+ */
+export const ENCAP_DEFAULT = 'sleeve';
+
 /** LaunchConfig is the router's whole configuration, built once from defaults, environment and flags. */
 export interface LaunchConfig {
   /** peers are the targets given on the command line (host[:port]). */
@@ -155,7 +161,8 @@ export interface LaunchConfig {
   readonly nickname: string | undefined;
   /** port is the TCP control port and the sleeve UDP port. */
   readonly port: number;
-  readonly encap: 'sleeve' | 'vxlan';
+  /** encap: auto (kernel fast path per peer, else sleeve), fastdp, sleeve or vxlan (userspace). */
+  readonly encap: 'auto' | 'fastdp' | 'sleeve' | 'vxlan';
   readonly vxlanPort: number;
   readonly vni: number;
   readonly ipallocRange: Cidr;
@@ -282,9 +289,9 @@ export function buildLaunchConfig(
   flags: LaunchFlags,
   env: NodeJS.ProcessEnv = process.env,
 ): LaunchConfig {
-  const encap = flags.encap ?? env.WEFT_ENCAP ?? 'sleeve';
-  if (encap !== 'sleeve' && encap !== 'vxlan')
-    throw new ConfigError(`invalid --encap "${encap}": want sleeve or vxlan`);
+  const encap = flags.encap ?? env.WEFT_ENCAP ?? ENCAP_DEFAULT;
+  if (encap !== 'auto' && encap !== 'fastdp' && encap !== 'sleeve' && encap !== 'vxlan')
+    throw new ConfigError(`invalid --encap "${encap}": want auto, fastdp, sleeve or vxlan`);
   const datapath = flags.datapath ?? env.WEFT_DATAPATH ?? 'native';
   if (datapath !== 'native' && datapath !== 'dgram') {
     throw new ConfigError(`invalid --datapath "${datapath}": want native or dgram`);
@@ -388,7 +395,12 @@ export function buildLaunchConfig(
         ? PEER_DOWN_TIMEOUT_MS
         : parseIntIn(flags.peerTimeout, '--peer-timeout', 1_000, 600_000),
   };
-  if (cfg.port === cfg.vxlanPort && cfg.encap === 'vxlan') {
+  if (cfg.encap === 'fastdp' && cfg.password !== undefined) {
+    throw new ConfigError(
+      '--encap fastdp cannot encrypt: with a password use --encap auto or sleeve (encrypted sleeve)',
+    );
+  }
+  if (cfg.port === cfg.vxlanPort && cfg.encap !== 'sleeve') {
     throw new ConfigError(`--vxlan-port ${cfg.vxlanPort} must differ from --port (sleeve uses UDP ${cfg.port})`);
   }
   return Object.freeze(cfg);

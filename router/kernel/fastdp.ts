@@ -219,7 +219,7 @@ export class KernelFastPath {
             attrStr(IFLA_INFO_KIND, 'vxlan'),
             attrNested(IFLA_INFO_DATA, [
               attrU32(IFLA_VXLAN_ID, this.o.vni),
-              attrBytes(IFLA_VXLAN_LOCAL, ipv4Bytes(this.o.local)),
+              ...(this.o.local === 0 ? [] : [attrBytes(IFLA_VXLAN_LOCAL, ipv4Bytes(this.o.local))]),
               attrBe16(IFLA_VXLAN_PORT, this.o.port),
               attrU8(IFLA_VXLAN_LEARNING, 0),
             ]),
@@ -258,7 +258,7 @@ export class KernelFastPath {
     return (
       l.vni === this.o.vni &&
       l.port === this.o.port &&
-      l.local === this.o.local &&
+      (this.o.local === 0 ? (l.local ?? 0) === 0 : l.local === this.o.local) &&
       l.learning === 0 &&
       l.mac === this.mac
     );
@@ -468,7 +468,7 @@ export class KernelFastPath {
         () =>
           nl.request(
             RTM_NEWROUTE,
-            NLM_F_CREATE | NLM_F_REPLACE,
+            NLM_F_CREATE | NLM_F_EXCL,
             rtmsg(r.prefix, RTPROT_WEFT, RT_SCOPE_UNIVERSE, RTNH_F_ONLINK),
             this.routeAttrs(r.addr, r.prefix, r.gw, ix),
             'add route',
