@@ -398,7 +398,8 @@ export class Router implements Startable {
       }
       peers.push({ name, underlay: ipToU32(st.conn.remote.addr), routes });
     }
-    fast.sync(peers);
+    const exposed = this.addrs.exposedCidrs()[0];
+    fast.sync(peers, exposed === undefined ? 0 : exposed.addr);
   }
 
   /** fastdpStatus says whether the fast path is up, and why not. */

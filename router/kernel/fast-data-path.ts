@@ -84,9 +84,13 @@ export class FastDataPath {
     return { ...this.fp.stats, dropped: this.hb?.dropped ?? 0 };
   }
 
-  /** sync makes the kernel state what `peers` say (see KernelFastPath.sync). */
-  sync(peers: readonly FastPeer[]): void {
-    this.fp?.sync(peers);
+  /**
+   * sync makes the kernel state what `peers` say (see KernelFastPath.sync). `src` (0: none) is
+   * the source the host's own packets take on the routes: its overlay address, so that answers
+   * come back through the overlay too, not straight over the underlay.
+   */
+  sync(peers: readonly FastPeer[], src = 0): void {
+    this.fp?.sync(peers, false, src);
   }
 
   /** sendHeartbeat sends a heartbeat through weft-vx. */

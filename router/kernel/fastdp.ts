@@ -74,6 +74,7 @@ import {
   RTA_DST,
   RTA_GATEWAY,
   RTA_OIF,
+  RTA_PREFSRC,
   RTM_DELLINK,
   RTM_DELNEIGH,
   RTM_DELROUTE,
@@ -166,7 +167,7 @@ interface Want {
   fdb: Map<string, number>; // mac → underlay
   neigh4: Map<number, string>; // underlay → mac
   neigh6: Map<string, string>; // ll6 hex → mac
-  routes: Map<string, { addr: number; prefix: number; gw: number }>; // "addr/prefix" → route
+  routes: Map<string, { addr: number; prefix: number; gw: number; src: number }>; // "addr/prefix" → route
 }
 
 /** KernelFastPath: see the module comment. */
@@ -280,10 +281,10 @@ export class KernelFastPath {
    * sync makes the kernel's fdb, neighbour and route entries on weft-vx what `peers` ask for and
    * removes the rest of ours. Skipped when nothing changed since the last sync unless `force`.
    */
-  sync(peers: readonly FastPeer[], force = false): void {
+  sync(peers: readonly FastPeer[], force = false, src = 0): void {
     if (this.index === 0) return;
-    const want = this.want(peers);
-    const key = JSON.stringify([[...want.fdb], [...want.neigh4], [...want.neigh6], [...want.routes.keys()]]);
+    const want = this.want(peers, src);
+    const key = JSON.stringify([[...want.fdb], [...want.neigh4], [...want.neigh6], [...want.routes.keys()], src]);
     if (!force && key === this.lastKey) return;
     this.stats.syncs++;
     let ok = true;
@@ -297,7 +298,7 @@ export class KernelFastPath {
     this.lastKey = ok ? key : '';
   }
 
-  private want(peers: readonly FastPeer[]): Want {
+  private want(peers: readonly FastPeer[], src: number): Want {
     const w: Want = { fdb: new Map(), neigh4: new Map(), neigh6: new Map(), routes: new Map() };
     for (const p of peers) {
       const mac = fastdpMac(p.name);
@@ -306,7 +307,7 @@ export class KernelFastPath {
       w.neigh6.set(linkLocal6(mac).toString('hex'), mac);
       for (const r of p.routes) {
         const addr = r.prefix === 0 ? 0 : (r.addr & (~0 << (32 - r.prefix))) >>> 0;
-        w.routes.set(`${addr}/${r.prefix}`, { addr, prefix: r.prefix, gw: p.underlay });
+        w.routes.set(`${addr}/${r.prefix}`, { addr, prefix: r.prefix, gw: p.underlay, src });
       }
     }
     return w;
@@ -343,7 +344,7 @@ export class KernelFastPath {
       if (r === undefined) continue;
       const k = `${r.dst}/${r.dstLen}`;
       const w = want.routes.get(k);
-      if (w !== undefined && r.oif === ix && r.gateway === w.gw) {
+      if (w !== undefined && r.oif === ix && r.gateway === w.gw && (r.prefsrc ?? 0) === w.src) {
         haveRoutes.add(k);
         continue;
       }
@@ -470,7 +471,7 @@ export class KernelFastPath {
             RTM_NEWROUTE,
             NLM_F_CREATE | NLM_F_EXCL,
             rtmsg(r.prefix, RTPROT_WEFT, RT_SCOPE_UNIVERSE, RTNH_F_ONLINK),
-            this.routeAttrs(r.addr, r.prefix, r.gw, ix),
+            this.routeAttrs(r.addr, r.prefix, r.gw, ix, r.src),
             'add route',
           ),
         true,
@@ -479,8 +480,9 @@ export class KernelFastPath {
     return ok;
   }
 
-  private routeAttrs(dst: number, prefix: number, gw: number | undefined, oif: number | undefined) {
+  private routeAttrs(dst: number, prefix: number, gw: number | undefined, oif: number | undefined, src = 0) {
     return [
+      ...(src === 0 ? [] : [attrBytes(RTA_PREFSRC, ipv4Bytes(src))]),
       ...(prefix > 0 ? [attrBytes(RTA_DST, ipv4Bytes(dst))] : []),
       ...(gw === undefined ? [] : [attrBytes(RTA_GATEWAY, ipv4Bytes(gw))]),
       ...(oif === undefined ? [] : [attrU32(RTA_OIF, oif)]),

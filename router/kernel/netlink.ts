@@ -70,6 +70,7 @@ export const IFA_F_PERMANENT = 0x80;
 export const RTA_DST = 1;
 export const RTA_OIF = 4;
 export const RTA_GATEWAY = 5;
+export const RTA_PREFSRC = 7;
 export const RTA_TABLE = 15;
 export const RT_TABLE_MAIN = 254;
 export const RTN_UNICAST = 1;
@@ -357,6 +358,7 @@ export interface Route {
   readonly protocol: number;
   readonly oif: number | undefined;
   readonly gateway: number | undefined;
+  readonly prefsrc: number | undefined;
 }
 
 /** decodeRoute parses an RTM_NEWROUTE payload (AF_INET only; others give undefined). */
@@ -371,6 +373,7 @@ export function decodeRoute(p: Buffer): Route | undefined {
     protocol: p.readUInt8(5),
     oif: u32(a.get(RTA_OIF)),
     gateway: ipv4(a.get(RTA_GATEWAY)),
+    prefsrc: ipv4(a.get(RTA_PREFSRC)),
   };
 }
 
