@@ -88,8 +88,9 @@ describe.skipIf(reason)('kernel fast path (--encap auto)', () => {
     expect((await h1.exec('ip', ['route', 'show', 'proto', '87'])).stdout).toMatch(
       new RegExp(`via ${h2.underlayIp.replace(/\./g, '\\.')} dev weft-vx .*onlink`),
     );
-    const metrics = (await h1.exec('curl', ['-s', 'http://127.0.0.1:6784/metrics'], { allowFail: true })).stdout;
-    if (metrics !== '') expect(metrics).toMatch(/weft_peer_encap\{encap="fastdp"\} 1/);
+    const metrics = (await h1.exec('curl', ['-sf', 'http://127.0.0.1:6784/metrics'])).stdout;
+    expect(metrics).toMatch(/weft_peer_encap\{encap="fastdp"\} 1/);
+    expect(metrics).toMatch(/weft_peer_encap\{encap="sleeve"\} 0/);
   });
 
   it('carries ping and TCP through the kernel: the TUN device stays flat, weft-vx counts the traffic', async () => {

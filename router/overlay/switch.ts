@@ -31,7 +31,7 @@ import { Encap, encapName, Hop, peerKey, peerNameHi, peerNameLo } from '../datap
 import type { ControlDatagram, Forwarder } from '../datapath/forwarder.js';
 import { type DataState, PathLiveness } from '../datapath/liveness.js';
 import { PeerCrypto } from '../datapath/peer-crypto.js';
-import type { FastdpControl } from '../kernel/fastdp-heartbeats.js';
+import { FASTDP_HEARTBEAT, type FastdpControl } from '../kernel/fastdp-heartbeats.js';
 import type { ConnectionSummary } from '../topology.js';
 import type { NativeAddon } from '../tun/native.js';
 import { SleeveType } from './frame.js';
@@ -331,7 +331,7 @@ export class OverlaySwitch {
     const path = st?.fast;
     if (st === undefined || path === undefined) return;
     const now = this.clock.now();
-    if (c.type === 1) path.heard(now);
+    if (c.type === FASTDP_HEARTBEAT) path.heard(now);
     else path.acked(now, c.stamp);
     if (this.evaluate(st, now)) this.opts.onChange();
   }
