@@ -28,15 +28,17 @@ async function fullStatus(h: Host): Promise<{ device: string; vni: number; peers
   return (await status(h)) as unknown as { device: string; vni: number; peers: PeerJson[] };
 }
 
-async function peerOf(h: Host): Promise<PeerJson | undefined> {
-  return (await fullStatus(h)).peers[0];
+/** peerOf is `peer` as `h`'s status describes it. */
+async function peerOf(h: Host, peer: Host): Promise<PeerJson | undefined> {
+  return (await fullStatus(h)).peers.find((p) => (p as { addr?: string }).addr === peer.underlayIp);
 }
 
-async function waitEncap(h: Host, encap: string, timeoutMs = 30_000): Promise<PeerJson> {
+/** waitEncap waits until `h` reaches `peer` directly over `encap`. */
+async function waitEncap(h: Host, peer: Host, encap: string, timeoutMs = 30_000): Promise<PeerJson> {
   let last: PeerJson | undefined;
   await waitUntil(
     async () => {
-      last = await peerOf(h);
+      last = await peerOf(h, peer);
       return last?.encap === encap && last.state === 'established';
     },
     { timeoutMs, intervalMs: 200, what: `${h.name}: peer on ${encap} (last: ${JSON.stringify(last)})` },
@@ -54,13 +56,15 @@ describe.skipIf(reason)('kernel fast path (--encap auto)', () => {
   let topo: Lab;
   let h1: Host;
   let h2: Host;
+  /** h3 is a Weft host without a fast path (userspace VXLAN), launched late. */
+  let h3: Host;
   let a1: string;
   let a2: string;
   let tun1: string;
 
   beforeAll(async () => {
-    topo = await Lab.create({ hosts: 2 });
-    [h1, h2] = topo.hosts as [Host, Host];
+    topo = await Lab.create({ hosts: 3 });
+    [h1, h2, h3] = topo.hosts as [Host, Host, Host];
     await launch(h1, [], FLAGS);
     await launch(h2, [h1.underlayIp], FLAGS);
     a1 = await expose(h1);
@@ -80,8 +84,8 @@ describe.skipIf(reason)('kernel fast path (--encap auto)', () => {
     const s = await fullStatus(h1);
     expect(d).toMatch(new RegExp(`vxlan id ${s.vni} .*dstport ${VXLAN_PORT} nolearning`));
     expect(d).toMatch(/mtu 1450/);
-    await waitEncap(h1, 'fastdp');
-    await waitEncap(h2, 'fastdp');
+    await waitEncap(h1, h2, 'fastdp');
+    await waitEncap(h2, h1, 'fastdp');
     expect((await weft(h1, ['status', 'peers'])).stdout).toMatch(/ fastdp {2}established/);
     expect((await weft(h1, ['status'])).stdout).toMatch(/Fast path: weft-vx up/);
     // The peer's IPAM share is routed through weft-vx (proto 87 = Weft), more specific than the TUN's range.
@@ -94,8 +98,8 @@ describe.skipIf(reason)('kernel fast path (--encap auto)', () => {
   });
 
   it('carries ping and TCP through the kernel: the TUN device stays flat, weft-vx counts the traffic', async () => {
-    await waitEncap(h1, 'fastdp');
-    await waitEncap(h2, 'fastdp');
+    await waitEncap(h1, h2, 'fastdp');
+    await waitEncap(h2, h1, 'fastdp');
     const tunBefore = await linkStats(h1, tun1);
     const vxBefore = await linkStats(h1, 'weft-vx');
     const p = await h1.ping(a2, { count: 5, intervalS: 0.05 });
@@ -116,16 +120,34 @@ describe.skipIf(reason)('kernel fast path (--encap auto)', () => {
     expect(tunAfter.tx - tunBefore.tx + (tunAfter.rx - tunBefore.rx)).toBeLessThan(Math.max(20, vxTx / 100));
   });
 
+  it('carries containers attached on fast-path hosts through weft-vx', async () => {
+    await waitEncap(h1, h2, 'fastdp');
+    const c1 = await topo.addNamespace('ca');
+    const c2 = await topo.addNamespace('cb');
+    const ip1 = (await weft(h1, ['attach', c1.name])).stdout.trim();
+    const ip2 = (await weft(h2, ['attach', c2.name])).stdout.trim();
+    const vxBefore = await linkStats(h1, 'weft-vx');
+    const tunBefore = await linkStats(h1, tun1);
+    expect((await c1.ping(ip2, { count: 20, intervalS: 0.02 })).received).toBe(20);
+    expect((await c2.ping(ip1, { count: 20, intervalS: 0.02 })).received).toBe(20);
+    const vxAfter = await linkStats(h1, 'weft-vx');
+    expect(vxAfter.tx - vxBefore.tx).toBeGreaterThanOrEqual(40);
+    expect(vxAfter.rx - vxBefore.rx).toBeGreaterThanOrEqual(40);
+    expect((await linkStats(h1, tun1)).tx - tunBefore.tx).toBeLessThan(20);
+    await weft(h1, ['detach', c1.name]);
+    await weft(h2, ['detach', c2.name]);
+  });
+
   it('falls back to sleeve when the VXLAN port is blocked (status says why), and comes back when unblocked', async () => {
-    await waitEncap(h1, 'fastdp');
+    await waitEncap(h1, h2, 'fastdp');
     await h2.exec('nft', ['-f', '-'], {
       input: `table inet weftvx {\n  chain in { type filter hook input priority 0; udp dport ${VXLAN_PORT} drop; }\n}\n`,
     });
     try {
-      const fell = await waitEncap(h1, 'sleeve');
+      const fell = await waitEncap(h1, h2, 'sleeve');
       expect(fell.encapReason).toMatch(/^vxlan blocked: no heartbeat for \d+ s$/);
       expect((await weft(h1, ['status', 'peers'])).stdout).toMatch(/ sleeve \(vxlan blocked: no heartbeat for \d+ s\)/);
-      await waitEncap(h2, 'sleeve');
+      await waitEncap(h2, h1, 'sleeve');
       expect((await h1.exec('ip', ['route', 'show', 'proto', '87'])).stdout.trim()).toBe('');
       const tunBefore = await linkStats(h1, tun1);
       const p = await h1.ping(a2, { count: 5, intervalS: 0.05 });
@@ -134,8 +156,8 @@ describe.skipIf(reason)('kernel fast path (--encap auto)', () => {
     } finally {
       await h2.exec('nft', ['delete', 'table', 'inet', 'weftvx'], { allowFail: true });
     }
-    await waitEncap(h1, 'fastdp');
-    await waitEncap(h2, 'fastdp');
+    await waitEncap(h1, h2, 'fastdp');
+    await waitEncap(h2, h1, 'fastdp');
     expect((await h1.ping(a2, { count: 3, intervalS: 0.05 })).received).toBe(3);
   });
 
@@ -154,8 +176,8 @@ describe.skipIf(reason)('kernel fast path (--encap auto)', () => {
     await h1.exec('ip', ['route', 'add', '10.47.0.0/24', 'via', ghost, 'dev', 'weft-vx', 'onlink', 'proto', '87']);
     await launch(h1, [], FLAGS);
     await waitPeers(h1, 1);
-    await waitEncap(h1, 'fastdp');
-    await waitEncap(h2, 'fastdp');
+    await waitEncap(h1, h2, 'fastdp');
+    await waitEncap(h2, h1, 'fastdp');
     const fdb = (await h1.exec('bridge', ['fdb', 'show', 'dev', 'weft-vx'])).stdout;
     expect(fdb).not.toMatch(/02:99:99:99:99:99/);
     expect(fdb).toMatch(new RegExp(`dst ${h2.underlayIp.replace(/\./g, '\\.')} self permanent`));
@@ -164,6 +186,18 @@ describe.skipIf(reason)('kernel fast path (--encap auto)', () => {
     tun1 = (await fullStatus(h1)).device;
     expect((await h1.ping(a2, { count: 3, intervalS: 0.05 })).received).toBe(3);
     expect((await h2.ping(a1, { count: 3, intervalS: 0.05 })).received).toBe(3);
+  });
+
+  it('a fast-path host and a Weft host without one (userspace VXLAN) talk over sleeve, and say why', async () => {
+    await launch(h3, [h1.underlayIp], ['--encap', 'vxlan', '--peer-timeout', String(PEER_TIMEOUT_MS), '--no-dns']);
+    const a3 = await expose(h3);
+    const p = await waitEncap(h1, h3, 'sleeve');
+    expect(p.encapReason).toBe('peer has no fast path');
+    expect((await h1.ping(a3, { count: 3, intervalS: 0.05 })).received).toBe(3);
+    expect((await h3.ping(a2, { count: 3, intervalS: 0.05 })).received).toBe(3);
+    // Meanwhile the two fast-path hosts stay on the fast path between themselves.
+    await waitEncap(h1, h2, 'fastdp');
+    await weft(h3, ['stop']);
   });
 
   it('weft stop removes weft-vx; with a password the fast path is not used (encrypted sleeve)', async () => {
@@ -176,7 +210,7 @@ describe.skipIf(reason)('kernel fast path (--encap auto)', () => {
     await launch(h1, [], [...FLAGS, '--password-file', pw]);
     await launch(h2, [h1.underlayIp], [...FLAGS, '--password-file', pw]);
     await waitPeers(h1, 1);
-    const p = await waitEncap(h1, 'sleeve');
+    const p = await waitEncap(h1, h2, 'sleeve');
     expect(p.encapReason).toBe('fastdp off: encrypted');
     expect((await weft(h1, ['status'])).stdout).toMatch(/Fast path: weft-vx off \(encrypted\)/);
     expect((await h1.exec('ip', ['link', 'show', 'weft-vx'], { allowFail: true })).code).not.toBe(0);
