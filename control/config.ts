@@ -395,6 +395,12 @@ export function buildLaunchConfig(
         ? PEER_DOWN_TIMEOUT_MS
         : parseIntIn(flags.peerTimeout, '--peer-timeout', 1_000, 600_000),
   };
+  if ((cfg.encap === 'auto' || cfg.encap === 'fastdp') && cfg.vxlanPeers.length > 0) {
+    // The kernel's weft-vx owns the VXLAN port there: no userspace VXLAN socket to meet them.
+    throw new ConfigError(
+      `--vxlan-peer needs --encap vxlan (with --encap ${cfg.encap} the kernel owns the VXLAN port)`,
+    );
+  }
   if (cfg.encap === 'fastdp' && cfg.password !== undefined) {
     throw new ConfigError(
       '--encap fastdp cannot encrypt: with a password use --encap auto or sleeve (encrypted sleeve)',
