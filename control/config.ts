@@ -148,10 +148,10 @@ export interface HostPort {
 }
 
 /**
- * ENCAP_DEFAULT is the data path a router prefers unless told: sleeve for now; `auto` (the kernel
- * fast path per peer, issue #14) is opt-in until every e2e test runs on it.
+ * ENCAP_DEFAULT is the data path a router prefers unless told: `auto`, the kernel fast path per
+ * peer whose heartbeats through it are answered, else sleeve (issue #14).
  */
-export const ENCAP_DEFAULT = 'sleeve';
+export const ENCAP_DEFAULT = 'auto';
 
 /** LaunchConfig is the router's whole configuration, built once from defaults, environment and flags. */
 export interface LaunchConfig {

@@ -109,7 +109,7 @@ export function formatPeers(s: RouterStatus): string {
         ? `relayed via ${p.via}(${names.get(p.via ?? '') ?? '?'})${p.reason ? ` (${p.reason})` : ''}`
         : p.state === 'unreachable'
           ? 'unreachable'
-          : `${p.addr}  ${p.encap}${p.encapReason === undefined ? '' : ` (${p.encapReason})`}${p.dataEncrypted === true ? ' encrypted' : ''}  ${p.state}${p.reason ? ` (${p.reason})` : ''}${p.rttMs === undefined ? '' : `  rtt=${p.rttMs.toFixed(2)}ms`}${pmtuText(p.pmtu)}`;
+          : `${p.addr}  ${p.encap}${p.dataEncrypted === true ? ' encrypted' : ''}${p.encapReason === undefined ? '' : ` (${p.encapReason})`}  ${p.state}${p.reason ? ` (${p.reason})` : ''}${p.rttMs === undefined ? '' : `  rtt=${p.rttMs.toFixed(2)}ms`}${pmtuText(p.pmtu)}`;
     lines.push(
       `${p.name}(${p.nickname})  ${how}  ${p.cidrs.join(' ')}`.trimEnd(),
       `   ${p.connections} connections  tx ${p.txPackets} pkts ${bytes(p.txBytes)}  rx ${p.rxPackets} pkts ${bytes(p.rxBytes)}`,
