@@ -56,9 +56,10 @@ RUN rm -rf npm-cache \
 
 # ---- runtime: Node, iproute2, the compiled router ----
 FROM ${BASE}
-RUN if ! command -v ip >/dev/null || ! command -v ping >/dev/null; then \
+# nftables: `--masquerade` (pod egress) keeps its rule in the router's own table.
+RUN if ! command -v ip >/dev/null || ! command -v ping >/dev/null || ! command -v nft >/dev/null; then \
       apt-get update \
-      && apt-get install -y --no-install-recommends iproute2 iputils-ping \
+      && apt-get install -y --no-install-recommends iproute2 iputils-ping nftables \
       && rm -rf /var/lib/apt/lists/*; \
     fi
 WORKDIR /opt/weft

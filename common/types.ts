@@ -146,6 +146,11 @@ export function cidrContains(c: Cidr, a: number): boolean {
   return (a & m) >>> 0 === (c.addr & m) >>> 0;
 }
 
+/** addressIn returns a test of dotted-quad text against a list of prefixes (false for anything that is not IPv4 text). */
+export function addressIn(cidrs: readonly Cidr[]): (ip: string) => boolean {
+  return (ip) => isIPv4(ip) && cidrs.some((c) => cidrContains(c, parseIPv4(ip)));
+}
+
 /** cidrsOverlap says whether two prefixes share any address. */
 export function cidrsOverlap(a: Cidr, b: Cidr): boolean {
   const p = Math.min(a.prefix, b.prefix);

@@ -74,25 +74,30 @@ describe('takeLaunchLock', () => {
 
   it('gives the lock to exactly one of many processes racing for it', async () => {
     if (!existsSync(CLI)) throw new Error(`${CLI} is missing: run \`npm run build\` first`);
+    // Each holds what it got until every one has answered (its stdin closes): no timing involved.
     const script = `
       const { takeLaunchLock } = await import(${JSON.stringify(CLI)});
       const r = takeLaunchLock(${JSON.stringify(dir)});
       process.stdout.write(typeof r === 'number' ? 'held' : 'took');
-      setTimeout(() => {}, 500); // hold it while the others try
+      process.stdin.resume();
+      process.stdin.on('end', () => process.exit(0));
     `;
-    const runs = Array.from(
-      { length: 6 },
-      () =>
+    const children = Array.from({ length: 6 }, () => spawn(process.execPath, ['--input-type=module', '-e', script]));
+    const closed = children.map((c) => new Promise((r) => c.on('close', r)));
+    const runs = children.map(
+      (c) =>
         new Promise<string>((resolve) => {
-          const c = spawn(process.execPath, ['--input-type=module', '-e', script]);
           let out = '';
           c.stdout.on('data', (d: Buffer) => {
             out += d.toString();
+            if (out === 'held' || out === 'took') resolve(out);
           });
           c.on('close', () => resolve(out));
         }),
     );
     const results = await Promise.all(runs);
+    for (const c of children) c.stdin.end();
+    await Promise.all(closed);
     expect(results.filter((r) => r === 'took')).toHaveLength(1);
     expect(results.filter((r) => r === 'held')).toHaveLength(5);
   });

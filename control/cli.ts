@@ -187,6 +187,14 @@ Examples:
       `overlay MTU given to containers (default: underlay MTU minus ${ENCAP_OVERHEAD_MAX}, which fits sleeve, VXLAN and encryption: ${UNDERLAY_MTU_DEFAULT - ENCAP_OVERHEAD_MAX} on ${UNDERLAY_MTU_DEFAULT}; env WEFT_MTU). Packets too big for the path to a peer get ICMP "fragmentation needed"`,
     )
     .option('--password-file <file>', 'peers must share this password (env WEFT_PASSWORD)')
+    .option(
+      '--trusted-subnets <cidrs>',
+      'with a password: data to peers whose underlay address is in these prefixes, and who trust ours, stays unencrypted; control is always encrypted (env WEFT_TRUSTED_SUBNETS)',
+    )
+    .option(
+      '--masquerade',
+      "containers reach addresses outside the overlay range behind this host's address (nftables table ip weft; container to container is never NATed; env WEFT_MASQUERADE=1)",
+    )
     .option('--no-discovery', 'only connect to the peers given, not to peers they know')
     .option(
       '--discovery-degree <n>',

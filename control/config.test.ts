@@ -56,8 +56,35 @@ describe('buildLaunchConfig', () => {
     [{ encap: 'vxlan', vxlanPort: '6783' }, /must differ from --port/],
     [{ encap: 'auto', vxlanPort: '6783' }, /must differ from --port/],
     [{ encap: 'auto', vxlanPeer: '192.168.1.12' }, /--vxlan-peer needs --encap vxlan/],
+    [{ trustedSubnets: '10.0.0.0/8' }, /--trusted-subnets needs a password/],
   ])('rejects %o with a clear message', (flags, msg) => {
     expect(() => buildLaunchConfig([], { stateDir: '/tmp/x', ...flags }, {})).toThrow(msg);
+  });
+
+  it('turns egress masquerading on with --masquerade or WEFT_MASQUERADE=1, off by default', () => {
+    expect(buildLaunchConfig([], { stateDir: '/tmp/x' }, {}).masquerade).toBe(false);
+    expect(buildLaunchConfig([], { stateDir: '/tmp/x', masquerade: true }, {}).masquerade).toBe(true);
+    expect(buildLaunchConfig([], { stateDir: '/tmp/x' }, { WEFT_MASQUERADE: '1' }).masquerade).toBe(true);
+  });
+
+  it('takes --trusted-subnets (or WEFT_TRUSTED_SUBNETS) with a password, refusing host bits and non-prefixes', () => {
+    const env = { WEFT_PASSWORD: 'pw' };
+    expect(buildLaunchConfig([], { stateDir: '/tmp/x' }, env).trustedSubnets).toEqual([]);
+    expect(
+      buildLaunchConfig([], { stateDir: '/tmp/x', trustedSubnets: '10.0.0.0/8, 192.168.1.0/24' }, env).trustedSubnets,
+    ).toEqual([
+      { addr: 0x0a000000, prefix: 8 },
+      { addr: 0xc0a80100, prefix: 24 },
+    ]);
+    expect(
+      buildLaunchConfig([], { stateDir: '/tmp/x' }, { ...env, WEFT_TRUSTED_SUBNETS: '172.16.0.0/12' }).trustedSubnets,
+    ).toEqual([{ addr: 0xac100000, prefix: 12 }]);
+    expect(() => buildLaunchConfig([], { stateDir: '/tmp/x', trustedSubnets: '10.1.2.3/8' }, env)).toThrow(
+      /invalid --trusted-subnets "10.1.2.3\/8": host bits set \(want 10.0.0.0\/8\)/,
+    );
+    expect(() => buildLaunchConfig([], { stateDir: '/tmp/x', trustedSubnets: '10.0.0.0/8,bogus' }, env)).toThrow(
+      /invalid --trusted-subnets "bogus"/,
+    );
   });
 
   it('takes --encap auto and fastdp, and refuses fastdp with a password (never the clear)', () => {

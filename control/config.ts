@@ -15,7 +15,7 @@ import path from 'node:path';
 import { ConfigError } from '../common/errors.js';
 import type { LogLevel } from '../common/log.js';
 import type { Cidr, PeerName } from '../common/types.js';
-import { isIPv4, parseCidr, parseOwnPeerName } from '../common/types.js';
+import { cidrNetwork, formatCidr, isIPv4, parseCidr, parseOwnPeerName } from '../common/types.js';
 // Direct import (not dns/index.js): defaults.ts imports nothing, so the CLI starts without the DNS server.
 import { DNS_PORT, DNS_TTL_S } from '../dns/defaults.js';
 import {
@@ -196,6 +196,10 @@ export interface LaunchConfig {
   readonly mtu: number | undefined;
   /** password authenticates peers when set (from --password-file or WEFT_PASSWORD). */
   readonly password: Buffer | undefined;
+  /** masquerade (--masquerade, WEFT_MASQUERADE=1): containers reach beyond the overlay behind the host's address. */
+  readonly masquerade: boolean;
+  /** trustedSubnets (--trusted-subnets, with a password): data to peers there, who trust us too, stays unencrypted. */
+  readonly trustedSubnets: readonly Cidr[];
   readonly noDiscovery: boolean;
   readonly foreground: boolean;
   readonly logLevel: LogLevel;
@@ -227,6 +231,8 @@ export interface LaunchFlags {
   stateDir?: string;
   mtu?: string;
   passwordFile?: string;
+  trustedSubnets?: string;
+  masquerade?: boolean;
   discovery?: boolean; // --no-discovery
   foreground?: boolean;
   logLevel?: string;
@@ -378,6 +384,8 @@ export function buildLaunchConfig(
     stateDir,
     mtu,
     password,
+    trustedSubnets: parseTrustedSubnets(flags.trustedSubnets ?? env.WEFT_TRUSTED_SUBNETS, password !== undefined),
+    masquerade: flags.masquerade === true || env.WEFT_MASQUERADE === '1',
     noDiscovery: flags.discovery === false,
     foreground: flags.foreground === true,
     logLevel: logLevel as LogLevel,
@@ -428,6 +436,33 @@ export function parseDockerSocket(given: string | undefined, dockerHost: string 
     throw new ConfigError(`invalid --docker-socket "${socket}": want an absolute path of at most 107 bytes, or none`);
   }
   return socket;
+}
+
+/**
+ * parseTrustedSubnets validates `--trusted-subnets CIDR,...` (canonical prefixes: no host bits).
+ * Only a password gives it a meaning, so without one it is refused rather than ignored.
+ */
+function parseTrustedSubnets(text: string | undefined, password: boolean): Cidr[] {
+  if (text === undefined || text.trim() === '') return [];
+  if (!password)
+    throw new ConfigError(
+      '--trusted-subnets needs a password (--password-file or WEFT_PASSWORD): without one nothing is encrypted',
+    );
+  return text.split(',').map((part) => {
+    const t = part.trim();
+    let c: Cidr;
+    try {
+      c = parseCidr(t);
+    } catch (err) {
+      throw new ConfigError(`invalid --trusted-subnets "${t}": ${(err as Error).message}`, { cause: err });
+    }
+    const network = cidrNetwork(c);
+    if (network !== c.addr)
+      throw new ConfigError(
+        `invalid --trusted-subnets "${t}": host bits set (want ${formatCidr({ addr: network, prefix: c.prefix })})`,
+      );
+    return c;
+  });
 }
 
 /** parseVxlanPeers validates `--vxlan-peer IP,...`: IPv4 addresses of kernel vxlan devices. */

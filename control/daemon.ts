@@ -16,6 +16,7 @@ import { Attacher, isContainerIfname } from './attach.js';
 import { type LaunchConfig, RUN_ROOT, TARGETS_MAX } from './config.js';
 import { DnsService } from './dns.js';
 import { DockerIntegration } from './docker.js';
+import { Egress } from './egress.js';
 import { API_SOCKET_GROUP, type ApiOptions, createApi, ensureApiToken, listenApiSocket } from './http.js';
 import { createMetrics } from './metrics.js';
 import { loadIpam, StateFile, saveIpam } from './state.js';
@@ -75,6 +76,7 @@ export async function runForeground(cfg: LaunchConfig, log: Logger = createLogge
     device: cfg.device,
     ipallocRange: cfg.ipallocRange,
     password: cfg.password,
+    trustedSubnets: cfg.trustedSubnets,
     connLimit: cfg.connLimit,
     datapath: cfg.datapath,
     offload: cfg.offload,
@@ -151,6 +153,8 @@ export async function runForeground(cfg: LaunchConfig, log: Logger = createLogge
       detached: (a) => dns.detached(a),
     };
   }
+  // Egress masquerading (control/egress.ts): installed once the router is up, removed when it goes.
+  const egress = cfg.masquerade ? new Egress(cfg.ipallocRange, cfg.device, log) : undefined;
   let stopping: Promise<void> | undefined;
   let resolveDone: () => void = () => {};
   const done = new Promise<void>((r) => {
@@ -169,6 +173,7 @@ export async function runForeground(cfg: LaunchConfig, log: Logger = createLogge
     dns,
     stateStatus: () => ({ ...stateFile.status(), attach: attacher.status() }),
     docker: docker === undefined ? undefined : () => docker.status(),
+    egress: egress === undefined ? undefined : () => egress.status(),
     api: { http: `${cfg.httpAddr.host}:${cfg.httpAddr.port}`, loopback: cfg.httpLoopback },
     onStop: () => void shutdown('stop requested'),
     onChange: () => {
@@ -206,6 +211,7 @@ export async function runForeground(cfg: LaunchConfig, log: Logger = createLogge
       attacher.stop();
       docker?.stop();
       await dns?.stop();
+      await egress?.remove();
       await router.stop();
       await closeServers();
       resolveDone();
@@ -246,6 +252,15 @@ export async function runForeground(cfg: LaunchConfig, log: Logger = createLogge
   } catch (err) {
     await closeServers();
     throw err;
+  }
+  if (egress !== undefined) {
+    try {
+      await egress.install();
+    } catch (err) {
+      await router.stop();
+      await closeServers();
+      throw new WeftError('EWEFT_SYSTEM', `--masquerade: ${errorMessage(err)}`, { cause: err });
+    }
   }
   // ---- IPAM recovery (router/ipam owner): connect first, then take back from the ring the
   // addresses still in use here before anything is seeded or handed out; a conflict (or no ring

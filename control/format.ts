@@ -1,6 +1,7 @@
 import type { RouterStatus } from '../router/index.js';
 import type { AttacherStatus } from './attach.js';
 import type { DockerStatus } from './docker.js';
+import type { EgressStatus } from './egress.js';
 import type { StateDirStatus } from './state.js';
 
 /** StateStatus is `state` in status: whether the state directory takes writes, and attaches refused for it. */
@@ -14,7 +15,12 @@ export interface ApiStatus {
   loopback: boolean;
 }
 /** StatusView is what `GET /status` shows: the router's status, the daemon's state directory and its API. */
-export type StatusView = RouterStatus & { state?: StateStatus; docker?: DockerStatus; api?: ApiStatus };
+export type StatusView = RouterStatus & {
+  state?: StateStatus;
+  docker?: DockerStatus;
+  egress?: EgressStatus;
+  api?: ApiStatus;
+};
 
 /** ConnectionView is the shape of one entry of RouterStatus.connections. */
 interface ConnectionView {
@@ -71,12 +77,25 @@ export function formatStatus(s: StatusView): string {
               .join(', ')})`,
           ] as [string, string],
         ]),
-    ['Encryption', s.encryption ? `enabled${s.cipher === undefined ? '' : ` (${s.cipher})`}` : 'disabled'],
+    [
+      'Encryption',
+      s.encryption
+        ? `enabled${s.cipher === undefined ? '' : ` (${s.cipher})`}${s.trustedSubnets === undefined ? '' : `, data unencrypted with trusted subnets ${s.trustedSubnets.join(',')}`}`
+        : 'disabled',
+    ],
     ['Range', s.ipallocRange],
     ['IPAM', ipamLine(s)],
     ['Exposed', s.exposed.length > 0 ? s.exposed.join(', ') : 'none'],
     ...(s.state === undefined ? [] : [['State', stateLine(s.state)] as [string, string]]),
     ...(s.docker === undefined ? [] : [['Docker', dockerLine(s.docker)] as [string, string]]),
+    ...(s.egress === undefined
+      ? []
+      : [
+          [
+            'Egress',
+            `masquerade ${s.egress.masquerade} beyond the overlay (nftables table ${s.egress.table}${s.egress.installed ? '' : ', NOT installed: see the log'})`,
+          ] as [string, string],
+        ]),
     ['Targets', String(s.targets.length)],
     ['Connections', `${conns.length} (${established} established)`],
     [
@@ -109,7 +128,7 @@ export function formatPeers(s: RouterStatus): string {
         ? `relayed via ${p.via}(${names.get(p.via ?? '') ?? '?'})${p.reason ? ` (${p.reason})` : ''}`
         : p.state === 'unreachable'
           ? 'unreachable'
-          : `${p.addr}  ${p.encap}${p.dataEncrypted === true ? ' encrypted' : ''}${p.encapReason === undefined ? '' : ` (${p.encapReason})`}  ${p.state}${p.reason ? ` (${p.reason})` : ''}${p.rttMs === undefined ? '' : `  rtt=${p.rttMs.toFixed(2)}ms`}${pmtuText(p.pmtu)}`;
+          : `${p.addr}  ${p.encap}${p.dataEncrypted === true ? ' encrypted' : p.dataTrusted === true ? ' unencrypted (trusted subnet)' : ''}${p.encapReason === undefined ? '' : ` (${p.encapReason})`}  ${p.state}${p.reason ? ` (${p.reason})` : ''}${p.rttMs === undefined ? '' : `  rtt=${p.rttMs.toFixed(2)}ms`}${pmtuText(p.pmtu)}`;
     lines.push(
       `${p.name}(${p.nickname})  ${how}  ${p.cidrs.join(' ')}`.trimEnd(),
       `   ${p.connections} connections  tx ${p.txPackets} pkts ${bytes(p.txBytes)}  rx ${p.rxPackets} pkts ${bytes(p.rxBytes)}`,

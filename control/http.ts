@@ -23,6 +23,7 @@ import type { AttachAt, Attacher } from './attach.js';
 import { isLoopbackHost, parsePeerAddress, TARGETS_MAX } from './config.js';
 import type { DnsService } from './dns.js';
 import type { DockerStatus } from './docker.js';
+import type { EgressStatus } from './egress.js';
 import {
   type ApiStatus,
   formatConnections,
@@ -93,6 +94,8 @@ export interface ApiOptions {
   stateStatus?: () => StateStatus;
   /** docker says which Docker integration is active (shown in status as `docker`); absent without one. */
   docker?: () => DockerStatus;
+  /** egress says whether egress masquerading is on (control/egress.ts), absent when it is off. */
+  egress?: () => EgressStatus;
   /** onReset leaves the network for good (detach all, hand over address space, remove state, stop). */
   onReset?: () => Promise<{ heir: string | undefined; addresses: number }>;
   /**
@@ -182,6 +185,7 @@ export function createApi(opts: ApiOptions, listener: ApiListener = { transport:
         ...router.status(),
         state: opts.stateStatus?.(),
         docker: opts.docker?.(),
+        egress: opts.egress?.(),
         api: opts.api,
       };
       if (wantsJson(req, url)) return { json: part === undefined ? s : pick(s, part) };

@@ -61,6 +61,71 @@ for _ in range(50):
     time.sleep(0.01)
 `;
 
+/**
+ * REPLAY runs on the sending host: it records the first argv[3] sleeve datagrams (whole frames of
+ * at most 1514 bytes) its underlay device sends to argv[2], prints "captured", waits for SIGUSR1
+ * (`ip netns exec` execs it: the child's pid is python's), then sends each again with the UDP
+ * checksum cleared (a replay: an egress capture holds only the partial checksum the NIC would
+ * complete, and IPv4 allows none) and once more with the last byte of the sealed datagram flipped
+ * (a forgery), and prints "sent N".
+ */
+const REPLAY = `
+import signal, socket, sys, time
+go = [False]
+signal.signal(signal.SIGUSR1, lambda *a: go.__setitem__(0, True))
+dev, dst, want = sys.argv[1], socket.inet_aton(sys.argv[2]), int(sys.argv[3])
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.ntohs(3))
+s.bind((dev, 0))
+got = []
+while len(got) < want:
+    p, addr = s.recvfrom(65535)
+    if addr[2] != socket.PACKET_OUTGOING or len(p) > 1514 or p[12:14] != b'\\x08\\x00' or p[23] != 17 or p[30:34] != dst:
+        continue
+    ihl = (p[14] & 15) * 4
+    if int.from_bytes(p[14 + ihl + 2:14 + ihl + 4], 'big') == 6783 and len(p) > 14 + ihl + 8 + 200:
+        got.append(bytearray(p))
+print('captured', flush=True)
+while not go[0]:
+    time.sleep(0.05)
+for p in got:
+    ihl = (p[14] & 15) * 4
+    p[14 + ihl + 6:14 + ihl + 8] = b'\\x00\\x00'
+    s.send(bytes(p))
+for p in got:
+    end = 14 + int.from_bytes(p[16:18], 'big')
+    p[end - 1] ^= 1
+    s.send(bytes(p))
+print('sent', len(got), flush=True)
+`;
+
+/** RECEIVE_COUNT counts UDP datagrams holding the marker on port 9999 for argv[2] seconds and prints the count. */
+const RECEIVE_COUNT = `
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(('0.0.0.0', 9999))
+s.settimeout(0.2)
+print('ready', flush=True)
+n, end = 0, time.time() + float(sys.argv[2])
+while time.time() < end:
+    try:
+        d, _ = s.recvfrom(65535)
+    except socket.timeout:
+        continue
+    if sys.argv[1].encode() in d:
+        n += 1
+print('count', n, flush=True)
+`;
+
+/** dropsOf reads the host's weft_drops_total for one reason from the metrics endpoint. */
+async function dropsOf(h: Host, reason: string): Promise<number> {
+  const r = await h.exec(process.execPath, [
+    '-e',
+    'fetch("http://127.0.0.1:6784/metrics").then((r) => r.text()).then((t) => process.stdout.write(t))',
+  ]);
+  const m = new RegExp(`weft_drops_total\\{reason="${reason}"\\} (\\d+)`).exec(r.stdout);
+  return m === null ? 0 : Number(m[1]);
+}
+
 interface Capture {
   frames: number;
   sleeve: number;
@@ -117,15 +182,16 @@ interface DataLab {
   a1: string;
 }
 
-async function lab(password: string | undefined): Promise<DataLab> {
+/** lab launches two hosts with a container each; `extra` adds launch flags per host. */
+async function lab(password: string | undefined, extra: (topo: Lab) => string[] = () => []): Promise<DataLab> {
   const topo = await Lab.create({ hosts: 2 });
   try {
     const [h1, h2] = topo.hosts as [Host, Host];
     const flags = (h: Host): string[] => {
-      if (password === undefined) return ['--no-dns'];
+      if (password === undefined) return ['--no-dns', ...extra(topo)];
       const f = `${stateDir(h)}/password`;
       writeFileSync(f, `${password}\n`, { mode: 0o600 });
-      return ['--no-dns', '--password-file', f];
+      return ['--no-dns', '--password-file', f, ...extra(topo)];
     };
     const c1 = await topo.addNamespace('ca');
     const c2 = await topo.addNamespace('cb');
@@ -193,6 +259,31 @@ describe.skipIf(reason)('container data is sealed on the underlay with a passwor
     expect(metrics.stdout).toMatch(/weft_drops_total\{reason="auth"\} 0/);
   });
 
+  it('drops sealed datagrams replayed on the underlay (replay) and forged ones (auth), delivering neither', async () => {
+    const replayer = l.h2.spawn('python3', ['-c', REPLAY, l.h2.underlayDev, l.h1.underlayIp, '10']);
+    try {
+      const captured = lineFrom(replayer, /^captured$/, 20_000);
+      expect(await markerThrough(l.c1, l.c2, l.a1)).toBe(true);
+      await captured;
+      const replays = await dropsOf(l.h1, 'replay');
+      const auths = await dropsOf(l.h1, 'auth');
+      const rx = l.c1.spawn('python3', ['-c', RECEIVE_COUNT, MARKER, '3']);
+      await lineFrom(rx, /^ready$/);
+      const count = lineFrom(rx, /^count /, 10_000);
+      const sent = lineFrom(replayer, /^sent /);
+      replayer.kill('SIGUSR1');
+      expect(await sent).toBe('sent 10');
+      expect(await count).toBe('count 0'); // nothing replayed or forged reached the container
+      await waitUntil(async () => (await dropsOf(l.h1, 'replay')) >= replays + 10, {
+        timeoutMs: 5_000,
+        what: 'ten replay drops',
+      });
+      expect(await dropsOf(l.h1, 'auth')).toBeGreaterThanOrEqual(auths + 10);
+    } finally {
+      replayer.kill('SIGKILL');
+    }
+  });
+
   it('keeps the data path sealed across a restart of the peer (new connection, new keys)', async () => {
     await weft(l.h2, ['stop']);
     await launch(l.h2, [l.h1.underlayIp], ['--no-dns', '--password-file', `${stateDir(l.h2)}/password`]);
@@ -232,6 +323,64 @@ describe.skipIf(reason)('without a password the same capture sees the marker (th
     expect(delivered).toBe(true);
     const peers = (await status(l.h1)).peers as unknown as { dataEncrypted?: boolean }[];
     expect(peers[0]?.dataEncrypted).toBeUndefined();
+  });
+});
+
+/**
+ * With --trusted-subnets holding the underlay on both ends, data crosses in the clear (the capture
+ * finds the marker) while the control connection stays sealed; once one end stops trusting, the
+ * data is sealed again (the marker is gone), whatever the other end says.
+ */
+describe.skipIf(reason)('with a password and trusted subnets on both ends, data stays unencrypted', () => {
+  let l: DataLab;
+
+  beforeAll(async () => {
+    l = await lab('correct horse', (topo) => ['--trusted-subnets', topo.underlayNet]);
+  });
+
+  afterAll(async () => {
+    await l?.topo.destroy();
+    if (l) removeStateDirs(l.topo);
+  });
+
+  it('says so in status, keeps the control connection encrypted, and the marker crosses readable', async () => {
+    const s = await status(l.h1);
+    expect(s).toMatchObject({ encryption: true, trustedSubnets: [l.topo.underlayNet] });
+    expect(s.peers).toEqual([expect.objectContaining({ dataTrusted: true })]);
+    expect(s.peers[0]).not.toHaveProperty('dataEncrypted');
+    expect(s.connections).toEqual([expect.objectContaining({ encrypted: true })]);
+    expect((await weft(l.h1, ['status', 'peers'])).stdout).toMatch(/unencrypted \(trusted subnet\)/);
+    expect((await weft(l.h1, ['status'])).stdout).toMatch(/data unencrypted with trusted subnets/);
+    const cap = await startCapture(l.h1);
+    let delivered = false;
+    try {
+      delivered = await markerThrough(l.c1, l.c2, l.a1);
+    } finally {
+      expect((await cap.stop()).hits).toBeGreaterThan(0);
+    }
+    expect(delivered).toBe(true);
+  });
+
+  it('seals the data again when one end no longer trusts the other', async () => {
+    await weft(l.h2, ['stop']);
+    await launch(l.h2, [l.h1.underlayIp], ['--no-dns', '--password-file', `${stateDir(l.h2)}/password`]);
+    await waitPeers(l.h1, 1);
+    await waitPeers(l.h2, 1);
+    await weft(l.h2, ['attach', l.c2.name]); // idempotent: the same address if the router kept it
+    const peer = async () => (await status(l.h1)).peers[0] as unknown as Record<string, unknown> | undefined;
+    await waitUntil(async () => (await peer())?.dataEncrypted === true, {
+      timeoutMs: 15_000,
+      what: 'the data path to the restarted peer sealed',
+    });
+    expect(await peer()).not.toHaveProperty('dataTrusted');
+    const cap = await startCapture(l.h1);
+    let delivered = false;
+    try {
+      delivered = await markerThrough(l.c1, l.c2, l.a1);
+    } finally {
+      expect((await cap.stop()).hits).toBe(0);
+    }
+    expect(delivered).toBe(true);
   });
 });
 

@@ -70,6 +70,8 @@ describe('k8s/weft.yaml', () => {
     ]);
     expect(router.env).toContainEqual({ name: 'MALLOC_ARENA_MAX', value: DAEMON_MALLOC_ARENA_MAX });
     expect(hostPathOf(router, flagValue('--state-dir') as string)).toBe('/var/lib/weft');
+    // Pod egress (issue 16 part 3): masqueraded beyond the overlay, with the router's own nftables table.
+    expect(launchArgs()).toContain('--masquerade');
     expect(hostPathOf(router, '/var/run/netns')).toBe('/var/run/netns');
   });
 

@@ -176,6 +176,8 @@ export interface ConnectionMakerOptions {
   >;
   /** dataLiveness relaxes every connection's control heartbeats while the data path proves its peer alive. */
   readonly dataLiveness?: ConnectionOptions['dataLiveness'];
+  /** trusts says whether an underlay address is in our trusted subnets (see ConnectionOptions.trusts). */
+  readonly trusts?: ConnectionOptions['trusts'];
 }
 
 interface Target {
@@ -553,6 +555,7 @@ export class ConnectionMaker extends EventEmitter<ConnectionMakerEvents> impleme
       now: this.now,
       clock: this.clock,
       ...(this.opts.dataLiveness !== undefined && { dataLiveness: this.opts.dataLiveness }),
+      ...(this.opts.trusts !== undefined && { trusts: this.opts.trusts }),
       ...(target !== undefined && { label: target.address }),
     });
     this.conns.add(conn);

@@ -242,6 +242,38 @@ describe('Connection', () => {
     expect(a.dataKeys).toBeUndefined(); // wiped on close
   });
 
+  it('leaves data unencrypted only when both ends trust the other (trusted subnets), control sealed always', async () => {
+    const password = Buffer.from('s3cret');
+    const loopback = (ip: string) => ip === '127.0.0.1';
+    const nobody = () => false;
+    for (const [ta, tb, want] of [
+      [loopback, loopback, true],
+      [loopback, nobody, false],
+      [nobody, loopback, false],
+      [undefined, undefined, false],
+    ] as const) {
+      const { a, b } = await pair(
+        { local: local(NAME_A, 1n), password, label: '127.0.0.1:6783', ...(ta && { trusts: ta }) },
+        { local: local(NAME_B, 2n), password, ...(tb && { trusts: tb }) },
+      );
+      await Promise.all([
+        a.state === 'established' ? undefined : once(a, 'established'),
+        b.state === 'established' ? undefined : once(b, 'established'),
+      ]);
+      expect(a.encrypted && b.encrypted).toBe(true);
+      expect([a.dataTrusted, b.dataTrusted]).toEqual([want, want]);
+      a.close('next');
+      await closedOf(b);
+    }
+    // Without a password trust means nothing: nothing is encrypted, nothing is "trusted".
+    const { a } = await pair(
+      { local: local(NAME_A, 1n), label: '127.0.0.1:6783', trusts: loopback },
+      { local: local(NAME_B, 2n), trusts: loopback },
+    );
+    if (a.state !== 'established') await once(a, 'established');
+    expect([a.encrypted, a.dataTrusted]).toEqual([false, false]);
+  });
+
   it('is not encrypted without a password', async () => {
     const { a, b } = await pair({ local: local(NAME_A, 1n) }, { local: local(NAME_B, 2n) });
     if (a.state !== 'established') await once(a, 'established');

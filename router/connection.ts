@@ -192,6 +192,13 @@ export interface ConnectionOptions {
    */
   readonly dataLiveness?: (peer: PeerName) => DataLivenessTimes | undefined;
   readonly sendBufferMaxBytes?: number;
+  /**
+   * trusts says whether an underlay address (dotted quad) is in our --trusted-subnets. With a
+   * password, our Hello says whether we trust the other end (by the dialled address, or the
+   * socket's); when both ends do, the data plane stays unencrypted (`dataTrusted`). The control
+   * connection is encrypted whatever they say.
+   */
+  readonly trusts?: (ip: string) => boolean;
 }
 
 /** DataLivenessTimes: when the peer's data-path heartbeat last reached us, and when one of ours was last acked (ms). */
@@ -243,6 +250,9 @@ export class Connection extends EventEmitter<ConnectionEvents> {
   private kxPrivate: Buffer | undefined;
   /** kxPublic is the public half, sent in Hello. */
   private kxPublic: Buffer | undefined;
+  /** trustsPeer: our Hello said the other end's underlay address is in our trusted subnets. */
+  private readonly trustsPeer: boolean;
+  private readonly trusts: ((ip: string) => boolean) | undefined;
   /** pendingKeys are the session keys between our Auth and the peer's (control secrets wiped at establish). */
   private pendingKeys: SessionKeys | undefined;
   private sealer: FrameSealer | undefined;
@@ -311,6 +321,9 @@ export class Connection extends EventEmitter<ConnectionEvents> {
     this.label = opts.label ?? 'unknown';
     this.refreshLabel();
     this.log = opts.log.child({ remoteAddr: this.label, outbound: this.outbound });
+    this.trusts = opts.trusts;
+    // By the address we dialled, or the socket's peer: a host name is never trusted.
+    this.trustsPeer = this.passwordKey !== undefined && opts.trusts?.(hostOf(this.label)) === true;
     this.createdAt = this.now();
     this.lastRecvAt = this.createdAt;
     this.lastSentAt = this.createdAt;
@@ -373,6 +386,7 @@ export class Connection extends EventEmitter<ConnectionEvents> {
         nonce: this.localNonce,
         auth: this.passwordKey !== undefined,
         ...(this.kxPublic !== undefined && { kx: this.kxPublic, ciphers: [...AEAD_CIPHERS] }),
+        ...(this.trustsPeer && { trusts: true }),
       }),
     );
   }
@@ -417,6 +431,20 @@ export class Connection extends EventEmitter<ConnectionEvents> {
   /** encrypted is true once an established connection seals its frames (a password is configured). */
   get encrypted(): boolean {
     return this.sealer !== undefined;
+  }
+
+  /**
+   * dataTrusted is true when an encrypted connection's data plane stays unencrypted: each end's
+   * --trusted-subnets hold the other's underlay address (both Hellos said so, bound into the key
+   * exchange, and the socket's peer address is still one we trust).
+   */
+  get dataTrusted(): boolean {
+    return (
+      this.sealer !== undefined &&
+      this.trustsPeer &&
+      this.hello?.trusts === true &&
+      this.trusts?.(normaliseIPv4(this.socket.remoteAddress)) === true
+    );
   }
 
   /** cipher is the negotiated AEAD of an encrypted connection, else undefined. */
@@ -642,8 +670,14 @@ export class Connection extends EventEmitter<ConnectionEvents> {
         suite,
         nonce: this.localNonce,
         privateKey: priv,
+        trusts: this.trustsPeer,
       });
-      return kx.finish({ name: hello.name, publicKey: hello.kx ?? new Uint8Array(0), nonce: hello.nonce });
+      return kx.finish({
+        name: hello.name,
+        publicKey: hello.kx ?? new Uint8Array(0),
+        nonce: hello.nonce,
+        trusts: hello.trusts === true,
+      });
     } catch (err) {
       this.fail(err);
       return undefined;
@@ -734,6 +768,7 @@ export class Connection extends EventEmitter<ConnectionEvents> {
       version: this.version,
       encrypted: this.encrypted,
       ...(this.encrypted && { cipher: this.suite }),
+      ...(this.dataTrusted && { data: 'unencrypted (trusted subnet)' }),
     });
     this.emit('established', this.remoteInfo);
   }
@@ -836,6 +871,12 @@ export class Connection extends EventEmitter<ConnectionEvents> {
     const port = this.socket.remotePort;
     if (addr !== undefined && port !== undefined) this.label = `${normaliseIPv4(addr)}:${port}`;
   }
+}
+
+/** hostOf is the host part of `host:port` (the whole text when it has no port). */
+function hostOf(label: string): string {
+  const i = label.lastIndexOf(':');
+  return i < 0 ? label : label.slice(0, i);
 }
 
 /** normaliseIPv4 strips the IPv4-mapped IPv6 prefix a dual-stack socket reports. */

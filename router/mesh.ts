@@ -44,6 +44,15 @@ export const REFUSAL_LOG_INTERVAL_MS = 60_000;
  * relays along the current topology's trees, see latestRoutes).
  */
 export const ROUTES_DELAY_MS = 10;
+/**
+ * RELAY_ROUTES_MAX_AGE_MS is the default relayRoutesMaxAgeMs: gossip relays along broadcast trees
+ * of the topology as it was at most this long ago. During a burst (a heal reconnects hundreds of
+ * links within a second) nearly every delta changes an edge, and searching the whole graph twice
+ * per new delta (our tree, the origin's) is what made a burst cost O(N) per message; a tree a few
+ * ms old differs from the current one in a few edges, and the random part of the fanout covers a
+ * child it misses.
+ */
+export const RELAY_ROUTES_MAX_AGE_MS = 5;
 
 /** MeshLinks is how the core reaches its neighbours (peers with a working control connection). */
 export interface MeshLinks {
@@ -87,6 +96,8 @@ export interface MeshCoreOptions {
   readonly routesDelayMs?: number;
   /** announceDelayMs coalesces gossip of our own entry (default TOPOLOGY_ANNOUNCE_DELAY_MS; 0: at once). */
   readonly announceDelayMs?: number;
+  /** relayRoutesMaxAgeMs: how old the routes gossip relays along may be (default RELAY_ROUTES_MAX_AGE_MS; 0: always current). */
+  readonly relayRoutesMaxAgeMs?: number;
   /** onChange fires after routes were recomputed (the owner rebuilds what depends on them). */
   readonly onChange?: () => void;
   /** onPeersForgotten fires with the peers dropped from the topology as unreachable. */
@@ -116,6 +127,8 @@ export class MeshCore {
   private latest: Routes;
   /** routesDirty: the topology changed since `latest` was computed. */
   private routesDirty = false;
+  /** latestAt is when `latest` was computed. */
+  private latestAt = Number.NEGATIVE_INFINITY;
   /** graph derives `latest` from the topology, redoing only what a change touched. */
   private graph: RouteGraph;
   /** discovered are targets learned from the topology (not persisted). */
@@ -158,14 +171,20 @@ export class MeshCore {
 
   /**
    * latestRoutes are the routes of the topology as it is now, computed on first use after a
-   * change: gossip relays along fresh broadcast trees (a stale tree leaves holes in an epidemic
-   * that only anti-entropy fills) while the rest of the work a change starts is coalesced.
+   * change; with `maxAgeMs`, routes computed less than that long ago do (gossip relays along
+   * trees at most RELAY_ROUTES_MAX_AGE_MS old: fresh enough that the epidemic has no holes for
+   * anti-entropy to fill, without a search of the whole graph per delta of a burst) while the
+   * rest of the work a change starts is coalesced.
    */
-  private latestRoutes(): Routes {
+  private latestRoutes(maxAgeMs = 0): Routes {
     const topology = this.topologyValue;
     if (this.routesDirty && topology !== undefined) {
-      this.latest = this.graph.update(topology.sortedEntries());
-      this.routesDirty = false;
+      const now = this.clock.now();
+      if (maxAgeMs <= 0 || now - this.latestAt >= maxAgeMs) {
+        this.latest = this.graph.update(topology.sortedEntries());
+        this.latestAt = now;
+        this.routesDirty = false;
+      }
     }
     return this.latest;
   }
@@ -199,7 +218,7 @@ export class MeshCore {
       local: this.name,
       send: (neighbour, channel, payload) => links.send(neighbour, channel, payload),
       neighbours: () => links.neighbours(),
-      routes: () => this.latestRoutes(),
+      routes: () => this.latestRoutes(this.opts.relayRoutesMaxAgeMs ?? RELAY_ROUTES_MAX_AGE_MS),
       random: this.opts.random ?? Math.random,
       log: this.log,
     });

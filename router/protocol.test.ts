@@ -257,6 +257,8 @@ describe('negotiateVersion and parseHello', () => {
       [{ auth: true, ciphers: [], kx: new Uint8Array(32) }, /ciphers/],
       [{ auth: true, ciphers: [7], kx: new Uint8Array(32) }, /ciphers/],
       [{ auth: true, ciphers: Array(9).fill('aes-256-gcm'), kx: new Uint8Array(32) }, /ciphers/],
+      [{ trusts: true }, /trusts: trust is only offered with auth/],
+      [{ auth: true, ciphers: ['aes-256-gcm'], kx: new Uint8Array(32), trusts: 1 }, /trusts/],
     ];
     for (const [patch, re] of bad) {
       expectProtocolError(

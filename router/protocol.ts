@@ -16,8 +16,8 @@
  *
  * ```
  *   A                                   B
- *   |-- Hello (nonceA, range, auth[, kx, ciphers]) --->|   sent as soon as the socket exists
- *   |<--- Hello (nonceB, range, auth[, kx, ciphers]) --|
+ *   |-- Hello (nonceA, range, auth[, kx, ciphers, trusts]) --->|   sent as soon as the socket exists
+ *   |<--- Hello (nonceB, range, auth[, kx, ciphers, trusts]) --|
  *   |-- Auth  (key confirmation of A) ---------------->|   only when both sides have a password
  *   |<--- Auth (key confirmation of B) ----------------|
  *   |<========= Heartbeat / Addresses / Gossip / unknown (ignored) ======>|
@@ -104,6 +104,11 @@ export interface Hello {
   readonly kx?: Uint8Array;
   /** ciphers are the AEADs the sender offers, most preferred first; required when `auth`. */
   readonly ciphers?: string[];
+  /**
+   * trusts: the sender's --trusted-subnets hold the receiver's underlay address. Only with `auth`
+   * (it is bound into the key exchange); data stays unencrypted when both ends say it.
+   */
+  readonly trusts?: boolean;
 }
 
 /** Auth proves knowledge of the shared password: `mac` is the sender's key confirmation (keys.ts SessionKeys.confirm). */
@@ -190,6 +195,7 @@ export const HelloSchema = z
     auth: z.boolean(),
     kx: bytes(KX_PUBLIC_KEY_LEN).optional(),
     ciphers: z.array(z.string().min(1).max(CIPHER_NAME_MAX_CHARS)).min(1).max(HELLO_CIPHERS_MAX).optional(),
+    trusts: z.boolean().optional(),
   })
   .superRefine((h, ctx) => {
     // A Hello with auth is the start of a key exchange: without a key there is nothing to agree on.
@@ -201,6 +207,8 @@ export const HelloSchema = z
       });
     if (h.auth && h.ciphers === undefined)
       ctx.addIssue({ code: 'custom', path: ['ciphers'], message: 'auth needs a cipher list' });
+    if (h.trusts === true && !h.auth)
+      ctx.addIssue({ code: 'custom', path: ['trusts'], message: 'trust is only offered with auth' });
   }) satisfies z.ZodType<Hello>;
 
 /** HelloPreambleSchema is the part of Hello every version must keep: identity of the protocol and version range. */

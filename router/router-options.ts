@@ -39,6 +39,11 @@ export interface RouterOptions {
   /** ipallocRange is the overlay range routed into the TUN device. */
   ipallocRange: Cidr;
   password?: Buffer;
+  /**
+   * trustedSubnets: with a password, data to a peer stays unencrypted when each end's trusted
+   * subnets hold the other's underlay address (control connections stay encrypted), as in Weave.
+   */
+  trustedSubnets?: readonly Cidr[];
   connLimit?: number;
   datapath?: 'native' | 'dgram';
   /**

@@ -46,6 +46,8 @@ export interface StatusSources {
   readonly datapath: 'native' | 'dgram';
   readonly offload: boolean;
   readonly encryption: boolean;
+  /** trustedSubnets are the --trusted-subnets (with a password: data to peers in them may stay unencrypted). */
+  readonly trustedSubnets: readonly Cidr[];
   readonly ipallocRange: Cidr;
   readonly exposed: readonly Cidr[];
   readonly vxlanPeers: string[];
@@ -84,6 +86,7 @@ export function assembleStatus(s: StatusSources): RouterStatus {
       udpOffload: plane.udpOffload(),
       encryption: s.encryption,
       ...(s.encryption && { cipher: DEFAULT_AEAD_CIPHER }),
+      ...(s.encryption && s.trustedSubnets.length > 0 && { trustedSubnets: s.trustedSubnets.map(formatCidr) }),
       ipallocRange: formatCidr(s.ipallocRange),
       exposed: s.exposed.map(formatCidr),
       peers: peerStatus(s),
@@ -131,6 +134,7 @@ function peerStatus(s: StatusSources): PeerStatus[] {
         st !== undefined &&
         fastReason(st, s.nowMs) !== undefined && { encapReason: fastReason(st, s.nowMs) }),
       ...(!relayed && st?.sleeveHop.crypto?.open === true && { dataEncrypted: true }),
+      ...(!relayed && st?.conn.dataTrusted === true && { dataTrusted: true }),
       mtu: st?.conn.remote.mtu ?? 0,
       cidrs: [...e.cidrs],
       connections: e.connections.length,

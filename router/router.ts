@@ -25,7 +25,7 @@ import type { Startable } from '../common/lifecycle.js';
 import type { Logger } from '../common/log.js';
 import { noopLogger } from '../common/log.js';
 import type { Cidr, IPv4, PeerName } from '../common/types.js';
-import { formatIPv4 } from '../common/types.js';
+import { addressIn, formatIPv4 } from '../common/types.js';
 import type { Connection } from './connection.js';
 import { ConnectionMaker, parseTarget } from './connection-maker.js';
 import { CONN_LIMIT_DEFAULT } from './constants.js';
@@ -227,6 +227,8 @@ export class Router implements Startable {
         password: this.opts.password,
         connLimit: this.opts.connLimit ?? CONN_LIMIT_DEFAULT,
         dataLiveness: (peer) => this.links.get(peer)?.data,
+        ...(this.opts.trustedSubnets !== undefined &&
+          this.opts.trustedSubnets.length > 0 && { trusts: addressIn(this.opts.trustedSubnets) }),
         log: this.log,
         ...(this.opts.clock === undefined ? {} : { clock }),
       });
@@ -575,6 +577,7 @@ export class Router implements Startable {
       datapath: o.datapath ?? 'native',
       offload: o.offload !== false,
       encryption: o.password !== undefined,
+      trustedSubnets: o.trustedSubnets ?? [],
       ipallocRange: o.ipallocRange,
       exposed: this.addrs.exposedCidrs(),
       vxlanPeers: this.vxlanPeers(),

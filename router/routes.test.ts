@@ -232,6 +232,15 @@ describe('computeRoutes on random graphs (property)', () => {
         }
         expect([...received.keys()].sort()).toEqual([...distances(adj, origin).keys()].sort());
         for (const count of received.values()) expect(count).toBe(1);
+        // Exactly the tree the rule defines: v's parent is its smallest-named neighbour one level closer.
+        const dist = distances(adj, origin);
+        for (const at of dist.keys()) {
+          const want = [...adj.get(at)!]
+            .filter((v) => dist.get(v) === dist.get(at)! + 1)
+            .filter((v) => [...adj.get(v)!].filter((u) => dist.get(u) === dist.get(at)).sort()[0] === at)
+            .sort();
+          expect((routes.get(at)!.broadcast.get(p(origin)) ?? []).map(letter)).toEqual(want);
+        }
       }
     });
   });

@@ -142,13 +142,25 @@ interface Search {
  * index (-1 for the root, -2 for unreachable) and the visiting order.
  */
 function search(g: Graph, root: number): Search {
-  const parent = new Int32Array(g.names.length).fill(-2);
-  parent[root] = -1;
-  // order doubles as the queue: [start, end) is the level being expanded, [end, len) the next one.
+  const parent = new Int32Array(g.names.length);
   const order = new Int32Array(g.names.length);
+  return { parent, order: order.subarray(0, searchInto(g, root, parent, order)) };
+}
+
+/**
+ * searchInto is the search itself, in the caller's arrays (each at least N long): it fills
+ * `parent` and `order` and returns how many peers it visited. With `until`, an ascending row of
+ * peers, it stops as soon as every one of them has its parent (a parent, once set, is final: each
+ * level is expanded in index order), leaving the rest unsearched.
+ */
+function searchInto(g: Graph, root: number, parent: Int32Array, order: Int32Array, until?: readonly number[]): number {
+  parent.fill(-2, 0, g.names.length);
+  parent[root] = -1;
+  let missing = until === undefined ? -1 : until.length - (until.includes(root) ? 1 : 0);
+  // order doubles as the queue: [start, end) is the level being expanded, [end, len) the next one.
   order[0] = root;
   let len = 1;
-  for (let start = 0; start < len; ) {
+  levels: for (let start = 0; start < len && missing !== 0; ) {
     const end = len;
     for (let k = start; k < end; k++) {
       const u = order[k]!;
@@ -156,12 +168,46 @@ function search(g: Graph, root: number): Search {
         if (parent[v] !== -2) continue;
         parent[v] = u;
         order[len++] = v;
+        if (until !== undefined && isNeighbour(until, v) && --missing === 0) break levels;
       }
     }
     order.subarray(end, len).sort(); // the next level in index (= name) order
     start = end;
   }
-  return { parent, order: order.subarray(0, len) };
+  return len;
+}
+
+/** Scratch space of {@link childrenOf}: one search at a time, never kept. */
+let scratchParent = new Int32Array(0);
+let scratchOrder = new Int32Array(0);
+
+/**
+ * childrenOf returns `me`'s children in `root`'s broadcast tree, in index order: the same as
+ * `search(g, root)` would give, from a search that stops once every neighbour of `me` has its
+ * parent, in scratch arrays. Near the root that is a few levels of a graph of thousands.
+ */
+function childrenOf(g: Graph, root: number, me: number): number[] {
+  if (scratchParent.length < g.names.length) {
+    scratchParent = new Int32Array(g.names.length);
+    scratchOrder = new Int32Array(g.names.length);
+  }
+  const mine = g.adj[me]!;
+  searchInto(g, root, scratchParent, scratchOrder, mine);
+  return mine.filter((v) => scratchParent[v] === me);
+}
+
+/** isNeighbour says whether `v` is in the ascending row `row` (binary search). */
+function isNeighbour(row: readonly number[], v: number): boolean {
+  let lo = 0;
+  let hi = row.length - 1;
+  while (lo <= hi) {
+    const mid = (lo + hi) >> 1;
+    const x = row[mid]!;
+    if (x === v) return true;
+    if (x < v) lo = mid + 1;
+    else hi = mid - 1;
+  }
+  return false;
 }
 
 /**
@@ -192,8 +238,10 @@ class BroadcastTable implements ReadonlyMap<PeerName, readonly PeerName[]> {
     if (i === undefined || this.own.parent[i] === -2) return undefined;
     let children = this.cache.get(i);
     if (children === undefined) {
-      const tree = i === this.me ? this.own.parent : search(this.g, i).parent;
-      children = this.g.adj[this.me]!.filter((v) => tree[v] === this.me).map((v) => this.g.names[v]!);
+      const tree = this.own.parent;
+      const kids =
+        i === this.me ? this.g.adj[this.me]!.filter((v) => tree[v] === this.me) : childrenOf(this.g, i, this.me);
+      children = kids.map((v) => this.g.names[v]!);
       this.cache.set(i, children);
     }
     return children;

@@ -21,6 +21,11 @@ export interface PeerStatus {
    * and the peer is directly connected); absent or false: data crosses in the clear.
    */
   dataEncrypted?: boolean;
+  /**
+   * dataTrusted is true when a password is set but each end's --trusted-subnets hold the other's
+   * underlay address: its direct datagrams cross in the clear (the control connection is encrypted).
+   */
+  dataTrusted?: boolean;
   mtu: number;
   /** cidrs are the overlay addresses the peer announced. */
   cidrs: string[];
@@ -94,6 +99,8 @@ export interface RouterStatus {
   encryption: boolean;
   /** cipher is the AEAD offered first on every connection when encryption is on. */
   cipher?: string;
+  /** trustedSubnets: with encryption, peers whose underlay address is in them (and who trust ours) get unencrypted data. */
+  trustedSubnets?: string[];
   ipallocRange: string;
   exposed: string[];
   peers: PeerStatus[];

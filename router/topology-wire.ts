@@ -323,16 +323,31 @@ export function compareBytes(a: Uint8Array, b: Uint8Array): number {
  * framed as {@link packList} frames it and every entry is well-formed MessagePack ending exactly
  * at the end of `bytes`: the caller then decodes it whole ({@link unpackList}), which refuses
  * what is wrong with the same errors as always.
+ *
+ * `heldLength(bytes, off)`, if given, may say that the bytes at `off` begin with an encoding
+ * the caller holds (its length; -1 if not): that entry is stepped over without being walked (a
+ * byte-identical copy of a complete MessagePack value ends where the value ends) and its index is
+ * added to `held`. Most of a full state is held, so this is most of the work saved.
  */
-export function splitList(bytes: Uint8Array): number[] | undefined {
+export function splitList(
+  bytes: Uint8Array,
+  heldLength?: (bytes: Uint8Array, off: number) => number,
+  held?: number[],
+): number[] | undefined {
   if (bytes.length < 3 || bytes[0] !== 0x92 || bytes[1] !== TOPOLOGY_FORMAT) return undefined;
   const header = arrayHeader(bytes, 2);
   if (header === undefined || header.count > TOPOLOGY_ENTRIES_MAX) return undefined;
   const offsets = [header.end];
   let off = header.end;
   for (let i = 0; i < header.count; i++) {
-    off = skipValue(bytes, off);
-    if (off < 0) return undefined;
+    const known = heldLength === undefined ? -1 : heldLength(bytes, off);
+    if (known > 0) {
+      off += known;
+      held?.push(i);
+    } else {
+      off = skipValue(bytes, off);
+      if (off < 0) return undefined;
+    }
     offsets.push(off);
   }
   return off === bytes.length ? offsets : undefined;

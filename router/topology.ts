@@ -205,7 +205,8 @@ export class Topology {
       return { changed: [], rejected: [] };
     }
     const wanted: PeerEntry[] = [];
-    const offsets = splitList(bytes);
+    const held: number[] = [];
+    const offsets = splitList(bytes, (b, off) => this.heldLengthAt(b, off), held);
     if (offsets === undefined) {
       // Not framed as we frame lists, or malformed: decode it whole, refusing it as that refuses.
       unpackList(bytes).forEach((raw, i) => {
@@ -213,10 +214,13 @@ export class Topology {
       });
       return this.merge(wanted);
     }
+    let next = 0; // index into held (ascending)
     for (let i = 0; i + 1 < offsets.length; i++) {
-      const entryBytes = bytes.subarray(offsets[i], offsets[i + 1]);
-      if (this.holdsBytes(entryBytes)) continue;
-      const raw = unpackWire(entryBytes);
+      if (held[next] === i) {
+        next++;
+        continue;
+      }
+      const raw = unpackWire(bytes.subarray(offsets[i], offsets[i + 1]));
       if (!this.isStale(raw)) wanted.push(toEntry(raw, i));
     }
     return this.merge(wanted);
@@ -275,11 +279,17 @@ export class Topology {
     return packList(parts);
   }
 
-  /** holdsBytes says whether an encoded entry is, byte for byte, the canonical encoding of one we hold. */
-  private holdsBytes(entryBytes: Uint8Array): boolean {
-    const name = canonicalNameAt(entryBytes, 0);
+  /**
+   * heldLengthAt is the length of the canonical encoding of an entry we hold if `bytes` holds
+   * exactly it at `off`, else -1.
+   */
+  private heldLengthAt(bytes: Uint8Array, off: number): number {
+    const name = canonicalNameAt(bytes, off);
     const cur = name === undefined ? undefined : this.peers.get(name);
-    return cur !== undefined && compareBytes(cur.bytes, entryBytes) === 0;
+    if (cur === undefined) return -1;
+    const own = cur.bytes;
+    const end = off + own.length;
+    return end <= bytes.length && compareBytes(own, bytes.subarray(off, end)) === 0 ? own.length : -1;
   }
 
   /** isStale says whether an unvalidated wire entry is identical to what we hold, or older than what we hold of another peer. */

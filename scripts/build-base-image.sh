@@ -1,7 +1,7 @@
 #!/bin/sh
 # Builds the local base images for the Dockerfile where no image registry is reachable:
 #
-#   weft-base-run:<key>    Debian bookworm (debootstrap minbase) + iproute2, iputils-ping,
+#   weft-base-run:<key>    Debian bookworm (debootstrap minbase) + iproute2, iputils-ping, nftables,
 #                          ca-certificates + this machine's Node >= 20 (/usr/bin/node)
 #   weft-base-build:<key>  the same + python3, make, g++, npm and Node's headers (/usr/include/node),
 #                          so the Dockerfile's build stage compiles TypeScript and the native addon offline
@@ -26,7 +26,7 @@ SUITE=${WEFT_BASE_SUITE:-bookworm}
 MIRROR=${WEFT_BASE_MIRROR:-http://deb.debian.org/debian}
 CACHE=${WEFT_BASE_CACHE:-/var/cache/weft-ci}
 DOCKER=${DOCKER:-docker}
-RUN_PKGS="iproute2,iputils-ping,ca-certificates"
+RUN_PKGS="iproute2,iputils-ping,nftables,ca-certificates"
 BUILD_PKGS="python3 make g++"
 IMPORT=1
 KEY_ONLY=0

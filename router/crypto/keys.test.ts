@@ -85,6 +85,52 @@ describe('key schedule', () => {
     expect(new Set(all.map((b) => b.toString('hex'))).size).toBe(all.length);
   });
 
+  it('binds the trust flags into the transcript: both ends must see the same ones, and none leaves it as before', () => {
+    const run = (iTrusts: boolean, rTrusts: boolean, seenByR = { i: iTrusts, r: rTrusts }) => {
+      const i = new KeyExchange({
+        role: 'initiator',
+        localName: NAME_I,
+        passwordKey: PW,
+        suite: 'aes-256-gcm',
+        nonce: NONCE_I,
+        privateKey: ALICE_PRIV,
+        trusts: iTrusts,
+      });
+      const r = new KeyExchange({
+        role: 'responder',
+        localName: NAME_R,
+        passwordKey: PW,
+        suite: 'aes-256-gcm',
+        nonce: NONCE_R,
+        privateKey: BOB_PRIV,
+        trusts: seenByR.r,
+      });
+      const ki = i.finish({ name: NAME_R, publicKey: r.publicKey, nonce: NONCE_R, trusts: rTrusts });
+      const kr = r.finish({ name: NAME_I, publicKey: i.publicKey, nonce: NONCE_I, trusts: seenByR.i });
+      return { ki, kr };
+    };
+    // Neither trusting: the vector of the schedule without trust.
+    expect(run(false, false).ki.transcriptHash.toString('hex')).toBe(
+      'b83564d87b1943c809e1c21429eaf3332f49db89859607625d5d071dd707a7f9',
+    );
+    const hashes = new Set<string>();
+    for (const [a, b] of [
+      [false, false],
+      [true, false],
+      [false, true],
+      [true, true],
+    ] as const) {
+      const { ki, kr } = run(a, b);
+      expect(kr.verifyConfirm(ki.confirm)).toBe(true);
+      hashes.add(ki.transcriptHash.toString('hex'));
+    }
+    expect(hashes.size).toBe(4);
+    // A flag flipped on the way (the responder saw the initiator trust it; it did not): refused.
+    const flipped = run(false, true, { i: true, r: true });
+    expect(flipped.kr.verifyConfirm(flipped.ki.confirm)).toBe(false);
+    expect(flipped.ki.verifyConfirm(flipped.kr.confirm)).toBe(false);
+  });
+
   it('follows the documented schedule (independent HKDF over the RFC 7748 shared secret)', () => {
     const { i, r } = pair();
     const ki = i.finish({ name: NAME_R, publicKey: r.publicKey, nonce: NONCE_R });

@@ -17,7 +17,8 @@
  *
  *   pw      = scrypt(password, "weft-password-v1", N=2^14, r=8, p=1)       once per process
  *   dh      = X25519(own ephemeral private, peer's ephemeral public)        fresh per connection
- *   th      = SHA-256("weft-kx-v1" | suite | nameI | nameR | pubI | pubR | nonceI | nonceR)
+ *   th      = SHA-256("weft-kx-v1" | suite | nameI | nameR | pubI | pubR | nonceI | nonceR
+ *                     [| "trust" | trustI trustR])       the last only when either end trusts
  *   PRK     = HKDF-Extract(salt = pw, IKM = dh)                             (RFC 5869)
  *   k(lbl)  = HKDF-Expand(PRK, "weft-v1 " lbl 0x00 th, n)
  *   control I→R / R→I: key = k("ctl i2r key" / "ctl r2i key", 32), iv = k("… iv", 12)
@@ -30,7 +31,9 @@
  * listener who has the password (but not dh) both learn nothing. Each side sends its own
  * confirmation and checks the other's: a wrong password (or a tampered Hello: a swapped public
  * key, nonce, name or suite) shows as a confirmation mismatch, before any gossip is sent. The two
- * confirmations differ, so reflecting ours back does not verify.
+ * confirmations differ, so reflecting ours back does not verify. The trust flags (each end's
+ * "your underlay address is in my --trusted-subnets", which leaves data unencrypted when both
+ * say it) are bound the same way: flipping one in transit fails the confirmation.
  */
 import {
   createHash,
@@ -115,6 +118,8 @@ export interface KeyExchangeOptions {
   readonly nonce: Uint8Array;
   /** privateKey fixes the ephemeral private key (raw, 32 bytes): for test vectors only. */
   readonly privateKey?: Uint8Array;
+  /** trusts says our Hello said we trust the peer's underlay address (--trusted-subnets). */
+  readonly trusts?: boolean;
 }
 
 /** RemoteKxInfo is what the peer's Hello carried for the exchange. */
@@ -122,6 +127,8 @@ export interface RemoteKxInfo {
   readonly name: string;
   readonly publicKey: Uint8Array;
   readonly nonce: Uint8Array;
+  /** trusts says the peer's Hello said it trusts our underlay address. */
+  readonly trusts?: boolean;
 }
 
 /**
@@ -245,6 +252,8 @@ export class KeyExchange {
       responderPublic: initiator ? remote.publicKey : this.publicKey,
       initiatorNonce: initiator ? o.nonce : remote.nonce,
       responderNonce: initiator ? remote.nonce : o.nonce,
+      initiatorTrusts: (initiator ? o.trusts : remote.trusts) === true,
+      responderTrusts: (initiator ? remote.trusts : o.trusts) === true,
     });
     const prk = (label: string, n: number): Buffer =>
       Buffer.from(hkdfSync('sha256', dh, o.passwordKey, Buffer.concat([Buffer.from(`weft-v1 ${label}\0`), th]), n));
@@ -280,6 +289,9 @@ export interface TranscriptFields {
   readonly responderPublic: Uint8Array;
   readonly initiatorNonce: Uint8Array;
   readonly responderNonce: Uint8Array;
+  /** initiatorTrusts/responderTrusts: each end's trust flag (absent: false). */
+  readonly initiatorTrusts?: boolean;
+  readonly responderTrusts?: boolean;
 }
 
 /** transcriptHash is th: SHA-256 over KX_LABEL and the fields, each with a 2-byte length. */
@@ -299,6 +311,11 @@ export function transcriptHash(f: TranscriptFields): Buffer {
   put(f.responderPublic);
   put(f.initiatorNonce);
   put(f.responderNonce);
+  // Only when either end trusts: without trusted subnets the transcript is what it always was.
+  if (f.initiatorTrusts === true || f.responderTrusts === true) {
+    put(Buffer.from('trust'));
+    put(Uint8Array.of(f.initiatorTrusts === true ? 1 : 0, f.responderTrusts === true ? 1 : 0));
+  }
   return h.digest();
 }
 

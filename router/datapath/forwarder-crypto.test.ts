@@ -158,6 +158,25 @@ function pair(opts: { encrypted?: boolean; gsoA?: boolean; groB?: boolean; pathM
   return { net, a, b, tunA, tunB, sockA, sockB, hopA, hopB, atA, atB, controlA, cryptoA, cryptoB };
 }
 
+/** relayHopVia is a hop for peer `name` through the router at `addr` (sleeve, final peer named in the header). */
+function relayHopVia(name: PeerName, addr: number, crypto: PeerCrypto | undefined): Hop {
+  const hi = peerNameHi(name);
+  const lo = peerNameLo(name);
+  const h = new Hop(name, hi, lo, hi, lo, addr, PORT, Encap.Sleeve);
+  h.crypto = crypto;
+  return h;
+}
+
+/** relayR adds router R (no keys, knows A and B directly) to a pair's network. */
+function relayR(p: Pair): { r: Forwarder; atR: Wire[] } {
+  const sockR = p.net.open({ addr: UNDER_R, port: PORT, queueLimit: 4096 });
+  const tunR = new MemoryTun({ vnetHdr: true });
+  open.push(sockR, tunR);
+  const r = new Forwarder({ tun: tunR, sleeve: sockR, localName: NAME_R, vni: 1, vxlanPort: 4789, vnetHdr: true });
+  r.fib = Fib.build([], [], [hopOf(NAME_A, UNDER_A), hopOf(NAME_B, UNDER_B)]);
+  return { r, atR: capture(sockR) };
+}
+
 /** send moves what A's TUN holds through both forwarders and returns what B's TUN got. */
 function send(p: Pair, ...packets: Buffer[]): Buffer[] {
   for (const pkt of packets) p.tunA.inject(pkt);
@@ -388,28 +407,11 @@ describe.skipIf(native === undefined)('Forwarder with data keys (sealed sleeve)'
   it('a relay forwards a sealed datagram it cannot read unchanged but for the ttl, and the peer opens it', () => {
     const p = pair();
     // A reaches B through R: A's hop for B points at R's address; R knows B directly, has no keys.
-    const sockR = p.net.open({ addr: UNDER_R, port: PORT, queueLimit: 4096 });
-    const tunR = new MemoryTun({ vnetHdr: true });
-    open.push(sockR, tunR);
-    const r = new Forwarder({ tun: tunR, sleeve: sockR, localName: NAME_R, vni: 1, vxlanPort: 4789, vnetHdr: true });
-    const viaR = new Hop(
-      NAME_B,
-      p.hopB.nameHi,
-      p.hopB.nameLo,
-      p.hopB.nameHi,
-      p.hopB.nameLo,
-      UNDER_R,
-      PORT,
-      Encap.Sleeve,
-    );
-    viaR.crypto = p.cryptoA;
+    const { r, atR } = relayR(p);
+    const viaR = relayHopVia(NAME_B, UNDER_R, p.cryptoA);
     p.a.fib = Fib.build([{ cidr: { addr: IP_B as never, prefix: 32 }, hop: viaR }], [IP_A], [viaR]);
-    const rA = hopOf(NAME_A, UNDER_A);
-    const rB = hopOf(NAME_B, UNDER_B);
-    r.fib = Fib.build([], [], [rA, rB]);
     const hopRatB = hopOf(NAME_R, UNDER_R);
     p.b.fib = Fib.build([{ cidr: { addr: IP_A as never, prefix: 32 }, hop: p.hopA }], [IP_B], [p.hopA, hopRatB]);
-    const atR = capture(sockR);
     const pkt = udpPacket(700);
     p.tunA.inject(vnet(pkt));
     p.a.inside.onTunReadable();
@@ -424,6 +426,37 @@ describe.skipIf(native === undefined)('Forwarder with data keys (sealed sleeve)'
     expect(after[3]).toBe(before[3]! - 1); // ttl
     expect(Buffer.compare(after.subarray(4), before.subarray(4))).toBe(0);
     expect(containsMarker([...atR, ...p.atB])).toBe(false);
+  });
+});
+
+describe.skipIf(native === undefined)('Forwarder with a trusted peer (--trusted-subnets on both ends)', () => {
+  it('takes cleartext straight from the trusted peer, but only sealed datagrams from it through a relay', () => {
+    const p = pair();
+    const { r } = relayR(p);
+    // B routes A through R (sealed end to end with the keys of B's connection to A) while A's
+    // direct hop, trusted, is in the clear and still one of B's endpoints.
+    const hopRatB = hopOf(NAME_R, UNDER_R);
+    const relayA = relayHopVia(NAME_A, UNDER_R, p.cryptoB);
+    p.hopA.crypto = undefined;
+    p.b.fib = Fib.build([{ cidr: { addr: IP_A as never, prefix: 32 }, hop: relayA }], [IP_B], [relayA, hopRatB], [], {
+      endpoints: [p.hopA, hopRatB],
+    });
+    const viaR = (crypto: PeerCrypto | undefined): Hop => relayHopVia(NAME_B, UNDER_R, crypto);
+    const fromA = (hop: Hop): number => {
+      p.a.fib = Fib.build([{ cidr: { addr: IP_B as never, prefix: 32 }, hop }], [IP_A], [hop]);
+      p.tunA.inject(vnet(udpPacket(600)));
+      p.a.inside.onTunReadable();
+      r.outside.onSleeveReadable();
+      p.b.outside.onSleeveReadable();
+      return p.tunB.written.splice(0).length;
+    };
+    p.hopB.crypto = undefined;
+    expect(fromA(p.hopB)).toBe(1); // direct, in the clear
+    expect(containsMarker(p.atB)).toBe(true);
+    expect(fromA(viaR(p.cryptoA))).toBe(1); // through R, sealed
+    const auth = p.b.counters.drops[Drop.Auth] ?? 0;
+    expect(fromA(viaR(undefined))).toBe(0); // through R in the clear: refused
+    expect(p.b.counters.drops[Drop.Auth]).toBe(auth + 1);
   });
 });
 

@@ -231,9 +231,10 @@ export class Outside {
     if (checkSleeveHeader(buf, off, step) !== SleeveCheck.Ok || sleeveType(buf, off) !== SleeveType.Data) return;
     if (sleeveDstLo(buf, off) !== fwd.nameLo || sleeveDstHi(buf, off) !== fwd.nameHi) return;
     const fib = fwd.fib;
-    if (fib.sender(this.addrs[i] as number, this.ports[i] as number) === undefined) return;
+    const sender = fib.sender(this.addrs[i] as number, this.ports[i] as number);
+    if (sender === undefined) return;
     const hop = fib.peer(sleeveSrcHi(buf, off), sleeveSrcLo(buf, off));
-    const rx = hop?.crypto?.receiver;
+    const rx = hop === undefined ? undefined : keysOf(sender, hop)?.receiver;
     if (hop === undefined || rx === undefined) return;
     // The run: segments whose header (but for the ttl) is the first one's.
     let m = 0;
@@ -313,8 +314,9 @@ export class Outside {
       c.drop(Drop.UnknownPeer);
       return;
     }
-    if (hop.crypto !== undefined) {
-      const at = this.open(hop.crypto, off, len);
+    const keys = keysOf(sender, hop);
+    if (keys !== undefined) {
+      const at = this.open(keys, off, len);
       if (at < 0) return;
       this.sleeveFrames(at, len - SEAL_COUNTER_BYTES - SEAL_TAG_BYTES, hop);
       return;
@@ -529,4 +531,14 @@ function sleeveDrop(chk: SleeveCheck): Drop {
     default:
       return Drop.Truncated;
   }
+}
+
+/**
+ * keysOf is what a DATA datagram from `hop`'s peer, received from the endpoint of `sender`, is
+ * opened with: the sender's own (direct) hop's keys when it came straight from its origin, else
+ * the route's. They are the same keys but for a peer whose data is trusted (--trusted-subnets):
+ * cleartext directly, sealed end to end through a relay.
+ */
+function keysOf(sender: Hop, hop: Hop): PeerCrypto | undefined {
+  return sender.nameLo === hop.nameLo && sender.nameHi === hop.nameHi ? sender.crypto : hop.crypto;
 }

@@ -253,6 +253,22 @@ describe('OverlaySwitch data keys (a password is set)', () => {
     },
   );
 
+  it.skipIf(native === undefined)(
+    "keeps a trusted peer's direct hops in the clear (VXLAN allowed) and its keys for relays",
+    () => {
+      const sw = make(true);
+      const c = encryptedConn() as unknown as { dataTrusted: boolean };
+      c.dataTrusted = true;
+      const st = sw.add(c as unknown as Connection);
+      expect(st.sleeveHop.crypto).toBeUndefined();
+      expect(st.vxlanHop).toBeDefined();
+      expect(st.vxlanHop?.crypto).toBeUndefined();
+      // What is relayed to or from it is still sealed end to end, with its connection's keys.
+      expect(sw.crypto(PEER)?.open).toBe(true);
+      sw.stop();
+    },
+  );
+
   it("without the native addon drops an encrypted peer's data (NO_KEYS), never the clear", () => {
     const sw = make(false);
     const st = sw.add(encryptedConn());

@@ -12,7 +12,8 @@
  * With a password every connection is encrypted and the switch keeps each peer's PeerCrypto (the
  * data keys of its connection, datapath/peer-crypto.ts) on its hops: made when the first
  * connection is established, `install`ed from a reconnect, closed when the peer goes. Such a peer
- * uses sleeve only (VXLAN cannot be sealed).
+ * uses sleeve only (VXLAN cannot be sealed) unless its data is trusted (both ends' trusted subnets
+ * hold the other): then its direct hops are in the clear and relays still seal with its keys.
  *
  * The kernel fast path (`--encap auto|fastdp`, issue #14) is a third overlay beside the hops: when
  * both ends have weft-vx up and the connection is not encrypted, the link gets `fast`, a
@@ -212,7 +213,10 @@ export class OverlaySwitch {
   /** add makes the hops towards a newly connected peer and sends its first heartbeats. */
   add(conn: Connection): PeerLink {
     const r = conn.remote;
-    const crypto = this.cryptoFor(conn);
+    // A trusted peer (--trusted-subnets on both ends) keeps its keys for what a relay carries;
+    // its direct hops are in the clear, and may be VXLAN.
+    const keys = this.cryptoFor(conn);
+    const crypto = conn.dataTrusted ? undefined : keys;
     const vx = this.opts.encap === 'vxlan' && r.encap === 'vxlan' && crypto === undefined;
     const hi = peerNameHi(r.name);
     const lo = peerNameLo(r.name);
