@@ -148,10 +148,11 @@ export interface HostPort {
 }
 
 /**
- * ENCAP_DEFAULT is the data path a router prefers unless told: `auto`, the kernel fast path per
- * peer whose heartbeats through it are answered, else sleeve (issue #14).
+ * ENCAP_DEFAULT is the data path a router prefers unless told. Still sleeve: with `auto` (the
+ * kernel fast path per peer, issue #14) e2e/egress.e2e.ts's container-to-container UDP check
+ * failed in 2 of 3 runs, not yet understood. TODO(fastdp): make it 'auto' once that passes (#14).
  */
-export const ENCAP_DEFAULT = 'auto';
+export const ENCAP_DEFAULT = 'sleeve';
 
 /** LaunchConfig is the router's whole configuration, built once from defaults, environment and flags. */
 export interface LaunchConfig {
