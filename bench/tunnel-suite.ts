@@ -23,7 +23,8 @@ export const DEFAULT_LOSS_PERMILLE: readonly number[] = [0, 2, 10];
 
 /**
  * tunnelScenarios are the rows of the two-host tables, in order: the baselines, then Weft
- * container to container (sleeve, sleeve with a password, VXLAN), then Weft host to host (lossless only).
+ * container to container (sleeve, sleeve with a password, VXLAN, the kernel fast path), then Weft
+ * host to host (lossless only).
  */
 export function tunnelScenarios(): TunnelScenario[] {
   return [
@@ -31,8 +32,10 @@ export function tunnelScenarios(): TunnelScenario[] {
     weftContainerScenario('sleeve'),
     weftEncryptedScenario(),
     weftContainerScenario('vxlan'),
+    weftContainerScenario('auto'),
     weftScenario('sleeve'),
     weftScenario('vxlan'),
+    weftScenario('auto'),
   ];
 }
 

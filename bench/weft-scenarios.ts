@@ -1,8 +1,8 @@
 import { rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { expose, launch, routerPids, stateDir, waitPeers, weft } from '../e2e/weft.js';
-import type { Host, Lab, Netns } from '../lab/netns.js';
+import { expose, launch, routerPids, stateDir, status, waitPeers, weft } from '../e2e/weft.js';
+import { type Host, type Lab, type Netns, waitUntil } from '../lab/netns.js';
 import type { TunnelScenario, TunnelSetup } from './tunnels.js';
 
 let containerSeq = 0;
@@ -19,11 +19,18 @@ export type WeftMode = 'container' | 'host';
  * an overlay address from IPAM and the measurement runs between the hosts themselves. Each
  * host's router processes are reported for CPU.
  */
-function weftRow(encap: 'sleeve' | 'vxlan', mode: WeftMode, extraFlags: string[], password = false): TunnelScenario {
+function weftRow(
+  encap: 'sleeve' | 'vxlan' | 'auto',
+  mode: WeftMode,
+  extraFlags: string[],
+  password = false,
+): TunnelScenario {
   const flagText = extraFlags.length > 0 ? ` ${extraFlags.join(' ')}` : '';
+  // `auto` is measured once the kernel fast path carries the peer: the row is the fast path's.
+  const label = encap === 'auto' ? 'fastdp' : encap;
   return {
-    id: `weft-${encap}${password ? '-encrypted' : ''}${mode === 'host' ? '-host' : ''}`,
-    name: `weft ${encap}${password ? ', password (sealed)' : ''}${flagText}${mode === 'host' ? ', host to host' : ''}`,
+    id: `weft-${label}${password ? '-encrypted' : ''}${mode === 'host' ? '-host' : ''}`,
+    name: `weft ${label}${encap === 'auto' ? ' (--encap auto, kernel weft-vx)' : ''}${password ? ', password (sealed)' : ''}${flagText}${mode === 'host' ? ', host to host' : ''}`,
     lossy: mode === 'container',
     async setup(topo: Lab): Promise<TunnelSetup> {
       const [a, b] = topo.hosts as [Host | undefined, Host | undefined];
@@ -73,6 +80,14 @@ function weftRow(encap: 'sleeve' | 'vxlan', mode: WeftMode, extraFlags: string[]
         }
         const { mtu } = await waitPeers(a, 1);
         await waitPeers(b, 1);
+        if (encap === 'auto') {
+          for (const h of [a, b]) {
+            await waitUntil(
+              async () => ((await status(h)).peers[0] as { encap?: string } | undefined)?.encap === 'fastdp',
+              { timeoutMs: 30_000, intervalMs: 200, what: `${h.name}: peer on fastdp` },
+            );
+          }
+        }
         const processes = [await routerPids(a), await routerPids(b)] as const;
         const where = mode === 'host' ? 'host to host' : 'container to container (weft attach)';
         return { aIp, bIp, client, server, processes, teardown, note: `${where}, overlay MTU ${mtu}` };
@@ -88,7 +103,7 @@ function weftRow(encap: 'sleeve' | 'vxlan', mode: WeftMode, extraFlags: string[]
  * weftScenario is the host-to-host Weft row (each host `weft expose`s an address, the
  * measurement runs between the hosts): kept beside the container rows, lossless only.
  */
-export function weftScenario(encap: 'sleeve' | 'vxlan', extraFlags: string[] = []): TunnelScenario {
+export function weftScenario(encap: 'sleeve' | 'vxlan' | 'auto', extraFlags: string[] = []): TunnelScenario {
   return weftRow(encap, 'host', extraFlags);
 }
 
@@ -96,7 +111,7 @@ export function weftScenario(encap: 'sleeve' | 'vxlan', extraFlags: string[] = [
  * weftContainerScenario is the Weft row users run: a container on each host attached with `weft
  * attach`, measured container to container across the hosts, also at the lossy levels.
  */
-export function weftContainerScenario(encap: 'sleeve' | 'vxlan', extraFlags: string[] = []): TunnelScenario {
+export function weftContainerScenario(encap: 'sleeve' | 'vxlan' | 'auto', extraFlags: string[] = []): TunnelScenario {
   return weftRow(encap, 'container', extraFlags);
 }
 

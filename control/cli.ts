@@ -144,10 +144,10 @@ Examples:
     .option('--nickname <name>', 'human name shown in status (default: netns name or hostname)')
     .option('--port <port>', `TCP control port and UDP sleeve port (default ${CONTROL_PORT})`)
     .addOption(
-      new Option('--encap <encap>', 'preferred encapsulation (VXLAN is used when both peers prefer it)').choices([
-        'sleeve',
-        'vxlan',
-      ]),
+      new Option(
+        '--encap <encap>',
+        'data path: auto (kernel fast path per peer, else sleeve), fastdp, sleeve, vxlan (userspace, when both prefer it)',
+      ).choices(['auto', 'fastdp', 'sleeve', 'vxlan']),
     )
     .option('--vxlan-port <port>', `UDP port for VXLAN (default ${VXLAN_PORT}; must match a kernel vxlan dstport)`)
     .option('--vni <n>', `VXLAN network identifier (default ${VXLAN_VNI_DEFAULT})`)

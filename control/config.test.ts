@@ -54,6 +54,8 @@ describe('buildLaunchConfig', () => {
     [{ httpAddr: 'localhost' }, /invalid --http-addr/],
     [{ passwordFile: '/nonexistent/pw' }, /cannot read --password-file/],
     [{ encap: 'vxlan', vxlanPort: '6783' }, /must differ from --port/],
+    [{ encap: 'auto', vxlanPort: '6783' }, /must differ from --port/],
+    [{ encap: 'auto', vxlanPeer: '192.168.1.12' }, /--vxlan-peer needs --encap vxlan/],
     [{ trustedSubnets: '10.0.0.0/8' }, /--trusted-subnets needs a password/],
   ])('rejects %o with a clear message', (flags, msg) => {
     expect(() => buildLaunchConfig([], { stateDir: '/tmp/x', ...flags }, {})).toThrow(msg);
@@ -83,6 +85,15 @@ describe('buildLaunchConfig', () => {
     expect(() => buildLaunchConfig([], { stateDir: '/tmp/x', trustedSubnets: '10.0.0.0/8,bogus' }, env)).toThrow(
       /invalid --trusted-subnets "bogus"/,
     );
+  });
+
+  it('takes --encap auto and fastdp, and refuses fastdp with a password (never the clear)', () => {
+    expect(buildLaunchConfig([], { stateDir: '/tmp/x', encap: 'auto' }, {}).encap).toBe('auto');
+    expect(buildLaunchConfig([], { stateDir: '/tmp/x', encap: 'fastdp' }, {}).encap).toBe('fastdp');
+    expect(() => buildLaunchConfig([], { stateDir: '/tmp/x', encap: 'fastdp' }, { WEFT_PASSWORD: 'pw' })).toThrow(
+      /--encap fastdp cannot encrypt/,
+    );
+    expect(buildLaunchConfig([], { stateDir: '/tmp/x', encap: 'auto' }, { WEFT_PASSWORD: 'pw' }).encap).toBe('auto');
   });
 
   it('configures IPAM and DNS, and refuses bad values with the flag named', () => {

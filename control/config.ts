@@ -147,6 +147,13 @@ export interface HostPort {
   port: number;
 }
 
+/**
+ * ENCAP_DEFAULT is the data path a router prefers unless told. Still sleeve: with `auto` (the
+ * kernel fast path per peer, issue #14) e2e/egress.e2e.ts's container-to-container UDP check
+ * failed in 2 of 3 runs, not yet understood. TODO(fastdp): make it 'auto' once that passes (#14).
+ */
+export const ENCAP_DEFAULT = 'sleeve';
+
 /** LaunchConfig is the router's whole configuration, built once from defaults, environment and flags. */
 export interface LaunchConfig {
   /** peers are the targets given on the command line (host[:port]). */
@@ -155,7 +162,8 @@ export interface LaunchConfig {
   readonly nickname: string | undefined;
   /** port is the TCP control port and the sleeve UDP port. */
   readonly port: number;
-  readonly encap: 'sleeve' | 'vxlan';
+  /** encap: auto (kernel fast path per peer, else sleeve), fastdp, sleeve or vxlan (userspace). */
+  readonly encap: 'auto' | 'fastdp' | 'sleeve' | 'vxlan';
   readonly vxlanPort: number;
   readonly vni: number;
   readonly ipallocRange: Cidr;
@@ -292,9 +300,9 @@ export function buildLaunchConfig(
   flags: LaunchFlags,
   env: NodeJS.ProcessEnv = process.env,
 ): LaunchConfig {
-  const encap = flags.encap ?? env.WEFT_ENCAP ?? 'sleeve';
-  if (encap !== 'sleeve' && encap !== 'vxlan')
-    throw new ConfigError(`invalid --encap "${encap}": want sleeve or vxlan`);
+  const encap = flags.encap ?? env.WEFT_ENCAP ?? ENCAP_DEFAULT;
+  if (encap !== 'auto' && encap !== 'fastdp' && encap !== 'sleeve' && encap !== 'vxlan')
+    throw new ConfigError(`invalid --encap "${encap}": want auto, fastdp, sleeve or vxlan`);
   const datapath = flags.datapath ?? env.WEFT_DATAPATH ?? 'native';
   if (datapath !== 'native' && datapath !== 'dgram') {
     throw new ConfigError(`invalid --datapath "${datapath}": want native or dgram`);
@@ -402,7 +410,18 @@ export function buildLaunchConfig(
         ? PEER_DOWN_TIMEOUT_MS
         : parseIntIn(flags.peerTimeout, '--peer-timeout', 1_000, 600_000),
   };
-  if (cfg.port === cfg.vxlanPort && cfg.encap === 'vxlan') {
+  if ((cfg.encap === 'auto' || cfg.encap === 'fastdp') && cfg.vxlanPeers.length > 0) {
+    // The kernel's weft-vx owns the VXLAN port there: no userspace VXLAN socket to meet them.
+    throw new ConfigError(
+      `--vxlan-peer needs --encap vxlan (with --encap ${cfg.encap} the kernel owns the VXLAN port)`,
+    );
+  }
+  if (cfg.encap === 'fastdp' && cfg.password !== undefined) {
+    throw new ConfigError(
+      '--encap fastdp cannot encrypt: with a password use --encap auto or sleeve (encrypted sleeve)',
+    );
+  }
+  if (cfg.port === cfg.vxlanPort && cfg.encap !== 'sleeve') {
     throw new ConfigError(`--vxlan-port ${cfg.vxlanPort} must differ from --port (sleeve uses UDP ${cfg.port})`);
   }
   return Object.freeze(cfg);

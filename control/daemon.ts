@@ -10,7 +10,7 @@ import { ConfigError, errorMessage, WeftError } from '../common/errors.js';
 import { createLogger, type Logger } from '../common/log.js';
 import type { Cidr, PeerName, PeerUid } from '../common/types.js';
 import { cidrsOverlap, formatCidr, parseCidr, parseOwnPeerName, randomPeerName } from '../common/types.js';
-import { EXPOSE_OWNER, Router } from '../router/index.js';
+import { EXPOSE_OWNER, FASTDP_DEVICE, Router } from '../router/index.js';
 import { alignedClock } from './aligned-clock.js';
 import { Attacher, isContainerIfname } from './attach.js';
 import { type LaunchConfig, RUN_ROOT, TARGETS_MAX } from './config.js';
@@ -340,12 +340,17 @@ const RESET_LINGER_MS = 1_000;
 /**
  * checkRangeRoutes refuses a launch whose IPAM range overlaps a route of this host (it would
  * hijack or be hijacked by that network), unless the user chose the range: then it only warns.
- * Routes on the router's own device and to its attached containers (kept across a restart) do not count.
+ * Routes on the router's own device, on its fast-path device weft-vx (a crashed router's; the
+ * router reconciles them) and to its attached containers (kept across a restart) do not count.
  */
 async function checkRangeRoutes(cfg: LaunchConfig, log: Logger): Promise<void> {
   const clash = (await hostRoutes()).find(
     (r) =>
-      r.dev !== cfg.device && !isContainerIfname(r.dev) && r.cidr.prefix > 0 && cidrsOverlap(r.cidr, cfg.ipallocRange),
+      r.dev !== cfg.device &&
+      r.dev !== FASTDP_DEVICE &&
+      !isContainerIfname(r.dev) &&
+      r.cidr.prefix > 0 &&
+      cidrsOverlap(r.cidr, cfg.ipallocRange),
   );
   if (clash === undefined) return;
   const range = formatCidr(cfg.ipallocRange);

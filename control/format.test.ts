@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import type { RouterStatus } from '../router/index.js';
-import { formatConnections, formatTargets } from './format.js';
+import { formatConnections, formatPeers, formatTargets } from './format.js';
 
 const NOW = Date.parse('2026-01-01T00:00:00Z');
 
@@ -58,5 +58,34 @@ describe('formatConnections', () => {
       '<- 10.0.0.4:40001  pending',
       '',
     ]);
+  });
+});
+
+describe('formatPeers', () => {
+  it('says which data path each peer uses, and why a peer is not on the fast path', () => {
+    const peer = (name: string, encap: string, encapReason?: string) => ({
+      name,
+      nickname: name,
+      addr: '192.168.1.2',
+      encap,
+      ...(encapReason === undefined ? {} : { encapReason }),
+      state: 'established',
+      cidrs: [],
+      connections: 1,
+      txPackets: 0,
+      txBytes: 0,
+      rxPackets: 0,
+      rxBytes: 0,
+    });
+    const text = formatPeers({
+      name: 'me',
+      nickname: 'me',
+      exposed: [],
+      peers: [peer('a', 'fastdp'), peer('b', 'sleeve', 'vxlan blocked: no heartbeat for 5 s')],
+    } as unknown as RouterStatus);
+    expect(text).toMatch(/^a\(a\) {2}192\.168\.1\.2 {2}fastdp {2}established$/m);
+    expect(text).toMatch(
+      /^b\(b\) {2}192\.168\.1\.2 {2}sleeve \(vxlan blocked: no heartbeat for 5 s\) {2}established$/m,
+    );
   });
 });

@@ -55,6 +55,14 @@ export function formatStatus(s: StatusView): string {
       'Encapsulation',
       `${s.encap} (control TCP ${s.port}, sleeve UDP ${s.sleevePort}, VXLAN UDP ${s.vxlanPort} VNI ${s.vni})`,
     ],
+    ...(s.fastdp === undefined
+      ? []
+      : [
+          [
+            'Fast path',
+            `${s.fastdp.device} ${s.fastdp.up ? 'up' : `off${s.fastdp.reason === undefined ? '' : ` (${s.fastdp.reason})`}`}`,
+          ] as [string, string],
+        ]),
     ['Device', `${s.device} (mtu ${s.mtu}, ${s.datapath} datapath${s.offload ? ', TCP segmentation offload' : ''})`],
     ['UDP offload', udpOffloadText(s.udpOffload)],
     ...(s.kernelDrops === undefined
@@ -128,7 +136,7 @@ export function formatPeers(s: RouterStatus): string {
         ? `relayed via ${p.via}(${names.get(p.via ?? '') ?? '?'})${p.reason ? ` (${p.reason})` : ''}`
         : p.state === 'unreachable'
           ? 'unreachable'
-          : `${p.addr}  ${p.encap}${p.dataEncrypted === true ? ' encrypted' : p.dataTrusted === true ? ' unencrypted (trusted subnet)' : ''}  ${p.state}${p.reason ? ` (${p.reason})` : ''}${p.rttMs === undefined ? '' : `  rtt=${p.rttMs.toFixed(2)}ms`}${pmtuText(p.pmtu)}`;
+          : `${p.addr}  ${p.encap}${p.dataEncrypted === true ? ' encrypted' : p.dataTrusted === true ? ' unencrypted (trusted subnet)' : ''}${p.encapReason === undefined ? '' : ` (${p.encapReason})`}  ${p.state}${p.reason ? ` (${p.reason})` : ''}${p.rttMs === undefined ? '' : `  rtt=${p.rttMs.toFixed(2)}ms`}${pmtuText(p.pmtu)}`;
     lines.push(
       `${p.name}(${p.nickname})  ${how}  ${p.cidrs.join(' ')}`.trimEnd(),
       `   ${p.connections} connections  tx ${p.txPackets} pkts ${bytes(p.txBytes)}  rx ${p.rxPackets} pkts ${bytes(p.rxBytes)}`,

@@ -245,6 +245,17 @@ function createRegistry(prom: PromClient, router: Router, dns: DnsService | unde
       }
     },
   });
+  new Gauge({
+    name: 'weft_peer_encap',
+    help: 'Directly connected peers by the data path their traffic takes now: fastdp (kernel weft-vx), sleeve, vxlan (userspace).',
+    labelNames: ['encap'],
+    registers: [register],
+    collect() {
+      this.reset();
+      const direct = snap().peers.filter((p) => p.state !== 'relayed' && p.state !== 'unreachable');
+      for (const e of ['fastdp', 'sleeve', 'vxlan']) this.set({ encap: e }, direct.filter((p) => p.encap === e).length);
+    },
+  });
   new Counter({
     name: 'weft_relayed_total',
     help: 'Sleeve datagrams this router forwarded for other peers.',

@@ -71,7 +71,7 @@ describe.skipIf(reason)('bad input does not disturb a router', () => {
     expect(c.stderr.trim().split('\n')).toHaveLength(1);
     const l = await weft(h1, ['launch', '--encap', 'gre'], { allowFail: true });
     expect(l.code).toBe(2);
-    expect(l.stderr).toMatch(/Allowed choices are sleeve, vxlan/);
+    expect(l.stderr).toMatch(/Allowed choices are auto, fastdp, sleeve, vxlan/);
   });
 
   it('refuses a second router in the same namespace with a clear error', async () => {

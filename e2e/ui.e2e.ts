@@ -85,10 +85,10 @@ describe.skipIf(reason)('the web page of the mesh (GET /ui) in a browser', () =>
       expect(await row.textContent()).toContain(p.nickname);
     }
     expect(await page.locator('#graph .link.established').count()).toBe(3);
-    // Every link of h1 is labelled with its data path and RTT; shares of the ring, one per host.
+    // Every link of h1 is labelled with its data path (the fast path once proven, sleeve until then) and RTT; shares of the ring, one per host.
     const labels = await page.locator('#graph .link.local text').allTextContents();
     expect(labels).toHaveLength(2);
-    for (const l of labels) expect(l).toMatch(/^sleeve [\d.]+ ms$/);
+    for (const l of labels) expect(l).toMatch(/^(sleeve|fastdp) [\d.]+ ms$/);
     expect(await page.locator('#ring tbody tr').count()).toBe(3);
     expect(await page.locator('#counters li').count()).toBe(5);
     await shot('1-mesh');

@@ -172,6 +172,7 @@ describe('Connection', () => {
       vxlanPort: 7001,
       vni: 42,
       encap: 'vxlan',
+      fastdp: false,
       mtu: 1400,
       addr: '127.0.0.1',
       tcpPort: 7002,

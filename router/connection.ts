@@ -95,6 +95,8 @@ export interface LocalPeerInfo {
   readonly vxlanPort: number;
   readonly vni: number;
   readonly encap: Encap;
+  /** fastdp: our kernel fast path is up (see Hello.fastdp). */
+  readonly fastdp?: boolean;
   readonly mtu: number;
   /** tcpPort is the port we accept control connections on (announced for discovery). */
   readonly tcpPort?: number;
@@ -111,6 +113,8 @@ export interface RemotePeerInfo {
   readonly vxlanPort: number;
   readonly vni: number;
   readonly encap: Encap;
+  /** fastdp: the peer's kernel fast path is up (its Hello said so). */
+  readonly fastdp: boolean;
   readonly mtu: number;
   /** addr is the peer's IPv4 address as seen on this socket. */
   readonly addr: string;
@@ -377,6 +381,7 @@ export class Connection extends EventEmitter<ConnectionEvents> {
         vxlanPort: this.local.vxlanPort,
         vni: this.local.vni,
         encap: this.local.encap,
+        ...(this.local.fastdp === true && { fastdp: true }),
         mtu: this.local.mtu,
         nonce: this.localNonce,
         auth: this.passwordKey !== undefined,
@@ -750,6 +755,7 @@ export class Connection extends EventEmitter<ConnectionEvents> {
       vxlanPort: hello.vxlanPort,
       vni: hello.vni,
       encap: hello.encap,
+      fastdp: hello.fastdp === true,
       mtu: hello.mtu,
       addr: normaliseIPv4(this.socket.remoteAddress),
       tcpPort: hello.tcpPort,

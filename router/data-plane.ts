@@ -43,6 +43,8 @@ export interface DataPlaneOptions {
   readonly tun?: TunDevice;
   readonly sleeveConn?: PacketConn;
   readonly vxlanConn?: PacketConn;
+  /** encap: with `auto`/`fastdp` the kernel's weft-vx owns the VXLAN port, so no VXLAN socket is opened. */
+  readonly encap?: 'auto' | 'fastdp' | 'sleeve' | 'vxlan';
 }
 
 /** DataPlane: see the module comment. Open with `open()`, release with `close()`; reopenable. */
@@ -91,7 +93,8 @@ export class DataPlane {
     }
     const host = o.listenHost ?? '0.0.0.0';
     this.sleeveConn = o.sleeveConn ?? (await this.openConn(host, o.port));
-    this.vxlanConn = o.vxlanConn ?? (await this.openConn(host, o.vxlanPort));
+    const kernelOwnsPort = o.encap === 'auto' || o.encap === 'fastdp';
+    this.vxlanConn = o.vxlanConn ?? (kernelOwnsPort ? undefined : await this.openConn(host, o.vxlanPort));
     this.forwarder = new Forwarder({
       tun: this.tun,
       sleeve: this.sleeveConn,

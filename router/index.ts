@@ -11,6 +11,7 @@ export {
   type IpamStatus,
   parseIpamInit,
 } from './ipam/service.js';
+export { FASTDP_DEVICE } from './kernel/fastdp.js';
 export { EXPOSE_OWNER, Router, type RouterOptions } from './router.js';
 export type { LearnedStatus, PeerStatus, RouterStatus } from './status.js';
 export type { TunDevice } from './tun/device.js';

@@ -95,6 +95,8 @@ export interface Hello {
   readonly vxlanPort: number;
   readonly vni: number;
   readonly encap: Encap;
+  /** fastdp says the sender's kernel fast path (weft-vx) is up and takes its heartbeats (issue #14). */
+  readonly fastdp?: boolean;
   readonly mtu: number;
   readonly nonce: Uint8Array;
   readonly auth: boolean;
@@ -187,6 +189,7 @@ export const HelloSchema = z
     vxlanPort: port,
     vni: z.int().min(0).max(VXLAN_VNI_MAX),
     encap: z.enum(['sleeve', 'vxlan']),
+    fastdp: z.boolean().optional(),
     mtu: z.int().min(MTU_MIN).max(MTU_MAX),
     nonce: bytes(NONCE_LEN),
     auth: z.boolean(),

@@ -6,6 +6,14 @@ import type { Persisted } from './ipam/allocator.js';
 import type { IpamInit } from './ipam/service.js';
 import type { TunDevice } from './tun/device.js';
 
+/** EncapMode is the data path a router prefers (see RouterOptions.encap). */
+export type EncapMode = 'auto' | 'fastdp' | 'sleeve' | 'vxlan';
+
+/** wireEncap is what a mode announces to peers: the userspace encapsulation it accepts. */
+export function wireEncap(mode: EncapMode): 'sleeve' | 'vxlan' {
+  return mode === 'vxlan' ? 'vxlan' : 'sleeve';
+}
+
 /** RouterOptions configures a Router; control/ builds it from the LaunchConfig. */
 export interface RouterOptions {
   name: PeerName;
@@ -18,8 +26,12 @@ export interface RouterOptions {
   listenHost?: string;
   vxlanPort: number;
   vni: number;
-  /** encap is what this router prefers; VXLAN is used towards a peer only when both prefer it. */
-  encap: 'sleeve' | 'vxlan';
+  /**
+   * encap is what this router prefers: `auto` the kernel fast path per peer where its heartbeats
+   * get through, else sleeve; `fastdp` the same but the fast path must come up; `sleeve`; `vxlan`
+   * (userspace, towards peers that prefer it too).
+   */
+  encap: EncapMode;
   /** mtu is the overlay MTU; undefined means underlay MTU minus ENCAP_OVERHEAD_MAX. */
   mtu?: number;
   /** device is the TUN device name. */

@@ -15,7 +15,7 @@ import { PeerCrypto } from './datapath/peer-crypto.js';
 import type { FibCompiler } from './fib-compiler.js';
 import type { IpamService } from './ipam/service.js';
 import type { MeshCore } from './mesh.js';
-import { linkState, type OverlaySwitch } from './overlay/switch.js';
+import { fastActive, fastReason, linkState, type OverlaySwitch } from './overlay/switch.js';
 import type { PeerStatus, RouterStatus } from './status.js';
 import { buildStatus } from './status.js';
 
@@ -38,7 +38,8 @@ export interface StatusSources {
   readonly ready: boolean;
   readonly startedAt: number;
   readonly nowMs: number;
-  readonly encap: 'sleeve' | 'vxlan';
+  readonly encap: 'auto' | 'fastdp' | 'sleeve' | 'vxlan';
+  readonly fastdp: { device: string; up: boolean; reason?: string } | undefined;
   readonly port: number;
   readonly vni: number;
   readonly device: string;
@@ -73,6 +74,7 @@ export function assembleStatus(s: StatusSources): RouterStatus {
       ready: s.ready,
       startedAt: s.startedAt,
       encap: s.encap,
+      ...(s.fastdp !== undefined && { fastdp: s.fastdp }),
       port: s.port,
       sleevePort: plane.sleevePort,
       vxlanPort: plane.vxlanPort,
@@ -127,7 +129,10 @@ function peerStatus(s: StatusSources): PeerStatus[] {
       nickname: e.nickname,
       uid: e.uid,
       addr: st?.conn.remote.addr ?? '',
-      encap: relayed || st === undefined ? 'sleeve' : encapName(st.hop.encap),
+      encap: relayed || st === undefined ? 'sleeve' : fastActive(st) ? 'fastdp' : encapName(st.hop.encap),
+      ...(!relayed &&
+        st !== undefined &&
+        fastReason(st, s.nowMs) !== undefined && { encapReason: fastReason(st, s.nowMs) }),
       ...(!relayed && st?.sleeveHop.crypto?.open === true && { dataEncrypted: true }),
       ...(!relayed && st?.conn.dataTrusted === true && { dataTrusted: true }),
       mtu: st?.conn.remote.mtu ?? 0,

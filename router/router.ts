@@ -36,11 +36,13 @@ import type { Gossip, Gossiper } from './gossip/gossip.js';
 import { IPAM_CHANNEL } from './ipam/ipam.js';
 import { IpamService } from './ipam/service.js';
 import { IpamFacade } from './ipam-facade.js';
+import { FastDataPath, spanCidrs } from './kernel/fast-data-path.js';
+import type { FastPeer } from './kernel/fastdp.js';
 import { EXPOSE_OWNER, LocalAddresses } from './local-addresses.js';
 import { MeshCore } from './mesh.js';
-import { ipToU32, OverlaySwitch } from './overlay/switch.js';
+import { fastActive, ipToU32, OverlaySwitch } from './overlay/switch.js';
 import type { PeerMessage } from './protocol.js';
-import type { RouterOptions } from './router-options.js';
+import { type RouterOptions, wireEncap } from './router-options.js';
 import { assembleStatus, LEARNED_STATUS_SAMPLE } from './router-status.js';
 import type { RouterStatus } from './status.js';
 import { tryLoadNative } from './tun/native.js';
@@ -91,6 +93,10 @@ export class Router implements Startable {
   private ready = false;
   private readonly startedAt: number;
   private learnTimer: Timer | undefined;
+  /** fast is the kernel fast path (kernel/fast-data-path.ts), open with `--encap auto|fastdp`. */
+  private fast: FastDataPath | undefined;
+  /** fastOff says why a router that wants the fast path has none. */
+  private fastOff: string | undefined;
 
   constructor(opts: RouterOptions) {
     this.opts = opts;
@@ -112,8 +118,12 @@ export class Router implements Startable {
       routeMtu: (addr) => this.plane.routeMtu(addr),
       kernelPathMtu: (addr) => this.plane.kernelPathMtu(addr),
       onPmtu: (via, pmtu) => this.fib.onPmtu(via, pmtu),
-      onChange: () => this.updateLocal(),
+      onChange: () => {
+        this.updateLocal();
+        this.syncFast();
+      },
       native: tryLoadNative(),
+      fastdp: () => this.fast,
     });
     this.mesh = new MeshCore({
       name: opts.name,
@@ -198,6 +208,7 @@ export class Router implements Startable {
     try {
       const clock = this.clock;
       await this.plane.open(clock === realClock ? Date.now : () => clock.now(), (d) => this.links.onDataControl(d));
+      await this.openFast(clock === realClock ? Date.now : () => clock.now());
       this.startMesh();
       const maker = new ConnectionMaker({
         host: this.opts.listenHost ?? '0.0.0.0',
@@ -209,7 +220,8 @@ export class Router implements Startable {
           sleevePort: this.plane.sleevePort,
           vxlanPort: this.plane.vxlanPort,
           vni: this.opts.vni,
-          encap: this.opts.encap,
+          encap: wireEncap(this.opts.encap),
+          fastdp: this.fast?.up === true,
           mtu: this.plane.mtu,
         },
         password: this.opts.password,
@@ -261,7 +273,7 @@ export class Router implements Startable {
       cidrs: this.addrs.announced(),
       sleevePort: this.plane.sleevePort,
       vxlanPort: this.plane.vxlanPort,
-      encap: this.opts.encap,
+      encap: wireEncap(this.opts.encap),
     });
     this.ipam.start();
   }
@@ -311,6 +323,95 @@ export class Router implements Startable {
     });
     const fwd = this.plane.forwarder;
     if (fwd !== undefined) fwd.fib = fib;
+    this.syncFast();
+  }
+
+  /**
+   * openFast opens the kernel fast path when the mode wants one: never with a password (the
+   * kernel device would carry containers' traffic in the clear), nor with an injected device
+   * (tests). With `auto` a failure leaves this router on sleeve (logged, in status); with `fastdp`
+   * it fails the start.
+   */
+  private async openFast(nowMs: () => number): Promise<void> {
+    const o = this.opts;
+    if (o.encap !== 'auto' && o.encap !== 'fastdp') return;
+    const native = tryLoadNative();
+    const why =
+      o.password !== undefined
+        ? 'encrypted'
+        : o.tun !== undefined
+          ? 'no kernel device'
+          : native === undefined
+            ? 'native addon missing'
+            : undefined;
+    if (why !== undefined || native === undefined) {
+      this.fastOff = why;
+      if (o.encap === 'fastdp') throw new WeftError('EWEFT_SYSTEM', `--encap fastdp: no fast path (${why})`);
+      return;
+    }
+    const fast = new FastDataPath({
+      native,
+      self: this.name,
+      vni: o.vni,
+      vxlanPort: o.vxlanPort,
+      sleevePort: this.plane.sleevePort,
+      local: o.listenHost === undefined || o.listenHost === '0.0.0.0' ? 0 : ipToU32(o.listenHost),
+      underlayMtu: this.plane.underlayMtu,
+      log: this.log,
+      nowMs,
+      onControl: (c) => this.links.onFastdpControl(c),
+    });
+    try {
+      await fast.open();
+      this.fast = fast;
+      this.fastOff = undefined;
+    } catch (err) {
+      this.fastOff = (err as Error).message;
+      if (o.encap === 'fastdp') throw err;
+      this.log.warn('fastdp unavailable: using sleeve', { err: this.fastOff });
+    }
+  }
+
+  /**
+   * syncFast programs weft-vx from the links: every peer with a fast path gets its fdb and
+   * neighbour entries (for the heartbeats), those whose heartbeats are answered also routes for
+   * their IPAM share and announced addresses, each more specific than the TUN device's range.
+   */
+  private syncFast(): void {
+    const fast = this.fast;
+    if (fast === undefined || !this.started) return;
+    const min = this.opts.ipallocRange.prefix;
+    const spans = this.ipam.spans();
+    const entries = new Map(this.mesh.entries().map((e) => [e.name, e]));
+    const peers: FastPeer[] = [];
+    for (const st of this.links.values()) {
+      if (st.fast === undefined) continue;
+      const name = st.conn.remote.name;
+      const routes: { addr: number; prefix: number }[] = [];
+      if (fastActive(st) && this.mesh.routes.unicast.get(name) === name) {
+        for (const s of spans) if (s.owner === name) routes.push(...spanCidrs(s.start, s.end, min));
+        for (const c of entries.get(name)?.cidrs ?? []) {
+          const [a, p] = c.split('/');
+          const prefix = Number(p ?? 32);
+          const addr = ipToU32(a ?? '');
+          const net = prefix === 0 ? 0 : (addr & (~0 << (32 - prefix))) >>> 0;
+          routes.push(...(prefix > min ? [{ addr: net, prefix }] : spanCidrs(net, net + 2 ** (32 - prefix), min)));
+        }
+      }
+      peers.push({ name, underlay: ipToU32(st.conn.remote.addr), routes });
+    }
+    const exposed = this.addrs.exposedCidrs()[0];
+    fast.sync(peers, exposed === undefined ? 0 : exposed.addr);
+  }
+
+  /** fastdpStatus says whether the fast path is up, and why not. */
+  fastdpStatus(): { device: string; up: boolean; reason?: string } | undefined {
+    if (this.opts.encap !== 'auto' && this.opts.encap !== 'fastdp') return undefined;
+    return {
+      device: this.fast?.device ?? 'weft-vx',
+      up: this.fast?.up === true,
+      ...(this.fastOff === undefined ? {} : { reason: this.fastOff }),
+    };
   }
 
   private onEstablished(conn: Connection): void {
@@ -344,6 +445,8 @@ export class Router implements Startable {
     this.clock.clearInterval(this.learnTimer);
     this.learnTimer = undefined;
     this.links.stop();
+    this.fast?.close();
+    this.fast = undefined;
     this.mesh.stop();
     this.ipam.stop();
     await this.maker?.stop();
@@ -467,6 +570,7 @@ export class Router implements Startable {
       startedAt: this.startedAt,
       nowMs: this.clock.now(),
       encap: o.encap,
+      fastdp: this.fastdpStatus(),
       port: this.controlPort || o.port,
       vni: o.vni,
       device: o.device,

@@ -9,7 +9,13 @@ export interface PeerStatus {
   uid: string;
   /** addr is the peer's underlay address. */
   addr: string;
-  encap: 'sleeve' | 'vxlan';
+  /** encap is the path this peer's traffic takes now: `fastdp` = the kernel's weft-vx. */
+  encap: 'sleeve' | 'vxlan' | 'fastdp';
+  /**
+   * encapReason says why a peer that could use the kernel fast path does not now (`vxlan blocked:
+   * no heartbeat for 5 s`, `fastdp off: encrypted`, `peer has no fast path`); absent otherwise.
+   */
+  encapReason?: string;
   /**
    * dataEncrypted is true when the datagrams to and from this peer are sealed (a password is set
    * and the peer is directly connected); absent or false: data crosses in the clear.
@@ -70,7 +76,9 @@ export interface RouterStatus {
   uid: string;
   ready: boolean;
   uptimeSeconds: number;
-  encap: 'sleeve' | 'vxlan';
+  encap: 'auto' | 'fastdp' | 'sleeve' | 'vxlan';
+  /** fastdp is the kernel fast path (with encap auto or fastdp): its device, whether it is up, why not. */
+  fastdp?: { device: string; up: boolean; reason?: string };
   /** port is the TCP control port. */
   port: number;
   /** sleevePort and vxlanPort are the UDP data ports. */

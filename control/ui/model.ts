@@ -22,7 +22,7 @@ export interface MeshNode {
   state: NodeState;
   /** via is the nickname (or name) of the peer traffic to a relayed peer goes through. */
   via?: string;
-  /** encap is the data path: sleeve or vxlan (relayed peers: sleeve through the hop). */
+  /** encap is the data path: sleeve, vxlan or fastdp (the kernel weft-vx; relayed peers: sleeve through the hop). */
   encap?: string;
   encrypted: boolean;
   rttMs?: number;

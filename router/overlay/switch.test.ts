@@ -8,9 +8,10 @@ import { DATA_HEARTBEAT_INTERVAL_MS } from '../constants.js';
 import { Encap, type Hop, peerNameHi, peerNameLo } from '../datapath/fib.js';
 import type { ControlDatagram, Forwarder } from '../datapath/forwarder.js';
 import { PeerCrypto } from '../datapath/peer-crypto.js';
+import { spanCidrs } from '../kernel/fast-data-path.js';
 import { tryLoadNative } from '../tun/native.js';
 import { SleeveType } from './frame.js';
-import { healthyIntervalMs, ipToU32, linkState, OverlaySwitch } from './switch.js';
+import { fastActive, fastReason, healthyIntervalMs, ipToU32, linkState, OverlaySwitch } from './switch.js';
 
 const PEER = '02:00:00:00:00:02' as PeerName;
 const TIMEOUT_MS = 1_500;
@@ -283,5 +284,80 @@ describe('OverlaySwitch data keys (a password is set)', () => {
     expect(st.sleeveHop.crypto).toBeUndefined();
     expect(st.vxlanHop).toBeDefined();
     sw.stop();
+  });
+});
+
+describe('OverlaySwitch fast path', () => {
+  function fastSetup(peerFastdp: boolean, up = true) {
+    const clock = new VirtualClock(0);
+    const fastSent: string[] = [];
+    let changes = 0;
+    const sw = new OverlaySwitch({
+      clock,
+      log: noopLogger,
+      encap: 'auto',
+      peerTimeoutMs: TIMEOUT_MS,
+      forwarder: () => ({ sendHeartbeat: () => true, sendVxlanHeartbeat: () => true }) as unknown as Forwarder,
+      routeMtu: () => 1500,
+      kernelPathMtu: () => 0,
+      onChange: () => changes++,
+      fastdp: () => ({ up, sendHeartbeat: (peer: PeerName) => void fastSent.push(peer) }),
+    });
+    const conn = fakeConn('sleeve');
+    (conn.remote as { fastdp: boolean }).fastdp = peerFastdp;
+    const st = sw.add(conn);
+    return { clock, sw, st, fastSent, changes: () => changes };
+  }
+
+  it('uses the fast path only while heartbeats through weft-vx are answered, and says why not', () => {
+    const { clock, sw, st, fastSent } = fastSetup(true);
+    expect(st.fast).toBeDefined();
+    expect(fastSent).toEqual([PEER]);
+    expect(fastActive(st)).toBe(false);
+    expect(fastReason(st, clock.now())).toBe('fastdp pending');
+    sw.onFastdpControl({ from: PEER, type: 1, stamp: 0 });
+    expect(fastActive(st)).toBe(false);
+    clock.advance(5);
+    sw.onFastdpControl({ from: PEER, type: 2, stamp: 0 });
+    expect(fastActive(st)).toBe(true);
+    expect(st.fast?.rttMs).toBe(5);
+    expect(fastReason(st, clock.now())).toBeUndefined();
+    // Silence past the peer timeout: back to sleeve, with the reason status shows.
+    for (let t = 0; t <= TIMEOUT_MS + DATA_HEARTBEAT_INTERVAL_MS; t += DATA_HEARTBEAT_INTERVAL_MS) {
+      clock.advance(DATA_HEARTBEAT_INTERVAL_MS);
+      sw.heartbeat();
+    }
+    expect(fastActive(st)).toBe(false);
+    expect(fastReason(st, clock.now())).toMatch(/^vxlan blocked: no heartbeat for \d+ s$/);
+    // Heartbeats return: the fast path again.
+    sw.onFastdpControl({ from: PEER, type: 1, stamp: clock.now() });
+    sw.onFastdpControl({ from: PEER, type: 2, stamp: clock.now() });
+    expect(fastActive(st)).toBe(true);
+  });
+
+  it('does not try the fast path towards a peer without one, or when ours is down, and ignores strangers', () => {
+    const a = fastSetup(false);
+    expect(a.st.fast).toBeUndefined();
+    expect(a.st.fastOff).toBe('peer has no fast path');
+    expect(a.fastSent).toEqual([]);
+    a.sw.onFastdpControl({ from: '02:00:00:00:00:09' as PeerName, type: 2, stamp: 0 });
+    expect(a.changes()).toBe(0);
+    const b = fastSetup(true, false);
+    expect(b.st.fast).toBeUndefined();
+    expect(b.st.fastOff).toBe('fastdp off here');
+  });
+});
+
+describe('spanCidrs', () => {
+  it('cuts a span into aligned CIDRs, each more specific than the range', () => {
+    expect(spanCidrs(0x0a200000, 0x0a300000, 12)).toEqual([
+      { addr: 0x0a200000, prefix: 13 },
+      { addr: 0x0a280000, prefix: 13 },
+    ]);
+    expect(spanCidrs(0x0a240000, 0x0a240003, 12)).toEqual([
+      { addr: 0x0a240000, prefix: 31 },
+      { addr: 0x0a240002, prefix: 32 },
+    ]);
+    expect(spanCidrs(5, 5, 12)).toEqual([]);
   });
 });

@@ -14,6 +14,13 @@
  * connection is established, `install`ed from a reconnect, closed when the peer goes. Such a peer
  * uses sleeve only (VXLAN cannot be sealed) unless its data is trusted (both ends' trusted subnets
  * hold the other): then its direct hops are in the clear and relays still seal with its keys.
+ *
+ * The kernel fast path (`--encap auto|fastdp`, issue #14) is a third overlay beside the hops: when
+ * both ends have weft-vx up and the connection is not encrypted, the link gets `fast`, a
+ * PathLiveness fed by heartbeats that travel through the kernel device (kernel/fastdp-heartbeats.ts).
+ * While it is established the router routes the peer's addresses through weft-vx (the kernel
+ * carries the data; the hop stays sleeve for what still reaches the TUN device); when it fails
+ * they go back to the TUN device and sleeve.
  */
 import type { Clock, Timer } from '../../common/clock.js';
 import { InputError } from '../../common/errors.js';
@@ -25,6 +32,7 @@ import { Encap, encapName, Hop, peerKey, peerNameHi, peerNameLo } from '../datap
 import type { ControlDatagram, Forwarder } from '../datapath/forwarder.js';
 import { type DataState, PathLiveness } from '../datapath/liveness.js';
 import { PeerCrypto } from '../datapath/peer-crypto.js';
+import { FASTDP_HEARTBEAT, type FastdpControl } from '../kernel/fastdp-heartbeats.js';
 import type { ConnectionSummary } from '../topology.js';
 import type { NativeAddon } from '../tun/native.js';
 import { SleeveType } from './frame.js';
@@ -45,6 +53,38 @@ export interface PeerLink {
   readonly vxlanPort: number;
   /** pmtu discovers the path MTU towards the peer; its result is every direct hop's `pmtu`. */
   readonly pmtu: PathMtu;
+  /** fast is the kernel fast path's liveness, when both ends have one (see the module comment). */
+  readonly fast: PathLiveness | undefined;
+  /** fastOff says why the fast path is not tried towards this peer (undefined when it is, or not wanted). */
+  readonly fastOff: string | undefined;
+}
+
+/** fastActive says the kernel fast path carries this peer's traffic now. */
+export function fastActive(st: PeerLink): boolean {
+  return st.fast?.state === 'established';
+}
+
+/**
+ * fastReason says why a peer with a fast path wanted is on sleeve: `vxlan blocked: no heartbeat
+ * for 5 s` once failed, undefined while it works or is not wanted.
+ */
+export function fastReason(st: PeerLink, nowMs: number): string | undefined {
+  const f = st.fast;
+  if (f === undefined) return st.fastOff;
+  if (f.state === 'established') return undefined;
+  if (f.state === 'pending') return 'fastdp pending';
+  const last = Math.max(f.heardAt, f.ackedAt);
+  const s = Number.isFinite(last)
+    ? Math.max(0, Math.round((nowMs - last) / 1000))
+    : Math.round((nowMs - f.since) / 1000);
+  return `vxlan blocked: no heartbeat for ${s} s`;
+}
+
+/** FastdpSender sends heartbeats through the kernel fast path (kernel/fastdp-heartbeats.ts). */
+export interface FastdpSender {
+  /** up says weft-vx is open (our end of the fast path exists). */
+  readonly up: boolean;
+  sendHeartbeat(peer: PeerName, port: number): void;
 }
 
 /** LinkState is what a direct link offers: established if either overlay works (VXLAN preferred). */
@@ -57,6 +97,9 @@ export interface LinkState {
 
 /** linkState is the state of a peer's direct link (see LinkState). */
 export function linkState(st: PeerLink): LinkState {
+  const f = st.fast;
+  if (f !== undefined && f.state === 'established' && st.data.state !== 'established')
+    return { state: 'established', reason: undefined, rttMs: f.rttMs, since: f.since };
   const vx = st.vxData;
   if (vx !== undefined && vx.state === 'established')
     return { state: 'established', reason: undefined, rttMs: vx.rttMs, since: vx.since };
@@ -73,7 +116,9 @@ export interface OverlaySwitchOptions {
   readonly clock: Clock;
   readonly log: Logger;
   /** encap is what this router prefers; VXLAN is used towards a peer only when both prefer it. */
-  readonly encap: 'sleeve' | 'vxlan';
+  readonly encap: 'auto' | 'fastdp' | 'sleeve' | 'vxlan';
+  /** fastdp sends the fast path's heartbeats (absent or not `up`: no fast path). */
+  readonly fastdp?: () => FastdpSender | undefined;
   /** peerTimeoutMs: an overlay silent this long in either direction is failed (default PEER_DOWN_TIMEOUT_MS). */
   readonly peerTimeoutMs?: number;
   /** forwarder sends the heartbeats (undefined while the data plane is closed). */
@@ -183,9 +228,22 @@ export class OverlaySwitch {
       : undefined;
     sleeveHop.crypto = crypto;
     if (vxlanHop !== undefined) vxlanHop.crypto = crypto;
+    const fastWanted = this.opts.encap === 'auto' || this.opts.encap === 'fastdp';
+    const fastUp = this.opts.fastdp?.()?.up === true;
+    const fastOff = !fastWanted
+      ? undefined
+      : conn.dataKeys !== undefined
+        ? 'fastdp off: encrypted'
+        : !fastUp
+          ? 'fastdp off here'
+          : !r.fastdp
+            ? 'peer has no fast path'
+            : undefined;
     const now = this.clock.now();
     const st: PeerLink = {
       conn,
+      fast: fastWanted && fastOff === undefined ? new PathLiveness(now) : undefined,
+      fastOff,
       hop: sleeveHop,
       sleeveHop,
       data: new PathLiveness(now),
@@ -271,9 +329,24 @@ export class OverlaySwitch {
     if (this.evaluate(st, now)) this.opts.onChange();
   }
 
+  /** onFastdpControl records heartbeats and acks heard through the kernel fast path. */
+  onFastdpControl(c: FastdpControl): void {
+    const st = this.links.get(c.from);
+    const path = st?.fast;
+    if (st === undefined || path === undefined) return;
+    const now = this.clock.now();
+    if (c.type === FASTDP_HEARTBEAT) path.heard(now);
+    else path.acked(now, c.stamp);
+    if (this.evaluate(st, now)) this.opts.onChange();
+  }
+
   /** tickLink sends the heartbeats that are due towards one peer and advances its path MTU discovery. */
   private tickLink(st: PeerLink, now: number): void {
     const fwd = this.opts.forwarder();
+    if (st.fast?.due(now, this.healthyMs) === true) {
+      this.opts.fastdp?.()?.sendHeartbeat(st.conn.remote.name, st.conn.remote.sleevePort);
+      st.fast.sent(now);
+    }
     const sleeveDue = st.data.due(now, this.healthyMs);
     if (sleeveDue) {
       fwd?.sendHeartbeat(st.sleeveHop, now);
@@ -313,6 +386,15 @@ export class OverlaySwitch {
     const before = linkState(st).state;
     let changed = st.data.evaluate(now, timeout);
     if (st.vxData !== undefined) changed = st.vxData.evaluate(now, timeout) || changed;
+    if (st.fast !== undefined) {
+      const was = st.fast.state;
+      if (st.fast.evaluate(now, timeout)) {
+        changed = true;
+        const fields = { peer: st.sleeveHop.peer, reason: fastReason(st, now) };
+        if (st.fast.state === 'established') this.log.info('fastdp established', { ...fields, from: was });
+        else if (st.fast.state === 'failed') this.log.warn('fastdp failed: using sleeve', fields);
+      }
+    }
     const hop = st.vxlanHop !== undefined && st.vxData?.state === 'established' ? st.vxlanHop : st.sleeveHop;
     const link = linkState(st);
     const fields = { peer: st.sleeveHop.peer, overlay: encapName(hop.encap), reason: link.reason };

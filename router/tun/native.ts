@@ -133,6 +133,12 @@ export interface NativeAddon {
   ): number;
   /** close closes an fd; returns 0 or -errno and never throws for a bad fd. */
   close(fd: number): number;
+  /** nlOpen opens a blocking NETLINK_ROUTE socket with a 1 s receive timeout; throws NativeSystemError. */
+  nlOpen(): number;
+  /** nlSend sends buf[0, len) to the kernel as one datagram; returns len or -errno. */
+  nlSend(fd: number, buf: Buffer, len: number): number;
+  /** nlRecv receives one datagram into buf; returns its length, or -errno (-EAGAIN after the 1 s timeout). */
+  nlRecv(fd: number, buf: Buffer): number;
   /** copyBytes memmoves `len` bytes from src[srcOff] to dst[dstOff] without allocating; throws TypeError out of bounds. */
   copyBytes(src: Buffer, srcOff: number, dst: Buffer, dstOff: number, len: number): void;
 

@@ -13,6 +13,11 @@
  *   recvBatch / sendBatch                                      recvmmsg()/sendmmsg() (UDP fd),
  *                                                              with UDP GRO / GSO sizes per datagram
  *   close(fd) -> 0 | -errno
+ *   nlOpen() -> fd                                             blocking NETLINK_ROUTE socket, 1 s
+ *                                                              receive timeout (router/kernel/)
+ *   nlSend(fd, buf, len) -> len | -errno, nlRecv(fd, buf) -> n | -errno
+ *                                                              one netlink datagram each way;
+ *                                                              nlRecv returns -EAGAIN on timeout
  *   aeadKey / aeadFree / aeadSeal / aeadOpen / aeadSealBatch / aeadOpenBatch
  *                                                              AES-256-GCM and ChaCha20-Poly1305 in
  *                                                              place, one packet or a batch (see "AEAD")
@@ -63,6 +68,8 @@
 #include <sys/uio.h>
 #include <netinet/udp.h>
 #include <linux/if_tun.h>
+#include <linux/netlink.h>
+#include <sys/time.h>
 #include <linux/virtio_net.h>
 #include <node_api.h>
 #include <openssl/crypto.h>
@@ -976,6 +983,68 @@ static napi_value Close(napi_env env, napi_callback_info info) {
   return num(env, close(fd) < 0 ? -errno : 0);
 }
 
+/* ---- netlink (issue #14): the kernel fast path is programmed over NETLINK_ROUTE ----
+ *
+ * The messages are built and parsed in TypeScript (router/kernel/netlink.ts); C only moves bytes.
+ * The socket is blocking with a 1 s receive timeout: the kernel answers a request at once, and a
+ * lost answer must not hang the control plane. Never used on the hot path. */
+static napi_value NlOpen(napi_env env, napi_callback_info info) {
+  (void)info;
+  int fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE);
+  if (fd < 0) return throw_errno(env, errno, "socket", "socket AF_NETLINK NETLINK_ROUTE");
+  struct sockaddr_nl sa;
+  memset(&sa, 0, sizeof sa);
+  sa.nl_family = AF_NETLINK;
+  struct timeval tv = {.tv_sec = 1, .tv_usec = 0};
+  int rcv = 1 << 20, one = 1;
+  if (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0 ||
+      setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) < 0) {
+    int e = errno;
+    close(fd);
+    return throw_errno(env, e, "bind", "bind netlink socket");
+  }
+  (void)setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcv, sizeof rcv);
+#ifdef NETLINK_EXT_ACK
+  (void)setsockopt(fd, SOL_NETLINK, NETLINK_EXT_ACK, &one, sizeof one);
+#else
+  (void)one;
+#endif
+  return num(env, fd);
+}
+
+static napi_value NlSend(napi_env env, napi_callback_info info) {
+  napi_value argv[3];
+  int fd;
+  uint8_t *data = NULL;
+  size_t len = 0;
+  int64_t n;
+  if (!get_args(env, info, 3, argv, "nlSend") || !get_fd(env, argv[0], &fd, "nlSend") ||
+      !get_buf(env, argv[1], &data, &len, "nlSend") || !get_int(env, argv[2], 0, (int64_t)len, &n, "nlSend", "len"))
+    return NULL;
+  struct sockaddr_nl sa;
+  memset(&sa, 0, sizeof sa);
+  sa.nl_family = AF_NETLINK;
+  ssize_t r;
+  do r = sendto(fd, data, (size_t)n, 0, (struct sockaddr *)&sa, sizeof sa);
+  while (r < 0 && errno == EINTR);
+  return num(env, r < 0 ? -errno : (double)r);
+}
+
+static napi_value NlRecv(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  int fd;
+  uint8_t *data = NULL;
+  size_t len = 0;
+  if (!get_args(env, info, 2, argv, "nlRecv") || !get_fd(env, argv[0], &fd, "nlRecv") ||
+      !get_buf(env, argv[1], &data, &len, "nlRecv"))
+    return NULL;
+  ssize_t r;
+  do r = recv(fd, data, len, 0);
+  while (r < 0 && errno == EINTR);
+  if (r < 0 && errno == EWOULDBLOCK) return num(env, -EAGAIN);
+  return num(env, r < 0 ? -errno : (double)r);
+}
+
 /* ---- AEAD (issue #13): batched AES-256-GCM / ChaCha20-Poly1305 over Node's own OpenSSL ----
  *
  *   aeadKey(cipher, key[, iv]) -> key handle       one EVP_CIPHER_CTX per direction of use, reused
@@ -1338,6 +1407,7 @@ NAPI_MODULE_INIT() {
       {"readBatch", ReadBatch},   {"writeBatch", WriteBatch},
       {"recvBatch", RecvBatch},   {"sendBatch", SendBatch},
       {"close", Close},
+      {"nlOpen", NlOpen},         {"nlSend", NlSend},         {"nlRecv", NlRecv},
       {"copyBytes", CopyBytes},
       {"aeadKey", AeadKey},       {"aeadFree", AeadFree},
       {"aeadSeal", AeadSeal},     {"aeadOpen", AeadOpen},

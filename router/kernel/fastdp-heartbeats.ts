@@ -1,0 +1,126 @@
+/**
+ * FastdpHeartbeats proves the kernel fast path the way data uses it: a small UDP datagram from
+ * our weft-vx link-local address to the peer's (`fe80::eui64(mac)%weft-vx`, port = the peer's
+ * sleeve port) is routed by the kernel into weft-vx, encapsulated in VXLAN towards the peer's
+ * underlay address (the fdb entry), decapsulated by the peer's weft-vx and delivered to the
+ * peer's router, which answers the same way. Blocked VXLAN, a missing fdb/neighbour entry or a
+ * peer without a fast path all end in silence, and the switch (overlay/switch.ts) moves that
+ * peer's routes back to the TUN device.
+ *
+ * ```
+ *  | magic "WFDP" (4) | type u8: 1 heartbeat, 2 ack | 0 (3) | sender peer name (6) | 0 (2) | stamp f64 BE (8) |  = 24 B
+ * ```
+ *
+ * A datagram is accepted only from the link-local address that belongs to the peer name it
+ * carries, on weft-vx: anything else is counted in `dropped` and ignored.
+ */
+import dgram from 'node:dgram';
+import type { Logger } from '../../common/log.js';
+import type { PeerName } from '../../common/types.js';
+import { fastdpMac, linkLocal6Text } from './fastdp.js';
+
+/** FASTDP_HEARTBEAT_LEN is the datagram's size. */
+export const FASTDP_HEARTBEAT_LEN = 24;
+const MAGIC = 0x57464450; // "WFDP"
+export const FASTDP_HEARTBEAT = 1;
+export const FASTDP_ACK = 2;
+
+/** FastdpControl is one heartbeat or ack heard through weft-vx. */
+export interface FastdpControl {
+  readonly from: PeerName;
+  readonly type: typeof FASTDP_HEARTBEAT | typeof FASTDP_ACK;
+  readonly stamp: number;
+}
+
+/** encodeFastdpHeartbeat writes a heartbeat or ack. */
+export function encodeFastdpHeartbeat(type: number, self: PeerName, stamp: number): Buffer {
+  const b = Buffer.alloc(FASTDP_HEARTBEAT_LEN);
+  b.writeUInt32BE(MAGIC, 0);
+  b.writeUInt8(type, 4);
+  const mac = self.split(':').map((x) => Number.parseInt(x, 16));
+  for (let i = 0; i < 6; i++) b.writeUInt8(mac[i] ?? 0, 8 + i);
+  b.writeDoubleBE(stamp, 16);
+  return b;
+}
+
+/** decodeFastdpHeartbeat parses one, or returns undefined for anything else. */
+export function decodeFastdpHeartbeat(b: Buffer): FastdpControl | undefined {
+  if (b.length !== FASTDP_HEARTBEAT_LEN || b.readUInt32BE(0) !== MAGIC) return undefined;
+  const type = b.readUInt8(4);
+  if (type !== FASTDP_HEARTBEAT && type !== FASTDP_ACK) return undefined;
+  const from = [...b.subarray(8, 14)].map((x) => x.toString(16).padStart(2, '0')).join(':') as PeerName;
+  const stamp = b.readDoubleBE(16);
+  if (!Number.isFinite(stamp)) return undefined;
+  return { from, type, stamp };
+}
+
+/** FastdpHeartbeatsOptions configure FastdpHeartbeats. */
+export interface FastdpHeartbeatsOptions {
+  readonly self: PeerName;
+  readonly device: string;
+  /** port is the UDP port to listen on (IPv6 only: our sleeve port, so peers know it). */
+  readonly port: number;
+  readonly log: Logger;
+  readonly nowMs: () => number;
+  readonly onControl: (c: FastdpControl) => void;
+}
+
+/** FastdpHeartbeats: see the module comment. Open with `open()`, release with `close()`. */
+export class FastdpHeartbeats {
+  dropped = 0;
+  private sock: dgram.Socket | undefined;
+
+  constructor(private readonly o: FastdpHeartbeatsOptions) {}
+
+  /** open binds the IPv6 socket; rejects when it cannot (no IPv6). */
+  async open(): Promise<void> {
+    const sock = dgram.createSocket({ type: 'udp6', ipv6Only: true });
+    await new Promise<void>((resolve, reject) => {
+      sock.once('error', reject);
+      sock.bind({ address: '::', port: this.o.port, exclusive: true }, () => {
+        sock.off('error', reject);
+        resolve();
+      });
+    });
+    sock.on('error', (err) => this.o.log.warn('fastdp heartbeat socket error', { err: err.message }));
+    sock.on('message', (msg, rinfo) => this.onMessage(msg, rinfo));
+    sock.unref();
+    this.sock = sock;
+  }
+
+  private onMessage(msg: Buffer, rinfo: dgram.RemoteInfo): void {
+    const c = decodeFastdpHeartbeat(msg);
+    // Node reports a scoped source as fe80::…%ifname (the scope may be absent on some versions).
+    const [addr, scope] = rinfo.address.split('%');
+    const ok =
+      c !== undefined &&
+      c.from !== this.o.self &&
+      addr === linkLocal6Text(fastdpMac(c.from)) &&
+      (scope === undefined || scope === this.o.device);
+    if (!ok || c === undefined) {
+      this.dropped++;
+      return;
+    }
+    if (c.type === FASTDP_HEARTBEAT) this.send(c.from, rinfo.port, FASTDP_ACK, c.stamp);
+    this.o.onControl(c);
+  }
+
+  /** sendHeartbeat sends a heartbeat stamped now to a peer listening on `port`. */
+  sendHeartbeat(peer: PeerName, port: number): void {
+    this.send(peer, port, FASTDP_HEARTBEAT, this.o.nowMs());
+  }
+
+  private send(peer: PeerName, port: number, type: number, stamp: number): void {
+    const sock = this.sock;
+    if (sock === undefined) return;
+    const to = `${linkLocal6Text(fastdpMac(peer))}%${this.o.device}`;
+    // Errors (no neighbour yet, device down) are silence, which the liveness counts.
+    sock.send(encodeFastdpHeartbeat(type, this.o.self, stamp), port, to, () => {});
+  }
+
+  /** close closes the socket; idempotent. */
+  close(): void {
+    this.sock?.close();
+    this.sock = undefined;
+  }
+}
