@@ -1,20 +1,15 @@
-import { execFile, execFileSync, spawn } from 'node:child_process';
-import { existsSync, mkdirSync, openSync, readFileSync, rmdirSync, rmSync } from 'node:fs';
+import { execFile } from 'node:child_process';
+import { existsSync, rmdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type Host, Lab, requireRoot, waitUntil } from '../lab/netns.js';
+import { DOCKER, DOCKERD, Engine, PLUGINS_DIR } from './dockerd.js';
 import { launch, removeStateDirs, weft } from './weft.js';
 
 const run = promisify(execFile);
 const ROOT = path.resolve(path.dirname(new URL(import.meta.url).pathname), '..');
-const DOCKER = '/usr/bin/docker';
-const DOCKERD = '/usr/sbin/dockerd';
-/** PLUGINS_DIR is where every dockerd looks for plugin sockets (fixed in docker 20.10: no flag moves it). */
-const PLUGINS_DIR = '/run/docker/plugins';
-/** ENGINE_STOP_MS: how long a dockerd gets after SIGTERM before SIGKILL. */
-const ENGINE_STOP_MS = 20_000;
 /** BASE_BUILD_MS bounds building the local base rootfs on a cold cache (debootstrap). */
 const BASE_BUILD_MS = 600_000;
 /** WEFT_NET creates a weft network on the overlay range (see docker-plugin.ts for why --subnet). */
@@ -40,127 +35,6 @@ function skipReason(): string | undefined {
 
 const reason = skipReason();
 if (reason !== undefined && requireRoot() === undefined) console.warn(`docker plugin e2e skipped: ${reason}`);
-
-/**
- * Engine is one dockerd in a host's network namespace with its own data and exec roots, and its
- * own view of /run/docker/plugins. Two dockerds on one machine share the filesystem, and dockerd
- * finds plugins only at the fixed /run/docker/plugins/NAME.sock: with one directory, both engines
- * would reach whichever router made weft.sock last. A per-host plugin name (weft-h1, weft-h2)
- * would avoid that but make the commands differ from what a user types (`-d weft`). So each
- * dockerd runs in a mount namespace of its own (`unshare --mount`, propagation slave: the host's
- * mounts still reach it, its own stay inside) where this host's `plugins/` directory is bind-mounted
- * on /run/docker/plugins; the host's router (run as a process, outside that mount namespace)
- * listens on `DIR/plugins/weft.sock`, the same inode dockerd sees as /run/docker/plugins/weft.sock.
- * Everything dockerd mounts (overlays, netns files) lives and dies with that mount namespace.
- */
-class Engine {
-  readonly socket: string;
-  readonly pidFile: string;
-  readonly plugins: string;
-  pid: number | undefined;
-
-  constructor(
-    readonly host: Host,
-    readonly dir: string,
-  ) {
-    this.socket = path.join(dir, 'docker.sock');
-    this.pidFile = path.join(dir, 'docker.pid');
-    this.plugins = path.join(dir, 'plugins');
-  }
-
-  async start(): Promise<void> {
-    mkdirSync(this.plugins, { recursive: true });
-    mkdirSync(PLUGINS_DIR, { recursive: true });
-    const log = openSync(path.join(this.dir, 'dockerd.log'), 'a');
-    const dockerd = [
-      DOCKERD,
-      ...['--data-root', path.join(this.dir, 'root'), '--exec-root', path.join(this.dir, 'exec')],
-      ...['-H', `unix://${this.socket}`, '--pidfile', this.pidFile],
-      ...['--iptables=false', '--ip6tables=false', '--bridge=none', '--storage-driver', 'overlay2'],
-    ];
-    const child = spawn(
-      'nsenter',
-      [
-        `--net=/run/netns/${this.host.name}`,
-        ...['unshare', '--mount', '--propagation', 'slave'],
-        ...['sh', '-c', 'mount --bind "$1" "$2" && shift 2 && exec "$@"', 'sh', this.plugins, PLUGINS_DIR],
-        ...dockerd,
-      ],
-      { stdio: ['ignore', log, log], detached: true },
-    );
-    child.unref();
-    this.pid = child.pid;
-    await waitUntil(async () => (await this.docker(['version', '--format', '{{.Server.Version}}'], true)).code === 0, {
-      timeoutMs: 60_000,
-      what: `dockerd in ${this.host.name} to answer (log: ${path.join(this.dir, 'dockerd.log')})`,
-    });
-  }
-
-  async docker(
-    args: string[],
-    allowFail = false,
-    timeoutMs = 60_000,
-  ): Promise<{ stdout: string; stderr: string; code: number }> {
-    try {
-      const r = await run(DOCKER, args, {
-        env: { ...process.env, DOCKER_HOST: `unix://${this.socket}` },
-        timeout: timeoutMs,
-      });
-      return { stdout: r.stdout, stderr: r.stderr, code: 0 };
-    } catch (err) {
-      const e = err as { stdout?: string; stderr?: string; code?: number };
-      if (allowFail)
-        return { stdout: e.stdout ?? '', stderr: e.stderr ?? '', code: typeof e.code === 'number' ? e.code : 1 };
-      throw new Error(`[${this.host.name}] docker ${args.join(' ')}: ${(e.stderr ?? String(err)).trim()}`);
-    }
-  }
-
-  /** stop removes every container, network and image, stops dockerd by its pid and removes its directory. Never throws. */
-  async stop(): Promise<void> {
-    if (this.pid !== undefined && existsSync(this.socket)) {
-      const ids = (await this.docker(['ps', '-aq'], true)).stdout.split(/\s+/).filter(Boolean);
-      if (ids.length > 0) await this.docker(['rm', '-f', '-v', ...ids], true);
-      await this.docker(['network', 'prune', '-f'], true);
-      const images = (await this.docker(['images', '-q'], true)).stdout.split(/\s+/).filter(Boolean);
-      if (images.length > 0) await this.docker(['rmi', '-f', ...new Set(images)], true);
-    }
-    const pid = this.pid;
-    if (pid !== undefined) {
-      try {
-        process.kill(pid, 'SIGTERM');
-        const deadline = Date.now() + ENGINE_STOP_MS;
-        while (isAlive(pid) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
-        if (isAlive(pid)) process.kill(pid, 'SIGKILL');
-      } catch {
-        // already gone
-      }
-      this.pid = undefined;
-    }
-    // dockerd's mounts were in its own mount namespace; anything under dir seen here is unmounted anyway.
-    const mounts = readFileSync('/proc/self/mounts', 'utf8')
-      .split('\n')
-      .map((l) => l.split(' ')[1] ?? '')
-      .filter((m) => m.startsWith(`${this.dir}/`))
-      .sort((a, b) => b.length - a.length);
-    for (const m of mounts) {
-      try {
-        execFileSync('umount', ['-l', m], { stdio: 'ignore' });
-      } catch {
-        // best effort
-      }
-    }
-    rmSync(this.dir, { recursive: true, force: true });
-  }
-}
-
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return !/^\d+ \(.*\) Z/.test(readFileSync(`/proc/${pid}/stat`, 'utf8'));
-  } catch {
-    return false;
-  }
-}
 
 interface PsEntry {
   target: string;
@@ -255,8 +129,8 @@ describe.skipIf(reason)('Docker network plugin: docker run --network weftnet', (
   beforeAll(async () => {
     topo = await Lab.create({ hosts: 2 });
     [h1, h2] = topo.hosts as [Host, Host];
-    e1 = new Engine(h1, path.join(dir, 'h1'));
-    e2 = new Engine(h2, path.join(dir, 'h2'));
+    e1 = new Engine(h1, path.join(dir, 'h1'), { ownPlugins: true });
+    e2 = new Engine(h2, path.join(dir, 'h2'), { ownPlugins: true });
     await Promise.all([e1.start(), e2.start()]);
     // The containers' image: the local Debian base (ping, ip, getent), cached by its inputs.
     const base = path.join(ROOT, 'scripts/build-base-image.sh');

@@ -1,19 +1,15 @@
-import { execFile, execFileSync, spawn } from 'node:child_process';
-import { existsSync, mkdirSync, openSync, readFileSync, rmdirSync, rmSync } from 'node:fs';
+import { execFile } from 'node:child_process';
+import { existsSync, rmdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type Host, Lab, requireRoot, waitUntil } from '../lab/netns.js';
+import { DOCKER, DOCKERD, type DockerResult, Engine } from './dockerd.js';
 import { launch, weft } from './weft.js';
 
 const run = promisify(execFile);
 const ROOT = path.resolve(path.dirname(new URL(import.meta.url).pathname), '..');
-/** DOCKER is the engine's own 20.10 client (BuildKit built in); /usr/local/bin/docker may be a newer one without buildx. */
-const DOCKER = '/usr/bin/docker';
-const DOCKERD = '/usr/sbin/dockerd';
-/** ENGINE_STOP_MS: how long a dockerd gets after SIGTERM before SIGKILL. */
-const ENGINE_STOP_MS = 20_000;
 /** IMAGE_BUILD_MS bounds building (cold: base rootfs + image, ~3 min on 2 busy cores) or loading the router image. */
 const IMAGE_BUILD_MS = 600_000;
 
@@ -37,116 +33,9 @@ function skipReason(): string | undefined {
 const reason = skipReason();
 if (reason !== undefined && requireRoot() === undefined) console.warn(`docker e2e skipped: ${reason}`);
 
-/**
- * Engine is one dockerd started inside a host's network namespace (`nsenter --net`, which, unlike
- * `ip netns exec`, leaves /sys and so the cgroups visible), with everything it keeps in `dir`. It
- * touches no firewall and makes no bridge (`--iptables=false --bridge=none`): containers run with
- * `--network none` (attached by Weft) or `--network host` (the router).
- */
-class Engine {
-  readonly socket: string;
-  readonly pidFile: string;
-  pid: number | undefined;
-
-  constructor(
-    readonly host: Host,
-    readonly dir: string,
-  ) {
-    this.socket = path.join(dir, 'docker.sock');
-    this.pidFile = path.join(dir, 'docker.pid');
-  }
-
-  async start(): Promise<void> {
-    mkdirSync(this.dir, { recursive: true });
-    const log = openSync(path.join(this.dir, 'dockerd.log'), 'a');
-    const child = spawn(
-      'nsenter',
-      [
-        `--net=/run/netns/${this.host.name}`,
-        DOCKERD,
-        ...['--data-root', path.join(this.dir, 'root'), '--exec-root', path.join(this.dir, 'exec')],
-        ...['-H', `unix://${this.socket}`, '--pidfile', this.pidFile],
-        ...['--iptables=false', '--ip6tables=false', '--bridge=none', '--storage-driver', 'overlay2'],
-      ],
-      { stdio: ['ignore', log, log], detached: true },
-    );
-    child.unref();
-    this.pid = child.pid;
-    await waitUntil(async () => (await this.docker(['version', '--format', '{{.Server.Version}}'], true)).code === 0, {
-      timeoutMs: 60_000,
-      what: `dockerd in ${this.host.name} to answer (log: ${path.join(this.dir, 'dockerd.log')})`,
-    });
-  }
-
-  /** docker runs the docker CLI against this engine. */
-  async docker(args: string[], allowFail = false, timeoutMs = 60_000): Promise<{ stdout: string; code: number }> {
-    try {
-      const r = await run(DOCKER, args, {
-        env: { ...process.env, DOCKER_HOST: `unix://${this.socket}` },
-        timeout: timeoutMs,
-      });
-      return { stdout: r.stdout, code: 0 };
-    } catch (err) {
-      const e = err as { stdout?: string; stderr?: string; code?: number };
-      if (allowFail) return { stdout: e.stdout ?? '', code: typeof e.code === 'number' ? e.code : 1 };
-      throw new Error(`[${this.host.name}] docker ${args.join(' ')}: ${(e.stderr ?? String(err)).trim()}`);
-    }
-  }
-
-  /** weft runs the CLI inside the router container, as a user does. */
-  weft(args: string[], allowFail = false): Promise<{ stdout: string; code: number }> {
-    return this.docker(['exec', 'weft', 'weft', ...args], allowFail);
-  }
-
-  /**
-   * stop removes every container, image and volume, stops dockerd by its pid (SIGTERM, SIGKILL
-   * after ENGINE_STOP_MS), unmounts what it left and removes its directory. Never throws.
-   */
-  async stop(): Promise<void> {
-    if (this.pid !== undefined && existsSync(this.socket)) {
-      const ids = (await this.docker(['ps', '-aq'], true)).stdout.split(/\s+/).filter(Boolean);
-      if (ids.length > 0) await this.docker(['rm', '-f', '-v', ...ids], true);
-      const images = (await this.docker(['images', '-q'], true)).stdout.split(/\s+/).filter(Boolean);
-      if (images.length > 0) await this.docker(['rmi', '-f', ...new Set(images)], true);
-      await this.docker(['volume', 'prune', '-f'], true);
-    }
-    const pid = this.pid;
-    if (pid !== undefined) {
-      try {
-        process.kill(pid, 'SIGTERM');
-        const deadline = Date.now() + ENGINE_STOP_MS;
-        while (isAlive(pid) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
-        if (isAlive(pid)) process.kill(pid, 'SIGKILL');
-      } catch {
-        // already gone
-      }
-      this.pid = undefined;
-    }
-    // Mounts dockerd leaves behind (nsfs of exec/netns, overlays after a SIGKILL), deepest first.
-    const mounts = readFileSync('/proc/self/mounts', 'utf8')
-      .split('\n')
-      .map((l) => l.split(' ')[1] ?? '')
-      .filter((m) => m.startsWith(`${this.dir}/`))
-      .sort((a, b) => b.length - a.length);
-    for (const m of mounts) {
-      try {
-        execFileSync('umount', ['-l', m], { stdio: 'ignore' });
-      } catch {
-        // best effort
-      }
-    }
-    rmSync(this.dir, { recursive: true, force: true });
-  }
-}
-
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return !/^\d+ \(.*\) Z/.test(stat);
-  } catch {
-    return false;
-  }
+/** weftIn runs the CLI inside an engine's router container, as a user does. */
+function weftIn(e: Engine, args: string[], allowFail = false): Promise<DockerResult> {
+  return e.docker(['exec', 'weft', 'weft', ...args], allowFail);
 }
 
 interface StatusJson {
@@ -197,13 +86,13 @@ describe.skipIf(reason)('Docker: the router container and weft attach of Docker 
   }
 
   async function status(e: Engine): Promise<StatusJson> {
-    return JSON.parse((await e.weft(['status', '--json'])).stdout) as StatusJson;
+    return JSON.parse((await weftIn(e, ['status', '--json'])).stdout) as StatusJson;
   }
 
   async function waitReady(e: Engine, peers = 0): Promise<void> {
     await waitUntil(
       async () => {
-        const r = await e.weft(['status', '--json'], true);
+        const r = await weftIn(e, ['status', '--json'], true);
         if (r.code !== 0) return false;
         const s = JSON.parse(r.stdout) as StatusJson;
         return s.ready && s.peers.filter((p) => p.state === 'established').length >= peers;
@@ -280,7 +169,7 @@ describe.skipIf(reason)('Docker: the router container and weft attach of Docker 
     await startRouter(e2, [h1.underlayIp]);
     await waitReady(e1, 1);
     await waitReady(e2, 1);
-    for (const e of [e1, e2]) dnsAddr[e.host.name] = (await e.weft(['expose'])).stdout.trim();
+    for (const e of [e1, e2]) dnsAddr[e.host.name] = (await weftIn(e, ['expose'])).stdout.trim();
   }, IMAGE_BUILD_MS + 180_000);
 
   afterAll(async () => {
@@ -301,7 +190,7 @@ describe.skipIf(reason)('Docker: the router container and weft attach of Docker 
   it('runs the router container: status says the Docker integration is connected', async () => {
     const s = await status(e1);
     expect(s.docker).toMatchObject({ state: 'connected', events: true, socket: '/var/run/docker.sock' });
-    expect((await e1.weft(['status'])).stdout).toMatch(/Docker: connected to \/var\/run\/docker\.sock \(events\)/);
+    expect((await weftIn(e1, ['status'])).stdout).toMatch(/Docker: connected to \/var\/run\/docker\.sock \(events\)/);
     // The image's size, for the record.
     const size = Number((await e1.docker(['image', 'inspect', '-f', '{{.Size}}', image])).stdout);
     console.info(`docker e2e: router image ${image} is ${(size / 1e6).toFixed(0)} MB`);
@@ -329,16 +218,16 @@ describe.skipIf(reason)('Docker: the router container and weft attach of Docker 
     await runContainer(e1, 'c1');
     await runContainer(e2, 'c2');
     await runContainer(e2, 'c3');
-    addr.c1 = (await e1.weft(['attach', 'c1'])).stdout.trim();
-    addr.c2 = (await e2.weft(['attach', 'c2'])).stdout.trim();
-    addr.c3 = (await e2.weft(['attach', 'c3'])).stdout.trim();
+    addr.c1 = (await weftIn(e1, ['attach', 'c1'])).stdout.trim();
+    addr.c2 = (await weftIn(e2, ['attach', 'c2'])).stdout.trim();
+    addr.c3 = (await weftIn(e2, ['attach', 'c3'])).stdout.trim();
     expect(new Set(Object.values(addr)).size).toBe(3);
     expect(await containerAddr(e1, 'c1')).toBe(addr.c1);
     // Keyed by the container's id, named after it by default.
     const id = (await e1.docker(['inspect', '-f', '{{.Id}}', 'c1'])).stdout.trim();
     expect(await ps(e1)).toEqual([expect.objectContaining({ target: id, name: 'c1' })]);
     // Idempotent, by name or by id.
-    expect((await e1.weft(['attach', id.slice(0, 12)])).stdout.trim()).toBe(addr.c1);
+    expect((await weftIn(e1, ['attach', id.slice(0, 12)])).stdout.trim()).toBe(addr.c1);
     await pingName(e1, 'c1', 'c2');
     await pingName(e2, 'c2', 'c1');
     await pingName(e2, 'c3', 'c1.weft.local');
@@ -360,12 +249,12 @@ describe.skipIf(reason)('Docker: the router container and weft attach of Docker 
       timeoutMs: 5_000,
       what: 'c2 to be detached after docker rm -f',
     });
-    const ipam = JSON.parse((await e2.weft(['status', 'ipam', '--json'])).stdout) as {
+    const ipam = JSON.parse((await weftIn(e2, ['status', 'ipam', '--json'])).stdout) as {
       allocations: { addr: string }[];
     };
     expect(ipam.allocations.map((a) => a.addr)).not.toContain(addr.c2);
     for (const e of [e1, e2]) {
-      await waitUntil(async () => (await e.weft(['dns-lookup', 'c2'], true)).code !== 0, {
+      await waitUntil(async () => (await weftIn(e, ['dns-lookup', 'c2'], true)).code !== 0, {
         timeoutMs: 5_000,
         what: `c2.weft.local to be gone from ${e.host.name}'s DNS`,
       });
@@ -386,7 +275,7 @@ describe.skipIf(reason)('Docker: the router container and weft attach of Docker 
       timeoutMs: 15_000,
       what: 'c1, restarted while the router was down, to be re-attached with its address',
     });
-    expect((await e1.weft(['expose'])).stdout.trim()).toBe(dnsAddr[h1.name]);
+    expect((await weftIn(e1, ['expose'])).stdout.trim()).toBe(dnsAddr[h1.name]);
     await pingName(e1, 'c1', 'c3');
     await pingName(e2, 'c3', 'c1');
     expect(await ps(e2)).toEqual(before.h2);

@@ -1,0 +1,152 @@
+/**
+ * Engine is one dockerd started inside a lab host's network namespace (`nsenter --net`, which,
+ * unlike `ip netns exec`, leaves /sys and so the cgroups visible), with everything it keeps in
+ * `dir`: data and exec roots, socket, pid file, log. It touches no firewall and makes no bridge
+ * (`--iptables=false --bridge=none`). Shared by e2e/docker.e2e.ts and e2e/docker-plugin.e2e.ts.
+ *
+ * With `ownPlugins`, dockerd runs in a mount namespace of its own (`unshare --mount`, propagation
+ * slave: the host's mounts still reach it, its own stay inside) where `DIR/plugins` is bind-mounted
+ * on /run/docker/plugins. Two dockerds on one machine share the filesystem and dockerd finds
+ * plugins only at the fixed /run/docker/plugins/NAME.sock: with one directory both engines would
+ * reach whichever router made weft.sock last, and per-host plugin names would make the commands
+ * differ from what a user types (`-d weft`). The host's router (outside that mount namespace)
+ * listens on `DIR/plugins/weft.sock`, the inode dockerd sees as /run/docker/plugins/weft.sock.
+ */
+import { execFile, execFileSync, spawn } from 'node:child_process';
+import { existsSync, mkdirSync, openSync, readFileSync, rmSync } from 'node:fs';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import { type Host, waitUntil } from '../lab/netns.js';
+
+const run = promisify(execFile);
+
+/** DOCKER is the engine's own 20.10 client (BuildKit built in); /usr/local/bin/docker may be a newer one without buildx. */
+export const DOCKER = '/usr/bin/docker';
+export const DOCKERD = '/usr/sbin/dockerd';
+/** PLUGINS_DIR is where dockerd looks for plugin sockets. */
+export const PLUGINS_DIR = '/run/docker/plugins';
+/** ENGINE_STOP_MS: how long a dockerd gets after SIGTERM before SIGKILL. */
+const ENGINE_STOP_MS = 20_000;
+
+/** DockerResult is what one docker CLI call printed, and its exit status. */
+export interface DockerResult {
+  stdout: string;
+  stderr: string;
+  code: number;
+}
+
+export class Engine {
+  readonly socket: string;
+  readonly pidFile: string;
+  /** plugins is this engine's /run/docker/plugins when started with `ownPlugins`. */
+  readonly plugins: string;
+  pid: number | undefined;
+
+  constructor(
+    readonly host: Host,
+    readonly dir: string,
+    readonly opts: { ownPlugins?: boolean } = {},
+  ) {
+    this.socket = path.join(dir, 'docker.sock');
+    this.pidFile = path.join(dir, 'docker.pid');
+    this.plugins = path.join(dir, 'plugins');
+  }
+
+  async start(): Promise<void> {
+    mkdirSync(this.dir, { recursive: true });
+    const log = openSync(path.join(this.dir, 'dockerd.log'), 'a');
+    const dockerd = [
+      DOCKERD,
+      ...['--data-root', path.join(this.dir, 'root'), '--exec-root', path.join(this.dir, 'exec')],
+      ...['-H', `unix://${this.socket}`, '--pidfile', this.pidFile],
+      ...['--iptables=false', '--ip6tables=false', '--bridge=none', '--storage-driver', 'overlay2'],
+    ];
+    let wrap: string[] = [];
+    if (this.opts.ownPlugins === true) {
+      mkdirSync(this.plugins, { recursive: true });
+      mkdirSync(PLUGINS_DIR, { recursive: true });
+      wrap = [
+        ...['unshare', '--mount', '--propagation', 'slave'],
+        ...['sh', '-c', 'mount --bind "$1" "$2" && shift 2 && exec "$@"', 'sh', this.plugins, PLUGINS_DIR],
+      ];
+    }
+    const child = spawn('nsenter', [`--net=/run/netns/${this.host.name}`, ...wrap, ...dockerd], {
+      stdio: ['ignore', log, log],
+      detached: true,
+    });
+    child.unref();
+    this.pid = child.pid;
+    await waitUntil(async () => (await this.docker(['version', '--format', '{{.Server.Version}}'], true)).code === 0, {
+      timeoutMs: 60_000,
+      what: `dockerd in ${this.host.name} to answer (log: ${path.join(this.dir, 'dockerd.log')})`,
+    });
+  }
+
+  /** docker runs the docker CLI against this engine; throws with its stderr unless `allowFail`. */
+  async docker(args: string[], allowFail = false, timeoutMs = 60_000): Promise<DockerResult> {
+    try {
+      const r = await run(DOCKER, args, {
+        env: { ...process.env, DOCKER_HOST: `unix://${this.socket}` },
+        timeout: timeoutMs,
+      });
+      return { stdout: r.stdout, stderr: r.stderr, code: 0 };
+    } catch (err) {
+      const e = err as { stdout?: string; stderr?: string; code?: number };
+      if (allowFail)
+        return { stdout: e.stdout ?? '', stderr: e.stderr ?? '', code: typeof e.code === 'number' ? e.code : 1 };
+      throw new Error(`[${this.host.name}] docker ${args.join(' ')}: ${(e.stderr ?? String(err)).trim()}`);
+    }
+  }
+
+  /**
+   * stop removes every container, network, image and volume, stops dockerd by its pid (SIGTERM,
+   * SIGKILL after ENGINE_STOP_MS), unmounts what it left here and removes its directory. Never throws.
+   */
+  async stop(): Promise<void> {
+    if (this.pid !== undefined && existsSync(this.socket)) {
+      const ids = (await this.docker(['ps', '-aq'], true)).stdout.split(/\s+/).filter(Boolean);
+      if (ids.length > 0) await this.docker(['rm', '-f', '-v', ...ids], true);
+      await this.docker(['network', 'prune', '-f'], true);
+      const images = (await this.docker(['images', '-q'], true)).stdout.split(/\s+/).filter(Boolean);
+      if (images.length > 0) await this.docker(['rmi', '-f', ...new Set(images)], true);
+      await this.docker(['volume', 'prune', '-f'], true);
+    }
+    const pid = this.pid;
+    if (pid !== undefined) {
+      try {
+        process.kill(pid, 'SIGTERM');
+        const deadline = Date.now() + ENGINE_STOP_MS;
+        while (isAlive(pid) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+        if (isAlive(pid)) process.kill(pid, 'SIGKILL');
+      } catch {
+        // already gone
+      }
+      this.pid = undefined;
+    }
+    // Mounts dockerd leaves behind (nsfs of exec/netns, overlays after a SIGKILL), deepest first;
+    // with ownPlugins they were in its own mount namespace and none are seen here.
+    const mounts = readFileSync('/proc/self/mounts', 'utf8')
+      .split('\n')
+      .map((l) => l.split(' ')[1] ?? '')
+      .filter((m) => m.startsWith(`${this.dir}/`))
+      .sort((a, b) => b.length - a.length);
+    for (const m of mounts) {
+      try {
+        execFileSync('umount', ['-l', m], { stdio: 'ignore' });
+      } catch {
+        // best effort
+      }
+    }
+    rmSync(this.dir, { recursive: true, force: true });
+  }
+}
+
+/** isAlive says whether a process exists and is not a zombie. */
+export function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return !/^\d+ \(.*\) Z/.test(readFileSync(`/proc/${pid}/stat`, 'utf8'));
+  } catch {
+    return false;
+  }
+}
