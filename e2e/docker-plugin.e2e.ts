@@ -5,7 +5,7 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type Host, Lab, requireRoot, waitUntil } from '../lab/netns.js';
-import { DOCKER, DOCKERD, Engine, PLUGINS_DIR } from './dockerd.js';
+import { Engine, engineSkipReason, PLUGINS_DIR } from './dockerd.js';
 import { launch, removeStateDirs, weft } from './weft.js';
 
 const run = promisify(execFile);
@@ -16,24 +16,7 @@ const BASE_BUILD_MS = 600_000;
 const WEFT_NET = ['-d', 'weft', '--ipam-driver', 'weft', '--subnet', '10.32.0.0/12'];
 const IMAGE_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
 
-function skipReason(): string | undefined {
-  const root = requireRoot();
-  if (root !== undefined) return root;
-  for (const [file, pkg] of [
-    [DOCKERD, 'docker.io'],
-    [DOCKER, 'docker.io'],
-    ['/usr/sbin/debootstrap', 'debootstrap'],
-    ['/usr/bin/unshare', 'util-linux'],
-  ] as const) {
-    if (!existsSync(file)) return `${file} is missing (apt-get install ${pkg})`;
-  }
-  if (!existsSync('/sys/fs/cgroup/devices') && !existsSync('/sys/fs/cgroup/cgroup.controllers')) {
-    return 'no cgroup filesystem at /sys/fs/cgroup: dockerd cannot run containers';
-  }
-  return undefined;
-}
-
-const reason = skipReason();
+const reason = engineSkipReason([['/usr/bin/unshare', 'util-linux']]);
 if (reason !== undefined && requireRoot() === undefined) console.warn(`docker plugin e2e skipped: ${reason}`);
 
 interface PsEntry {

@@ -1,11 +1,11 @@
 import { execFile } from 'node:child_process';
-import { existsSync, rmdirSync, rmSync } from 'node:fs';
+import { rmdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type Host, Lab, requireRoot, waitUntil } from '../lab/netns.js';
-import { DOCKER, DOCKERD, type DockerResult, Engine } from './dockerd.js';
+import { DOCKER, type DockerResult, Engine, engineSkipReason } from './dockerd.js';
 import { launch, weft } from './weft.js';
 
 const run = promisify(execFile);
@@ -13,24 +13,7 @@ const ROOT = path.resolve(path.dirname(new URL(import.meta.url).pathname), '..')
 /** IMAGE_BUILD_MS bounds building (cold: base rootfs + image, ~3 min on 2 busy cores) or loading the router image. */
 const IMAGE_BUILD_MS = 600_000;
 
-/** skipReason says in one line why no Docker engine can be started here, or undefined when one can. */
-function skipReason(): string | undefined {
-  const root = requireRoot();
-  if (root !== undefined) return root;
-  for (const [file, pkg] of [
-    [DOCKERD, 'docker.io'],
-    [DOCKER, 'docker.io'],
-    ['/usr/sbin/debootstrap', 'debootstrap'],
-  ] as const) {
-    if (!existsSync(file)) return `${file} is missing (apt-get install ${pkg})`;
-  }
-  if (!existsSync('/sys/fs/cgroup/devices') && !existsSync('/sys/fs/cgroup/cgroup.controllers')) {
-    return 'no cgroup filesystem at /sys/fs/cgroup: dockerd cannot run containers';
-  }
-  return undefined;
-}
-
-const reason = skipReason();
+const reason = engineSkipReason();
 if (reason !== undefined && requireRoot() === undefined) console.warn(`docker e2e skipped: ${reason}`);
 
 /** weftIn runs the CLI inside an engine's router container, as a user does. */

@@ -16,7 +16,7 @@ import { execFile, execFileSync, spawn } from 'node:child_process';
 import { existsSync, mkdirSync, openSync, readFileSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { type Host, waitUntil } from '../lab/netns.js';
+import { type Host, requireRoot, waitUntil } from '../lab/netns.js';
 
 const run = promisify(execFile);
 
@@ -27,6 +27,27 @@ export const DOCKERD = '/usr/sbin/dockerd';
 export const PLUGINS_DIR = '/run/docker/plugins';
 /** ENGINE_STOP_MS: how long a dockerd gets after SIGTERM before SIGKILL. */
 const ENGINE_STOP_MS = 20_000;
+
+/**
+ * engineSkipReason says in one line why no Docker engine can be started here (not root, a missing
+ * program — `extra` adds some — or no cgroup filesystem), or undefined when one can.
+ */
+export function engineSkipReason(extra: readonly (readonly [string, string])[] = []): string | undefined {
+  const root = requireRoot();
+  if (root !== undefined) return root;
+  for (const [file, pkg] of [
+    [DOCKERD, 'docker.io'],
+    [DOCKER, 'docker.io'],
+    ['/usr/sbin/debootstrap', 'debootstrap'],
+    ...extra,
+  ]) {
+    if (!existsSync(file)) return `${file} is missing (apt-get install ${pkg})`;
+  }
+  if (!existsSync('/sys/fs/cgroup/devices') && !existsSync('/sys/fs/cgroup/cgroup.controllers')) {
+    return 'no cgroup filesystem at /sys/fs/cgroup: dockerd cannot run containers';
+  }
+  return undefined;
+}
 
 /** DockerResult is what one docker CLI call printed, and its exit status. */
 export interface DockerResult {
