@@ -5,7 +5,7 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type Host, Lab, requireRoot, waitUntil } from '../lab/netns.js';
-import { Engine, engineSkipReason, PLUGINS_DIR } from './dockerd.js';
+import { Engine, engineSkipReason, PLUGINS_DIR, pingName } from './dockerd.js';
 import { launch, removeStateDirs, weft } from './weft.js';
 
 const run = promisify(execFile);
@@ -71,15 +71,6 @@ describe.skipIf(reason)('Docker network plugin: docker run --network weftnet', (
   async function weftAddr(e: Engine, name: string, net = 'weftnet'): Promise<string> {
     const f = `{{(index .NetworkSettings.Networks "${net}").IPAddress}}`;
     return (await e.docker(['inspect', '-f', f, name])).stdout.trim();
-  }
-
-  async function pingName(e: Engine, from: string, name: string): Promise<void> {
-    await waitUntil(async () => (await e.docker(['exec', from, 'ping', '-c', '1', '-W', '1', name], true)).code === 0, {
-      timeoutMs: 20_000,
-      what: `${from} on ${e.host.name} to ping ${name}`,
-    });
-    const r = await e.docker(['exec', from, 'ping', '-c', '3', '-i', '0.2', '-W', '1', name]);
-    expect(r.stdout).toMatch(/3 received/);
   }
 
   /** named waits until the router has registered `name` for a plugin endpoint. */

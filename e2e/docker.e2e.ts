@@ -5,7 +5,7 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type Host, Lab, requireRoot, waitUntil } from '../lab/netns.js';
-import { DOCKER, type DockerResult, Engine, engineSkipReason } from './dockerd.js';
+import { DOCKER, type DockerResult, Engine, engineSkipReason, pingName } from './dockerd.js';
 import { launch, weft } from './weft.js';
 
 const run = promisify(execFile);
@@ -101,16 +101,6 @@ describe.skipIf(reason)('Docker: the router container and weft attach of Docker 
       image,
       'infinity',
     ]);
-  }
-
-  /** pingName pings `name` from a container until it answers (resolving it through the router's DNS). */
-  async function pingName(e: Engine, from: string, name: string): Promise<void> {
-    await waitUntil(async () => (await e.docker(['exec', from, 'ping', '-c', '1', '-W', '1', name], true)).code === 0, {
-      timeoutMs: 20_000,
-      what: `${from} on ${e.host.name} to ping ${name}`,
-    });
-    const r = await e.docker(['exec', from, 'ping', '-c', '3', '-i', '0.2', '-W', '1', name]);
-    expect(r.stdout).toMatch(/3 received/);
   }
 
   async function containerAddr(e: Engine, name: string): Promise<string | undefined> {

@@ -16,6 +16,7 @@ import { execFile, execFileSync, spawn } from 'node:child_process';
 import { existsSync, mkdirSync, openSync, readFileSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { promisify } from 'node:util';
+import { expect } from 'vitest';
 import { type Host, requireRoot, waitUntil } from '../lab/netns.js';
 
 const run = promisify(execFile);
@@ -170,4 +171,14 @@ export function isAlive(pid: number): boolean {
   } catch {
     return false;
   }
+}
+
+/** pingName pings `name` from container `from` until it answers (resolving it through the router's DNS), then three times. */
+export async function pingName(e: Engine, from: string, name: string): Promise<void> {
+  await waitUntil(async () => (await e.docker(['exec', from, 'ping', '-c', '1', '-W', '1', name], true)).code === 0, {
+    timeoutMs: 20_000,
+    what: `${from} on ${e.host.name} to ping ${name}`,
+  });
+  const r = await e.docker(['exec', from, 'ping', '-c', '3', '-i', '0.2', '-W', '1', name]);
+  expect(r.stdout).toMatch(/3 received/);
 }
