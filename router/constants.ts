@@ -180,6 +180,12 @@ export const GOSSIP_RELAY_TTL = 16;
  */
 export const PEER_GC_DELAY_MS = 1_000;
 /**
+ * FORGOTTEN_KEEP_MS is how long a forgotten peer's entry is kept (router/topology.ts): long
+ * enough for every neighbour to forget it too, so that its copy gossiped back is not news, and
+ * to restore it if it becomes reachable again unchanged.
+ */
+export const FORGOTTEN_KEEP_MS = 600_000;
+/**
  * TOPOLOGY_ANNOUNCE_DELAY_MS coalesces gossip of our own entry: a connection's pending and
  * established states, and a new router's first connections, go out as one delta instead of one
  * epidemic each (mesh batches its topology broadcasts too). A join in a mesh of N routers then

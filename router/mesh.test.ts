@@ -186,6 +186,36 @@ describe('MeshCore', () => {
     expect(a.forgotten).toEqual([c.core.name]);
   });
 
+  it('does not take a forgotten peer back from a neighbour that still holds it, and restores it once reachable again', () => {
+    const { clock, nodes } = mesh(4, { discovery: false });
+    const [a, b, c, d] = nodes as [Node, Node, Node, Node];
+    link(a, b);
+    link(b, c);
+    link(c, d);
+    clock.advance(SETTLE_MS);
+    unlink(b, c); // {a, b} | {c, d}
+    clock.advance(SETTLE_MS);
+    const cd = a.core.entries().filter((x) => x.name === c.core.name || x.name === d.core.name);
+    clock.advance(PEER_GC_DELAY_MS);
+    const names = (x: Node) => x.core.entries().map((e) => e.name);
+    expect(names(a)).toEqual([a.core.name, b.core.name]);
+    expect(a.forgotten.sort()).toEqual([c.core.name, d.core.name]);
+    // A newcomer e still holds the copies of c and d that a forgot (it saw them before the split)
+    // and joins a's side: its full state brings them to a and b again: not news, not gossiped on.
+    const e = new Node(5, a.net, clock, { discovery: false });
+    e.core.topology!.merge(cd);
+    link(e, a);
+    clock.advance(SETTLE_MS);
+    expect(names(a)).toEqual([a.core.name, b.core.name, e.core.name]);
+    expect(names(b)).toEqual([a.core.name, b.core.name, e.core.name]);
+    // The split heals: b and c link again. a restores d from its store although d's entry never changed.
+    link(b, c);
+    clock.advance(SETTLE_MS);
+    expect(names(a)).toContain(d.core.name);
+    expect(a.core.routes.reachable.has(d.core.name)).toBe(true);
+    expect(a.core.topology!.get(d.core.name)).toEqual(d.core.topology!.local);
+  });
+
   it('repairs a lost message by anti-entropy on its gossip timer', () => {
     const { clock, nodes } = mesh(2, { discovery: false });
     const [a, b] = nodes as [Node, Node];

@@ -20,7 +20,7 @@ import type { Clock, Timer } from '../common/clock.js';
 import { InputError } from '../common/errors.js';
 import type { Logger } from '../common/log.js';
 import type { PeerName } from '../common/types.js';
-import { DISCOVERY_DEGREE, TOPOLOGY_ANNOUNCE_DELAY_MS } from './constants.js';
+import { DISCOVERY_DEGREE, FORGOTTEN_KEEP_MS, TOPOLOGY_ANNOUNCE_DELAY_MS } from './constants.js';
 import { GOSSIP_INTERVAL_MS, type GossipChannel, GossipMux } from './gossip/channel.js';
 import type { Gossip, Gossiper } from './gossip/gossip.js';
 import { emptyRoutes, PEER_GC_DELAY_MS, RouteGraph, type Routes, unreachable } from './routes.js';
@@ -361,7 +361,11 @@ export class MeshCore {
     // From the topology as it is now (an owner may have loaded entries into it directly): the
     // route graph redoes only what changed since it last looked.
     this.routesDirty = true;
-    const routes = this.latestRoutes();
+    let routes = this.latestRoutes();
+    if (this.restoreForgotten(topology, routes)) {
+      this.routesDirty = true;
+      routes = this.latestRoutes();
+    }
     this.routesValue = routes;
     this.rediscover(entries);
     // Routes reach only known peers, so fewer reachable than entries means some are unreachable.
@@ -377,13 +381,53 @@ export class MeshCore {
     this.gcTimer = undefined;
     const t = this.topologyValue;
     if (t === undefined) return;
-    const gone = t.remove(unreachable(t.entries(), this.latestRoutes()));
+    const now = this.clock.now();
+    t.expireForgotten(now - FORGOTTEN_KEEP_MS);
+    const gone = t.forget(unreachable(t.entries(), this.latestRoutes()), now);
     if (gone.length > 0) {
       this.routesDirty = true;
       this.log.info('forgot unreachable peers', { count: gone.length });
       this.recompute();
       this.opts.onPeersForgotten?.(gone);
     }
+  }
+
+  /**
+   * restoreForgotten takes back the forgotten peers that the topology reaches again: a forgotten
+   * entry with an established connection to a reachable peer (or to one restored here) that lists
+   * it as established in return — the same rule that makes an edge in routes. Returns whether any
+   * came back. O(forgotten × degree).
+   */
+  private restoreForgotten(topology: Topology, routes: Routes): boolean {
+    if (topology.forgottenCount === 0) return false;
+    const forgotten = new Map<PeerName, PeerEntry>();
+    for (const e of topology.forgotten()) forgotten.set(e.name, e);
+    const back = new Set<PeerName>();
+    const lists = (e: PeerEntry | undefined, peer: PeerName): boolean =>
+      e?.connections.some((c) => c.peer === peer && c.established) === true;
+    const queue: PeerEntry[] = [];
+    for (const f of forgotten.values()) {
+      for (const c of f.connections) {
+        if (c.established && routes.reachable.has(c.peer) && lists(topology.get(c.peer), f.name)) {
+          back.add(f.name);
+          queue.push(f);
+          break;
+        }
+      }
+    }
+    // Forgotten peers reached through restored ones.
+    for (let e = queue.pop(); e !== undefined; e = queue.pop()) {
+      for (const c of e.connections) {
+        const f = forgotten.get(c.peer);
+        if (f === undefined || back.has(f.name) || !c.established || !lists(f, e.name)) continue;
+        back.add(f.name);
+        queue.push(f);
+      }
+    }
+    if (back.size === 0) return false;
+    topology.restore(back);
+    this.log.info('restored forgotten peers reachable again', { count: back.size });
+    return true;
   }
 
   /**

@@ -211,6 +211,42 @@ describe('Topology', () => {
     expect(t.entries().map((e) => e.name)).toEqual([LOCAL, peer(3)]);
   });
 
+  it('forget keeps a copy: the same copy received again is no news, a newer one is, restore takes it back', () => {
+    const t = new Topology(entry(LOCAL));
+    const two = entry(peer(2), { version: 3 });
+    t.merge([two, entry(peer(3))]);
+    const full = t.encode();
+    expect(t.forget([LOCAL, peer(2), peer(7)], 100)).toEqual([peer(2)]);
+    expect(t.entries().map((e) => e.name)).toEqual([LOCAL, peer(3)]);
+    expect(t.forgotten()).toEqual([two]);
+    // A neighbour that has not forgotten it yet sends its full state, or the entry alone, again:
+    // nothing changes, through either path (bytes recognised, or decoded and compared).
+    expect(t.mergeEncoded(full)).toEqual({ changed: [], rejected: [] });
+    expect(t.merge([two, entry(peer(2), { version: 2 })])).toEqual({ changed: [], rejected: [] });
+    expect(t.get(peer(2))).toBeUndefined();
+    // restore brings back the copy as it was; unknown names are skipped.
+    expect(t.restore([peer(2), peer(9)])).toEqual([two]);
+    expect(t.get(peer(2))).toEqual(two);
+    expect(t.forgottenCount).toBe(0);
+    // A newer copy of a forgotten peer is news, and takes it out of the store.
+    t.forget([peer(2)], 200);
+    const newer = entry(peer(2), { version: 4 });
+    expect(t.merge([newer]).changed).toEqual([newer]);
+    expect(t.forgottenCount).toBe(0);
+    expect(t.encode()).toEqual(encodeEntries(t.entries()));
+  });
+
+  it('expireForgotten drops copies forgotten before a time, oldest first; after that a copy is news again', () => {
+    const t = new Topology(entry(LOCAL));
+    t.merge([entry(peer(2)), entry(peer(3))]);
+    t.forget([peer(2)], 100);
+    t.forget([peer(3)], 300);
+    expect(t.expireForgotten(200)).toBe(1);
+    expect(t.forgotten().map((e) => e.name)).toEqual([peer(3)]);
+    expect(t.merge([entry(peer(2))]).changed.map((e) => e.name)).toEqual([peer(2)]);
+    expect(t.merge([entry(peer(3))]).changed).toEqual([]);
+  });
+
   it('encodes entries sorted by name from its cache, as encodeEntries would', () => {
     const t = new Topology(entry(LOCAL));
     t.merge([entry(peer(3), { connections: [conn(peer(2))] }), entry(peer(2))]);

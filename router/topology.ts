@@ -9,6 +9,14 @@
  * Merging is proportional to what is new: a full state (every entry, every anti-entropy round and
  * every new neighbour) is mostly entries we hold byte for byte, and those are recognised from
  * their bytes without being decoded ({@link Topology.mergeEncoded}).
+ *
+ * Forgetting keeps a copy. A peer the owner forgets as unreachable ({@link Topology.forget}) goes
+ * to a store of forgotten entries: the same copy gossiped back by a neighbour that has not
+ * forgotten it yet is not news (without the store, every router that forgot a partitioned side
+ * took the side back from the first full state that still held it and relayed all of it, and a
+ * second forgetting a second later did it again), and when the peer becomes reachable again
+ * without changing its entry the owner restores it from the store ({@link Topology.restore})
+ * instead of waiting for anti-entropy to bring it back.
  */
 import { InputError } from '../common/errors.js';
 import { type PeerName, peerNameFromBytes } from '../common/types.js';
@@ -20,6 +28,7 @@ import {
   packEntry,
   packList,
   splitList,
+  TOPOLOGY_ENTRIES_MAX,
   toEntry,
   unpackList,
   unpackWire,
@@ -113,6 +122,14 @@ interface Stored {
   readonly bytes: Uint8Array;
 }
 
+/** Forgotten is an entry removed as unreachable, with when (owner's clock, ms). */
+interface Forgotten extends Stored {
+  readonly at: number;
+}
+
+/** FORGOTTEN_MAX bounds the store of forgotten entries (the oldest go first). */
+export const FORGOTTEN_MAX = TOPOLOGY_ENTRIES_MAX;
+
 /**
  * Topology holds the newest entry of every known peer, our own included. It is pure and
  * synchronous: the owner feeds it received entries and its own changes, gossips what `merge` and
@@ -120,6 +137,8 @@ interface Stored {
  */
 export class Topology {
   private readonly peers = new Map<PeerName, Stored>();
+  /** forgottenStore holds entries forgotten as unreachable, oldest first (see the module comment). */
+  private readonly forgottenStore = new Map<PeerName, Forgotten>();
   private readonly localName: PeerName;
   /** sorted holds every stored entry in name order, kept up to date by each change (no re-sorting). */
   private sorted: PeerEntry[] = [];
@@ -244,7 +263,7 @@ export class Topology {
     return this.peers.get(name)?.entry;
   }
 
-  /** remove forgets peers (never ourselves); returns the names it removed. */
+  /** remove drops peers (never ourselves) without keeping a copy; returns the names it removed. */
   remove(names: Iterable<PeerName>): PeerName[] {
     const removed: PeerName[] = [];
     for (const n of names) {
@@ -255,6 +274,60 @@ export class Topology {
       this.whole = undefined;
     }
     return removed;
+  }
+
+  /**
+   * forget removes peers found unreachable (never ourselves) into the store of forgotten entries,
+   * stamped `at`; returns the names it removed. Until a newer copy arrives or the owner restores
+   * or expires it, a received copy no newer than the stored one changes nothing.
+   */
+  forget(names: Iterable<PeerName>, at: number): PeerName[] {
+    const gone: PeerName[] = [];
+    for (const n of names) {
+      const cur = n === this.localName ? undefined : this.peers.get(n);
+      if (cur === undefined) continue;
+      this.forgottenStore.delete(n);
+      this.forgottenStore.set(n, { entry: cur.entry, bytes: cur.bytes, at });
+      gone.push(n);
+    }
+    for (const n of this.forgottenStore.keys()) {
+      if (this.forgottenStore.size <= FORGOTTEN_MAX) break;
+      this.forgottenStore.delete(n);
+    }
+    return this.remove(gone);
+  }
+
+  /** forgotten lists the stored forgotten entries, oldest first, in a new array. */
+  forgotten(): PeerEntry[] {
+    return Array.from(this.forgottenStore.values(), (f) => f.entry);
+  }
+
+  /** forgottenCount counts the stored forgotten entries. */
+  get forgottenCount(): number {
+    return this.forgottenStore.size;
+  }
+
+  /** restore takes forgotten peers back as they were when forgotten; returns the entries restored. */
+  restore(names: Iterable<PeerName>): PeerEntry[] {
+    const back: PeerEntry[] = [];
+    for (const n of names) {
+      const f = this.forgottenStore.get(n);
+      if (f === undefined) continue;
+      this.setStored(f.entry, f.bytes);
+      back.push(f.entry);
+    }
+    return back;
+  }
+
+  /** expireForgotten drops forgotten entries stamped before `before`; returns how many it dropped. */
+  expireForgotten(before: number): number {
+    let dropped = 0;
+    for (const [n, f] of this.forgottenStore) {
+      if (f.at >= before) break; // oldest first
+      this.forgottenStore.delete(n);
+      dropped++;
+    }
+    return dropped;
   }
 
   /**
@@ -280,12 +353,12 @@ export class Topology {
   }
 
   /**
-   * heldLengthAt is the length of the canonical encoding of an entry we hold if `bytes` holds
-   * exactly it at `off`, else -1.
+   * heldLengthAt is the length of the canonical encoding of an entry we hold (or hold forgotten)
+   * if `bytes` holds exactly it at `off`, else -1.
    */
   private heldLengthAt(bytes: Uint8Array, off: number): number {
     const name = canonicalNameAt(bytes, off);
-    const cur = name === undefined ? undefined : this.peers.get(name);
+    const cur = name === undefined ? undefined : (this.peers.get(name) ?? this.forgottenStore.get(name));
     if (cur === undefined) return -1;
     const own = cur.bytes;
     const end = off + own.length;
@@ -299,7 +372,7 @@ export class Topology {
     const version: unknown = raw[4];
     if (typeof incarnation !== 'number' || typeof version !== 'number') return false;
     const name = peerNameFromBytes(raw[0], 0);
-    const cur = this.peers.get(name);
+    const cur = this.peers.get(name) ?? this.forgottenStore.get(name);
     if (cur === undefined) return false;
     const { entry } = cur;
     // Older copies of ourselves are not simply stale: merge decides (collision, echo).
@@ -313,7 +386,8 @@ export class Topology {
   private mergeOne(e: PeerEntry): PeerEntry | string | undefined {
     if (typeof e?.name !== 'string') return 'malformed entry';
     if (e.name === this.localName) return this.mergeSelf(e);
-    const cur = this.peers.get(e.name);
+    // A forgotten peer's copy counts as held: only a newer one is news (and takes it back).
+    const cur = this.peers.get(e.name) ?? this.forgottenStore.get(e.name);
     const order = cur === undefined ? 1 : compareVersions(e, cur.entry);
     if (order < 0) return undefined;
     // The usual duplicate delivery: identical to what we hold, so valid; skip the checks.
@@ -351,6 +425,7 @@ export class Topology {
   /** setStored keeps `bytes` in a buffer of its own: an encoder's output shares a larger block (tens of KB per entry). */
   private setStored(e: PeerEntry, bytes: Uint8Array): void {
     const known = this.peers.has(e.name);
+    this.forgottenStore.delete(e.name);
     const own = bytes.byteOffset === 0 && bytes.byteLength === bytes.buffer.byteLength ? bytes : new Uint8Array(bytes);
     this.peers.set(e.name, { entry: e, bytes: own });
     this.whole = undefined;
