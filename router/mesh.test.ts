@@ -186,6 +186,25 @@ describe('MeshCore', () => {
     expect(a.forgotten).toEqual([c.core.name]);
   });
 
+  it('forgets only peers unreachable for PEER_GC_DELAY_MS: one learned just before the collector runs waits its turn', () => {
+    const { clock, nodes } = mesh(3, { discovery: false });
+    const [a, b, c] = nodes as [Node, Node, Node];
+    link(a, b);
+    link(b, c);
+    clock.advance(SETTLE_MS + PEER_GC_DELAY_MS); // no collection pending
+    unlink(b, c);
+    clock.advance(PEER_GC_DELAY_MS - 10); // c unreachable at a for a little less than the delay
+    // An entry of a peer whose connections have not arrived yet: unreachable for now.
+    const lonely = { ...localEntry(9), connections: [] };
+    a.core.topology!.merge([lonely]);
+    a.core.recompute();
+    clock.advance(SETTLE_MS);
+    expect(a.forgotten).toEqual([c.core.name]);
+    expect(a.core.topology!.get(lonely.name)).toEqual(lonely);
+    clock.advance(PEER_GC_DELAY_MS);
+    expect(a.forgotten).toEqual([c.core.name, lonely.name]);
+  });
+
   it('does not take a forgotten peer back from a neighbour that still holds it, and restores it once reachable again', () => {
     const { clock, nodes } = mesh(4, { discovery: false });
     const [a, b, c, d] = nodes as [Node, Node, Node, Node];

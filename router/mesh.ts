@@ -102,6 +102,8 @@ export interface MeshCoreOptions {
   readonly onChange?: () => void;
   /** onPeersForgotten fires with the peers dropped from the topology as unreachable. */
   readonly onPeersForgotten?: (peers: PeerName[]) => void;
+  /** onPeersRestored fires with forgotten peers taken back from the store (reachable again, unchanged). */
+  readonly onPeersRestored?: (peers: PeerName[]) => void;
   /** onMerge sees every topology merge (what changed, what was refused) from neighbour `src`; for harnesses. */
   readonly onMerge?: (result: MergeResult, src: PeerName) => void;
 }
@@ -135,6 +137,8 @@ export class MeshCore {
   private discovered = new Set<string>();
   private gossipTimer: Timer | undefined;
   private gcTimer: Timer | undefined;
+  /** unreachableSince: when each known peer was first seen unreachable by a recomputation (reachable peers absent). */
+  private unreachableSince = new Map<PeerName, number>();
   private routesTimer: Timer | undefined;
   private announceTimer: Timer | undefined;
   /** announceTo are neighbours that must receive our next announcement (their link to us changed). */
@@ -237,6 +241,7 @@ export class MeshCore {
     this.gossipTimer = undefined;
     this.clock.clearTimeout(this.gcTimer);
     this.gcTimer = undefined;
+    this.unreachableSince.clear();
     this.clock.clearTimeout(this.routesTimer);
     this.routesTimer = undefined;
     this.clock.clearTimeout(this.announceTimer);
@@ -368,22 +373,56 @@ export class MeshCore {
     }
     this.routesValue = routes;
     this.rediscover(entries);
-    // Routes reach only known peers, so fewer reachable than entries means some are unreachable.
-    if (routes.reachable.size < entries.length && this.gcTimer === undefined) {
-      this.gcTimer = this.clock.setTimeout(() => this.collect(), this.opts.gcDelayMs ?? PEER_GC_DELAY_MS);
-      this.gcTimer.unref();
-    }
+    this.trackUnreachable(entries, routes);
     this.opts.onChange?.();
   }
 
-  /** collect forgets the peers still unreachable when the grace delay is over. */
+  /**
+   * trackUnreachable notes since when each peer is unreachable and arms the collector for the
+   * first of them to have been so for gcDelayMs. Routes reach only known peers, so as many
+   * reachable as entries means none is unreachable.
+   */
+  private trackUnreachable(entries: readonly PeerEntry[], routes: Routes): void {
+    if (routes.reachable.size >= entries.length) {
+      this.unreachableSince.clear();
+      return;
+    }
+    const now = this.clock.now();
+    const since = new Map<PeerName, number>();
+    for (const e of entries) {
+      if (!routes.reachable.has(e.name)) since.set(e.name, this.unreachableSince.get(e.name) ?? now);
+    }
+    this.unreachableSince = since;
+    this.armCollector(now);
+  }
+
+  /** armCollector sets the collector's timer for the earliest peer due to be forgotten (if none is set). */
+  private armCollector(now: number): void {
+    if (this.gcTimer !== undefined || this.unreachableSince.size === 0) return;
+    let first = Number.POSITIVE_INFINITY;
+    for (const at of this.unreachableSince.values()) first = Math.min(first, at);
+    const delay = Math.max(0, first + (this.opts.gcDelayMs ?? PEER_GC_DELAY_MS) - now);
+    this.gcTimer = this.clock.setTimeout(() => this.collect(), delay);
+    this.gcTimer.unref();
+  }
+
+  /**
+   * collect forgets the peers unreachable for at least gcDelayMs (a peer learned a moment ago,
+   * whose connections have not arrived yet, is not one of them).
+   */
   private collect(): void {
     this.gcTimer = undefined;
     const t = this.topologyValue;
     if (t === undefined) return;
     const now = this.clock.now();
     t.expireForgotten(now - FORGOTTEN_KEEP_MS);
-    const gone = t.forget(unreachable(t.entries(), this.latestRoutes()), now);
+    const due = now - (this.opts.gcDelayMs ?? PEER_GC_DELAY_MS);
+    const stale = unreachable(t.entries(), this.latestRoutes()).filter(
+      (p) => (this.unreachableSince.get(p) ?? Number.POSITIVE_INFINITY) <= due,
+    );
+    const gone = t.forget(stale, now);
+    for (const p of gone) this.unreachableSince.delete(p);
+    this.armCollector(now);
     if (gone.length > 0) {
       this.routesDirty = true;
       this.log.info('forgot unreachable peers', { count: gone.length });
@@ -427,6 +466,7 @@ export class MeshCore {
     if (back.size === 0) return false;
     topology.restore(back);
     this.log.info('restored forgotten peers reachable again', { count: back.size });
+    this.opts.onPeersRestored?.([...back]);
     return true;
   }
 

@@ -510,6 +510,9 @@ export class GossipSim {
       onPeersForgotten: (gone) => {
         for (const p of gone) this.refreshPair(node, p);
       },
+      onPeersRestored: (back) => {
+        for (const p of back) this.refreshPair(node, p);
+      },
     });
     core.dialer = {
       addTargets: (list) => {
