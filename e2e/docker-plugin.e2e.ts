@@ -259,7 +259,7 @@ describe.skipIf(reason)('Docker network plugin: the router container and docker 
     );
   });
 
-  it('docker restart of a weftnet container: libnetwork gives the address back and asks IPAM again (the lowest free one comes back), the name follows; with --ip the address stays', async () => {
+  it('docker restart of a weftnet container: libnetwork gives the address back and asks IPAM again (the lowest free one comes back), the name follows; with --ip the address stays, and a start fails while another container has it', async () => {
     // low holds the lowest free address of h2's share, rs the next; low goes, so the lowest free is low's.
     await runOn(e2, 'low', 'weftnet');
     await runOn(e2, 'rs', 'weftnet');
@@ -287,6 +287,19 @@ describe.skipIf(reason)('Docker network plugin: the router container and docker 
     expect(await weftAddr(e2, 'rs')).toBe(before);
     expect(await inside(e2, 'rs')).toContain(`${before}/12`);
     expect((await named(e2, 'rs')).cidrs).toEqual([`${before}/12`]);
+    await pingName(e1, 'db', 'rs');
+    // Stopped, it holds nothing (libnetwork released the address): when another container has the
+    // address by then, the start fails, as Docker documents for --ip, and works once it is free.
+    await e2.docker(['stop', '-t', '1', 'rs']);
+    expect(await allocations(e2)).not.toContain(before);
+    await runOn(e2, 'taker', 'weftnet', ['--ip', before]);
+    const refused = await e2.docker(['start', 'rs'], true);
+    expect(refused.code).not.toBe(0);
+    expect(refused.stderr).toMatch(new RegExp(`weft: .*${before.replaceAll('.', '\\.')} is in use`));
+    await e2.docker(['rm', '-f', 'taker']);
+    await goneEverywhere('taker', before, e2);
+    await e2.docker(['start', 'rs']);
+    expect(await weftAddr(e2, 'rs')).toBe(before);
     await pingName(e1, 'db', 'rs');
     await e2.docker(['rm', '-f', 'rs']);
     await goneEverywhere('rs', before, e2);
