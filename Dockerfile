@@ -12,7 +12,9 @@
 # makes /proc/sys writable; --privileged does too where the host allows it). The engine's socket
 # lets it find containers by name and follow their restarts. Arguments are peers and `weft launch`
 # flags; `docker stop` sends SIGTERM, on which the router stops cleanly. Talk to it with
-# `docker exec weft weft status`.
+# `docker exec weft weft status`. As the Docker network plugin (`docker network create -d weft`),
+# add `-v /run/docker/plugins:/run/docker/plugins` and the flag `--docker-plugin`: the router makes
+# weft.sock there, where dockerd looks for plugins.
 #
 # Base images (build arguments):
 #   BASE        the runtime image: Debian bookworm with Node >= 20 (default the official node image)

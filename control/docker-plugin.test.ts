@@ -48,6 +48,9 @@ class Backend implements PluginBackend {
   free(owner: string): void {
     for (const [a, o] of this.holders) if (o === owner) this.holders.delete(a);
   }
+  lookup(owner: string): IPv4[] {
+    return [...this.holders].filter(([, o]) => o === owner).map(([a]) => a as IPv4);
+  }
   async gateway(): Promise<Cidr> {
     return parseCidr(`${GATEWAY}/12`);
   }
@@ -188,7 +191,7 @@ describe('DockerPlugin', () => {
     expect((await post('IpamDriver.ReleasePool', { PoolID: RANGE })).json).toEqual({});
   });
 
-  it("RequestAddress: the host's overlay address for the gateway, IPAM's under docker:IP otherwise, a given one claimed", async () => {
+  it("RequestAddress: the host's overlay address for the gateway, IPAM's under docker:IP otherwise, a given one claimed unless an endpoint has it", async () => {
     const gw = await post('IpamDriver.RequestAddress', {
       PoolID: RANGE,
       Options: { RequestAddressType: 'com.docker.network.gateway' },
@@ -201,6 +204,13 @@ describe('DockerPlugin', () => {
     expect((await post('IpamDriver.RequestAddress', { PoolID: RANGE, Address: '10.32.9.9' })).json.Address).toBe(
       '10.32.9.9/12',
     );
+    expect(backend.ownerOf('10.32.9.9')).toBe('docker:10.32.9.9');
+    // Asked for again (docker run --ip of an address another endpoint has): refused, still held once.
+    const again = await post('IpamDriver.RequestAddress', { PoolID: RANGE, Address: '10.32.9.9' });
+    expect(again).toMatchObject({
+      status: 409,
+      json: { Err: 'weft: RequestAddress: 10.32.9.9 is in use by another endpoint' },
+    });
     expect(backend.ownerOf('10.32.9.9')).toBe('docker:10.32.9.9');
     backend.claim('someone', parseIPv4('10.32.7.7'));
     const taken = await post('IpamDriver.RequestAddress', { PoolID: RANGE, Address: '10.32.7.7' });

@@ -82,6 +82,8 @@ export interface PluginBackend {
   claim(owner: string, addr: IPv4): void;
   /** free releases every address of `owner`. */
   free(owner: string): void;
+  /** lookup lists the addresses `owner` holds. */
+  lookup(owner: string): IPv4[];
   /** gateway is the host's overlay address (exposing the host when it has none). */
   gateway(): Promise<Cidr>;
   /** attach plugs an endpoint in (see {@link AttachAt.peer}) under `key`, with `cidr`. */
@@ -101,6 +103,7 @@ export function routerBackend(router: Router, attacher: Attacher, range: Cidr): 
     allocate: (owner, subnet) => router.allocate(owner, subnet),
     claim: (owner, addr) => router.ipam.claim(owner, addr),
     free: (owner) => void router.ipam.free(owner),
+    lookup: (owner) => router.ipam.lookup(owner),
     gateway: () => attacher.gateway(),
     attach: (key, cidr, at) => attacher.attach(key, [cidr], undefined, at),
     addName: async (key, name) => void (await attacher.attach(key, [], name)),
@@ -440,6 +443,12 @@ export class DockerPlugin {
     if (r.Address !== undefined && r.Address !== '') {
       const addr = parseAddress(r.Address, 'RequestAddress');
       if (!cidrContains(pool, addr)) throw new InputError(`RequestAddress: ${r.Address} is not in ${r.PoolID}`);
+      // Held under its own key, the address is another endpoint's (`docker run --ip` of one in use,
+      // or a stopped --ip container's, taken meanwhile): libnetwork never asks again for an address
+      // it holds (no request replay), so claiming it would give two containers one address.
+      if (this.opts.backend.lookup(ownerOf(addr)).includes(addr)) {
+        throw new WeftError('EWEFT_CONFLICT', `RequestAddress: ${formatIPv4(addr)} is in use by another endpoint`);
+      }
       this.opts.backend.claim(ownerOf(addr), addr);
       return { Address: withPrefix(addr), Data: {} };
     }

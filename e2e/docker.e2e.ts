@@ -1,25 +1,22 @@
-import { execFile } from 'node:child_process';
 import { rmdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type Host, Lab, requireRoot, waitUntil } from '../lab/netns.js';
-import { DOCKER, type DockerResult, Engine, engineSkipReason, pingName } from './dockerd.js';
+import {
+  Engine,
+  engineSkipReason,
+  IMAGE_BUILD_MS,
+  pingName,
+  routerImage,
+  routerRunArgs,
+  waitRouter,
+  weftIn,
+} from './dockerd.js';
 import { launch, weft } from './weft.js';
-
-const run = promisify(execFile);
-const ROOT = path.resolve(path.dirname(new URL(import.meta.url).pathname), '..');
-/** IMAGE_BUILD_MS bounds building (cold: base rootfs + image, ~3 min on 2 busy cores) or loading the router image. */
-const IMAGE_BUILD_MS = 600_000;
 
 const reason = engineSkipReason();
 if (reason !== undefined && requireRoot() === undefined) console.warn(`docker e2e skipped: ${reason}`);
-
-/** weftIn runs the CLI inside an engine's router container, as a user does. */
-function weftIn(e: Engine, args: string[], allowFail = false): Promise<DockerResult> {
-  return e.docker(['exec', 'weft', 'weft', ...args], allowFail);
-}
 
 interface StatusJson {
   ready: boolean;
@@ -53,35 +50,12 @@ describe.skipIf(reason)('Docker: the router container and weft attach of Docker 
 
   /** startRouter runs the router container on an engine (host network, TUN, the engine's socket, a state volume). */
   async function startRouter(e: Engine, peers: string[]): Promise<void> {
-    await e.docker([
-      'run',
-      '-d',
-      '--name',
-      'weft',
-      ...['--network', 'host', '--pid', 'host', '--cap-add', 'NET_ADMIN', '--cap-add', 'SYS_ADMIN'],
-      ...['--security-opt', 'systempaths=unconfined', '--device', '/dev/net/tun'],
-      ...['-v', 'weft-state:/var/lib/weft', '-v', `${e.socket}:/var/run/docker.sock`],
-      image,
-      ...['--nickname', e.host.name, '--container-grace', '60000'],
-      ...peers,
-    ]);
-    await waitReady(e);
+    await e.docker(routerRunArgs(e, image, ['--nickname', e.host.name, '--container-grace', '60000', ...peers]));
+    await waitRouter(e);
   }
 
   async function status(e: Engine): Promise<StatusJson> {
     return JSON.parse((await weftIn(e, ['status', '--json'])).stdout) as StatusJson;
-  }
-
-  async function waitReady(e: Engine, peers = 0): Promise<void> {
-    await waitUntil(
-      async () => {
-        const r = await weftIn(e, ['status', '--json'], true);
-        if (r.code !== 0) return false;
-        const s = JSON.parse(r.stdout) as StatusJson;
-        return s.ready && s.peers.filter((p) => p.state === 'established').length >= peers;
-      },
-      { timeoutMs: 30_000, what: `the router container on ${e.host.name} to be ready with ${peers} peer(s)` },
-    );
   }
 
   async function ps(e: Engine): Promise<PsEntry[]> {
@@ -116,32 +90,12 @@ describe.skipIf(reason)('Docker: the router container and weft attach of Docker 
     e1 = new Engine(h1, path.join(dir, 'h1'));
     e2 = new Engine(h2, path.join(dir, 'h2'));
     await Promise.all([e1.start(), e2.start()]);
-    // Built once (or loaded from the cache keyed by its inputs), then loaded into the second engine
-    // from the same cached tarball (the tree may change meanwhile: both hosts run the same image).
-    const t0 = Date.now();
-    const built = await run('sh', [path.join(ROOT, 'scripts/build-image.sh'), image], {
-      cwd: ROOT,
-      env: { ...process.env, DOCKER_HOST: `unix://${e1.socket}`, DOCKER },
-      timeout: IMAGE_BUILD_MS,
-    });
-    const note = built.stderr.trim().split('\n').at(-1) ?? '';
-    console.info(`docker e2e: image on ${h1.name} in ${Date.now() - t0} ms: ${note}`);
-    const t1 = Date.now();
-    const tarball = /(\/\S+\/router-([0-9a-f]{16})\.tar)/.exec(note);
-    if (tarball !== null) {
-      await e2.docker(['load', '-q', '-i', tarball[1] as string], false, IMAGE_BUILD_MS);
-      await e2.docker(['tag', `weft-router:${tarball[2]}`, image]);
-    } else {
-      const file = path.join(dir, 'router.tar');
-      await e1.docker(['save', '-o', file, image], false, IMAGE_BUILD_MS);
-      await e2.docker(['load', '-q', '-i', file], false, IMAGE_BUILD_MS);
-      rmSync(file, { force: true });
-    }
-    console.info(`docker e2e: image loaded on ${h2.name} in ${Date.now() - t1} ms`);
+    // Built once (or loaded from the cache keyed by its inputs), loaded into the second engine.
+    console.info(`docker e2e: ${await routerImage([e1, e2], image, dir)}`);
     await startRouter(e1, []);
     await startRouter(e2, [h1.underlayIp]);
-    await waitReady(e1, 1);
-    await waitReady(e2, 1);
+    await waitRouter(e1, 1);
+    await waitRouter(e2, 1);
     for (const e of [e1, e2]) dnsAddr[e.host.name] = (await weftIn(e, ['expose'])).stdout.trim();
   }, IMAGE_BUILD_MS + 180_000);
 
@@ -242,7 +196,7 @@ describe.skipIf(reason)('Docker: the router container and weft attach of Docker 
     await e1.docker(['restart', '-t', '1', 'c1']);
     expect(await containerAddr(e1, 'c1')).toBeUndefined();
     await e1.docker(['start', 'weft']);
-    await waitReady(e1, 1);
+    await waitRouter(e1, 1);
     expect(await ps(e1)).toEqual(before.h1);
     await waitUntil(async () => (await containerAddr(e1, 'c1')) === addr.c1, {
       timeoutMs: 15_000,

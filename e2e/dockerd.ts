@@ -13,7 +13,7 @@
  * listens on `DIR/plugins/weft.sock`, the inode dockerd sees as /run/docker/plugins/weft.sock.
  */
 import { execFile, execFileSync, spawn } from 'node:child_process';
-import { existsSync, mkdirSync, openSync, readFileSync, rmSync } from 'node:fs';
+import { cpSync, existsSync, lstatSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { expect } from 'vitest';
@@ -28,6 +28,11 @@ export const DOCKERD = '/usr/sbin/dockerd';
 export const PLUGINS_DIR = '/run/docker/plugins';
 /** ENGINE_STOP_MS: how long a dockerd gets after SIGTERM before SIGKILL. */
 const ENGINE_STOP_MS = 20_000;
+/** IMAGE_BUILD_MS bounds building (cold: base rootfs + image, ~3 min on 2 busy cores) or loading an image. */
+export const IMAGE_BUILD_MS = 600_000;
+const ROOT = path.resolve(path.dirname(new URL(import.meta.url).pathname), '..');
+/** TEST_IMAGE_PACKAGES are copied from this machine into the test containers' image (bookworm, as the base). */
+const TEST_IMAGE_PACKAGES = ['iperf3', 'libiperf0', 'libsctp1'];
 
 /**
  * engineSkipReason says in one line why no Docker engine can be started here (not root, a missing
@@ -181,4 +186,106 @@ export async function pingName(e: Engine, from: string, name: string): Promise<v
   });
   const r = await e.docker(['exec', from, 'ping', '-c', '3', '-i', '0.2', '-W', '1', name]);
   expect(r.stdout).toMatch(/3 received/);
+}
+
+/**
+ * routerImage puts the router image built from the Dockerfile on every engine as `tag`: built on
+ * the first by scripts/build-image.sh (or loaded from its cache, keyed by the image's inputs), and
+ * loaded on the others from the same cached tarball (the tree may change meanwhile: every host
+ * runs the same image). Returns what it took, for the log.
+ */
+export async function routerImage(engines: readonly Engine[], tag: string, scratch: string): Promise<string> {
+  const [first, ...rest] = engines;
+  if (first === undefined) return '';
+  const t0 = Date.now();
+  const built = await run('sh', [path.join(ROOT, 'scripts/build-image.sh'), tag], {
+    cwd: ROOT,
+    env: { ...process.env, DOCKER_HOST: `unix://${first.socket}`, DOCKER },
+    timeout: IMAGE_BUILD_MS,
+  });
+  const note = built.stderr.trim().split('\n').at(-1) ?? '';
+  const t1 = Date.now();
+  const tarball = /(\/\S+\/router-([0-9a-f]{16})\.tar)/.exec(note);
+  if (tarball !== null) {
+    await Promise.all(
+      rest.map(async (e) => {
+        await e.docker(['load', '-q', '-i', tarball[1] as string], false, IMAGE_BUILD_MS);
+        await e.docker(['tag', `weft-router:${tarball[2]}`, tag]);
+      }),
+    );
+  } else if (rest.length > 0) {
+    const file = path.join(scratch, 'router.tar');
+    mkdirSync(scratch, { recursive: true });
+    await first.docker(['save', '-o', file, tag], false, IMAGE_BUILD_MS);
+    await Promise.all(rest.map((e) => e.docker(['load', '-q', '-i', file], false, IMAGE_BUILD_MS)));
+    rmSync(file, { force: true });
+  }
+  return `image on ${first.host.name} in ${t1 - t0} ms (${note}), on ${rest.length} more in ${Date.now() - t1} ms`;
+}
+
+/**
+ * testImage makes the test containers' image on every engine as `tag`: the router image `from`
+ * (already there: the local Debian base with ping, ip, getent; no second base to import) plus
+ * iperf3, whose files (TEST_IMAGE_PACKAGES, bookworm's, as the base) are copied from this machine
+ * as scripts/build-base-image.sh copies Node, with no entrypoint. A build with no network: about a
+ * second. `scratch` is a directory it may use.
+ */
+export async function testImage(engines: readonly Engine[], tag: string, from: string, scratch: string): Promise<void> {
+  const ctx = path.join(scratch, 'test-image');
+  const files = (await run('dpkg', ['-L', ...TEST_IMAGE_PACKAGES])).stdout
+    .split('\n')
+    .filter((f) => f.startsWith('/usr/') && !f.startsWith('/usr/share/'));
+  for (const f of files) {
+    if (lstatSync(f).isDirectory()) continue;
+    mkdirSync(path.join(ctx, 'root', path.dirname(f)), { recursive: true });
+    cpSync(f, path.join(ctx, 'root', f), { verbatimSymlinks: true });
+  }
+  writeFileSync(
+    path.join(ctx, 'Dockerfile'),
+    `FROM ${from}\nCOPY root/ /\nRUN iperf3 --version >/dev/null\nENTRYPOINT []\nCMD ["sleep", "infinity"]\n`,
+  );
+  await Promise.all(
+    engines.map((e) => e.docker(['build', '-q', '--network', 'none', '-t', tag, ctx], false, IMAGE_BUILD_MS)),
+  );
+}
+
+/**
+ * routerRunArgs are the `docker run` arguments of the router container as the README gives them
+ * (host network, pid namespace, NET_ADMIN and SYS_ADMIN, /dev/net/tun, the state volume, the
+ * engine's socket), with this engine's socket for /var/run/docker.sock; with `plugin` also the
+ * plugin directory, where `--docker-plugin` makes weft.sock for dockerd.
+ */
+export function routerRunArgs(
+  e: Engine,
+  image: string,
+  args: readonly string[],
+  opts: { plugin?: boolean } = {},
+): string[] {
+  return [
+    ...['run', '-d', '--name', 'weft'],
+    ...['--network', 'host', '--pid', 'host', '--cap-add', 'NET_ADMIN', '--cap-add', 'SYS_ADMIN'],
+    ...['--security-opt', 'systempaths=unconfined', '--device', '/dev/net/tun'],
+    ...['-v', 'weft-state:/var/lib/weft', '-v', `${e.socket}:/var/run/docker.sock`],
+    ...(opts.plugin === true ? ['-v', `${PLUGINS_DIR}:${PLUGINS_DIR}`] : []),
+    image,
+    ...args,
+  ];
+}
+
+/** weftIn runs the CLI inside an engine's router container (`docker exec weft weft ...`), as a user does. */
+export function weftIn(e: Engine, args: string[], allowFail = false): Promise<DockerResult> {
+  return e.docker(['exec', 'weft', 'weft', ...args], allowFail);
+}
+
+/** waitRouter waits until the router container on `e` is ready with at least `peers` established peers. */
+export async function waitRouter(e: Engine, peers = 0): Promise<void> {
+  await waitUntil(
+    async () => {
+      const r = await weftIn(e, ['status', '--json'], true);
+      if (r.code !== 0) return false;
+      const s = JSON.parse(r.stdout) as { ready: boolean; peers: { state: string }[] };
+      return s.ready && s.peers.filter((p) => p.state === 'established').length >= peers;
+    },
+    { timeoutMs: 30_000, what: `the router container on ${e.host.name} to be ready with ${peers} peer(s)` },
+  );
 }
