@@ -5,7 +5,16 @@
  */
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { chmodSync, copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import {
+  chmodSync,
+  copyFileSync,
+  existsSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs';
 import path from 'node:path';
 import { type Host, requireRoot, waitUntil } from '../lab/netns.js';
 import { CLI } from './weft.js';
@@ -61,25 +70,32 @@ export function buildPauseImage(dir: string): string {
   mkdirSync(path.join(stage, 'bin'), { recursive: true });
   copyFileSync(BUSYBOX, path.join(stage, 'bin/busybox'));
   chmodSync(path.join(stage, 'bin/busybox'), 0o755);
+  const layerTar = path.join(dir, 'layer.tar');
+  execFileSync('tar', ['-C', stage, '--owner=0', '--group=0', '-cf', layerTar, '.']);
+  return buildOciImage(dir, PAUSE, [layerTar], { Cmd: ['/bin/busybox', 'sleep', '2147483647'] });
+}
+
+/**
+ * buildOciImage writes an OCI image archive (for `ctr images import`) named `name`, whose layers
+ * are the given uncompressed tar files, bottom first, and whose config is `config` (Env, Cmd...).
+ */
+export function buildOciImage(dir: string, name: string, layers: readonly string[], config: object): string {
   const oci = path.join(dir, 'oci');
   const blobs = path.join(oci, 'blobs/sha256');
   mkdirSync(blobs, { recursive: true });
-  const layerTar = path.join(dir, 'layer.tar');
-  execFileSync('tar', ['-C', stage, '--owner=0', '--group=0', '-cf', layerTar, '.']);
   const blob = (data: Buffer): { digest: string; size: number } => {
     const hex = createHash('sha256').update(data).digest('hex');
     writeFileSync(path.join(blobs, hex), data);
     return { digest: `sha256:${hex}`, size: data.length };
   };
-  const layer = readFileSync(layerTar);
-  const layerBlob = blob(layer);
-  const config = blob(
+  const layerBlobs = layers.map((l) => blob(readFileSync(l)));
+  const cfg = blob(
     Buffer.from(
       JSON.stringify({
         architecture: 'amd64',
         os: 'linux',
-        config: { Cmd: ['/bin/busybox', 'sleep', '2147483647'] },
-        rootfs: { type: 'layers', diff_ids: [layerBlob.digest] },
+        config,
+        rootfs: { type: 'layers', diff_ids: layerBlobs.map((l) => l.digest) },
       }),
     ),
   );
@@ -88,8 +104,8 @@ export function buildPauseImage(dir: string): string {
       JSON.stringify({
         schemaVersion: 2,
         mediaType: 'application/vnd.oci.image.manifest.v1+json',
-        config: { mediaType: 'application/vnd.oci.image.config.v1+json', ...config },
-        layers: [{ mediaType: 'application/vnd.oci.image.layer.v1.tar', ...layerBlob }],
+        config: { mediaType: 'application/vnd.oci.image.config.v1+json', ...cfg },
+        layers: layerBlobs.map((l) => ({ mediaType: 'application/vnd.oci.image.layer.v1.tar', ...l })),
       }),
     ),
   );
@@ -102,13 +118,17 @@ export function buildPauseImage(dir: string): string {
         {
           mediaType: 'application/vnd.oci.image.manifest.v1+json',
           ...manifest,
-          annotations: { 'io.containerd.image.name': PAUSE, 'org.opencontainers.image.ref.name': '1' },
+          annotations: {
+            'io.containerd.image.name': name,
+            'org.opencontainers.image.ref.name': name.split(':').at(-1),
+          },
         },
       ],
     }),
   );
-  const out = path.join(dir, 'pause.tar');
+  const out = path.join(dir, 'image.tar');
   execFileSync('tar', ['-C', oci, '-cf', out, '.']);
+  rmSync(oci, { recursive: true, force: true });
   return out;
 }
 
@@ -164,6 +184,19 @@ export interface ContainerdOptions {
   confDir: string;
   /** pauseTar is imported into the k8s.io namespace once the socket is up (not needed on a restart). */
   pauseTar?: string;
+  /** images are more OCI archives to import (e.g. the router's). */
+  images?: string[];
+  /**
+   * mounts runs containerd (and so its shims, containers and CNI plugins) in a mount namespace of
+   * its own (propagation slave: the host's mounts reach it, its own stay inside) where each `tmpfs`
+   * path gets an empty tmpfs and each [source, target] of `binds` is bind-mounted (targets made).
+   * Each `shared` mount point is made shared there, with the mounts below it (--make-rshared), so
+   * what containerd mounts (pod network namespaces) reaches containers that mount a path with
+   * HostToContainer propagation; nothing propagates back to the machine's own mounts (slave).
+   */
+  mounts?: { tmpfs?: string[]; binds: [string, string][]; shared?: string[] };
+  /** runtimeOnly waits for RuntimeReady alone (NetworkReady needs a CNI config in the conf dir). */
+  runtimeOnly?: boolean;
 }
 
 /**
@@ -195,7 +228,19 @@ export async function startContainerd(host: Host, opts: ContainerdOptions): Prom
   );
   // nsenter, not `ip netns exec`: the latter remounts /sys and hides the cgroups runc needs.
   // nsenter (no --fork) execs containerd: child.pid is containerd's pid.
-  const child = spawn('nsenter', [`--net=/run/netns/${host.name}`, 'containerd', '--config', config], {
+  let wrap: string[] = [];
+  if (opts.mounts !== undefined) {
+    const q = (x: string) => `'${x.replace(/'/g, "'\\''")}'`;
+    const script = [
+      'set -e',
+      ...(opts.mounts.tmpfs ?? []).map((t) => `mkdir -p ${q(t)} && mount -t tmpfs tmpfs ${q(t)}`),
+      ...opts.mounts.binds.map(([src, dst]) => `mkdir -p ${q(dst)} && mount --bind ${q(src)} ${q(dst)}`),
+      ...(opts.mounts.shared ?? []).map((m) => `mount --make-rshared ${q(m)}`),
+      'exec "$@"',
+    ].join('\n');
+    wrap = ['unshare', '--mount', '--propagation', 'slave', 'sh', '-c', script, 'sh'];
+  }
+  const child = spawn('nsenter', [`--net=/run/netns/${host.name}`, ...wrap, 'containerd', '--config', config], {
     stdio: ['ignore', 'ignore', 'pipe'],
   });
   let log = '';
@@ -204,7 +249,8 @@ export async function startContainerd(host: Host, opts: ContainerdOptions): Prom
   });
   const d = { host, dir, socket, child, log: () => log } as Containerd;
   try {
-    await ready(d, opts.pauseTar);
+    await ready(d, [...(opts.pauseTar === undefined ? [] : [opts.pauseTar]), ...(opts.images ?? [])]);
+    await criReady(d, opts.runtimeOnly === true ? ['RuntimeReady'] : ['RuntimeReady', 'NetworkReady']);
   } catch (err) {
     await stopContainerd(d, 'SIGKILL');
     throw err;
@@ -212,25 +258,29 @@ export async function startContainerd(host: Host, opts: ContainerdOptions): Prom
   return d;
 }
 
-async function ready(d: Containerd, pauseTar: string | undefined): Promise<void> {
-  const { child, socket, host } = d;
+async function ready(d: Containerd, images: string[]): Promise<void> {
+  const { child, socket } = d;
   await waitUntil(() => existsSync(socket) || child.exitCode !== null, {
     timeoutMs: 30_000,
     what: 'containerd socket',
   });
   if (child.exitCode !== null) throw new Error(`containerd exited: ${d.log().slice(-2000)}`);
-  if (pauseTar !== undefined) {
-    execFileSync('ctr', ['-a', socket, '-n', 'k8s.io', 'images', 'import', pauseTar], { stdio: 'pipe' });
+  for (const tar of images) {
+    execFileSync('ctr', ['-a', socket, '-n', 'k8s.io', 'images', 'import', tar], { stdio: 'pipe', timeout: 120_000 });
   }
   d.cri = await criClient(socket, proto as string);
+}
+
+/** criReady waits until CRI Status reports each of the `conditions` true. */
+export async function criReady(d: Containerd, conditions: readonly string[]): Promise<void> {
   await waitUntil(
     async () => {
       const st = await d.cri
         .call<{ status: { conditions: { type: string; status: boolean }[] } }>('Status', {})
         .catch(() => undefined);
-      return st?.status.conditions.every((c) => c.status) ?? false;
+      return conditions.every((c) => st?.status.conditions.find((x) => x.type === c)?.status === true);
     },
-    { timeoutMs: 30_000, what: `containerd on ${host.name} to be ready (runtime and network)` },
+    { timeoutMs: 30_000, what: `containerd on ${d.host.name} to report ${conditions.join(' and ')}` },
   );
 }
 
