@@ -1,167 +1,34 @@
-import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
-import { createHash } from 'node:crypto';
-import {
-  chmodSync,
-  copyFileSync,
-  existsSync,
-  mkdirSync,
-  readdirSync,
-  readFileSync,
-  rmSync,
-  symlinkSync,
-  writeFileSync,
-} from 'node:fs';
+import { execFile, execFileSync } from 'node:child_process';
+import { existsSync, mkdirSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SocketRouterApi } from '../cni/router-api.js';
-import { type Host, Lab, requireRoot, waitUntil } from '../lab/netns.js';
-import { CLI, launch, removeStateDirs, waitPeers, weft } from './weft.js';
+import { type Host, Lab, waitUntil } from '../lab/netns.js';
+import {
+  buildPauseImage,
+  type Containerd,
+  cleanupContainerd,
+  criSkipReason,
+  PLUGINS,
+  ROOT,
+  startContainerd,
+  stopContainerd,
+} from './cri.js';
+import { launch, removeStateDirs, waitPeers, weft } from './weft.js';
 
-const ROOT = path.resolve(path.dirname(CLI), '../..');
-const PLUGINS = '/usr/lib/cni';
-const BUSYBOX = '/bin/busybox';
-
-/** criProto returns the cached CRI v1 proto (cni/fetch-cri-proto.sh extracts it from Debian's containerd source). */
-function criProto(): string | undefined {
-  try {
-    return execFileSync('sh', [path.join(ROOT, 'cni/fetch-cri-proto.sh')], {
-      encoding: 'utf8',
-      timeout: 120_000,
-    }).trim();
-  } catch {
-    return undefined;
-  }
-}
-
-function which(cmd: string): boolean {
-  try {
-    execFileSync('sh', ['-c', `command -v ${cmd}`], { stdio: 'ignore' });
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-let proto: string | undefined;
-function skipReason(): string | undefined {
-  const root = requireRoot();
-  if (root !== undefined) return root;
-  if (!which('containerd') || !which('ctr') || !which('runc'))
-    return 'containerd/ctr/runc not installed (apt-get install containerd)';
-  if (!existsSync(BUSYBOX)) return `no static ${BUSYBOX} for the pause image (apt-get install busybox-static)`;
-  if (!existsSync(path.join(PLUGINS, 'loopback'))) return `no reference CNI plugins in ${PLUGINS}`;
-  if (!existsSync(path.join(ROOT, 'node_modules/@grpc/grpc-js'))) return 'no @grpc/grpc-js (npm ci)';
-  proto = criProto();
-  if (proto === undefined) return 'cannot get the CRI proto from Debian containerd source (cni/fetch-cri-proto.sh)';
-  return undefined;
-}
-const reason = skipReason();
+const run = promisify(execFile);
+const reason = criSkipReason();
 if (reason !== undefined) console.warn(`cri e2e skipped: ${reason}`);
-
-const PAUSE = 'docker.io/library/weft-pause:1';
-
-/**
- * buildPauseImage writes an OCI image archive whose only file is a static busybox and whose command
- * sleeps forever: the sandbox ("pause") image, made with no registry.
- */
-function buildPauseImage(dir: string): string {
-  const stage = path.join(dir, 'rootfs');
-  mkdirSync(path.join(stage, 'bin'), { recursive: true });
-  copyFileSync(BUSYBOX, path.join(stage, 'bin/busybox'));
-  chmodSync(path.join(stage, 'bin/busybox'), 0o755);
-  const oci = path.join(dir, 'oci');
-  const blobs = path.join(oci, 'blobs/sha256');
-  mkdirSync(blobs, { recursive: true });
-  const layerTar = path.join(dir, 'layer.tar');
-  execFileSync('tar', ['-C', stage, '--owner=0', '--group=0', '-cf', layerTar, '.']);
-  const blob = (data: Buffer): { digest: string; size: number } => {
-    const hex = createHash('sha256').update(data).digest('hex');
-    writeFileSync(path.join(blobs, hex), data);
-    return { digest: `sha256:${hex}`, size: data.length };
-  };
-  const layer = readFileSync(layerTar);
-  const layerBlob = blob(layer);
-  const config = blob(
-    Buffer.from(
-      JSON.stringify({
-        architecture: 'amd64',
-        os: 'linux',
-        config: { Cmd: ['/bin/busybox', 'sleep', '2147483647'] },
-        rootfs: { type: 'layers', diff_ids: [layerBlob.digest] },
-      }),
-    ),
-  );
-  const manifest = blob(
-    Buffer.from(
-      JSON.stringify({
-        schemaVersion: 2,
-        mediaType: 'application/vnd.oci.image.manifest.v1+json',
-        config: { mediaType: 'application/vnd.oci.image.config.v1+json', ...config },
-        layers: [{ mediaType: 'application/vnd.oci.image.layer.v1.tar', ...layerBlob }],
-      }),
-    ),
-  );
-  writeFileSync(path.join(oci, 'oci-layout'), JSON.stringify({ imageLayoutVersion: '1.0.0' }));
-  writeFileSync(
-    path.join(oci, 'index.json'),
-    JSON.stringify({
-      schemaVersion: 2,
-      manifests: [
-        {
-          mediaType: 'application/vnd.oci.image.manifest.v1+json',
-          ...manifest,
-          annotations: { 'io.containerd.image.name': PAUSE, 'org.opencontainers.image.ref.name': '1' },
-        },
-      ],
-    }),
-  );
-  const out = path.join(dir, 'pause.tar');
-  execFileSync('tar', ['-C', oci, '-cf', out, '.']);
-  return out;
-}
-
-/** CriClient is the few RuntimeService calls the test makes (CRI v1 over the containerd socket). */
-interface CriClient {
-  call<T>(method: string, req: unknown): Promise<T>;
-  close(): void;
-}
-
-async function criClient(socket: string, protoFile: string): Promise<CriClient> {
-  const grpc = await import('@grpc/grpc-js');
-  const loader = await import('@grpc/proto-loader');
-  const def = await loader.load(protoFile, { keepCase: false, longs: Number, enums: String, defaults: true });
-  const pkg = grpc.loadPackageDefinition(def) as unknown as {
-    runtime: { v1: { RuntimeService: new (addr: string, creds: unknown) => Record<string, unknown> } };
-  };
-  const svc = new pkg.runtime.v1.RuntimeService(`unix://${socket}`, grpc.credentials.createInsecure()) as Record<
-    string,
-    unknown
-  > & { close(): void };
-  return {
-    call: <T>(method: string, req: unknown) =>
-      new Promise<T>((resolve, reject) => {
-        const fn = svc[method] as (r: unknown, o: unknown, cb: (e: Error | null, v: T) => void) => void;
-        fn.call(svc, req, { deadline: Date.now() + 60_000 }, (e, v) => (e ? reject(e) : resolve(v)));
-      }),
-    close: () => svc.close(),
-  };
-}
-
-/** Containerd is one containerd with the CRI plugin, run in a host namespace with its own dirs and socket. */
-interface Containerd {
-  host: Host;
-  dir: string;
-  socket: string;
-  child: ChildProcess;
-  cri: CriClient;
-}
 
 /**
  * Pods made by a real container runtime through CRI, the interface the kubelet drives: on two hosts,
  * each running containerd 1.6 (Debian) with its CRI plugin and a Weft router, RunPodSandbox calls the
  * `weft` CNI plugin chained with portmap; the pods get Weft addresses, reach each other across hosts,
- * and StopPodSandbox/RemovePodSandbox (CNI DEL twice, the second with no netns) free them.
+ * iperf3 each other with no NAT (the receiver sees the sender's pod address), resolve each other's
+ * names through Weft DNS, and StopPodSandbox/RemovePodSandbox (CNI DEL twice, the second with no
+ * netns) free them.
  */
 describe.skipIf(reason)('CRI (containerd) runs pods on the weft network', () => {
   const net = `weft-cri-${process.pid}`;
@@ -172,58 +39,6 @@ describe.skipIf(reason)('CRI (containerd) runs pods on the weft network', () => 
   let hosts: Host[] = [];
   const daemons: Containerd[] = [];
   const pods: { d: Containerd; id: string; ip: string }[] = [];
-
-  async function startContainerd(host: Host, pauseTar: string): Promise<Containerd> {
-    const dir = path.join(work, host.name);
-    mkdirSync(dir, { recursive: true });
-    const socket = path.join(dir, 'containerd.sock');
-    writeFileSync(
-      path.join(dir, 'config.toml'),
-      [
-        'version = 2',
-        `root = "${dir}/root"`,
-        `state = "${dir}/state"`,
-        'disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs"]',
-        '[grpc]',
-        `  address = "${socket}"`,
-        '[plugins."io.containerd.grpc.v1.cri"]',
-        `  sandbox_image = "${PAUSE}"`,
-        '  restrict_oom_score_adj = true',
-        '  [plugins."io.containerd.grpc.v1.cri".cni]',
-        `    bin_dir = "${binDir}"`,
-        `    conf_dir = "${confDir}"`,
-      ].join('\n'),
-    );
-    // nsenter, not `ip netns exec`: the latter remounts /sys and hides the cgroups runc needs.
-    const child = spawn(
-      'nsenter',
-      [`--net=/run/netns/${host.name}`, 'containerd', '--config', path.join(dir, 'config.toml')],
-      {
-        stdio: ['ignore', 'ignore', 'pipe'],
-      },
-    );
-    let log = '';
-    child.stderr?.on('data', (b: Buffer) => {
-      log = (log + b.toString()).slice(-20_000);
-    });
-    const d = { host, dir, socket, child } as Containerd;
-    daemons.push(d);
-    await waitUntil(() => existsSync(socket) || child.exitCode !== null, {
-      timeoutMs: 30_000,
-      what: 'containerd socket',
-    });
-    if (child.exitCode !== null) throw new Error(`containerd exited: ${log.slice(-2000)}`);
-    execFileSync('ctr', ['-a', socket, '-n', 'k8s.io', 'images', 'import', pauseTar], { stdio: 'pipe' });
-    d.cri = await criClient(socket, proto as string);
-    await waitUntil(
-      async () => {
-        const st = await d.cri.call<{ status: { conditions: { type: string; status: boolean }[] } }>('Status', {});
-        return st.status.conditions.every((c) => c.status);
-      },
-      { timeoutMs: 30_000, what: `containerd on ${host.name} to be ready (runtime and network)` },
-    );
-    return d;
-  }
 
   beforeAll(async () => {
     mkdirSync(confDir, { recursive: true });
@@ -251,7 +66,9 @@ describe.skipIf(reason)('CRI (containerd) runs pods on the weft network', () => 
     await launch(h2, [h1.underlayIp], ['--container-grace', '1000']);
     await waitPeers(h1, 1);
     await waitPeers(h2, 1);
-    for (const h of hosts) await startContainerd(h, pauseTar);
+    for (const h of hosts) {
+      daemons.push(await startContainerd(h, { dir: path.join(work, h.name), binDir, confDir, pauseTar }));
+    }
   });
 
   afterAll(async () => {
@@ -260,34 +77,8 @@ describe.skipIf(reason)('CRI (containerd) runs pods on the weft network', () => 
         await d.cri?.call('StopPodSandbox', { podSandboxId: p.id }).catch(() => undefined);
         await d.cri?.call('RemovePodSandbox', { podSandboxId: p.id }).catch(() => undefined);
       }
-      d.cri?.close();
-      if (d.child.exitCode === null && d.child.pid !== undefined) {
-        process.kill(d.child.pid, 'SIGTERM');
-        await waitUntil(() => d.child.exitCode !== null, { timeoutMs: 10_000, what: 'containerd to exit' }).catch(
-          () => {
-            if (d.child.pid !== undefined) process.kill(d.child.pid, 'SIGKILL');
-          },
-        );
-      }
-      // Shims it left: stop them by their pid files under its state dir.
-      for (const f of findFiles(path.join(d.dir, 'state'), 'shim.pid')) {
-        const pid = Number(readFileSync(f, 'utf8'));
-        if (pid > 0) {
-          try {
-            process.kill(pid, 'SIGKILL');
-          } catch {
-            // gone
-          }
-        }
-      }
-      // Mounts it left under its root (snapshots, sandbox shm): lazily unmounted, deepest first.
-      const mounts = readFileSync('/proc/mounts', 'utf8')
-        .split('\n')
-        .map((l) => l.split(' ')[1] ?? '')
-        .filter((m) => m.startsWith(`${d.dir}/`))
-        .sort()
-        .reverse();
-      for (const m of mounts) execFileSync('umount', ['-l', m], { stdio: 'ignore' });
+      await stopContainerd(d);
+      cleanupContainerd(d.dir);
     }
     await topo?.destroy();
     if (topo) removeStateDirs(topo);
@@ -336,6 +127,60 @@ describe.skipIf(reason)('CRI (containerd) runs pods on the weft network', () => 
     );
   });
 
+  /** inPod runs a command in a pod's network namespace (the path the router recorded for it). */
+  async function inPod(p: (typeof pods)[0], cmd: string[], timeoutMs = 30_000) {
+    const recs = await new SocketRouterApi(`/run/weft/netns/${p.d.host.name}/weft.sock`).list();
+    const netns = recs.find((r) => r.target === `${net}:${p.id}:eth0`)?.netns as string;
+    return run('nsenter', [`--net=${netns}`, ...cmd], { timeout: timeoutMs });
+  }
+
+  it('iperf3 from pod to pod across hosts: the receiver sees the sender’s pod address (no NAT)', async () => {
+    const [a, b] = pods as [(typeof pods)[0], (typeof pods)[0]];
+    const server = inPod(b, ['iperf3', '-s', '-1', '-J', '-B', b.ip, '-p', '5301'], 60_000);
+    type Iperf = {
+      error?: string;
+      start: { connected: { local_host: string; remote_host: string }[] };
+      end: { sum_received?: { bytes: number } };
+    };
+    let sent: Iperf | undefined;
+    // Until the server listens the client fails (iperf3 -J may exit 0 with an `error` in its JSON).
+    await waitUntil(
+      async () => {
+        const r = await inPod(a, ['iperf3', '-c', b.ip, '-p', '5301', '-t', '1', '-J']).catch(
+          (e: { stdout?: string }) => e,
+        );
+        sent = JSON.parse(r.stdout || '{}') as Iperf;
+        return sent.error === undefined && sent.start?.connected?.length === 1;
+      },
+      { timeoutMs: 30_000, what: 'iperf3 from the pod on h1 to the pod on h2' },
+    );
+    expect(sent?.start.connected[0]?.local_host).toBe(a.ip);
+    expect(sent?.end.sum_received?.bytes).toBeGreaterThan(0);
+    const got = JSON.parse((await server).stdout) as Iperf;
+    expect(got.start.connected[0]?.remote_host).toBe(a.ip);
+  });
+
+  it('pods resolve each other’s names (K8S_POD_NAME.weft.local) through Weft DNS on their node', async () => {
+    const [a, b] = pods as [(typeof pods)[0], (typeof pods)[0]];
+    for (const [from, to, name] of [
+      [a, b, 'pod1'],
+      [b, a, 'pod0'],
+    ] as const) {
+      // The DNS server the CNI result names: the node's overlay address, the pod's gateway.
+      const gw = /via (\S+)/.exec((await inPod(from, ['ip', '-4', 'route', 'show', 'default'])).stdout)?.[1];
+      expect(gw).toMatch(/^10\./);
+      await waitUntil(
+        async () => {
+          const r = await inPod(from, ['dig', '+short', '+time=1', '+tries=1', `@${gw}`, `${name}.weft.local`]).catch(
+            () => ({ stdout: '' }),
+          );
+          return r.stdout.trim() === to.ip;
+        },
+        { timeoutMs: 20_000, what: `${name}.weft.local to resolve to ${to.ip} from the other pod` },
+      );
+    }
+  });
+
   it('StopPodSandbox and RemovePodSandbox free the addresses', async () => {
     for (const p of pods.splice(0)) {
       await p.d.cri.call('StopPodSandbox', { podSandboxId: p.id });
@@ -347,15 +192,3 @@ describe.skipIf(reason)('CRI (containerd) runs pods on the weft network', () => 
     }
   });
 });
-
-/** findFiles lists files named `name` below `dir`. */
-function findFiles(dir: string, name: string): string[] {
-  if (!existsSync(dir)) return [];
-  const out: string[] = [];
-  for (const e of readdirSync(dir, { withFileTypes: true })) {
-    const p = path.join(dir, e.name);
-    if (e.isDirectory()) out.push(...findFiles(p, name));
-    else if (e.name === name) out.push(p);
-  }
-  return out;
-}

@@ -73,6 +73,20 @@ describe('k8s/weft.yaml', () => {
     // Pod egress (issue 16 part 3): masqueraded beyond the overlay, with the router's own nftables table.
     expect(launchArgs()).toContain('--masquerade');
     expect(hostPathOf(router, '/var/run/netns')).toBe('/var/run/netns');
+    // The runtime mounts each new pod's namespace there after the router started: it must see them.
+    const netns = router.volumeMounts.find((v: Doc) => v.mountPath === '/var/run/netns');
+    expect(netns.mountPropagation).toBe('HostToContainer');
+  });
+
+  it('is privileged: the router writes /proc/sys (veth sysctls, ip_forward), read-only in any other container', () => {
+    // control/attach.ts writes them for every pod; CRI mounts /proc/sys read-only unless privileged.
+    expect(router.securityContext.privileged).toBe(true);
+  });
+
+  it("names the router's peer after the Node (kube-peers reclaims a deleted Node's space by it)", () => {
+    expect(flagValue('--nickname')).toBe('"$NODE_NAME"');
+    const env = router.env.find((e: Doc) => e.name === 'NODE_NAME');
+    expect(env.valueFrom.fieldRef.fieldPath).toBe('spec.nodeName');
   });
 
   it('gives only flags `weft launch` takes, each environment variable from the pod spec', () => {
