@@ -481,18 +481,39 @@ export class MeshCore {
     if (this.opts.discovery === false || dialer === undefined) return;
     const links = this.opts.links;
     const room = Math.max(0, (this.opts.discoveryDegree ?? DISCOVERY_DEGREE) - links.neighbours().length);
-    const addrOf = new Map<PeerName, string>();
+    // The `room` best-ranked candidates, kept sorted while every connection listed is looked at
+    // once (no map of every candidate, no sort of them all). A candidate's target is the last one
+    // listed for it; one not taken at its first sight never is (the bar only rises).
+    const peers: PeerName[] = [];
+    const ranks: number[] = [];
+    const targets: string[] = [];
     for (const e of room === 0 ? [] : entries) {
-      for (const c of e.connections) {
-        if (c.peer === this.name || links.has(c.peer)) continue;
-        addrOf.set(c.peer, `${c.addr}:${c.tcpPort}`);
+      const listed = targetsOf(e);
+      for (let i = 0; i < e.connections.length; i++) {
+        const peer = e.connections[i]!.peer;
+        if (peer === this.name) continue;
+        const r = this.rankOf(peer);
+        const full = peers.length === room;
+        if (full && !before(r, peer, ranks[room - 1]!, peers[room - 1]!)) continue;
+        const at = peers.indexOf(peer);
+        if (at >= 0) {
+          targets[at] = listed[i]!;
+          continue;
+        }
+        if (links.has(peer)) continue;
+        let k = full ? room - 1 : peers.length;
+        while (k > 0 && before(r, peer, ranks[k - 1]!, peers[k - 1]!)) {
+          peers[k] = peers[k - 1]!;
+          ranks[k] = ranks[k - 1]!;
+          targets[k] = targets[k - 1]!;
+          k--;
+        }
+        peers[k] = peer;
+        ranks[k] = r;
+        targets[k] = listed[i]!;
       }
     }
-    const chosen =
-      room === 0
-        ? []
-        : [...addrOf.keys()].sort((a, b) => this.rankOf(a) - this.rankOf(b) || (a < b ? -1 : 1)).slice(0, room);
-    const want = new Set(chosen.map((p) => addrOf.get(p) as string));
+    const want = new Set(targets);
     const stale = [...this.discovered].filter((t) => !want.has(t) && !dialer.isPersistent(t));
     if (stale.length > 0) dialer.removeTargets(stale);
     const fresh = [...want].filter((t) => !this.discovered.has(t));
@@ -509,6 +530,23 @@ export class MeshCore {
     }
     return r;
   }
+}
+
+/** before orders discovery candidates: by rank, then by name. */
+function before(rank: number, peer: PeerName, otherRank: number, other: PeerName): boolean {
+  return rank < otherRank || (rank === otherRank && peer < other);
+}
+
+/** targetCache holds, per (immutable) entry, the `addr:port` targets of its connections, in order. */
+const targetCache = new WeakMap<PeerEntry, readonly string[]>();
+
+function targetsOf(e: PeerEntry): readonly string[] {
+  let t = targetCache.get(e);
+  if (t === undefined) {
+    t = e.connections.map((c) => `${c.addr}:${c.tcpPort}`);
+    targetCache.set(e, t);
+  }
+  return t;
 }
 
 /** RANK_CACHE_MAX bounds the pairHash cache (it is cleared when full; entries are cheap to redo). */
