@@ -139,7 +139,8 @@ function lineFrom(child: ChildProcess, re: RegExp, timeoutMs = 15_000): Promise<
     const timer = setTimeout(() => reject(new Error(`no line matching ${re} (output: ${text})`)), timeoutMs);
     child.stdout?.on('data', (b: Buffer) => {
       text += b.toString('utf8');
-      const line = text.split('\n').find((l) => re.test(l));
+      // Complete lines only: a print of several values may reach us in several writes.
+      const line = text.split('\n').slice(0, -1).find((l) => re.test(l));
       if (line !== undefined) {
         clearTimeout(timer);
         resolve(line);
