@@ -87,6 +87,16 @@ describe('buildLaunchConfig', () => {
     );
   });
 
+  it('takes WEFT_REKEY_AFTER_MS between 1 s and the 120 s default, and nothing else', () => {
+    expect(buildLaunchConfig([], { stateDir: '/tmp/x' }, {}).rekeyAfterTimeMs).toBeUndefined();
+    expect(buildLaunchConfig([], { stateDir: '/tmp/x' }, { WEFT_REKEY_AFTER_MS: '1000' }).rekeyAfterTimeMs).toBe(1000);
+    for (const bad of ['999', '120001', '2s', '']) {
+      expect(() => buildLaunchConfig([], { stateDir: '/tmp/x' }, { WEFT_REKEY_AFTER_MS: bad })).toThrow(
+        /WEFT_REKEY_AFTER_MS/,
+      );
+    }
+  });
+
   it('takes --encap auto and fastdp, and refuses fastdp with a password (never the clear)', () => {
     expect(buildLaunchConfig([], { stateDir: '/tmp/x', encap: 'auto' }, {}).encap).toBe('auto');
     expect(buildLaunchConfig([], { stateDir: '/tmp/x', encap: 'fastdp' }, {}).encap).toBe('fastdp');

@@ -34,6 +34,7 @@ import {
   VXLAN_VNI_DEFAULT,
   VXLAN_VNI_MAX,
 } from '../router/constants.js';
+import { REKEY_AFTER_TIME_MS } from '../router/crypto/data-crypto.js';
 // Direct imports (not router/index.js): the CLI must start without loading the router.
 import { type IpamInit, parseIpamInit } from '../router/ipam/init.js';
 import { defaultStateDir, mkdirParents, type NetnsIdentity, netnsIdentity } from './state-dir.js';
@@ -216,6 +217,8 @@ export interface LaunchConfig {
   readonly discoveryDegree: number;
   /** peerTimeoutMs: a data path silent this long either way is failed and routed around. */
   readonly peerTimeoutMs: number;
+  /** rekeyAfterTimeMs (WEFT_REKEY_AFTER_MS, with a password): data keys ratchet at least this often; undefined: 120 s. */
+  readonly rekeyAfterTimeMs: number | undefined;
 }
 
 /** LaunchFlags are the raw values from the command line (strings as typed). */
@@ -409,6 +412,10 @@ export function buildLaunchConfig(
       flags.peerTimeout === undefined
         ? PEER_DOWN_TIMEOUT_MS
         : parseIntIn(flags.peerTimeout, '--peer-timeout', 1_000, 600_000),
+    rekeyAfterTimeMs:
+      env.WEFT_REKEY_AFTER_MS === undefined
+        ? undefined
+        : parseIntIn(env.WEFT_REKEY_AFTER_MS, 'WEFT_REKEY_AFTER_MS', 1_000, REKEY_AFTER_TIME_MS),
   };
   if ((cfg.encap === 'auto' || cfg.encap === 'fastdp') && cfg.vxlanPeers.length > 0) {
     // The kernel's weft-vx owns the VXLAN port there: no userspace VXLAN socket to meet them.

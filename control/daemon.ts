@@ -84,6 +84,7 @@ export async function runForeground(cfg: LaunchConfig, log: Logger = createLogge
     discovery: !cfg.noDiscovery,
     discoveryDegree: cfg.discoveryDegree,
     peerTimeoutMs: cfg.peerTimeoutMs,
+    ...(cfg.rekeyAfterTimeMs === undefined ? {} : { rekeyAfterTimeMs: cfg.rekeyAfterTimeMs }),
     ipam: {
       init: cfg.ipallocInit,
       persisted: loadIpam(cfg.stateDir),

@@ -62,6 +62,8 @@ export interface RouterOptions {
   discovery?: boolean;
   /** peerTimeoutMs: a data path silent this long in either direction is failed (default PEER_DOWN_TIMEOUT_MS). */
   peerTimeoutMs?: number;
+  /** rekeyAfterTimeMs: with a password, data keys ratchet at least this often (default REKEY_AFTER_TIME_MS, 120 s). */
+  rekeyAfterTimeMs?: number;
   /**
    * ipam configures address allocation in `ipallocRange`: how the ring starts, the persisted
    * state and where to save it. Default: seed alone on first use, nothing persisted.

@@ -133,7 +133,8 @@ function peerStatus(s: StatusSources): PeerStatus[] {
       ...(!relayed &&
         st !== undefined &&
         fastReason(st, s.nowMs) !== undefined && { encapReason: fastReason(st, s.nowMs) }),
-      ...(!relayed && st?.sleeveHop.crypto?.open === true && { dataEncrypted: true }),
+      ...(!relayed &&
+        st?.sleeveHop.crypto?.open === true && { dataEncrypted: true, dataRekeys: st.sleeveHop.crypto.rekeys }),
       ...(!relayed && st?.conn.dataTrusted === true && { dataTrusted: true }),
       mtu: st?.conn.remote.mtu ?? 0,
       cidrs: [...e.cidrs],

@@ -114,6 +114,7 @@ export class Router implements Startable {
       log: this.log,
       encap: opts.encap,
       peerTimeoutMs: opts.peerTimeoutMs,
+      ...(opts.rekeyAfterTimeMs === undefined ? {} : { rekeyAfterTimeMs: opts.rekeyAfterTimeMs }),
       forwarder: () => this.plane.forwarder,
       routeMtu: (addr) => this.plane.routeMtu(addr),
       kernelPathMtu: (addr) => this.plane.kernelPathMtu(addr),

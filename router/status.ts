@@ -21,6 +21,8 @@ export interface PeerStatus {
    * and the peer is directly connected); absent or false: data crosses in the clear.
    */
   dataEncrypted?: boolean;
+  /** dataRekeys counts the data key generations we moved to towards this peer (ratchets and reconnects). */
+  dataRekeys?: number;
   /**
    * dataTrusted is true when a password is set but each end's --trusted-subnets hold the other's
    * underlay address: its direct datagrams cross in the clear (the control connection is encrypted).

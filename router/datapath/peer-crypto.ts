@@ -1,6 +1,6 @@
 import type { DataKeys } from '../connection.js';
 import { AEAD_TAG_BYTES } from '../crypto/aead.js';
-import { DATA_AAD_BYTES, DataReceiver, DataSender } from '../crypto/data-crypto.js';
+import { DATA_AAD_BYTES, type DataCryptoOptions, DataReceiver, DataSender } from '../crypto/data-crypto.js';
 import type { NativeAddon } from '../tun/native.js';
 
 /** SEAL_COUNTER_BYTES is the counter a sealed sleeve datagram carries after its header (data-crypto.ts). */
@@ -26,10 +26,12 @@ export class PeerCrypto {
   constructor(
     private readonly native: NativeAddon | undefined,
     keys: DataKeys | undefined,
+    /** limits shortens the sender's rekey limits (WEFT_REKEY_AFTER_MS). */
+    private readonly limits: DataCryptoOptions = {},
   ) {
     this.cipher = keys?.suite ?? 'none';
     if (native === undefined || keys === undefined) return; // NO_KEYS
-    this.#sender = new DataSender(native, keys.suite, keys.send);
+    this.#sender = new DataSender(native, keys.suite, keys.send, limits);
     this.#receiver = new DataReceiver(native, keys.suite, keys.recv);
   }
 
@@ -51,6 +53,11 @@ export class PeerCrypto {
     return this.#receiver;
   }
 
+  /** rekeys counts the generations our sender moved to (ratchets and installs); 0 after close. */
+  get rekeys(): number {
+    return this.#sender?.rekeys ?? 0;
+  }
+
   /** open says whether keys are installed (not closed). */
   get open(): boolean {
     return this.#sender !== undefined;
@@ -65,7 +72,7 @@ export class PeerCrypto {
     const native = this.native;
     if (native === undefined) throw new Error('NO_KEYS takes no keys');
     if (this.#sender === undefined || this.#receiver === undefined) {
-      this.#sender = new DataSender(native, keys.suite, keys.send);
+      this.#sender = new DataSender(native, keys.suite, keys.send, this.limits);
       this.#receiver = new DataReceiver(native, keys.suite, keys.recv);
       return;
     }

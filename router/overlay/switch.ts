@@ -121,6 +121,8 @@ export interface OverlaySwitchOptions {
   readonly fastdp?: () => FastdpSender | undefined;
   /** peerTimeoutMs: an overlay silent this long in either direction is failed (default PEER_DOWN_TIMEOUT_MS). */
   readonly peerTimeoutMs?: number;
+  /** rekeyAfterTimeMs: data keys ratchet at least this often (default REKEY_AFTER_TIME_MS). */
+  readonly rekeyAfterTimeMs?: number;
   /** forwarder sends the heartbeats (undefined while the data plane is closed). */
   readonly forwarder: () => Forwarder | undefined;
   /** routeMtu is where path MTU discovery starts towards an underlay address. */
@@ -294,7 +296,8 @@ export class OverlaySwitch {
       return old;
     }
     old?.close();
-    const pc = new PeerCrypto(native, keys);
+    const rekey = this.opts.rekeyAfterTimeMs;
+    const pc = new PeerCrypto(native, keys, rekey === undefined ? {} : { rekeyAfterTimeMs: rekey });
     this.cryptos.set(name, pc);
     return pc;
   }
