@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { deleted, type NodeJson, nodePeers, reclaimer, targetsFor } from './kube-peers.js';
+import { deleted, type NodeJson, nodePeers, reclaimer, reclaimSettled, targetsFor } from './kube-peers.js';
 
 /** NODE_LIST is a NodeList as a v1.29 API server answers GET /api/v1/nodes (trimmed of images and conditions). */
 const NODE_LIST = {
@@ -74,5 +74,10 @@ describe('kube-peers', () => {
   it('finds the Nodes deleted since the last list', () => {
     expect(deleted(new Set(['worker-a', 'worker-z', 'control-plane']), peers)).toEqual(['worker-z']);
     expect(deleted(new Set(), peers)).toEqual([]);
+  });
+
+  it('asks again for a deleted Node the router refused (still reachable) or did not answer, not after done or 404', () => {
+    expect([200, 204, 404].map(reclaimSettled)).toEqual([true, true, true]);
+    expect([0, 409, 500, 503].map(reclaimSettled)).toEqual([false, false, false, false]);
   });
 });

@@ -8,7 +8,9 @@
  *   a target at once and a deleted one stops being retried;
  * - `POST /rmpeer {peer}` for a Node that was deleted: its address space is taken over. The router
  *   is launched with `--nickname $(NODE_NAME)`, so the Node's name is its peer's nickname. Only one
- *   router may reclaim a share: the Node with the smallest name among the live ones does it.
+ *   router may reclaim a share: the Node with the smallest name among the live ones does it. A
+ *   Node deleted while its router still answers (the router refuses: 409) is asked again every
+ *   round until the router takes its space over (2xx) or says there is nothing to take (404).
  *
  * It polls every WEFT_KUBE_PEERS_INTERVAL_S (default 30) seconds; a failed round is logged and
  * the next one tried. Pure parts ({@link nodePeers}, {@link reclaimer}) are tested on NodeList
@@ -60,6 +62,15 @@ export function deleted(before: ReadonlySet<string>, now: readonly NodePeer[]): 
   return [...before].filter((n) => !live.has(n)).sort();
 }
 
+/**
+ * reclaimSettled says whether an answer to `POST /rmpeer` ends the attempts for a deleted Node:
+ * done (2xx) or nothing to take over (404: no such peer, or it owns no space); a refusal because
+ * the peer is still reachable (409), an error or no answer means: ask again next round.
+ */
+export function reclaimSettled(status: number): boolean {
+  return (status >= 200 && status < 300) || status === 404;
+}
+
 /** post sends one JSON request to the router's API socket; resolves its status code. */
 function post(socket: string, path: string, body: unknown): Promise<number> {
   const payload = Buffer.from(JSON.stringify(body));
@@ -94,19 +105,24 @@ async function run(): Promise<void> {
   kc.loadFromDefault();
   const core = kc.makeApiClient(k8s.CoreV1Api);
   let seen = new Set<string>();
+  /** pending: deleted Nodes whose space is not taken over yet (see reclaimSettled). */
+  const pending = new Set<string>();
   for (;;) {
     try {
       const list = await core.listNode();
       const peers = nodePeers(list.items as NodeJson[]);
       const status = await post(socket, '/connect', { peers: targetsFor(peers, self), replace: true });
       if (status >= 300) console.error(`kube-peers: connect answered HTTP ${status}`);
+      for (const gone of deleted(seen, peers)) pending.add(gone);
+      seen = new Set(peers.map((p) => p.name));
+      for (const name of seen) pending.delete(name); // registered again
       if (reclaimer(peers, self)) {
-        for (const gone of deleted(seen, peers)) {
+        for (const gone of [...pending]) {
           const s = await post(socket, '/rmpeer', { peer: gone });
           console.error(`kube-peers: node ${gone} deleted: rmpeer answered HTTP ${s}`);
+          if (reclaimSettled(s)) pending.delete(gone);
         }
       }
-      seen = new Set(peers.map((p) => p.name));
     } catch (err) {
       console.error(`kube-peers: ${(err as Error).message}`);
     }

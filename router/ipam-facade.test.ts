@@ -25,7 +25,7 @@ function entry(name: PeerName, nickname: string): PeerEntry {
   };
 }
 
-function setup(routes: Routes = emptyRoutes(SELF), connected = false) {
+function setup(routes: Routes = emptyRoutes(SELF), connected = false, forgottenEntries: PeerEntry[] = []) {
   const ipam = new IpamService(
     { self: SELF, range: parseCidr('10.40.0.0/16'), init: { mode: 'auto', alone: true }, clock: new VirtualClock() },
     { broadcast: () => {}, unicast: () => false },
@@ -36,6 +36,7 @@ function setup(routes: Routes = emptyRoutes(SELF), connected = false) {
     self: SELF,
     ipam,
     entries: () => [entry(SELF, 'me'), entry(B, 'b'), entry('02:00:00:00:00:03' as PeerName, 'b')],
+    forgottenEntries: () => forgottenEntries,
     routes: () => routes,
     connected: () => connected,
     forgotten: (p) => forgotten.push(...p),
@@ -59,6 +60,14 @@ describe('IpamFacade', () => {
     expect(() => facade.rmpeer(B)).toThrow(/is reachable/);
     expect(() => facade.rmpeer('b')).toThrow(/ambiguous/);
     expect(() => facade.rmpeer('nobody')).toThrow(/no peer "nobody"/);
+  });
+
+  it('finds a forgotten peer by its nickname (live entries first), and still refuses one owning no space', () => {
+    const gone = '02:00:00:00:00:09' as PeerName;
+    const { facade } = setup(emptyRoutes(SELF), false, [entry(gone, 'node-c'), entry(B, 'b')]);
+    expect(() => facade.rmpeer('node-c')).toThrow(`peer ${gone} owns no address space`);
+    expect(() => facade.rmpeer('b')).toThrow(/ambiguous/); // two live entries say b: the forgotten one is not asked
+    expect(() => facade.rmpeer('node-d')).toThrow(/no peer "node-d"/);
   });
 
   it('refuses rmpeer of a peer owning no space', () => {

@@ -16,6 +16,12 @@ export interface IpamFacadeOptions {
   readonly self: PeerName;
   readonly ipam: IpamService;
   readonly entries: () => readonly PeerEntry[];
+  /**
+   * forgottenEntries are the entries of peers forgotten as unreachable that the topology still
+   * keeps (router/topology.ts, for FORGOTTEN_KEEP_MS): rmpeer by nickname finds a peer gone a while
+   * ago there (Kubernetes: a deleted Node is noticed at the next poll, after the peer was forgotten).
+   */
+  readonly forgottenEntries?: () => readonly PeerEntry[];
   readonly routes: () => Routes;
   /** connected says whether a peer has a control connection to us. */
   readonly connected: (peer: PeerName) => boolean;
@@ -44,7 +50,8 @@ export class IpamFacade {
 
   /**
    * rmpeer takes over the address space of a peer gone for good (by name, or by nickname while it
-   * is still in the topology). Refused while the peer is reachable. Run it on one host only.
+   * is in the topology or its store of forgotten peers). Refused while the peer is reachable. Run
+   * it on one host only.
    */
   rmpeer(peer: string): { peer: PeerName; addresses: number } {
     const { self, ipam } = this.opts;
@@ -82,7 +89,8 @@ export class IpamFacade {
     const entries = this.opts.entries();
     const byName = entries.find((e) => e.name === peer) ?? this.opts.ipam.spans().find((s) => s.owner === peer);
     if (byName !== undefined) return peer as PeerName;
-    const byNick = entries.filter((e) => e.nickname === peer);
+    let byNick = entries.filter((e) => e.nickname === peer);
+    if (byNick.length === 0) byNick = (this.opts.forgottenEntries?.() ?? []).filter((e) => e.nickname === peer);
     if (byNick.length === 1) return byNick[0]!.name;
     if (byNick.length > 1) throw new InputError(`nickname "${peer}" is ambiguous: give the peer name`);
     throw new WeftError('EWEFT_NOT_FOUND', `no peer "${peer}" (give a peer name like 0a:1b:2c:3d:4e:5f)`);

@@ -178,6 +178,7 @@ export class Router implements Startable {
       self: opts.name,
       ipam: this.ipam,
       entries: () => this.mesh.entries(),
+      forgottenEntries: () => this.mesh.topology?.forgotten() ?? [],
       routes: () => this.mesh.routes,
       connected: (p) => this.links.has(p),
       forgotten: (peers) => this.onPeersForgotten?.(peers, true),
