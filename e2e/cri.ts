@@ -16,6 +16,7 @@ import {
   writeFileSync,
 } from 'node:fs';
 import path from 'node:path';
+import { unmountUnder } from '../lab/mounts.js';
 import { type Host, requireRoot, waitUntil } from '../lab/netns.js';
 import { CLI } from './weft.js';
 
@@ -317,13 +318,7 @@ export function cleanupContainerd(dir: string): void {
       }
     }
   }
-  const mounts = readFileSync('/proc/mounts', 'utf8')
-    .split('\n')
-    .map((l) => l.split(' ')[1] ?? '')
-    .filter((m) => m.startsWith(`${dir}/`))
-    .sort()
-    .reverse();
-  for (const m of mounts) execFileSync('umount', ['-l', m], { stdio: 'ignore' });
+  unmountUnder(dir);
 }
 
 /** findFiles lists files named `name` below `dir`. */

@@ -12,11 +12,12 @@
  * differ from what a user types (`-d weft`). The host's router (outside that mount namespace)
  * listens on `DIR/plugins/weft.sock`, the inode dockerd sees as /run/docker/plugins/weft.sock.
  */
-import { execFile, execFileSync, spawn } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { cpSync, existsSync, lstatSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { expect } from 'vitest';
+import { removeMounted } from '../lab/mounts.js';
 import { type Host, requireRoot, waitUntil } from '../lab/netns.js';
 
 const run = promisify(execFile);
@@ -150,21 +151,7 @@ export class Engine {
       }
       this.pid = undefined;
     }
-    // Mounts dockerd leaves behind (nsfs of exec/netns, overlays after a SIGKILL), deepest first;
-    // with ownPlugins they were in its own mount namespace and none are seen here.
-    const mounts = readFileSync('/proc/self/mounts', 'utf8')
-      .split('\n')
-      .map((l) => l.split(' ')[1] ?? '')
-      .filter((m) => m.startsWith(`${this.dir}/`))
-      .sort((a, b) => b.length - a.length);
-    for (const m of mounts) {
-      try {
-        execFileSync('umount', ['-l', m], { stdio: 'ignore' });
-      } catch {
-        // best effort
-      }
-    }
-    rmSync(this.dir, { recursive: true, force: true });
+    removeMounted(this.dir);
   }
 }
 

@@ -1,10 +1,11 @@
 import { execFile, execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, readdirSync, readFileSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { removeMounted } from '../lab/mounts.js';
 import { type Host, Lab, requireRoot, waitUntil } from '../lab/netns.js';
 import { CLI, launch, removeStateDirs, waitPeers, weft } from './weft.js';
 
@@ -182,19 +183,7 @@ describe.skipIf(reason)('podman with the CNI backend runs containers on the weft
       await podman(h1, ['rmi', '-a', '-f'], true);
     }
     for (const h of [h1, h2]) if (h !== undefined) await weft(h, ['stop'], { allowFail: true });
-    const mounts = readFileSync('/proc/self/mounts', 'utf8')
-      .split('\n')
-      .map((l) => l.split(' ')[1] ?? '')
-      .filter((m) => m.startsWith(`${dir}/`))
-      .sort((a, b) => b.length - a.length);
-    for (const m of mounts) {
-      try {
-        execFileSync('umount', ['-l', m], { stdio: 'ignore' });
-      } catch {
-        // best effort
-      }
-    }
-    rmSync(dir, { recursive: true, force: true });
+    removeMounted(dir);
     for (const f of existsSync(CNI_RESULTS) ? readdirSync(CNI_RESULTS) : []) {
       if (f.startsWith(`${net}-`)) rmSync(path.join(CNI_RESULTS, f), { force: true });
     }

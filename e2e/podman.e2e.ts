@@ -1,9 +1,10 @@
-import { execFile, execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
+import { execFile } from 'node:child_process';
+import { existsSync, mkdirSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { removeMounted } from '../lab/mounts.js';
 import { type Host, Lab, requireRoot, waitUntil } from '../lab/netns.js';
 import { launch, removeStateDirs, weft } from './weft.js';
 
@@ -149,20 +150,7 @@ describe.skipIf(reason)('podman: containers attached by pid', () => {
       await podman(h1, ['rmi', '-a', '-f'], true);
     }
     for (const h of [h1, h2]) if (h !== undefined) await weft(h, ['stop'], { allowFail: true });
-    // Storage mounts podman may leave (overlay layers), deepest first.
-    const mounts = readFileSync('/proc/self/mounts', 'utf8')
-      .split('\n')
-      .map((l) => l.split(' ')[1] ?? '')
-      .filter((m) => m.startsWith(`${dir}/`))
-      .sort((a, b) => b.length - a.length);
-    for (const m of mounts) {
-      try {
-        execFileSync('umount', ['-l', m], { stdio: 'ignore' });
-      } catch {
-        // best effort
-      }
-    }
-    rmSync(dir, { recursive: true, force: true });
+    removeMounted(dir);
     if (!cacheExisted) {
       rmSync(PODMAN_CACHE, { recursive: true, force: true });
       try {
