@@ -157,6 +157,9 @@ function searchInto(g: Graph, root: number, parent: Int32Array, order: Int32Arra
   parent.fill(-2, 0, g.names.length);
   parent[root] = -1;
   let missing = until === undefined ? -1 : until.length - (until.includes(root) ? 1 : 0);
+  // Which peers we wait for, by index (cleared again below): one load per visit, not a search.
+  const wanted = until === undefined ? undefined : wantedMarks(g.names.length);
+  if (wanted !== undefined) for (const v of until!) wanted[v] = 1;
   // order doubles as the queue: [start, end) is the level being expanded, [end, len) the next one.
   order[0] = root;
   let len = 1;
@@ -168,13 +171,22 @@ function searchInto(g: Graph, root: number, parent: Int32Array, order: Int32Arra
         if (parent[v] !== -2) continue;
         parent[v] = u;
         order[len++] = v;
-        if (until !== undefined && isNeighbour(until, v) && --missing === 0) break levels;
+        if (wanted !== undefined && wanted[v] === 1 && --missing === 0) break levels;
       }
     }
     order.subarray(end, len).sort(); // the next level in index (= name) order
     start = end;
   }
+  if (wanted !== undefined) for (const v of until!) wanted[v] = 0;
   return len;
+}
+
+/** Scratch marks of {@link searchInto}: all 0 between searches. */
+let scratchWanted = new Uint8Array(0);
+
+function wantedMarks(n: number): Uint8Array {
+  if (scratchWanted.length < n) scratchWanted = new Uint8Array(n);
+  return scratchWanted;
 }
 
 /** Scratch space of {@link childrenOf}: one search at a time, never kept. */
@@ -194,20 +206,6 @@ function childrenOf(g: Graph, root: number, me: number): number[] {
   const mine = g.adj[me]!;
   searchInto(g, root, scratchParent, scratchOrder, mine);
   return mine.filter((v) => scratchParent[v] === me);
-}
-
-/** isNeighbour says whether `v` is in the ascending row `row` (binary search). */
-function isNeighbour(row: readonly number[], v: number): boolean {
-  let lo = 0;
-  let hi = row.length - 1;
-  while (lo <= hi) {
-    const mid = (lo + hi) >> 1;
-    const x = row[mid]!;
-    if (x === v) return true;
-    if (x < v) lo = mid + 1;
-    else hi = mid - 1;
-  }
-  return false;
 }
 
 /**
