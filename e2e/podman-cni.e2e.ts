@@ -1,37 +1,24 @@
-import { execFile, execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, readdirSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdirSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { removeMounted } from '../lab/mounts.js';
-import { type Host, Lab, requireRoot, waitUntil } from '../lab/netns.js';
+import { type Host, Lab, waitUntil } from '../lab/netns.js';
+import { BASE_BUILD_MS, Podman, podmanSkipReason } from './podman.js';
 import { CLI, launch, removeStateDirs, waitPeers, weft } from './weft.js';
 
-const run = promisify(execFile);
 const ROOT = path.resolve(path.dirname(CLI), '../..');
-const PODMAN = '/usr/bin/podman';
 /** PLUGINS is where Debian's containernetworking-plugins put the reference plugins. */
 const PLUGINS = '/usr/lib/cni';
-/** BASE_BUILD_MS bounds building the local base rootfs on a cold cache (debootstrap). */
-const BASE_BUILD_MS = 600_000;
-const IMAGE_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
-/** PODMAN_CACHE is the image blob cache podman keeps outside --root (removed after, when this test made it). */
-const PODMAN_CACHE = '/var/lib/containers/cache';
 /** CNI_RESULTS is libcni's result cache, a fixed path (entries NETWORK-CONTAINERID-IFNAME). */
 const CNI_RESULTS = '/var/lib/cni/results';
 
 function skipReason(): string | undefined {
-  const root = requireRoot();
-  if (root !== undefined) return root;
-  if (!existsSync(PODMAN)) return `${PODMAN} is missing (apt-get install podman)`;
-  if (!existsSync('/usr/sbin/debootstrap')) return '/usr/sbin/debootstrap is missing (apt-get install debootstrap)';
+  const podman = podmanSkipReason();
+  if (podman !== undefined) return podman;
   if (!existsSync(path.join(PLUGINS, 'portmap'))) {
     return `no reference CNI plugins in ${PLUGINS} (apt-get install containernetworking-plugins)`;
-  }
-  if (!existsSync('/sys/fs/cgroup/devices') && !existsSync('/sys/fs/cgroup/cgroup.controllers')) {
-    return 'no cgroup filesystem at /sys/fs/cgroup: podman cannot run containers';
   }
   return undefined;
 }
@@ -64,35 +51,11 @@ describe.skipIf(reason)('podman with the CNI backend runs containers on the weft
   const binDir = path.join(dir, 'cni-bin');
   const confDir = path.join(dir, 'net.d');
   const image = `localhost/weft-e2e-base-cni:${process.pid}`;
-  const cacheExisted = existsSync(PODMAN_CACHE);
   const ids: string[] = [];
   const addr: Record<string, string> = {};
 
-  /** podman runs podman with this test's configuration and storage, in a host's network namespace (where the CNI plugins run). */
-  async function podman(
-    h: Host,
-    args: string[],
-    allowFail = false,
-  ): Promise<{ stdout: string; stderr: string; code: number }> {
-    try {
-      const r = await run(
-        'nsenter',
-        [
-          `--net=/run/netns/${h.name}`,
-          PODMAN,
-          ...['--root', path.join(dir, 'root'), '--runroot', path.join(dir, 'run'), '--tmpdir', path.join(dir, 'tmp')],
-          ...args,
-        ],
-        { env: { ...process.env, CONTAINERS_CONF: path.join(dir, 'containers.conf') }, timeout: 120_000 },
-      );
-      return { stdout: r.stdout, stderr: r.stderr, code: 0 };
-    } catch (err) {
-      const e = err as { stdout?: string; stderr?: string; code?: number };
-      if (allowFail)
-        return { stdout: e.stdout ?? '', stderr: e.stderr ?? '', code: typeof e.code === 'number' ? e.code : 1 };
-      throw new Error(`[${h.name}] podman ${args.join(' ')}: ${(e.stderr ?? String(err)).trim()}`);
-    }
-  }
+  const pm = new Podman(dir);
+  const podman = (h: Host, args: string[], allowFail = false) => pm.run(h, args, allowFail);
 
   const ipam = async (h: Host): Promise<IpamJson> =>
     JSON.parse((await weft(h, ['status', 'ipam', '--json'])).stdout) as IpamJson;
@@ -129,23 +92,12 @@ describe.skipIf(reason)('podman with the CNI backend runs containers on the weft
       process.execPath,
       path.join(ROOT, 'dist/cni/main.js'),
     ]);
-    writeFileSync(
-      path.join(dir, 'containers.conf'),
-      [
-        '[containers]',
-        // runc cannot raise rlimits past what this machine's bounding set allows (no CAP_SYS_RESOURCE).
-        'default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]',
-        '[engine]',
-        'cgroup_manager = "cgroupfs"',
-        'events_logger = "file"',
-        `events_logfile_path = "${path.join(dir, 'events.log')}"`,
-        '[network]',
-        'network_backend = "cni"',
-        `cni_plugin_dirs = ["${binDir}", "${PLUGINS}"]`,
-        `network_config_dir = "${confDir}"`,
-        '',
-      ].join('\n'),
-    );
+    pm.writeConf([
+      '[network]',
+      'network_backend = "cni"',
+      `cni_plugin_dirs = ["${binDir}", "${PLUGINS}"]`,
+      `network_config_dir = "${confDir}"`,
+    ]);
     writeFileSync(
       path.join(confDir, `${net}.conflist`),
       JSON.stringify({
@@ -156,13 +108,9 @@ describe.skipIf(reason)('podman with the CNI backend runs containers on the weft
     );
     topo = await Lab.create({ hosts: 2 });
     [h1, h2] = topo.hosts as [Host, Host];
-    const base = path.join(ROOT, 'scripts/build-base-image.sh');
-    const key = (await run('sh', [base, '--key-only'], { cwd: ROOT })).stdout.trim();
-    const tar = path.join(process.env.WEFT_BASE_CACHE ?? '/var/cache/weft-ci', `base-${key}-run.tar`);
-    if (!existsSync(tar)) await run('sh', [base, '--no-import'], { cwd: ROOT, timeout: BASE_BUILD_MS });
     // One storage for both hosts: a container's network is the namespace podman makes for it, and
     // its CNI plugins run where podman runs (so each host's router serves its own containers).
-    await podman(h1, ['import', '--change', `ENV PATH=${IMAGE_PATH}`, tar, image]);
+    await pm.importBase(h1, image);
     const flags = ['--docker-socket', 'none', '--container-grace', '1000'];
     await launch(h1, [], flags);
     await launch(h2, [h1.underlayIp], flags);
@@ -179,21 +127,11 @@ describe.skipIf(reason)('podman with the CNI backend runs containers on the weft
       ] as const) {
         if (h !== undefined) await podman(h, ['rm', '-f', '-t', '0', name], true);
       }
-      await podman(h1, ['rm', '-a', '-f', '-t', '0'], true);
-      await podman(h1, ['rmi', '-a', '-f'], true);
     }
+    await pm.remove(h1);
     for (const h of [h1, h2]) if (h !== undefined) await weft(h, ['stop'], { allowFail: true });
-    removeMounted(dir);
     for (const f of existsSync(CNI_RESULTS) ? readdirSync(CNI_RESULTS) : []) {
       if (f.startsWith(`${net}-`)) rmSync(path.join(CNI_RESULTS, f), { force: true });
-    }
-    if (!cacheExisted) {
-      rmSync(PODMAN_CACHE, { recursive: true, force: true });
-      try {
-        rmdirSync(path.dirname(PODMAN_CACHE));
-      } catch {
-        // not empty: someone else's
-      }
     }
     if (topo !== undefined) {
       removeStateDirs(topo);

@@ -1,34 +1,12 @@
-import { execFile } from 'node:child_process';
-import { existsSync, mkdirSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { removeMounted } from '../lab/mounts.js';
 import { type Host, Lab, requireRoot, waitUntil } from '../lab/netns.js';
+import { BASE_BUILD_MS, Podman, podmanSkipReason } from './podman.js';
 import { launch, removeStateDirs, weft } from './weft.js';
 
-const run = promisify(execFile);
-const ROOT = path.resolve(path.dirname(new URL(import.meta.url).pathname), '..');
-const PODMAN = '/usr/bin/podman';
-/** BASE_BUILD_MS bounds building the local base rootfs on a cold cache (debootstrap). */
-const BASE_BUILD_MS = 600_000;
-const IMAGE_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
-/** PODMAN_CACHE is the image blob cache podman keeps outside --root (removed after, when this test made it). */
-const PODMAN_CACHE = '/var/lib/containers/cache';
-
-function skipReason(): string | undefined {
-  const root = requireRoot();
-  if (root !== undefined) return root;
-  if (!existsSync(PODMAN)) return `${PODMAN} is missing (apt-get install podman)`;
-  if (!existsSync('/usr/sbin/debootstrap')) return '/usr/sbin/debootstrap is missing (apt-get install debootstrap)';
-  if (!existsSync('/sys/fs/cgroup/devices') && !existsSync('/sys/fs/cgroup/cgroup.controllers')) {
-    return 'no cgroup filesystem at /sys/fs/cgroup: podman cannot run containers';
-  }
-  return undefined;
-}
-
-const reason = skipReason();
+const reason = podmanSkipReason();
 if (reason !== undefined && requireRoot() === undefined) console.warn(`podman e2e skipped: ${reason}`);
 
 interface PsEntry {
@@ -52,29 +30,10 @@ describe.skipIf(reason)('podman: containers attached by pid', () => {
   let h2: Host;
   const dir = path.join(tmpdir(), `weft-e2e-podman-${process.pid}`);
   const image = `localhost/weft-e2e-base:${process.pid}`;
-  const cacheExisted = existsSync(PODMAN_CACHE);
   const dnsAddr: Record<string, string> = {};
 
-  /** podman runs podman with this test's storage, in a host's network namespace (where conmon then lives). */
-  async function podman(h: Host, args: string[], allowFail = false): Promise<{ stdout: string; code: number }> {
-    try {
-      const r = await run(
-        'nsenter',
-        [
-          `--net=/run/netns/${h.name}`,
-          PODMAN,
-          ...['--root', path.join(dir, 'root'), '--runroot', path.join(dir, 'run'), '--tmpdir', path.join(dir, 'tmp')],
-          ...args,
-        ],
-        { env: { ...process.env, CONTAINERS_CONF: path.join(dir, 'containers.conf') }, timeout: 120_000 },
-      );
-      return { stdout: r.stdout, code: 0 };
-    } catch (err) {
-      const e = err as { stdout?: string; stderr?: string; code?: number };
-      if (allowFail) return { stdout: e.stdout ?? '', code: typeof e.code === 'number' ? e.code : 1 };
-      throw new Error(`[${h.name}] podman ${args.join(' ')}: ${(e.stderr ?? String(err)).trim()}`);
-    }
-  }
+  const pm = new Podman(dir);
+  const podman = (h: Host, args: string[], allowFail = false) => pm.run(h, args, allowFail);
 
   async function ps(h: Host): Promise<PsEntry[]> {
     return JSON.parse((await weft(h, ['ps', '--json'])).stdout || '[]') as PsEntry[];
@@ -110,27 +69,10 @@ describe.skipIf(reason)('podman: containers attached by pid', () => {
   }
 
   beforeAll(async () => {
-    mkdirSync(dir, { recursive: true });
-    writeFileSync(
-      path.join(dir, 'containers.conf'),
-      [
-        '[containers]',
-        'default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]',
-        '[engine]',
-        'cgroup_manager = "cgroupfs"',
-        'events_logger = "file"',
-        `events_logfile_path = "${path.join(dir, 'events.log')}"`,
-        '',
-      ].join('\n'),
-    );
+    pm.writeConf();
     topo = await Lab.create({ hosts: 2 });
     [h1, h2] = topo.hosts as [Host, Host];
-    const base = path.join(ROOT, 'scripts/build-base-image.sh');
-    const key = (await run('sh', [base, '--key-only'], { cwd: ROOT })).stdout.trim();
-    const tar = path.join(process.env.WEFT_BASE_CACHE ?? '/var/cache/weft-ci', `base-${key}-run.tar`);
-    if (!existsSync(tar)) await run('sh', [base, '--no-import'], { cwd: ROOT, timeout: BASE_BUILD_MS });
-    // One storage for both hosts: a podman container's network is its own namespace, whichever host ran podman.
-    await podman(h1, ['import', '--change', `ENV PATH=${IMAGE_PATH}`, tar, image]);
+    await pm.importBase(h1, image);
     const flags = ['--docker-socket', 'none', '--container-grace', '1000'];
     await launch(h1, [], flags);
     await launch(h2, [h1.underlayIp], flags);
@@ -145,20 +87,8 @@ describe.skipIf(reason)('podman: containers attached by pid', () => {
   }, BASE_BUILD_MS + 120_000);
 
   afterAll(async () => {
-    if (h1 !== undefined && existsSync(path.join(dir, 'root'))) {
-      await podman(h1, ['rm', '-a', '-f', '-t', '0'], true);
-      await podman(h1, ['rmi', '-a', '-f'], true);
-    }
+    await pm.remove(h1);
     for (const h of [h1, h2]) if (h !== undefined) await weft(h, ['stop'], { allowFail: true });
-    removeMounted(dir);
-    if (!cacheExisted) {
-      rmSync(PODMAN_CACHE, { recursive: true, force: true });
-      try {
-        rmdirSync(path.dirname(PODMAN_CACHE));
-      } catch {
-        // not empty: someone else's
-      }
-    }
     if (topo !== undefined) {
       removeStateDirs(topo);
       await topo.destroy();
