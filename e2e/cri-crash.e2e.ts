@@ -1,26 +1,17 @@
 import { execFileSync } from 'node:child_process';
-import {
-  existsSync,
-  mkdirSync,
-  readdirSync,
-  readFileSync,
-  readlinkSync,
-  rmSync,
-  symlinkSync,
-  writeFileSync,
-} from 'node:fs';
+import { existsSync, readdirSync, readFileSync, readlinkSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type AttachRecord, SocketRouterApi } from '../cni/router-api.js';
 import { type Host, Lab, waitUntil } from '../lab/netns.js';
+import { installWeftCni } from './cni-setup.js';
 import {
   buildPauseImage,
   type Containerd,
   cleanupContainerd,
   criSkipReason,
   listSandboxes,
-  PLUGINS,
   ROOT,
   startContainerd,
   stopContainerd,
@@ -161,17 +152,7 @@ describe.skipIf(reason)('containerd killed mid-ADD leaves no leaked address', ()
   }
 
   beforeAll(async () => {
-    mkdirSync(confDir, { recursive: true });
-    execFileSync('sh', [path.join(ROOT, 'cni/install.sh'), binDir, process.execPath, MAIN]);
-    for (const p of ['loopback', 'portmap']) symlinkSync(path.join(PLUGINS, p), path.join(binDir, p));
-    writeFileSync(
-      path.join(confDir, '10-weft.conflist'),
-      JSON.stringify({
-        cniVersion: '1.0.0',
-        name: net,
-        plugins: [{ type: 'weft' }, { type: 'portmap', capabilities: { portMappings: true } }],
-      }),
-    );
+    installWeftCni(binDir, confDir, '10-weft.conflist', net, ['loopback', 'portmap']);
     const pauseTar = buildPauseImage(path.join(work, 'image'));
     topo = await Lab.create({ hosts: 1 });
     [h1] = topo.hosts as [Host];

@@ -1,18 +1,17 @@
-import { execFile, execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { execFile } from 'node:child_process';
+import { existsSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SocketRouterApi } from '../cni/router-api.js';
 import { type Host, Lab, waitUntil } from '../lab/netns.js';
+import { installWeftCni } from './cni-setup.js';
 import {
   buildPauseImage,
   type Containerd,
   cleanupContainerd,
   criSkipReason,
-  PLUGINS,
-  ROOT,
   startContainerd,
   stopContainerd,
 } from './cri.js';
@@ -41,23 +40,7 @@ describe.skipIf(reason)('CRI (containerd) runs pods on the weft network', () => 
   const pods: { d: Containerd; id: string; ip: string }[] = [];
 
   beforeAll(async () => {
-    mkdirSync(confDir, { recursive: true });
-    execFileSync('sh', [
-      path.join(ROOT, 'cni/install.sh'),
-      binDir,
-      process.execPath,
-      path.join(ROOT, 'dist/cni/main.js'),
-    ]);
-    // containerd 1.6 takes one bin_dir: the reference plugins it needs go beside ours.
-    for (const p of ['loopback', 'portmap']) symlinkSync(path.join(PLUGINS, p), path.join(binDir, p));
-    writeFileSync(
-      path.join(confDir, '10-weft.conflist'),
-      JSON.stringify({
-        cniVersion: '1.0.0',
-        name: net,
-        plugins: [{ type: 'weft' }, { type: 'portmap', capabilities: { portMappings: true } }],
-      }),
-    );
+    installWeftCni(binDir, confDir, '10-weft.conflist', net, ['loopback', 'portmap']);
     const pauseTar = buildPauseImage(path.join(work, 'image'));
     topo = await Lab.create({ hosts: 2 });
     hosts = topo.hosts as Host[];

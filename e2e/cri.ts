@@ -18,11 +18,12 @@ import {
 import path from 'node:path';
 import { unmountUnder } from '../lab/mounts.js';
 import { type Host, requireRoot, waitUntil } from '../lab/netns.js';
+import { PLUGINS } from './cni-setup.js';
 import { CLI } from './weft.js';
 
 export const ROOT = path.resolve(path.dirname(CLI), '../..');
-/** PLUGINS is where Debian's containernetworking-plugins put the reference plugins. */
-export const PLUGINS = '/usr/lib/cni';
+export { PLUGINS };
+
 const BUSYBOX = '/bin/busybox';
 export const PAUSE = 'docker.io/library/weft-pause:1';
 

@@ -1,16 +1,14 @@
-import { execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type Host, Lab, waitUntil } from '../lab/netns.js';
+import { installWeftCni, PLUGINS } from './cni-setup.js';
 import { BASE_BUILD_MS, Podman, podmanSkipReason } from './podman.js';
 import { CLI, launch, removeStateDirs, waitPeers, weft } from './weft.js';
 
-const ROOT = path.resolve(path.dirname(CLI), '../..');
-/** PLUGINS is where Debian's containernetworking-plugins put the reference plugins. */
-const PLUGINS = '/usr/lib/cni';
+const _ROOT = path.resolve(path.dirname(CLI), '../..');
 /** CNI_RESULTS is libcni's result cache, a fixed path (entries NETWORK-CONTAINERID-IFNAME). */
 const CNI_RESULTS = '/var/lib/cni/results';
 
@@ -85,27 +83,13 @@ describe.skipIf(reason)('podman with the CNI backend runs containers on the weft
   }
 
   beforeAll(async () => {
-    mkdirSync(confDir, { recursive: true });
-    execFileSync('sh', [
-      path.join(ROOT, 'cni/install.sh'),
-      binDir,
-      process.execPath,
-      path.join(ROOT, 'dist/cni/main.js'),
-    ]);
+    installWeftCni(binDir, confDir, `${net}.conflist`, net);
     pm.writeConf([
       '[network]',
       'network_backend = "cni"',
       `cni_plugin_dirs = ["${binDir}", "${PLUGINS}"]`,
       `network_config_dir = "${confDir}"`,
     ]);
-    writeFileSync(
-      path.join(confDir, `${net}.conflist`),
-      JSON.stringify({
-        cniVersion: '1.0.0',
-        name: net,
-        plugins: [{ type: 'weft' }, { type: 'portmap', capabilities: { portMappings: true } }],
-      }),
-    );
     topo = await Lab.create({ hosts: 2 });
     [h1, h2] = topo.hosts as [Host, Host];
     // One storage for both hosts: a container's network is the namespace podman makes for it, and
