@@ -52,7 +52,7 @@ export class FastDataPath {
         vni: o.vni,
         port: o.vxlanPort,
         local: o.local,
-        mtu: o.underlayMtu - VXLAN_IPV4_OVERHEAD_BYTES,
+        mtu: this.mtu,
       });
       this.fp.open();
       this.fp.sync([], true);
@@ -66,7 +66,7 @@ export class FastDataPath {
       });
       await this.hb.open();
       this.up = true;
-      o.log.info('fastdp device up', { device: this.fp.device, mtu: o.underlayMtu - VXLAN_IPV4_OVERHEAD_BYTES });
+      o.log.info('fastdp device up', { device: this.fp.device, mtu: this.mtu });
     } catch (err) {
       this.close();
       throw err;
@@ -96,6 +96,16 @@ export class FastDataPath {
   /** sendHeartbeat sends a heartbeat through weft-vx. */
   sendHeartbeat(peer: PeerName, port: number): void {
     this.hb?.sendHeartbeat(peer, port);
+  }
+
+  /** mtu is weft-vx's MTU (what an MTU probe fills). */
+  get mtu(): number {
+    return this.o.underlayMtu - VXLAN_IPV4_OVERHEAD_BYTES;
+  }
+
+  /** sendProbe sends an MTU probe filling weft-vx's MTU (kernel/fastdp-mtu.ts). */
+  sendProbe(peer: PeerName, port: number): void {
+    this.hb?.sendProbe(peer, port, this.mtu);
   }
 
   /** close deletes weft-vx and closes the sockets; idempotent. */
