@@ -6,7 +6,8 @@
  * heartbeats do. Host 1 must put host 2 on sleeve, saying why, and its containers' large
  * packets must still arrive (sleeve finds the path MTU by probing and answers "fragmentation
  * needed"); without the MTU proof they would vanish into weft-vx. Host 2's frames to host 1 are
- * not dropped, so host 2 keeps host 1 on the fast path.
+ * not dropped, so host 2 keeps host 1 on the fast path (each end receives on the device its own
+ * route back does not use: fine with rp_filter 0, as here; see README on reverse-path filtering).
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type Host, Lab, type Netns, requireRoot, waitUntil } from '../lab/netns.js';
