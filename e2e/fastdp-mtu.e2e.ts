@@ -5,9 +5,11 @@
  * full-size VXLAN frames (weft-vx MTU 1450 + 50 = 1500 bytes) never arrive while the small
  * heartbeats do. Host 1 must put host 2 on sleeve, saying why, and its containers' large
  * packets must still arrive (sleeve finds the path MTU by probing and answers "fragmentation
- * needed"); without the MTU proof they would vanish into weft-vx. Host 2's frames to host 1 are
- * not dropped, so host 2 keeps host 1 on the fast path (each end receives on the device its own
- * route back does not use: fine with rp_filter 0, as here; see README on reverse-path filtering).
+ * needed"); without the MTU proof they would vanish into weft-vx. Host 2's frames to host 1 do
+ * cross, but host 1's heartbeats say its proof failed, so host 2 uses sleeve too: both ends on
+ * the same path. Both hosts filter reverse paths loosely (rp_filter 2, systemd's default), which
+ * drops whatever arrives on the device the route back does not use: were host 2 still on the
+ * fast path, no ping below would get an answer.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type Host, Lab, type Netns, requireRoot, waitUntil } from '../lab/netns.js';
@@ -38,6 +40,8 @@ describe.skipIf(reason)('kernel fast path: a path that drops full-size VXLAN fra
   beforeAll(async () => {
     topo = await Lab.create({ hosts: 2 });
     [h1, h2] = topo.hosts as [Host, Host];
+    for (const h of [h1, h2])
+      for (const k of ['all', 'default']) await h.exec('sysctl', ['-qw', `net.ipv4.conf.${k}.rp_filter=2`]);
     await h2.exec('nft', ['-f', '-'], {
       input: `table ip weftmtu {\n  chain pre { type filter hook prerouting priority -300; iifname "${h2.underlayDev}" ip length > 1400 drop; }\n}\n`,
     });
@@ -56,7 +60,7 @@ describe.skipIf(reason)('kernel fast path: a path that drops full-size VXLAN fra
     if (topo) removeStateDirs(topo);
   });
 
-  it('puts that peer on sleeve with the reason in status, while the other direction keeps the fast path', async () => {
+  it('puts that peer on sleeve with the reason in status, and the peer its end too', async () => {
     expect((await h1.exec('ip', ['-d', 'link', 'show', 'weft-vx'])).stdout).toMatch(/df set/);
     let last: PeerJson | undefined;
     await waitUntil(
@@ -68,12 +72,17 @@ describe.skipIf(reason)('kernel fast path: a path that drops full-size VXLAN fra
     );
     expect((await weft(h1, ['status', 'peers'])).stdout).toMatch(/ sleeve \(vxlan: MTU 1450 not carried/);
     expect((await h1.exec('ip', ['route', 'show', 'proto', '87'])).stdout.trim()).toBe('');
-    // Host 2's frames fit host 1's path: it proves its own MTU (1350) and uses the fast path.
-    await waitUntil(async () => (await peerOf(h2, h1))?.encap === 'fastdp', {
-      timeoutMs: 30_000,
-      intervalMs: 200,
-      what: 'h2: h1 on fastdp',
-    });
+    // Host 2's frames cross, but host 1 says its own did not: host 2 stays on sleeve too.
+    let back: PeerJson | undefined;
+    await waitUntil(
+      async () => {
+        back = await peerOf(h2, h1);
+        return back?.encapReason === 'vxlan: MTU not proven by peer';
+      },
+      { timeoutMs: 30_000, intervalMs: 200, what: `h2: its own proof ok, h1's not (last: ${JSON.stringify(back)})` },
+    );
+    expect(back?.encap).toBe('sleeve');
+    expect((await h2.exec('ip', ['route', 'show', 'proto', '87'])).stdout.trim()).toBe('');
   });
 
   it('still carries large packets and TCP from the container behind it', async () => {

@@ -29,6 +29,8 @@ export interface FastDataPathOptions {
   readonly log: Logger;
   readonly nowMs: () => number;
   readonly onControl: (c: FastdpControl) => void;
+  /** mtuOk says whether our MTU proof towards a peer holds (sent in our heartbeat acks). */
+  readonly mtuOk?: (peer: PeerName) => boolean;
 }
 
 /** FastDataPath: see the module comment. */
@@ -63,6 +65,7 @@ export class FastDataPath {
         log: o.log,
         nowMs: o.nowMs,
         onControl: o.onControl,
+        ...(o.mtuOk === undefined ? {} : { mtuOk: o.mtuOk }),
       });
       await this.hb.open();
       this.up = true;
@@ -93,9 +96,9 @@ export class FastDataPath {
     this.fp?.sync(peers, false, src);
   }
 
-  /** sendHeartbeat sends a heartbeat through weft-vx. */
-  sendHeartbeat(peer: PeerName, port: number): void {
-    this.hb?.sendHeartbeat(peer, port);
+  /** sendHeartbeat sends a heartbeat through weft-vx (`mtuOk`: our MTU proof towards the peer holds). */
+  sendHeartbeat(peer: PeerName, port: number, mtuOk = false): void {
+    this.hb?.sendHeartbeat(peer, port, mtuOk);
   }
 
   /** mtu is weft-vx's MTU (what an MTU probe fills). */

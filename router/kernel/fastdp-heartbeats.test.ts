@@ -4,6 +4,7 @@ import {
   decodeFastdpHeartbeat,
   encodeFastdpHeartbeat,
   FASTDP_ACK,
+  FASTDP_FLAG_MTU_OK,
   FASTDP_HEARTBEAT,
   FASTDP_HEARTBEAT_LEN,
   FASTDP_PROBE,
@@ -20,16 +21,18 @@ describe('fast path heartbeats and MTU probes (wire format)', () => {
       type: FASTDP_HEARTBEAT,
       stamp: 12.5,
       size: 0,
+      mtuOk: false,
     });
+    expect(decodeFastdpHeartbeat(encodeFastdpHeartbeat(FASTDP_ACK, SELF, 1, 0, FASTDP_FLAG_MTU_OK))?.mtuOk).toBe(true);
     expect(decodeFastdpHeartbeat(encodeFastdpHeartbeat(FASTDP_ACK, SELF, 1))?.type).toBe(FASTDP_ACK);
     const size = fastdpProbeSize(1450);
     expect(size).toBe(1402); // + UDP 8 + IPv6 40 = weft-vx's MTU
     const probe = encodeFastdpHeartbeat(FASTDP_PROBE, SELF, 7, size);
     expect(probe.length).toBe(size);
-    expect(decodeFastdpHeartbeat(probe)).toEqual({ from: SELF, type: FASTDP_PROBE, stamp: 7, size });
+    expect(decodeFastdpHeartbeat(probe)).toEqual({ from: SELF, type: FASTDP_PROBE, stamp: 7, size, mtuOk: false });
     const ack = encodeFastdpHeartbeat(FASTDP_PROBE_ACK, SELF, 7, size);
     expect(ack.length).toBe(FASTDP_HEARTBEAT_LEN);
-    expect(decodeFastdpHeartbeat(ack)).toEqual({ from: SELF, type: FASTDP_PROBE_ACK, stamp: 7, size });
+    expect(decodeFastdpHeartbeat(ack)).toEqual({ from: SELF, type: FASTDP_PROBE_ACK, stamp: 7, size, mtuOk: false });
   });
 
   it('refuses what does not add up', () => {

@@ -8,8 +8,8 @@
  * peer's routes back to the TUN device.
  *
  * ```
- *  | magic "WFDP" (4) | type u8 | 0 (1) | size u16 BE | sender peer name (6) | 0 (2) | stamp f64 BE (8) | padding |
- *    type 1 heartbeat, 2 ack: 24 B, size 0
+ *  | magic "WFDP" (4) | type u8 | flags u8 | size u16 BE | sender peer name (6) | 0 (2) | stamp f64 BE (8) | padding |
+ *    type 1 heartbeat, 2 ack: 24 B, size 0; flags bit 0: the sender's MTU proof towards the receiver is ok
  *    type 3 MTU probe: padded to `size` bytes, so that the IPv6 packet fills weft-vx's MTU
  *    type 4 probe ack: 24 B, `size` and stamp of the probe it answers
  * ```
@@ -18,7 +18,10 @@
  * (a smaller underlay MTU on the peer's side, a middle link, a filter) still carries them. So the
  * switch also sends an MTU probe (overlay/switch.ts, kernel/fastdp-mtu.ts) once the heartbeats
  * are answered and then now and then; weft-vx sets DF on the outer header, so such a path drops
- * the probe instead of fragmenting it.
+ * the probe instead of fragmenting it. Heartbeats and acks say whether the sender's proof holds
+ * (flags bit 0), so that both ends use the fast path only when full-size frames cross both ways:
+ * else one end would send through weft-vx and the other through sleeve, and a host filtering
+ * reverse paths drops what arrives on the device its route back does not use.
  *
  * A datagram is accepted only from the link-local address that belongs to the peer name it
  * carries, on weft-vx: anything else is counted in `dropped` and ignored.
@@ -49,7 +52,12 @@ export interface FastdpControl {
   readonly stamp: number;
   /** size is a probe's length (of the probe answered, for a probe ack); 0 for heartbeats and acks. */
   readonly size: number;
+  /** mtuOk: (heartbeats and acks) the sender's MTU proof towards us holds. */
+  readonly mtuOk: boolean;
 }
+
+/** FASTDP_FLAG_MTU_OK is flags bit 0: the sender's MTU proof towards the receiver holds. */
+export const FASTDP_FLAG_MTU_OK = 1;
 
 /** fastdpProbeSize is the UDP payload of a probe whose IPv6 packet fills an MTU of `mtu`. */
 export function fastdpProbeSize(mtu: number): number {
@@ -57,10 +65,11 @@ export function fastdpProbeSize(mtu: number): number {
 }
 
 /** encodeFastdpHeartbeat writes a heartbeat or ack (size 0), a probe of `size` bytes or its ack. */
-export function encodeFastdpHeartbeat(type: number, self: PeerName, stamp: number, size = 0): Buffer {
+export function encodeFastdpHeartbeat(type: number, self: PeerName, stamp: number, size = 0, flags = 0): Buffer {
   const b = Buffer.alloc(type === FASTDP_PROBE ? Math.max(size, FASTDP_HEARTBEAT_LEN) : FASTDP_HEARTBEAT_LEN);
   b.writeUInt32BE(MAGIC, 0);
   b.writeUInt8(type, 4);
+  b.writeUInt8(flags & 0xff, 5);
   b.writeUInt16BE(size & 0xffff, 6);
   const mac = self.split(':').map((x) => Number.parseInt(x, 16));
   for (let i = 0; i < 6; i++) b.writeUInt8(mac[i] ?? 0, 8 + i);
@@ -83,7 +92,8 @@ export function decodeFastdpHeartbeat(b: Buffer): FastdpControl | undefined {
   const from = [...b.subarray(8, 14)].map((x) => x.toString(16).padStart(2, '0')).join(':') as PeerName;
   const stamp = b.readDoubleBE(16);
   if (!Number.isFinite(stamp)) return undefined;
-  return { from, type, stamp, size };
+  const mtuOk = (type === FASTDP_HEARTBEAT || type === FASTDP_ACK) && (b.readUInt8(5) & FASTDP_FLAG_MTU_OK) !== 0;
+  return { from, type, stamp, size, mtuOk };
 }
 
 /** FastdpHeartbeatsOptions configure FastdpHeartbeats. */
@@ -95,6 +105,8 @@ export interface FastdpHeartbeatsOptions {
   readonly log: Logger;
   readonly nowMs: () => number;
   readonly onControl: (c: FastdpControl) => void;
+  /** mtuOk says whether our MTU proof towards a peer holds (flags of our acks; default false). */
+  readonly mtuOk?: (peer: PeerName) => boolean;
 }
 
 /** FastdpHeartbeats: see the module comment. Open with `open()`, release with `close()`. */
@@ -133,14 +145,14 @@ export class FastdpHeartbeats {
       this.dropped++;
       return;
     }
-    if (c.type === FASTDP_HEARTBEAT) this.send(c.from, rinfo.port, FASTDP_ACK, c.stamp);
+    if (c.type === FASTDP_HEARTBEAT) this.send(c.from, rinfo.port, FASTDP_ACK, c.stamp, 0, this.o.mtuOk?.(c.from));
     else if (c.type === FASTDP_PROBE) this.send(c.from, rinfo.port, FASTDP_PROBE_ACK, c.stamp, c.size);
     this.o.onControl(c);
   }
 
-  /** sendHeartbeat sends a heartbeat stamped now to a peer listening on `port`. */
-  sendHeartbeat(peer: PeerName, port: number): void {
-    this.send(peer, port, FASTDP_HEARTBEAT, this.o.nowMs());
+  /** sendHeartbeat sends a heartbeat stamped now to a peer listening on `port`; `mtuOk` sets flags bit 0. */
+  sendHeartbeat(peer: PeerName, port: number, mtuOk = false): void {
+    this.send(peer, port, FASTDP_HEARTBEAT, this.o.nowMs(), 0, mtuOk);
   }
 
   /**
@@ -152,12 +164,13 @@ export class FastdpHeartbeats {
     this.send(peer, port, FASTDP_PROBE, this.o.nowMs(), fastdpProbeSize(mtu));
   }
 
-  private send(peer: PeerName, port: number, type: number, stamp: number, size = 0): void {
+  private send(peer: PeerName, port: number, type: number, stamp: number, size = 0, mtuOk = false): void {
     const sock = this.sock;
     if (sock === undefined) return;
     const to = `${linkLocal6Text(fastdpMac(peer))}%${this.o.device}`;
     // Errors (no neighbour yet, device down) are silence, which the liveness counts.
-    sock.send(encodeFastdpHeartbeat(type, this.o.self, stamp, size), port, to, () => {});
+    const flags = mtuOk ? FASTDP_FLAG_MTU_OK : 0;
+    sock.send(encodeFastdpHeartbeat(type, this.o.self, stamp, size, flags), port, to, () => {});
   }
 
   /** close closes the socket; idempotent. */

@@ -296,6 +296,7 @@ describe('OverlaySwitch fast path', () => {
     const clock = new VirtualClock(0);
     const fastSent: string[] = [];
     const probes: string[] = [];
+    const flags: boolean[] = [];
     let changes = 0;
     let pathMtu = 0;
     const sw = new OverlaySwitch({
@@ -310,7 +311,10 @@ describe('OverlaySwitch fast path', () => {
       fastdp: () => ({
         up,
         mtu: MTU,
-        sendHeartbeat: (peer: PeerName) => void fastSent.push(peer),
+        sendHeartbeat: (peer: PeerName, _port: number, mtuOk?: boolean) => {
+          fastSent.push(peer);
+          flags.push(mtuOk === true);
+        },
         sendProbe: (peer: PeerName) => void probes.push(peer),
       }),
     });
@@ -323,14 +327,15 @@ describe('OverlaySwitch fast path', () => {
     };
     /** answered: the peer's heartbeat and its ack of ours, now. */
     const answered = (): void => {
-      sw.onFastdpControl({ from: PEER, type: 1, stamp: clock.now(), size: 0 });
-      sw.onFastdpControl({ from: PEER, type: 2, stamp: clock.now(), size: 0 });
+      sw.onFastdpControl({ from: PEER, type: 1, stamp: clock.now(), size: 0, mtuOk: true });
+      sw.onFastdpControl({ from: PEER, type: 2, stamp: clock.now(), size: 0, mtuOk: true });
     };
-    const probeAcked = (size = PROBE): void => sw.onFastdpControl({ from: PEER, type: 4, stamp: 0, size });
+    const probeAcked = (size = PROBE): void =>
+      sw.onFastdpControl({ from: PEER, type: 4, stamp: 0, size, mtuOk: false });
     const setPathMtu = (m: number): void => {
       pathMtu = m;
     };
-    return { clock, sw, st, fastSent, probes, tick, answered, probeAcked, setPathMtu, changes: () => changes };
+    return { clock, sw, st, fastSent, probes, flags, tick, answered, probeAcked, setPathMtu, changes: () => changes };
   }
 
   it('uses the fast path only while heartbeats and a full-size probe through weft-vx are answered, and says why not', () => {
@@ -339,10 +344,10 @@ describe('OverlaySwitch fast path', () => {
     expect(fastSent).toEqual([PEER]);
     expect(fastActive(st)).toBe(false);
     expect(fastReason(st, clock.now())).toBe('fastdp pending');
-    sw.onFastdpControl({ from: PEER, type: 1, stamp: 0, size: 0 });
+    sw.onFastdpControl({ from: PEER, type: 1, stamp: 0, size: 0, mtuOk: true });
     expect(fastActive(st)).toBe(false);
     clock.advance(5);
-    sw.onFastdpControl({ from: PEER, type: 2, stamp: 0, size: 0 });
+    sw.onFastdpControl({ from: PEER, type: 2, stamp: 0, size: 0, mtuOk: true });
     expect(st.fast?.rttMs).toBe(5);
     // Heartbeats answered, the MTU not yet proven: still sleeve, and no probe before the next tick.
     expect(fastActive(st)).toBe(false);
@@ -358,8 +363,8 @@ describe('OverlaySwitch fast path', () => {
     expect(fastActive(st)).toBe(false);
     expect(fastReason(st, clock.now())).toMatch(/^vxlan blocked: no heartbeat for \d+ s$/);
     // Heartbeats return: the MTU is proven again before the fast path is used.
-    sw.onFastdpControl({ from: PEER, type: 1, stamp: clock.now(), size: 0 });
-    sw.onFastdpControl({ from: PEER, type: 2, stamp: clock.now(), size: 0 });
+    sw.onFastdpControl({ from: PEER, type: 1, stamp: clock.now(), size: 0, mtuOk: true });
+    sw.onFastdpControl({ from: PEER, type: 2, stamp: clock.now(), size: 0, mtuOk: true });
     expect(fastActive(st)).toBe(false);
     tick();
     probeAcked();
@@ -427,12 +432,30 @@ describe('OverlaySwitch fast path', () => {
     expect(fastReason(st, clock.now())).toBe(`vxlan: MTU ${MTU} not carried (path MTU 1400)`);
   });
 
+  it('uses the fast path only once the peer says its own probes are answered too, and tells the peer', () => {
+    const { clock, sw, st, flags, tick, probeAcked } = fastSetup(true);
+    sw.onFastdpControl({ from: PEER, type: 1, stamp: clock.now(), size: 0, mtuOk: false });
+    sw.onFastdpControl({ from: PEER, type: 2, stamp: clock.now(), size: 0, mtuOk: false });
+    tick();
+    expect(flags.at(-1)).toBe(false); // our proof does not hold yet
+    probeAcked();
+    expect(flags.at(-1)).toBe(true); // said at once
+    expect(st.fastMtu?.state).toBe('ok');
+    expect(fastActive(st)).toBe(false);
+    expect(fastReason(st, clock.now())).toBe('vxlan: MTU not proven by peer');
+    sw.onFastdpControl({ from: PEER, type: 2, stamp: clock.now(), size: 0, mtuOk: true });
+    expect(fastActive(st)).toBe(true);
+    // The peer's proof fails (frames towards it no longer cross): both ends back to sleeve.
+    sw.onFastdpControl({ from: PEER, type: 1, stamp: clock.now(), size: 0, mtuOk: false });
+    expect(fastActive(st)).toBe(false);
+  });
+
   it('does not try the fast path towards a peer without one, or when ours is down, and ignores strangers', () => {
     const a = fastSetup(false);
     expect(a.st.fast).toBeUndefined();
     expect(a.st.fastOff).toBe('peer has no fast path');
     expect(a.fastSent).toEqual([]);
-    a.sw.onFastdpControl({ from: '02:00:00:00:00:09' as PeerName, type: 2, stamp: 0, size: 0 });
+    a.sw.onFastdpControl({ from: '02:00:00:00:00:09' as PeerName, type: 2, stamp: 0, size: 0, mtuOk: true });
     expect(a.changes()).toBe(0);
     const b = fastSetup(true, false);
     expect(b.st.fast).toBeUndefined();

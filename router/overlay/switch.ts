@@ -19,7 +19,9 @@
  * both ends have weft-vx up and the connection is not encrypted, the link gets `fast`, a
  * PathLiveness fed by heartbeats that travel through the kernel device (kernel/fastdp-heartbeats.ts).
  * Once those heartbeats are answered, a full-size MTU probe must be too (`fastMtu`,
- * kernel/fastdp-mtu.ts): only then, and while both hold, the router routes the peer's addresses
+ * kernel/fastdp-mtu.ts), and the peer's heartbeats must say that its own probes are answered
+ * (`fastPeerMtuOk`: both directions, so both ends choose the same path): only then, and while
+ * all hold, the router routes the peer's addresses
  * through weft-vx (the kernel carries the data; the hop stays sleeve for what still reaches the
  * TUN device); when either fails they go back to the TUN device and sleeve.
  */
@@ -34,6 +36,7 @@ import type { ControlDatagram, Forwarder } from '../datapath/forwarder.js';
 import { type DataState, PathLiveness } from '../datapath/liveness.js';
 import { PeerCrypto } from '../datapath/peer-crypto.js';
 import {
+  FASTDP_ACK,
   FASTDP_HEARTBEAT,
   FASTDP_PROBE,
   FASTDP_PROBE_ACK,
@@ -65,13 +68,15 @@ export interface PeerLink {
   readonly fast: PathLiveness | undefined;
   /** fastMtu proves that the fast path carries full-size frames (with `fast`; renewed when `fast` fails). */
   fastMtu: FastdpMtuProof | undefined;
+  /** fastPeerMtuOk: the peer's last heartbeat or ack said its MTU proof towards us holds. */
+  fastPeerMtuOk: boolean;
   /** fastOff says why the fast path is not tried towards this peer (undefined when it is, or not wanted). */
   readonly fastOff: string | undefined;
 }
 
 /** fastActive says the kernel fast path carries this peer's traffic now. */
 export function fastActive(st: PeerLink): boolean {
-  return st.fast?.state === 'established' && st.fastMtu?.state === 'ok';
+  return st.fast?.state === 'established' && st.fastMtu?.state === 'ok' && st.fastPeerMtuOk;
 }
 
 /**
@@ -83,7 +88,8 @@ export function fastReason(st: PeerLink, nowMs: number): string | undefined {
   if (f === undefined) return st.fastOff;
   if (f.state === 'established') {
     const m = st.fastMtu;
-    if (m === undefined || m.state === 'ok') return undefined;
+    if (m === undefined) return undefined;
+    if (m.state === 'ok') return st.fastPeerMtuOk ? undefined : 'vxlan: MTU not proven by peer';
     return m.state === 'failed' ? `vxlan: ${m.reason ?? 'MTU not carried'}` : 'fastdp pending';
   }
   if (f.state === 'pending') return 'fastdp pending';
@@ -100,7 +106,8 @@ export interface FastdpSender {
   readonly up: boolean;
   /** mtu is weft-vx's MTU: the size an MTU probe fills. */
   readonly mtu: number;
-  sendHeartbeat(peer: PeerName, port: number): void;
+  /** sendHeartbeat sends a heartbeat; `mtuOk` tells the peer our MTU proof towards it holds. */
+  sendHeartbeat(peer: PeerName, port: number, mtuOk?: boolean): void;
   /** sendProbe sends a probe filling `mtu` (kernel/fastdp-mtu.ts). */
   sendProbe(peer: PeerName, port: number): void;
 }
@@ -263,6 +270,7 @@ export class OverlaySwitch {
       conn,
       fast: fastWanted && fastOff === undefined ? new PathLiveness(now) : undefined,
       fastMtu: fastWanted && fastOff === undefined ? new FastdpMtuProof(sender?.mtu ?? 0) : undefined,
+      fastPeerMtuOk: false,
       fastOff,
       hop: sleeveHop,
       sleeveHop,
@@ -355,6 +363,8 @@ export class OverlaySwitch {
     const path = st?.fast;
     if (st === undefined || path === undefined) return;
     const now = this.clock.now();
+    const before = fastActive(st);
+    if (c.type === FASTDP_HEARTBEAT || c.type === FASTDP_ACK) st.fastPeerMtuOk = c.mtuOk;
     if (c.type === FASTDP_HEARTBEAT) path.heard(now);
     else if (c.type === FASTDP_PROBE)
       return; // answered by the heartbeat socket; proves the other direction
@@ -363,16 +373,13 @@ export class OverlaySwitch {
       if (m === undefined || c.size !== fastdpProbeSize(m.mtu)) return; // a smaller probe proves nothing
       m.acked(now);
     } else path.acked(now, c.stamp);
-    if (this.evaluate(st, now)) this.opts.onChange();
+    if (this.evaluate(st, now) || fastActive(st) !== before) this.opts.onChange();
   }
 
   /** tickLink sends the heartbeats that are due towards one peer and advances its path MTU discovery. */
   private tickLink(st: PeerLink, now: number): void {
     const fwd = this.opts.forwarder();
-    if (st.fast?.due(now, this.healthyMs) === true) {
-      this.opts.fastdp?.()?.sendHeartbeat(st.conn.remote.name, st.conn.remote.sleevePort);
-      st.fast.sent(now);
-    }
+    if (st.fast?.due(now, this.healthyMs) === true) this.sendFastHeartbeat(st, now);
     // The MTU probe once the heartbeats are answered; the kernel's path MTU (a syscall) with it.
     const m = st.fastMtu;
     if (st.fast?.state === 'established' && m?.due(now, DATA_HEARTBEAT_INTERVAL_MS, this.healthyMs) === true) {
@@ -394,6 +401,12 @@ export class OverlaySwitch {
     const probe = st.pmtu.tick(now, sleeveDue ? this.opts.kernelPathMtu(st.sleeveHop.addr) : 0);
     if (probe > 0 && fwd?.sendHeartbeat(st.sleeveHop, now, probe) === false) st.pmtu.sendFailed(now);
     this.applyPmtu(st);
+  }
+
+  /** sendFastHeartbeat sends a heartbeat through weft-vx saying whether our MTU proof holds. */
+  private sendFastHeartbeat(st: PeerLink, now: number): void {
+    this.opts.fastdp?.()?.sendHeartbeat(st.conn.remote.name, st.conn.remote.sleevePort, st.fastMtu?.state === 'ok');
+    st.fast?.sent(now);
   }
 
   /**
@@ -435,8 +448,10 @@ export class OverlaySwitch {
         if (m.evaluate(now, timeout)) {
           changed = true;
           const fields = { peer: st.sleeveHop.peer, mtu: m.mtu, pathMtu: m.pathMtu };
-          if (m.state === 'ok') this.log.info('fastdp established', { ...fields, from: wasMtu });
+          if (m.state === 'ok') this.log.info('fastdp mtu proven', { ...fields, from: wasMtu });
           else if (m.state === 'failed') this.log.warn('fastdp mtu not carried: using sleeve', fields);
+          // Tell the peer at once: it uses the fast path only once our proof holds too.
+          this.sendFastHeartbeat(st, now);
         }
       }
     }
