@@ -146,7 +146,7 @@ Examples:
     .addOption(
       new Option(
         '--encap <encap>',
-        'data path: auto (kernel fast path per peer, else sleeve), fastdp, sleeve, vxlan (userspace, when both prefer it)',
+        'data path: auto (default: kernel fast path per peer, else sleeve), fastdp, sleeve, vxlan (userspace, when both prefer it)',
       ).choices(['auto', 'fastdp', 'sleeve', 'vxlan']),
     )
     .option('--vxlan-port <port>', `UDP port for VXLAN (default ${VXLAN_PORT}; must match a kernel vxlan dstport)`)

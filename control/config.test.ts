@@ -16,7 +16,7 @@ describe('buildLaunchConfig', () => {
     const c = buildLaunchConfig([], { stateDir: '/tmp/x' }, {});
     expect(c).toMatchObject({
       port: 6783,
-      encap: 'sleeve',
+      encap: 'auto',
       vxlanPort: 6784,
       httpAddr: { host: '127.0.0.1', port: 6784 },
       dnsDomain: 'weft.local',

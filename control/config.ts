@@ -149,11 +149,10 @@ export interface HostPort {
 }
 
 /**
- * ENCAP_DEFAULT is the data path a router prefers unless told. Still sleeve: with `auto` (the
- * kernel fast path per peer, issue #14) e2e/egress.e2e.ts's container-to-container UDP check
- * failed in 2 of 3 runs, not yet understood. TODO(fastdp): make it 'auto' once that passes (#14).
+ * ENCAP_DEFAULT is the data path a router prefers unless told: `auto`, the kernel fast path per
+ * peer whose heartbeats through weft-vx are answered, else sleeve (as Weave's fastdp did; #14).
  */
-export const ENCAP_DEFAULT = 'sleeve';
+export const ENCAP_DEFAULT = 'auto';
 
 /** LaunchConfig is the router's whole configuration, built once from defaults, environment and flags. */
 export interface LaunchConfig {

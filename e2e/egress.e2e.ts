@@ -11,15 +11,22 @@ import { expose, launch, removeStateDirs, routerPid, status, waitPeers, weft } f
 
 const reason = requireRoot();
 
-/** ECHO_SOURCE answers one UDP datagram on port 9998 and prints the sender's address. */
+/**
+ * ECHO_SOURCE takes one UDP datagram on port 9998 and prints the sender's address. It writes the
+ * line in two pieces a moment apart, as Python does anyway with PYTHONUNBUFFERED=1 (set on this
+ * machine: each print argument is its own write): a reader that splits each chunk into lines
+ * sees "from" and " 10.32.0.1" and never the line (the "lost datagram" of issue #14 on a loaded
+ * machine, whose datagram had arrived: the receiver's UDP InDatagrams said 1).
+ */
 const ECHO_SOURCE = `
-import socket
+import socket, sys, time
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.bind(('0.0.0.0', 9998))
 s.settimeout(10)
 print('ready', flush=True)
 d, a = s.recvfrom(2048)
-print('from', a[0], flush=True)
+sys.stdout.write('from'); sys.stdout.flush(); time.sleep(0.2)
+print('', a[0], flush=True)
 `;
 
 /** tableOf lists the host's egress table (empty when there is none). */
@@ -82,16 +89,20 @@ describe.skipIf(reason)('egress masquerading (--masquerade)', () => {
 
   it('never NATs container to container: the receiver sees the sender’s overlay address', async () => {
     const rx = c2.spawn('python3', ['-c', ECHO_SOURCE]);
-    const lines: string[] = [];
-    rx.stdout?.on('data', (b: Buffer) => lines.push(...b.toString('utf8').split('\n')));
-    await waitUntil(async () => lines.includes('ready'), { timeoutMs: 10_000, what: 'the receiver' });
+    // Whole lines only: a print may reach us in pieces (with PYTHONUNBUFFERED each argument is its own write).
+    let out = '';
+    rx.stdout?.on('data', (b: Buffer) => {
+      out += b.toString('utf8');
+    });
+    const lines = (): string[] => out.split('\n').slice(0, -1);
+    await waitUntil(async () => lines().includes('ready'), { timeoutMs: 10_000, what: 'the receiver' });
     expect((await c1.ping(a2, { count: 1 })).received).toBe(1);
     await c1.exec('python3', [
       '-c',
       `import socket, time\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\nfor _ in range(5):\n    s.sendto(b'x', ('${a2}', 9998))\n    time.sleep(0.2)`,
     ]);
-    await waitUntil(async () => lines.some((l) => l.startsWith('from ')), { timeoutMs: 10_000, what: 'a datagram' });
-    expect(lines.find((l) => l.startsWith('from '))).toBe(`from ${a1}`);
+    await waitUntil(async () => lines().some((l) => l.startsWith('from ')), { timeoutMs: 10_000, what: 'a datagram' });
+    expect(lines().find((l) => l.startsWith('from '))).toBe(`from ${a1}`);
   });
 
   it('reconciles the table after kill -9 and removes it on stop', async () => {

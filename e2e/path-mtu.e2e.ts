@@ -126,7 +126,7 @@ describe.skipIf(reason)('path MTU: no IP fragments on the underlay', () => {
     let a2 = '';
 
     beforeAll(async () => {
-      ({ topo, h1, h2, c1, c2, a2 } = await lab({ midPathMtu: 1400 }, []));
+      ({ topo, h1, h2, c1, c2, a2 } = await lab({ midPathMtu: 1400 }, ['--encap', 'sleeve']));
     });
 
     afterAll(async () => {

@@ -362,6 +362,7 @@ export class Router implements Startable {
       log: this.log,
       nowMs,
       onControl: (c) => this.links.onFastdpControl(c),
+      mtuOk: (p) => this.links.get(p)?.fastMtu?.state === 'ok',
     });
     try {
       await fast.open();

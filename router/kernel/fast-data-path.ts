@@ -29,6 +29,8 @@ export interface FastDataPathOptions {
   readonly log: Logger;
   readonly nowMs: () => number;
   readonly onControl: (c: FastdpControl) => void;
+  /** mtuOk says whether our MTU proof towards a peer holds (sent in our heartbeat acks). */
+  readonly mtuOk?: (peer: PeerName) => boolean;
 }
 
 /** FastDataPath: see the module comment. */
@@ -52,7 +54,7 @@ export class FastDataPath {
         vni: o.vni,
         port: o.vxlanPort,
         local: o.local,
-        mtu: o.underlayMtu - VXLAN_IPV4_OVERHEAD_BYTES,
+        mtu: this.mtu,
       });
       this.fp.open();
       this.fp.sync([], true);
@@ -63,10 +65,11 @@ export class FastDataPath {
         log: o.log,
         nowMs: o.nowMs,
         onControl: o.onControl,
+        ...(o.mtuOk === undefined ? {} : { mtuOk: o.mtuOk }),
       });
       await this.hb.open();
       this.up = true;
-      o.log.info('fastdp device up', { device: this.fp.device, mtu: o.underlayMtu - VXLAN_IPV4_OVERHEAD_BYTES });
+      o.log.info('fastdp device up', { device: this.fp.device, mtu: this.mtu });
     } catch (err) {
       this.close();
       throw err;
@@ -93,9 +96,19 @@ export class FastDataPath {
     this.fp?.sync(peers, false, src);
   }
 
-  /** sendHeartbeat sends a heartbeat through weft-vx. */
-  sendHeartbeat(peer: PeerName, port: number): void {
-    this.hb?.sendHeartbeat(peer, port);
+  /** sendHeartbeat sends a heartbeat through weft-vx (`mtuOk`: our MTU proof towards the peer holds). */
+  sendHeartbeat(peer: PeerName, port: number, mtuOk = false): void {
+    this.hb?.sendHeartbeat(peer, port, mtuOk);
+  }
+
+  /** mtu is weft-vx's MTU (what an MTU probe fills). */
+  get mtu(): number {
+    return this.o.underlayMtu - VXLAN_IPV4_OVERHEAD_BYTES;
+  }
+
+  /** sendProbe sends an MTU probe filling weft-vx's MTU (kernel/fastdp-mtu.ts). */
+  sendProbe(peer: PeerName, port: number): void {
+    this.hb?.sendProbe(peer, port, this.mtu);
   }
 
   /** close deletes weft-vx and closes the sockets; idempotent. */

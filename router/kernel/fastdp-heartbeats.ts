@@ -8,8 +8,20 @@
  * peer's routes back to the TUN device.
  *
  * ```
- *  | magic "WFDP" (4) | type u8: 1 heartbeat, 2 ack | 0 (3) | sender peer name (6) | 0 (2) | stamp f64 BE (8) |  = 24 B
+ *  | magic "WFDP" (4) | type u8 | flags u8 | size u16 BE | sender peer name (6) | 0 (2) | stamp f64 BE (8) | padding |
+ *    type 1 heartbeat, 2 ack: 24 B, size 0; flags bit 0: the sender's MTU proof towards the receiver is ok
+ *    type 3 MTU probe: padded to `size` bytes, so that the IPv6 packet fills weft-vx's MTU
+ *    type 4 probe ack: 24 B, `size` and stamp of the probe it answers
  * ```
+ *
+ * The small heartbeats prove the path, not its MTU: a path that drops full-size VXLAN frames
+ * (a smaller underlay MTU on the peer's side, a middle link, a filter) still carries them. So the
+ * switch also sends an MTU probe (overlay/switch.ts, kernel/fastdp-mtu.ts) once the heartbeats
+ * are answered and then now and then; weft-vx sets DF on the outer header, so such a path drops
+ * the probe instead of fragmenting it. Heartbeats and acks say whether the sender's proof holds
+ * (flags bit 0), so that both ends use the fast path only when full-size frames cross both ways:
+ * else one end would send through weft-vx and the other through sleeve, and a host filtering
+ * reverse paths drops what arrives on the device its route back does not use.
  *
  * A datagram is accepted only from the link-local address that belongs to the peer name it
  * carries, on weft-vx: anything else is counted in `dropped` and ignored.
@@ -19,24 +31,46 @@ import type { Logger } from '../../common/log.js';
 import type { PeerName } from '../../common/types.js';
 import { fastdpMac, linkLocal6Text } from './fastdp.js';
 
-/** FASTDP_HEARTBEAT_LEN is the datagram's size. */
+/** FASTDP_HEARTBEAT_LEN is the size of a heartbeat, an ack and a probe ack. */
 export const FASTDP_HEARTBEAT_LEN = 24;
+/** FASTDP_PROBE_MAX is the largest MTU probe accepted (a jumbo underlay's weft-vx). */
+export const FASTDP_PROBE_MAX = 65_000;
+/** IPV6_UDP_OVERHEAD_BYTES: a probe of weft-vx's MTU carries MTU − 40 (IPv6) − 8 (UDP) bytes. */
+export const IPV6_UDP_OVERHEAD_BYTES = 48;
 const MAGIC = 0x57464450; // "WFDP"
 export const FASTDP_HEARTBEAT = 1;
 export const FASTDP_ACK = 2;
+export const FASTDP_PROBE = 3;
+export const FASTDP_PROBE_ACK = 4;
 
-/** FastdpControl is one heartbeat or ack heard through weft-vx. */
+type FastdpType = typeof FASTDP_HEARTBEAT | typeof FASTDP_ACK | typeof FASTDP_PROBE | typeof FASTDP_PROBE_ACK;
+
+/** FastdpControl is one heartbeat, ack, probe or probe ack heard through weft-vx. */
 export interface FastdpControl {
   readonly from: PeerName;
-  readonly type: typeof FASTDP_HEARTBEAT | typeof FASTDP_ACK;
+  readonly type: FastdpType;
   readonly stamp: number;
+  /** size is a probe's length (of the probe answered, for a probe ack); 0 for heartbeats and acks. */
+  readonly size: number;
+  /** mtuOk: (heartbeats and acks) the sender's MTU proof towards us holds. */
+  readonly mtuOk: boolean;
 }
 
-/** encodeFastdpHeartbeat writes a heartbeat or ack. */
-export function encodeFastdpHeartbeat(type: number, self: PeerName, stamp: number): Buffer {
-  const b = Buffer.alloc(FASTDP_HEARTBEAT_LEN);
+/** FASTDP_FLAG_MTU_OK is flags bit 0: the sender's MTU proof towards the receiver holds. */
+export const FASTDP_FLAG_MTU_OK = 1;
+
+/** fastdpProbeSize is the UDP payload of a probe whose IPv6 packet fills an MTU of `mtu`. */
+export function fastdpProbeSize(mtu: number): number {
+  return Math.min(FASTDP_PROBE_MAX, Math.max(FASTDP_HEARTBEAT_LEN, mtu - IPV6_UDP_OVERHEAD_BYTES));
+}
+
+/** encodeFastdpHeartbeat writes a heartbeat or ack (size 0), a probe of `size` bytes or its ack. */
+export function encodeFastdpHeartbeat(type: number, self: PeerName, stamp: number, size = 0, flags = 0): Buffer {
+  const b = Buffer.alloc(type === FASTDP_PROBE ? Math.max(size, FASTDP_HEARTBEAT_LEN) : FASTDP_HEARTBEAT_LEN);
   b.writeUInt32BE(MAGIC, 0);
   b.writeUInt8(type, 4);
+  b.writeUInt8(flags & 0xff, 5);
+  b.writeUInt16BE(size & 0xffff, 6);
   const mac = self.split(':').map((x) => Number.parseInt(x, 16));
   for (let i = 0; i < 6; i++) b.writeUInt8(mac[i] ?? 0, 8 + i);
   b.writeDoubleBE(stamp, 16);
@@ -45,13 +79,21 @@ export function encodeFastdpHeartbeat(type: number, self: PeerName, stamp: numbe
 
 /** decodeFastdpHeartbeat parses one, or returns undefined for anything else. */
 export function decodeFastdpHeartbeat(b: Buffer): FastdpControl | undefined {
-  if (b.length !== FASTDP_HEARTBEAT_LEN || b.readUInt32BE(0) !== MAGIC) return undefined;
+  if (b.length < FASTDP_HEARTBEAT_LEN || b.readUInt32BE(0) !== MAGIC) return undefined;
   const type = b.readUInt8(4);
-  if (type !== FASTDP_HEARTBEAT && type !== FASTDP_ACK) return undefined;
+  const size = b.readUInt16BE(6);
+  if (type === FASTDP_HEARTBEAT || type === FASTDP_ACK) {
+    if (b.length !== FASTDP_HEARTBEAT_LEN || size !== 0) return undefined;
+  } else if (type === FASTDP_PROBE) {
+    if (b.length > FASTDP_PROBE_MAX || size !== b.length) return undefined;
+  } else if (type === FASTDP_PROBE_ACK) {
+    if (b.length !== FASTDP_HEARTBEAT_LEN || size < FASTDP_HEARTBEAT_LEN) return undefined;
+  } else return undefined;
   const from = [...b.subarray(8, 14)].map((x) => x.toString(16).padStart(2, '0')).join(':') as PeerName;
   const stamp = b.readDoubleBE(16);
   if (!Number.isFinite(stamp)) return undefined;
-  return { from, type, stamp };
+  const mtuOk = (type === FASTDP_HEARTBEAT || type === FASTDP_ACK) && (b.readUInt8(5) & FASTDP_FLAG_MTU_OK) !== 0;
+  return { from, type, stamp, size, mtuOk };
 }
 
 /** FastdpHeartbeatsOptions configure FastdpHeartbeats. */
@@ -63,6 +105,8 @@ export interface FastdpHeartbeatsOptions {
   readonly log: Logger;
   readonly nowMs: () => number;
   readonly onControl: (c: FastdpControl) => void;
+  /** mtuOk says whether our MTU proof towards a peer holds (flags of our acks; default false). */
+  readonly mtuOk?: (peer: PeerName) => boolean;
 }
 
 /** FastdpHeartbeats: see the module comment. Open with `open()`, release with `close()`. */
@@ -101,21 +145,32 @@ export class FastdpHeartbeats {
       this.dropped++;
       return;
     }
-    if (c.type === FASTDP_HEARTBEAT) this.send(c.from, rinfo.port, FASTDP_ACK, c.stamp);
+    if (c.type === FASTDP_HEARTBEAT) this.send(c.from, rinfo.port, FASTDP_ACK, c.stamp, 0, this.o.mtuOk?.(c.from));
+    else if (c.type === FASTDP_PROBE) this.send(c.from, rinfo.port, FASTDP_PROBE_ACK, c.stamp, c.size);
     this.o.onControl(c);
   }
 
-  /** sendHeartbeat sends a heartbeat stamped now to a peer listening on `port`. */
-  sendHeartbeat(peer: PeerName, port: number): void {
-    this.send(peer, port, FASTDP_HEARTBEAT, this.o.nowMs());
+  /** sendHeartbeat sends a heartbeat stamped now to a peer listening on `port`; `mtuOk` sets flags bit 0. */
+  sendHeartbeat(peer: PeerName, port: number, mtuOk = false): void {
+    this.send(peer, port, FASTDP_HEARTBEAT, this.o.nowMs(), 0, mtuOk);
   }
 
-  private send(peer: PeerName, port: number, type: number, stamp: number): void {
+  /**
+   * sendProbe sends an MTU probe of `mtu` bytes of IPv6 (weft-vx's MTU: the largest inner packet
+   * the fast path must carry) stamped now. A probe that cannot leave (EMSGSIZE: the kernel already
+   * knows a smaller path MTU) is silence too.
+   */
+  sendProbe(peer: PeerName, port: number, mtu: number): void {
+    this.send(peer, port, FASTDP_PROBE, this.o.nowMs(), fastdpProbeSize(mtu));
+  }
+
+  private send(peer: PeerName, port: number, type: number, stamp: number, size = 0, mtuOk = false): void {
     const sock = this.sock;
     if (sock === undefined) return;
     const to = `${linkLocal6Text(fastdpMac(peer))}%${this.o.device}`;
     // Errors (no neighbour yet, device down) are silence, which the liveness counts.
-    sock.send(encodeFastdpHeartbeat(type, this.o.self, stamp), port, to, () => {});
+    const flags = mtuOk ? FASTDP_FLAG_MTU_OK : 0;
+    sock.send(encodeFastdpHeartbeat(type, this.o.self, stamp, size, flags), port, to, () => {});
   }
 
   /** close closes the socket; idempotent. */

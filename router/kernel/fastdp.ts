@@ -6,7 +6,7 @@
  *  container ─veth─ host stack ── route 10.32.64.0/18 via U2 dev weft-vx onlink proto weft
  *                                   neigh U2 lladdr M2 dev weft-vx permanent
  *                                   fdb   M2 dst U2 dev weft-vx self permanent
- *                    weft-vx (VNI, dstport, nolearning, local U1)  ── UDP U1 → U2:port ──▶ host 2
+ *                    weft-vx (VNI, dstport, nolearning, df set, local U1)  ── UDP U1 → U2:port ──▶ host 2
  *  heartbeats:       fe80::eui64(M1)%weft-vx ⇄ fe80::eui64(M2)%weft-vx (neigh fe80::… lladdr M2)
  * ```
  *
@@ -48,6 +48,7 @@ import {
   IFLA_INFO_KIND,
   IFLA_LINKINFO,
   IFLA_MTU,
+  IFLA_VXLAN_DF,
   IFLA_VXLAN_ID,
   IFLA_VXLAN_LEARNING,
   IFLA_VXLAN_LOCAL,
@@ -88,6 +89,7 @@ import {
   RTNH_F_ONLINK,
   RTPROT_WEFT,
   rtmsg,
+  VXLAN_DF_SET,
 } from './netlink.js';
 
 /** FASTDP_DEVICE is the kernel vxlan device's name. */
@@ -223,6 +225,7 @@ export class KernelFastPath {
               ...(this.o.local === 0 ? [] : [attrBytes(IFLA_VXLAN_LOCAL, ipv4Bytes(this.o.local))]),
               attrBe16(IFLA_VXLAN_PORT, this.o.port),
               attrU8(IFLA_VXLAN_LEARNING, 0),
+              attrU8(IFLA_VXLAN_DF, VXLAN_DF_SET),
             ]),
           ]),
         ],
@@ -261,6 +264,7 @@ export class KernelFastPath {
       l.port === this.o.port &&
       (this.o.local === 0 ? (l.local ?? 0) === 0 : l.local === this.o.local) &&
       l.learning === 0 &&
+      l.df === VXLAN_DF_SET &&
       l.mac === this.mac
     );
   }

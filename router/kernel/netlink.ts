@@ -57,6 +57,9 @@ export const IFLA_VXLAN_ID = 1;
 export const IFLA_VXLAN_LOCAL = 4;
 export const IFLA_VXLAN_LEARNING = 7;
 export const IFLA_VXLAN_PORT = 15;
+export const IFLA_VXLAN_DF = 29;
+/** VXLAN_DF_SET: the outer IPv4 header always carries DF (the underlay never fragments). */
+export const VXLAN_DF_SET = 1;
 export const IFLA_INET6_ADDR_GEN_MODE = 8;
 export const IN6_ADDR_GEN_MODE_NONE = 1;
 export const IFF_UP = 0x1;
@@ -292,6 +295,8 @@ export interface Link {
   readonly port: number | undefined;
   readonly local: number | undefined;
   readonly learning: number | undefined;
+  /** df is IFLA_VXLAN_DF (undefined when the kernel did not say: VXLAN_DF_UNSET). */
+  readonly df: number | undefined;
   readonly mac: string | undefined;
 }
 
@@ -346,6 +351,7 @@ export function decodeLink(p: Buffer): Link {
     port: port !== undefined && port.length >= 2 ? port.readUInt16BE(0) : undefined,
     local: ipv4(vx?.get(IFLA_VXLAN_LOCAL)),
     learning: vx?.get(IFLA_VXLAN_LEARNING)?.[0],
+    df: vx?.get(IFLA_VXLAN_DF)?.[0],
     mac: macText(a.get(IFLA_ADDRESS)),
   };
 }

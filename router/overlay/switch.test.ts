@@ -9,6 +9,8 @@ import { Encap, type Hop, peerNameHi, peerNameLo } from '../datapath/fib.js';
 import type { ControlDatagram, Forwarder } from '../datapath/forwarder.js';
 import { PeerCrypto } from '../datapath/peer-crypto.js';
 import { spanCidrs } from '../kernel/fast-data-path.js';
+import { fastdpProbeSize } from '../kernel/fastdp-heartbeats.js';
+import { FASTDP_MTU_REPROBE_MS } from '../kernel/fastdp-mtu.js';
 import { tryLoadNative } from '../tun/native.js';
 import { SleeveType } from './frame.js';
 import { fastActive, fastReason, healthyIntervalMs, ipToU32, linkState, OverlaySwitch } from './switch.js';
@@ -288,10 +290,15 @@ describe('OverlaySwitch data keys (a password is set)', () => {
 });
 
 describe('OverlaySwitch fast path', () => {
+  const MTU = 1450;
+  const PROBE = fastdpProbeSize(MTU);
   function fastSetup(peerFastdp: boolean, up = true) {
     const clock = new VirtualClock(0);
     const fastSent: string[] = [];
+    const probes: string[] = [];
+    const flags: boolean[] = [];
     let changes = 0;
+    let pathMtu = 0;
     const sw = new OverlaySwitch({
       clock,
       log: noopLogger,
@@ -299,40 +306,148 @@ describe('OverlaySwitch fast path', () => {
       peerTimeoutMs: TIMEOUT_MS,
       forwarder: () => ({ sendHeartbeat: () => true, sendVxlanHeartbeat: () => true }) as unknown as Forwarder,
       routeMtu: () => 1500,
-      kernelPathMtu: () => 0,
+      kernelPathMtu: () => pathMtu,
       onChange: () => changes++,
-      fastdp: () => ({ up, sendHeartbeat: (peer: PeerName) => void fastSent.push(peer) }),
+      fastdp: () => ({
+        up,
+        mtu: MTU,
+        sendHeartbeat: (peer: PeerName, _port: number, mtuOk?: boolean) => {
+          fastSent.push(peer);
+          flags.push(mtuOk === true);
+        },
+        sendProbe: (peer: PeerName) => void probes.push(peer),
+      }),
     });
     const conn = fakeConn('sleeve');
     (conn.remote as { fastdp: boolean }).fastdp = peerFastdp;
     const st = sw.add(conn);
-    return { clock, sw, st, fastSent, changes: () => changes };
+    const tick = (): void => {
+      clock.advance(DATA_HEARTBEAT_INTERVAL_MS);
+      sw.heartbeat();
+    };
+    /** answered: the peer's heartbeat and its ack of ours, now. */
+    const answered = (): void => {
+      sw.onFastdpControl({ from: PEER, type: 1, stamp: clock.now(), size: 0, mtuOk: true });
+      sw.onFastdpControl({ from: PEER, type: 2, stamp: clock.now(), size: 0, mtuOk: true });
+    };
+    const probeAcked = (size = PROBE): void =>
+      sw.onFastdpControl({ from: PEER, type: 4, stamp: 0, size, mtuOk: false });
+    const setPathMtu = (m: number): void => {
+      pathMtu = m;
+    };
+    return { clock, sw, st, fastSent, probes, flags, tick, answered, probeAcked, setPathMtu, changes: () => changes };
   }
 
-  it('uses the fast path only while heartbeats through weft-vx are answered, and says why not', () => {
-    const { clock, sw, st, fastSent } = fastSetup(true);
+  it('uses the fast path only while heartbeats and a full-size probe through weft-vx are answered, and says why not', () => {
+    const { clock, sw, st, fastSent, probes, tick, probeAcked } = fastSetup(true);
     expect(st.fast).toBeDefined();
     expect(fastSent).toEqual([PEER]);
     expect(fastActive(st)).toBe(false);
     expect(fastReason(st, clock.now())).toBe('fastdp pending');
-    sw.onFastdpControl({ from: PEER, type: 1, stamp: 0 });
+    sw.onFastdpControl({ from: PEER, type: 1, stamp: 0, size: 0, mtuOk: true });
     expect(fastActive(st)).toBe(false);
     clock.advance(5);
-    sw.onFastdpControl({ from: PEER, type: 2, stamp: 0 });
-    expect(fastActive(st)).toBe(true);
+    sw.onFastdpControl({ from: PEER, type: 2, stamp: 0, size: 0, mtuOk: true });
     expect(st.fast?.rttMs).toBe(5);
+    // Heartbeats answered, the MTU not yet proven: still sleeve, and no probe before the next tick.
+    expect(fastActive(st)).toBe(false);
+    expect(fastReason(st, clock.now())).toBe('fastdp pending');
+    expect(probes).toEqual([]);
+    tick();
+    expect(probes).toEqual([PEER]);
+    probeAcked();
+    expect(fastActive(st)).toBe(true);
     expect(fastReason(st, clock.now())).toBeUndefined();
     // Silence past the peer timeout: back to sleeve, with the reason status shows.
-    for (let t = 0; t <= TIMEOUT_MS + DATA_HEARTBEAT_INTERVAL_MS; t += DATA_HEARTBEAT_INTERVAL_MS) {
-      clock.advance(DATA_HEARTBEAT_INTERVAL_MS);
-      sw.heartbeat();
-    }
+    for (let t = 0; t <= TIMEOUT_MS + DATA_HEARTBEAT_INTERVAL_MS; t += DATA_HEARTBEAT_INTERVAL_MS) tick();
     expect(fastActive(st)).toBe(false);
     expect(fastReason(st, clock.now())).toMatch(/^vxlan blocked: no heartbeat for \d+ s$/);
-    // Heartbeats return: the fast path again.
-    sw.onFastdpControl({ from: PEER, type: 1, stamp: clock.now() });
-    sw.onFastdpControl({ from: PEER, type: 2, stamp: clock.now() });
+    // Heartbeats return: the MTU is proven again before the fast path is used.
+    sw.onFastdpControl({ from: PEER, type: 1, stamp: clock.now(), size: 0, mtuOk: true });
+    sw.onFastdpControl({ from: PEER, type: 2, stamp: clock.now(), size: 0, mtuOk: true });
+    expect(fastActive(st)).toBe(false);
+    tick();
+    probeAcked();
     expect(fastActive(st)).toBe(true);
+  });
+
+  it('falls back to sleeve when full-size probes go unanswered while heartbeats flow, and returns when one is', () => {
+    const { clock, st, probes, tick, answered, probeAcked } = fastSetup(true);
+    answered();
+    tick();
+    probeAcked(PROBE - 1); // a smaller probe's ack proves nothing
+    expect(fastActive(st)).toBe(false);
+    for (let t = 0; t <= TIMEOUT_MS + DATA_HEARTBEAT_INTERVAL_MS; t += DATA_HEARTBEAT_INTERVAL_MS) {
+      tick();
+      answered();
+    }
+    expect(st.fast?.state).toBe('established');
+    expect(fastActive(st)).toBe(false);
+    expect(fastReason(st, clock.now())).toBe(`vxlan: MTU ${MTU} not carried`);
+    // Failed probes are retried at the healthy pace, not every tick.
+    const n = probes.length;
+    tick();
+    answered();
+    expect(probes.length).toBeLessThanOrEqual(n + 1);
+    probeAcked();
+    expect(fastActive(st)).toBe(true);
+  });
+
+  it('re-probes a proven fast path and falls back when the probes stop getting through', () => {
+    const { clock, st, probes, tick, answered, probeAcked } = fastSetup(true);
+    answered();
+    tick();
+    probeAcked();
+    expect(fastActive(st)).toBe(true);
+    const n = probes.length;
+    for (let t = 0; t < FASTDP_MTU_REPROBE_MS; t += DATA_HEARTBEAT_INTERVAL_MS) {
+      tick();
+      answered();
+    }
+    expect(probes.length).toBe(n + 1);
+    expect(fastActive(st)).toBe(true);
+    for (let t = 0; t <= TIMEOUT_MS + DATA_HEARTBEAT_INTERVAL_MS; t += DATA_HEARTBEAT_INTERVAL_MS) {
+      tick();
+      answered();
+    }
+    expect(fastActive(st)).toBe(false);
+    expect(fastReason(st, clock.now())).toBe(`vxlan: MTU ${MTU} not carried`);
+  });
+
+  it('falls back at once when the kernel knows a path MTU too small for a full frame', () => {
+    const { clock, st, tick, answered, probeAcked, setPathMtu } = fastSetup(true);
+    answered();
+    tick();
+    probeAcked();
+    expect(fastActive(st)).toBe(true);
+    // An ICMP "fragmentation needed" told the kernel 1400: the next probe would be fragmented at
+    // its source and prove nothing, so the kernel's view decides.
+    setPathMtu(1400);
+    for (let t = 0; t < FASTDP_MTU_REPROBE_MS; t += DATA_HEARTBEAT_INTERVAL_MS) {
+      tick();
+      answered();
+    }
+    probeAcked();
+    expect(fastActive(st)).toBe(false);
+    expect(fastReason(st, clock.now())).toBe(`vxlan: MTU ${MTU} not carried (path MTU 1400)`);
+  });
+
+  it('uses the fast path only once the peer says its own probes are answered too, and tells the peer', () => {
+    const { clock, sw, st, flags, tick, probeAcked } = fastSetup(true);
+    sw.onFastdpControl({ from: PEER, type: 1, stamp: clock.now(), size: 0, mtuOk: false });
+    sw.onFastdpControl({ from: PEER, type: 2, stamp: clock.now(), size: 0, mtuOk: false });
+    tick();
+    expect(flags.at(-1)).toBe(false); // our proof does not hold yet
+    probeAcked();
+    expect(flags.at(-1)).toBe(true); // said at once
+    expect(st.fastMtu?.state).toBe('ok');
+    expect(fastActive(st)).toBe(false);
+    expect(fastReason(st, clock.now())).toBe('vxlan: MTU not proven by peer');
+    sw.onFastdpControl({ from: PEER, type: 2, stamp: clock.now(), size: 0, mtuOk: true });
+    expect(fastActive(st)).toBe(true);
+    // The peer's proof fails (frames towards it no longer cross): both ends back to sleeve.
+    sw.onFastdpControl({ from: PEER, type: 1, stamp: clock.now(), size: 0, mtuOk: false });
+    expect(fastActive(st)).toBe(false);
   });
 
   it('does not try the fast path towards a peer without one, or when ours is down, and ignores strangers', () => {
@@ -340,7 +455,7 @@ describe('OverlaySwitch fast path', () => {
     expect(a.st.fast).toBeUndefined();
     expect(a.st.fastOff).toBe('peer has no fast path');
     expect(a.fastSent).toEqual([]);
-    a.sw.onFastdpControl({ from: '02:00:00:00:00:09' as PeerName, type: 2, stamp: 0 });
+    a.sw.onFastdpControl({ from: '02:00:00:00:00:09' as PeerName, type: 2, stamp: 0, size: 0, mtuOk: true });
     expect(a.changes()).toBe(0);
     const b = fastSetup(true, false);
     expect(b.st.fast).toBeUndefined();

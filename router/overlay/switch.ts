@@ -18,9 +18,12 @@
  * The kernel fast path (`--encap auto|fastdp`, issue #14) is a third overlay beside the hops: when
  * both ends have weft-vx up and the connection is not encrypted, the link gets `fast`, a
  * PathLiveness fed by heartbeats that travel through the kernel device (kernel/fastdp-heartbeats.ts).
- * While it is established the router routes the peer's addresses through weft-vx (the kernel
- * carries the data; the hop stays sleeve for what still reaches the TUN device); when it fails
- * they go back to the TUN device and sleeve.
+ * Once those heartbeats are answered, a full-size MTU probe must be too (`fastMtu`,
+ * kernel/fastdp-mtu.ts), and the peer's heartbeats must say that its own probes are answered
+ * (`fastPeerMtuOk`: both directions, so both ends choose the same path): only then, and while
+ * all hold, the router routes the peer's addresses
+ * through weft-vx (the kernel carries the data; the hop stays sleeve for what still reaches the
+ * TUN device); when either fails they go back to the TUN device and sleeve.
  */
 import type { Clock, Timer } from '../../common/clock.js';
 import { InputError } from '../../common/errors.js';
@@ -32,7 +35,15 @@ import { Encap, encapName, Hop, peerKey, peerNameHi, peerNameLo } from '../datap
 import type { ControlDatagram, Forwarder } from '../datapath/forwarder.js';
 import { type DataState, PathLiveness } from '../datapath/liveness.js';
 import { PeerCrypto } from '../datapath/peer-crypto.js';
-import { FASTDP_HEARTBEAT, type FastdpControl } from '../kernel/fastdp-heartbeats.js';
+import {
+  FASTDP_ACK,
+  FASTDP_HEARTBEAT,
+  FASTDP_PROBE,
+  FASTDP_PROBE_ACK,
+  type FastdpControl,
+  fastdpProbeSize,
+} from '../kernel/fastdp-heartbeats.js';
+import { FastdpMtuProof } from '../kernel/fastdp-mtu.js';
 import type { ConnectionSummary } from '../topology.js';
 import type { NativeAddon } from '../tun/native.js';
 import { SleeveType } from './frame.js';
@@ -55,13 +66,17 @@ export interface PeerLink {
   readonly pmtu: PathMtu;
   /** fast is the kernel fast path's liveness, when both ends have one (see the module comment). */
   readonly fast: PathLiveness | undefined;
+  /** fastMtu proves that the fast path carries full-size frames (with `fast`; renewed when `fast` fails). */
+  fastMtu: FastdpMtuProof | undefined;
+  /** fastPeerMtuOk: the peer's last heartbeat or ack said its MTU proof towards us holds. */
+  fastPeerMtuOk: boolean;
   /** fastOff says why the fast path is not tried towards this peer (undefined when it is, or not wanted). */
   readonly fastOff: string | undefined;
 }
 
 /** fastActive says the kernel fast path carries this peer's traffic now. */
 export function fastActive(st: PeerLink): boolean {
-  return st.fast?.state === 'established';
+  return st.fast?.state === 'established' && st.fastMtu?.state === 'ok' && st.fastPeerMtuOk;
 }
 
 /**
@@ -71,7 +86,12 @@ export function fastActive(st: PeerLink): boolean {
 export function fastReason(st: PeerLink, nowMs: number): string | undefined {
   const f = st.fast;
   if (f === undefined) return st.fastOff;
-  if (f.state === 'established') return undefined;
+  if (f.state === 'established') {
+    const m = st.fastMtu;
+    if (m === undefined) return undefined;
+    if (m.state === 'ok') return st.fastPeerMtuOk ? undefined : 'vxlan: MTU not proven by peer';
+    return m.state === 'failed' ? `vxlan: ${m.reason ?? 'MTU not carried'}` : 'fastdp pending';
+  }
   if (f.state === 'pending') return 'fastdp pending';
   const last = Math.max(f.heardAt, f.ackedAt);
   const s = Number.isFinite(last)
@@ -84,7 +104,12 @@ export function fastReason(st: PeerLink, nowMs: number): string | undefined {
 export interface FastdpSender {
   /** up says weft-vx is open (our end of the fast path exists). */
   readonly up: boolean;
-  sendHeartbeat(peer: PeerName, port: number): void;
+  /** mtu is weft-vx's MTU: the size an MTU probe fills. */
+  readonly mtu: number;
+  /** sendHeartbeat sends a heartbeat; `mtuOk` tells the peer our MTU proof towards it holds. */
+  sendHeartbeat(peer: PeerName, port: number, mtuOk?: boolean): void;
+  /** sendProbe sends a probe filling `mtu` (kernel/fastdp-mtu.ts). */
+  sendProbe(peer: PeerName, port: number): void;
 }
 
 /** LinkState is what a direct link offers: established if either overlay works (VXLAN preferred). */
@@ -231,7 +256,8 @@ export class OverlaySwitch {
     sleeveHop.crypto = crypto;
     if (vxlanHop !== undefined) vxlanHop.crypto = crypto;
     const fastWanted = this.opts.encap === 'auto' || this.opts.encap === 'fastdp';
-    const fastUp = this.opts.fastdp?.()?.up === true;
+    const sender = this.opts.fastdp?.();
+    const fastUp = sender?.up === true;
     const fastOff = !fastWanted
       ? undefined
       : conn.dataKeys !== undefined
@@ -245,6 +271,8 @@ export class OverlaySwitch {
     const st: PeerLink = {
       conn,
       fast: fastWanted && fastOff === undefined ? new PathLiveness(now) : undefined,
+      fastMtu: fastWanted && fastOff === undefined ? new FastdpMtuProof(sender?.mtu ?? 0) : undefined,
+      fastPeerMtuOk: false,
       fastOff,
       hop: sleeveHop,
       sleeveHop,
@@ -338,17 +366,29 @@ export class OverlaySwitch {
     const path = st?.fast;
     if (st === undefined || path === undefined) return;
     const now = this.clock.now();
+    const before = fastActive(st);
+    if (c.type === FASTDP_HEARTBEAT || c.type === FASTDP_ACK) st.fastPeerMtuOk = c.mtuOk;
     if (c.type === FASTDP_HEARTBEAT) path.heard(now);
-    else path.acked(now, c.stamp);
-    if (this.evaluate(st, now)) this.opts.onChange();
+    else if (c.type === FASTDP_PROBE)
+      return; // answered by the heartbeat socket; proves the other direction
+    else if (c.type === FASTDP_PROBE_ACK) {
+      const m = st.fastMtu;
+      if (m === undefined || c.size !== fastdpProbeSize(m.mtu)) return; // a smaller probe proves nothing
+      m.acked(now);
+    } else path.acked(now, c.stamp);
+    if (this.evaluate(st, now) || fastActive(st) !== before) this.opts.onChange();
   }
 
   /** tickLink sends the heartbeats that are due towards one peer and advances its path MTU discovery. */
   private tickLink(st: PeerLink, now: number): void {
     const fwd = this.opts.forwarder();
-    if (st.fast?.due(now, this.healthyMs) === true) {
-      this.opts.fastdp?.()?.sendHeartbeat(st.conn.remote.name, st.conn.remote.sleevePort);
-      st.fast.sent(now);
+    if (st.fast?.due(now, this.healthyMs) === true) this.sendFastHeartbeat(st, now);
+    // The MTU probe once the heartbeats are answered; the kernel's path MTU (a syscall) with it.
+    const m = st.fastMtu;
+    if (st.fast?.state === 'established' && m?.due(now, DATA_HEARTBEAT_INTERVAL_MS, this.healthyMs) === true) {
+      m.pathMtu = this.opts.kernelPathMtu(st.sleeveHop.addr);
+      this.opts.fastdp?.()?.sendProbe(st.conn.remote.name, st.conn.remote.sleevePort);
+      m.sent(now);
     }
     const sleeveDue = st.data.due(now, this.healthyMs);
     if (sleeveDue) {
@@ -364,6 +404,12 @@ export class OverlaySwitch {
     const probe = st.pmtu.tick(now, sleeveDue ? this.opts.kernelPathMtu(st.sleeveHop.addr) : 0);
     if (probe > 0 && fwd?.sendHeartbeat(st.sleeveHop, now, probe) === false) st.pmtu.sendFailed(now);
     this.applyPmtu(st);
+  }
+
+  /** sendFastHeartbeat sends a heartbeat through weft-vx saying whether our MTU proof holds. */
+  private sendFastHeartbeat(st: PeerLink, now: number): void {
+    this.opts.fastdp?.()?.sendHeartbeat(st.conn.remote.name, st.conn.remote.sleevePort, st.fastMtu?.state === 'ok');
+    st.fast?.sent(now);
   }
 
   /**
@@ -394,8 +440,22 @@ export class OverlaySwitch {
       if (st.fast.evaluate(now, timeout)) {
         changed = true;
         const fields = { peer: st.sleeveHop.peer, reason: fastReason(st, now) };
-        if (st.fast.state === 'established') this.log.info('fastdp established', { ...fields, from: was });
+        if (st.fast.state === 'established') this.log.info('fastdp heartbeats answered', { ...fields, from: was });
         else if (st.fast.state === 'failed') this.log.warn('fastdp failed: using sleeve', fields);
+        // The MTU is proven again each time the heartbeats come back.
+        if (was === 'established' && st.fastMtu !== undefined) st.fastMtu = new FastdpMtuProof(st.fastMtu.mtu);
+      }
+      const m = st.fastMtu;
+      if (st.fast.state === 'established' && m !== undefined) {
+        const wasMtu = m.state;
+        if (m.evaluate(now, timeout)) {
+          changed = true;
+          const fields = { peer: st.sleeveHop.peer, mtu: m.mtu, pathMtu: m.pathMtu };
+          if (m.state === 'ok') this.log.info('fastdp mtu proven', { ...fields, from: wasMtu });
+          else if (m.state === 'failed') this.log.warn('fastdp mtu not carried: using sleeve', fields);
+          // Tell the peer at once: it uses the fast path only once our proof holds too.
+          this.sendFastHeartbeat(st, now);
+        }
       }
     }
     const hop = st.vxlanHop !== undefined && st.vxData?.state === 'established' ? st.vxlanHop : st.sleeveHop;
