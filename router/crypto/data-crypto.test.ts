@@ -8,6 +8,8 @@ import {
   DATA_TTL_OFFSET,
   DataReceiver,
   DataSender,
+  isEndToEnd,
+  KEY_PHASES,
 } from './data-crypto.js';
 
 const native = tryLoadNative();
@@ -116,7 +118,7 @@ describe.skipIf(native === undefined)('DataSender / DataReceiver', () => {
       trains.push(t);
     }
     expect(tx.rekeys).toBeGreaterThanOrEqual(6);
-    expect(tx.phase).toBe(tx.rekeys % 32);
+    expect(tx.phase).toBe(tx.rekeys % KEY_PHASES);
     // deliver with the trains pairwise swapped (datagrams of the old key arrive after the new key's)
     let ok = 0;
     for (let k = 0; k < trains.length; k += 2) {
@@ -217,6 +219,35 @@ describe.skipIf(native === undefined)('DataSender / DataReceiver', () => {
     expect(rx.authDrops).toBe(6400);
     expect(rx.replayDrops).toBe(0);
     rx.close();
+  });
+
+  it('keeps the two key families apart: the family bit picks the keys, the other family refuses', () => {
+    const s = secret();
+    const tx = new DataSender(n, 'aes-256-gcm', s, { endToEnd: true, rekeyAfterMessages: 16 });
+    const e2e = new DataReceiver(n, 'aes-256-gcm', s, { endToEnd: true });
+    const conn = new DataReceiver(n, 'aes-256-gcm', s);
+    let opened = 0;
+    for (let k = 0; k < KEY_PHASES + 3; k++) {
+      // through every key phase and past its wrap, with the family bit on every datagram
+      const t = new Train(16, () => 64);
+      tx.sealBatch(t.buf, t.offsets, t.lengths, t.count);
+      for (let i = 0; i < t.count; i++) expect(isEndToEnd(t.buf, t.offsets[i]!)).toBe(true);
+      const copy = Buffer.from(t.buf);
+      const res = new Uint8Array(16);
+      expect(conn.openBatch(copy, t.offsets, t.sealedLengths(), 16, res)).toBe(0); // same secret, other family
+      opened += e2e.openBatch(t.buf, t.offsets, t.sealedLengths(), 16, res);
+    }
+    expect(opened).toBe((KEY_PHASES + 3) * 16);
+    expect(tx.rekeys).toBeGreaterThan(KEY_PHASES);
+    expect(e2e.authDrops + e2e.replayDrops).toBe(0);
+    expect(conn.authDrops).toBe((KEY_PHASES + 3) * 16);
+    // and a connection-family datagram is not opened by end-to-end keys
+    const plain = new DataSender(n, 'aes-256-gcm', s);
+    const t = new Train(4, () => 64);
+    plain.sealBatch(t.buf, t.offsets, t.lengths, t.count);
+    expect(isEndToEnd(t.buf, t.offsets[0]!)).toBe(false);
+    expect(e2e.openBatch(t.buf, t.offsets, t.sealedLengths(), 4, new Uint8Array(4))).toBe(0);
+    for (const x of [tx, e2e, conn, plain]) x.close();
   });
 
   it('seals and opens without allocating per packet', () => {

@@ -10,7 +10,9 @@
  *
  *   counter, 8 bytes big-endian:
  *     bits 63..53  zero
- *     bits 52..48  key phase: the sender's key generation mod 32 (tells the receiver which key)
+ *     bit  52      key family: 0 = the keys of our control connection with the peer, 1 = end-to-end
+ *                  keys made through the mesh with a peer we have no connection with (e2e-keys.ts)
+ *     bits 51..48  key phase: the sender's key generation mod 16 (tells the receiver which key)
  *     bits 47..0   sequence number within that generation, from 0
  *
  * The nonce is the generation's static IV XOR the whole counter field. The sleeve header is
@@ -44,10 +46,20 @@ export const DATA_TTL_OFFSET = 3;
 export const DATA_SEAL_OVERHEAD_BYTES = 8 + AEAD_TAG_BYTES;
 /** DATA_SEALED_MIN_BYTES is the shortest datagram that can open (header, counter, tag). */
 export const DATA_SEALED_MIN_BYTES = DATA_AAD_BYTES + AEAD_TAG_BYTES;
-/** KEY_PHASES is how many key phases the counter field distinguishes (5 bits). */
-export const KEY_PHASES = 32;
+/** KEY_PHASES is how many key phases the counter field distinguishes (4 bits). */
+export const KEY_PHASES = 16;
 /** PHASE_UNIT is the counter value of one key phase step (2^48). */
 const PHASE_UNIT = 2 ** 48;
+/** FAMILY_UNIT is the counter value of the end-to-end key family's bit (2^52, still exact in a double). */
+const FAMILY_UNIT = 2 ** 52;
+/** FAMILY_BIT is that bit in the counter's second byte (bits 55..48). */
+const FAMILY_BIT = 0x10;
+
+/** isEndToEnd says whether the sealed datagram at `off` is sealed with end-to-end keys (family bit set). */
+export function isEndToEnd(buf: Buffer, off: number): boolean {
+  const at = off + DATA_COUNTER_OFFSET + 1;
+  return at < buf.length && (buf[at]! & FAMILY_BIT) !== 0;
+}
 
 /**
  * REKEY_AFTER_MESSAGES (2^30): a sender ratchets to the next generation after this many datagrams
@@ -100,6 +112,8 @@ export interface DataCryptoOptions {
   readonly rekeyAfterMessages?: number;
   readonly rekeyAfterBytes?: number;
   readonly rekeyAfterTimeMs?: number;
+  /** endToEnd: these are end-to-end keys (the counter's family bit is set; e2e-keys.ts). */
+  readonly endToEnd?: boolean;
 }
 
 /**
@@ -121,6 +135,8 @@ export class DataSender {
   readonly #maxMessages: number;
   readonly #maxBytes: number;
   readonly #maxAgeMs: number;
+  /** #family is FAMILY_UNIT for end-to-end keys, else 0: added to every counter. */
+  readonly #family: number;
 
   constructor(
     private readonly native: NativeAddon,
@@ -128,6 +144,7 @@ export class DataSender {
     trafficSecret: Uint8Array,
     opts: DataCryptoOptions = {},
   ) {
+    this.#family = opts.endToEnd === true ? FAMILY_UNIT : 0;
     this.#now = opts.now ?? (() => performance.now());
     this.#maxMessages = Math.min(opts.rekeyAfterMessages ?? REKEY_AFTER_MESSAGES, REKEY_AFTER_MESSAGES);
     this.#maxBytes = opts.rekeyAfterBytes ?? REKEY_AFTER_BYTES;
@@ -155,7 +172,7 @@ export class DataSender {
     if (end > lengths.length) throw new RangeError(`sealBatch: first + count ${end} exceeds lengths`);
     if (end > this.#counters.length) this.#counters = new Float64Array(Math.max(end, this.#counters.length * 2));
     const counters = this.#counters;
-    const base = g.phase * PHASE_UNIT + this.#seq - first;
+    const base = this.#family + g.phase * PHASE_UNIT + this.#seq - first;
     let bytes = 0;
     for (let i = first; i < end; i++) {
       counters[i] = base + i;
@@ -252,12 +269,18 @@ export class DataReceiver {
   readonly #ctrs1 = new Float64Array(1);
   readonly #res1 = new Uint8Array(1);
   #counters = new Float64Array(64);
+  /** #familyByte is FAMILY_BIT for end-to-end keys, else 0: what the counter's second byte must carry. */
+  readonly #familyByte: number;
+  readonly #family: number;
 
   constructor(
     private readonly native: NativeAddon,
     private readonly suite: AeadCipher,
     trafficSecret: Uint8Array,
+    opts: Pick<DataCryptoOptions, 'endToEnd'> = {},
   ) {
+    this.#familyByte = opts.endToEnd === true ? FAMILY_BIT : 0;
+    this.#family = opts.endToEnd === true ? FAMILY_UNIT : 0;
     this.#cur = this.#slot(trafficSecret, 0);
     this.#next = this.#slot(this.#cur.nextSecret, 1);
   }
@@ -354,7 +377,7 @@ export class DataReceiver {
     if (len < DATA_SEALED_MIN_BYTES || off < 0 || off + DATA_AAD_BYTES > buf.length) return -1;
     const b0 = buf[off + DATA_COUNTER_OFFSET]!;
     const b1 = buf[off + DATA_COUNTER_OFFSET + 1]!;
-    return b0 === 0 && b1 < KEY_PHASES ? b1 : -1;
+    return b0 === 0 && (b1 & ~(KEY_PHASES - 1)) === this.#familyByte ? b1 & (KEY_PHASES - 1) : -1;
   }
 
   /** #openOne tries the generations of this phase (current, next, previous; `skip` already failed). */
@@ -403,7 +426,7 @@ export class DataReceiver {
   }
 
   #accept(s: Slot, counter: number): 0 | 1 {
-    if (s.window.update(counter - s.phase * PHASE_UNIT) !== ReplayVerdict.Ok) {
+    if (s.window.update(counter - this.#family - s.phase * PHASE_UNIT) !== ReplayVerdict.Ok) {
       this.replayDrops++;
       return 0;
     }

@@ -429,6 +429,89 @@ describe.skipIf(native === undefined)('Forwarder with data keys (sealed sleeve)'
   });
 });
 
+describe.skipIf(native === undefined)('Forwarder with end-to-end keys (a peer reached only through a relay)', () => {
+  /** throughR: A and B each reach the other only through R, each with its own PeerCrypto for the other. */
+  function throughR(): { p: Pair; r: Forwarder; atR: Wire[]; ab: PeerCrypto; ba: PeerCrypto; run: () => Buffer[] } {
+    const p = pair({ encrypted: false });
+    const { r, atR } = relayR(p);
+    const ab = new PeerCrypto(native!, undefined); // A's towards B: no connection keys
+    const ba = new PeerCrypto(native!, undefined);
+    open.push(ab, ba);
+    const viaRtoB = relayHopVia(NAME_B, UNDER_R, ab);
+    const viaRtoA = relayHopVia(NAME_A, UNDER_R, ba);
+    const rAtA = hopOf(NAME_R, UNDER_R);
+    const rAtB = hopOf(NAME_R, UNDER_R);
+    p.a.fib = Fib.build([{ cidr: { addr: IP_B as never, prefix: 32 }, hop: viaRtoB }], [IP_A], [viaRtoB, rAtA]);
+    p.b.fib = Fib.build([{ cidr: { addr: IP_A as never, prefix: 32 }, hop: viaRtoA }], [IP_B], [viaRtoA, rAtB]);
+    const run = (): Buffer[] => {
+      p.tunA.inject(vnet(udpPacket(640)));
+      p.a.inside.onTunReadable();
+      r.outside.onSleeveReadable();
+      p.b.outside.onSleeveReadable();
+      return p.tunB.written.splice(0);
+    };
+    return { p, r, atR, ab, ba, run };
+  }
+
+  it('drops and asks for keys (once until cleared), then seals end to end through the relay', () => {
+    const { p, r, atR, ab, ba, run } = throughR();
+    let wanted = 0;
+    ab.onWant = () => wanted++;
+    expect(run()).toHaveLength(0);
+    expect(run()).toHaveLength(0);
+    expect(p.a.counters.dropped(Drop.NoKey)).toBe(2);
+    expect(wanted).toBe(1);
+    const [ka, kb] = keyPair();
+    ab.installEndToEnd(ka);
+    ba.installEndToEnd(kb);
+    expect(ab.endToEnd).toBe(true);
+    expect(run()).toHaveLength(1);
+    expect(r.counters.relayed).toBe(1);
+    expect(containsMarker([...atR, ...p.atB])).toBe(false);
+    // the family bit is on the wire
+    expect((atR[0]!.buf[SLEEVE_HEADER_LEN + 1]! & 0x10) !== 0).toBe(true);
+  });
+
+  it('opens by the family bit even when the receiver also holds connection keys for the sender', () => {
+    const { p, ab, ba, run } = throughR();
+    const [ka, kb] = keyPair();
+    const [ca] = keyPair();
+    ba.install(ca); // B still believes in a connection with A (its own keys), A does not
+    ab.installEndToEnd(ka);
+    ba.installEndToEnd(kb);
+    expect(run()).toHaveLength(1);
+    expect(p.b.counters.dropped(Drop.Auth)).toBe(0);
+  });
+
+  it('a receiver without end-to-end keys (the sender restarted, or it did) drops as auth and asks for keys', () => {
+    const { p, ab, ba, run } = throughR();
+    let wanted = 0;
+    ba.onWant = () => wanted++;
+    const [ka] = keyPair();
+    ab.installEndToEnd(ka);
+    expect(run()).toHaveLength(0);
+    expect(p.b.counters.dropped(Drop.Auth)).toBe(1);
+    expect(wanted).toBe(1);
+    ba.close();
+  });
+
+  it('seals with the connection keys while they are open, with the end-to-end ones after the connection goes', () => {
+    const { p, atR, ab, ba, run } = throughR();
+    const [ca, cb] = keyPair();
+    const [ka, kb] = keyPair();
+    ab.install(ca);
+    ba.install(cb);
+    ab.installEndToEnd(ka);
+    ba.installEndToEnd(kb);
+    expect(run()).toHaveLength(1);
+    expect((atR.at(-1)!.buf[SLEEVE_HEADER_LEN + 1]! & 0x10) === 0).toBe(true);
+    ab.closeConnection();
+    expect(run()).toHaveLength(1);
+    expect((atR.at(-1)!.buf[SLEEVE_HEADER_LEN + 1]! & 0x10) !== 0).toBe(true);
+    expect(p.b.counters.dropped(Drop.Auth)).toBe(0);
+  });
+});
+
 describe.skipIf(native === undefined)('Forwarder with a trusted peer (--trusted-subnets on both ends)', () => {
   it('takes cleartext straight from the trusted peer, but only sealed datagrams from it through a relay', () => {
     const p = pair();

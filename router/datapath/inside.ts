@@ -172,7 +172,8 @@ export class Inside {
     let tail = 0;
     if (crypto !== undefined) {
       if (crypto.sender === undefined) {
-        c.drop(Drop.NoKey); // the peer went: never fall back to cleartext
+        c.drop(Drop.NoKey); // no keys (yet): never fall back to cleartext
+        crypto.want();
         return;
       }
       extra = SEAL_COUNTER_BYTES;

@@ -23,6 +23,7 @@
 
 import type { PacketConn } from '../conn/packet-conn.js';
 import { BATCH_MAX, ETH_HEADER_LEN, SLEEVE_HEADER_LEN, SLOT_BYTES, VXLAN_HEADER_LEN } from '../constants.js';
+import { isEndToEnd } from '../crypto/data-crypto.js';
 import {
   ARP_FRAME_LEN,
   ARP_OP_REPLY,
@@ -196,13 +197,15 @@ export class Outside {
    * with data keys, in place, and moves its header next to the frames (over the counter), so the
    * cleartext datagram is at the returned offset, SEAL_COUNTER_BYTES + SEAL_TAG_BYTES shorter.
    * Returns -1 after a counted drop: Replay when authentic but seen before or too old, else Auth
-   * (tampered, forged, wrong key, cleartext, or the peer's keys were closed).
+   * (tampered, forged, wrong key, cleartext, or the peer's keys were closed). Sealed end to end
+   * when we hold no such keys (the peer restarted, or forgot ours): asks for new ones (want).
    */
   private open(crypto: PeerCrypto, off: number, len: number): number {
     const c = this.fwd.counters;
-    const rx = crypto.receiver;
+    const rx = crypto.receiverOf(this.buf, off);
     if (rx === undefined) {
       c.drop(Drop.Auth);
+      if (isEndToEnd(this.buf, off)) crypto.want();
       return -1;
     }
     this.openOff[0] = off;
@@ -234,13 +237,14 @@ export class Outside {
     const sender = fib.sender(this.addrs[i] as number, this.ports[i] as number);
     if (sender === undefined) return;
     const hop = fib.peer(sleeveSrcHi(buf, off), sleeveSrcLo(buf, off));
-    const rx = hop === undefined ? undefined : keysOf(sender, hop)?.receiver;
+    const rx = hop === undefined ? undefined : keysOf(sender, hop)?.receiverOf(buf, off);
     if (hop === undefined || rx === undefined) return;
-    // The run: segments whose header (but for the ttl) is the first one's.
+    // The run: segments whose header (but for the ttl) and key family are the first one's.
+    const e2e = isEndToEnd(buf, off);
     let m = 0;
     for (let at = 0; at < len && m < TRAIN_OPEN_MAX; at += step, m++) {
       const o = off + at;
-      if (at > 0 && !sameHeader(buf, off, o)) break;
+      if (at > 0 && (!sameHeader(buf, off, o) || isEndToEnd(buf, o) !== e2e)) break;
       this.trainOff[m] = o;
       this.trainLen[m] = Math.min(step, len - at);
     }

@@ -120,6 +120,7 @@ export class SendBatch {
       }
       if (crypto.sender === undefined) {
         c.drop(Drop.NoKey, segs);
+        crypto.want();
         this.len[k] = 0;
         this.gso[k] = 0;
         continue;
