@@ -133,7 +133,7 @@ export function formatPeers(s: RouterStatus): string {
   for (const p of s.peers) {
     const how =
       p.state === 'relayed'
-        ? `relayed via ${p.via}(${names.get(p.via ?? '') ?? '?'})${p.reason ? ` (${p.reason})` : ''}`
+        ? `relayed via ${p.via}(${names.get(p.via ?? '') ?? '?'})${p.dataEndToEnd === true ? ' encrypted end to end' : p.dataEncrypted === true ? ' encrypted' : ''}${p.reason ? ` (${p.reason})` : ''}`
         : p.state === 'unreachable'
           ? 'unreachable'
           : `${p.addr}  ${p.encap}${p.dataEncrypted === true ? ' encrypted' : p.dataTrusted === true ? ' unencrypted (trusted subnet)' : ''}${p.encapReason === undefined ? '' : ` (${p.encapReason})`}  ${p.state}${p.reason ? ` (${p.reason})` : ''}${p.rttMs === undefined ? '' : `  rtt=${p.rttMs.toFixed(2)}ms`}${pmtuText(p.pmtu)}`;

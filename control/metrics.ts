@@ -257,6 +257,18 @@ function createRegistry(prom: PromClient, router: Router, dns: DnsService | unde
     },
   });
   new Counter({
+    name: 'weft_e2e_key_exchanges_total',
+    help: 'End-to-end data key exchanges through the mesh with peers reached only through relays (a password is set), by outcome.',
+    labelNames: ['result'],
+    registers: [register],
+    collect() {
+      this.reset();
+      const e = snap().endToEnd;
+      if (e === undefined) return;
+      for (const [result, n] of Object.entries(e)) this.inc({ result }, n);
+    },
+  });
+  new Counter({
     name: 'weft_relayed_total',
     help: 'Sleeve datagrams this router forwarded for other peers.',
     registers: [register],

@@ -433,25 +433,27 @@ describe.skipIf(reason)('with a password and trusted subnets on both ends, data 
 
 /**
  * Three hosts with a password, h1 and h2 cut from each other on the underlay (nft in h1's
- * namespace): once h1's own connection to h2 is gone, h2 is reached only through h3 and h1 holds
- * no data keys with h2, so the traffic is dropped and counted rather than relayed in the clear.
+ * namespace): once h1's own connection to h2 is gone, h2 is reached only through h3, with data
+ * keys the two make end to end through the mesh (router/overlay/e2e-keys.ts): h3 relays what it
+ * cannot read, and the marker never crosses any underlay link in the clear.
  */
-describe.skipIf(reason)('with a password, a peer reached only through a relay gets nothing in the clear', () => {
+describe.skipIf(reason)('with a password, a peer reached only through a relay is sealed end to end', () => {
   let topo: Lab;
   let h1: Host;
   let h2: Host;
+  let h3: Host;
   let a2 = '';
   let cap: { stop: () => Promise<Capture> } | undefined;
+  const flags = (h: Host): string[] => ['--no-dns', '--password-file', `${stateDir(h)}/password`];
 
   beforeAll(async () => {
     topo = await Lab.create({ hosts: 3 });
     const hs = topo.hosts as [Host, Host, Host];
-    [h1, h2] = hs;
+    [h1, h2, h3] = hs;
     for (const h of hs) writeFileSync(`${stateDir(h)}/password`, 'correct horse\n', { mode: 0o600 });
-    const flags = (h: Host): string[] => ['--no-dns', '--password-file', `${stateDir(h)}/password`];
     await launch(h1, [], flags(h1));
     await launch(h2, [h1.underlayIp], flags(h2));
-    await launch(hs[2], [h1.underlayIp, h2.underlayIp], flags(hs[2]));
+    await launch(h3, [h1.underlayIp, h2.underlayIp], flags(h3));
     for (const h of hs) await waitPeers(h, 2);
     await expose(h1);
     a2 = await expose(h2);
@@ -463,12 +465,16 @@ describe.skipIf(reason)('with a password, a peer reached only through a relay ge
     if (topo) removeStateDirs(topo);
   });
 
-  it('drops h1 → h2 traffic (no_key) and says why in status peers, while h3 stays reachable and sealed', async () => {
-    const h3 = topo.hosts[2] as Host;
+  /** reachesH2 pings h2 from h1 until one answer comes (the first packets wait for the exchange). */
+  const reachesH2 = () =>
+    waitUntil(async () => (await h1.ping(a2, { count: 1, timeoutMs: 1_000 })).received === 1, {
+      timeoutMs: 30_000,
+      what: 'h1 to reach h2 through h3',
+    });
+
+  it("carries ping and TCP h1 ↔ h2 through h3, sealed end to end: the marker never on the relay's underlay", async () => {
     const a3 = await expose(h3);
     await cutUnderlay(h1, h2.underlayIp);
-    // Relayed as soon as the data path fails; while the control connection to h2 lives its keys
-    // still seal end to end through h3. Once it is gone h1 holds no keys for h2 at all.
     const name2 = (await status(h2)).name;
     await waitUntil(
       async () => {
@@ -478,19 +484,47 @@ describe.skipIf(reason)('with a password, a peer reached only through a relay ge
       { timeoutMs: 60_000, what: 'h1 to reach h2 only through h3, with no connection of its own' },
     );
     cap = await startCapture(h3);
-    const p = await h1.ping(a2, { count: 3, intervalS: 0.1, timeoutMs: 1_000 });
-    const counts = await cap.stop();
-    cap = undefined;
-    expect(p.received).toBe(0);
-    expect(counts.hits).toBe(0);
+    let delivered = false;
+    try {
+      await reachesH2();
+      expect((await h1.ping(a2, { count: 3, intervalS: 0.1 })).received).toBe(3);
+      delivered = await markerThrough(h2, h1, a2);
+    } finally {
+      const counts = await cap.stop();
+      cap = undefined;
+      expect(counts.hits).toBe(0);
+      expect(counts.sleeve).toBeGreaterThan(0);
+    }
+    expect(delivered).toBe(true);
     const text = (await weft(h1, ['status', 'peers'])).stdout;
-    expect(text).toMatch(/relayed via .*no data keys through a relay/);
+    expect(text).toMatch(/relayed via .* encrypted end to end/);
+    const s1 = (await status(h1)) as unknown as { endToEnd?: { completed: number; answered: number } };
+    const s2 = (await status(h2)) as unknown as { endToEnd?: { completed: number; answered: number } };
+    expect((s1.endToEnd?.completed ?? 0) + (s2.endToEnd?.completed ?? 0)).toBeGreaterThanOrEqual(1);
+    expect((s1.endToEnd?.answered ?? 0) + (s2.endToEnd?.answered ?? 0)).toBeGreaterThanOrEqual(1);
     const metrics = await h1.exec(process.execPath, [
       '-e',
       'fetch("http://127.0.0.1:6784/metrics").then((r) => r.text()).then((t) => process.stdout.write(t))',
     ]);
-    expect(metrics.stdout).toMatch(/weft_drops_total\{reason="no_key"\} [1-9]/);
+    expect(metrics.stdout).toMatch(/weft_e2e_key_exchanges_total\{result="(completed|answered)"\} [1-9]/);
     // The direct peer is unaffected: sealed and answering.
     expect((await h1.ping(a3, { count: 2, intervalS: 0.1 })).received).toBe(2);
+  });
+
+  it('makes new keys when the far end restarts (its old keys are gone) and carries traffic again', async () => {
+    const before = (await status(h1)) as unknown as { endToEnd?: { completed: number; answered: number } };
+    await weft(h2, ['stop']);
+    await launch(h2, [h3.underlayIp], flags(h2));
+    // h2 ↔ h3 direct, h2 ↔ h1 through h3 (waitPeers wants every peer direct)
+    await waitUntil(async () => (await status(h2)).peers.some((p) => p.state === 'established'), {
+      timeoutMs: 30_000,
+      what: 'the relaunched h2 to reach h3',
+    });
+    a2 = await expose(h2);
+    await reachesH2();
+    expect((await h1.ping(a2, { count: 3, intervalS: 0.1 })).received).toBe(3);
+    const after = (await status(h1)) as unknown as { endToEnd?: { completed: number; answered: number } };
+    const n = (x: typeof after) => (x.endToEnd?.completed ?? 0) + (x.endToEnd?.answered ?? 0);
+    expect(n(after)).toBeGreaterThan(n(before));
   });
 });

@@ -139,6 +139,8 @@ export interface ConnectionMakerOptions {
   readonly local: Omit<LocalPeerInfo, 'tcpPort'>;
   /** password authenticates and encrypts every connection; its key is derived once, here (scrypt). */
   readonly password?: Buffer;
+  /** passwordKey is derivePasswordKey(password) when the caller has it already (saves a scrypt). */
+  readonly passwordKey?: Buffer;
   /** host to listen on (default 0.0.0.0). */
   readonly host?: string;
   /** port to listen on (default CONTROL_PORT; 0 picks a free one, see `address()`). */
@@ -278,7 +280,7 @@ export class ConnectionMaker extends EventEmitter<ConnectionMakerEvents> impleme
   constructor(opts: ConnectionMakerOptions) {
     super();
     this.opts = opts;
-    this.passwordKey = opts.password === undefined ? undefined : derivePasswordKey(opts.password);
+    this.passwordKey = opts.passwordKey ?? (opts.password === undefined ? undefined : derivePasswordKey(opts.password));
     this.log = opts.log;
     this.random = opts.random ?? Math.random;
     const clock = opts.clock ?? realClock;

@@ -75,7 +75,7 @@ describe('FibCompiler', () => {
     expect(fib.sender(0xc0a80002, 6783)).toBeDefined();
   });
 
-  it('with a password gives a relay hop the data keys of our own connection to its peer, else NO_KEYS', () => {
+  it('with a password gives a relay hop the PeerCrypto the switch holds for its peer (connection or end-to-end keys), else NO_KEYS', () => {
     const c = new FibCompiler();
     expect(c.compile(input()).lookup(0x0a200003)?.crypto).toBeUndefined();
     const toC = c.compile(input({ encrypted: true })).lookup(0x0a200003);

@@ -26,11 +26,11 @@ export interface FibInput {
   readonly localAddrs: readonly number[];
   readonly kernelVxlanPeers: readonly number[];
   /**
-   * encrypted: a password is set. A relayed peer's datagrams are sealed end to end with the data
-   * keys of our own connection to it (`dataKeys`: one whose data path is not proven yet, so routes
-   * go round it); a peer reached only through a relay has none, so its relay hop carries
-   * PeerCrypto.NO_KEYS and its traffic is dropped both ways, never sent or taken in the clear
-   * (keys between peers without a connection are not built yet).
+   * encrypted: a password is set. A relayed peer's datagrams are sealed end to end with its
+   * PeerCrypto (`dataKeys`): the keys of our own connection to it (one whose data path is not
+   * proven yet, so routes go round it), else keys made end to end through the mesh
+   * (overlay/e2e-keys.ts), asked for when the datapath first drops for want of them; NO_KEYS
+   * when there can be none. Never sent or taken in the clear.
    */
   readonly encrypted?: boolean;
   readonly dataKeys?: (peer: PeerName) => PeerCrypto | undefined;

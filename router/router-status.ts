@@ -11,16 +11,20 @@ import type { DataPlane } from './data-plane.js';
 import type { Counters } from './datapath/counters.js';
 import { encapName, type Hop } from './datapath/fib.js';
 import type { DataState } from './datapath/liveness.js';
-import { PeerCrypto } from './datapath/peer-crypto.js';
 import type { FibCompiler } from './fib-compiler.js';
 import type { IpamService } from './ipam/service.js';
 import type { MeshCore } from './mesh.js';
+import type { EndToEndStats } from './overlay/e2e-keys.js';
 import { fastActive, fastReason, linkState, type OverlaySwitch } from './overlay/switch.js';
 import type { PeerStatus, RouterStatus } from './status.js';
 import { buildStatus } from './status.js';
 
-/** RELAYED_NO_KEYS_REASON: with a password, a relayed peer's traffic is dropped (no data keys with it). */
-export const RELAYED_NO_KEYS_REASON = 'no data keys through a relay: its traffic is dropped, not sent in the clear';
+/**
+ * RELAYED_NO_KEYS_REASON: with a password, a relayed peer's traffic is dropped while we hold no data
+ * keys with it (the end-to-end exchange through the mesh has not completed, or the addon is missing).
+ */
+export const RELAYED_NO_KEYS_REASON =
+  'no data keys with it yet: its traffic is dropped until the exchange through the mesh completes, never sent in the clear';
 
 /**
  * LEARNED_STATUS_SAMPLE bounds the learned VXLAN endpoints status lists (the count is always
@@ -46,6 +50,8 @@ export interface StatusSources {
   readonly datapath: 'native' | 'dgram';
   readonly offload: boolean;
   readonly encryption: boolean;
+  /** endToEnd counts the end-to-end key exchanges (a password is set). */
+  readonly endToEnd: EndToEndStats | undefined;
   /** trustedSubnets are the --trusted-subnets (with a password: data to peers in them may stay unencrypted). */
   readonly trustedSubnets: readonly Cidr[];
   readonly ipallocRange: Cidr;
@@ -86,6 +92,7 @@ export function assembleStatus(s: StatusSources): RouterStatus {
       udpOffload: plane.udpOffload(),
       encryption: s.encryption,
       ...(s.encryption && { cipher: DEFAULT_AEAD_CIPHER }),
+      ...(s.endToEnd !== undefined && { endToEnd: { ...s.endToEnd } }),
       ...(s.encryption && s.trustedSubnets.length > 0 && { trustedSubnets: s.trustedSubnets.map(formatCidr) }),
       ipallocRange: formatCidr(s.ipallocRange),
       exposed: s.exposed.map(formatCidr),
@@ -135,6 +142,12 @@ function peerStatus(s: StatusSources): PeerStatus[] {
         fastReason(st, s.nowMs) !== undefined && { encapReason: fastReason(st, s.nowMs) }),
       ...(!relayed &&
         st?.sleeveHop.crypto?.open === true && { dataEncrypted: true, dataRekeys: st.sleeveHop.crypto.rekeys }),
+      ...(relayed &&
+        hops[0]?.crypto?.open === true && {
+          dataEncrypted: true,
+          dataRekeys: hops[0].crypto.rekeys,
+          ...(hops[0].crypto.endToEnd && { dataEndToEnd: true }),
+        }),
       ...(!relayed && st?.conn.dataTrusted === true && { dataTrusted: true }),
       mtu: st?.conn.remote.mtu ?? 0,
       cidrs: [...e.cidrs],
@@ -146,7 +159,7 @@ function peerStatus(s: StatusSources): PeerStatus[] {
       rxBytes: sum('rxBytes'),
       state: relayed ? 'relayed' : directState(link, next === e.name),
       stateSince: link?.since ?? 0,
-      reason: relayed && hops[0]?.crypto === PeerCrypto.NO_KEYS ? RELAYED_NO_KEYS_REASON : link?.reason,
+      reason: relayed && hops[0]?.crypto !== undefined && !hops[0].crypto.open ? RELAYED_NO_KEYS_REASON : link?.reason,
       rttMs: link?.rttMs,
       via: relayed ? next : undefined,
       pmtu: relayed ? links.get(next)?.pmtu.status() : st?.pmtu.status(),

@@ -29,6 +29,7 @@ import { addressIn, formatIPv4 } from '../common/types.js';
 import type { Connection } from './connection.js';
 import { ConnectionMaker, parseTarget } from './connection-maker.js';
 import { CONN_LIMIT_DEFAULT } from './constants.js';
+import { derivePasswordKey } from './crypto/keys.js';
 import { DataPlane } from './data-plane.js';
 import { Counters } from './datapath/counters.js';
 import { FibCompiler } from './fib-compiler.js';
@@ -40,6 +41,7 @@ import { FastDataPath, spanCidrs } from './kernel/fast-data-path.js';
 import type { FastPeer } from './kernel/fastdp.js';
 import { EXPOSE_OWNER, LocalAddresses } from './local-addresses.js';
 import { MeshCore } from './mesh.js';
+import { E2E_CHANNEL, EndToEndKeys } from './overlay/e2e-keys.js';
 import { fastActive, ipToU32, OverlaySwitch } from './overlay/switch.js';
 import type { PeerMessage } from './protocol.js';
 import { type RouterOptions, wireEncap } from './router-options.js';
@@ -97,6 +99,10 @@ export class Router implements Startable {
   private fast: FastDataPath | undefined;
   /** fastOff says why a router that wants the fast path has none. */
   private fastOff: string | undefined;
+  /** passwordKey is derivePasswordKey(password) when a password is set. */
+  private readonly passwordKey: Buffer | undefined;
+  /** e2e makes data keys with peers reached only through relays (a password is set). */
+  private readonly e2e: EndToEndKeys | undefined;
 
   constructor(opts: RouterOptions) {
     this.opts = opts;
@@ -123,6 +129,7 @@ export class Router implements Startable {
         this.updateLocal();
         this.syncFast();
       },
+      wantKeys: (peer) => this.e2e?.request(peer),
       native: tryLoadNative(),
       fastdp: () => this.fast,
     });
@@ -141,8 +148,27 @@ export class Router implements Startable {
         this.ipam.onTopologyChange();
         this.rebuild();
       },
-      onPeersForgotten: (gone) => this.onPeersForgotten?.(gone, false),
+      onPeersForgotten: (gone) => {
+        this.forgetKeys(gone);
+        this.onPeersForgotten?.(gone, false);
+      },
     });
+    if (opts.password !== undefined) {
+      // One scrypt per process, shared by the control connections and the end-to-end exchange.
+      const passwordKey = derivePasswordKey(opts.password);
+      this.passwordKey = passwordKey;
+      let e2eGossip: Gossip | undefined;
+      this.e2e = new EndToEndKeys({
+        self: opts.name,
+        passwordKey,
+        clock,
+        log: this.log,
+        send: (dst, payload) => e2eGossip?.unicast(dst, payload) ?? false,
+        install: (peer, keys) => this.links.installEndToEnd(peer, keys),
+        cleared: (peer) => this.links.clearWant(peer),
+      });
+      e2eGossip = this.mesh.addGossiper(E2E_CHANNEL, this.e2e);
+    }
     const ipamOpts = opts.ipam ?? { init: { mode: 'auto', alone: true } };
     let ipamGossip: Gossip | undefined;
     this.ipam = new IpamService(
@@ -181,7 +207,10 @@ export class Router implements Startable {
       forgottenEntries: () => this.mesh.topology?.forgotten() ?? [],
       routes: () => this.mesh.routes,
       connected: (p) => this.links.has(p),
-      forgotten: (peers) => this.onPeersForgotten?.(peers, true),
+      forgotten: (peers) => {
+        this.forgetKeys(peers);
+        this.onPeersForgotten?.(peers, true);
+      },
     });
   }
 
@@ -227,6 +256,7 @@ export class Router implements Startable {
           mtu: this.plane.mtu,
         },
         password: this.opts.password,
+        ...(this.passwordKey !== undefined && { passwordKey: this.passwordKey }),
         connLimit: this.opts.connLimit ?? CONN_LIMIT_DEFAULT,
         dataLiveness: (peer) => this.links.get(peer)?.data,
         ...(this.opts.trustedSubnets !== undefined &&
@@ -321,7 +351,7 @@ export class Router implements Startable {
       localAddrs: this.addrs.addrs(),
       kernelVxlanPeers: [...this.kernelVxlanPeers],
       encrypted: this.opts.password !== undefined,
-      dataKeys: (p) => this.links.crypto(p),
+      dataKeys: (p) => this.links.dataKeys(p),
     });
     const fwd = this.plane.forwarder;
     if (fwd !== undefined) fwd.fib = fib;
@@ -448,6 +478,7 @@ export class Router implements Startable {
     this.clock.clearInterval(this.learnTimer);
     this.learnTimer = undefined;
     this.links.stop();
+    this.e2e?.stop();
     this.fast?.close();
     this.fast = undefined;
     this.mesh.stop();
@@ -561,6 +592,12 @@ export class Router implements Startable {
     return this.addrs.exposedCidrs();
   }
 
+  /** forgetKeys wipes the data keys of peers that left the topology. */
+  private forgetKeys(peers: readonly PeerName[]): void {
+    this.links.forget(peers);
+    for (const p of peers) this.e2e?.forget(p);
+  }
+
   /** status returns a JSON-safe snapshot of everything the router knows now. */
   status(): RouterStatus {
     const o = this.opts;
@@ -580,6 +617,7 @@ export class Router implements Startable {
       datapath: o.datapath ?? 'native',
       offload: o.offload !== false,
       encryption: o.password !== undefined,
+      endToEnd: this.e2e?.stats,
       trustedSubnets: o.trustedSubnets ?? [],
       ipallocRange: o.ipallocRange,
       exposed: this.addrs.exposedCidrs(),

@@ -1,5 +1,6 @@
 import type { CountersSnapshot } from './datapath/counters.js';
 import type { KernelDrops } from './kernel-drops.js';
+import type { EndToEndStats } from './overlay/e2e-keys.js';
 import type { PathMtuStatus } from './overlay/pmtu.js';
 
 /** PeerStatus describes one connected peer. */
@@ -17,10 +18,13 @@ export interface PeerStatus {
    */
   encapReason?: string;
   /**
-   * dataEncrypted is true when the datagrams to and from this peer are sealed (a password is set
-   * and the peer is directly connected); absent or false: data crosses in the clear.
+   * dataEncrypted is true when the datagrams to and from this peer are sealed (a password is set:
+   * with our connection's keys, or, for a peer reached only through relays, with keys made end to
+   * end through the mesh); absent or false: data crosses in the clear, or (relayed) none crosses yet.
    */
   dataEncrypted?: boolean;
+  /** dataEndToEnd is true when what we send the peer is sealed with end-to-end keys (no connection of ours). */
+  dataEndToEnd?: boolean;
   /** dataRekeys counts the data key generations we moved to towards this peer (ratchets and reconnects). */
   dataRekeys?: number;
   /**
@@ -97,12 +101,14 @@ export interface RouterStatus {
    * GRO (else one datagram per system call entry), and why GSO is off when it was wanted.
    */
   udpOffload: { gso: boolean; gro: boolean; reason?: string };
-  /** encryption is true with a password: control connections and directly connected peers' data are sealed. */
+  /** encryption is true with a password: control connections and every peer's data are sealed. */
   encryption: boolean;
   /** cipher is the AEAD offered first on every connection when encryption is on. */
   cipher?: string;
   /** trustedSubnets: with encryption, peers whose underlay address is in them (and who trust ours) get unencrypted data. */
   trustedSubnets?: string[];
+  /** endToEnd counts the key exchanges through the mesh with peers reached only through relays (encryption on). */
+  endToEnd?: EndToEndStats;
   ipallocRange: string;
   exposed: string[];
   peers: PeerStatus[];

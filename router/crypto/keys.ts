@@ -12,6 +12,8 @@
  * (sizes, timing, peer names in the clear); and offline guessing of a weak password by an
  * attacker who completes a handshake with a router (it sees a confirmation keyed by password and
  * DH) — scrypt in {@link derivePasswordKey} slows each guess; use a long random password.
+ * Peers without a connection run the same schedule end to end through the mesh
+ * (overlay/e2e-keys.ts, names prefixed "e2e/"): the routers relaying it see only public values.
  *
  * Schedule (both sides, I = initiator = the side that dialled, R = responder):
  *

@@ -271,6 +271,49 @@ describe('OverlaySwitch data keys (a password is set)', () => {
     },
   );
 
+  it.skipIf(native === undefined)(
+    'gives a peer without a connection a keyless PeerCrypto that asks for end-to-end keys, and keeps them across a connection',
+    () => {
+      const clock = new VirtualClock(0);
+      const wanted: PeerName[] = [];
+      const sw = new OverlaySwitch({
+        clock,
+        log: noopLogger,
+        encap: 'sleeve',
+        forwarder: () => undefined,
+        routeMtu: () => 1500,
+        kernelPathMtu: () => 0,
+        onChange: () => {},
+        native,
+        wantKeys: (p) => wanted.push(p),
+      });
+      const pc = sw.dataKeys(PEER);
+      expect(sw.dataKeys(PEER)).toBe(pc); // one per peer
+      expect(pc.open).toBe(false);
+      pc.want();
+      pc.want();
+      expect(wanted).toEqual([]); // never from inside the datapath: on a timer
+      clock.advance(1);
+      expect(wanted).toEqual([PEER]);
+      sw.clearWant(PEER);
+      pc.want();
+      clock.advance(1);
+      expect(wanted).toEqual([PEER, PEER]);
+      sw.installEndToEnd(PEER, keys());
+      expect(pc.open && pc.endToEnd).toBe(true);
+      // A connection comes: its keys seal; when it goes the end-to-end keys take over again.
+      const c = encryptedConn();
+      expect(sw.add(c).sleeveHop.crypto).toBe(pc);
+      expect(pc.endToEnd).toBe(false);
+      sw.remove(c);
+      expect(pc.open && pc.endToEnd).toBe(true);
+      sw.forget([PEER]);
+      expect(pc.open).toBe(false);
+      expect(sw.crypto(PEER)).toBeUndefined();
+      sw.stop();
+    },
+  );
+
   it("without the native addon drops an encrypted peer's data (NO_KEYS), never the clear", () => {
     const sw = make(false);
     const st = sw.add(encryptedConn());

@@ -11,7 +11,9 @@
  *
  * With a password every connection is encrypted and the switch keeps each peer's PeerCrypto (the
  * data keys of its connection, datapath/peer-crypto.ts) on its hops: made when the first
- * connection is established, `install`ed from a reconnect, closed when the peer goes. Such a peer
+ * connection is established, `install`ed from a reconnect, its connection keys closed when the
+ * connection goes. Peers without a connection get one too (`dataKeys`, for relay hops), with keys
+ * made end to end through the mesh (`installEndToEnd`, overlay/e2e-keys.ts). A connected peer
  * uses sleeve only (VXLAN cannot be sealed) unless its data is trusted (both ends' trusted subnets
  * hold the other): then its direct hops are in the clear and relays still seal with its keys.
  *
@@ -29,7 +31,7 @@ import type { Clock, Timer } from '../../common/clock.js';
 import { InputError } from '../../common/errors.js';
 import type { Logger } from '../../common/log.js';
 import type { PeerName } from '../../common/types.js';
-import type { Connection } from '../connection.js';
+import type { Connection, DataKeys } from '../connection.js';
 import { DATA_HEARTBEAT_INTERVAL_MS, PEER_DOWN_TIMEOUT_MS } from '../constants.js';
 import { Encap, encapName, Hop, peerKey, peerNameHi, peerNameLo } from '../datapath/fib.js';
 import type { ControlDatagram, Forwarder } from '../datapath/forwarder.js';
@@ -148,6 +150,11 @@ export interface OverlaySwitchOptions {
   readonly peerTimeoutMs?: number;
   /** rekeyAfterTimeMs: data keys ratchet at least this often (default REKEY_AFTER_TIME_MS). */
   readonly rekeyAfterTimeMs?: number;
+  /**
+   * wantKeys is called (from a timer, never inside the datapath) when the datapath dropped a
+   * peer's traffic for want of data keys: the owner starts an end-to-end exchange (e2e-keys.ts).
+   */
+  readonly wantKeys?: (peer: PeerName) => void;
   /** forwarder sends the heartbeats (undefined while the data plane is closed). */
   readonly forwarder: () => Forwarder | undefined;
   /** routeMtu is where path MTU discovery starts towards an underlay address. */
@@ -200,9 +207,55 @@ export class OverlaySwitch {
     this.cryptos.clear();
   }
 
-  /** crypto is the data encryption towards a connected peer, or undefined (cleartext). */
+  /** crypto is the data encryption towards a peer, or undefined (none made: cleartext, or not yet). */
   crypto(peer: PeerName): PeerCrypto | undefined {
     return this.cryptos.get(peer);
+  }
+
+  /**
+   * dataKeys is the data encryption towards any peer, made (without keys) when there is none: what
+   * a relay hop seals with. Keys come from our connection with the peer when one is established,
+   * else from an end-to-end exchange through the mesh, asked for (wantKeys) when the datapath
+   * first drops for want of them. NO_KEYS without the native addon (never the clear).
+   */
+  dataKeys(peer: PeerName): PeerCrypto {
+    const old = this.cryptos.get(peer);
+    if (old !== undefined) return old;
+    const native = this.opts.native;
+    if (native === undefined) return PeerCrypto.NO_KEYS;
+    const pc = this.newCrypto(native, peer, undefined);
+    return pc;
+  }
+
+  /** installEndToEnd gives `peer` end-to-end data keys made through the mesh. */
+  installEndToEnd(peer: PeerName, keys: DataKeys): void {
+    const native = this.opts.native;
+    if (native === undefined) return;
+    const pc = this.cryptos.get(peer) ?? this.newCrypto(native, peer, undefined);
+    pc.installEndToEnd(keys);
+  }
+
+  /** clearWant lets the next drop for want of `peer`'s keys ask again (an exchange was given up). */
+  clearWant(peer: PeerName): void {
+    this.cryptos.get(peer)?.clearWant();
+  }
+
+  /** forget wipes the data keys of peers that left the topology. */
+  forget(peers: readonly PeerName[]): void {
+    for (const p of peers) {
+      if (this.links.has(p)) continue;
+      this.cryptos.get(p)?.close();
+      this.cryptos.delete(p);
+    }
+  }
+
+  private newCrypto(native: NativeAddon, peer: PeerName, keys: DataKeys | undefined): PeerCrypto {
+    const rekey = this.opts.rekeyAfterTimeMs;
+    const pc = new PeerCrypto(native, keys, rekey === undefined ? {} : { rekeyAfterTimeMs: rekey });
+    const want = this.opts.wantKeys;
+    if (want !== undefined) pc.onWant = () => this.clock.setTimeout(() => want(peer), 0).unref();
+    this.cryptos.set(peer, pc);
+    return pc;
   }
 
   get size(): number {
@@ -295,16 +348,16 @@ export class OverlaySwitch {
     if (st === undefined || st.conn !== conn) return false;
     this.links.delete(name);
     this.byKey.delete(peerKey(st.hop.nameHi, st.hop.nameLo));
-    // The hops keep the closed PeerCrypto: what is still sent to them is dropped, not sent in the clear.
-    this.cryptos.get(name)?.close();
-    this.cryptos.delete(name);
+    // The hops keep the PeerCrypto: what is still sent to them is sealed with end-to-end keys
+    // (asked for on the first drop) or dropped, never sent in the clear.
+    this.cryptos.get(name)?.closeConnection();
     return true;
   }
 
   /**
    * cryptoFor gives an encrypted connection's peer its data keys: a new PeerCrypto, or the
-   * peer's current one with the new connection's secrets installed (a reconnect while the old
-   * connection is still up). Undefined for a cleartext connection.
+   * peer's current one with the new connection's secrets installed (a reconnect, or a peer we had
+   * end-to-end keys with). Undefined for a cleartext connection.
    */
   private cryptoFor(conn: Connection): PeerCrypto | undefined {
     const keys = conn.dataKeys;
@@ -319,15 +372,9 @@ export class OverlaySwitch {
       return PeerCrypto.NO_KEYS;
     }
     const old = this.cryptos.get(name);
-    if (old !== undefined && old.cipher === keys.suite) {
-      old.install(keys);
-      return old;
-    }
-    old?.close();
-    const rekey = this.opts.rekeyAfterTimeMs;
-    const pc = new PeerCrypto(native, keys, rekey === undefined ? {} : { rekeyAfterTimeMs: rekey });
-    this.cryptos.set(name, pc);
-    return pc;
+    if (old === undefined) return this.newCrypto(native, name, keys);
+    old.install(keys);
+    return old;
   }
 
   /** heartbeat sends data-path heartbeats to every peer and re-evaluates their data paths. */
