@@ -24,7 +24,7 @@ import { buildStatus } from './status.js';
  * keys with it (the end-to-end exchange through the mesh has not completed, or the addon is missing).
  */
 export const RELAYED_NO_KEYS_REASON =
-  'no data keys with it yet: its traffic is dropped until the exchange through the mesh completes, never sent in the clear';
+  'no data keys with it yet: made end to end through the mesh on its first traffic; until then dropped, never sent in the clear';
 
 /**
  * LEARNED_STATUS_SAMPLE bounds the learned VXLAN endpoints status lists (the count is always

@@ -157,6 +157,10 @@ export class Router implements Startable {
       // One scrypt per process, shared by the control connections and the end-to-end exchange.
       const passwordKey = derivePasswordKey(opts.password);
       this.passwordKey = passwordKey;
+    }
+    if (this.passwordKey !== undefined && tryLoadNative() !== undefined) {
+      // Without the addon's AEAD there is nothing to seal with: no exchange (its peers stay NO_KEYS).
+      const passwordKey = this.passwordKey;
       let e2eGossip: Gossip | undefined;
       this.e2e = new EndToEndKeys({
         self: opts.name,
@@ -166,6 +170,7 @@ export class Router implements Startable {
         send: (dst, payload) => e2eGossip?.unicast(dst, payload) ?? false,
         install: (peer, keys) => this.links.installEndToEnd(peer, keys),
         cleared: (peer) => this.links.clearWant(peer),
+        known: (peer) => this.mesh.topology?.get(peer) !== undefined,
       });
       e2eGossip = this.mesh.addGossiper(E2E_CHANNEL, this.e2e);
     }

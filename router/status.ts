@@ -25,7 +25,7 @@ export interface PeerStatus {
   dataEncrypted?: boolean;
   /** dataEndToEnd is true when what we send the peer is sealed with end-to-end keys (no connection of ours). */
   dataEndToEnd?: boolean;
-  /** dataRekeys counts the data key generations we moved to towards this peer (ratchets and reconnects). */
+  /** dataRekeys counts the data key generations our sender in use moved to (ratchets and installs; a new sender starts at 1). */
   dataRekeys?: number;
   /**
    * dataTrusted is true when a password is set but each end's --trusted-subnets hold the other's

@@ -13,7 +13,8 @@
  * attacker who completes a handshake with a router (it sees a confirmation keyed by password and
  * DH) — scrypt in {@link derivePasswordKey} slows each guess; use a long random password.
  * Peers without a connection run the same schedule end to end through the mesh
- * (overlay/e2e-keys.ts, names prefixed "e2e/"): the routers relaying it see only public values.
+ * (overlay/e2e-keys.ts, names prefixed "e2e/"): a passive relay sees only public values; one
+ * that knows the password is trusted like any peer (it could stand in the middle).
  *
  * Schedule (both sides, I = initiator = the side that dialled, R = responder):
  *

@@ -495,6 +495,41 @@ describe.skipIf(native === undefined)('Forwarder with end-to-end keys (a peer re
     ba.close();
   });
 
+  it('asks again when end-to-end datagrams fail under the keys it holds (the ends differ), not when one good opens after', () => {
+    const { p, ab, ba, run } = throughR();
+    let wanted = 0;
+    ba.onWant = (auth) => {
+      if (auth) wanted++;
+    };
+    const [ka] = keyPair();
+    const [, kb] = keyPair(); // B's keys are another exchange's: A's datagrams do not open
+    ab.installEndToEnd(ka);
+    ba.installEndToEnd(kb);
+    expect(run()).toHaveLength(0);
+    expect(p.b.counters.dropped(Drop.Auth)).toBe(1);
+    expect(wanted).toBe(1);
+    expect(ba.stillWanted()).toBe(true);
+    // keys that match arrive: what opens after the want shows it no longer holds
+    const [ka2, kb2] = keyPair();
+    ab.installEndToEnd(ka2);
+    ba.installEndToEnd(kb2);
+    ba.want(true);
+    expect(run()).toHaveLength(1);
+    expect(ba.stillWanted()).toBe(false);
+  });
+
+  it('opens what the peer still seals with a closed connection for a grace, then no more', () => {
+    const { p, ab, ba, run } = throughR();
+    const [ca, cb] = keyPair();
+    ab.install(ca);
+    ba.install(cb);
+    ba.closeConnection(true); // B saw the connection go; A has not noticed yet
+    expect(run()).toHaveLength(1);
+    ba.dropGrace();
+    expect(run()).toHaveLength(0);
+    expect(p.b.counters.dropped(Drop.Auth)).toBe(1);
+  });
+
   it('seals with the connection keys while they are open, with the end-to-end ones after the connection goes', () => {
     const { p, atR, ab, ba, run } = throughR();
     const [ca, cb] = keyPair();

@@ -23,7 +23,7 @@
 
 import type { PacketConn } from '../conn/packet-conn.js';
 import { BATCH_MAX, ETH_HEADER_LEN, SLEEVE_HEADER_LEN, SLOT_BYTES, VXLAN_HEADER_LEN } from '../constants.js';
-import { isEndToEnd } from '../crypto/data-crypto.js';
+import { DATA_SEALED_MIN_BYTES, isEndToEnd } from '../crypto/data-crypto.js';
 import {
   ARP_FRAME_LEN,
   ARP_OP_REPLY,
@@ -203,16 +203,21 @@ export class Outside {
   private open(crypto: PeerCrypto, off: number, len: number): number {
     const c = this.fwd.counters;
     const rx = crypto.receiverOf(this.buf, off);
+    const e2e = len >= DATA_SEALED_MIN_BYTES && isEndToEnd(this.buf, off);
     if (rx === undefined) {
       c.drop(Drop.Auth);
-      if (isEndToEnd(this.buf, off)) crypto.want();
+      if (e2e) crypto.want();
       return -1;
     }
     this.openOff[0] = off;
     this.openLen[0] = len;
     const replays = rx.replayDrops;
     if (rx.openBatch(this.buf, this.openOff, this.openLen, 1, this.openRes) !== 1) {
-      c.drop(rx.replayDrops !== replays ? Drop.Replay : Drop.Auth);
+      const replay = rx.replayDrops !== replays;
+      c.drop(replay ? Drop.Replay : Drop.Auth);
+      // Under end-to-end keys we hold: the two ends' keys may differ (a lost answer). The owner
+      // checks, a moment later, that nothing opened meanwhile before it makes new ones.
+      if (e2e && !replay) crypto.want(true);
       return -1;
     }
     // The header moves forward over the counter (makeCounterRoom in reverse).
@@ -237,8 +242,9 @@ export class Outside {
     const sender = fib.sender(this.addrs[i] as number, this.ports[i] as number);
     if (sender === undefined) return;
     const hop = fib.peer(sleeveSrcHi(buf, off), sleeveSrcLo(buf, off));
-    const rx = hop === undefined ? undefined : keysOf(sender, hop)?.receiverOf(buf, off);
-    if (hop === undefined || rx === undefined) return;
+    const keys = hop === undefined ? undefined : keysOf(sender, hop);
+    const rx = keys?.receiverOf(buf, off);
+    if (hop === undefined || keys === undefined || rx === undefined) return;
     // The run: segments whose header (but for the ttl) and key family are the first one's.
     const e2e = isEndToEnd(buf, off);
     let m = 0;
@@ -252,7 +258,10 @@ export class Outside {
     const replays = rx.replayDrops;
     rx.openBatch(buf, this.trainOff, this.trainLen, m, this.trainRes);
     const c = fwd.counters;
-    if (rx.authDrops !== auths) c.drop(Drop.Auth, rx.authDrops - auths);
+    if (rx.authDrops !== auths) {
+      c.drop(Drop.Auth, rx.authDrops - auths);
+      if (e2e) keys.want(true); // see open()
+    }
     if (rx.replayDrops !== replays) c.drop(Drop.Replay, rx.replayDrops - replays);
     for (let k = 0; k < m; k++) {
       const o = this.trainOff[k] as number;

@@ -29,9 +29,16 @@ export class PeerCrypto {
   #e2eReceiver: DataReceiver | undefined;
   #cipher: string;
   #e2eCipher = 'none';
+  /** #grace is the connection receiver of a connection that closed, until dropGrace (the peer may not know yet). */
+  #grace: DataReceiver | undefined;
   #wanted = false;
-  /** onWant is called (once until clearWant) when the datapath had to drop for want of keys. */
-  onWant: (() => void) | undefined;
+  #wantAuth = false;
+  #openedAtWant = 0;
+  /**
+   * onWant is called (once until clearWant) when the datapath had to drop for want of keys:
+   * `auth` when end-to-end datagrams failed under the keys we hold (the two ends' keys differ).
+   */
+  onWant: ((auth: boolean) => void) | undefined;
 
   constructor(
     private readonly native: NativeAddon | undefined,
@@ -69,7 +76,7 @@ export class PeerCrypto {
 
   /** receiverOf is the receiver for the sealed datagram at `off`: by its counter's family bit. */
   receiverOf(buf: Buffer, off: number): DataReceiver | undefined {
-    return isEndToEnd(buf, off) ? this.#e2eReceiver : this.#receiver;
+    return isEndToEnd(buf, off) ? this.#e2eReceiver : (this.#receiver ?? this.#grace);
   }
 
   /** endToEnd says whether what we send is sealed with end-to-end keys (no connection keys open). */
@@ -92,11 +99,25 @@ export class PeerCrypto {
     return this.sender !== undefined;
   }
 
-  /** want tells the owner, once until clearWant, that the datapath dropped for want of keys. */
-  want(): void {
+  /**
+   * want tells the owner, once until clearWant, that the datapath dropped for want of keys: none
+   * to seal or open with, or (`auth`) end-to-end datagrams that failed under the keys we hold.
+   */
+  want(auth = false): void {
     if (this.#wanted || this.native === undefined) return;
     this.#wanted = true;
-    this.onWant?.();
+    this.#wantAuth = auth;
+    this.#openedAtWant = this.#e2eReceiver?.opened ?? 0;
+    this.onWant?.(auth);
+  }
+
+  /**
+   * stillWanted says whether the last want still holds when the owner gets to it: no keys to seal
+   * with yet, or (auth) nothing opened under our end-to-end keys since (not one forged datagram
+   * among good ones, but keys that differ).
+   */
+  stillWanted(): boolean {
+    return this.#wantAuth ? (this.#e2eReceiver?.opened ?? 0) === this.#openedAtWant : !this.open;
   }
 
   /** clearWant lets the next drop for want of keys call onWant again. */
@@ -112,11 +133,14 @@ export class PeerCrypto {
     const native = this.native;
     if (native === undefined) throw new Error('NO_KEYS takes no keys');
     if (this.#sender === undefined || this.#receiver === undefined || keys.suite !== this.#cipher) {
+      // Made before the old ones go: a failure leaves the old state whole, never a closed sender in use.
+      const sender = new DataSender(native, keys.suite, keys.send, this.limits);
+      const receiver = new DataReceiver(native, keys.suite, keys.recv);
       this.#sender?.close();
       this.#receiver?.close();
       this.#cipher = keys.suite;
-      this.#sender = new DataSender(native, keys.suite, keys.send, this.limits);
-      this.#receiver = new DataReceiver(native, keys.suite, keys.recv);
+      this.#sender = sender;
+      this.#receiver = receiver;
       return;
     }
     this.#sender.install(keys.send);
@@ -131,29 +155,45 @@ export class PeerCrypto {
   installEndToEnd(keys: DataKeys): void {
     const native = this.native;
     if (native === undefined) throw new Error('NO_KEYS takes no keys');
-    const e2e = { ...this.limits, endToEnd: true };
+    // Made before the old ones go: a failure leaves the old state whole, never a closed sender in use.
+    const sender = new DataSender(native, keys.suite, keys.send, { ...this.limits, endToEnd: true });
+    const same = this.#e2eReceiver !== undefined && this.#e2eCipher === keys.suite;
+    const receiver = same ? undefined : new DataReceiver(native, keys.suite, keys.recv, { endToEnd: true });
     this.#e2eSender?.close();
-    this.#e2eSender = new DataSender(native, keys.suite, keys.send, e2e);
-    if (this.#e2eReceiver !== undefined && this.#e2eCipher === keys.suite) this.#e2eReceiver.install(keys.recv);
+    this.#e2eSender = sender;
+    if (receiver === undefined) this.#e2eReceiver?.install(keys.recv);
     else {
       this.#e2eReceiver?.close();
-      this.#e2eReceiver = new DataReceiver(native, keys.suite, keys.recv, { endToEnd: true });
+      this.#e2eReceiver = receiver;
     }
     this.#e2eCipher = keys.suite;
     this.#wanted = false;
   }
 
-  /** closeConnection wipes the connection family's keys (its connection went); end-to-end keys stay. */
-  closeConnection(): void {
+  /**
+   * closeConnection wipes the connection family's sender (its connection went); end-to-end keys
+   * stay. With `grace` its receiver stays until dropGrace, for what the peer still seals with it
+   * before it notices the connection is gone; else it is wiped too.
+   */
+  closeConnection(grace = false): void {
     this.#sender?.close();
-    this.#receiver?.close();
     this.#sender = undefined;
+    this.dropGrace();
+    if (grace) this.#grace = this.#receiver;
+    else this.#receiver?.close();
     this.#receiver = undefined;
+  }
+
+  /** dropGrace wipes the receiver a closed connection left (closeConnection with grace). */
+  dropGrace(): void {
+    this.#grace?.close();
+    this.#grace = undefined;
   }
 
   /** close wipes and frees every key; idempotent. */
   close(): void {
     this.closeConnection();
+    this.dropGrace();
     this.#e2eSender?.close();
     this.#e2eReceiver?.close();
     this.#e2eSender = undefined;

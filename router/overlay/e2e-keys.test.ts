@@ -19,7 +19,7 @@ interface Side {
   outbox: { dst: PeerName; payload: Buffer }[];
 }
 
-function side(self: PeerName, clock: VirtualClock, pw = PW, reachable = true): Side {
+function side(self: PeerName, clock: VirtualClock, pw = PW, reachable = true, known?: (p: PeerName) => boolean): Side {
   const s: Side = { keys: undefined as unknown as EndToEndKeys, installed: new Map(), cleared: [], outbox: [] };
   s.keys = new EndToEndKeys({
     self,
@@ -35,6 +35,7 @@ function side(self: PeerName, clock: VirtualClock, pw = PW, reachable = true): S
     install: (peer, k) =>
       s.installed.set(peer, { suite: k.suite, send: Buffer.from(k.send), recv: Buffer.from(k.recv) }),
     cleared: (peer) => s.cleared.push(peer),
+    ...(known !== undefined && { known }),
   });
   return s;
 }
@@ -177,5 +178,51 @@ describe('EndToEndKeys', () => {
     resp[RESP_BYTES - 1]! ^= 1;
     expect(() => a.keys.onGossipUnicast(C, resp)).toThrow(/confirmation/);
     expect(a.installed.size).toBe(0);
+  });
+
+  it('lets the datapath ask again on every way an exchange ends without keys (an unusable key in the answer)', () => {
+    const clock = new VirtualClock();
+    const a = side(A, clock);
+    const c = side(C, clock);
+    a.keys.request(C);
+    deliver(a, A, c);
+    const resp = c.outbox.splice(0)[0]!.payload;
+    resp.fill(0, 3 + 32, 3 + 32 + 32); // the responder's public key: all zero, a low-order point
+    expect(() => a.keys.onGossipUnicast(C, resp)).toThrow(ProtocolError);
+    expect(a.installed.size).toBe(0);
+    expect(a.cleared).toEqual([C]);
+    expect(a.keys.waiting(C)).toBe(false);
+  });
+
+  it('backs the retry off per peer (1 s, 2 s, ...) and starts again at 1 s once keys are made', () => {
+    const clock = new VirtualClock();
+    const a = side(A, clock);
+    const c = side(C, clock);
+    a.keys.request(C);
+    clock.advance(1_001);
+    a.keys.request(C);
+    clock.advance(1_500);
+    expect(a.keys.waiting(C)).toBe(true); // the second waits 2 s
+    clock.advance(600);
+    expect(a.keys.waiting(C)).toBe(false);
+    a.outbox.splice(0);
+    a.keys.request(C);
+    deliver(a, A, c);
+    deliver(c, C, a);
+    expect(a.keys.stats.completed).toBe(1);
+    a.keys.request(C);
+    clock.advance(1_001);
+    expect(a.keys.waiting(C)).toBe(false);
+  });
+
+  it('drops Inits from peers not in its topology, keeping no keys for them', () => {
+    const clock = new VirtualClock();
+    const a = side(A, clock);
+    const c = side(C, clock, PW, true, () => false);
+    a.keys.request(C);
+    deliver(a, A, c);
+    expect(c.installed.size).toBe(0);
+    expect(c.outbox.length).toBe(0);
+    expect(c.keys.stats.unknown).toBe(1);
   });
 });

@@ -4,9 +4,11 @@
  * connection whose handshake made data keys; this exchange makes them through the mesh instead:
  * the same X25519 + password key schedule as a connection (crypto/keys.ts KeyExchange), carried
  * in two gossip unicasts on the `e2e-keys` channel, relayed hop by hop over sealed control
- * connections by peers that need not know the channel. The relays see only the public values;
- * without the ephemeral private keys they cannot derive the secrets, and the password keys the
- * extract step as on a connection.
+ * connections by peers that need not know the channel. A passive relay sees only the public
+ * values: without the ephemeral private keys it cannot derive the secrets, and the password keys
+ * the extract step as on a connection. As everywhere in Weft, a router that knows the password is
+ * trusted: one relaying the exchange could stand in the middle of it (there is no long-term
+ * identity to check), or reset a pair's keys with an Init of its own.
  *
  * ```
  *  Init (51 B)  | type 1 | version 1 | suite | nonce I (16) | public I (32) |
@@ -19,8 +21,10 @@
  * does `request` send an Init; the responder installs its keys and answers; the initiator checks
  * the responder's confirmation and installs. Datagrams sealed with these keys carry the counter's
  * family bit (crypto/data-crypto.ts), so each end opens them whatever it believes about the
- * other's connection. An unanswered Init is retried on the next drop after `retryMs`; when both
- * ends start at once, the Init of the smaller name wins. Keys ratchet like a connection's
+ * other's connection. An unanswered Init is given up after `retryMs` (doubling per failure, up
+ * to E2E_RETRY_MAX_MS) and the next drop sends another; when the two ends' keys differ (an answer
+ * was lost after the responder installed) the side whose datagrams fail asks again (the switch's
+ * auth check); when both ends start at once, the Init of the smaller name wins. Keys ratchet like a connection's
  * (REKEY_AFTER_*); a new exchange installs fresh ones while the receiver keeps the old for
  * datagrams in flight. Malformed messages are refused (ProtocolError, counted by the channel)
  * and counted here by reason; nothing here throws otherwise.
@@ -37,8 +41,12 @@ import type { Gossiper } from '../gossip/gossip.js';
 
 /** E2E_CHANNEL is the gossip channel the exchange travels on. */
 export const E2E_CHANNEL = 'e2e-keys';
-/** E2E_RETRY_MS: an Init unanswered this long is given up; the next drop for want of keys sends another. */
+/**
+ * E2E_RETRY_MS: an Init unanswered this long is given up; the next drop for want of keys sends
+ * another, which waits twice as long, up to E2E_RETRY_MAX_MS (a slow mesh still completes one).
+ */
 export const E2E_RETRY_MS = 1_000;
+export const E2E_RETRY_MAX_MS = 16_000;
 
 const TYPE_INIT = 1;
 const TYPE_RESP = 2;
@@ -61,6 +69,8 @@ export interface EndToEndStats {
   lost: number;
   /** crossed: our Init was dropped for the peer's (both started; the smaller name wins). */
   crossed: number;
+  /** unknown: Inits from peers not in our topology (dropped). */
+  unknown: number;
 }
 
 /** EndToEndKeysOptions wire the exchange to the mesh and the datapath. */
@@ -74,8 +84,10 @@ export interface EndToEndKeysOptions {
   readonly send: (dst: PeerName, payload: Uint8Array) => boolean;
   /** install gives the datapath new end-to-end keys for `peer` (copy what is kept: wiped after). */
   readonly install: (peer: PeerName, keys: DataKeys) => void;
-  /** cleared is called when an Init is given up, so the datapath's next drop asks again. */
+  /** cleared is called whenever an exchange we started ends without keys, so the datapath's next drop asks again. */
   readonly cleared?: (peer: PeerName) => void;
+  /** known says whether a peer is in our topology: Inits from others are dropped (counted), no keys kept for them. */
+  readonly known?: (peer: PeerName) => boolean;
   /** suite is what our Inits offer (default: our preferred AEAD). */
   readonly suite?: AeadCipher;
   readonly retryMs?: number;
@@ -98,9 +110,12 @@ export class EndToEndKeys implements Gossiper {
     stale: 0,
     lost: 0,
     crossed: 0,
+    unknown: 0,
   };
   private readonly opts: EndToEndKeysOptions;
   private readonly pending = new Map<PeerName, Pending>();
+  /** tries counts the Inits given up in a row per peer (the retry backs off); reset by keys. */
+  private readonly tries = new Map<PeerName, number>();
   private readonly suite: AeadCipher;
 
   constructor(opts: EndToEndKeysOptions) {
@@ -124,7 +139,8 @@ export class EndToEndKeys implements Gossiper {
       this.opts.cleared?.(peer);
       return false;
     }
-    const timer = this.opts.clock.setTimeout(() => this.giveUp(peer, nonce), this.opts.retryMs ?? E2E_RETRY_MS);
+    const wait = Math.min((this.opts.retryMs ?? E2E_RETRY_MS) * 2 ** (this.tries.get(peer) ?? 0), E2E_RETRY_MAX_MS);
+    const timer = this.opts.clock.setTimeout(() => this.giveUp(peer, nonce), wait);
     timer.unref();
     this.pending.set(peer, { kx, nonce, suite: this.suite, timer });
     this.stats.initiated++;
@@ -136,17 +152,25 @@ export class EndToEndKeys implements Gossiper {
     return this.pending.has(peer);
   }
 
-  /** forget drops an exchange under way with `peer` (it went). */
+  /** forget drops an exchange under way with `peer` and its retry count (it went). */
   forget(peer: PeerName): void {
-    const p = this.pending.get(peer);
-    if (p === undefined) return;
-    this.opts.clock.clearTimeout(p.timer);
-    this.pending.delete(peer);
+    this.drop(peer);
+    this.tries.delete(peer);
   }
 
   /** stop drops every exchange under way. */
   stop(): void {
     for (const peer of [...this.pending.keys()]) this.forget(peer);
+  }
+
+  /** drop ends the exchange under way with `peer`, if any, and lets the datapath ask again (cleared). */
+  private drop(peer: PeerName): Pending | undefined {
+    const p = this.pending.get(peer);
+    if (p === undefined) return undefined;
+    this.opts.clock.clearTimeout(p.timer);
+    this.pending.delete(peer);
+    this.opts.cleared?.(peer);
+    return p;
   }
 
   onGossipUnicast(src: PeerName, payload: Uint8Array): void {
@@ -171,11 +195,14 @@ export class EndToEndKeys implements Gossiper {
 
   private onInit(src: PeerName, msg: Buffer, suite: AeadCipher): void {
     if (msg.length !== INIT_BYTES) throw this.refusal(src, `a ${msg.length}-byte Init, want ${INIT_BYTES}`);
-    const mine = this.pending.get(src);
-    if (mine !== undefined) {
+    if (this.opts.known !== undefined && !this.opts.known(src)) {
+      this.stats.unknown++;
+      return;
+    }
+    if (this.pending.has(src)) {
       // Both ends started: the smaller name's Init wins, the other end answers it.
       if (this.opts.self < src) return;
-      this.forget(src);
+      this.drop(src);
       this.stats.crossed++;
     }
     const nonceI = msg.subarray(3, 3 + KX_NONCE_BYTES);
@@ -193,6 +220,7 @@ export class EndToEndKeys implements Gossiper {
     keys.confirm.copy(resp, 3 + 2 * KX_NONCE_BYTES + X25519_KEY_BYTES);
     this.opts.install(src, { suite, send: keys.dataSend, recv: keys.dataRecv });
     keys.wipe();
+    this.tries.delete(src);
     this.stats.answered++;
     this.opts.send(src, resp);
   }
@@ -205,18 +233,18 @@ export class EndToEndKeys implements Gossiper {
       this.stats.stale++;
       return;
     }
-    this.forget(src);
+    this.drop(src);
     const nonceR = msg.subarray(3 + KX_NONCE_BYTES, 3 + 2 * KX_NONCE_BYTES);
     const pubR = msg.subarray(3 + 2 * KX_NONCE_BYTES, 3 + 2 * KX_NONCE_BYTES + X25519_KEY_BYTES);
     const confirm = msg.subarray(3 + 2 * KX_NONCE_BYTES + X25519_KEY_BYTES, RESP_BYTES);
     const keys = this.finish(src, p.kx, pubR, nonceR);
     if (!keys.verifyConfirm(confirm)) {
       keys.wipe();
-      this.opts.cleared?.(src);
       throw this.refusal(src, 'a confirmation that does not match (another password, or tampered with)');
     }
     this.opts.install(src, { suite, send: keys.dataSend, recv: keys.dataRecv });
     keys.wipe();
+    this.tries.delete(src);
     this.stats.completed++;
     this.opts.log.debug('end-to-end data keys made through the mesh', { peer: src, suite });
   }
@@ -243,9 +271,9 @@ export class EndToEndKeys implements Gossiper {
   private giveUp(peer: PeerName, nonce: Buffer): void {
     const p = this.pending.get(peer);
     if (p === undefined || !p.nonce.equals(nonce)) return;
-    this.pending.delete(peer);
+    this.drop(peer);
+    this.tries.set(peer, (this.tries.get(peer) ?? 0) + 1);
     this.stats.lost++;
-    this.opts.cleared?.(peer);
   }
 
   /** refusal counts a refused message and makes the error the channel counts and logs. */

@@ -13,7 +13,15 @@ import { fastdpProbeSize } from '../kernel/fastdp-heartbeats.js';
 import { FASTDP_MTU_REPROBE_MS } from '../kernel/fastdp-mtu.js';
 import { tryLoadNative } from '../tun/native.js';
 import { SleeveType } from './frame.js';
-import { fastActive, fastReason, healthyIntervalMs, ipToU32, linkState, OverlaySwitch } from './switch.js';
+import {
+  E2E_AUTH_CHECK_MS,
+  fastActive,
+  fastReason,
+  healthyIntervalMs,
+  ipToU32,
+  linkState,
+  OverlaySwitch,
+} from './switch.js';
 
 const PEER = '02:00:00:00:00:02' as PeerName;
 const TIMEOUT_MS = 1_500;
@@ -301,6 +309,17 @@ describe('OverlaySwitch data keys (a password is set)', () => {
       expect(wanted).toEqual([PEER, PEER]);
       sw.installEndToEnd(PEER, keys());
       expect(pc.open && pc.endToEnd).toBe(true);
+      // Keys there now: a want for none no longer holds when the timer runs, nothing is asked.
+      pc.want();
+      clock.advance(1);
+      expect(wanted).toEqual([PEER, PEER]);
+      // Datagrams failing under the keys we hold: asked only after the auth check, if none opened.
+      pc.want(true);
+      clock.advance(E2E_AUTH_CHECK_MS - 1);
+      expect(wanted).toEqual([PEER, PEER]);
+      clock.advance(1);
+      expect(wanted).toEqual([PEER, PEER, PEER]);
+      sw.installEndToEnd(PEER, keys());
       // A connection comes: its keys seal; when it goes the end-to-end keys take over again.
       const c = encryptedConn();
       expect(sw.add(c).sleeveHop.crypto).toBe(pc);

@@ -138,6 +138,12 @@ export function linkState(st: PeerLink): LinkState {
   return { state: d.state, reason, rttMs: d.rttMs, since: d.since };
 }
 
+/**
+ * E2E_AUTH_CHECK_MS: after end-to-end datagrams failed under the keys we hold, the switch checks
+ * this much later whether any opened meanwhile before it asks for new keys.
+ */
+export const E2E_AUTH_CHECK_MS = 200;
+
 /** OverlaySwitchOptions configure an OverlaySwitch. */
 export interface OverlaySwitchOptions {
   readonly clock: Clock;
@@ -253,7 +259,20 @@ export class OverlaySwitch {
     const rekey = this.opts.rekeyAfterTimeMs;
     const pc = new PeerCrypto(native, keys, rekey === undefined ? {} : { rekeyAfterTimeMs: rekey });
     const want = this.opts.wantKeys;
-    if (want !== undefined) pc.onWant = () => this.clock.setTimeout(() => want(peer), 0).unref();
+    if (want !== undefined)
+      pc.onWant = (auth) => {
+        // Never inside the datapath; after an auth failure a moment later, so one forged datagram
+        // among good ones does not start an exchange (stillWanted: nothing opened since).
+        this.clock
+          .setTimeout(
+            () => {
+              if (pc.stillWanted()) want(peer);
+              else pc.clearWant();
+            },
+            auth ? E2E_AUTH_CHECK_MS : 0,
+          )
+          .unref();
+      };
     this.cryptos.set(peer, pc);
     return pc;
   }
@@ -349,8 +368,13 @@ export class OverlaySwitch {
     this.links.delete(name);
     this.byKey.delete(peerKey(st.hop.nameHi, st.hop.nameLo));
     // The hops keep the PeerCrypto: what is still sent to them is sealed with end-to-end keys
-    // (asked for on the first drop) or dropped, never sent in the clear.
-    this.cryptos.get(name)?.closeConnection();
+    // (asked for on the first drop) or dropped, never sent in the clear. What the peer still
+    // seals with this connection's keys before it notices opens for one peer timeout.
+    const pc = this.cryptos.get(name);
+    if (pc !== undefined) {
+      pc.closeConnection(true);
+      this.clock.setTimeout(() => pc.dropGrace(), this.timeoutMs).unref();
+    }
     return true;
   }
 
