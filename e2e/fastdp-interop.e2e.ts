@@ -143,6 +143,10 @@ describe.skipIf(reason)('a fast-path host, a userspace-VXLAN host and a bare ker
     expect(fdb).toMatch(new RegExp(`00:00:00:00:00:00 dst ${c.underlayIp.replace(/\./g, '\\.')} self permanent`));
     expect((await a.exec('ip', ['neigh', 'show', 'proxy', 'dev', 'weft-vx'])).stdout).toContain(ipA);
     expect((await a.exec('ip', ['route', 'show', 'dev', 'weft-vx', 'proto', '87'])).stdout).toMatch(/scope link/);
+    // Proxy ARP answers at once (the kernel's default waits up to 0.8 s).
+    expect((await a.exec('ip', ['ntable', 'show', 'dev', 'weft-vx', 'name', 'arp_cache'])).stdout).toMatch(
+      /proxy_delay 0\b/,
+    );
   });
 
   it('A ↔ C: ping and TCP both ways through weft-vx, the TUN device nearly flat', async () => {

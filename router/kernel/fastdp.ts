@@ -14,10 +14,13 @@
  * neighbour entries for its underlay address (the IPv4 routes' onlink gateway) and for its
  * link-local IPv6 address (the heartbeats); only peers whose heartbeats are answered also get
  * routes for their addresses. A peer's MAC on weft-vx is derived from its peer name
- * (`fastdpMac`), so nothing extra is gossiped. Routes carry rtm_protocol RTPROT_WEFT: `sync`
- * removes any such route, and any permanent entry on weft-vx, that it did not ask for (the
- * leftovers of a crashed router). `sync` only talks to the kernel when the wanted state changed
- * (or `force`); a failed entry is logged and retried at the next sync, never thrown.
+ * (`fastdpMac`), so nothing extra is gossiped. Bare kernel vxlan hosts (`--vxlan-peer`) get an
+ * all-zeros fdb entry each, proxy entries for our own addresses and our share on-link
+ * (`BareWant`, kernel/bare-peers.ts). Routes carry rtm_protocol RTPROT_WEFT: `sync` removes any
+ * such route, and any permanent, all-zeros or proxy entry on weft-vx, that it did not ask for (the
+ * leftovers of a crashed router; the plan is fastdp-plan.ts). `sync` only talks to the kernel when
+ * the wanted state changed (or `force`); a failed entry is logged and retried at the next sync,
+ * never thrown.
  */
 import type { Logger } from '../../common/log.js';
 import type { PeerName } from '../../common/types.js';
