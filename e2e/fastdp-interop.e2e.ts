@@ -9,12 +9,15 @@
  * ones no Weft peer owns or announces, as in userspace VXLAN mode). A↔C goes through weft-vx (its
  * counters grow while the TUN device's stay nearly flat); B↔C goes from C straight to B's VXLAN
  * socket and back through A (B's route for C's address is A's share: sleeve to A, then weft-vx);
- * A↔B is sleeve (B has no fast path). kill -9 of A and a relaunch leave no stale fdb, proxy or
- * route entry; a relaunch without --vxlan-peer removes the bare host's entries.
+ * A↔B is sleeve (B has no fast path). Onward: with a route on C through A's exposed address,
+ * C reaches a container on D (a fourth host, Weft on auto: A↔D on the fast path) and one on B,
+ * A's kernel forwarding what arrives on weft-vx out through weft-vx or the TUN device (sleeve).
+ * kill -9 of A and a relaunch leave no stale fdb, proxy or route entry; a relaunch without
+ * --vxlan-peer removes the bare host's entries.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type Host, Lab, type Netns, requireRoot, waitUntil } from '../lab/netns.js';
-import { launch, removeStateDirs, routerPid, status, waitPeers, weft } from './weft.js';
+import { expose, launch, removeStateDirs, routerPid, status, waitPeers, weft } from './weft.js';
 
 const reason = requireRoot();
 /** VNI is Weft's default VXLAN network identifier (router/constants.ts VXLAN_VNI_DEFAULT). */
@@ -67,26 +70,36 @@ describe.skipIf(reason)('a fast-path host, a userspace-VXLAN host and a bare ker
   let a: Host;
   let b: Host;
   let c: Host;
+  let d: Host;
   let ca: Netns;
   let cb: Netns;
+  let cd: Netns;
   let ipA: string;
   let ipB: string;
+  let ipD: string;
+  /** exposedA is A's own overlay address: C's gateway to the rest of the overlay. */
+  let exposedA: string;
   /** ipC is C's vxlan address: in A's share, allocated to nobody. */
   let ipC: string;
   let flagsA: string[];
 
   beforeAll(async () => {
-    topo = await Lab.create({ hosts: 3 });
-    [a, b, c] = topo.hosts as [Host, Host, Host];
+    topo = await Lab.create({ hosts: 4 });
+    [a, b, c, d] = topo.hosts as [Host, Host, Host, Host];
     flagsA = [...COMMON, '--vxlan-peer', c.underlayIp];
     await launch(a, [], flagsA);
     await launch(b, [a.underlayIp], [...COMMON, '--encap', 'vxlan', '--vxlan-peer', c.underlayIp]);
-    await waitPeers(a, 1);
+    await launch(d, [a.underlayIp], COMMON);
+    await waitPeers(a, 2);
     await waitPeers(b, 1);
+    await waitPeers(d, 1);
     ca = await topo.addNamespace('ca');
     cb = await topo.addNamespace('cb');
+    cd = await topo.addNamespace('cd');
     ipA = (await weft(a, ['attach', ca.name])).stdout.trim();
     ipB = (await weft(b, ['attach', cb.name])).stdout.trim();
+    ipD = (await weft(d, ['attach', cd.name])).stdout.trim();
+    exposedA = await expose(a);
     // C's address: the top of the largest block of A's share that A routes to bare hosts.
     let routed: string[] = [];
     await waitUntil(
@@ -100,7 +113,7 @@ describe.skipIf(reason)('a fast-path host, a userspace-VXLAN host and a bare ker
       .map((r) => r.split('/') as [string, string])
       .sort((x, y) => Number(x[1]) - Number(y[1]))[0] as [string, string];
     ipC = dotted(u32(net) + 2 ** (32 - Number(len)) - 2);
-    const used = [...(await full(a)).ipam.allocations, ...(await full(b)).ipam.allocations].map((x) => x.addr);
+    const used = (await full(a)).ipam.allocations.map((x) => x.addr);
     expect(used).not.toContain(ipC);
 
     const vx = c.ifname('vx');
@@ -181,6 +194,35 @@ describe.skipIf(reason)('a fast-path host, a userspace-VXLAN host and a bare ker
     await tcpBothWays(ca, cb, ipB);
   });
 
+  it('onward: C reaches a fast-path peer and a sleeve peer through A, which forwards in the kernel', async () => {
+    await waitUntil(async () => (await full(a)).peers.some((p) => p.addr === d.underlayIp && p.encap === 'fastdp'), {
+      timeoutMs: 30_000,
+      intervalMs: 200,
+      what: 'A reaches D on the fast path',
+    });
+    const vx = c.ifname('vx');
+    const tun = (await full(a)).device;
+    // Through the fast path: weft-vx in, weft-vx out (towards D), the TUN device not involved.
+    await c.ip('route', 'add', `${ipD}/32`, 'via', exposedA, 'dev', vx, 'onlink');
+    let tunBefore = await linkStats(a, tun);
+    const vxBefore = await linkStats(a, 'weft-vx');
+    expect((await c.ping(ipD, { count: 10, intervalS: 0.05 })).received).toBe(10);
+    const vxAfter = await linkStats(a, 'weft-vx');
+    // Each echo and each reply crosses A's weft-vx twice (in from one side, out to the other).
+    expect(vxAfter.rx - vxBefore.rx).toBeGreaterThanOrEqual(20);
+    expect(vxAfter.tx - vxBefore.tx).toBeGreaterThanOrEqual(20);
+    let tunAfter = await linkStats(a, tun);
+    expect(tunAfter.tx - tunBefore.tx + (tunAfter.rx - tunBefore.rx)).toBeLessThan(10);
+    // Through sleeve: weft-vx in, the TUN device out towards B (and back).
+    await c.ip('route', 'add', `${ipB}/32`, 'via', exposedA, 'dev', vx, 'onlink');
+    tunBefore = await linkStats(a, tun);
+    expect((await c.ping(ipB, { count: 10, intervalS: 0.05 })).received).toBe(10);
+    tunAfter = await linkStats(a, tun);
+    expect(tunAfter.rx - tunBefore.rx).toBeGreaterThanOrEqual(10);
+    expect(tunAfter.tx - tunBefore.tx).toBeGreaterThanOrEqual(10);
+    await c.ip('route', 'del', `${ipB}/32`);
+  });
+
   it('kill -9 of A and a relaunch reconcile weft-vx: stale flood, proxy and route entries removed', async () => {
     const pid = await routerPid(a);
     process.kill(pid, 'SIGKILL');
@@ -195,7 +237,7 @@ describe.skipIf(reason)('a fast-path host, a userspace-VXLAN host and a bare ker
     await a.exec('ip', ['neigh', 'add', 'proxy', '10.47.1.1', 'dev', 'weft-vx']);
     await a.exec('ip', ['route', 'add', '10.47.2.0/24', 'dev', 'weft-vx', 'proto', '87']);
     await launch(a, [], flagsA);
-    await waitPeers(a, 1);
+    await waitPeers(a, 2);
     await waitUntil(
       async () => {
         const fdb = (await a.exec('bridge', ['fdb', 'show', 'dev', 'weft-vx'])).stdout;
@@ -210,6 +252,7 @@ describe.skipIf(reason)('a fast-path host, a userspace-VXLAN host and a bare ker
     expect((await c.ping(ipA, { count: 3, intervalS: 0.05 })).received).toBe(3);
     expect((await ca.ping(ipC, { count: 3, intervalS: 0.05 })).received).toBe(3);
     expect((await cb.ping(ipC, { count: 3, intervalS: 0.05 })).received).toBe(3);
+    expect((await c.ping(ipD, { count: 3, intervalS: 0.05 })).received).toBe(3);
   });
 
   it('a relaunch without --vxlan-peer removes the bare host entries (and status lists none)', async () => {
@@ -220,7 +263,7 @@ describe.skipIf(reason)('a fast-path host, a userspace-VXLAN host and a bare ker
       what: 'router gone',
     });
     await launch(a, [], COMMON);
-    await waitPeers(a, 1);
+    await waitPeers(a, 2);
     await waitUntil(
       async () => !(await a.exec('bridge', ['fdb', 'show', 'dev', 'weft-vx'])).stdout.includes('00:00:00:00:00:00'),
       { timeoutMs: 10_000, what: 'no flood entry left' },
