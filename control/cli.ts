@@ -183,7 +183,7 @@ Examples:
     )
     .option(
       '--vxlan-peer <ip,...>',
-      'underlay addresses of kernel vxlan devices (hosts without Weft) allowed to send VXLAN here; VXLAN from any other non-peer is dropped',
+      'underlay addresses of kernel vxlan devices (hosts without Weft, Weft VNI and port): with auto/fastdp the kernel weft-vx floods to them and routes our share to them, with vxlan/sleeve the router accepts their VXLAN (any other non-peer is dropped); not with a password under auto',
     )
     .option('--dns-ttl <seconds>', `TTL of answers for the domain (default ${DNS_TTL_S})`)
     .option('--dns-port <port>', `DNS port on the host's overlay address (default ${DNS_PORT})`)

@@ -55,7 +55,13 @@ describe('buildLaunchConfig', () => {
     [{ passwordFile: '/nonexistent/pw' }, /cannot read --password-file/],
     [{ encap: 'vxlan', vxlanPort: '6783' }, /must differ from --port/],
     [{ encap: 'auto', vxlanPort: '6783' }, /must differ from --port/],
-    [{ encap: 'auto', vxlanPeer: '192.168.1.12' }, /--vxlan-peer needs --encap vxlan/],
+    [{ vxlanPeer: '192.168.1' }, /invalid --vxlan-peer "192.168.1": want IPv4/],
+    [{ vxlanPeer: '192.168.1.12,,' }, /invalid --vxlan-peer "": want IPv4/],
+    [{ vxlanPeer: '192.168.1.256' }, /invalid --vxlan-peer/],
+    [{ vxlanPeer: '0.0.0.0' }, /invalid --vxlan-peer "0.0.0.0": want a unicast/],
+    [{ vxlanPeer: '127.0.0.1' }, /want a unicast/],
+    [{ vxlanPeer: '239.1.1.1' }, /want a unicast/],
+    [{ vxlanPeer: '255.255.255.255' }, /want a unicast/],
     [{ trustedSubnets: '10.0.0.0/8' }, /--trusted-subnets needs a password/],
   ])('rejects %o with a clear message', (flags, msg) => {
     expect(() => buildLaunchConfig([], { stateDir: '/tmp/x', ...flags }, {})).toThrow(msg);
@@ -104,6 +110,26 @@ describe('buildLaunchConfig', () => {
       /--encap fastdp cannot encrypt/,
     );
     expect(buildLaunchConfig([], { stateDir: '/tmp/x', encap: 'auto' }, { WEFT_PASSWORD: 'pw' }).encap).toBe('auto');
+  });
+
+  it('takes --vxlan-peer on every data path (auto: the kernel meets them), each once; with a password only on vxlan/sleeve', () => {
+    for (const encap of [undefined, 'auto', 'fastdp', 'vxlan', 'sleeve']) {
+      const c = buildLaunchConfig(
+        [],
+        { stateDir: '/tmp/x', vxlanPeer: ' 192.168.1.12, 192.168.1.13,192.168.1.12', ...(encap && { encap }) },
+        {},
+      );
+      expect(c.vxlanPeers).toEqual(['192.168.1.12', '192.168.1.13']);
+    }
+    expect(() =>
+      buildLaunchConfig([], { stateDir: '/tmp/x', vxlanPeer: '192.168.1.12' }, { WEFT_PASSWORD: 'pw' }),
+    ).toThrow(/--vxlan-peer with a password needs --encap vxlan: .*fast path is off/);
+    const vx = buildLaunchConfig(
+      [],
+      { stateDir: '/tmp/x', encap: 'vxlan', vxlanPeer: '192.168.1.12' },
+      { WEFT_PASSWORD: 'pw' },
+    );
+    expect(vx.vxlanPeers).toEqual(['192.168.1.12']);
   });
 
   it('configures IPAM and DNS, and refuses bad values with the flag named', () => {

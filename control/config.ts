@@ -416,10 +416,10 @@ export function buildLaunchConfig(
         ? undefined
         : parseIntIn(env.WEFT_REKEY_AFTER_MS, 'WEFT_REKEY_AFTER_MS', 1_000, REKEY_AFTER_TIME_MS),
   };
-  if ((cfg.encap === 'auto' || cfg.encap === 'fastdp') && cfg.vxlanPeers.length > 0) {
-    // The kernel's weft-vx owns the VXLAN port there: no userspace VXLAN socket to meet them.
+  if (cfg.encap === 'auto' && cfg.password !== undefined && cfg.vxlanPeers.length > 0) {
+    // Under auto the kernel's weft-vx meets bare vxlan hosts; with a password there is no weft-vx.
     throw new ConfigError(
-      `--vxlan-peer needs --encap vxlan (with --encap ${cfg.encap} the kernel owns the VXLAN port)`,
+      '--vxlan-peer with a password needs --encap vxlan: with --encap auto and a password the kernel fast path is off (encrypted sleeve), and a bare vxlan host can only be met unencrypted',
     );
   }
   if (cfg.encap === 'fastdp' && cfg.password !== undefined) {
@@ -507,16 +507,25 @@ export function parseDockerPlugin(
 /** DOCKER_PLUGIN_SOCKET is where dockerd discovers the plugin `weft` (its name is the file's). */
 export const DOCKER_PLUGIN_SOCKET = '/run/docker/plugins/weft.sock';
 
-/** parseVxlanPeers validates `--vxlan-peer IP,...`: IPv4 addresses of kernel vxlan devices. */
+/**
+ * parseVxlanPeers validates `--vxlan-peer IP,...`: unicast IPv4 underlay addresses of bare kernel
+ * vxlan devices (not 0.0.0.0/8, loopback, multicast or reserved), each once.
+ */
 function parseVxlanPeers(text: string | undefined): string[] {
   if (text === undefined || text.trim() === '') return [];
-  return text.split(',').map((s) => {
+  const out: string[] = [];
+  for (const s of text.split(',')) {
     const t = s.trim();
     if (!isIPv4(t)) {
       throw new ConfigError(`invalid --vxlan-peer "${t}": want IPv4 addresses, comma-separated`);
     }
-    return t;
-  });
+    const first = Number(t.split('.')[0]);
+    if (first === 0 || first === 127 || first >= 224) {
+      throw new ConfigError(`invalid --vxlan-peer "${t}": want a unicast underlay address of a vxlan host`);
+    }
+    if (!out.includes(t)) out.push(t);
+  }
+  return out;
 }
 
 /** parseUpstreams validates `--dns-upstream ip[:port],...`. */

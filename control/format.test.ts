@@ -89,3 +89,33 @@ describe('formatPeers', () => {
     );
   });
 });
+
+describe('formatPeers: bare kernel vxlan hosts', () => {
+  it('gives each --vxlan-peer a line saying how it is reached and what was seen behind it', () => {
+    const text = formatPeers({
+      name: 'me',
+      nickname: 'me',
+      exposed: [],
+      peers: [],
+      vxlanPeerPaths: [
+        {
+          addr: '192.168.1.12',
+          via: 'fastdp',
+          seen: ['10.32.0.9'],
+          routed: ['10.32.0.0/16', '10.33.0.0/16', '10.34.0.0/15', '10.36.0.0/14', '10.40.0.0/13'],
+        },
+        { addr: '192.168.1.13', via: 'vxlan', seen: [] },
+        { addr: '192.168.1.14', via: 'none', reason: 'fastdp off: native addon missing', seen: [] },
+      ],
+    } as unknown as RouterStatus);
+    expect(text).toMatch(
+      /^192\.168\.1\.12 {2}kernel vxlan host {2}fastdp \(weft-vx floods to it; routed 10\.32\.0\.0\/16 10\.33\.0\.0\/16 10\.34\.0\.0\/15 10\.36\.0\.0\/14 …\(\+1\)\) {2}seen 10\.32\.0\.9$/m,
+    );
+    expect(text).toMatch(/^192\.168\.1\.13 {2}kernel vxlan host {2}vxlan \(the router's VXLAN socket\)$/m);
+    expect(text).toMatch(/^192\.168\.1\.14 {2}kernel vxlan host {2}unreachable \(fastdp off: native addon missing\)$/m);
+    // Without any, nothing is added.
+    expect(formatPeers({ name: 'me', nickname: 'me', exposed: [], peers: [] } as unknown as RouterStatus)).toBe(
+      'me(me)  this router\n',
+    );
+  });
+});

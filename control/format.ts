@@ -142,7 +142,35 @@ export function formatPeers(s: RouterStatus): string {
       `   ${p.connections} connections  tx ${p.txPackets} pkts ${bytes(p.txBytes)}  rx ${p.rxPackets} pkts ${bytes(p.rxBytes)}`,
     );
   }
+  for (const v of s.vxlanPeerPaths ?? []) lines.push(vxlanPeerLine(v));
   return `${lines.join('\n')}\n`;
+}
+
+/** VXLAN_PEER_LIST_MAX bounds the addresses a `weft status peers` line lists (the JSON has them all). */
+const VXLAN_PEER_LIST_MAX = 4;
+
+/**
+ * vxlanPeerLine is a bare kernel vxlan host's line in `weft status peers`: how it is reached and
+ * the addresses seen behind it.
+ *
+ * ```
+ * 192.168.1.12  kernel vxlan host  fastdp (weft-vx floods to it; routed 10.32.0.0/13 10.40.0.0/14)  seen 10.32.0.9
+ * 192.168.1.12  kernel vxlan host  vxlan (the router's VXLAN socket)  seen 10.32.0.9
+ * 192.168.1.12  kernel vxlan host  unreachable (fastdp off: encrypted)
+ * ```
+ */
+export function vxlanPeerLine(v: NonNullable<RouterStatus['vxlanPeerPaths']>[number]): string {
+  const list = (xs: readonly string[]) =>
+    xs.length <= VXLAN_PEER_LIST_MAX
+      ? xs.join(' ')
+      : `${xs.slice(0, VXLAN_PEER_LIST_MAX).join(' ')} …(+${xs.length - VXLAN_PEER_LIST_MAX})`;
+  const how =
+    v.via === 'fastdp'
+      ? `fastdp (weft-vx floods to it${v.routed === undefined || v.routed.length === 0 ? '' : `; routed ${list(v.routed)}`})`
+      : v.via === 'vxlan'
+        ? "vxlan (the router's VXLAN socket)"
+        : `unreachable${v.reason === undefined ? '' : ` (${v.reason})`}`;
+  return `${v.addr}  kernel vxlan host  ${how}${v.seen.length === 0 ? '' : `  seen ${list(v.seen)}`}`;
 }
 
 /** udpOffloadText says how datagram trains leave and arrive: UDP GSO / GRO, or one datagram per entry. */

@@ -16,7 +16,7 @@ import type { IpamService } from './ipam/service.js';
 import type { MeshCore } from './mesh.js';
 import type { EndToEndStats } from './overlay/e2e-keys.js';
 import { fastActive, fastReason, linkState, type OverlaySwitch } from './overlay/switch.js';
-import type { PeerStatus, RouterStatus } from './status.js';
+import type { PeerStatus, RouterStatus, VxlanPeerPath } from './status.js';
 import { buildStatus } from './status.js';
 
 /**
@@ -57,6 +57,7 @@ export interface StatusSources {
   readonly ipallocRange: Cidr;
   readonly exposed: readonly Cidr[];
   readonly vxlanPeers: string[];
+  readonly vxlanPeerPaths: VxlanPeerPath[] | undefined;
   readonly counters: Counters;
   readonly plane: DataPlane;
   readonly maker: ConnectionMaker | undefined;
@@ -103,6 +104,7 @@ export function assembleStatus(s: StatusSources): RouterStatus {
       learned: fwd?.learned.snapshot(LEARNED_STATUS_SAMPLE) ?? [],
       learnedCount: fwd?.learned.size ?? 0,
       vxlanPeers: s.vxlanPeers,
+      ...(s.vxlanPeerPaths !== undefined && { vxlanPeerPaths: s.vxlanPeerPaths }),
       kernelDrops: plane.kernelDrops(),
       terminations: Object.fromEntries(maker?.terminations ?? []),
       ipam: s.ipam.status((p) => {

@@ -25,7 +25,7 @@ import type { Startable } from '../common/lifecycle.js';
 import type { Logger } from '../common/log.js';
 import { noopLogger } from '../common/log.js';
 import type { Cidr, IPv4, PeerName } from '../common/types.js';
-import { addressIn, formatIPv4 } from '../common/types.js';
+import { addressIn, formatCidr, formatIPv4 } from '../common/types.js';
 import type { Connection } from './connection.js';
 import { ConnectionMaker, parseTarget } from './connection-maker.js';
 import { CONN_LIMIT_DEFAULT } from './constants.js';
@@ -35,10 +35,12 @@ import { Counters } from './datapath/counters.js';
 import { FibCompiler } from './fib-compiler.js';
 import type { Gossip, Gossiper } from './gossip/gossip.js';
 import { IPAM_CHANNEL } from './ipam/ipam.js';
+import type { Span } from './ipam/ring.js';
 import { IpamService } from './ipam/service.js';
 import { IpamFacade } from './ipam-facade.js';
+import { bareWant } from './kernel/bare-peers.js';
 import { FastDataPath, spanCidrs } from './kernel/fast-data-path.js';
-import type { FastPeer } from './kernel/fastdp.js';
+import { type BareWant, type FastPeer, NO_BARE } from './kernel/fastdp.js';
 import { EXPOSE_OWNER, LocalAddresses } from './local-addresses.js';
 import { MeshCore } from './mesh.js';
 import { E2E_CHANNEL, EndToEndKeys } from './overlay/e2e-keys.js';
@@ -46,7 +48,7 @@ import { fastActive, ipToU32, OverlaySwitch } from './overlay/switch.js';
 import type { PeerMessage } from './protocol.js';
 import { type RouterOptions, wireEncap } from './router-options.js';
 import { assembleStatus, LEARNED_STATUS_SAMPLE } from './router-status.js';
-import type { RouterStatus } from './status.js';
+import type { RouterStatus, VxlanPeerPath } from './status.js';
 import { tryLoadNative } from './tun/native.js';
 
 export type { RouterOptions };
@@ -439,7 +441,28 @@ export class Router implements Startable {
       peers.push({ name, underlay: ipToU32(st.conn.remote.addr), routes });
     }
     const exposed = this.addrs.exposedCidrs()[0];
-    fast.sync(peers, exposed === undefined ? 0 : exposed.addr);
+    fast.sync(peers, exposed === undefined ? 0 : exposed.addr, this.bareWant(spans, min));
+  }
+
+  /** bareWant is weft-vx's state for the bare kernel vxlan hosts (--vxlan-peer; kernel/bare-peers.ts). */
+  private bareWant(spans: readonly Span[], min: number): BareWant {
+    if (this.kernelVxlanPeers.size === 0) return NO_BARE;
+    const others: { addr: number; prefix: number }[] = [];
+    for (const e of this.mesh.entries()) {
+      if (e.name === this.name) continue;
+      for (const c of e.cidrs) {
+        const [a, p] = c.split('/');
+        others.push({ addr: ipToU32(a ?? ''), prefix: Number(p ?? 32) });
+      }
+    }
+    return bareWant({
+      peers: [...this.kernelVxlanPeers],
+      self: this.name,
+      spans,
+      minPrefix: min,
+      others,
+      local: this.addrs.addrs(),
+    });
   }
 
   /** fastdpStatus says whether the fast path is up, and why not. */
@@ -592,6 +615,36 @@ export class Router implements Startable {
     return [...this.kernelVxlanPeers].map((a) => formatIPv4(a as IPv4));
   }
 
+  /**
+   * vxlanPeerPaths says how each bare kernel vxlan host is reached: through weft-vx (the fast path
+   * is up), the router's own VXLAN socket (--encap vxlan or sleeve), or not at all (fast path off).
+   */
+  private vxlanPeerPaths(): VxlanPeerPath[] | undefined {
+    if (this.kernelVxlanPeers.size === 0) return undefined;
+    const fast = this.fast;
+    if (fast?.up === true) {
+      const routed = this.bareWant(this.ipam.spans(), this.opts.ipallocRange.prefix).routes.map((r) =>
+        formatCidr({ addr: r.addr as IPv4, prefix: r.prefix }),
+      );
+      const seen = fast
+        .neighbours()
+        .slice(0, LEARNED_STATUS_SAMPLE)
+        .map((n) => formatIPv4(n.ip as IPv4));
+      return this.vxlanPeers().map((addr) => ({ addr, via: 'fastdp', seen, routed }));
+    }
+    const fwd = this.plane.forwarder;
+    if (fwd?.vxlan !== undefined) {
+      const learned = fwd.learned.snapshot(LEARNED_STATUS_SAMPLE);
+      return [...this.kernelVxlanPeers].map((a) => ({
+        addr: formatIPv4(a as IPv4),
+        via: 'vxlan',
+        seen: learned.filter((l) => l.addr === a).map((l) => formatIPv4(l.ip as IPv4)),
+      }));
+    }
+    const reason = this.fastOff === undefined ? 'no VXLAN socket' : `fastdp off: ${this.fastOff}`;
+    return this.vxlanPeers().map((addr) => ({ addr, via: 'none', reason, seen: [] }));
+  }
+
   /** exposedCidrs lists the host's overlay addresses. */
   exposedCidrs(): Cidr[] {
     return this.addrs.exposedCidrs();
@@ -627,6 +680,7 @@ export class Router implements Startable {
       ipallocRange: o.ipallocRange,
       exposed: this.addrs.exposedCidrs(),
       vxlanPeers: this.vxlanPeers(),
+      vxlanPeerPaths: this.vxlanPeerPaths(),
       counters: this.counters,
       plane: this.plane,
       maker: this.maker,

@@ -74,6 +74,25 @@ export interface LearnedStatus {
 
 import type { IpamStatus } from './ipam/service.js';
 
+/** VxlanPeerPath is one bare kernel vxlan host (--vxlan-peer) and how this router reaches it. */
+export interface VxlanPeerPath {
+  /** addr is its underlay address. */
+  addr: string;
+  /**
+   * via: `fastdp` — the kernel's weft-vx floods to it (an all-zeros fdb entry) and answers its ARP;
+   * `vxlan` — the router's own VXLAN socket; `none` — not reachable (`reason`).
+   */
+  via: 'fastdp' | 'vxlan' | 'none';
+  reason?: string;
+  /**
+   * seen are overlay addresses seen behind it: with `vxlan` the endpoints learned from it, with
+   * `fastdp` the neighbours the kernel learned by ARP on weft-vx (shared by every bare host there).
+   */
+  seen: string[];
+  /** routed (fastdp): our IPAM share routed on-link through weft-vx, where bare hosts' addresses live. */
+  routed?: string[];
+}
+
 /** RouterStatus is a JSON-safe snapshot of a router; never live objects. */
 export interface RouterStatus {
   version: string;
@@ -122,6 +141,8 @@ export interface RouterStatus {
   kernelDrops?: KernelDrops;
   /** vxlanPeers are the configured kernel vxlan peers (the only sources endpoints are learned from). */
   vxlanPeers: string[];
+  /** vxlanPeerPaths says how each of vxlanPeers is reached (absent without any). */
+  vxlanPeerPaths?: VxlanPeerPath[];
   /** terminations counts closed control connections by kind (error code, or who closed it). */
   terminations: Record<string, number>;
   /** gossip: per-channel message counters and refused entries. */

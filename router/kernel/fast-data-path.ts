@@ -12,7 +12,14 @@
 import type { Logger } from '../../common/log.js';
 import type { PeerName } from '../../common/types.js';
 import type { NativeAddon } from '../tun/native.js';
-import { FASTDP_DEVICE, type FastPeer, KernelFastPath, VXLAN_IPV4_OVERHEAD_BYTES } from './fastdp.js';
+import {
+  type BareWant,
+  FASTDP_DEVICE,
+  type FastPeer,
+  KernelFastPath,
+  NO_BARE,
+  VXLAN_IPV4_OVERHEAD_BYTES,
+} from './fastdp.js';
 import { type FastdpControl, FastdpHeartbeats } from './fastdp-heartbeats.js';
 import { addonTransport, Netlink } from './netlink.js';
 
@@ -92,8 +99,13 @@ export class FastDataPath {
    * the source the host's own packets take on the routes: its overlay address, so that answers
    * come back through the overlay too, not straight over the underlay.
    */
-  sync(peers: readonly FastPeer[], src = 0): void {
-    this.fp?.sync(peers, false, src);
+  sync(peers: readonly FastPeer[], src = 0, bare: BareWant = NO_BARE): void {
+    this.fp?.sync(peers, false, src, bare);
+  }
+
+  /** neighbours are the IPv4 neighbours the kernel learned on weft-vx (bare hosts' addresses). */
+  neighbours(): { ip: number; mac: string; state: number }[] {
+    return this.fp?.neighbours() ?? [];
   }
 
   /** sendHeartbeat sends a heartbeat through weft-vx (`mtuOk`: our MTU proof towards the peer holds). */

@@ -14,13 +14,25 @@
  * neighbour entries for its underlay address (the IPv4 routes' onlink gateway) and for its
  * link-local IPv6 address (the heartbeats); only peers whose heartbeats are answered also get
  * routes for their addresses. A peer's MAC on weft-vx is derived from its peer name
- * (`fastdpMac`), so nothing extra is gossiped. Routes carry rtm_protocol RTPROT_WEFT: `sync`
- * removes any such route, and any permanent entry on weft-vx, that it did not ask for (the
- * leftovers of a crashed router). `sync` only talks to the kernel when the wanted state changed
- * (or `force`); a failed entry is logged and retried at the next sync, never thrown.
+ * (`fastdpMac`), so nothing extra is gossiped. Bare kernel vxlan hosts (`--vxlan-peer`) get an
+ * all-zeros fdb entry each, proxy entries for our own addresses and our share on-link
+ * (`BareWant`, kernel/bare-peers.ts). Routes carry rtm_protocol RTPROT_WEFT: `sync` removes any
+ * such route, and any permanent, all-zeros or proxy entry on weft-vx, that it did not ask for (the
+ * leftovers of a crashed router; the plan is fastdp-plan.ts). `sync` only talks to the kernel when
+ * the wanted state changed (or `force`); a failed entry is logged and retried at the next sync,
+ * never thrown.
  */
 import type { Logger } from '../../common/log.js';
 import type { PeerName } from '../../common/types.js';
+import {
+  changeRequest,
+  changeText,
+  emptyWant,
+  type FastdpHave,
+  type FastdpWant,
+  planFastdp,
+  wantKey,
+} from './fastdp-plan.js';
 import {
   AF_BRIDGE,
   AF_INET,
@@ -31,6 +43,7 @@ import {
   attrStr,
   attrU8,
   attrU32,
+  attrU64,
   decodeLink,
   decodeNeigh,
   decodeRoute,
@@ -59,26 +72,24 @@ import {
   ipv4Bytes,
   type Link,
   macBytes,
-  NDA_DST,
-  NDA_LLADDR,
+  NDTA_NAME,
+  NDTA_PARMS,
+  NDTPA_IFINDEX,
+  NDTPA_PROXY_DELAY,
   type Netlink,
   NetlinkError,
   NLM_F_CREATE,
   NLM_F_EXCL,
   NLM_F_REPLACE,
-  NTF_SELF,
+  NTF_PROXY,
+  NUD_FAILED,
+  NUD_INCOMPLETE,
+  NUD_NOARP,
   NUD_PERMANENT,
   ndmsg,
+  ndtmsg,
   RT_SCOPE_LINK,
-  RT_SCOPE_UNIVERSE,
-  RT_TABLE_MAIN,
-  RTA_DST,
-  RTA_GATEWAY,
-  RTA_OIF,
-  RTA_PREFSRC,
   RTM_DELLINK,
-  RTM_DELNEIGH,
-  RTM_DELROUTE,
   RTM_GETLINK,
   RTM_GETNEIGH,
   RTM_GETROUTE,
@@ -86,8 +97,7 @@ import {
   RTM_NEWLINK,
   RTM_NEWNEIGH,
   RTM_NEWROUTE,
-  RTNH_F_ONLINK,
-  RTPROT_WEFT,
+  RTM_SETNEIGHTBL,
   rtmsg,
   VXLAN_DF_SET,
 } from './netlink.js';
@@ -144,6 +154,22 @@ export interface FastPeer {
   readonly routes: readonly { readonly addr: number; readonly prefix: number }[];
 }
 
+/**
+ * BareWant is what bare kernel vxlan hosts (`--vxlan-peer`, no Weft router there) need on
+ * weft-vx: an all-zeros fdb entry towards each (`flood`: their ARP answers and whatever weft-vx
+ * has no fdb entry for go there), proxy entries so the kernel answers their ARP for our own
+ * overlay addresses (`proxies`), and on-link routes through weft-vx for our IPAM share that no
+ * other peer announces (`routes`: a bare host's addresses live there, found by ARP).
+ */
+export interface BareWant {
+  readonly flood: readonly number[];
+  readonly proxies: readonly number[];
+  readonly routes: readonly { readonly addr: number; readonly prefix: number }[];
+}
+
+/** NO_BARE: no bare kernel vxlan hosts. */
+export const NO_BARE: BareWant = { flood: [], proxies: [], routes: [] };
+
 /** FastPathOptions configure a KernelFastPath. */
 export interface FastPathOptions {
   readonly nl: Netlink;
@@ -163,13 +189,6 @@ export interface FastPathStats {
   added: number;
   removed: number;
   errors: number;
-}
-
-interface Want {
-  fdb: Map<string, number>; // mac → underlay
-  neigh4: Map<number, string>; // underlay → mac
-  neigh6: Map<string, string>; // ll6 hex → mac
-  routes: Map<string, { addr: number; prefix: number; gw: number; src: number }>; // "addr/prefix" → route
 }
 
 /** KernelFastPath: see the module comment. */
@@ -255,7 +274,29 @@ export class KernelFastPath {
       [attrBytes(IFA_LOCAL, ll), attrBytes(IFA_ADDRESS, ll), attrU32(IFA_FLAGS, IFA_F_NODAD | IFA_F_PERMANENT)],
       `address ${this.device}`,
     );
+    this.answerArpAtOnce(link.index);
     this.lastKey = '';
+  }
+
+  /**
+   * answerArpAtOnce sets weft-vx's proxy_delay to 0: the kernel answers a bare host's ARP for our
+   * addresses (proxy entries) at once instead of after up to 0.8 s. A refusal only slows ARP down.
+   */
+  private answerArpAtOnce(index: number): void {
+    try {
+      this.o.nl.request(
+        RTM_SETNEIGHTBL,
+        0,
+        ndtmsg(AF_INET),
+        [
+          attrStr(NDTA_NAME, 'arp_cache'),
+          attrNested(NDTA_PARMS, [attrU32(NDTPA_IFINDEX, index), attrU64(NDTPA_PROXY_DELAY, 0)]),
+        ],
+        `set ${this.device} proxy_delay`,
+      );
+    } catch (err) {
+      this.o.log.warn('fastdp proxy_delay not set', { device: this.device, err: (err as Error).message });
+    }
   }
 
   private matches(l: Link): boolean {
@@ -282,13 +323,14 @@ export class KernelFastPath {
   }
 
   /**
-   * sync makes the kernel's fdb, neighbour and route entries on weft-vx what `peers` ask for and
-   * removes the rest of ours. Skipped when nothing changed since the last sync unless `force`.
+   * sync makes the kernel's fdb, neighbour, proxy and route entries on weft-vx what `peers` and
+   * `bare` ask for and removes the rest of ours. Skipped when nothing changed since the last sync
+   * unless `force`.
    */
-  sync(peers: readonly FastPeer[], force = false, src = 0): void {
+  sync(peers: readonly FastPeer[], force = false, src = 0, bare: BareWant = NO_BARE): void {
     if (this.index === 0) return;
-    const want = this.want(peers, src);
-    const key = JSON.stringify([[...want.fdb], [...want.neigh4], [...want.neigh6], [...want.routes.keys()], src]);
+    const want = this.want(peers, src, bare);
+    const key = wantKey(want);
     if (!force && key === this.lastKey) return;
     this.stats.syncs++;
     let ok = true;
@@ -302,8 +344,8 @@ export class KernelFastPath {
     this.lastKey = ok ? key : '';
   }
 
-  private want(peers: readonly FastPeer[], src: number): Want {
-    const w: Want = { fdb: new Map(), neigh4: new Map(), neigh6: new Map(), routes: new Map() };
+  private want(peers: readonly FastPeer[], src: number, bare: BareWant): FastdpWant {
+    const w = emptyWant();
     for (const p of peers) {
       const mac = fastdpMac(p.name);
       w.fdb.set(mac, p.underlay);
@@ -314,183 +356,74 @@ export class KernelFastPath {
         w.routes.set(`${addr}/${r.prefix}`, { addr, prefix: r.prefix, gw: p.underlay, src });
       }
     }
+    for (const a of bare.flood) w.flood.add(a >>> 0);
+    for (const a of bare.proxies) w.proxies.add(a >>> 0);
+    for (const r of bare.routes) {
+      const k = `${r.addr >>> 0}/${r.prefix}`;
+      if (!w.routes.has(k)) w.routes.set(k, { addr: r.addr >>> 0, prefix: r.prefix, gw: 0, src });
+    }
     return w;
   }
 
-  /** apply diffs `want` against the kernel's tables; returns false when any change failed. */
-  private apply(want: Want): boolean {
+  /** have reads what the kernel holds (the tables planFastdp compares). */
+  private have(): FastdpHave {
     const nl = this.o.nl;
-    const ix = this.index;
+    return {
+      routes: nl.dump(RTM_GETROUTE, rtmsg(0, 0, 0, 0), [], RTM_NEWROUTE, 'dump routes').map(decodeRoute),
+      neigh4: nl.dump(RTM_GETNEIGH, ndmsg(AF_INET, 0), [], RTM_NEWNEIGH, 'dump neighbours').map(decodeNeigh),
+      neigh6: nl.dump(RTM_GETNEIGH, ndmsg(AF_INET6, 0), [], RTM_NEWNEIGH, 'dump neighbours').map(decodeNeigh),
+      fdb: nl.dump(RTM_GETNEIGH, ndmsg(AF_BRIDGE, this.index), [], RTM_NEWNEIGH, 'dump fdb').map(decodeNeigh),
+      proxies: nl
+        .dump(RTM_GETNEIGH, ndmsg(AF_INET, 0, 0, NTF_PROXY), [], RTM_NEWNEIGH, 'dump proxy entries')
+        .map(decodeNeigh),
+    };
+  }
+
+  /** apply makes the changes planFastdp lists; returns false when any failed. */
+  private apply(want: FastdpWant): boolean {
     let ok = true;
-    const change = (what: string, fn: () => void, add: boolean): void => {
+    for (const c of planFastdp(want, this.have(), this.index)) {
+      const r = changeRequest(c, this.index);
       try {
-        fn();
-        if (add) this.stats.added++;
+        this.o.nl.request(r.type, r.flags, r.fixed, r.attrs, r.what);
+        if (c.op === 'add') this.stats.added++;
         else this.stats.removed++;
       } catch (err) {
         ok = false;
         this.stats.errors++;
-        this.o.log.warn('fastdp entry failed', { device: this.device, entry: what, err: (err as Error).message });
+        this.o.log.warn('fastdp entry failed', {
+          device: this.device,
+          entry: changeText(c),
+          err: (err as Error).message,
+        });
       }
-    };
-    // What is there now.
-    const routes = nl
-      .dump(RTM_GETROUTE, rtmsg(0, 0, 0, 0), [], RTM_NEWROUTE, 'dump routes')
-      .map(decodeRoute)
-      .filter((r) => r !== undefined && r.protocol === RTPROT_WEFT && r.table === RT_TABLE_MAIN);
-    const neighs = nl.dump(RTM_GETNEIGH, ndmsg(AF_INET, 0), [], RTM_NEWNEIGH, 'dump neighbours').map(decodeNeigh);
-    const neighs6 = nl.dump(RTM_GETNEIGH, ndmsg(AF_INET6, 0), [], RTM_NEWNEIGH, 'dump neighbours').map(decodeNeigh);
-    const fdb = nl.dump(RTM_GETNEIGH, ndmsg(AF_BRIDGE, ix), [], RTM_NEWNEIGH, 'dump fdb').map(decodeNeigh);
-
-    // Removals first, routes before the entries they use.
-    const haveRoutes = new Set<string>();
-    for (const r of routes) {
-      if (r === undefined) continue;
-      const k = `${r.dst}/${r.dstLen}`;
-      const w = want.routes.get(k);
-      if (w !== undefined && r.oif === ix && r.gateway === w.gw && (r.prefsrc ?? 0) === w.src) {
-        haveRoutes.add(k);
-        continue;
-      }
-      change(
-        `route ${k}`,
-        () =>
-          nl.request(
-            RTM_DELROUTE,
-            0,
-            rtmsg(r.dstLen, RTPROT_WEFT, RT_SCOPE_UNIVERSE, 0),
-            this.routeAttrs(r.dst, r.dstLen, r.gateway, r.oif),
-            'delete route',
-          ),
-        false,
-      );
-    }
-    const have4 = new Set<number>();
-    for (const n of neighs) {
-      if (n.index !== ix || n.dst?.length !== 4 || (n.state & NUD_PERMANENT) === 0) continue;
-      const a = n.dst.readUInt32BE(0);
-      if (want.neigh4.get(a) === n.mac) {
-        have4.add(a);
-        continue;
-      }
-      change(
-        `neigh ${a}`,
-        () =>
-          nl.request(RTM_DELNEIGH, 0, ndmsg(AF_INET, ix), [attrBytes(NDA_DST, n.dst as Buffer)], 'delete neighbour'),
-        false,
-      );
-    }
-    const have6 = new Set<string>();
-    for (const n of neighs6) {
-      if (n.index !== ix || n.dst?.length !== 16 || (n.state & NUD_PERMANENT) === 0) continue;
-      const a = n.dst.toString('hex');
-      if (want.neigh6.get(a) === n.mac) {
-        have6.add(a);
-        continue;
-      }
-      change(
-        `neigh6 ${a}`,
-        () =>
-          nl.request(RTM_DELNEIGH, 0, ndmsg(AF_INET6, ix), [attrBytes(NDA_DST, n.dst as Buffer)], 'delete neighbour'),
-        false,
-      );
-    }
-    const haveFdb = new Set<string>();
-    for (const f of fdb) {
-      if (f.index !== ix || f.mac === undefined || f.dst?.length !== 4) continue;
-      if ((Number.parseInt(f.mac.slice(0, 2), 16) & 1) === 1) continue; // multicast: not ours
-      const dst = f.dst.readUInt32BE(0);
-      if (want.fdb.get(f.mac) === dst) {
-        haveFdb.add(f.mac);
-        continue;
-      }
-      const mac = f.mac;
-      const fdst = f.dst;
-      change(
-        `fdb ${mac}`,
-        () =>
-          nl.request(
-            RTM_DELNEIGH,
-            0,
-            ndmsg(AF_BRIDGE, ix, 0, NTF_SELF),
-            [attrBytes(NDA_LLADDR, macBytes(mac)), attrBytes(NDA_DST, fdst)],
-            'delete fdb entry',
-          ),
-        false,
-      );
-    }
-
-    // Additions: fdb and neighbours before the routes that need them.
-    for (const [mac, dst] of want.fdb) {
-      if (haveFdb.has(mac)) continue;
-      change(
-        `fdb ${mac}`,
-        () =>
-          nl.request(
-            RTM_NEWNEIGH,
-            NLM_F_CREATE | NLM_F_REPLACE,
-            ndmsg(AF_BRIDGE, ix, NUD_PERMANENT, NTF_SELF),
-            [attrBytes(NDA_LLADDR, macBytes(mac)), attrBytes(NDA_DST, ipv4Bytes(dst))],
-            'add fdb entry',
-          ),
-        true,
-      );
-    }
-    for (const [a, mac] of want.neigh4) {
-      if (have4.has(a)) continue;
-      change(
-        `neigh ${a}`,
-        () =>
-          nl.request(
-            RTM_NEWNEIGH,
-            NLM_F_CREATE | NLM_F_REPLACE,
-            ndmsg(AF_INET, ix, NUD_PERMANENT),
-            [attrBytes(NDA_DST, ipv4Bytes(a)), attrBytes(NDA_LLADDR, macBytes(mac))],
-            'add neighbour',
-          ),
-        true,
-      );
-    }
-    for (const [a, mac] of want.neigh6) {
-      if (have6.has(a)) continue;
-      change(
-        `neigh6 ${a}`,
-        () =>
-          nl.request(
-            RTM_NEWNEIGH,
-            NLM_F_CREATE | NLM_F_REPLACE,
-            ndmsg(AF_INET6, ix, NUD_PERMANENT),
-            [attrBytes(NDA_DST, Buffer.from(a, 'hex')), attrBytes(NDA_LLADDR, macBytes(mac))],
-            'add neighbour',
-          ),
-        true,
-      );
-    }
-    for (const [k, r] of want.routes) {
-      if (haveRoutes.has(k)) continue;
-      change(
-        `route ${k}`,
-        () =>
-          nl.request(
-            RTM_NEWROUTE,
-            NLM_F_CREATE | NLM_F_EXCL,
-            rtmsg(r.prefix, RTPROT_WEFT, RT_SCOPE_UNIVERSE, RTNH_F_ONLINK),
-            this.routeAttrs(r.addr, r.prefix, r.gw, ix, r.src),
-            'add route',
-          ),
-        true,
-      );
     }
     return ok;
   }
 
-  private routeAttrs(dst: number, prefix: number, gw: number | undefined, oif: number | undefined, src = 0) {
-    return [
-      ...(src === 0 ? [] : [attrBytes(RTA_PREFSRC, ipv4Bytes(src))]),
-      ...(prefix > 0 ? [attrBytes(RTA_DST, ipv4Bytes(dst))] : []),
-      ...(gw === undefined ? [] : [attrBytes(RTA_GATEWAY, ipv4Bytes(gw))]),
-      ...(oif === undefined ? [] : [attrU32(RTA_OIF, oif)]),
-    ];
+  /**
+   * neighbours lists the IPv4 neighbours the kernel learned on weft-vx (not Weft's permanent
+   * ones): the addresses bare kernel vxlan hosts use, seen by ARP. Empty when closed or on error.
+   */
+  neighbours(): { ip: number; mac: string; state: number }[] {
+    if (this.index === 0) return [];
+    try {
+      return this.o.nl
+        .dump(RTM_GETNEIGH, ndmsg(AF_INET, 0), [], RTM_NEWNEIGH, 'dump neighbours')
+        .map(decodeNeigh)
+        .filter(
+          (n) =>
+            n.index === this.index &&
+            n.dst?.length === 4 &&
+            n.mac !== undefined &&
+            (n.state & (NUD_PERMANENT | NUD_NOARP | NUD_INCOMPLETE | NUD_FAILED)) === 0 &&
+            n.state !== 0,
+        )
+        .map((n) => ({ ip: (n.dst as Buffer).readUInt32BE(0), mac: n.mac as string, state: n.state }));
+    } catch (err) {
+      this.o.log.warn('fastdp neighbours not read', { device: this.device, err: (err as Error).message });
+      return [];
+    }
   }
 
   /** close deletes the device (its fdb, neighbours and routes go with it); idempotent, never throws. */

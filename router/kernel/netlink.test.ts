@@ -24,11 +24,16 @@ import {
   ipv4Bytes,
   NDA_DST,
   NDA_LLADDR,
+  NDTA_NAME,
+  NDTA_PARMS,
+  NDTPA_IFINDEX,
+  NDTPA_PROXY_DELAY,
   Netlink,
   type NetlinkError,
   NetlinkFormatError,
   type NetlinkTransport,
   NLM_F_ACK,
+  NLM_F_APPEND,
   NLM_F_REQUEST,
   NLMSG_DONE,
   NLMSG_ERROR,
@@ -38,9 +43,12 @@ import {
   RTA_DST,
   RTA_GATEWAY,
   RTA_OIF,
+  RTM_GETNEIGH,
+  RTM_GETROUTE,
   RTM_NEWLINK,
   RTM_NEWNEIGH,
   RTM_NEWROUTE,
+  RTM_SETNEIGHTBL,
   RTPROT_WEFT,
   rtmsg,
 } from './netlink.js';
@@ -209,5 +217,49 @@ describe('KernelFastPath', () => {
     const before = k.sent.length;
     fp.sync(peers);
     expect(k.sent.length).toBeGreaterThan(before);
+  });
+
+  it('sets proxy_delay 0 on open (a refusal only logs), and programs a bare host with an appended flood entry', () => {
+    const warnings: string[] = [];
+    const k = new FakeKernel((req, seq) => {
+      const type = req.readUInt16LE(4);
+      if (type === 18)
+        return [
+          encodeMessage(RTM_NEWLINK, 0, seq, ifinfomsg(5), [
+            attrStr(IFLA_IFNAME, 'weft-vx'),
+            attrNested(IFLA_LINKINFO, [attrStr(IFLA_INFO_KIND, 'vxlan')]),
+          ]),
+        ];
+      if (type === RTM_GETROUTE || type === RTM_GETNEIGH) return [done(seq)];
+      if (type === RTM_SETNEIGHTBL) return [ack(seq, 1)];
+      return [ack(seq)];
+    });
+    const log = { isDebug: false, debug() {}, info() {}, warn: (m: string) => warnings.push(m), error() {} };
+    const fp = new KernelFastPath({
+      nl: new Netlink(k),
+      log: log as never,
+      self: '02:00:00:00:00:01' as never,
+      vni: 1,
+      port: 6784,
+      local: 1,
+      mtu: 1450,
+    });
+    fp.open();
+    const tbl = k.sent.find((m) => m.readUInt16LE(4) === RTM_SETNEIGHTBL) as Buffer;
+    const attrs = decodeAttrs(tbl, 16 + 4);
+    expect(attrs.get(NDTA_NAME)?.toString()).toBe('arp_cache\0');
+    const parms = decodeAttrs(attrs.get(NDTA_PARMS) as Buffer);
+    expect(parms.get(NDTPA_IFINDEX)?.readUInt32LE(0)).toBe(5);
+    expect(parms.get(NDTPA_PROXY_DELAY)?.readBigUInt64LE(0)).toBe(0n);
+    expect(warnings).toEqual(['fastdp proxy_delay not set']);
+    k.sent.length = 0;
+    fp.sync([], false, 0, { flood: [0xc0a80003], proxies: [0x0a200005], routes: [{ addr: 0x0a200000, prefix: 13 }] });
+    const changes = k.sent.filter((m) => ![RTM_GETROUTE, RTM_GETNEIGH].includes(m.readUInt16LE(4)));
+    expect(changes.map((m) => [m.readUInt16LE(4), m.readUInt16LE(6) & NLM_F_APPEND])).toEqual([
+      [RTM_NEWNEIGH, NLM_F_APPEND], // flood
+      [RTM_NEWNEIGH, 0], // proxy
+      [RTM_NEWROUTE, 0], // on-link route
+    ]);
+    expect(fp.stats).toMatchObject({ added: 3, errors: 0 });
   });
 });

@@ -31,6 +31,7 @@ export const RTM_GETROUTE = 26;
 export const RTM_NEWNEIGH = 28;
 export const RTM_DELNEIGH = 29;
 export const RTM_GETNEIGH = 30;
+export const RTM_SETNEIGHTBL = 67;
 
 export const NLM_F_REQUEST = 0x1;
 export const NLM_F_MULTI = 0x2;
@@ -39,6 +40,7 @@ export const NLM_F_DUMP = 0x300;
 export const NLM_F_REPLACE = 0x100;
 export const NLM_F_EXCL = 0x200;
 export const NLM_F_CREATE = 0x400;
+export const NLM_F_APPEND = 0x800;
 export const NLA_F_NESTED = 0x8000;
 
 export const AF_UNSPEC = 0;
@@ -79,13 +81,22 @@ export const RT_TABLE_MAIN = 254;
 export const RTN_UNICAST = 1;
 export const RT_SCOPE_UNIVERSE = 0;
 export const RT_SCOPE_LINK = 253;
+/** RT_SCOPE_NOWHERE in a delete request matches a route of any scope. */
+export const RT_SCOPE_NOWHERE = 255;
 export const RTNH_F_ONLINK = 4;
 
 export const NDA_DST = 1;
 export const NDA_LLADDR = 2;
 export const NUD_NOARP = 0x40;
 export const NUD_PERMANENT = 0x80;
+export const NUD_INCOMPLETE = 0x01;
+export const NUD_FAILED = 0x20;
 export const NTF_SELF = 0x02;
+export const NTF_PROXY = 0x08;
+export const NDTA_NAME = 1;
+export const NDTA_PARMS = 6;
+export const NDTPA_IFINDEX = 1;
+export const NDTPA_PROXY_DELAY = 13;
 
 // ---- implementation ----
 
@@ -124,6 +135,12 @@ export function attrU8(type: number, v: number): Attr {
 export function attrU32(type: number, v: number): Attr {
   const b = Buffer.alloc(4);
   b.writeUInt32LE(v >>> 0);
+  return { type, value: b };
+}
+
+export function attrU64(type: number, v: number): Attr {
+  const b = Buffer.alloc(8);
+  b.writeBigUInt64LE(BigInt(v));
   return { type, value: b };
 }
 
@@ -279,6 +296,13 @@ export function ndmsg(family: number, index: number, state = 0, flags = 0): Buff
   b.writeInt32LE(index, 4);
   b.writeUInt16LE(state, 8);
   b.writeUInt8(flags, 10);
+  return b;
+}
+
+/** ndtmsg: the family of a neighbour table (RTM_SETNEIGHTBL). */
+export function ndtmsg(family: number): Buffer {
+  const b = Buffer.alloc(4);
+  b.writeUInt8(family, 0);
   return b;
 }
 
