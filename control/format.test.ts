@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import type { RouterStatus } from '../router/index.js';
-import { formatConnections, formatPeers, formatTargets } from './format.js';
+import { dockerLine, formatConnections, formatPeers, formatTargets } from './format.js';
 
 const NOW = Date.parse('2026-01-01T00:00:00Z');
 
@@ -116,6 +116,18 @@ describe('formatPeers: bare kernel vxlan hosts', () => {
     // Without any, nothing is added.
     expect(formatPeers({ name: 'me', nickname: 'me', exposed: [], peers: [] } as unknown as RouterStatus)).toBe(
       'me(me)  this router\n',
+    );
+  });
+});
+
+describe('dockerLine', () => {
+  it('says which Docker integration is active, and off when there is none', () => {
+    expect(dockerLine(undefined)).toBe('off (--docker-socket none)');
+    expect(dockerLine({ socket: '/d.sock', state: 'not found', events: false, badEvents: 0 })).toBe(
+      'not found at /d.sock',
+    );
+    expect(dockerLine({ socket: '/d.sock', state: 'connected', events: false, badEvents: 0 })).toBe(
+      'connected to /d.sock (no events)',
     );
   });
 });

@@ -87,7 +87,7 @@ export function formatStatus(s: StatusView): string {
     ['IPAM', ipamLine(s)],
     ['Exposed', s.exposed.length > 0 ? s.exposed.join(', ') : 'none'],
     ...(s.state === undefined ? [] : [['State', stateLine(s.state)] as [string, string]]),
-    ...(s.docker === undefined ? [] : [['Docker', dockerLine(s.docker)] as [string, string]]),
+    ['Docker', dockerLine(s.docker)],
     ...(s.egress === undefined
       ? []
       : [
@@ -112,8 +112,13 @@ export function formatStatus(s: StatusView): string {
   return `${rows.map(([k, v]) => `${k.padStart(w + 4)}: ${v}`).join('\n')}\n`;
 }
 
-/** dockerLine is the `Docker` line: which engine socket, and whether its events are followed. */
-export function dockerLine(d: DockerStatus): string {
+/**
+ * dockerLine is the `Docker` line: which engine socket, and whether its events are followed, and
+ * the network plugin's socket when it is on; `off` when the router runs with `--docker-socket none`
+ * (no Docker integration at all, as for podman or CNI hosts).
+ */
+export function dockerLine(d: DockerStatus | undefined): string {
+  if (d === undefined) return 'off (--docker-socket none)';
   const engine =
     d.state === 'not found'
       ? `not found at ${d.socket}`

@@ -6,7 +6,7 @@
  * events, 1024 ulimits). The image is the local base rootfs of scripts/build-base-image.sh.
  */
 import { execFile } from 'node:child_process';
-import { existsSync, mkdirSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { removeMounted } from '../lab/mounts.js';
@@ -17,6 +17,8 @@ const ROOT = path.resolve(path.dirname(new URL(import.meta.url).pathname), '..')
 export const PODMAN = '/usr/bin/podman';
 /** BASE_BUILD_MS bounds building the local base rootfs on a cold cache (debootstrap). */
 export const BASE_BUILD_MS = 600_000;
+/** IMAGE_BUILD_MS bounds building the router image on a cold cache (base rootfs + image). */
+export const IMAGE_BUILD_MS = 600_000;
 const IMAGE_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
 /** PODMAN_CACHE is the image blob cache podman keeps outside --root (removed after, when this test made it). */
 const PODMAN_CACHE = '/var/lib/containers/cache';
@@ -68,20 +70,20 @@ export class Podman {
     );
   }
 
+  /** storageArgs are the flags that give podman this test's storage. */
+  get #storageArgs(): string[] {
+    const dir = this.dir;
+    return ['--root', path.join(dir, 'root'), '--runroot', path.join(dir, 'run'), '--tmpdir', path.join(dir, 'tmp')];
+  }
+
   /** run runs podman in `h`'s network namespace; throws with podman's stderr unless `allowFail`. */
   async run(h: Host, args: readonly string[], allowFail = false): Promise<PodmanResult> {
     const dir = this.dir;
     try {
-      const r = await run(
-        'nsenter',
-        [
-          `--net=/run/netns/${h.name}`,
-          PODMAN,
-          ...['--root', path.join(dir, 'root'), '--runroot', path.join(dir, 'run'), '--tmpdir', path.join(dir, 'tmp')],
-          ...args,
-        ],
-        { env: { ...process.env, CONTAINERS_CONF: path.join(dir, 'containers.conf') }, timeout: 120_000 },
-      );
+      const r = await run('nsenter', [`--net=/run/netns/${h.name}`, PODMAN, ...this.#storageArgs, ...args], {
+        env: { ...process.env, CONTAINERS_CONF: path.join(dir, 'containers.conf') },
+        timeout: 120_000,
+      });
       return { stdout: r.stdout, stderr: r.stderr, code: 0 };
     } catch (err) {
       const e = err as { stdout?: string; stderr?: string; code?: number };
@@ -90,6 +92,45 @@ export class Podman {
       }
       throw new Error(`[${h.name}] podman ${args.join(' ')}: ${(e.stderr ?? String(err)).trim()}`);
     }
+  }
+
+  /**
+   * wrapper writes a script that runs podman as `run` does (in `h`'s network namespace, with this
+   * storage and containers.conf, and TMPDIR in the test's directory for buildah's scratch files),
+   * for a program that takes its engine as a command (scripts/build-image.sh's DOCKER); returns its path.
+   */
+  wrapper(h: Host): string {
+    const file = path.join(this.dir, `podman-${h.name}.sh`);
+    const tmp = path.join(this.dir, 'tmp');
+    mkdirSync(tmp, { recursive: true });
+    const q = (s: string): string => `'${s.replaceAll("'", "'\\''")}'`;
+    writeFileSync(
+      file,
+      [
+        '#!/bin/sh',
+        `export CONTAINERS_CONF=${q(path.join(this.dir, 'containers.conf'))} TMPDIR=${q(tmp)}`,
+        `exec nsenter --net=${q(`/run/netns/${h.name}`)} ${[PODMAN, ...this.#storageArgs].map(q).join(' ')} "$@"`,
+        '',
+      ].join('\n'),
+    );
+    chmodSync(file, 0o755);
+    return file;
+  }
+
+  /**
+   * routerImage builds the router image from the Dockerfile with podman (buildah) as `tag`:
+   * scripts/build-image.sh with this storage as its DOCKER, which imports the local base images,
+   * builds with no network, and caches what podman built by its inputs (a podman-router-KEY.tar in
+   * WEFT_BASE_CACHE, apart from the Docker build's), so an unchanged tree costs one `podman load`.
+   * Returns the script's last line of log (built in N s, or loaded from the cache).
+   */
+  async routerImage(h: Host, tag: string): Promise<string> {
+    const built = await run('sh', [path.join(ROOT, 'scripts/build-image.sh'), tag], {
+      cwd: ROOT,
+      env: { ...process.env, DOCKER: this.wrapper(h) },
+      timeout: IMAGE_BUILD_MS,
+    });
+    return built.stderr.trim().split('\n').at(-1) ?? '';
   }
 
   /**

@@ -5,7 +5,8 @@
 #   1. the local base images (scripts/build-base-image.sh: Debian bookworm + this machine's Node);
 #   2. a build context made here: the sources the Dockerfile copies, plus this machine's npm
 #      cache as npm-cache/ (DEPS=cache: `npm ci --offline` in the build);
-#   3. `docker build` (BuildKit), then `docker save` into $WEFT_BASE_CACHE/router-<key>.tar.
+#   3. `docker build` (BuildKit), then `docker save` into $WEFT_BASE_CACHE/router-<key>.tar
+#      (podman-router-<key>.tar when $DOCKER is podman: each engine's own build is what it loads).
 #
 # The key hashes the context (sources, lockfile, Dockerfile; the npm cache only through the lockfile),
 # this script and the base key, so an unchanged tree costs one `docker load` (a few seconds), also on a fresh
@@ -38,7 +39,10 @@ tar -c --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner \
   --exclude=./scripts --exclude=./.vitest-report.json --exclude=build \
   --exclude='*.test.ts' --exclude='*.e2e.ts' --exclude='*.md' -f "$WORK/src.tar" .
 KEY=$( { sha256sum <"$WORK/src.tar"; echo "$BASE_KEY"; cat "$SELF"; } | sha256sum | cut -c1-16)
-IMAGE_TAR=$CACHE/router-$KEY.tar
+# Podman keeps a cache of its own: a tarball built by Docker would prove nothing about `podman build`.
+PREFIX=router
+if "$DOCKER" --version 2>/dev/null | grep -qi podman; then PREFIX=podman-router; fi
+IMAGE_TAR=$CACHE/$PREFIX-$KEY.tar
 
 if [ -s "$IMAGE_TAR" ]; then
   t0=$(date +%s)
@@ -95,6 +99,6 @@ DOCKER_BUILDKIT=1 "$DOCKER" build -q --network none -t "weft-router:$KEY" -t "$T
   "$WORK/ctx" >"$WORK/build.log" 2>&1 || { tail -40 "$WORK/build.log" >&2; exit 1; }
 "$DOCKER" save -o "$IMAGE_TAR.tmp" "weft-router:$KEY"
 mv "$IMAGE_TAR.tmp" "$IMAGE_TAR"
-for f in "$CACHE"/router-*.tar; do [ "$f" = "$IMAGE_TAR" ] || rm -f "$f"; done
+for f in "$CACHE/$PREFIX"-*.tar; do [ "$f" = "$IMAGE_TAR" ] || rm -f "$f"; done
 log "built $TAG ($("$DOCKER" image inspect -f '{{.Size}}' "$TAG" | awk '{printf "%.0f MB", $1/1e6}')) in $(( $(date +%s) - t0 )) s; cached as $IMAGE_TAR"
 echo "$TAG"
