@@ -16,6 +16,7 @@ import { SleeveType } from './frame.js';
 import {
   E2E_AUTH_CHECK_MS,
   fastActive,
+  fastProves,
   fastReason,
   healthyIntervalMs,
   ipToU32,
@@ -361,12 +362,17 @@ describe('OverlaySwitch fast path', () => {
     const flags: boolean[] = [];
     let changes = 0;
     let pathMtu = 0;
+    const sleeveSent: number[] = [];
     const sw = new OverlaySwitch({
       clock,
       log: noopLogger,
       encap: 'auto',
       peerTimeoutMs: TIMEOUT_MS,
-      forwarder: () => ({ sendHeartbeat: () => true, sendVxlanHeartbeat: () => true }) as unknown as Forwarder,
+      forwarder: () =>
+        ({
+          sendHeartbeat: (_h: Hop, _stamp: number, size = 0) => sleeveSent.push(size) > 0,
+          sendVxlanHeartbeat: () => true,
+        }) as unknown as Forwarder,
       routeMtu: () => 1500,
       kernelPathMtu: () => pathMtu,
       onChange: () => changes++,
@@ -397,8 +403,59 @@ describe('OverlaySwitch fast path', () => {
     const setPathMtu = (m: number): void => {
       pathMtu = m;
     };
-    return { clock, sw, st, fastSent, probes, flags, tick, answered, probeAcked, setPathMtu, changes: () => changes };
+    return {
+      clock,
+      sw,
+      st,
+      fastSent,
+      probes,
+      flags,
+      sleeveSent,
+      tick,
+      answered,
+      probeAcked,
+      setPathMtu,
+      changes: () => changes,
+    };
   }
+
+  it('sends no sleeve heartbeats while the fast path proves the peer, and resumes them on the first late one', () => {
+    const { clock, st, sleeveSent, tick, answered, probeAcked } = fastSetup(true);
+    answered();
+    tick();
+    probeAcked();
+    expect(fastActive(st)).toBe(true);
+    const healthy = healthyIntervalMs(TIMEOUT_MS);
+    let at = clock.now();
+    for (let i = 0; i < 20; i++) {
+      tick();
+      if (clock.now() - at >= healthy) {
+        answered(); // the fast path's heartbeat and ack, once per healthy interval
+        at = clock.now();
+      }
+    }
+    const during = sleeveSent.length;
+    for (let i = 0; i < 20; i++) {
+      tick();
+      if (clock.now() - at >= healthy) {
+        answered();
+        at = clock.now();
+      }
+    }
+    expect(sleeveSent.length).toBe(during); // none while proven by weft-vx
+    expect(st.data.state).toBe('established'); // fed by the fast path's heartbeats
+    expect(fastProves(st, clock.now(), healthy)).toBe(true);
+    // The fast path goes quiet: sleeve heartbeats come back before either path fails.
+    let resumedAt = -1;
+    for (let t = 0; t < TIMEOUT_MS && resumedAt < 0; t += DATA_HEARTBEAT_INTERVAL_MS) {
+      tick();
+      if (sleeveSent.length > during) resumedAt = clock.now();
+    }
+    expect(resumedAt).toBeGreaterThan(0);
+    expect(resumedAt - at).toBeLessThanOrEqual(healthy + 2 * DATA_HEARTBEAT_INTERVAL_MS);
+    expect(st.data.state).toBe('established');
+    expect(fastActive(st)).toBe(true);
+  });
 
   it('uses the fast path only while heartbeats and a full-size probe through weft-vx are answered, and says why not', () => {
     const { clock, sw, st, fastSent, probes, tick, probeAcked } = fastSetup(true);

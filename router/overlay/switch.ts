@@ -82,6 +82,20 @@ export function fastActive(st: PeerLink): boolean {
 }
 
 /**
+ * fastProves says whether the fast path's heartbeats stand in for the sleeve ones now (an idle
+ * router's cost is mostly heartbeats, and two proofs of one peer double it): weft-vx carries the
+ * peer and its heartbeats flowed both ways within a healthy interval and a tick. A late one
+ * brings the sleeve heartbeats back at once, while the sleeve's proof (fed by the fast path's
+ * until then) is still fresh, so falling back finds sleeve established.
+ */
+export function fastProves(st: PeerLink, nowMs: number, healthyMs: number): boolean {
+  const f = st.fast;
+  if (f === undefined || !fastActive(st)) return false;
+  const fresh = healthyMs + DATA_HEARTBEAT_INTERVAL_MS;
+  return nowMs - f.ackedAt < fresh && nowMs - f.heardAt < fresh;
+}
+
+/**
  * fastReason says why a peer with a fast path wanted is on sleeve: `vxlan blocked: no heartbeat
  * for 5 s` once failed, undefined while it works or is not wanted.
  */
@@ -439,6 +453,9 @@ export class OverlaySwitch {
     const now = this.clock.now();
     const before = fastActive(st);
     if (c.type === FASTDP_HEARTBEAT || c.type === FASTDP_ACK) st.fastPeerMtuOk = c.mtuOk;
+    // While weft-vx carries the peer its heartbeats prove the peer for sleeve too (fastProves).
+    if (before && c.type === FASTDP_HEARTBEAT) st.data.heard(now);
+    if (before && c.type === FASTDP_ACK) st.data.acked(now, c.stamp);
     if (c.type === FASTDP_HEARTBEAT) path.heard(now);
     else if (c.type === FASTDP_PROBE)
       return; // answered by the heartbeat socket; proves the other direction
@@ -461,7 +478,9 @@ export class OverlaySwitch {
       this.opts.fastdp?.()?.sendProbe(st.conn.remote.name, st.conn.remote.sleevePort);
       m.sent(now);
     }
-    const sleeveDue = st.data.due(now, this.healthyMs);
+    // While the fast path's heartbeats prove the peer, sleeve sends none (nor PMTU probes).
+    const proxied = fastProves(st, now, this.healthyMs);
+    const sleeveDue = !proxied && st.data.due(now, this.healthyMs);
     if (sleeveDue) {
       fwd?.sendHeartbeat(st.sleeveHop, now);
       st.data.sent(now);
@@ -472,6 +491,7 @@ export class OverlaySwitch {
     }
     // Path MTU discovery rides the ticks: a probe is a heartbeat padded to the size tried. The
     // kernel's view (a syscall) is read with the sleeve heartbeats, often enough to follow an ICMP.
+    if (proxied) return;
     const probe = st.pmtu.tick(now, sleeveDue ? this.opts.kernelPathMtu(st.sleeveHop.addr) : 0);
     if (probe > 0 && fwd?.sendHeartbeat(st.sleeveHop, now, probe) === false) st.pmtu.sendFailed(now);
     this.applyPmtu(st);
