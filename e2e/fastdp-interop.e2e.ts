@@ -17,7 +17,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type Host, Lab, type Netns, requireRoot, waitUntil } from '../lab/netns.js';
-import { expose, launch, removeStateDirs, routerPid, status, waitPeers, weft } from './weft.js';
+import { addBareVxlan, expose, launch, removeStateDirs, routerPid, status, waitPeers, weft } from './weft.js';
 
 const reason = requireRoot();
 /** VNI is Weft's default VXLAN network identifier (router/constants.ts VXLAN_VNI_DEFAULT). */
@@ -116,28 +116,7 @@ describe.skipIf(reason)('a fast-path host, a userspace-VXLAN host and a bare ker
     const used = (await full(a)).ipam.allocations.map((x) => x.addr);
     expect(used).not.toContain(ipC);
 
-    const vx = c.ifname('vx');
-    await c.ip(
-      'link',
-      'add',
-      vx,
-      'type',
-      'vxlan',
-      'id',
-      String(VNI),
-      'dstport',
-      '6784',
-      'local',
-      c.underlayIp,
-      'dev',
-      c.underlayDev,
-    );
-    for (const dst of [a.underlayIp, b.underlayIp])
-      await c.exec('bridge', ['fdb', 'append', '00:00:00:00:00:00', 'dev', vx, 'dst', dst]);
-    await c.ip('addr', 'add', `${ipC}/12`, 'dev', vx);
-    await c.ip('link', 'set', vx, 'mtu', '1450', 'up');
-    // Over veth nobody completes an offloaded inner checksum for B's userspace VXLAN (a NIC would).
-    await c.exec('ethtool', ['-K', vx, 'tx', 'off']);
+    await addBareVxlan(c, VNI, `${ipC}/12`, [a.underlayIp, b.underlayIp]);
   });
 
   afterAll(async () => {

@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type Host, Lab, requireRoot } from '../lab/netns.js';
-import { expose, launch, removeStateDirs, status } from './weft.js';
+import { addBareVxlan, expose, launch, removeStateDirs, status } from './weft.js';
 
 const reason = requireRoot();
 
@@ -30,28 +30,7 @@ describe.skipIf(reason)('a kernel vxlan device talks to a Weft router', () => {
     weftIp = await expose(weftHost);
     expect(weftIp).toMatch(/^10\.(3[2-9]|4[0-7])\.\d+\.\d+$/);
     expect(weftIp).not.toBe(KERNEL_IP);
-    const vx = kernelHost.ifname('vx');
-    await kernelHost.ip(
-      'link',
-      'add',
-      vx,
-      'type',
-      'vxlan',
-      'id',
-      String(VNI),
-      'dstport',
-      '6784',
-      'local',
-      kernelHost.underlayIp,
-      'dev',
-      kernelHost.underlayDev,
-    );
-    await kernelHost.exec('bridge', ['fdb', 'append', '00:00:00:00:00:00', 'dev', vx, 'dst', weftHost.underlayIp]);
-    await kernelHost.ip('addr', 'add', `${KERNEL_IP}/12`, 'dev', vx);
-    await kernelHost.ip('link', 'set', vx, 'mtu', '1450', 'up');
-    // Over veth nobody completes an offloaded inner checksum (a real NIC would): have the kernel
-    // host's TCP stack checksum in software, as it does when the NIC lacks tunnel offloads.
-    await kernelHost.exec('ethtool', ['-K', vx, 'tx', 'off']);
+    await addBareVxlan(kernelHost, VNI, `${KERNEL_IP}/12`, [weftHost.underlayIp]);
   });
 
   afterAll(async () => {

@@ -97,15 +97,6 @@ describe.skipIf(reason)('podman: the router image built and run by podman', () =
     return info[0]?.addr_info?.[0]?.local;
   }
 
-  async function pingName(h: Host, from: string, name: string): Promise<void> {
-    await waitUntil(
-      async () => (await podman(h, ['exec', from, 'ping', '-c', '1', '-W', '1', name], true)).code === 0,
-      { timeoutMs: 20_000, what: `${from} on ${h.name} to ping ${name}` },
-    );
-    const r = await podman(h, ['exec', from, 'ping', '-c', '3', '-i', '0.2', '-W', '1', name]);
-    expect(r.stdout).toMatch(/3 received/);
-  }
-
   beforeAll(async () => {
     pm.writeConf();
     topo = await Lab.create({ hosts: 2 });
@@ -144,8 +135,8 @@ describe.skipIf(reason)('podman: the router image built and run by podman', () =
     expect(addr.p2).not.toBe(addr.p1);
     expect(await containerAddr(h1, 'p1')).toBe(addr.p1);
     expect(await ps(h1)).toEqual([expect.objectContaining({ cidrs: [`${addr.p1}/12`], name: 'p1' })]);
-    await pingName(h1, 'p1', 'p2');
-    await pingName(h2, 'p2', 'p1.weft.local');
+    await pm.pingName(h1, 'p1', 'p2');
+    await pm.pingName(h2, 'p2', 'p1.weft.local');
   });
 
   it('podman stop stops the router cleanly (SIGTERM, exit 0); after podman start every address is kept', async () => {
@@ -170,7 +161,7 @@ describe.skipIf(reason)('podman: the router image built and run by podman', () =
     // Attaching again is idempotent: the same address, from the state volume.
     const pid = (await podman(h1, ['inspect', '-f', '{{.State.Pid}}', 'p1'])).stdout.trim();
     expect((await weftIn(h1, ['attach', pid, '--name', 'p1'])).stdout.trim()).toBe(addr.p1);
-    await pingName(h1, 'p1', 'p2');
-    await pingName(h2, 'p2', 'p1');
+    await pm.pingName(h1, 'p1', 'p2');
+    await pm.pingName(h2, 'p2', 'p1');
   });
 });

@@ -56,18 +56,6 @@ describe.skipIf(reason)('podman: containers attached by pid', () => {
     return (await weft(h, ['attach', pid, '--name', name])).stdout.trim();
   }
 
-  async function pingName(h: Host, from: string, name: string): Promise<void> {
-    await waitUntil(
-      async () => (await podman(h, ['exec', from, 'ping', '-c', '1', '-W', '1', name], true)).code === 0,
-      {
-        timeoutMs: 20_000,
-        what: `${from} on ${h.name} to ping ${name}`,
-      },
-    );
-    const r = await podman(h, ['exec', from, 'ping', '-c', '3', '-i', '0.2', '-W', '1', name]);
-    expect(r.stdout).toMatch(/3 received/);
-  }
-
   beforeAll(async () => {
     pm.writeConf();
     topo = await Lab.create({ hosts: 2 });
@@ -103,8 +91,8 @@ describe.skipIf(reason)('podman: containers attached by pid', () => {
     const inside = (await podman(h1, ['exec', 'p1', 'ip', '-4', '-o', 'addr', 'show', 'ethwe'])).stdout;
     expect(inside).toContain(`${p1}/12`);
     expect(await ps(h1)).toEqual([expect.objectContaining({ cidrs: [`${p1}/12`], name: 'p1' })]);
-    await pingName(h1, 'p1', 'p2');
-    await pingName(h2, 'p2', 'p1.weft.local');
+    await pm.pingName(h1, 'p1', 'p2');
+    await pm.pingName(h2, 'p2', 'p1.weft.local');
   });
 
   it('podman rm -f takes the name off every host at once and frees the address after the grace period', async () => {

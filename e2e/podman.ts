@@ -10,7 +10,7 @@ import { chmodSync, existsSync, mkdirSync, rmdirSync, rmSync, writeFileSync } fr
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { removeMounted } from '../lab/mounts.js';
-import { type Host, requireRoot } from '../lab/netns.js';
+import { type Host, requireRoot, waitUntil } from '../lab/netns.js';
 
 const run = promisify(execFile);
 const ROOT = path.resolve(path.dirname(new URL(import.meta.url).pathname), '..');
@@ -74,6 +74,19 @@ export class Podman {
   get #storageArgs(): string[] {
     const dir = this.dir;
     return ['--root', path.join(dir, 'root'), '--runroot', path.join(dir, 'run'), '--tmpdir', path.join(dir, 'tmp')];
+  }
+
+  /**
+   * pingName waits until container `from` on `h` pings `name` once, then requires 3 of 3 pings
+   * (throws otherwise).
+   */
+  async pingName(h: Host, from: string, name: string): Promise<void> {
+    await waitUntil(
+      async () => (await this.run(h, ['exec', from, 'ping', '-c', '1', '-W', '1', name], true)).code === 0,
+      { timeoutMs: 20_000, what: `${from} on ${h.name} to ping ${name}` },
+    );
+    const r = await this.run(h, ['exec', from, 'ping', '-c', '3', '-i', '0.2', '-W', '1', name]);
+    if (!/3 received/.test(r.stdout)) throw new Error(`${from} on ${h.name} pinging ${name}: ${r.stdout}`);
   }
 
   /** run runs podman in `h`'s network namespace; throws with podman's stderr unless `allowFail`. */

@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
-import type { ExecResult, Lab, Netns } from '../lab/netns.js';
+import type { ExecResult, Host, Lab, Netns } from '../lab/netns.js';
 import { waitUntil } from '../lab/netns.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -153,4 +153,34 @@ export async function cutUnderlay(
   return async () => {
     await host.exec('nft', ['delete', 'table', 'inet', table]);
   };
+}
+
+/**
+ * addBareVxlan makes `host` a bare kernel vxlan host (no router): a vxlan device on VNI `vni`,
+ * Weft's port 6784, flooding to `peers`' underlay addresses, with address `cidr`, MTU 1450 and
+ * software checksums (over veth nobody completes an offloaded inner checksum, as a NIC would).
+ * Returns the device's name.
+ */
+export async function addBareVxlan(host: Host, vni: number, cidr: string, peers: readonly string[]): Promise<string> {
+  const vx = host.ifname('vx');
+  await host.ip(
+    'link',
+    'add',
+    vx,
+    'type',
+    'vxlan',
+    'id',
+    String(vni),
+    'dstport',
+    '6784',
+    'local',
+    host.underlayIp,
+    'dev',
+    host.underlayDev,
+  );
+  for (const dst of peers) await host.exec('bridge', ['fdb', 'append', '00:00:00:00:00:00', 'dev', vx, 'dst', dst]);
+  await host.ip('addr', 'add', cidr, 'dev', vx);
+  await host.ip('link', 'set', vx, 'mtu', '1450', 'up');
+  await host.exec('ethtool', ['-K', vx, 'tx', 'off']);
+  return vx;
 }
