@@ -225,6 +225,7 @@ export class MeshCore {
       routes: () => this.latestRoutes(this.opts.relayRoutesMaxAgeMs ?? RELAY_ROUTES_MAX_AGE_MS),
       random: this.opts.random ?? Math.random,
       log: this.log,
+      clock: this.clock,
     });
     this.topoChannel = this.mux.addChannel(
       TOPOLOGY_CHANNEL,
@@ -248,6 +249,7 @@ export class MeshCore {
     this.announceTimer = undefined;
     this.announceTo.clear();
     this.topologyValue = undefined;
+    this.mux?.close();
     this.mux = undefined;
     this.topoChannel = undefined;
     for (const g of this.gossipers) g.channel = undefined;

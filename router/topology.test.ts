@@ -11,9 +11,12 @@ import {
   entryProblem,
   type PeerEntry,
   REJECT_COLLISION,
+  readTopologyId,
   TOPOLOGY_CONNECTIONS_MAX,
+  TOPOLOGY_ID_BYTES,
   Topology,
   TopologyGossiper,
+  writeTopologyId,
 } from './topology.js';
 
 // ---- helpers ----
@@ -364,6 +367,91 @@ describe('TopologyGossiper', () => {
     expect(seen).toEqual([2, 0, 1]);
     expect(decodeEntries(g.fullState())).toHaveLength(4);
     expect(() => g.onGossip(peer(2), new Uint8Array([1, 2, 3]))).toThrow(ProtocolError);
+  });
+});
+
+describe('TopologyAnnouncing (lazy push ids)', () => {
+  function ids(...versions: Pick<PeerEntry, 'name' | 'incarnation' | 'version'>[]): Uint8Array {
+    const out = new Uint8Array(versions.length * TOPOLOGY_ID_BYTES);
+    versions.forEach((v, i) => {
+      writeTopologyId(out, i * TOPOLOGY_ID_BYTES, v);
+    });
+    return out;
+  }
+
+  it('names the versions a delta carries, by what we hold of them', () => {
+    const t = new Topology(entry(LOCAL));
+    const g = new TopologyGossiper(t);
+    const delta = g.onGossip(
+      peer(9),
+      encodeEntries([entry(peer(2), { version: 4 }), entry(peer(3), { incarnation: 7 })]),
+    )!;
+    const a = g.announcing!;
+    expect(a.idBytes).toBe(TOPOLOGY_ID_BYTES);
+    const got = a.ids(delta);
+    expect(got).toEqual(
+      ids({ name: peer(2), incarnation: 1_000, version: 4 }, { name: peer(3), incarnation: 7, version: 1 }),
+    );
+    expect(readTopologyId(got, TOPOLOGY_ID_BYTES)).toEqual({ name: peer(3), incarnation: 7, version: 1 });
+    // A newer version arrived since: the ids name it.
+    t.merge([entry(peer(2), { version: 5 })]);
+    expect(readTopologyId(a.ids(delta), 0).version).toBe(5);
+  });
+
+  it('holds the same or an older version (forgotten ones too) and ourselves, not a newer one or an unknown peer', () => {
+    const t = new Topology(entry(LOCAL, { version: 3 }));
+    const a = new TopologyGossiper(t).announcing!;
+    t.merge([entry(peer(2), { version: 4 }), entry(peer(3), { version: 2 })]);
+    t.forget([peer(3)], 0);
+    const holds = (v: Pick<PeerEntry, 'name' | 'incarnation' | 'version'>) => a.holds(ids(v), 0);
+    expect(holds({ name: peer(2), incarnation: 1_000, version: 4 })).toBe(true);
+    expect(holds({ name: peer(2), incarnation: 1_000, version: 3 })).toBe(true);
+    expect(holds({ name: peer(2), incarnation: 999, version: 9 })).toBe(true);
+    expect(holds({ name: peer(2), incarnation: 1_000, version: 5 })).toBe(false);
+    expect(holds({ name: peer(2), incarnation: 1_001, version: 1 })).toBe(false);
+    expect(holds({ name: peer(3), incarnation: 1_000, version: 2 })).toBe(true); // forgotten, same
+    expect(holds({ name: peer(3), incarnation: 1_000, version: 3 })).toBe(false);
+    expect(holds({ name: peer(4), incarnation: 1, version: 1 })).toBe(false);
+    expect(holds({ name: LOCAL, incarnation: 1_000, version: 99 })).toBe(true); // never graft ourselves
+    // The id at an offset, as the channel passes it inside an envelope.
+    const env = new Uint8Array(7 + TOPOLOGY_ID_BYTES);
+    env.set(ids({ name: peer(2), incarnation: 1_000, version: 5 }), 7);
+    expect(a.holds(env, 7)).toBe(false);
+  });
+
+  it('answers with the entries we hold now, each once, and nothing for peers we do not hold', () => {
+    const t = new Topology(entry(LOCAL));
+    const a = new TopologyGossiper(t).announcing!;
+    t.merge([entry(peer(2), { version: 4 }), entry(peer(3))]);
+    t.forget([peer(3)], 0);
+    const v2 = { name: peer(2), incarnation: 1_000, version: 2 };
+    expect(decodeEntries(a.answer(ids(v2, v2, { name: LOCAL, incarnation: 1_000, version: 1 })))).toEqual([
+      t.get(peer(2)),
+      t.local,
+    ]);
+    expect(
+      a.answer(ids({ name: peer(3), incarnation: 1_000, version: 1 }, { name: peer(7), incarnation: 1, version: 1 })),
+    ).toHaveLength(0);
+  });
+
+  it('refuses ids that are cut short or whose numbers no entry has, with ProtocolError', () => {
+    const a = new TopologyGossiper(new Topology(entry(LOCAL))).announcing!;
+    const good = ids({ name: peer(2), incarnation: 1_000, version: 2 });
+    expect(() => a.holds(good.subarray(0, TOPOLOGY_ID_BYTES - 1), 0)).toThrow(ProtocolError);
+    expect(() => a.holds(good, 1)).toThrow(ProtocolError);
+    expect(() => a.answer(good.subarray(1))).toThrow(ProtocolError);
+    for (const [at, value] of [
+      [6, Number.NaN],
+      [6, -1],
+      [14, 1.5],
+      [14, Number.POSITIVE_INFINITY],
+      [6, 2 ** 60],
+    ] as const) {
+      const bad = good.slice();
+      new DataView(bad.buffer).setFloat64(at, value);
+      expect(() => a.holds(bad, 0), `${at} ${value}`).toThrow(ProtocolError);
+      expect(() => a.answer(bad), `${at} ${value}`).toThrow(ProtocolError);
+    }
   });
 });
 

@@ -18,13 +18,14 @@
  * without changing its entry the owner restores it from the store ({@link Topology.restore})
  * instead of waiting for anti-entropy to bring it back.
  */
-import { InputError } from '../common/errors.js';
-import { type PeerName, peerNameFromBytes } from '../common/types.js';
-import type { Gossiper } from './gossip/gossip.js';
+import { InputError, ProtocolError } from '../common/errors.js';
+import { type PeerName, peerNameFromBytes, peerNameToBytes } from '../common/types.js';
+import type { Announcing, Gossiper } from './gossip/gossip.js';
 import { type ConnectionSummary, compareVersions, entryProblem, type PeerEntry } from './topology-entry.js';
 import {
   canonicalNameAt,
   compareBytes,
+  decodeEntries,
   packEntry,
   packList,
   splitList,
@@ -263,6 +264,11 @@ export class Topology {
     return this.peers.get(name)?.entry;
   }
 
+  /** held returns the entry of one peer we hold, or hold forgotten (what a received copy is compared with). */
+  held(name: PeerName): PeerEntry | undefined {
+    return (this.peers.get(name) ?? this.forgottenStore.get(name))?.entry;
+  }
+
   /** remove drops peers (never ourselves) without keeping a copy; returns the names it removed. */
   remove(names: Iterable<PeerName>): PeerName[] {
     const removed: PeerName[] = [];
@@ -465,10 +471,15 @@ function checkedLocal(e: PeerEntry): PeerEntry {
  * recompute routes when something changed and report rejections (a name collision above all).
  */
 export class TopologyGossiper implements Gossiper {
+  /** announcing names entry versions by TOPOLOGY_ID_BYTES ids, for lazy push (see {@link TopologyAnnouncing}). */
+  readonly announcing: Announcing;
+
   constructor(
     private readonly topology: Topology,
     private readonly onMerge: (result: MergeResult, src: PeerName) => void = () => {},
-  ) {}
+  ) {
+    this.announcing = new TopologyAnnouncing(topology);
+  }
 
   /** onGossip merges a delta or a full state; returns the entries that were new, encoded. Throws ProtocolError. */
   onGossip(src: PeerName, payload: Uint8Array): Uint8Array | undefined {
@@ -486,4 +497,92 @@ export class TopologyGossiper implements Gossiper {
   fullState(): Uint8Array {
     return this.topology.encode();
   }
+}
+
+// ---- Lazy push ----
+
+/** TOPOLOGY_ID_BYTES is the length of an entry version's id: name (6), incarnation and version (float64 each, big-endian). */
+export const TOPOLOGY_ID_BYTES = 22;
+
+const ID_SCRATCH = new Uint8Array(16);
+const ID_VIEW = new DataView(ID_SCRATCH.buffer);
+
+/** writeTopologyId writes the id of an entry version at `off`. */
+export function writeTopologyId(
+  out: Uint8Array,
+  off: number,
+  e: Pick<PeerEntry, 'name' | 'incarnation' | 'version'>,
+): void {
+  peerNameToBytes(e.name, out, off);
+  const dv = new DataView(out.buffer, out.byteOffset + off + 6, 16);
+  dv.setFloat64(0, e.incarnation);
+  dv.setFloat64(8, e.version);
+}
+
+/**
+ * TopologyAnnouncing is the topology's side of lazy push: an id names one version of one peer's
+ * entry (TOPOLOGY_ID_BYTES: its name, incarnation and version), we hold it when we hold (or hold
+ * forgotten) that version or a newer one, and a graft is answered with the entries we hold now.
+ */
+export class TopologyAnnouncing implements Announcing {
+  readonly idBytes = TOPOLOGY_ID_BYTES;
+
+  constructor(private readonly topology: Topology) {}
+
+  /** ids names the entries of a delta (one we merged or made) by the versions we hold of them. */
+  ids(delta: Uint8Array): Uint8Array {
+    const offsets = splitList(delta);
+    const names: PeerName[] = [];
+    if (offsets === undefined) for (const e of decodeEntries(delta)) names.push(e.name);
+    else {
+      for (let i = 0; i + 1 < offsets.length; i++) {
+        const name = canonicalNameAt(delta, offsets[i]!);
+        if (name !== undefined) names.push(name);
+      }
+    }
+    const out = new Uint8Array(names.length * TOPOLOGY_ID_BYTES);
+    let n = 0;
+    for (const name of names) {
+      const e = this.topology.held(name);
+      if (e === undefined) continue;
+      writeTopologyId(out, n * TOPOLOGY_ID_BYTES, e);
+      n++;
+    }
+    return n === names.length ? out : out.subarray(0, n * TOPOLOGY_ID_BYTES);
+  }
+
+  /** holds: we hold this version or a newer one (of ourselves: always — nobody has a newer us to give). */
+  holds(ids: Uint8Array, off: number): boolean {
+    const { name, incarnation, version } = readTopologyId(ids, off);
+    if (name === this.topology.local.name) return true;
+    const e = this.topology.held(name);
+    if (e === undefined) return false;
+    return e.incarnation !== incarnation ? e.incarnation > incarnation : e.version >= version;
+  }
+
+  /** answer encodes the entries we hold (not forgotten ones) of the peers the ids name, each once. */
+  answer(ids: Uint8Array): Uint8Array {
+    if (ids.length % TOPOLOGY_ID_BYTES !== 0) {
+      throw new ProtocolError(`invalid topology ids: ${ids.length} bytes is not a multiple of ${TOPOLOGY_ID_BYTES}`);
+    }
+    const names = new Set<PeerName>();
+    for (let off = 0; off < ids.length; off += TOPOLOGY_ID_BYTES) {
+      const { name } = readTopologyId(ids, off);
+      if (this.topology.get(name) !== undefined) names.add(name);
+    }
+    return names.size === 0 ? new Uint8Array(0) : this.topology.encode(names);
+  }
+}
+
+/** readTopologyId reads an id at `off`. Throws ProtocolError when it is cut short or its numbers cannot be an entry's. */
+export function readTopologyId(ids: Uint8Array, off: number): { name: PeerName; incarnation: number; version: number } {
+  if (off < 0 || off + TOPOLOGY_ID_BYTES > ids.length) throw new ProtocolError('invalid topology id: truncated');
+  // Through a scratch view: one DataView per id read would be an allocation per announced id.
+  for (let i = 0; i < 16; i++) ID_SCRATCH[i] = ids[off + 6 + i]!;
+  const incarnation = ID_VIEW.getFloat64(0);
+  const version = ID_VIEW.getFloat64(8);
+  if (!Number.isSafeInteger(incarnation) || incarnation < 0 || !Number.isSafeInteger(version) || version < 0) {
+    throw new ProtocolError(`invalid topology id: incarnation ${incarnation}, version ${version}`);
+  }
+  return { name: peerNameFromBytes(ids, off), incarnation, version };
 }

@@ -9,6 +9,8 @@
  *  gossip   | 1 | origin peer (6) | body ...                     a delta or a full state
  *  unicast  | 2 | ttl | src peer (6) | dst peer (6) | body ...   relayed hop by hop along unicast routes
  *           0   1     2              8                14
+ *  announce | 3 | ( origin peer (6) | id (idBytes) )+           lazy push: "I have these versions"
+ *  graft    | 4 | ( origin peer (6) | id (idBytes) )+           "send me these, I lack them"
  * ```
  *
  * Dissemination (what a channel sends, and when):
@@ -20,6 +22,18 @@
  *  new neighbour    ──▶ our full state to it
  *  tick()           ──▶ our full state to one random neighbour (anti-entropy: repairs anything lost)
  * ```
+ *
+ * Lazy push (Plumtree: Leitão, Pereira, Rodrigues, "Epidemic Broadcast Trees", SRDS 2007), for a
+ * gossiper that names its versions by ids ({@link Announcing}) on a channel with a clock: the tree
+ * children get the delta itself (eager push), the random part only its ids, batched per
+ * neighbour for LAZY_ANNOUNCE_DELAY_MS (one announcement per neighbour however many deltas came
+ * meanwhile). A peer told of an id it does not hold waits GRAFT_DELAY_MS for the tree to bring it,
+ * then asks (graft) the first neighbour that announced it, which answers with the delta (a gossip
+ * envelope with the announced origin, so the answer goes on along that origin's tree); unanswered
+ * for GRAFT_RETRY_MS, it asks the next announcer. So a change costs about one delta per peer plus
+ * a few ids per neighbour, and where the trees of routers with slightly different views miss a
+ * peer (a peer that has just died, say), it is repaired within milliseconds, not by anti-entropy.
+ * Without a clock (a harness) or an announcing gossiper, the random part gets the delta itself.
  *
  * with fanout(N) = min(candidates, ceil(log2(N+1)) + 1) for N known peers. The random part is the
  * epidemic; the tree part (mesh's broadcast routes) makes delivery certain in a stable topology.
@@ -35,22 +49,44 @@
  * fanout and the anti-entropy of the peers that have the channel route around it, unless it is the
  * only path between them.
  */
+import type { Clock, Timer } from '../../common/clock.js';
 import { InputError } from '../../common/errors.js';
 import type { Logger } from '../../common/log.js';
 import { type PeerName, peerNameFromBytes, peerNameToBytes } from '../../common/types.js';
 import { GOSSIP_INTERVAL_MS, GOSSIP_RELAY_TTL } from '../constants.js';
 import { CHANNEL_MAX_CHARS } from '../protocol.js';
 import type { Routes } from '../routes.js';
-import type { Gossip, Gossiper } from './gossip.js';
+import type { Announcing, Gossip, Gossiper } from './gossip.js';
 
 // ---- Constants (candidates for router/constants.ts) ----
 
 /** ENVELOPE_GOSSIP and ENVELOPE_UNICAST are the first byte of a channel payload. */
 export const ENVELOPE_GOSSIP = 1;
 export const ENVELOPE_UNICAST = 2;
+/** ENVELOPE_ANNOUNCE and ENVELOPE_GRAFT are the lazy-push envelopes: ids we have, ids we want. */
+export const ENVELOPE_ANNOUNCE = 3;
+export const ENVELOPE_GRAFT = 4;
 /** GOSSIP_HEADER_LEN and UNICAST_HEADER_LEN are the envelope lengths before the body. */
 export const GOSSIP_HEADER_LEN = 7;
 export const UNICAST_HEADER_LEN = 14;
+/** LAZY_HEADER_LEN is the envelope length before the first (origin, id) item of an announce or graft. */
+export const LAZY_HEADER_LEN = 1;
+/** LAZY_ORIGIN_LEN is the origin's part of each (origin, id) item. */
+const LAZY_ORIGIN_LEN = 6;
+/**
+ * LAZY_ANNOUNCE_DELAY_MS batches announcements: ids for a neighbour wait this long for more, so
+ * a burst of deltas costs one announcement per neighbour. Short next to GRAFT_DELAY_MS.
+ */
+export const LAZY_ANNOUNCE_DELAY_MS = 5;
+/**
+ * GRAFT_DELAY_MS is how long a peer told of an id it lacks waits for the broadcast tree to bring
+ * it before asking for it: a few hops' latency, so that a graft is a repair, not a race.
+ */
+export const GRAFT_DELAY_MS = 20;
+/** GRAFT_RETRY_MS: a graft unanswered this long goes to the next neighbour that announced the id. */
+export const GRAFT_RETRY_MS = 100;
+/** LAZY_WANTED_MAX bounds the ids a channel waits for (an announcement beyond it is dropped, counted as overflow). */
+export const LAZY_WANTED_MAX = 65_536;
 
 /** gossipFanout is how many neighbours a delta goes to when `knownPeers` peers are known: ceil(log2(N+1)) + 1. */
 export function gossipFanout(knownPeers: number): number {
@@ -71,6 +107,8 @@ export interface ChannelDrops {
   ttlExpired: number;
   /** unknownChannel: gossip, or a unicast for us, on a channel this peer does not have. */
   unknownChannel: number;
+  /** overflow: announced ids not waited for because LAZY_WANTED_MAX are already. */
+  overflow: number;
 }
 
 /** ChannelStats are live counters of one channel; read them, never write them. Bytes are channel payload bytes. */
@@ -81,6 +119,9 @@ export interface ChannelStats {
   bytesReceived: number;
   /** relayed counts unicasts passed on for other peers. */
   relayed: number;
+  /** announced and grafted count the ids we sent in announcements and in grafts (lazy push). */
+  announced: number;
+  grafted: number;
   readonly drops: ChannelDrops;
 }
 
@@ -92,7 +133,9 @@ export function newChannelStats(): ChannelStats {
     messagesReceived: 0,
     bytesReceived: 0,
     relayed: 0,
-    drops: { malformed: 0, refused: 0, noRoute: 0, ttlExpired: 0, unknownChannel: 0 },
+    announced: 0,
+    grafted: 0,
+    drops: { malformed: 0, refused: 0, noRoute: 0, ttlExpired: 0, unknownChannel: 0, overflow: 0 },
   };
 }
 
@@ -114,6 +157,8 @@ export interface GossipTransport {
   /** random returns a number in [0, 1) (seeded in tests and the simulator). */
   readonly random: () => number;
   readonly log: Logger;
+  /** clock, if given, times lazy push (announcement batches, grafts); without one every send is eager. */
+  readonly clock?: Clock;
 }
 
 /** GossipChannelOptions configure one {@link GossipChannel}. */
@@ -176,7 +221,38 @@ function relay(t: GossipTransport, channel: string, env: Uint8Array, stats: Chan
 function envelopeKind(env: Uint8Array): number | undefined {
   if (env[0] === ENVELOPE_GOSSIP && env.length > GOSSIP_HEADER_LEN) return ENVELOPE_GOSSIP;
   if (env[0] === ENVELOPE_UNICAST && env.length >= UNICAST_HEADER_LEN) return ENVELOPE_UNICAST;
+  if ((env[0] === ENVELOPE_ANNOUNCE || env[0] === ENVELOPE_GRAFT) && env.length > LAZY_HEADER_LEN) return env[0];
   return undefined;
+}
+
+/** lazyEnvelope frames (origin, id) items as an announce or graft envelope. */
+function lazyEnvelope(kind: number, items: readonly Uint8Array[]): Uint8Array {
+  let len = LAZY_HEADER_LEN;
+  for (const c of items) len += c.length;
+  const env = new Uint8Array(len);
+  env[0] = kind;
+  let off = LAZY_HEADER_LEN;
+  for (const c of items) {
+    env.set(c, off);
+    off += c.length;
+  }
+  return env;
+}
+
+/** bytesKey is a Map key for a byte string (each byte one char). */
+function bytesKey(b: Uint8Array, start: number, end: number): string {
+  return Buffer.from(b.buffer, b.byteOffset + start, end - start).toString('latin1');
+}
+
+/** Want is an id we were told of and lack: who announced it, whom we asked, when to look again. */
+interface Want {
+  readonly key: string;
+  /** item is the (origin, id) item as announced (our own copy). */
+  readonly item: Uint8Array;
+  readonly announcers: PeerName[];
+  /** asked counts the announcers asked so far. */
+  asked: number;
+  due: number;
 }
 
 /** pickRandom returns k distinct items chosen uniformly (a partial Fisher–Yates on a copy). */
@@ -193,12 +269,26 @@ function pickRandom<T>(items: readonly T[], k: number, random: () => number): T[
   return a;
 }
 
+/** concat joins byte strings into a new one. */
+function concat(parts: readonly Uint8Array[]): Uint8Array {
+  let len = 0;
+  for (const p of parts) len += p.length;
+  const out = new Uint8Array(len);
+  let off = 0;
+  for (const p of parts) {
+    out.set(p, off);
+    off += p.length;
+  }
+  return out;
+}
+
 // ---- Channel ----
 
 /**
  * GossipChannel is one named channel: it implements {@link Gossip} for its subsystem and feeds
- * received payloads to that subsystem's {@link Gossiper}. Synchronous; no timers of its own (the
- * owner calls `tick()` every GOSSIP_INTERVAL_MS).
+ * received payloads to that subsystem's {@link Gossiper}. Synchronous; its only timers are lazy
+ * push's, on the transport's clock (the owner calls `tick()` every GOSSIP_INTERVAL_MS, and
+ * `close()` when it stops).
  */
 export class GossipChannel implements Gossip {
   /** name is the channel name. */
@@ -207,6 +297,19 @@ export class GossipChannel implements Gossip {
   readonly stats: ChannelStats = newChannelStats();
   private readonly t: GossipChannelOptions;
   private readonly log: Logger;
+  /** lazy is the gossiper's lazy-push side when the channel has a clock to time it (else undefined: all eager). */
+  private readonly lazy: Announcing | undefined;
+  /** itemBytes is the length of one (origin, id) item of an announce or graft. */
+  private readonly itemBytes: number;
+  /** announceTo holds, per neighbour, the (origin, id) items waiting for the next announcement. */
+  private readonly announceTo = new Map<PeerName, Uint8Array[]>();
+  private announceTimer: Timer | undefined;
+  /** wanted are the ids announced to us that we lack, by id; wantQueue orders them by due time. */
+  private readonly wanted = new Map<string, Want>();
+  private wantQueue: Want[] = [];
+  private wantHead = 0;
+  private graftTimer: Timer | undefined;
+  private graftTimerAt = Number.POSITIVE_INFINITY;
 
   /** Throws InputError for a channel name outside 1..CHANNEL_MAX_CHARS characters. */
   constructor(opts: GossipChannelOptions) {
@@ -216,6 +319,12 @@ export class GossipChannel implements Gossip {
     this.name = opts.name;
     this.t = opts;
     this.log = opts.log.child({ channel: opts.name });
+    const lazy = opts.gossiper.announcing;
+    if (lazy !== undefined && !(Number.isInteger(lazy.idBytes) && lazy.idBytes >= 1)) {
+      throw new InputError(`gossip channel "${opts.name}": ids must be at least 1 byte, not ${lazy.idBytes}`);
+    }
+    this.lazy = opts.clock === undefined ? undefined : lazy;
+    this.itemBytes = LAZY_ORIGIN_LEN + (lazy?.idBytes ?? 0);
   }
 
   /**
@@ -224,7 +333,7 @@ export class GossipChannel implements Gossip {
    * our connection with P must reach P, which may have no other neighbour to hear it from.
    */
   broadcast(delta: Uint8Array, include: readonly PeerName[] = []): void {
-    if (delta.length > 0) this.spread(wrapGossip(this.t.local, delta), this.t.local, undefined, include);
+    if (delta.length > 0) this.spread(delta, this.t.local, undefined, include);
   }
 
   /** unicast sends a payload to one peer by route (to ourselves: delivered at once); false when unreachable. */
@@ -255,14 +364,23 @@ export class GossipChannel implements Gossip {
     const kind = envelopeKind(payload);
     if (kind === ENVELOPE_GOSSIP) {
       const delta = this.deliver(from, payload.subarray(GOSSIP_HEADER_LEN), false);
-      if (delta !== undefined && delta.length > 0) {
-        const origin = peerNameFromBytes(payload, 1);
-        this.spread(wrapGossip(origin, delta), origin, from);
-      }
+      if (delta !== undefined && delta.length > 0) this.spread(delta, peerNameFromBytes(payload, 1), from);
     } else if (kind === ENVELOPE_UNICAST) {
       if (peerNameFromBytes(payload, 8) === this.t.local) {
         this.deliver(peerNameFromBytes(payload, 2), payload.subarray(UNICAST_HEADER_LEN), true);
       } else relay(this.t, this.name, payload, this.stats);
+    } else if (kind === ENVELOPE_ANNOUNCE || kind === ENVELOPE_GRAFT) {
+      const lazy = this.t.gossiper.announcing;
+      if (lazy === undefined || (payload.length - LAZY_HEADER_LEN) % this.itemBytes !== 0) {
+        this.stats.drops.malformed++;
+        return;
+      }
+      try {
+        if (kind === ENVELOPE_ANNOUNCE) this.onAnnounce(from, payload, lazy);
+        else this.onGraft(from, payload, lazy);
+      } catch (err) {
+        this.refused(from, err);
+      }
     } else this.stats.drops.malformed++;
   }
 
@@ -283,15 +401,17 @@ export class GossipChannel implements Gossip {
   }
 
   /**
-   * spread sends an envelope (never back to `except`) to: our children in `origin`'s broadcast
-   * tree and the neighbours in `include`, then random other neighbours until fanout(N) in all.
+   * spread passes a delta from `origin` on (never back to `except`): the delta itself to our
+   * children in `origin`'s broadcast tree and the neighbours in `include`, then to random other
+   * neighbours until fanout(N) in all — those get only its ids when the channel is lazy.
    */
   private spread(
-    env: Uint8Array,
+    delta: Uint8Array,
     origin: PeerName,
     except: PeerName | undefined,
     include: readonly PeerName[] = [],
   ): void {
+    const env = wrapGossip(origin, delta);
     const neighbours = this.t.neighbours();
     const routes = this.t.routes();
     const must = new Set<PeerName>();
@@ -300,9 +420,177 @@ export class GossipChannel implements Gossip {
     }
     const others = neighbours.filter((n) => n !== except && !must.has(n));
     for (const n of must) this.sendTo(n, env);
-    for (const n of pickRandom(others, gossipFanout(routes.reachable.size) - must.size, this.t.random)) {
+    const random = pickRandom(others, gossipFanout(routes.reachable.size) - must.size, this.t.random);
+    const lazy = this.lazy;
+    if (lazy === undefined) {
+      for (const n of random) this.sendTo(n, env);
+      return;
+    }
+    if (random.length === 0) return;
+    const items = this.items(origin, lazy.ids(delta));
+    if (items === undefined) return;
+    for (const n of random) {
+      const queued = this.announceTo.get(n);
+      if (queued === undefined) this.announceTo.set(n, [items]);
+      else queued.push(items);
+    }
+    this.announceTimer ??= this.t.clock!.setTimeout(() => this.flushAnnouncements(), LAZY_ANNOUNCE_DELAY_MS).unref();
+  }
+
+  /** items prefixes each id with `origin`: the (origin, id) items of an announcement; undefined for none. */
+  private items(origin: PeerName, ids: Uint8Array): Uint8Array | undefined {
+    const idBytes = this.itemBytes - LAZY_ORIGIN_LEN;
+    const n = Math.floor(ids.length / idBytes);
+    if (n === 0) return undefined;
+    const out = new Uint8Array(n * this.itemBytes);
+    for (let i = 0; i < n; i++) {
+      const at = i * this.itemBytes;
+      peerNameToBytes(origin, out, at);
+      out.set(ids.subarray(i * idBytes, (i + 1) * idBytes), at + LAZY_ORIGIN_LEN);
+    }
+    return out;
+  }
+
+  /** flushAnnouncements sends each neighbour one announcement of everything queued for it. */
+  private flushAnnouncements(): void {
+    this.announceTimer = undefined;
+    const neighbours = this.t.neighbours();
+    for (const [n, items] of this.announceTo) {
+      if (!neighbours.includes(n)) continue;
+      const env = lazyEnvelope(ENVELOPE_ANNOUNCE, items);
+      this.stats.announced += (env.length - LAZY_HEADER_LEN) / this.itemBytes;
       this.sendTo(n, env);
     }
+    this.announceTo.clear();
+  }
+
+  /**
+   * onAnnounce notes the ids of an announcement that we lack (who announced them): each is asked
+   * for GRAFT_DELAY_MS from now unless the tree brings it first. Throws ProtocolError (the
+   * gossiper refused an id): ids before it stay noted.
+   */
+  private onAnnounce(from: PeerName, env: Uint8Array, lazy: Announcing): void {
+    if (this.lazy === undefined) return; // no clock: we never graft, anti-entropy repairs
+    try {
+      this.noteWanted(from, env, lazy);
+    } finally {
+      this.armGraftTimer();
+    }
+  }
+
+  private noteWanted(from: PeerName, env: Uint8Array, lazy: Announcing): void {
+    const now = this.t.clock!.now();
+    for (let off = LAZY_HEADER_LEN; off < env.length; off += this.itemBytes) {
+      const idAt = off + LAZY_ORIGIN_LEN;
+      if (lazy.holds(env, idAt)) continue;
+      const key = bytesKey(env, idAt, off + this.itemBytes);
+      const known = this.wanted.get(key);
+      if (known !== undefined) {
+        if (!known.announcers.includes(from)) known.announcers.push(from);
+        continue;
+      }
+      if (this.wanted.size >= LAZY_WANTED_MAX) {
+        this.stats.drops.overflow++;
+        continue;
+      }
+      const w: Want = {
+        key,
+        item: env.slice(off, off + this.itemBytes),
+        announcers: [from],
+        asked: 0,
+        due: now + GRAFT_DELAY_MS,
+      };
+      this.wanted.set(key, w);
+      this.wantQueue.push(w);
+    }
+  }
+
+  /** armGraftTimer sets the graft timer for the first wanted id due, unless one is set for then. */
+  private armGraftTimer(): void {
+    const first = this.wantQueue[this.wantHead];
+    if (first === undefined || this.graftTimerAt <= first.due) return;
+    const clock = this.t.clock!;
+    clock.clearTimeout(this.graftTimer);
+    this.graftTimerAt = first.due;
+    this.graftTimer = clock.setTimeout(() => this.graft(), Math.max(0, first.due - clock.now())).unref();
+  }
+
+  /**
+   * graft asks for the wanted ids that are due and still lacking: each from the next announcer
+   * still a neighbour (one graft per neighbour), again GRAFT_RETRY_MS later from the one after;
+   * once every announcer was asked, anti-entropy is left to repair it.
+   */
+  private graft(): void {
+    this.graftTimer = undefined;
+    this.graftTimerAt = Number.POSITIVE_INFINITY;
+    const lazy = this.lazy!;
+    const now = this.t.clock!.now();
+    const neighbours = this.t.neighbours();
+    const asks = new Map<PeerName, Uint8Array[]>();
+    const again: Want[] = [];
+    while (this.wantHead < this.wantQueue.length) {
+      const w = this.wantQueue[this.wantHead]!;
+      if (w.due > now) break;
+      this.wantHead++;
+      if (lazy.holds(w.item, LAZY_ORIGIN_LEN)) {
+        this.wanted.delete(w.key);
+        continue;
+      }
+      let to: PeerName | undefined;
+      while (to === undefined && w.asked < w.announcers.length) {
+        const a = w.announcers[w.asked++]!;
+        if (neighbours.includes(a)) to = a;
+      }
+      if (to === undefined) {
+        this.wanted.delete(w.key);
+        continue;
+      }
+      const list = asks.get(to);
+      if (list === undefined) asks.set(to, [w.item]);
+      else list.push(w.item);
+      w.due = now + GRAFT_RETRY_MS;
+      again.push(w);
+    }
+    if (this.wantHead > 1024 && this.wantHead * 2 > this.wantQueue.length) {
+      this.wantQueue = this.wantQueue.slice(this.wantHead);
+      this.wantHead = 0;
+    }
+    for (const w of again) this.wantQueue.push(w);
+    for (const [to, items] of asks) {
+      this.stats.grafted += items.length;
+      this.sendTo(to, lazyEnvelope(ENVELOPE_GRAFT, items));
+    }
+    this.armGraftTimer();
+  }
+
+  /** onGraft answers a graft: per origin, a gossip envelope of what we hold of the ids. Throws ProtocolError. */
+  private onGraft(from: PeerName, env: Uint8Array, lazy: Announcing): void {
+    const byOrigin = new Map<string, { origin: PeerName; ids: Uint8Array[] }>();
+    for (let off = LAZY_HEADER_LEN; off < env.length; off += this.itemBytes) {
+      const key = bytesKey(env, off, off + LAZY_ORIGIN_LEN);
+      const id = env.subarray(off + LAZY_ORIGIN_LEN, off + this.itemBytes);
+      const group = byOrigin.get(key);
+      if (group === undefined) byOrigin.set(key, { origin: peerNameFromBytes(env, off), ids: [id] });
+      else group.ids.push(id);
+    }
+    for (const { origin, ids } of byOrigin.values()) {
+      const delta = lazy.answer(concat(ids));
+      if (delta.length > 0) this.sendTo(from, wrapGossip(origin, delta));
+    }
+  }
+
+  /** close cancels lazy push's timers and forgets what they were for (the owner stopped). */
+  close(): void {
+    const clock = this.t.clock;
+    clock?.clearTimeout(this.announceTimer);
+    clock?.clearTimeout(this.graftTimer);
+    this.announceTimer = undefined;
+    this.graftTimer = undefined;
+    this.graftTimerAt = Number.POSITIVE_INFINITY;
+    this.announceTo.clear();
+    this.wanted.clear();
+    this.wantQueue = [];
+    this.wantHead = 0;
   }
 
   private sendTo(peer: PeerName, env: Uint8Array): void {
@@ -316,14 +604,19 @@ export class GossipChannel implements Gossip {
       if (!unicast) return this.t.gossiper.onGossip(src, body);
       this.t.gossiper.onGossipUnicast(src, body);
     } catch (err) {
-      this.stats.drops.refused++;
-      this.log.warn('gossip refused', {
-        peer: src,
-        reason: err instanceof Error ? err.message : String(err),
-        count: this.stats.drops.refused,
-      });
+      this.refused(src, err);
     }
     return undefined;
+  }
+
+  /** refused counts and logs a payload the gossiper refused. */
+  private refused(src: PeerName, err: unknown): void {
+    this.stats.drops.refused++;
+    this.log.warn('gossip refused', {
+      peer: src,
+      reason: err instanceof Error ? err.message : String(err),
+      count: this.stats.drops.refused,
+    });
   }
 }
 
@@ -394,6 +687,11 @@ export class GossipMux {
   /** tick runs every channel's anti-entropy round. */
   tick(): void {
     for (const ch of this.byName.values()) ch.tick();
+  }
+
+  /** close cancels every channel's timers (the owner stopped); the channels stay usable. */
+  close(): void {
+    for (const ch of this.byName.values()) ch.close();
   }
 }
 

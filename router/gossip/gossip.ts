@@ -32,6 +32,41 @@ export interface Gossiper {
   onGossipUnicast(src: PeerName, payload: Uint8Array): void;
   /** fullState returns everything we know, for a new neighbour and for periodic anti-entropy; empty when nothing. */
   fullState(): Uint8Array;
+  /** announcing, if present, lets the channel announce this gossiper's deltas lazily (see {@link Announcing}). */
+  readonly announcing?: Announcing;
+}
+
+/**
+ * Announcing is what a gossiper adds to take part in lazy push (see channel.ts): its records are
+ * named by fixed-size ids (the record and its version), so a peer can be told what we have in a
+ * few bytes and ask for what it lacks. A gossiper without it is gossiped eagerly only.
+ *
+ * Ids are opaque to the channel but compared byte for byte: two ids are the same version of the
+ * same record exactly when their bytes are equal.
+ */
+export interface Announcing {
+  /** idBytes is the length of one id (every id has it; at least 1). */
+  readonly idBytes: number;
+  /**
+   * ids returns the ids of the records a delta carries (the delta was returned by onGossip, or
+   * broadcast by us), concatenated: what an announcement of it says. May name the version we hold
+   * now where that is newer.
+   */
+  ids(delta: Uint8Array): Uint8Array;
+  /**
+   * holds says whether we hold the version the id at `off` names, or a newer one (nothing to ask
+   * for). Throws ProtocolError for an id that cannot be valid.
+   *
+   * @param ids borrowed: valid until the call returns.
+   */
+  holds(ids: Uint8Array, off: number): boolean;
+  /**
+   * answer returns a delta holding what we hold of the records the ids name (concatenated, as
+   * `ids` returns them), encoded as onGossip accepts it; empty when we hold none. Throws ProtocolError.
+   *
+   * @param ids borrowed: valid until the call returns.
+   */
+  answer(ids: Uint8Array): Uint8Array;
 }
 
 /**

@@ -187,6 +187,26 @@ describe('GossipSim', () => {
     expect(run()).toEqual(run());
   });
 
+  it('repairs by grafts, not anti-entropy: joins and failures converge with no anti-entropy round', () => {
+    const sim = new GossipSim({ seed: 5, gossipIntervalMs: 1e9 });
+    sim.bootstrap(60);
+    sim.runUntilConverged();
+    for (let t = 0; t < 4; t++) {
+      sim.join();
+      const joined = sim.runUntilConverged(2_000);
+      expect(joined.converged, `join ${t}`).toBe(true);
+      const alive = sim.live();
+      sim.kill(alive[(t * 17) % alive.length]!);
+      const failed = sim.runUntilConverged(2_000);
+      expect(failed.converged, `failure ${t}`).toBe(true);
+    }
+    const topology = sim.live().map((n) => sim.channels(n).find((c) => c.name === 'topology')!.stats);
+    const sum = (f: (s: (typeof topology)[number]) => number) => topology.reduce((a, s) => a + f(s), 0);
+    expect(sum((s) => s.announced)).toBeGreaterThan(0);
+    expect(sum((s) => s.grafted)).toBeGreaterThan(0);
+    expect(sum((s) => s.drops.malformed + s.drops.refused + s.drops.overflow)).toBe(0);
+  });
+
   it('in steady state sends one full state per node per gossip interval', () => {
     const sim = new GossipSim({ seed: 4 });
     sim.bootstrap(20);

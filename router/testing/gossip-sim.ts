@@ -230,6 +230,11 @@ export class GossipSim {
     return n === undefined ? [] : [...n.links.keys()];
   }
 
+  /** channels returns a node's gossip channels with their counters (empty once it died). */
+  channels(name: PeerName): ReturnType<MeshCore['channels']> {
+    return this.nodes.get(name)?.core.channels() ?? [];
+  }
+
   /** sentBy returns what one node (its current incarnation) has sent. */
   sentBy(name: PeerName): SimCounters | undefined {
     return this.nodes.get(name)?.sent;
