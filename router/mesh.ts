@@ -23,7 +23,7 @@ import type { PeerName } from '../common/types.js';
 import { DISCOVERY_DEGREE, FORGOTTEN_KEEP_MS, TOPOLOGY_ANNOUNCE_DELAY_MS } from './constants.js';
 import { GOSSIP_INTERVAL_MS, type GossipChannel, GossipMux } from './gossip/channel.js';
 import type { Gossip, Gossiper } from './gossip/gossip.js';
-import { emptyRoutes, PEER_GC_DELAY_MS, RouteGraph, type Routes, unreachable } from './routes.js';
+import { emptyRoutes, establishedOf, PEER_GC_DELAY_MS, RouteGraph, type Routes, unreachable } from './routes.js';
 import {
   type ConnectionSummary,
   type MergeResult,
@@ -444,12 +444,11 @@ export class MeshCore {
     const forgotten = new Map<PeerName, PeerEntry>();
     for (const e of topology.forgotten()) forgotten.set(e.name, e);
     const back = new Set<PeerName>();
-    const lists = (e: PeerEntry | undefined, peer: PeerName): boolean =>
-      e?.connections.some((c) => c.peer === peer && c.established) === true;
+    const lists = (e: PeerEntry | undefined, peer: PeerName): boolean => e !== undefined && establishedOf(e).has(peer);
     const queue: PeerEntry[] = [];
     for (const f of forgotten.values()) {
-      for (const c of f.connections) {
-        if (c.established && routes.reachable.has(c.peer) && lists(topology.get(c.peer), f.name)) {
+      for (const peer of establishedOf(f)) {
+        if (routes.reachable.has(peer) && lists(topology.get(peer), f.name)) {
           back.add(f.name);
           queue.push(f);
           break;
@@ -458,9 +457,9 @@ export class MeshCore {
     }
     // Forgotten peers reached through restored ones.
     for (let e = queue.pop(); e !== undefined; e = queue.pop()) {
-      for (const c of e.connections) {
-        const f = forgotten.get(c.peer);
-        if (f === undefined || back.has(f.name) || !c.established || !lists(f, e.name)) continue;
+      for (const peer of establishedOf(e)) {
+        const f = forgotten.get(peer);
+        if (f === undefined || back.has(f.name) || !lists(f, e.name)) continue;
         back.add(f.name);
         queue.push(f);
       }

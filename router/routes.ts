@@ -62,7 +62,8 @@ interface Graph {
 /** establishedPeers caches, per (immutable) entry, the peers it lists as established. */
 const establishedPeers = new WeakMap<PeerEntry, Set<PeerName>>();
 
-function establishedOf(e: PeerEntry): Set<PeerName> {
+/** establishedOf returns the peers an entry lists as established (cached per entry: never modify it). */
+export function establishedOf(e: PeerEntry): ReadonlySet<PeerName> {
   let s = establishedPeers.get(e);
   if (s === undefined) {
     s = new Set();
