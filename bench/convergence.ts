@@ -21,16 +21,16 @@
  * Join and failure alternate `trials` times (default 3, 1 from 500 routers); times are reported as
  * mean and worst, bytes as the mean.
  *
- * Wall time grows about as N² per event (at 200 routers about 40 s per join or failure here):
- * each of the N routers recomputes its routes (O(N log N + E)) once per delta new to it, and a
- * join makes about 2 × (degree + 1) of them.
+ * Wall time is mostly the partition phase: each router changes its entry ~20 times while the
+ * sides re-knit, every router of its side merges each of those versions (about once: lazy push
+ * sends the delta itself only along the broadcast tree), and each new version costs the receiver
+ * O(N) of route and discovery work, so the phase grows about as N³ (bench/RESULTS.md).
  */
 import { GossipSim } from '../router/testing/gossip-sim.js';
 
 /**
  * CONVERGENCE_SIZES are the mesh sizes reported by default. 500 routers (`sizes: [500]`, or
- * `--sizes 500`) take tens of minutes of wall time today: every topology delta new to a router
- * costs it a full route computation, see the module comment.
+ * `--sizes 500`) take minutes of wall time today, see the module comment.
  */
 export const CONVERGENCE_SIZES = [10, 50, 100, 200] as const;
 
