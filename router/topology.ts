@@ -149,6 +149,12 @@ export class Topology {
    * recognises one we hold with one compare.
    */
   private whole: Uint8Array | undefined;
+  /**
+   * listers counts, per peer name, the held entries that list it as established: a forgotten peer
+   * can be reachable again only if one does ({@link forgottenListed}), which spares the recomputation
+   * a scan of every forgotten entry's connections after each change.
+   */
+  private readonly listers = new Map<PeerName, number>();
 
   /** Throws InputError if `local` is not a valid entry. Its connections are sorted by peer. */
   constructor(local: PeerEntry) {
@@ -273,7 +279,11 @@ export class Topology {
   remove(names: Iterable<PeerName>): PeerName[] {
     const removed: PeerName[] = [];
     for (const n of names) {
-      if (n !== this.localName && this.peers.delete(n)) removed.push(n);
+      const cur = n === this.localName ? undefined : this.peers.get(n);
+      if (cur === undefined) continue;
+      this.countListed(cur.entry, -1);
+      this.peers.delete(n);
+      removed.push(n);
     }
     if (removed.length > 0) {
       this.sorted = this.sorted.filter((e) => this.peers.has(e.name));
@@ -306,6 +316,13 @@ export class Topology {
   /** forgotten lists the stored forgotten entries, oldest first, in a new array. */
   forgotten(): PeerEntry[] {
     return Array.from(this.forgottenStore.values(), (f) => f.entry);
+  }
+
+  /** forgottenListed lists the forgotten peers that some held entry lists as established, in a new array. */
+  forgottenListed(): PeerEntry[] {
+    const out: PeerEntry[] = [];
+    for (const [n, f] of this.forgottenStore) if (this.listers.has(n)) out.push(f.entry);
+    return out;
   }
 
   /** forgottenCount counts the stored forgotten entries. */
@@ -430,7 +447,10 @@ export class Topology {
 
   /** setStored keeps `bytes` in a buffer of its own: an encoder's output shares a larger block (tens of KB per entry). */
   private setStored(e: PeerEntry, bytes: Uint8Array): void {
-    const known = this.peers.has(e.name);
+    const prev = this.peers.get(e.name);
+    const known = prev !== undefined;
+    if (known) this.countListed(prev.entry, -1);
+    this.countListed(e, 1);
     this.forgottenStore.delete(e.name);
     const own = bytes.byteOffset === 0 && bytes.byteLength === bytes.buffer.byteLength ? bytes : new Uint8Array(bytes);
     this.peers.set(e.name, { entry: e, bytes: own });
@@ -438,6 +458,16 @@ export class Topology {
     const i = sortedIndex(this.sorted, e.name);
     if (known) this.sorted[i] = e;
     else this.sorted.splice(i, 0, e);
+  }
+
+  /** countListed adds `by` to the listers count of every peer `e` lists as established. */
+  private countListed(e: PeerEntry, by: 1 | -1): void {
+    for (const c of e.connections) {
+      if (!c.established) continue;
+      const n = (this.listers.get(c.peer) ?? 0) + by;
+      if (n === 0) this.listers.delete(c.peer);
+      else this.listers.set(c.peer, n);
+    }
   }
 }
 
