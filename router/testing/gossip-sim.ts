@@ -177,9 +177,14 @@ export class GossipSim {
   private readonly nodes = new Map<PeerName, SimNode>();
   private readonly byAddr = new Map<string, PeerName>();
   private readonly linkLatency = new Map<string, number>();
-  /** mismatched[n] holds the live peers whose entry at live node n differs from their own. */
-  private readonly mismatched = new Map<PeerName, Set<PeerName>>();
-  private mismatches = 0;
+  /**
+   * holders[p] holds the live nodes that hold live peer p's own current entry: a new version of
+   * p's entry empties it at once (nobody else holds it yet), where checking every node's copy would
+   * cost O(N) per change of anyone's connections.
+   */
+  private readonly holders = new Map<PeerName, Set<PeerName>>();
+  /** missing counts the pairs (live node n, live peer p ≠ n) where n lacks p's current entry. */
+  private missing = 0;
   private dirty = true;
   /**
    * unrouted holds the live nodes whose routes miss a live peer, kept per node as routes change;
@@ -573,7 +578,7 @@ export class GossipSim {
   private publish(node: SimNode): void {
     if (!node.alive) return;
     node.core.setLocal({ connections: this.summaries(node), cidrs: node.cidrs });
-    this.refreshPeer(node.name);
+    this.renewed(node.name);
   }
 
   // ---- the connection maker ----
@@ -730,40 +735,51 @@ export class GossipSim {
   /** refreshPair records whether live node `n` holds live peer `p`'s own current entry. */
   private refreshPair(n: SimNode, p: PeerName): void {
     this.dirty = true;
+    if (!n.alive || n.name === p) return;
     const peer = this.nodes.get(p);
-    let set = this.mismatched.get(n.name);
-    const own = peer?.core.topology?.local;
-    const ok =
-      !n.alive || peer === undefined || !peer.alive || own === undefined || sameVersion(n.core.topology?.get(p), own);
-    if (ok) {
-      if (set?.delete(p)) this.mismatches--;
-      return;
-    }
+    const own = peer?.alive === true ? peer.core.topology?.local : undefined;
+    if (own === undefined) return;
+    let set = this.holders.get(p);
     if (set === undefined) {
       set = new Set();
-      this.mismatched.set(n.name, set);
+      this.holders.set(p, set);
     }
-    if (!set.has(p)) {
-      set.add(p);
-      this.mismatches++;
-    }
+    if (sameVersion(n.core.topology?.get(p), own)) {
+      if (!set.has(n.name)) {
+        set.add(n.name);
+        this.missing--;
+      }
+    } else if (set.delete(n.name)) this.missing++;
   }
 
-  /** refreshPeer re-checks every live node's view of `p` (its own entry changed). */
-  private refreshPeer(p: PeerName): void {
-    for (const n of this.nodes.values()) if (n.alive && n.name !== p) this.refreshPair(n, p);
+  /** renewed records that live peer `p` has a new version of its own entry, which no other node holds yet. */
+  private renewed(p: PeerName): void {
+    this.dirty = true;
+    const set = this.holders.get(p);
+    if (set === undefined) return;
+    this.missing += set.size;
+    set.clear();
   }
 
-  /** refreshNode re-checks every pair involving `name` (it started or died). */
+  /** refreshNode re-checks every pair involving `name` (it started or died) and counts `missing` again. */
   private refreshNode(name: PeerName): void {
     const node = this.nodes.get(name)!;
     if (!node.alive) {
-      const set = this.mismatched.get(name);
-      if (set !== undefined) this.mismatches -= set.size;
-      this.mismatched.delete(name);
-    } else for (const p of this.nodes.keys()) if (p !== name) this.refreshPair(node, p);
-    this.refreshPeer(name);
+      this.holders.delete(name);
+      for (const set of this.holders.values()) set.delete(name);
+    } else {
+      this.holders.set(name, new Set());
+      for (const p of this.nodes.keys()) if (p !== name) this.refreshPair(node, p);
+      for (const n of this.nodes.values()) this.refreshPair(n, name);
+    }
+    let live = 0;
+    for (const n of this.nodes.values()) if (n.alive) live++;
+    this.missing = 0;
+    for (const n of this.nodes.values()) {
+      if (n.alive && n.core.topology !== undefined) this.missing += live - 1 - (this.holders.get(n.name)?.size ?? 0);
+    }
     this.unrouted = undefined;
+    this.dirty = true;
   }
 
   /** refreshRoutes records whether a node's routes reach every live peer (unless all need checking anyway). */
@@ -786,7 +802,7 @@ export class GossipSim {
   private evaluate(): void {
     if (!this.dirty) return;
     this.dirty = false;
-    if (this.mismatches > 0 || !this.routesComplete()) this.convergedSince = undefined;
+    if (this.missing > 0 || !this.routesComplete()) this.convergedSince = undefined;
     else if (this.convergedSince === undefined) {
       this.convergedSince = this.clock.now();
       this.sentAtConverged = { ...this.sent };
