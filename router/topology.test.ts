@@ -239,6 +239,32 @@ describe('Topology', () => {
     expect(t.encode()).toEqual(encodeEntries(t.entries()));
   });
 
+  it('forgottenListed names the forgotten peers a held entry lists as established, through every kind of change', () => {
+    const t = new Topology(entry(LOCAL));
+    const unproven = conn(peer(2), { established: false });
+    t.merge([entry(peer(2)), entry(peer(3), { connections: [unproven] }), entry(peer(4))]);
+    t.forget([peer(2)], 100);
+    // peer(3) lists peer(2), but not as established: no candidate.
+    expect(t.forgottenListed()).toEqual([]);
+    t.merge([entry(peer(3), { version: 2, connections: [conn(peer(2))] })]);
+    expect(t.forgottenListed().map((e) => e.name)).toEqual([peer(2)]);
+    // Our own entry counts as a lister too, and two listers need both gone.
+    t.setLocal({ connections: [conn(peer(2))] });
+    t.merge([entry(peer(3), { version: 3, connections: [] })]);
+    expect(t.forgottenListed().map((e) => e.name)).toEqual([peer(2)]);
+    t.setLocal({ connections: [] });
+    expect(t.forgottenListed()).toEqual([]);
+    // A removed (or forgotten) lister no longer counts; a restored one does again.
+    t.merge([entry(peer(4), { version: 2, connections: [conn(peer(2))] })]);
+    expect(t.forgottenListed().map((e) => e.name)).toEqual([peer(2)]);
+    t.forget([peer(4)], 200);
+    expect(t.forgottenListed()).toEqual([]);
+    t.restore([peer(4)]);
+    expect(t.forgottenListed().map((e) => e.name)).toEqual([peer(2)]);
+    t.remove([peer(4)]);
+    expect(t.forgottenListed()).toEqual([]);
+  });
+
   it('expireForgotten drops copies forgotten before a time, oldest first; after that a copy is news again', () => {
     const t = new Topology(entry(LOCAL));
     t.merge([entry(peer(2)), entry(peer(3))]);
