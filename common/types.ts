@@ -73,14 +73,16 @@ export function peerNameToBytes(name: PeerName, buf: Uint8Array, off: number): v
   for (let i = 0; i < 6; i++) buf[off + i] = Number.parseInt(name.slice(i * 3, i * 3 + 2), 16);
 }
 
-/** peerNameFromBytes reads 6 bytes at off as a peer name. */
+/** HEX_BYTE[b] is b as two lower-case hex digits. */
+const HEX_BYTE: readonly string[] = Array.from({ length: 256 }, (_, b) => b.toString(16).padStart(2, '0'));
+
+/**
+ * peerNameFromBytes reads 6 bytes at off as a peer name (bytes past the end read as 0). Every
+ * decoded topology entry names a peer per connection: a table, not six number-to-string steps.
+ */
 export function peerNameFromBytes(buf: Uint8Array, off: number): PeerName {
-  let s = '';
-  for (let i = 0; i < 6; i++) {
-    if (i > 0) s += ':';
-    s += (buf[off + i] ?? 0).toString(16).padStart(2, '0');
-  }
-  return s as PeerName;
+  const h = (i: number): string => HEX_BYTE[buf[off + i] ?? 0]!;
+  return `${h(0)}:${h(1)}:${h(2)}:${h(3)}:${h(4)}:${h(5)}` as PeerName;
 }
 
 /** peerNameToBigInt packs a peer name into a 48-bit integer (for table keys off the hot path). */

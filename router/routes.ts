@@ -77,12 +77,15 @@ export function establishedOf(e: PeerEntry): ReadonlySet<PeerName> {
 function adjacency(sorted: readonly PeerEntry[], index: ReadonlyMap<PeerName, number>, i: number): number[] {
   const e = sorted[i]!;
   const row: number[] = [];
+  // An owner lists its connections sorted by peer, so the row usually comes out in index order.
+  let ascending = true;
   for (const peer of establishedOf(e)) {
     const j = index.get(peer);
     if (j === undefined || j === i || !establishedOf(sorted[j]!).has(e.name)) continue;
+    if (row.length > 0 && j < row[row.length - 1]!) ascending = false;
     row.push(j);
   }
-  return row.sort((x, y) => x - y);
+  return ascending ? row : row.sort((x, y) => x - y);
 }
 
 /** buildGraph keeps the edges both ends list as established; `sorted` has one entry per peer, in name order. O(N + E). */
