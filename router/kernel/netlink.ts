@@ -25,6 +25,7 @@ export const RTM_NEWLINK = 16;
 export const RTM_DELLINK = 17;
 export const RTM_GETLINK = 18;
 export const RTM_NEWADDR = 20;
+export const RTM_DELADDR = 21;
 export const RTM_NEWROUTE = 24;
 export const RTM_DELROUTE = 25;
 export const RTM_GETROUTE = 26;
@@ -81,6 +82,7 @@ export const RT_TABLE_MAIN = 254;
 export const RTN_UNICAST = 1;
 export const RT_SCOPE_UNIVERSE = 0;
 export const RT_SCOPE_LINK = 253;
+export const RT_SCOPE_HOST = 254;
 /** RT_SCOPE_NOWHERE in a delete request matches a route of any scope. */
 export const RT_SCOPE_NOWHERE = 255;
 export const RTNH_F_ONLINK = 4;
