@@ -153,24 +153,39 @@ describe.skipIf(reason).each([2, 1])('kernel fast path: the switch from sleeve u
     expect((await encapOf(h1, h2)) === 'fastdp' && (await encapOf(h2, h1)) === 'fastdp').toBe(true);
     expect(held.received, held.output).toBe(rpf === 2 ? 5 : 0);
     for (const r of routes)
-      await h2.exec('ip', ['route', 'add', ...r.replace(/ proto 87\b/, '').trim().split(/\s+/), 'proto', '87']);
+      await h2.exec('ip', [
+        'route',
+        'add',
+        ...r
+          .replace(/ proto 87\b/, '')
+          .trim()
+          .split(/\s+/),
+        'proto',
+        '87',
+      ]);
     const back = await c1.ping(a2, { count: 5, intervalS: 0.2 });
     expect(back.received, back.output).toBe(5);
   });
 
-  it('gives weft-vx and the TUN device 192.0.0.8/32 scope host, and nothing routes to it', async () => {
+  it('gives weft-vx and the TUN device 192.0.0.8/32 scope host, which routes nothing and answers no ARP', async () => {
     const tun = ((await status(h1)) as unknown as { device: string }).device;
     for (const dev of ['weft-vx', tun])
       expect((await h1.exec('ip', ['-4', '-o', 'address', 'show', 'dev', dev])).stdout).toMatch(
         /inet 192\.0\.0\.8\/32 scope host /,
       );
-    // Only the local route for the address itself: no prefix or broadcast route, in any table.
+    // No route of any kind, in any table: the local route the kernel adds is deleted again.
     const all = (await h1.exec('ip', ['-4', 'route', 'show', 'table', 'all'])).stdout;
-    expect(all.split('\n').filter((l) => l.includes('192.0.0.8'))).toEqual(
-      expect.arrayContaining([expect.stringMatching(/^local 192\.0\.0\.8 dev /)]),
-    );
-    expect(all.split('\n').filter((l) => l.includes('192.0.0.8') && !l.startsWith('local 192.0.0.8 '))).toEqual([]);
+    expect(all.split('\n').filter((l) => l.includes('192.0.0.8'))).toEqual([]);
     // The host's own packets towards the overlay never take it as their source.
     expect((await h1.exec('ip', ['-4', 'route', 'get', a2])).stdout).not.toMatch(/192\.0\.0\.8/);
+    // A neighbour on the underlay that asks for 192.0.0.8 gets no answer (no ARP reply, no ping).
+    await h2.exec('ip', ['route', 'add', '192.0.0.8/32', 'dev', h2.underlayDev]);
+    try {
+      const r = await h2.ping('192.0.0.8', { count: 2, intervalS: 0.2, timeoutMs: 2_000 });
+      expect(r.received, r.output).toBe(0);
+      expect((await h2.exec('ip', ['neigh', 'show', '192.0.0.8'])).stdout).not.toMatch(/lladdr/);
+    } finally {
+      await h2.exec('ip', ['route', 'del', '192.0.0.8/32', 'dev', h2.underlayDev]);
+    }
   });
 });

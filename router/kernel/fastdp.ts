@@ -90,8 +90,13 @@ import {
   ndtmsg,
   RT_SCOPE_HOST,
   RT_SCOPE_LINK,
+  RT_SCOPE_NOWHERE,
+  RT_TABLE_LOCAL,
+  RTA_DST,
+  RTA_OIF,
   RTM_DELADDR,
   RTM_DELLINK,
+  RTM_DELROUTE,
   RTM_GETLINK,
   RTM_GETNEIGH,
   RTM_GETROUTE,
@@ -100,6 +105,7 @@ import {
   RTM_NEWNEIGH,
   RTM_NEWROUTE,
   RTM_SETNEIGHTBL,
+  RTN_LOCAL,
   rtmsg,
   VXLAN_DF_SET,
 } from './netlink.js';
@@ -115,8 +121,9 @@ export const FASTDP_DEVICE = 'weft-vx';
  * (fib_frontend.c, __fib_validate_source: `no_addr` → last_resort → -EXDEV); with one, loose mode
  * only asks that a route back exists. That happens at every switch of a peer between sleeve and
  * the fast path, when one end has moved and the other not yet. A /32 adds no prefix or broadcast
- * route, only the local route for itself; scope host keeps it out of source address selection for
- * anything but the host itself, so no packet leaves with it.
+ * route, only the local route for itself, which setRpfAnchor deletes again: the host then neither
+ * answers ARP for 192.0.0.8 nor takes packets to it (the filter only asks whether the device has
+ * an address). Scope host keeps it out of source address selection, so no packet leaves with it.
  */
 export const RPF_ANCHOR = 0xc0000008;
 /** VXLAN_IPV4_OVERHEAD_BYTES: outer IPv4 (20) + UDP (8) + VXLAN (8) + inner Ethernet (14). */
@@ -456,7 +463,10 @@ export class KernelFastPath {
   }
 }
 
-/** setRpfAnchor gives a device RPF_ANCHOR/32 scope host (idempotent: replaces). Throws NetlinkError. */
+/**
+ * setRpfAnchor gives a device RPF_ANCHOR/32 scope host and deletes the local route the kernel
+ * adds for it (idempotent). Throws NetlinkError.
+ */
 export function setRpfAnchor(nl: Netlink, index: number, device: string): void {
   const a = ipv4Bytes(RPF_ANCHOR);
   nl.request(
@@ -466,6 +476,17 @@ export function setRpfAnchor(nl: Netlink, index: number, device: string): void {
     [attrBytes(IFA_LOCAL, a), attrBytes(IFA_ADDRESS, a)],
     `address ${device} ${RPF_ANCHOR_TEXT}`,
   );
+  try {
+    nl.request(
+      RTM_DELROUTE,
+      0,
+      rtmsg(32, 0, RT_SCOPE_NOWHERE, 0, RT_TABLE_LOCAL, RTN_LOCAL),
+      [attrBytes(RTA_DST, a), attrU32(RTA_OIF, index)],
+      `delete the local route of ${RPF_ANCHOR_TEXT} on ${device}`,
+    );
+  } catch (err) {
+    if (!(err instanceof NetlinkError && err.errno === 3)) throw err; // ESRCH: already gone
+  }
 }
 
 /**

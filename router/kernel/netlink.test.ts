@@ -58,6 +58,7 @@ import {
   RTA_GATEWAY,
   RTA_OIF,
   RTM_DELADDR,
+  RTM_DELROUTE,
   RTM_GETNEIGH,
   RTM_GETROUTE,
   RTM_NEWADDR,
@@ -314,6 +315,16 @@ describe('KernelFastPath', () => {
     const attrs = decodeAttrs(add, 16 + 8);
     expect(attrs.get(IFA_LOCAL)).toEqual(ipv4Bytes(RPF_ANCHOR));
     expect(attrs.get(IFA_ADDRESS)).toEqual(Buffer.from([192, 0, 0, 8]));
+    // ... and the local route the kernel adds for it is deleted: table local, type local, weft-vx.
+    const drop = k.sent[k.sent.indexOf(add) + 1] as Buffer;
+    expect(drop.readUInt16LE(4)).toBe(RTM_DELROUTE);
+    expect([drop.readUInt8(17), drop.readUInt8(20), drop.readUInt8(23)]).toEqual([32, 255, 2]);
+    expect(decodeAttrs(drop, 16 + 12).get(RTA_DST)).toEqual(ipv4Bytes(RPF_ANCHOR));
+    expect(
+      decodeAttrs(drop, 16 + 12)
+        .get(RTA_OIF)
+        ?.readUInt32LE(0),
+    ).toBe(5);
     k.sent.length = 0;
     setRpfAnchor(nl, 7, 'weft');
     expect(k.sent.filter(v4).map((m) => m.readInt32LE(20))).toEqual([7]);

@@ -79,7 +79,9 @@ export const RTA_GATEWAY = 5;
 export const RTA_PREFSRC = 7;
 export const RTA_TABLE = 15;
 export const RT_TABLE_MAIN = 254;
+export const RT_TABLE_LOCAL = 255;
 export const RTN_UNICAST = 1;
+export const RTN_LOCAL = 2;
 export const RT_SCOPE_UNIVERSE = 0;
 export const RT_SCOPE_LINK = 253;
 export const RT_SCOPE_HOST = 254;
@@ -278,15 +280,22 @@ export function ifaddrmsg(family: number, prefix: number, flags: number, scope: 
   return b;
 }
 
-/** rtmsg for an IPv4 unicast route in the main table. */
-export function rtmsg(dstLen: number, protocol: number, scope: number, flags: number): Buffer {
+/** rtmsg for an IPv4 route: unicast in the main table unless `table`/`type` say otherwise. */
+export function rtmsg(
+  dstLen: number,
+  protocol: number,
+  scope: number,
+  flags: number,
+  table = RT_TABLE_MAIN,
+  type = RTN_UNICAST,
+): Buffer {
   const b = Buffer.alloc(12);
   b.writeUInt8(AF_INET, 0);
   b.writeUInt8(dstLen, 1);
-  b.writeUInt8(RT_TABLE_MAIN, 4);
+  b.writeUInt8(table, 4);
   b.writeUInt8(protocol, 5);
   b.writeUInt8(scope, 6);
-  b.writeUInt8(RTN_UNICAST, 7);
+  b.writeUInt8(type, 7);
   b.writeUInt32LE(flags >>> 0, 8);
   return b;
 }
