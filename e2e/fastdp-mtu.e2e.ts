@@ -7,9 +7,10 @@
  * packets must still arrive (sleeve finds the path MTU by probing and answers "fragmentation
  * needed"); without the MTU proof they would vanish into weft-vx. Host 2's frames to host 1 do
  * cross, but host 1's heartbeats say its proof failed, so host 2 uses sleeve too: both ends on
- * the same path. Both hosts filter reverse paths loosely (rp_filter 2, systemd's default), which
- * drops whatever arrives on the device the route back does not use: were host 2 still on the
- * fast path, no ping below would get an answer.
+ * the same path (host 2 has no fast-path route: checked below). Both hosts filter reverse paths
+ * loosely (rp_filter 2, systemd's default); weft-vx and the TUN device carry an IPv4 address so
+ * that loose mode lets in what arrives on the device the route back does not use
+ * (e2e/fastdp-transition.e2e.ts).
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type Host, Lab, type Netns, requireRoot, waitUntil } from '../lab/netns.js';

@@ -400,6 +400,7 @@ export class Router implements Startable {
       nowMs,
       onControl: (c) => this.links.onFastdpControl(c),
       mtuOk: (p) => this.links.get(p)?.fastMtu?.state === 'ok',
+      ...(this.plane.tun === undefined ? {} : { tunDevice: this.plane.tun.name }),
     });
     try {
       await fast.open();

@@ -14,10 +14,13 @@ import type { PeerName } from '../../common/types.js';
 import type { NativeAddon } from '../tun/native.js';
 import {
   type BareWant,
+  clearRpfAnchor,
   FASTDP_DEVICE,
   type FastPeer,
   KernelFastPath,
+  linkIndex,
   NO_BARE,
+  setRpfAnchor,
   VXLAN_IPV4_OVERHEAD_BYTES,
 } from './fastdp.js';
 import { type FastdpControl, FastdpHeartbeats } from './fastdp-heartbeats.js';
@@ -38,6 +41,8 @@ export interface FastDataPathOptions {
   readonly onControl: (c: FastdpControl) => void;
   /** mtuOk says whether our MTU proof towards a peer holds (sent in our heartbeat acks). */
   readonly mtuOk?: (peer: PeerName) => boolean;
+  /** tunDevice is the TUN device's name: it gets RPF_ANCHOR while the fast path is open. */
+  readonly tunDevice?: string;
 }
 
 /** FastDataPath: see the module comment. */
@@ -46,6 +51,7 @@ export class FastDataPath {
   private nl: Netlink | undefined;
   private fp: KernelFastPath | undefined;
   private hb: FastdpHeartbeats | undefined;
+  private tunIndex = 0;
 
   constructor(private readonly o: FastDataPathOptions) {}
 
@@ -64,6 +70,7 @@ export class FastDataPath {
         mtu: this.mtu,
       });
       this.fp.open();
+      this.anchorTun();
       this.fp.sync([], true);
       this.hb = new FastdpHeartbeats({
         self: o.self,
@@ -80,6 +87,20 @@ export class FastDataPath {
     } catch (err) {
       this.close();
       throw err;
+    }
+  }
+
+  /** anchorTun gives the TUN device RPF_ANCHOR; a refusal is logged (switches may then drop a packet). */
+  private anchorTun(): void {
+    const name = this.o.tunDevice;
+    if (name === undefined || this.nl === undefined) return;
+    try {
+      const ix = linkIndex(this.nl, name);
+      if (ix === 0) return;
+      setRpfAnchor(this.nl, ix, name);
+      this.tunIndex = ix;
+    } catch (err) {
+      this.o.log.warn('fastdp: TUN device without an IPv4 address', { device: name, err: (err as Error).message });
     }
   }
 
@@ -128,6 +149,14 @@ export class FastDataPath {
     this.up = false;
     this.hb?.close();
     this.hb = undefined;
+    if (this.tunIndex !== 0 && this.nl !== undefined) {
+      try {
+        clearRpfAnchor(this.nl, this.tunIndex, this.o.tunDevice ?? '');
+      } catch (err) {
+        this.o.log.warn('fastdp: TUN address not removed', { err: (err as Error).message });
+      }
+    }
+    this.tunIndex = 0;
     this.fp?.close();
     this.fp = undefined;
     this.nl?.close();

@@ -88,8 +88,15 @@ import {
   NUD_PERMANENT,
   ndmsg,
   ndtmsg,
+  RT_SCOPE_HOST,
   RT_SCOPE_LINK,
+  RT_SCOPE_NOWHERE,
+  RT_TABLE_LOCAL,
+  RTA_DST,
+  RTA_OIF,
+  RTM_DELADDR,
   RTM_DELLINK,
+  RTM_DELROUTE,
   RTM_GETLINK,
   RTM_GETNEIGH,
   RTM_GETROUTE,
@@ -98,12 +105,27 @@ import {
   RTM_NEWNEIGH,
   RTM_NEWROUTE,
   RTM_SETNEIGHTBL,
+  RTN_LOCAL,
   rtmsg,
   VXLAN_DF_SET,
 } from './netlink.js';
 
 /** FASTDP_DEVICE is the kernel vxlan device's name. */
 export const FASTDP_DEVICE = 'weft-vx';
+/**
+ * RPF_ANCHOR (192.0.0.8, RFC 7600's "IPv4 dummy address", never a destination on any network; the
+ * kernel's own ICMP source when a device has none) is the IPv4 address weft-vx and the TUN device
+ * carry, /32 with scope host, only so that they have one. With reverse-path filtering on (rp_filter
+ * 1 or 2 on `all` or the device) the kernel drops a packet that arrives on a device the route back
+ * does not use when that device has no IPv4 address at all, loose mode included
+ * (fib_frontend.c, __fib_validate_source: `no_addr` → last_resort → -EXDEV); with one, loose mode
+ * only asks that a route back exists. That happens at every switch of a peer between sleeve and
+ * the fast path, when one end has moved and the other not yet. A /32 adds no prefix or broadcast
+ * route, only the local route for itself, which setRpfAnchor deletes again: the host then neither
+ * answers ARP for 192.0.0.8 nor takes packets to it (the filter only asks whether the device has
+ * an address). Scope host keeps it out of source address selection, so no packet leaves with it.
+ */
+export const RPF_ANCHOR = 0xc0000008;
 /** VXLAN_IPV4_OVERHEAD_BYTES: outer IPv4 (20) + UDP (8) + VXLAN (8) + inner Ethernet (14). */
 export const VXLAN_IPV4_OVERHEAD_BYTES = 50;
 
@@ -274,6 +296,7 @@ export class KernelFastPath {
       [attrBytes(IFA_LOCAL, ll), attrBytes(IFA_ADDRESS, ll), attrU32(IFA_FLAGS, IFA_F_NODAD | IFA_F_PERMANENT)],
       `address ${this.device}`,
     );
+    setRpfAnchor(nl, link.index, this.device);
     this.answerArpAtOnce(link.index);
     this.lastKey = '';
   }
@@ -439,6 +462,61 @@ export class KernelFastPath {
     }
   }
 }
+
+/**
+ * setRpfAnchor gives a device RPF_ANCHOR/32 scope host and deletes the local route the kernel
+ * adds for it (idempotent). Throws NetlinkError.
+ */
+export function setRpfAnchor(nl: Netlink, index: number, device: string): void {
+  const a = ipv4Bytes(RPF_ANCHOR);
+  nl.request(
+    RTM_NEWADDR,
+    NLM_F_CREATE | NLM_F_REPLACE,
+    ifaddrmsg(AF_INET, 32, IFA_F_PERMANENT, RT_SCOPE_HOST, index),
+    [attrBytes(IFA_LOCAL, a), attrBytes(IFA_ADDRESS, a)],
+    `address ${device} ${RPF_ANCHOR_TEXT}`,
+  );
+  try {
+    nl.request(
+      RTM_DELROUTE,
+      0,
+      rtmsg(32, 0, RT_SCOPE_NOWHERE, 0, RT_TABLE_LOCAL, RTN_LOCAL),
+      [attrBytes(RTA_DST, a), attrU32(RTA_OIF, index)],
+      `delete the local route of ${RPF_ANCHOR_TEXT} on ${device}`,
+    );
+  } catch (err) {
+    if (!(err instanceof NetlinkError && err.errno === 3)) throw err; // ESRCH: already gone
+  }
+}
+
+/**
+ * clearRpfAnchor removes RPF_ANCHOR from a device; returns whether it was there (a device or
+ * address already gone is no error). Throws NetlinkError otherwise.
+ */
+export function clearRpfAnchor(nl: Netlink, index: number, device: string): boolean {
+  const a = ipv4Bytes(RPF_ANCHOR);
+  try {
+    nl.request(
+      RTM_DELADDR,
+      0,
+      ifaddrmsg(AF_INET, 32, 0, RT_SCOPE_HOST, index),
+      [attrBytes(IFA_LOCAL, a), attrBytes(IFA_ADDRESS, a)],
+      `remove ${RPF_ANCHOR_TEXT} from ${device}`,
+    );
+    return true;
+  } catch (err) {
+    if (err instanceof NetlinkError && (err.errno === 99 || err.errno === 19)) return false; // EADDRNOTAVAIL, ENODEV
+    throw err;
+  }
+}
+
+/** linkIndex is a device's ifindex by name (0 when absent). */
+export function linkIndex(nl: Netlink, device: string): number {
+  const p = nl.get(RTM_GETLINK, ifinfomsg(0), [attrStr(IFLA_IFNAME, device)], RTM_NEWLINK, `get ${device}`);
+  return p === undefined ? 0 : decodeLink(p).index;
+}
+
+const RPF_ANCHOR_TEXT = '192.0.0.8/32';
 
 /** removeFastPathDevice deletes weft-vx if it exists (weft reset); returns whether it did. */
 export function removeFastPathDevice(nl: Netlink, device = FASTDP_DEVICE): boolean {

@@ -1,7 +1,16 @@
 import { describe, expect, it } from 'vitest';
-import { fastdpMac, KernelFastPath, linkLocal6Text } from './fastdp.js';
+import {
+  clearRpfAnchor,
+  fastdpMac,
+  KernelFastPath,
+  linkIndex,
+  linkLocal6Text,
+  RPF_ANCHOR,
+  setRpfAnchor,
+} from './fastdp.js';
 import {
   AF_BRIDGE,
+  AF_INET,
   attrBe16,
   attrBytes,
   attrNested,
@@ -13,6 +22,8 @@ import {
   decodeNeigh,
   decodeRoute,
   encodeMessage,
+  IFA_ADDRESS,
+  IFA_LOCAL,
   IFLA_IFNAME,
   IFLA_INFO_DATA,
   IFLA_INFO_KIND,
@@ -34,17 +45,23 @@ import {
   type NetlinkTransport,
   NLM_F_ACK,
   NLM_F_APPEND,
+  NLM_F_CREATE,
+  NLM_F_REPLACE,
   NLM_F_REQUEST,
   NLMSG_DONE,
   NLMSG_ERROR,
   NTF_SELF,
   NUD_PERMANENT,
   ndmsg,
+  RT_SCOPE_HOST,
   RTA_DST,
   RTA_GATEWAY,
   RTA_OIF,
+  RTM_DELADDR,
+  RTM_DELROUTE,
   RTM_GETNEIGH,
   RTM_GETROUTE,
+  RTM_NEWADDR,
   RTM_NEWLINK,
   RTM_NEWNEIGH,
   RTM_NEWROUTE,
@@ -261,5 +278,62 @@ describe('KernelFastPath', () => {
       [RTM_NEWROUTE, 0], // on-link route
     ]);
     expect(fp.stats).toMatchObject({ added: 3, errors: 0 });
+  });
+
+  it('gives a device 192.0.0.8/32 scope host (weft-vx on open), and takes it away again', () => {
+    const k = new FakeKernel((req, seq) => {
+      const type = req.readUInt16LE(4);
+      if (type === 18)
+        return [
+          encodeMessage(RTM_NEWLINK, 0, seq, ifinfomsg(5), [
+            attrStr(IFLA_IFNAME, 'weft-vx'),
+            attrNested(IFLA_LINKINFO, [attrStr(IFLA_INFO_KIND, 'vxlan')]),
+          ]),
+        ];
+      if (type === RTM_DELADDR && req.readInt32LE(16 + 4) === 9) return [ack(seq, 99)]; // EADDRNOTAVAIL
+      if (type === RTM_DELADDR && req.readInt32LE(16 + 4) === 10) return [ack(seq, 1)]; // EPERM
+      return [ack(seq)];
+    });
+    const log = { isDebug: false, debug() {}, info() {}, warn() {}, error() {} };
+    const nl = new Netlink(k);
+    new KernelFastPath({
+      nl,
+      log: log as never,
+      self: '02:00:00:00:00:01' as never,
+      vni: 1,
+      port: 6784,
+      local: 1,
+      mtu: 1450,
+    }).open();
+    const v4 = (m: Buffer): boolean => m.readUInt16LE(4) === RTM_NEWADDR && m.readUInt8(16) === AF_INET;
+    const adds = k.sent.filter(v4);
+    expect(adds).toHaveLength(1);
+    const add = adds[0] as Buffer;
+    expect(add.readUInt16LE(6) & (NLM_F_CREATE | NLM_F_REPLACE)).toBe(NLM_F_CREATE | NLM_F_REPLACE);
+    // family, prefix 32, scope host, weft-vx's index; local and address both 192.0.0.8
+    expect([add.readUInt8(17), add.readUInt8(19), add.readInt32LE(20)]).toEqual([32, RT_SCOPE_HOST, 5]);
+    const attrs = decodeAttrs(add, 16 + 8);
+    expect(attrs.get(IFA_LOCAL)).toEqual(ipv4Bytes(RPF_ANCHOR));
+    expect(attrs.get(IFA_ADDRESS)).toEqual(Buffer.from([192, 0, 0, 8]));
+    // ... and the local route the kernel adds for it is deleted: table local, type local, weft-vx.
+    const drop = k.sent[k.sent.indexOf(add) + 1] as Buffer;
+    expect(drop.readUInt16LE(4)).toBe(RTM_DELROUTE);
+    expect([drop.readUInt8(17), drop.readUInt8(20), drop.readUInt8(23)]).toEqual([32, 255, 2]);
+    expect(decodeAttrs(drop, 16 + 12).get(RTA_DST)).toEqual(ipv4Bytes(RPF_ANCHOR));
+    expect(
+      decodeAttrs(drop, 16 + 12)
+        .get(RTA_OIF)
+        ?.readUInt32LE(0),
+    ).toBe(5);
+    k.sent.length = 0;
+    setRpfAnchor(nl, 7, 'weft');
+    expect(k.sent.filter(v4).map((m) => m.readInt32LE(20))).toEqual([7]);
+    expect(clearRpfAnchor(nl, 7, 'weft')).toBe(true);
+    const del = k.sent.at(-1) as Buffer;
+    expect([del.readUInt16LE(4), del.readUInt8(17), del.readInt32LE(20)]).toEqual([RTM_DELADDR, 32, 7]);
+    expect(decodeAttrs(del, 16 + 8).get(IFA_LOCAL)).toEqual(ipv4Bytes(RPF_ANCHOR));
+    expect(clearRpfAnchor(nl, 9, 'weft')).toBe(false); // already gone: no error
+    expect(() => clearRpfAnchor(nl, 10, 'weft')).toThrow(/192\.0\.0\.8/);
+    expect(linkIndex(nl, 'weft-vx')).toBe(5);
   });
 });

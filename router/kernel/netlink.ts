@@ -25,6 +25,7 @@ export const RTM_NEWLINK = 16;
 export const RTM_DELLINK = 17;
 export const RTM_GETLINK = 18;
 export const RTM_NEWADDR = 20;
+export const RTM_DELADDR = 21;
 export const RTM_NEWROUTE = 24;
 export const RTM_DELROUTE = 25;
 export const RTM_GETROUTE = 26;
@@ -78,9 +79,12 @@ export const RTA_GATEWAY = 5;
 export const RTA_PREFSRC = 7;
 export const RTA_TABLE = 15;
 export const RT_TABLE_MAIN = 254;
+export const RT_TABLE_LOCAL = 255;
 export const RTN_UNICAST = 1;
+export const RTN_LOCAL = 2;
 export const RT_SCOPE_UNIVERSE = 0;
 export const RT_SCOPE_LINK = 253;
+export const RT_SCOPE_HOST = 254;
 /** RT_SCOPE_NOWHERE in a delete request matches a route of any scope. */
 export const RT_SCOPE_NOWHERE = 255;
 export const RTNH_F_ONLINK = 4;
@@ -276,15 +280,22 @@ export function ifaddrmsg(family: number, prefix: number, flags: number, scope: 
   return b;
 }
 
-/** rtmsg for an IPv4 unicast route in the main table. */
-export function rtmsg(dstLen: number, protocol: number, scope: number, flags: number): Buffer {
+/** rtmsg for an IPv4 route: unicast in the main table unless `table`/`type` say otherwise. */
+export function rtmsg(
+  dstLen: number,
+  protocol: number,
+  scope: number,
+  flags: number,
+  table = RT_TABLE_MAIN,
+  type = RTN_UNICAST,
+): Buffer {
   const b = Buffer.alloc(12);
   b.writeUInt8(AF_INET, 0);
   b.writeUInt8(dstLen, 1);
-  b.writeUInt8(RT_TABLE_MAIN, 4);
+  b.writeUInt8(table, 4);
   b.writeUInt8(protocol, 5);
   b.writeUInt8(scope, 6);
-  b.writeUInt8(RTN_UNICAST, 7);
+  b.writeUInt8(type, 7);
   b.writeUInt32LE(flags >>> 0, 8);
   return b;
 }
