@@ -21,10 +21,11 @@
  * Join and failure alternate `trials` times (default 3, 1 from 500 routers); times are reported as
  * mean and worst, bytes as the mean.
  *
- * Wall time is mostly the partition phase: each router changes its entry ~20 times while the
- * sides re-knit, every router of its side merges each of those versions (about once: lazy push
- * sends the delta itself only along the broadcast tree), and each new version costs the receiver
- * O(N) of route and discovery work, so the phase grows about as N³ (bench/RESULTS.md).
+ * Wall time is mostly the partition phase: each router's connections change ~20 times while the
+ * sides re-knit (gossiped as 2-3 versions of its entry: announcements wait TOPOLOGY_ANNOUNCE_DELAY_MS),
+ * every router of its side merges each version about once (lazy push sends the delta itself only
+ * along the broadcast tree), and each new version costs the receiver O(N) of route and discovery
+ * work, so the phase grows about as N³ (bench/RESULTS.md).
  */
 import { GossipSim } from '../router/testing/gossip-sim.js';
 
