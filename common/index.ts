@@ -1,3 +1,4 @@
+export * from './bytes.js';
 export * from './errors.js';
 export * from './lifecycle.js';
 export * from './log.js';

@@ -4,6 +4,7 @@
  * duplicate, copy within, splice with another entry, truncate). Every choice comes from the
  * seeded Rand, so a run reproduces from its seed.
  */
+import { concatBytes } from '../common/bytes.js';
 import type { Rand } from './target.js';
 
 const INTERESTING_8 = [0, 1, 2, 0x0f, 0x10, 0x3f, 0x40, 0x7f, 0x80, 0x81, 0xc0, 0xfe, 0xff];
@@ -126,13 +127,5 @@ export class Mutator {
 
 /** concat joins byte arrays into a new one. */
 export function concat(...parts: Uint8Array[]): Uint8Array {
-  let len = 0;
-  for (const p of parts) len += p.length;
-  const out = new Uint8Array(len);
-  let off = 0;
-  for (const p of parts) {
-    out.set(p, off);
-    off += p.length;
-  }
-  return out;
+  return concatBytes(parts);
 }

@@ -2,9 +2,9 @@ import { describe, expect, it } from 'vitest';
 import { ProtocolError } from '../../common/errors.js';
 import { noopLogger } from '../../common/log.js';
 import type { PeerName } from '../../common/types.js';
-import { computeRoutes, emptyRoutes, type Routes } from '../routes.js';
+import { emptyRoutes, type Routes } from '../routes.js';
 import { mulberry32 } from '../testing/gossip-sim.js';
-import type { PeerEntry } from '../topology.js';
+import { linkRoutes } from '../testing/link-routes.js';
 import {
   ENVELOPE_GOSSIP,
   GOSSIP_HEADER_LEN,
@@ -124,25 +124,7 @@ class Net {
   }
 
   establish(): void {
-    const entries: PeerEntry[] = [...this.nodes.values()].map((n) => ({
-      name: n.name,
-      nickname: '',
-      uid: '1',
-      incarnation: 1,
-      version: 1,
-      connections: [...n.links].map((peer) => ({
-        peer,
-        addr: '10.0.0.1',
-        tcpPort: 6783,
-        outbound: true,
-        established: true,
-      })),
-      cidrs: [],
-      sleevePort: 6783,
-      vxlanPort: 6784,
-      encap: 'sleeve',
-    }));
-    for (const n of this.nodes.values()) n.routes = computeRoutes(n.name, entries);
+    linkRoutes(this.nodes.values());
   }
 
   run(): void {

@@ -49,6 +49,7 @@
  * fanout and the anti-entropy of the peers that have the channel route around it, unless it is the
  * only path between them.
  */
+import { concatBytes } from '../../common/bytes.js';
 import type { Clock, Timer } from '../../common/clock.js';
 import { InputError } from '../../common/errors.js';
 import type { Logger } from '../../common/log.js';
@@ -267,19 +268,6 @@ function pickRandom<T>(items: readonly T[], k: number, random: () => number): T[
   }
   a.length = n;
   return a;
-}
-
-/** concat joins byte strings into a new one. */
-function concat(parts: readonly Uint8Array[]): Uint8Array {
-  let len = 0;
-  for (const p of parts) len += p.length;
-  const out = new Uint8Array(len);
-  let off = 0;
-  for (const p of parts) {
-    out.set(p, off);
-    off += p.length;
-  }
-  return out;
 }
 
 // ---- Channel ----
@@ -574,7 +562,7 @@ export class GossipChannel implements Gossip {
       else group.ids.push(id);
     }
     for (const { origin, ids } of byOrigin.values()) {
-      const delta = lazy.answer(concat(ids));
+      const delta = lazy.answer(concatBytes(ids));
       if (delta.length > 0) this.sendTo(from, wrapGossip(origin, delta));
     }
   }
