@@ -709,12 +709,31 @@ function processAlive(pid: number): boolean {
 export const DAEMON_NODE_ARGS = ['--max-semi-space-size=1'] as const;
 
 /**
+ * DAEMON_V8_POOL_ARGS give a background router one V8 platform worker thread instead of one per
+ * core (4 here): fewer thread stacks, thread-local allocation buffers and malloc arenas. GC and
+ * optimising compilation still run off the main thread, on that one. A 20-peer idle router: 78.0 →
+ * 73.3 MB RSS, private 32.1 → 27.4 MB (bench/idle.ts, #12); the hot path measured the same
+ * (bench/hotpath.ts, sleeve 64 B: 1.22 / 1.31 Mpps without, 1.45 / 1.18 with, interleaved, load 4–6).
+ * Kept apart from DAEMON_NODE_ARGS, which k8s/weft.yaml repeats and its test compares.
+ */
+export const DAEMON_V8_POOL_ARGS = ['--v8-pool-size=1'] as const;
+
+/**
  * DAEMON_MALLOC_ARENA_MAX is glibc's MALLOC_ARENA_MAX for a background router unless the user set
  * one: two malloc arenas instead of up to 8 per core (V8's helper threads and libuv's pool each
  * grow their own otherwise). The hot path allocates nothing; a 20-peer idle router measured 81.3 →
  * 76.9 MB RSS (1 arena: 75.2; bench/idle.ts).
  */
 export const DAEMON_MALLOC_ARENA_MAX = '2';
+
+/**
+ * DAEMON_MALLOC_MMAP_THRESHOLD is glibc's MALLOC_MMAP_THRESHOLD_ for a background router unless
+ * the user set one: allocations of 64 KiB and more get their own mapping, given back when freed,
+ * instead of glibc raising the threshold after the first such free and serving later large blocks
+ * from the brk heap, whose holes stay resident. Buffers of the hot path are allocated once. A
+ * 20-peer idle router: 78.0 → 75.4 MB RSS, private 32.1 → 29.5 MB (bench/idle.ts, #12).
+ */
+export const DAEMON_MALLOC_MMAP_THRESHOLD = '65536';
 
 /**
  * launchBackground re-runs this CLI as `launch --foreground` in a detached process logging to
@@ -726,11 +745,19 @@ async function launchBackground(stateDir: string, api: ApiClient): Promise<strin
   const logFile = path.join(stateDir, 'weft.log');
   const fd = openSync(logFile, 'a');
   const argv = process.argv.slice(2);
-  const child = spawn(process.execPath, [...DAEMON_NODE_ARGS, daemonScript(), ...argv, '--foreground'], {
-    detached: true,
-    stdio: ['ignore', fd, fd],
-    env: { MALLOC_ARENA_MAX: DAEMON_MALLOC_ARENA_MAX, ...process.env },
-  });
+  const child = spawn(
+    process.execPath,
+    [...DAEMON_NODE_ARGS, ...DAEMON_V8_POOL_ARGS, daemonScript(), ...argv, '--foreground'],
+    {
+      detached: true,
+      stdio: ['ignore', fd, fd],
+      env: {
+        MALLOC_ARENA_MAX: DAEMON_MALLOC_ARENA_MAX,
+        MALLOC_MMAP_THRESHOLD_: DAEMON_MALLOC_MMAP_THRESHOLD,
+        ...process.env,
+      },
+    },
+  );
   closeSync(fd);
   let exited: number | null = null;
   child.on('exit', (code) => {

@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { DAEMON_MALLOC_ARENA_MAX } from '../control/cli.js';
+import { DAEMON_MALLOC_ARENA_MAX, DAEMON_MALLOC_MMAP_THRESHOLD, DAEMON_V8_POOL_ARGS } from '../control/cli.js';
 import { TARGETS_MAX } from '../control/config.js';
 import { type Host, Lab, type Netns, requireRoot, waitUntil } from '../lab/netns.js';
 import { CLI, DAEMON_SCRIPT, launch, removeStateDirs, routerPids, stateDir, weft } from './weft.js';
@@ -60,10 +60,16 @@ describe.skipIf(reason)('bad launches', () => {
     const pids = await routerPids(h1);
     expect(pids).toHaveLength(1);
     // The background router runs from the one-file build (less memory than the unbundled CLI).
-    expect(readFileSync(`/proc/${pids[0]}/cmdline`, 'utf8').split('\0')).toContain(DAEMON_SCRIPT);
+    const cmdline = readFileSync(`/proc/${pids[0]}/cmdline`, 'utf8').split('\0');
+    expect(cmdline).toContain(DAEMON_SCRIPT);
+    // ... with one V8 worker thread (before the script: a Node option, not a router flag).
+    expect(cmdline.slice(0, cmdline.indexOf(DAEMON_SCRIPT))).toEqual(expect.arrayContaining([...DAEMON_V8_POOL_ARGS]));
     // ... with two malloc arenas unless the caller chose a number.
-    expect(readFileSync(`/proc/${pids[0]}/environ`, 'utf8').split('\0')).toContain(
-      `MALLOC_ARENA_MAX=${process.env.MALLOC_ARENA_MAX ?? DAEMON_MALLOC_ARENA_MAX}`,
+    const environ = readFileSync(`/proc/${pids[0]}/environ`, 'utf8').split('\0');
+    expect(environ).toContain(`MALLOC_ARENA_MAX=${process.env.MALLOC_ARENA_MAX ?? DAEMON_MALLOC_ARENA_MAX}`);
+    // ... and large blocks mapped on their own (given back when freed), unless the caller chose.
+    expect(environ).toContain(
+      `MALLOC_MMAP_THRESHOLD_=${process.env.MALLOC_MMAP_THRESHOLD_ ?? DAEMON_MALLOC_MMAP_THRESHOLD}`,
     );
     // The lock is gone once the launch is over; a fourth launch is the idempotent kind.
     expect(() => readFileSync(path.join(stateDir(h1), 'launch.lock'))).toThrow(/ENOENT/);

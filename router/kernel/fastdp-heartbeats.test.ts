@@ -1,4 +1,6 @@
+import dgram from 'node:dgram';
 import { describe, expect, it } from 'vitest';
+import { createLogger } from '../../common/log.js';
 import type { PeerName } from '../../common/types.js';
 import {
   decodeFastdpHeartbeat,
@@ -9,6 +11,7 @@ import {
   FASTDP_HEARTBEAT_LEN,
   FASTDP_PROBE,
   FASTDP_PROBE_ACK,
+  FastdpHeartbeats,
   fastdpProbeSize,
 } from './fastdp-heartbeats.js';
 
@@ -49,5 +52,48 @@ describe('fast path heartbeats and MTU probes (wire format)', () => {
     nan.writeDoubleBE(Number.NaN, 16);
     expect(decodeFastdpHeartbeat(nan)).toBeUndefined();
     expect(decodeFastdpHeartbeat(Buffer.alloc(10))).toBeUndefined();
+  });
+
+  it('decodes every byte of a sender name (the hex table)', () => {
+    for (let i = 0; i < 256; i += 1) {
+      const hex = i.toString(16).padStart(2, '0');
+      const name = `${hex}:00:ff:0${i % 10}:${hex}:a0` as PeerName;
+      expect(decodeFastdpHeartbeat(encodeFastdpHeartbeat(FASTDP_HEARTBEAT, name, i))?.from).toBe(name);
+    }
+  });
+});
+
+describe('fast path heartbeat socket', () => {
+  it("drops a well-formed heartbeat that does not come from its sender name's weft-vx address", async () => {
+    const heard: unknown[] = [];
+    const hb = new FastdpHeartbeats({
+      self: SELF,
+      device: 'lo',
+      port: 0,
+      log: createLogger('error'),
+      nowMs: () => 0,
+      onControl: (c) => heard.push(c),
+    });
+    await hb.open();
+    const port = (hb as unknown as { sock: dgram.Socket }).sock.address().port;
+    const peer = '0a:00:00:00:00:02' as PeerName;
+    const tx = dgram.createSocket('udp6');
+    try {
+      for (let i = 0; i < 3; i++) {
+        // From ::1, not fe80::…(peer): refused each time (the address cache does not let a second one in).
+        await new Promise<void>((resolve, reject) =>
+          tx.send(encodeFastdpHeartbeat(FASTDP_HEARTBEAT, peer, i), port, '::1', (err) =>
+            err ? reject(err) : resolve(),
+          ),
+        );
+      }
+      const deadline = Date.now() + 5_000;
+      while (hb.dropped < 3 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+      expect(hb.dropped).toBe(3);
+      expect(heard).toEqual([]);
+    } finally {
+      tx.close();
+      hb.close();
+    }
   });
 });

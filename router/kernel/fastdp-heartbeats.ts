@@ -66,16 +66,31 @@ export function fastdpProbeSize(mtu: number): number {
 
 /** encodeFastdpHeartbeat writes a heartbeat or ack (size 0), a probe of `size` bytes or its ack. */
 export function encodeFastdpHeartbeat(type: number, self: PeerName, stamp: number, size = 0, flags = 0): Buffer {
+  return encodeWith(nameBytes(self), type, stamp, size, flags);
+}
+
+/** encodeWith is {@link encodeFastdpHeartbeat} for a sender name already parsed to its 6 bytes. */
+function encodeWith(self: Uint8Array, type: number, stamp: number, size: number, flags: number): Buffer {
   const b = Buffer.alloc(type === FASTDP_PROBE ? Math.max(size, FASTDP_HEARTBEAT_LEN) : FASTDP_HEARTBEAT_LEN);
   b.writeUInt32BE(MAGIC, 0);
   b.writeUInt8(type, 4);
   b.writeUInt8(flags & 0xff, 5);
   b.writeUInt16BE(size & 0xffff, 6);
-  const mac = self.split(':').map((x) => Number.parseInt(x, 16));
-  for (let i = 0; i < 6; i++) b.writeUInt8(mac[i] ?? 0, 8 + i);
+  b.set(self, 8);
   b.writeDoubleBE(stamp, 16);
   return b;
 }
+
+/** nameBytes parses a peer name (`aa:bb:cc:dd:ee:ff`) to its 6 bytes. */
+function nameBytes(name: PeerName): Uint8Array {
+  const mac = name.split(':').map((x) => Number.parseInt(x, 16));
+  const out = new Uint8Array(6);
+  for (let i = 0; i < 6; i++) out[i] = mac[i] ?? 0;
+  return out;
+}
+
+/** HEX2 are the two-digit lower-case hex forms of 0..255 (a peer name decoded without a string per byte). */
+const HEX2: readonly string[] = Array.from({ length: 256 }, (_, i) => i.toString(16).padStart(2, '0'));
 
 /** decodeFastdpHeartbeat parses one, or returns undefined for anything else. */
 export function decodeFastdpHeartbeat(b: Buffer): FastdpControl | undefined {
@@ -89,12 +104,38 @@ export function decodeFastdpHeartbeat(b: Buffer): FastdpControl | undefined {
   } else if (type === FASTDP_PROBE_ACK) {
     if (b.length !== FASTDP_HEARTBEAT_LEN || size < FASTDP_HEARTBEAT_LEN) return undefined;
   } else return undefined;
-  const from = [...b.subarray(8, 14)].map((x) => x.toString(16).padStart(2, '0')).join(':') as PeerName;
+  const h = HEX2;
+  const from =
+    `${h[b[8] as number]}:${h[b[9] as number]}:${h[b[10] as number]}:${h[b[11] as number]}:${h[b[12] as number]}:${h[b[13] as number]}` as PeerName;
   const stamp = b.readDoubleBE(16);
   if (!Number.isFinite(stamp)) return undefined;
   const mtuOk = (type === FASTDP_HEARTBEAT || type === FASTDP_ACK) && (b.readUInt8(5) & FASTDP_FLAG_MTU_OK) !== 0;
   return { from, type, stamp, size, mtuOk };
 }
+
+/**
+ * ADDR_CACHE_MAX bounds the cache of peers' link-local addresses: names come off the wire too
+ * (checked against it), so a stranger's names must not grow it without end; full, it starts over.
+ */
+const ADDR_CACHE_MAX = 1024;
+
+/** PeerAddr is a peer's weft-vx link-local address as its datagrams come from it, and as we send to it (scoped). */
+interface PeerAddr {
+  readonly from: string;
+  readonly to: string;
+}
+
+/** passLookup hands an address literal to the socket as it is: every address sent to is one (no dns.lookup, no tick). */
+function passLookup(
+  address: string,
+  _options: unknown,
+  cb: (err: NodeJS.ErrnoException | null, address: string, family: number) => void,
+): void {
+  cb(null, address, 6);
+}
+
+/** ignoreSent is every send's callback: a send error (no neighbour yet, device down) is silence, which the liveness counts. */
+function ignoreSent(): void {}
 
 /** FastdpHeartbeatsOptions configure FastdpHeartbeats. */
 export interface FastdpHeartbeatsOptions {
@@ -113,12 +154,30 @@ export interface FastdpHeartbeatsOptions {
 export class FastdpHeartbeats {
   dropped = 0;
   private sock: dgram.Socket | undefined;
+  /** selfBytes is our name's 6 bytes, as every datagram carries them. */
+  private readonly selfBytes: Uint8Array;
+  /** addrs caches each peer's addresses: they are sent to and checked ~twice per peer per interval. */
+  private readonly addrs = new Map<PeerName, PeerAddr>();
 
-  constructor(private readonly o: FastdpHeartbeatsOptions) {}
+  constructor(private readonly o: FastdpHeartbeatsOptions) {
+    this.selfBytes = nameBytes(o.self);
+  }
+
+  /** addrOf is a peer's weft-vx addresses (see {@link PeerAddr}). */
+  private addrOf(peer: PeerName): PeerAddr {
+    let a = this.addrs.get(peer);
+    if (a === undefined) {
+      const from = linkLocal6Text(fastdpMac(peer));
+      a = { from, to: `${from}%${this.o.device}` };
+      if (this.addrs.size >= ADDR_CACHE_MAX) this.addrs.clear();
+      this.addrs.set(peer, a);
+    }
+    return a;
+  }
 
   /** open binds the IPv6 socket; rejects when it cannot (no IPv6). */
   async open(): Promise<void> {
-    const sock = dgram.createSocket({ type: 'udp6', ipv6Only: true });
+    const sock = dgram.createSocket({ type: 'udp6', ipv6Only: true, lookup: passLookup });
     await new Promise<void>((resolve, reject) => {
       sock.once('error', reject);
       sock.bind({ address: '::', port: this.o.port, exclusive: true }, () => {
@@ -135,12 +194,12 @@ export class FastdpHeartbeats {
   private onMessage(msg: Buffer, rinfo: dgram.RemoteInfo): void {
     const c = decodeFastdpHeartbeat(msg);
     // Node reports a scoped source as fe80::…%ifname (the scope may be absent on some versions).
-    const [addr, scope] = rinfo.address.split('%');
+    const src = rinfo.address;
+    const pct = src.indexOf('%');
     const ok =
       c !== undefined &&
       c.from !== this.o.self &&
-      addr === linkLocal6Text(fastdpMac(c.from)) &&
-      (scope === undefined || scope === this.o.device);
+      (pct < 0 ? src === this.addrOf(c.from).from : src === this.addrOf(c.from).to);
     if (!ok || c === undefined) {
       this.dropped++;
       return;
@@ -167,10 +226,8 @@ export class FastdpHeartbeats {
   private send(peer: PeerName, port: number, type: number, stamp: number, size = 0, mtuOk = false): void {
     const sock = this.sock;
     if (sock === undefined) return;
-    const to = `${linkLocal6Text(fastdpMac(peer))}%${this.o.device}`;
-    // Errors (no neighbour yet, device down) are silence, which the liveness counts.
     const flags = mtuOk ? FASTDP_FLAG_MTU_OK : 0;
-    sock.send(encodeFastdpHeartbeat(type, this.o.self, stamp, size, flags), port, to, () => {});
+    sock.send(encodeWith(this.selfBytes, type, stamp, size, flags), port, this.addrOf(peer).to, ignoreSent);
   }
 
   /** close closes the socket; idempotent. */
