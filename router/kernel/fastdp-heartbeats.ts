@@ -28,7 +28,7 @@
  */
 import dgram from 'node:dgram';
 import type { Logger } from '../../common/log.js';
-import type { PeerName } from '../../common/types.js';
+import { type PeerName, peerNameFromBytes } from '../../common/types.js';
 import { fastdpMac, linkLocal6Text } from './fastdp.js';
 
 /** FASTDP_HEARTBEAT_LEN is the size of a heartbeat, an ack and a probe ack. */
@@ -89,9 +89,6 @@ function nameBytes(name: PeerName): Uint8Array {
   return out;
 }
 
-/** HEX2 are the two-digit lower-case hex forms of 0..255 (a peer name decoded without a string per byte). */
-const HEX2: readonly string[] = Array.from({ length: 256 }, (_, i) => i.toString(16).padStart(2, '0'));
-
 /** decodeFastdpHeartbeat parses one, or returns undefined for anything else. */
 export function decodeFastdpHeartbeat(b: Buffer): FastdpControl | undefined {
   if (b.length < FASTDP_HEARTBEAT_LEN || b.readUInt32BE(0) !== MAGIC) return undefined;
@@ -104,9 +101,7 @@ export function decodeFastdpHeartbeat(b: Buffer): FastdpControl | undefined {
   } else if (type === FASTDP_PROBE_ACK) {
     if (b.length !== FASTDP_HEARTBEAT_LEN || size < FASTDP_HEARTBEAT_LEN) return undefined;
   } else return undefined;
-  const h = HEX2;
-  const from =
-    `${h[b[8] as number]}:${h[b[9] as number]}:${h[b[10] as number]}:${h[b[11] as number]}:${h[b[12] as number]}:${h[b[13] as number]}` as PeerName;
+  const from = peerNameFromBytes(b, 8);
   const stamp = b.readDoubleBE(16);
   if (!Number.isFinite(stamp)) return undefined;
   const mtuOk = (type === FASTDP_HEARTBEAT || type === FASTDP_ACK) && (b.readUInt8(5) & FASTDP_FLAG_MTU_OK) !== 0;
