@@ -93,6 +93,14 @@ function ack(seq: number, errno = 0): Buffer {
 
 const done = (seq: number): Buffer => encodeMessage(NLMSG_DONE, 2, seq, Buffer.alloc(4), []);
 
+/** vxlanLink is the kernel's answer to RTM_GETLINK (18) for an existing weft-vx at index 5. */
+const vxlanLink = (seq: number): Buffer[] => [
+  encodeMessage(RTM_NEWLINK, 0, seq, ifinfomsg(5), [
+    attrStr(IFLA_IFNAME, 'weft-vx'),
+    attrNested(IFLA_LINKINFO, [attrStr(IFLA_INFO_KIND, 'vxlan')]),
+  ]),
+];
+
 describe('encodeMessage / decodeMessages', () => {
   it('round-trips a link message with nested, padded attributes', () => {
     const m = encodeMessage(RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK, 7, ifinfomsg(3), [
@@ -206,13 +214,7 @@ describe('KernelFastPath', () => {
   it('counts a sync the kernel answers with garbage as an error and retries it next time', () => {
     const k = new FakeKernel((req, seq) => {
       const type = req.readUInt16LE(4);
-      if (type === 18) {
-        const l = encodeMessage(RTM_NEWLINK, 0, seq, ifinfomsg(5), [
-          attrStr(IFLA_IFNAME, 'weft-vx'),
-          attrNested(IFLA_LINKINFO, [attrStr(IFLA_INFO_KIND, 'vxlan')]),
-        ]);
-        return [l];
-      }
+      if (type === 18) return vxlanLink(seq);
       if (type === 26) return [Buffer.from([1, 2, 3])];
       return [ack(seq)];
     });
@@ -240,13 +242,7 @@ describe('KernelFastPath', () => {
     const warnings: string[] = [];
     const k = new FakeKernel((req, seq) => {
       const type = req.readUInt16LE(4);
-      if (type === 18)
-        return [
-          encodeMessage(RTM_NEWLINK, 0, seq, ifinfomsg(5), [
-            attrStr(IFLA_IFNAME, 'weft-vx'),
-            attrNested(IFLA_LINKINFO, [attrStr(IFLA_INFO_KIND, 'vxlan')]),
-          ]),
-        ];
+      if (type === 18) return vxlanLink(seq);
       if (type === RTM_GETROUTE || type === RTM_GETNEIGH) return [done(seq)];
       if (type === RTM_SETNEIGHTBL) return [ack(seq, 1)];
       return [ack(seq)];
@@ -283,13 +279,7 @@ describe('KernelFastPath', () => {
   it('gives a device 192.0.0.8/32 scope host (weft-vx on open), and takes it away again', () => {
     const k = new FakeKernel((req, seq) => {
       const type = req.readUInt16LE(4);
-      if (type === 18)
-        return [
-          encodeMessage(RTM_NEWLINK, 0, seq, ifinfomsg(5), [
-            attrStr(IFLA_IFNAME, 'weft-vx'),
-            attrNested(IFLA_LINKINFO, [attrStr(IFLA_INFO_KIND, 'vxlan')]),
-          ]),
-        ];
+      if (type === 18) return vxlanLink(seq);
       if (type === RTM_DELADDR && req.readInt32LE(16 + 4) === 9) return [ack(seq, 99)]; // EADDRNOTAVAIL
       if (type === RTM_DELADDR && req.readInt32LE(16 + 4) === 10) return [ack(seq, 1)]; // EPERM
       return [ack(seq)];
