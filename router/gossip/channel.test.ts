@@ -1,10 +1,9 @@
 import { describe, expect, it } from 'vitest';
-import { ProtocolError } from '../../common/errors.js';
 import { noopLogger } from '../../common/log.js';
 import type { PeerName } from '../../common/types.js';
 import { emptyRoutes, type Routes } from '../routes.js';
 import { mulberry32 } from '../testing/gossip-sim.js';
-import { linkRoutes } from '../testing/link-routes.js';
+import { decodeStringSet, encodeStringSet, linkRoutes, testPeer } from '../testing/link-routes.js';
 import {
   ENVELOPE_GOSSIP,
   GOSSIP_HEADER_LEN,
@@ -19,27 +18,13 @@ import { type Gossiper, NullGossip, NullGossiper } from './gossip.js';
 
 const CHANNEL = 'set';
 
-function p(n: number): PeerName {
-  return `02:00:00:00:00:${n.toString(16).padStart(2, '0')}` as PeerName;
-}
+const p = testPeer;
 
 const text = new TextEncoder();
 const untext = new TextDecoder();
 
-function encodeSet(items: readonly string[]): Uint8Array {
-  return text.encode(JSON.stringify(items));
-}
-
-function decodeSet(payload: Uint8Array): string[] {
-  let v: unknown;
-  try {
-    v = JSON.parse(untext.decode(payload));
-  } catch (err) {
-    throw new ProtocolError('not a set', { cause: err });
-  }
-  if (!Array.isArray(v) || !v.every((x) => typeof x === 'string')) throw new ProtocolError('not a set');
-  return v;
-}
+const encodeSet = encodeStringSet;
+const decodeSet = (payload: Uint8Array): string[] => decodeStringSet(payload);
 
 /** SetGossiper gossips a grow-only set of strings (a JSON array): the smallest mergeable data. */
 class SetGossiper implements Gossiper {

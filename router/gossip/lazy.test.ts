@@ -5,7 +5,7 @@ import { noopLogger } from '../../common/log.js';
 import { type PeerName, peerNameToBytes } from '../../common/types.js';
 import type { Routes } from '../routes.js';
 import { mulberry32 } from '../testing/gossip-sim.js';
-import { linkRoutes } from '../testing/link-routes.js';
+import { decodeStringSet, encodeStringSet, linkRoutes, testPeer } from '../testing/link-routes.js';
 import {
   ENVELOPE_ANNOUNCE,
   ENVELOPE_GOSSIP,
@@ -28,24 +28,13 @@ const CHANNEL = 'set';
 const ID_BYTES = 4;
 const ITEM_BYTES = 6 + ID_BYTES;
 
-function p(n: number): PeerName {
-  return `02:00:00:00:00:${n.toString(16).padStart(2, '0')}` as PeerName;
-}
+const p = testPeer;
 
 const text = new TextEncoder();
 const untext = new TextDecoder();
 
-function encodeSet(items: readonly string[]): Uint8Array {
-  return text.encode(JSON.stringify(items));
-}
-
-function decodeSet(payload: Uint8Array): string[] {
-  const v: unknown = JSON.parse(untext.decode(payload));
-  if (!Array.isArray(v) || !v.every((x) => typeof x === 'string' && x.length === ID_BYTES)) {
-    throw new ProtocolError('not a set');
-  }
-  return v;
-}
+const encodeSet = encodeStringSet;
+const decodeSet = (payload: Uint8Array): string[] => decodeStringSet(payload, ID_BYTES);
 
 /** LazySet gossips a grow-only set of 4-character strings, each its own id. */
 class LazySet implements Gossiper, Announcing {

@@ -93,6 +93,21 @@ function ack(seq: number, errno = 0): Buffer {
 
 const done = (seq: number): Buffer => encodeMessage(NLMSG_DONE, 2, seq, Buffer.alloc(4), []);
 
+/** openFastPath opens a KernelFastPath for peer 02:00:00:00:00:01 over the fake kernel `k` (through `nl` if given). */
+function openFastPath(k: FakeKernel, log: object, nl = new Netlink(k)): KernelFastPath {
+  const fp = new KernelFastPath({
+    nl,
+    log: log as never,
+    self: '02:00:00:00:00:01' as never,
+    vni: 1,
+    port: 6784,
+    local: 1,
+    mtu: 1450,
+  });
+  fp.open();
+  return fp;
+}
+
 /** vxlanLink is the kernel's answer to RTM_GETLINK (18) for an existing weft-vx at index 5. */
 const vxlanLink = (seq: number): Buffer[] => [
   encodeMessage(RTM_NEWLINK, 0, seq, ifinfomsg(5), [
@@ -219,16 +234,7 @@ describe('KernelFastPath', () => {
       return [ack(seq)];
     });
     const log = { isDebug: false, debug() {}, info() {}, warn() {}, error() {} };
-    const fp = new KernelFastPath({
-      nl: new Netlink(k),
-      log: log as never,
-      self: '02:00:00:00:00:01' as never,
-      vni: 1,
-      port: 6784,
-      local: 1,
-      mtu: 1450,
-    });
-    fp.open();
+    const fp = openFastPath(k, log);
     expect(fp.ifindex).toBe(5);
     const peers = [{ name: '02:00:00:00:00:02' as never, underlay: 2, routes: [] }];
     fp.sync(peers);
@@ -248,16 +254,7 @@ describe('KernelFastPath', () => {
       return [ack(seq)];
     });
     const log = { isDebug: false, debug() {}, info() {}, warn: (m: string) => warnings.push(m), error() {} };
-    const fp = new KernelFastPath({
-      nl: new Netlink(k),
-      log: log as never,
-      self: '02:00:00:00:00:01' as never,
-      vni: 1,
-      port: 6784,
-      local: 1,
-      mtu: 1450,
-    });
-    fp.open();
+    const fp = openFastPath(k, log);
     const tbl = k.sent.find((m) => m.readUInt16LE(4) === RTM_SETNEIGHTBL) as Buffer;
     const attrs = decodeAttrs(tbl, 16 + 4);
     expect(attrs.get(NDTA_NAME)?.toString()).toBe('arp_cache\0');
@@ -286,15 +283,7 @@ describe('KernelFastPath', () => {
     });
     const log = { isDebug: false, debug() {}, info() {}, warn() {}, error() {} };
     const nl = new Netlink(k);
-    new KernelFastPath({
-      nl,
-      log: log as never,
-      self: '02:00:00:00:00:01' as never,
-      vni: 1,
-      port: 6784,
-      local: 1,
-      mtu: 1450,
-    }).open();
+    openFastPath(k, log, nl);
     const v4 = (m: Buffer): boolean => m.readUInt16LE(4) === RTM_NEWADDR && m.readUInt8(16) === AF_INET;
     const adds = k.sent.filter(v4);
     expect(adds).toHaveLength(1);

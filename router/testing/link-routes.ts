@@ -1,8 +1,9 @@
 /**
- * linkRoutes gives each node of a hand-built mesh the routes the topology would give if every link
- * were established both ways: the gossip channel tests wire nodes by hand and need the broadcast
- * trees and next hops that MeshCore would derive.
+ * What the gossip channel tests share: linkRoutes gives each node of a hand-built mesh the routes
+ * the topology would give if every link were established both ways (the broadcast trees and next
+ * hops that MeshCore would derive), and the smallest mergeable data to gossip, a set of strings.
  */
+import { ProtocolError } from '../../common/errors.js';
 import type { PeerName } from '../../common/types.js';
 import { computeRoutes, type Routes } from '../routes.js';
 import type { PeerEntry } from '../topology.js';
@@ -36,4 +37,28 @@ export function linkRoutes(nodes: Iterable<LinkedNode>): void {
     encap: 'sleeve',
   }));
   for (const n of list) n.routes = computeRoutes(n.name, entries);
+}
+
+/** testPeer is the peer name 02:00:00:00:00:nn. */
+export function testPeer(n: number): PeerName {
+  return `02:00:00:00:00:${n.toString(16).padStart(2, '0')}` as PeerName;
+}
+
+/** encodeStringSet is a set of strings on the wire: a JSON array. */
+export function encodeStringSet(items: readonly string[]): Uint8Array {
+  return new TextEncoder().encode(JSON.stringify(items));
+}
+
+/** decodeStringSet reads encodeStringSet's form (every string `length` long, if given); ProtocolError otherwise. */
+export function decodeStringSet(payload: Uint8Array, length?: number): string[] {
+  let v: unknown;
+  try {
+    v = JSON.parse(new TextDecoder().decode(payload));
+  } catch (err) {
+    throw new ProtocolError('not a set', { cause: err });
+  }
+  if (!Array.isArray(v) || !v.every((x) => typeof x === 'string' && (length === undefined || x.length === length))) {
+    throw new ProtocolError('not a set');
+  }
+  return v;
 }
