@@ -15,7 +15,7 @@ import type { FibCompiler } from './fib-compiler.js';
 import type { IpamService } from './ipam/service.js';
 import type { MeshCore } from './mesh.js';
 import type { EndToEndStats } from './overlay/e2e-keys.js';
-import { fastActive, fastReason, linkState, type OverlaySwitch } from './overlay/switch.js';
+import { fastActive, linkState, type OverlaySwitch } from './overlay/switch.js';
 import type { PeerStatus, RouterStatus, VxlanPeerPath } from './status.js';
 import { buildStatus } from './status.js';
 
@@ -131,6 +131,7 @@ function peerStatus(s: StatusSources): PeerStatus[] {
     const next = mesh.routes.unicast.get(e.name);
     const relayed = next !== undefined && next !== e.name;
     const link = st === undefined ? undefined : linkState(st);
+    const encapReason = st === undefined ? undefined : links.reason(st, s.nowMs);
     const hops: (Hop | undefined)[] = relayed ? [s.fib.relayHop(e.name, next)] : [st?.sleeveHop, st?.vxlanHop];
     const sum = (k: 'txPackets' | 'txBytes' | 'rxPackets' | 'rxBytes') => hops.reduce((n, h) => n + (h?.[k] ?? 0), 0);
     out.push({
@@ -139,9 +140,7 @@ function peerStatus(s: StatusSources): PeerStatus[] {
       uid: e.uid,
       addr: st?.conn.remote.addr ?? '',
       encap: relayed || st === undefined ? 'sleeve' : fastActive(st) ? 'fastdp' : encapName(st.hop.encap),
-      ...(!relayed &&
-        st !== undefined &&
-        fastReason(st, s.nowMs) !== undefined && { encapReason: fastReason(st, s.nowMs) }),
+      ...(!relayed && encapReason !== undefined && { encapReason }),
       ...(!relayed &&
         st?.sleeveHop.crypto?.open === true && { dataEncrypted: true, dataRekeys: st.sleeveHop.crypto.rekeys }),
       ...(relayed &&

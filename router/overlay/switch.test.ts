@@ -17,7 +17,6 @@ import {
   E2E_AUTH_CHECK_MS,
   fastActive,
   fastProves,
-  fastReason,
   healthyIntervalMs,
   ipToU32,
   linkState,
@@ -355,7 +354,7 @@ describe('OverlaySwitch data keys (a password is set)', () => {
 describe('OverlaySwitch fast path', () => {
   const MTU = 1450;
   const PROBE = fastdpProbeSize(MTU);
-  function fastSetup(peerFastdp: boolean, up = true) {
+  function fastSetup(peerFastdp: boolean, up = true, timeoutMs = TIMEOUT_MS) {
     const clock = new VirtualClock(0);
     const fastSent: string[] = [];
     const probes: string[] = [];
@@ -367,7 +366,7 @@ describe('OverlaySwitch fast path', () => {
       clock,
       log: noopLogger,
       encap: 'auto',
-      peerTimeoutMs: TIMEOUT_MS,
+      peerTimeoutMs: timeoutMs,
       forwarder: () =>
         ({
           sendHeartbeat: (_h: Hop, _stamp: number, size = 0) => sleeveSent.push(size) > 0,
@@ -462,7 +461,7 @@ describe('OverlaySwitch fast path', () => {
     expect(st.fast).toBeDefined();
     expect(fastSent).toEqual([PEER]);
     expect(fastActive(st)).toBe(false);
-    expect(fastReason(st, clock.now())).toBe('fastdp pending');
+    expect(sw.reason(st, clock.now())).toBe('fastdp pending');
     sw.onFastdpControl({ from: PEER, type: 1, stamp: 0, size: 0, mtuOk: true });
     expect(fastActive(st)).toBe(false);
     clock.advance(5);
@@ -470,17 +469,17 @@ describe('OverlaySwitch fast path', () => {
     expect(st.fast?.rttMs).toBe(5);
     // Heartbeats answered, the MTU not yet proven: still sleeve, and no probe before the next tick.
     expect(fastActive(st)).toBe(false);
-    expect(fastReason(st, clock.now())).toBe('fastdp pending');
+    expect(sw.reason(st, clock.now())).toBe('fastdp pending');
     expect(probes).toEqual([]);
     tick();
     expect(probes).toEqual([PEER]);
     probeAcked();
     expect(fastActive(st)).toBe(true);
-    expect(fastReason(st, clock.now())).toBeUndefined();
+    expect(sw.reason(st, clock.now())).toBeUndefined();
     // Silence past the peer timeout: back to sleeve, with the reason status shows.
     for (let t = 0; t <= TIMEOUT_MS + DATA_HEARTBEAT_INTERVAL_MS; t += DATA_HEARTBEAT_INTERVAL_MS) tick();
     expect(fastActive(st)).toBe(false);
-    expect(fastReason(st, clock.now())).toMatch(/^vxlan blocked: no heartbeat for \d+ s$/);
+    expect(sw.reason(st, clock.now())).toMatch(/^vxlan blocked: no heartbeat for \d+ s$/);
     // Heartbeats return: the MTU is proven again before the fast path is used.
     sw.onFastdpControl({ from: PEER, type: 1, stamp: clock.now(), size: 0, mtuOk: true });
     sw.onFastdpControl({ from: PEER, type: 2, stamp: clock.now(), size: 0, mtuOk: true });
@@ -490,8 +489,43 @@ describe('OverlaySwitch fast path', () => {
     expect(fastActive(st)).toBe(true);
   });
 
+  it('names a one-way block a block, also when the peer says "MTU not proven" before our own timeout', () => {
+    // What e2e/fastdp saw once: the peer drops inbound VXLAN. Its heartbeats still reach us, ours
+    // no longer reach it; its fast path fails on its timeout and renews its MTU proof, and its
+    // heartbeats say so a moment before our unanswered ones fail ours.
+    const timeout = 5_000;
+    const { clock, sw, st, tick, answered, probeAcked } = fastSetup(true, true, timeout);
+    answered();
+    tick();
+    probeAcked();
+    expect(fastActive(st)).toBe(true);
+    const healthy = healthyIntervalMs(timeout);
+    const blockedAt = clock.now();
+    const peerFailsAt = blockedAt + timeout - DATA_HEARTBEAT_INTERVAL_MS;
+    let heard = blockedAt;
+    const reasons = new Set<string>();
+    let peerSaidUnproven = false;
+    while (clock.now() <= blockedAt + timeout + 2 * DATA_HEARTBEAT_INTERVAL_MS) {
+      tick();
+      const now = clock.now();
+      if (now - heard >= healthy || now >= peerFailsAt) {
+        sw.onFastdpControl({ from: PEER, type: 1, stamp: now, size: 0, mtuOk: now < peerFailsAt });
+        heard = now;
+        if (now >= peerFailsAt && st.fast?.state === 'established') peerSaidUnproven = true;
+      }
+      if (!fastActive(st)) reasons.add((sw.reason(st, now) ?? 'none').replace(/\d+/, 'N'));
+    }
+    expect(peerSaidUnproven).toBe(true); // the race happened: the flag came while ours still stood
+    expect(st.fast?.state).toBe('failed');
+    expect([...reasons]).toEqual(['vxlan blocked: no heartbeat for N s']);
+    // The seconds count from the silent direction (our last ack), not from the peer's last heartbeat.
+    const s = Number(/(\d+) s$/.exec(sw.reason(st, clock.now()) ?? '')?.[1]);
+    expect(s).toBeGreaterThanOrEqual(timeout / 1000);
+    sw.stop();
+  });
+
   it('falls back to sleeve when full-size probes go unanswered while heartbeats flow, and returns when one is', () => {
-    const { clock, st, probes, tick, answered, probeAcked } = fastSetup(true);
+    const { clock, sw, st, probes, tick, answered, probeAcked } = fastSetup(true);
     answered();
     tick();
     probeAcked(PROBE - 1); // a smaller probe's ack proves nothing
@@ -502,7 +536,7 @@ describe('OverlaySwitch fast path', () => {
     }
     expect(st.fast?.state).toBe('established');
     expect(fastActive(st)).toBe(false);
-    expect(fastReason(st, clock.now())).toBe(`vxlan: MTU ${MTU} not carried`);
+    expect(sw.reason(st, clock.now())).toBe(`vxlan: MTU ${MTU} not carried`);
     // Failed probes are retried at the healthy pace, not every tick.
     const n = probes.length;
     tick();
@@ -513,7 +547,7 @@ describe('OverlaySwitch fast path', () => {
   });
 
   it('re-probes a proven fast path and falls back when the probes stop getting through', () => {
-    const { clock, st, probes, tick, answered, probeAcked } = fastSetup(true);
+    const { clock, sw, st, probes, tick, answered, probeAcked } = fastSetup(true);
     answered();
     tick();
     probeAcked();
@@ -530,11 +564,11 @@ describe('OverlaySwitch fast path', () => {
       answered();
     }
     expect(fastActive(st)).toBe(false);
-    expect(fastReason(st, clock.now())).toBe(`vxlan: MTU ${MTU} not carried`);
+    expect(sw.reason(st, clock.now())).toBe(`vxlan: MTU ${MTU} not carried`);
   });
 
   it('falls back at once when the kernel knows a path MTU too small for a full frame', () => {
-    const { clock, st, tick, answered, probeAcked, setPathMtu } = fastSetup(true);
+    const { clock, sw, st, tick, answered, probeAcked, setPathMtu } = fastSetup(true);
     answered();
     tick();
     probeAcked();
@@ -548,7 +582,7 @@ describe('OverlaySwitch fast path', () => {
     }
     probeAcked();
     expect(fastActive(st)).toBe(false);
-    expect(fastReason(st, clock.now())).toBe(`vxlan: MTU ${MTU} not carried (path MTU 1400)`);
+    expect(sw.reason(st, clock.now())).toBe(`vxlan: MTU ${MTU} not carried (path MTU 1400)`);
   });
 
   it('uses the fast path only once the peer says its own probes are answered too, and tells the peer', () => {
@@ -561,7 +595,7 @@ describe('OverlaySwitch fast path', () => {
     expect(flags.at(-1)).toBe(true); // said at once
     expect(st.fastMtu?.state).toBe('ok');
     expect(fastActive(st)).toBe(false);
-    expect(fastReason(st, clock.now())).toBe('vxlan: MTU not proven by peer');
+    expect(sw.reason(st, clock.now())).toBe('vxlan: MTU not proven by peer');
     sw.onFastdpControl({ from: PEER, type: 2, stamp: clock.now(), size: 0, mtuOk: true });
     expect(fastActive(st)).toBe(true);
     // The peer's proof fails (frames towards it no longer cross): both ends back to sleeve.

@@ -97,21 +97,27 @@ export function fastProves(st: PeerLink, nowMs: number, healthyMs: number): bool
 
 /**
  * fastReason says why a peer with a fast path wanted is on sleeve: `vxlan blocked: no heartbeat
- * for 5 s` once failed, undefined while it works or is not wanted.
+ * for 5 s` once failed, undefined while it works or is not wanted. A one-way block (our
+ * heartbeats no longer reach the peer, theirs still reach us) is named as a block as soon as our
+ * acks are a healthy interval and a tick late, even while the path's state is still established:
+ * the peer then renews its MTU proof and says so in its heartbeats, but that is a consequence,
+ * and which of the two expires first must not decide what status says. The seconds count from
+ * the last heartbeat of the silent direction.
  */
-export function fastReason(st: PeerLink, nowMs: number): string | undefined {
+export function fastReason(st: PeerLink, nowMs: number, healthyMs: number): string | undefined {
   const f = st.fast;
   if (f === undefined) return st.fastOff;
-  if (f.state === 'established') {
+  if (f.state === 'pending') return 'fastdp pending';
+  const silentSince = Math.min(f.heardAt, f.ackedAt);
+  const stale = nowMs - silentSince >= healthyMs + DATA_HEARTBEAT_INTERVAL_MS;
+  if (f.state === 'established' && (!stale || fastActive(st))) {
     const m = st.fastMtu;
     if (m === undefined) return undefined;
     if (m.state === 'ok') return st.fastPeerMtuOk ? undefined : 'vxlan: MTU not proven by peer';
     return m.state === 'failed' ? `vxlan: ${m.reason ?? 'MTU not carried'}` : 'fastdp pending';
   }
-  if (f.state === 'pending') return 'fastdp pending';
-  const last = Math.max(f.heardAt, f.ackedAt);
-  const s = Number.isFinite(last)
-    ? Math.max(0, Math.round((nowMs - last) / 1000))
+  const s = Number.isFinite(silentSince)
+    ? Math.max(0, Math.round((nowMs - silentSince) / 1000))
     : Math.round((nowMs - f.since) / 1000);
   return `vxlan blocked: no heartbeat for ${s} s`;
 }
@@ -301,6 +307,11 @@ export class OverlaySwitch {
 
   has(peer: PeerName): boolean {
     return this.links.has(peer);
+  }
+
+  /** reason says why a link that wants the fast path is on sleeve now (fastReason at this switch's pace). */
+  reason(st: PeerLink, nowMs: number): string | undefined {
+    return fastReason(st, nowMs, this.healthyMs);
   }
 
   /** names lists the connected peers. */
@@ -530,7 +541,7 @@ export class OverlaySwitch {
       const was = st.fast.state;
       if (st.fast.evaluate(now, timeout)) {
         changed = true;
-        const fields = { peer: st.sleeveHop.peer, reason: fastReason(st, now) };
+        const fields = { peer: st.sleeveHop.peer, reason: this.reason(st, now) };
         if (st.fast.state === 'established') this.log.info('fastdp heartbeats answered', { ...fields, from: was });
         else if (st.fast.state === 'failed') this.log.warn('fastdp failed: using sleeve', fields);
         // The MTU is proven again each time the heartbeats come back.
