@@ -17,9 +17,10 @@
  * Over 400 lines because the encoder, the checked decoder and the header-only splitter must agree
  * on one byte format; the splitter's table of MessagePack types is most of the length.
  */
-import { Packr, Unpackr } from 'msgpackr';
+import { Unpackr } from 'msgpackr';
 import { z } from 'zod';
 import { InputError, ProtocolError } from '../common/errors.js';
+import { MsgpackWriter } from '../common/msgpack-writer.js';
 import { formatIPv4, type PeerName, peerNameFromBytes, peerNameToBytes } from '../common/types.js';
 import { NICKNAME_MAX_CHARS } from './protocol.js';
 import {
@@ -51,7 +52,6 @@ const ZERO = 0x30;
 
 // ---- Encoding and decoding ----
 
-const packr = new Packr({ useRecords: false, moreTypes: false });
 const unpackr = new Unpackr({ useRecords: false, mapsAsObjects: true, structuredClone: false, moreTypes: false });
 
 const wireName = z.custom<Uint8Array>((v) => v instanceof Uint8Array && v.length === 6, 'want a 6-byte peer name');
@@ -120,23 +120,24 @@ export function packEntry(e: PeerEntry): Uint8Array {
   return bytes;
 }
 
-/** encodeEntry encodes one valid entry in a new buffer. */
+/** writer is the one MsgpackWriter encodeEntry reuses (synchronous: one entry at a time). */
+const writer = new MsgpackWriter();
+
+/**
+ * encodeEntry encodes one valid entry in a new buffer: the bytes msgpackr's `pack` gives for the
+ * wire array (the module comment), written directly (common/msgpack-writer.ts says why).
+ */
 function encodeEntry(e: PeerEntry): Uint8Array {
-  const conns = e.connections.map((c) => [nameBytes(c.peer), ipv4ToU32(c.addr), c.tcpPort, c.outbound, c.established]);
-  const wire = [
-    nameBytes(e.name),
-    e.nickname,
-    e.uid,
-    e.incarnation,
-    e.version,
-    conns,
-    e.cidrs,
-    e.sleevePort,
-    e.vxlanPort,
-    e.encap,
-  ];
-  // packr returns a view into its reusable scratch buffer: copy it out before the next pack.
-  return packr.pack(wire).slice();
+  const w = writer.reset();
+  w.arrayHeader(10).bin(nameBytes(e.name)).str(e.nickname).str(e.uid).uint(e.incarnation).uint(e.version);
+  w.arrayHeader(e.connections.length);
+  for (const c of e.connections) {
+    w.arrayHeader(5).bin(nameBytes(c.peer)).uint(ipv4ToU32(c.addr)).uint(c.tcpPort).bool(c.outbound);
+    w.bool(c.established);
+  }
+  w.arrayHeader(e.cidrs.length);
+  for (const c of e.cidrs) w.str(c);
+  return w.uint(e.sleevePort).uint(e.vxlanPort).str(e.encap).bytes();
 }
 
 /** packList frames already packed entries as `[TOPOLOGY_FORMAT, [e1, e2, ...]]`. */
