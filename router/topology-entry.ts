@@ -117,14 +117,22 @@ function findProblem(e: PeerEntry): string | undefined {
     if (!Array.isArray(e.connections) || e.connections.length > TOPOLOGY_CONNECTIONS_MAX) {
       return 'too many connections';
     }
-    const seen = new Set<string>();
-    for (const c of e.connections) {
+    // Owners list connections sorted by peer, so a duplicate is usually ruled out by the order
+    // alone; a set of the names seen is built only once the order breaks.
+    let seen: Set<string> | undefined;
+    let last = '';
+    for (let i = 0; i < e.connections.length; i++) {
+      const c = e.connections[i]!;
       if (typeof c.peer !== 'string' || !PEER_NAME_RE.test(c.peer)) {
         return `invalid connection peer ${JSON.stringify(String(c.peer).slice(0, 32))}`;
       }
       if (c.peer === e.name) return 'connection to itself';
-      if (seen.has(c.peer)) return `duplicate connection to ${c.peer}`;
-      seen.add(c.peer);
+      if (seen === undefined && c.peer > last) last = c.peer;
+      else {
+        seen ??= new Set(e.connections.slice(0, i).map((p) => p.peer));
+        if (seen.has(c.peer)) return `duplicate connection to ${c.peer}`;
+        seen.add(c.peer);
+      }
       if (typeof c.addr !== 'string' || c.addr.length > IPV4_MAX_CHARS || !IPV4_RE.test(c.addr)) {
         return `invalid connection address ${JSON.stringify(String(c.addr).slice(0, IPV4_MAX_CHARS + 1))}`;
       }

@@ -141,9 +141,25 @@ describe('Topology.merge', () => {
     expect(t.merge([entry(LOCAL, { uid: '7', version: 2 })]).changed).toEqual([]);
   });
 
+  it('accepts connections listed out of order when no peer repeats', () => {
+    expect(
+      entryProblem(entry(peer(2), { connections: [conn(peer(5)), conn(peer(3)), conn(peer(4))] })),
+    ).toBeUndefined();
+  });
+
   it.each([
     ['a connection to itself', entry(peer(2), { connections: [conn(peer(2))] }), 'connection to itself'],
     ['two connections to one peer', entry(peer(2), { connections: [conn(peer(3)), conn(peer(3))] }), 'duplicate'],
+    [
+      'a duplicate after the order breaks',
+      entry(peer(2), { connections: [conn(peer(3)), conn(peer(5)), conn(peer(4)), conn(peer(3))] }),
+      'duplicate connection to 02:00:00:00:00:03',
+    ],
+    [
+      'a duplicate of a peer listed before the order broke',
+      entry(peer(2), { connections: [conn(peer(5)), conn(peer(3)), conn(peer(5))] }),
+      'duplicate connection to 02:00:00:00:00:05',
+    ],
     ['a bad CIDR', entry(peer(2), { cidrs: ['10.0.0.1/33'] }), 'invalid cidr'],
     ['a CIDR with a leading zero', entry(peer(2), { cidrs: ['10.0.0.01/8'] }), 'invalid cidr'],
     ['a bad peer name', entry('02:00:00:00:00:zz' as PeerName), 'invalid peer name'],
