@@ -7,6 +7,8 @@ import {
   parseIPv4,
   parseOwnPeerName,
   parsePeerName,
+  peerNameFromBytes,
+  peerNameToBytes,
   randomPeerName,
   reservedPeerNameReason,
 } from './types.js';
@@ -80,5 +82,23 @@ describe('IPv4 text: the one parser', () => {
   ])('refuses %j', (s) => {
     expect(isIPv4(s)).toBe(false);
     expect(() => parseIPv4(s)).toThrow(InputError);
+  });
+});
+
+describe('peer names as bytes', () => {
+  it('reads any 6 bytes back as the name they were written from, past its cache of names too', () => {
+    const buf = new Uint8Array(8);
+    for (let i = 0; i < 70_000; i++) {
+      const name = Array.from({ length: 6 }, (_, k) => ((i * (k + 7) * 2654435761) >>> (k * 4)) & 255)
+        .map((b) => b.toString(16).padStart(2, '0'))
+        .join(':') as PeerName;
+      peerNameToBytes(name, buf, 1);
+      const back = peerNameFromBytes(buf, 1);
+      if (back !== name) expect(back).toBe(name);
+      expect(peerNameFromBytes(buf, 1)).toBe(back);
+    }
+    // Bytes past the end read as 0.
+    expect(peerNameFromBytes(new Uint8Array([0xab, 0xcd]), 0)).toBe('ab:cd:00:00:00:00');
+    expect(peerNameFromBytes(new Uint8Array([0xff, 0xff, 0xff, 0xff, 0xff, 0xff]), 0)).toBe('ff:ff:ff:ff:ff:ff');
   });
 });

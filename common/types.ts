@@ -81,9 +81,23 @@ const HEX_BYTE: readonly string[] = Array.from({ length: 256 }, (_, b) => b.toSt
  * decoded topology entry names a peer per connection: a table, not six number-to-string steps.
  */
 export function peerNameFromBytes(buf: Uint8Array, off: number): PeerName {
-  const h = (i: number): string => HEX_BYTE[buf[off + i] ?? 0]!;
-  return `${h(0)}:${h(1)}:${h(2)}:${h(3)}:${h(4)}:${h(5)}` as PeerName;
+  const b = (i: number): number => buf[off + i] ?? 0;
+  // One string per name, reused: a mesh of N peers decodes the same N names over and over, and
+  // a reused string is one allocation fewer and keeps its hash for every map it is looked up in.
+  const key = ((b(0) << 16) | (b(1) << 8) | b(2)) * 0x1000000 + ((b(3) << 16) | (b(4) << 8) | b(5));
+  let name = namesByValue.get(key);
+  if (name === undefined) {
+    const h = (i: number): string => HEX_BYTE[b(i)]!;
+    name = `${h(0)}:${h(1)}:${h(2)}:${h(3)}:${h(4)}:${h(5)}` as PeerName;
+    if (namesByValue.size >= NAMES_BY_VALUE_MAX) namesByValue.clear();
+    namesByValue.set(key, name);
+  }
+  return name;
 }
+
+/** NAMES_BY_VALUE_MAX bounds {@link peerNameFromBytes}'s strings (cleared when full: names come off the wire). */
+const NAMES_BY_VALUE_MAX = 65_536;
+const namesByValue = new Map<number, PeerName>();
 
 /** peerNameToBigInt packs a peer name into a 48-bit integer (for table keys off the hot path). */
 export function peerNameToBigInt(name: PeerName): bigint {

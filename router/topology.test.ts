@@ -283,6 +283,33 @@ describe('Topology', () => {
     expect(t.forgottenListed()).toEqual([]);
   });
 
+  it('forgottenListed stays exact when new versions add, drop and flip connections, sorted or not', () => {
+    const random = mulberry32(7);
+    const t = new Topology(entry(LOCAL));
+    const forgotten = [peer(20), peer(21), peer(22), peer(23), peer(24)];
+    t.merge(forgotten.map((p) => entry(p)));
+    t.forget(forgotten, 100);
+    const listers = [peer(3), peer(4), peer(5)];
+    const versions = new Map(listers.map((p) => [p, 1]));
+    for (let step = 0; step < 400; step++) {
+      const who = listers[Math.floor(random() * listers.length)]!;
+      const picked = forgotten.filter(() => random() < 0.5).map((p) => conn(p, { established: random() < 0.6 }));
+      const connections = random() < 0.3 ? shuffle(picked, random) : picked;
+      const version = versions.get(who)! + 1;
+      versions.set(who, version);
+      t.merge([entry(who, { version, connections })]);
+      const want = forgotten.filter((f) =>
+        listers.some((l) => t.get(l)?.connections.some((c) => c.peer === f && c.established)),
+      );
+      expect(
+        t
+          .forgottenListed()
+          .map((e) => e.name)
+          .sort(),
+      ).toEqual(want);
+    }
+  });
+
   it('expireForgotten drops copies forgotten before a time, oldest first; after that a copy is news again', () => {
     const t = new Topology(entry(LOCAL));
     t.merge([entry(peer(2)), entry(peer(3))]);

@@ -449,8 +449,8 @@ export class Topology {
   private setStored(e: PeerEntry, bytes: Uint8Array): void {
     const prev = this.peers.get(e.name);
     const known = prev !== undefined;
-    if (known) this.countListed(prev.entry, -1);
-    this.countListed(e, 1);
+    if (known) this.recountListed(prev.entry, e);
+    else this.countListed(e, 1);
     this.forgottenStore.delete(e.name);
     const own = bytes.byteOffset === 0 && bytes.byteLength === bytes.buffer.byteLength ? bytes : new Uint8Array(bytes);
     this.peers.set(e.name, { entry: e, bytes: own });
@@ -461,13 +461,46 @@ export class Topology {
   }
 
   /** countListed adds `by` to the listers count of every peer `e` lists as established. */
-  private countListed(e: PeerEntry, by: 1 | -1): void {
-    for (const c of e.connections) {
-      if (!c.established) continue;
-      const n = (this.listers.get(c.peer) ?? 0) + by;
-      if (n === 0) this.listers.delete(c.peer);
-      else this.listers.set(c.peer, n);
+  /**
+   * recountListed moves the lister counts from `prev` to `next`, a newer copy of the same peer's
+   * entry: usually one or two connections differ, so with both lists sorted by peer (as owners
+   * keep them) only those are counted; otherwise all of both.
+   */
+  private recountListed(prev: PeerEntry, next: PeerEntry): void {
+    const a = prev.connections;
+    const b = next.connections;
+    if (!sortedByPeer(a) || !sortedByPeer(b)) {
+      this.countListed(prev, -1);
+      this.countListed(next, 1);
+      return;
     }
+    let i = 0;
+    let j = 0;
+    while (i < a.length || j < b.length) {
+      const x = a[i];
+      const y = b[j];
+      if (y === undefined || (x !== undefined && x.peer < y.peer)) {
+        if (x!.established) this.addListed(x!.peer, -1);
+        i++;
+      } else if (x === undefined || y.peer < x.peer) {
+        if (y.established) this.addListed(y.peer, 1);
+        j++;
+      } else {
+        if (x.established !== y.established) this.addListed(x.peer, y.established ? 1 : -1);
+        i++;
+        j++;
+      }
+    }
+  }
+
+  private addListed(peer: PeerName, by: 1 | -1): void {
+    const n = (this.listers.get(peer) ?? 0) + by;
+    if (n === 0) this.listers.delete(peer);
+    else this.listers.set(peer, n);
+  }
+
+  private countListed(e: PeerEntry, by: 1 | -1): void {
+    for (const c of e.connections) if (c.established) this.addListed(c.peer, by);
   }
 }
 
@@ -615,4 +648,10 @@ export function readTopologyId(ids: Uint8Array, off: number): { name: PeerName; 
     throw new ProtocolError(`invalid topology id: incarnation ${incarnation}, version ${version}`);
   }
   return { name: peerNameFromBytes(ids, off), incarnation, version };
+}
+
+/** sortedByPeer says whether connections are listed in strictly ascending peer order. */
+function sortedByPeer(cs: readonly ConnectionSummary[]): boolean {
+  for (let i = 1; i < cs.length; i++) if (!(cs[i - 1]!.peer < cs[i]!.peer)) return false;
+  return true;
 }
