@@ -120,6 +120,14 @@ export function packEntry(e: PeerEntry): Uint8Array {
   return bytes;
 }
 
+/**
+ * adoptCanonical records `bytes` as the canonical encoding of `e`, for a reader that proved them
+ * to be (router/topology-reader.ts): packEntry then returns them without encoding.
+ */
+export function adoptCanonical(e: PeerEntry, bytes: Uint8Array): void {
+  packed.set(e, bytes);
+}
+
 /** writer is the one MsgpackWriter encodeEntry reuses (synchronous: one entry at a time). */
 const writer = new MsgpackWriter();
 

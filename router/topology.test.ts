@@ -2,8 +2,8 @@ import fc from 'fast-check';
 import { Packr } from 'msgpackr';
 import { describe, expect, it } from 'vitest';
 import { InputError, ProtocolError } from '../common/errors.js';
-import { formatIPv4, type PeerName, peerNameFromBytes } from '../common/types.js';
-import { NICKNAME_MAX_CHARS } from './protocol.js';
+import type { PeerName } from '../common/types.js';
+import { arbPeerEntry, wireArrayOf } from './testing/arb-entry.js';
 import { mulberry32 } from './testing/gossip-sim.js';
 import {
   type ConnectionSummary,
@@ -547,64 +547,11 @@ describe('encodeEntries / decodeEntries', () => {
 
   it('encodes every valid entry in the bytes msgpackr packs its wire array in (the canonical form peers compare)', () => {
     const packr = new Packr({ useRecords: false, moreTypes: false });
-    const name = fc.uint8Array({ minLength: 6, maxLength: 6 });
-    const u32 = fc.integer({ min: 0, max: 0xffffffff });
-    const port = fc.integer({ min: 1, max: 0xffff });
-    const anyText = (maxLength: number) =>
-      fc.string({ unit: fc.integer({ min: 0, max: 0xffff }).map((c) => String.fromCharCode(c)), maxLength });
-    const arbEntry = fc.record({
-      name,
-      nickname: fc.oneof(anyText(NICKNAME_MAX_CHARS), fc.string({ unit: 'grapheme-ascii', maxLength: 64 })),
-      uid: fc.bigInt({ min: 1n, max: 2n ** 64n - 1n }).map(String),
-      incarnation: fc.oneof(fc.maxSafeNat(), fc.integer({ min: 0, max: 0xffffffff })),
-      version: fc.oneof(fc.nat(300), fc.maxSafeNat()),
-      connections: fc.uniqueArray(fc.tuple(name, u32, port, fc.boolean(), fc.boolean()), {
-        maxLength: 40,
-        selector: (c) => Buffer.from(c[0]).toString('hex'),
-      }),
-      cidrs: fc.array(fc.tuple(u32, fc.integer({ min: 0, max: 32 })), { maxLength: 20 }),
-      sleevePort: port,
-      vxlanPort: port,
-      encap: fc.constantFrom('sleeve' as const, 'vxlan' as const),
-    });
     fc.assert(
-      fc.property(arbEntry, (w) => {
-        const conns = w.connections.filter(([p]) => Buffer.compare(p, w.name) !== 0);
-        const cidrs = w.cidrs.map(([a, n]) => `${formatIPv4(a)}/${n}`);
-        const e: PeerEntry = {
-          name: peerNameFromBytes(w.name, 0),
-          nickname: w.nickname,
-          uid: w.uid,
-          incarnation: w.incarnation,
-          version: w.version,
-          connections: conns.map(([p, addr, tcpPort, outbound, established]) => ({
-            peer: peerNameFromBytes(p, 0),
-            addr: formatIPv4(addr),
-            tcpPort,
-            outbound,
-            established,
-          })),
-          cidrs,
-          sleevePort: w.sleevePort,
-          vxlanPort: w.vxlanPort,
-          encap: w.encap,
-        };
+      fc.property(arbPeerEntry(), (e) => {
         expect(entryProblem(e)).toBeUndefined();
-        const wire = [
-          w.name,
-          w.nickname,
-          w.uid,
-          w.incarnation,
-          w.version,
-          conns,
-          cidrs,
-          w.sleevePort,
-          w.vxlanPort,
-          w.encap,
-        ];
-        expect(Buffer.from(encodeEntries([e])).toString('hex')).toBe(
-          Buffer.from(packr.pack([1, [wire]])).toString('hex'),
-        );
+        const want = Buffer.from(packr.pack([1, [wireArrayOf(e)]])).toString('hex');
+        expect(Buffer.from(encodeEntries([e])).toString('hex')).toBe(want);
       }),
       { numRuns: 500 },
     );

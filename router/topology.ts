@@ -22,6 +22,7 @@ import { InputError, ProtocolError } from '../common/errors.js';
 import { type PeerName, peerNameFromBytes, peerNameToBytes } from '../common/types.js';
 import type { Announcing, Gossiper } from './gossip/gossip.js';
 import { type ConnectionSummary, compareVersions, entryProblem, type PeerEntry } from './topology-entry.js';
+import { readCanonicalEntry } from './topology-reader.js';
 import {
   canonicalNameAt,
   compareBytes,
@@ -246,6 +247,11 @@ export class Topology {
         next++;
         continue;
       }
+      const fast = readCanonicalEntry(bytes, offsets[i]!, offsets[i + 1]!);
+      if (fast !== undefined) {
+        if (!this.isStaleEntry(fast)) wanted.push(fast);
+        continue;
+      }
       const raw = unpackWire(bytes.subarray(offsets[i], offsets[i + 1]));
       if (!this.isStale(raw)) wanted.push(toEntry(raw, i));
     }
@@ -403,6 +409,17 @@ export class Topology {
     if (name !== this.localName && version !== entry.version) return version < entry.version;
     // Same version, other bytes (another encoder, or a conflicting copy): compare the values.
     return wireEqual(raw, unpackWire(cur.bytes));
+  }
+
+  /** isStaleEntry is {@link isStale} for an entry read in canonical form (its bytes are packEntry's). */
+  private isStaleEntry(e: PeerEntry): boolean {
+    const cur = this.peers.get(e.name) ?? this.forgottenStore.get(e.name);
+    if (cur === undefined) return false;
+    const { entry } = cur;
+    if (e.name !== this.localName && e.incarnation !== entry.incarnation) return e.incarnation < entry.incarnation;
+    if (e.name !== this.localName && e.version !== entry.version) return e.version < entry.version;
+    // Same version: stale only if identical, and both encodings are canonical.
+    return compareBytes(packEntry(e), cur.bytes) === 0;
   }
 
   /** mergeOne applies one entry: the stored entry if it changed, a rejection reason, or undefined. */
