@@ -81,23 +81,36 @@ const HEX_BYTE: readonly string[] = Array.from({ length: 256 }, (_, b) => b.toSt
  * decoded topology entry names a peer per connection: a table, not six number-to-string steps.
  */
 export function peerNameFromBytes(buf: Uint8Array, off: number): PeerName {
-  const b = (i: number): number => buf[off + i] ?? 0;
   // One string per name, reused: a mesh of N peers decodes the same N names over and over, and
   // a reused string is one allocation fewer and keeps its hash for every map it is looked up in.
-  const key = ((b(0) << 16) | (b(1) << 8) | b(2)) * 0x1000000 + ((b(3) << 16) | (b(4) << 8) | b(5));
-  let name = namesByValue.get(key);
+  // Keyed by the two halves (small integers: no number is allocated for a key).
+  const hi = ((buf[off] ?? 0) << 16) | ((buf[off + 1] ?? 0) << 8) | (buf[off + 2] ?? 0);
+  const lo = ((buf[off + 3] ?? 0) << 16) | ((buf[off + 4] ?? 0) << 8) | (buf[off + 5] ?? 0);
+  let names = namesByValue.get(hi);
+  let name = names?.get(lo);
   if (name === undefined) {
-    const h = (i: number): string => HEX_BYTE[b(i)]!;
+    if (namesCount >= NAMES_BY_VALUE_MAX) {
+      namesByValue.clear();
+      namesCount = 0;
+      names = undefined;
+    }
+    if (names === undefined) {
+      names = new Map();
+      namesByValue.set(hi, names);
+    }
+    const h = (i: number): string => HEX_BYTE[buf[off + i] ?? 0]!;
     name = `${h(0)}:${h(1)}:${h(2)}:${h(3)}:${h(4)}:${h(5)}` as PeerName;
-    if (namesByValue.size >= NAMES_BY_VALUE_MAX) namesByValue.clear();
-    namesByValue.set(key, name);
+    names.set(lo, name);
+    namesCount++;
   }
   return name;
 }
 
 /** NAMES_BY_VALUE_MAX bounds {@link peerNameFromBytes}'s strings (cleared when full: names come off the wire). */
 const NAMES_BY_VALUE_MAX = 65_536;
-const namesByValue = new Map<number, PeerName>();
+/** namesByValue maps a name's first three bytes, then its last three, to its string. */
+const namesByValue = new Map<number, Map<number, PeerName>>();
+let namesCount = 0;
 
 /** peerNameToBigInt packs a peer name into a 48-bit integer (for table keys off the hot path). */
 export function peerNameToBigInt(name: PeerName): bigint {

@@ -42,11 +42,16 @@ function addrText(a: number): string {
 
 /** Reader is a cursor over one entry's bytes; every read returns -1 (or undefined) when not canonical. */
 class Reader {
+  /** text is `b` as a Buffer, for its one-step latin1 (here: ASCII) decoding. */
+  private readonly text: Buffer;
+
   constructor(
     readonly b: Uint8Array,
     public off: number,
     readonly end: number,
-  ) {}
+  ) {
+    this.text = Buffer.isBuffer(b) ? b : Buffer.from(b.buffer, b.byteOffset, b.byteLength);
+  }
 
   byte(): number {
     return this.off < this.end ? this.b[this.off++]! : -1;
@@ -117,15 +122,11 @@ class Reader {
       n = this.b[this.off++]!;
       if (n < 0x20) return undefined;
     } else return undefined; // longer strings are never this short
-    if (n > max || this.off + n > this.end) return undefined;
-    let s = '';
-    for (let i = 0; i < n; i++) {
-      const c = this.b[this.off + i]!;
-      if (c >= 0x80) return undefined;
-      s += String.fromCharCode(c);
-    }
-    this.off += n;
-    return s;
+    const o = this.off;
+    if (n > max || o + n > this.end) return undefined;
+    for (let i = o; i < o + n; i++) if (this.b[i]! >= 0x80) return undefined;
+    this.off = o + n;
+    return this.text.toString('latin1', o, o + n);
   }
 
   bool(): boolean | undefined {
