@@ -2,13 +2,14 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { isWeftError } from '../common/errors.js';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import { isWeftError, WeftError } from '../common/errors.js';
 import { noopLogger } from '../common/log.js';
 import { resolveTarget } from './attach.js';
 import { DOCKER_SOCKET_DEFAULT, parseDockerSocket } from './config.js';
 import {
   DOCKER_BODY_MAX_BYTES,
+  DOCKER_RETRY_ABSENT_FACTOR,
   DockerClient,
   DockerIntegration,
   isContainerKey,
@@ -353,5 +354,45 @@ describe('DockerClient and DockerIntegration against a fake engine', () => {
     engine.containers.set('stopped', inspectBody({ Running: false, Pid: 0 }));
     await expect(resolveTarget('stopped', d)).rejects.toThrow(/not running/);
     await expect(resolveTarget('nothing-here', d)).rejects.toMatchObject({ code: 'EWEFT_NOT_FOUND' });
+  });
+});
+
+describe('DockerIntegration reconnect pacing', () => {
+  afterEach(() => {
+    vi.useRealTimers();
+  });
+
+  /** attemptsIn counts the engine pings of a DockerIntegration whose pings fail with `code`, over `ms` of fake time. */
+  async function attemptsIn(code: string, ms: number): Promise<number> {
+    vi.useFakeTimers();
+    let pings = 0;
+    const client = {
+      ping: async (): Promise<void> => {
+        pings++;
+        const cause = Object.assign(new Error(`connect ${code} /nowhere.sock`), { code });
+        throw new WeftError('EWEFT_UNAVAILABLE', `docker engine at /nowhere.sock: ${cause.message}`, { cause });
+      },
+    } as unknown as DockerClient;
+    const d = new DockerIntegration({
+      socketPath: '/nowhere.sock',
+      log: noopLogger,
+      client,
+      retryMinMs: 10,
+      retryMaxMs: 20,
+    });
+    d.start();
+    try {
+      await vi.advanceTimersByTimeAsync(ms);
+      return pings;
+    } finally {
+      d.stop();
+    }
+  }
+
+  it('backs off DOCKER_RETRY_ABSENT_FACTOR times further while the socket does not exist than while it refuses', async () => {
+    // Absent: waits 10, 20, 40, 60, 60 → pings at 0, 10, 30, 70, 130, 190. Refused: waits 10, 20, 20… → 11 pings.
+    expect(DOCKER_RETRY_ABSENT_FACTOR).toBe(3);
+    expect(await attemptsIn('ENOENT', 200)).toBe(6);
+    expect(await attemptsIn('ECONNREFUSED', 200)).toBe(11);
   });
 });

@@ -42,6 +42,14 @@ export const DOCKER_EVENT_MAX_BYTES = 64 << 10;
 /** DOCKER_RETRY_MIN_MS / DOCKER_RETRY_MAX_MS: backoff between attempts to reach the engine and its events. */
 export const DOCKER_RETRY_MIN_MS = 500;
 export const DOCKER_RETRY_MAX_MS = 10_000;
+/**
+ * DOCKER_RETRY_ABSENT_FACTOR: while the engine's socket does not exist at all (ENOENT: no engine
+ * on this host, the common idle case), the backoff grows this much further (30 s by default): each
+ * attempt builds an HTTP request and its error, a noticeable part of an idle router's work. An
+ * engine that exists but does not answer (ECONNREFUSED, restarting) keeps DOCKER_RETRY_MAX_MS;
+ * whatever happened while not connected is caught up on connect (resync).
+ */
+export const DOCKER_RETRY_ABSENT_FACTOR = 3;
 
 /** isContainerKey says whether an attach record's target is a Docker container (its full id). */
 export function isContainerKey(target: string): boolean {
@@ -456,14 +464,16 @@ export class DockerIntegration implements ContainerEngine {
       const why = errorMessage(err);
       if (this.lastError !== why) this.opts.log.debug('docker: no engine', { socket: this.opts.socketPath, err: why });
       this.lastError = why;
-      this.retry();
+      this.retry(isAbsent(err));
     }
   }
 
-  private retry(): void {
+  /** retry connects again after the backoff; `absent`: the engine's socket does not exist (see DOCKER_RETRY_ABSENT_FACTOR). */
+  private retry(absent = false): void {
     if (!this.running || this.timer !== undefined) return;
     const wait = this.retryMs;
-    this.retryMs = Math.min(this.retryMs * 2, this.opts.retryMaxMs ?? DOCKER_RETRY_MAX_MS);
+    const max = this.opts.retryMaxMs ?? DOCKER_RETRY_MAX_MS;
+    this.retryMs = Math.min(this.retryMs * 2, absent ? max * DOCKER_RETRY_ABSENT_FACTOR : max);
     this.timer = setTimeout(() => {
       this.timer = undefined;
       void this.connect();
@@ -518,4 +528,10 @@ export class DockerIntegration implements ContainerEngine {
       }
     }
   }
+}
+
+/** isAbsent says whether a failure to reach the engine was its socket not existing (ENOENT). */
+function isAbsent(err: unknown): boolean {
+  const cause = err instanceof Error ? err.cause : undefined;
+  return cause instanceof Error && (cause as NodeJS.ErrnoException).code === 'ENOENT';
 }

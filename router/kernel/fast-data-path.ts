@@ -79,6 +79,7 @@ export class FastDataPath {
         log: o.log,
         nowMs: o.nowMs,
         onControl: o.onControl,
+        native: o.native,
         ...(o.mtuOk === undefined ? {} : { mtuOk: o.mtuOk }),
       });
       await this.hb.open();

@@ -131,6 +131,40 @@ export interface NativeAddon {
     gsoSizes?: Uint16Array,
     stats?: Uint32Array,
   ): number;
+  /**
+   * udp6Open opens a non-blocking IPv6-only UDP socket bound to [::]:port (0 = ephemeral) and
+   * reads `device`'s interface index once (throws NativeSystemError ENODEV when there is none):
+   * the numeric scope its link-local datagrams are sent with and checked against. Never
+   * fragments (IPV6_PMTUDISC_DO: larger than the known path MTU fails with EMSGSIZE). No
+   * SO_REUSEADDR: a port in use fails with EADDRINUSE.
+   */
+  udp6Open(port: number, device: string, rcvbuf: number, sndbuf: number): { fd: number; port: number; ifindex: number };
+  /**
+   * recvBatch6 is recvBatch for an IPv6 socket: datagram i's source is addrs[16*i, 16*i + 16),
+   * its scope (interface index of a link-local source, else 0) scopes[i], its port ports[i].
+   */
+  recvBatch6(
+    fd: number,
+    buf: Buffer,
+    offset: number,
+    stride: number,
+    max: number,
+    lengths: Int32Array,
+    addrs: Uint8Array,
+    scopes: Uint32Array,
+    ports: Uint16Array,
+  ): number;
+  /** sendBatch6 is sendBatch (without GSO) for an IPv6 socket: addresses, scopes and ports as in recvBatch6. */
+  sendBatch6(
+    fd: number,
+    buf: Buffer,
+    offsets: Int32Array,
+    lengths: Int32Array,
+    addrs: Uint8Array,
+    scopes: Uint32Array,
+    ports: Uint16Array,
+    count: number,
+  ): number;
   /** close closes an fd; returns 0 or -errno and never throws for a bad fd. */
   close(fd: number): number;
   /** nlOpen opens a blocking NETLINK_ROUTE socket with a 1 s receive timeout; throws NativeSystemError. */

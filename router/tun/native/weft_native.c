@@ -12,6 +12,10 @@
  *   readBatch / writeBatch                                     read()/write() loops (TUN fd)
  *   recvBatch / sendBatch                                      recvmmsg()/sendmmsg() (UDP fd),
  *                                                              with UDP GRO / GSO sizes per datagram
+ *   udp6Open(port, device, rcvbuf, sndbuf)                     non-blocking UDP/IPv6 socket and
+ *     -> { fd, port, ifindex }                                 the device's index (see "UDP over IPv6")
+ *   recvBatch6 / sendBatch6                                    recvmmsg()/sendmmsg() with IPv6
+ *                                                              addresses and numeric scopes
  *   close(fd) -> 0 | -errno
  *   nlOpen() -> fd                                             blocking NETLINK_ROUTE socket, 1 s
  *                                                              receive timeout (router/kernel/)
@@ -832,6 +836,223 @@ static napi_value SegmentTcp4(napi_env env, napi_callback_info info) {
   return num(env, (double)n);
 }
 
+/* ---- UDP over IPv6 (the weft-vx heartbeat socket, router/kernel/fastdp-heartbeats.ts) ----
+ *
+ *   udp6Open(port, device, rcvbuf, sndbuf) -> { fd, port, ifindex }
+ *   recvBatch6(fd, buf, offset, stride, max, lengths, addrs, scopes, ports) -> count | -errno
+ *   sendBatch6(fd, buf, offsets, lengths, addrs, scopes, ports, count) -> sent
+ *
+ * Addresses are 16 bytes each, datagram i's at addrs[16*i, 16*i + 16); scopes[i] is its
+ * sin6_scope_id (the interface index of a link-local address, 0 otherwise). The scope is numeric
+ * both ways, so no call turns an interface name into an index or back (Node's dgram does, with a
+ * socket, an ioctl and a close per datagram). Slots and error rules are those of recvBatch /
+ * sendBatch, without UDP GSO/GRO.
+ */
+
+static __thread struct sockaddr_in6 t_names6[MMSG_CHUNK];
+
+/* Udp6Open(port, device, rcvbuf, sndbuf) -> { fd, port, ifindex }: a non-blocking IPv6-only UDP
+ * socket bound to [::]:port (0 = ephemeral), without SO_REUSEADDR (a port in use fails with
+ * EADDRINUSE). ifindex is `device`'s index, read once here (ENODEV when there is none): the scope
+ * the caller sends its link-local datagrams with and checks arrivals against. The kernel never
+ * fragments a datagram of this socket (IPV6_PMTUDISC_DO): one larger than the path MTU it knows
+ * fails with EMSGSIZE, so a too-large MTU probe is silence, not fragments that prove nothing. */
+static napi_value Udp6Open(napi_env env, napi_callback_info info) {
+  napi_value argv[4];
+  int64_t port, rcvbuf, sndbuf;
+  char dev[IFNAMSIZ + 1];
+  size_t dlen = 0;
+  if (!get_args(env, info, 4, argv, "udp6Open") ||
+      !get_int(env, argv[0], 0, 65535, &port, "udp6Open", "port"))
+    return NULL;
+  if (napi_get_value_string_utf8(env, argv[1], dev, sizeof dev, &dlen) != napi_ok)
+    return throw_type(env, "udp6Open: device must be a string"), NULL;
+  if (!get_int(env, argv[2], 0, INT32_MAX, &rcvbuf, "udp6Open", "rcvbuf") ||
+      !get_int(env, argv[3], 0, INT32_MAX, &sndbuf, "udp6Open", "sndbuf"))
+    return NULL;
+  if (dlen == 0 || dlen >= IFNAMSIZ)
+    return throw_errno(env, ENODEV, "if_nametoindex", "udp6Open: device \"%s\"", dev);
+  unsigned ifindex = if_nametoindex(dev);
+  if (ifindex == 0) return throw_errno(env, errno, "if_nametoindex", "if_nametoindex %s", dev);
+  int fd = socket(AF_INET6, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) return throw_errno(env, errno, "socket", "socket AF_INET6 SOCK_DGRAM");
+  set_sockbuf(fd, SO_RCVBUFFORCE, SO_RCVBUF, rcvbuf);
+  set_sockbuf(fd, SO_SNDBUFFORCE, SO_SNDBUF, sndbuf);
+  int one = 1, pmtu = IPV6_PMTUDISC_DO;
+  struct sockaddr_in6 sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sin6_family = AF_INET6;
+  sa.sin6_port = htons((uint16_t)port);
+  sa.sin6_addr = in6addr_any;
+  socklen_t sl = sizeof sa;
+  const char *call = "setsockopt";
+  if (setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one) < 0 ||
+      setsockopt(fd, IPPROTO_IPV6, IPV6_MTU_DISCOVER, &pmtu, sizeof pmtu) < 0 ||
+      (call = "bind", bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0) ||
+      (call = "getsockname", getsockname(fd, (struct sockaddr *)&sa, &sl) < 0)) {
+    int e = errno;
+    close(fd);
+    return throw_errno(env, e, call, "%s udp [::]:%u", call, (unsigned)port);
+  }
+  napi_value out;
+  napi_create_object(env, &out);
+  set_num(env, out, "fd", fd);
+  set_num(env, out, "port", ntohs(sa.sin6_port));
+  set_num(env, out, "ifindex", ifindex);
+  return out;
+}
+
+/* get_addrs6: the addrs (Uint8Array of 16 bytes per datagram), scopes (Uint32Array) and ports
+ * (Uint16Array) of a batch of n datagrams. */
+static bool get_addrs6(napi_env env, napi_value *argv, int64_t n, uint8_t **addrs, uint32_t **scopes,
+                       uint16_t **ports, const char *fn) {
+  size_t naddrs = 0, nscopes = 0, nports = 0;
+  if (!get_typed(env, argv[0], napi_uint8_array, (void **)addrs, &naddrs, fn,
+                 "addrs must be a Uint8Array (16 bytes per datagram)") ||
+      !get_typed(env, argv[1], napi_uint32_array, (void **)scopes, &nscopes, fn,
+                 "scopes must be a Uint32Array") ||
+      !get_typed(env, argv[2], napi_uint16_array, (void **)ports, &nports, fn,
+                 "ports must be a Uint16Array"))
+    return false;
+  if ((uint64_t)n > naddrs / 16 || (uint64_t)n > nscopes || (uint64_t)n > nports)
+    return throw_type(env, "%s: %lld datagrams exceed addrs/scopes/ports", fn, (long long)n);
+  return true;
+}
+
+/* RecvBatch6(fd, buf, offset, stride, max, lengths, addrs, scopes, ports) -> count | -errno */
+static napi_value RecvBatch6(napi_env env, napi_callback_info info) {
+  napi_value argv[9];
+  int fd;
+  int64_t off, stride, max;
+  uint8_t *buf = NULL, *addrs;
+  size_t buflen = 0, nlens = 0;
+  int32_t *lens;
+  uint32_t *scopes;
+  uint16_t *ports;
+  if (!get_args(env, info, 9, argv, "recvBatch6") || !get_fd(env, argv[0], &fd, "recvBatch6") ||
+      !get_buf(env, argv[1], &buf, &buflen, "recvBatch6") ||
+      !get_int(env, argv[2], 0, INT64_C(1) << 52, &off, "recvBatch6", "offset") ||
+      !get_int(env, argv[3], 1, INT32_MAX, &stride, "recvBatch6", "stride") ||
+      !get_int(env, argv[4], 0, INT32_MAX, &max, "recvBatch6", "max") ||
+      !get_typed(env, argv[5], napi_int32_array, (void **)&lens, &nlens, "recvBatch6",
+                 "lengths must be an Int32Array") ||
+      !get_addrs6(env, argv + 6, max, &addrs, &scopes, &ports, "recvBatch6"))
+    return NULL;
+  if ((uint64_t)max > nlens)
+    return throw_type(env, "recvBatch6: max %lld > lengths.length %zu", (long long)max, nlens), NULL;
+  if (!check_slots(env, "recvBatch6", buflen, off, stride, max)) return NULL;
+
+  size_t room0 = (size_t)(stride - off % stride);
+  int64_t got = 0;
+  while (got < max) {
+    unsigned n = max - got < MMSG_CHUNK ? (unsigned)(max - got) : MMSG_CHUNK;
+    for (unsigned j = 0; j < n; j++) {
+      size_t pos = (size_t)(off + (got + j) * stride);
+      t_iovs[j].iov_base = buf + pos;
+      t_iovs[j].iov_len = buflen - pos < room0 ? buflen - pos : room0;
+      struct msghdr *h = &t_msgs[j].msg_hdr;
+      h->msg_name = &t_names6[j];
+      h->msg_namelen = sizeof t_names6[j];
+      h->msg_iov = &t_iovs[j];
+      h->msg_iovlen = 1;
+      h->msg_control = NULL;
+      h->msg_controllen = 0;
+      h->msg_flags = 0;
+      t_msgs[j].msg_len = 0;
+    }
+    int r = recvmmsg(fd, t_msgs, n, MSG_DONTWAIT, NULL);
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      if (errno != EAGAIN && got == 0) return num(env, -errno);
+      break;
+    }
+    for (int j = 0; j < r; j++) {
+      struct msghdr *h = &t_msgs[j].msg_hdr;
+      int64_t k = got + j;
+      lens[k] = (h->msg_flags & MSG_TRUNC) ? -1 : (int32_t)t_msgs[j].msg_len;
+      if (h->msg_namelen >= sizeof(struct sockaddr_in6) && t_names6[j].sin6_family == AF_INET6) {
+        memcpy(addrs + 16 * k, &t_names6[j].sin6_addr, 16);
+        scopes[k] = t_names6[j].sin6_scope_id;
+        ports[k] = ntohs(t_names6[j].sin6_port);
+      } else {
+        memset(addrs + 16 * k, 0, 16);
+        scopes[k] = 0;
+        ports[k] = 0;
+      }
+    }
+    got += r;
+    if ((unsigned)r < n) break;
+  }
+  return num(env, (double)got);
+}
+
+/* SendBatch6(fd, buf, offsets, lengths, addrs, scopes, ports, count) -> sent: sendmmsg, with
+ * sendBatch's rules (stop at EAGAIN/ENOBUFS/EBADF/ENOTSOCK; skip a datagram whose destination
+ * fails: EMSGSIZE, ENETUNREACH, EADDRNOTAVAIL, EINVAL for port 0 or a scope that is no device...). */
+static napi_value SendBatch6(napi_env env, napi_callback_info info) {
+  napi_value argv[8];
+  int fd;
+  int64_t count;
+  uint8_t *buf = NULL, *addrs;
+  size_t buflen = 0, noffs = 0, nlens = 0;
+  int32_t *offs, *lens;
+  uint32_t *scopes;
+  uint16_t *ports;
+  if (!get_args(env, info, 8, argv, "sendBatch6") || !get_fd(env, argv[0], &fd, "sendBatch6") ||
+      !get_buf(env, argv[1], &buf, &buflen, "sendBatch6") ||
+      !get_typed(env, argv[2], napi_int32_array, (void **)&offs, &noffs, "sendBatch6",
+                 "offsets must be an Int32Array") ||
+      !get_typed(env, argv[3], napi_int32_array, (void **)&lens, &nlens, "sendBatch6",
+                 "lengths must be an Int32Array") ||
+      !get_int(env, argv[7], 0, INT32_MAX, &count, "sendBatch6", "count") ||
+      !get_addrs6(env, argv + 4, count, &addrs, &scopes, &ports, "sendBatch6"))
+    return NULL;
+  if ((uint64_t)count > noffs || (uint64_t)count > nlens)
+    return throw_type(env, "sendBatch6: count %lld exceeds offsets/lengths", (long long)count), NULL;
+  if (!check_spans(env, "sendBatch6", buflen, offs, lens, count)) return NULL;
+
+  int64_t sent = 0;
+  for (int64_t base = 0; base < count;) {
+    unsigned n = count - base < MMSG_CHUNK ? (unsigned)(count - base) : MMSG_CHUNK;
+    for (unsigned j = 0; j < n; j++) {
+      int64_t k = base + j;
+      memset(&t_names6[j], 0, sizeof t_names6[j]);
+      t_names6[j].sin6_family = AF_INET6;
+      t_names6[j].sin6_port = htons(ports[k]);
+      memcpy(&t_names6[j].sin6_addr, addrs + 16 * k, 16);
+      t_names6[j].sin6_scope_id = scopes[k];
+      t_iovs[j].iov_base = buf + offs[k];
+      t_iovs[j].iov_len = (size_t)lens[k];
+      struct msghdr *h = &t_msgs[j].msg_hdr;
+      h->msg_name = &t_names6[j];
+      h->msg_namelen = sizeof t_names6[j];
+      h->msg_iov = &t_iovs[j];
+      h->msg_iovlen = 1;
+      h->msg_control = NULL;
+      h->msg_controllen = 0;
+      h->msg_flags = 0;
+    }
+    /* As in SendBatch: sendmmsg stops at the first failing datagram and reports its error on
+     * the next call, which then starts with it. */
+    for (unsigned i = 0; i < n;) {
+      int r = sendmmsg(fd, t_msgs + i, n - i, MSG_DONTWAIT);
+      if (r > 0) {
+        sent += r;
+        i += (unsigned)r;
+      } else if (r < 0 && errno == EINTR) {
+        continue;
+      } else if (r == 0 || errno == EAGAIN || errno == ENOBUFS || errno == EBADF ||
+                 errno == ENOTSOCK) {
+        return num(env, (double)sent);
+      } else {
+        i++; /* this destination failed: skip the datagram */
+      }
+    }
+    base += n;
+  }
+  return num(env, (double)sent);
+}
+
 /* ---- readiness ---- */
 
 enum { W_ACTIVE, W_CLOSING, W_CLOSED };
@@ -1406,6 +1627,8 @@ NAPI_MODULE_INIT() {
       {"activeWatchers", ActiveWatchers},
       {"readBatch", ReadBatch},   {"writeBatch", WriteBatch},
       {"recvBatch", RecvBatch},   {"sendBatch", SendBatch},
+      {"udp6Open", Udp6Open},
+      {"recvBatch6", RecvBatch6}, {"sendBatch6", SendBatch6},
       {"close", Close},
       {"nlOpen", NlOpen},         {"nlSend", NlSend},         {"nlRecv", NlRecv},
       {"copyBytes", CopyBytes},
