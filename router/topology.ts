@@ -141,7 +141,8 @@ export class Topology {
   private readonly peers = new Map<PeerName, Stored>();
   /** forgottenStore holds entries forgotten as unreachable, oldest first (see the module comment). */
   private readonly forgottenStore = new Map<PeerName, Forgotten>();
-  private readonly localName: PeerName;
+  /** localName is our own name (the `name` of {@link local}, without a lookup). */
+  readonly localName: PeerName;
   /** sorted holds every stored entry in name order, kept up to date by each change (no re-sorting). */
   private sorted: PeerEntry[] = [];
   /**
@@ -634,7 +635,7 @@ export class TopologyAnnouncing implements Announcing {
   /** holds: we hold this version or a newer one (of ourselves: always — nobody has a newer us to give). */
   holds(ids: Uint8Array, off: number): boolean {
     const { name, incarnation, version } = readTopologyId(ids, off);
-    if (name === this.topology.local.name) return true;
+    if (name === this.topology.localName) return true;
     const e = this.topology.held(name);
     if (e === undefined) return false;
     return e.incarnation !== incarnation ? e.incarnation > incarnation : e.version >= version;
