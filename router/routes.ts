@@ -79,8 +79,9 @@ function adjacency(sorted: readonly PeerEntry[], index: ReadonlyMap<PeerName, nu
   const row: number[] = [];
   // An owner lists its connections sorted by peer, so the row usually comes out in index order.
   let ascending = true;
-  for (const peer of establishedOf(e)) {
-    const j = index.get(peer);
+  for (const c of e.connections) {
+    if (!c.established) continue;
+    const j = index.get(c.peer);
     if (j === undefined || j === i || !establishedOf(sorted[j]!).has(e.name)) continue;
     if (row.length > 0 && j < row[row.length - 1]!) ascending = false;
     row.push(j);
