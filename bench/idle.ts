@@ -9,8 +9,11 @@
  *
  * ```
  * node dist/bench/idle.js [--hosts 5,10,20] [--seconds 60] [--settle 10] [--flags="--encap vxlan"]
- *     [--node-options="--max-semi-space-size=1"]
+ *     [--node-options="--max-semi-space-size=1"] [--smaps]
  * ```
+ *
+ * `--smaps` also prints (stderr) where the first router's resident memory is, per mapping of
+ * /proc/PID/smaps after the window: the largest mappings by RSS, file pages by file, anonymous by kind.
  *
  * `--node-options` is handed to every router as NODE_OPTIONS (flags Node allows there, e.g.
  * `--require HOOK.cjs` for a profiling hook; `--cpu-prof` is not allowed there); routers are
@@ -46,6 +49,8 @@ export interface IdleOptions {
   flags?: readonly string[];
   /** nodeOptions is given to every router as NODE_OPTIONS (e.g. `--cpu-prof --cpu-prof-dir=DIR`). */
   nodeOptions?: string;
+  /** smaps: log the first router's per-mapping breakdown (/proc/PID/smaps) after the window. */
+  smaps?: boolean;
   /** log receives progress lines. */
   log?: (line: string) => void;
 }
@@ -65,6 +70,13 @@ export interface IdleResult {
   rssMaxMb: number;
   /** privateMeanMb is the anonymous (private) part of RSS (RssAnon): RSS less the file pages it shares. */
   privateMeanMb: number;
+  /**
+   * pssMeanMb is the proportional set size (smaps_rollup Pss): private pages plus each shared page
+   * divided by the processes sharing it; ussMeanMb is the unique set (Private_Clean + Private_Dirty),
+   * what stopping the router would give back.
+   */
+  pssMeanMb: number;
+  ussMeanMb: number;
   /** heapUsedMeanMb, heapTotalMeanMb, externalMeanMb: V8 heap and external (Buffers) memory, from /metrics. */
   heapUsedMeanMb: number;
   heapTotalMeanMb: number;
@@ -76,8 +88,8 @@ export interface IdleResult {
 
 /** IDLE_TABLE_HEADER is the markdown table head of {@link renderIdleTable}. */
 const IDLE_TABLE_HEADER = [
-  '| routers | peers each | CPU % of a core, mean | max | RSS MB, mean | max | private MB | heap used / total MB | external MB | underlay tx pkt/s | tx B/s |',
-  '|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
+  '| routers | peers each | CPU % of a core, mean | max | RSS MB, mean | max | private MB | PSS MB | USS MB | heap used / total MB | external MB | underlay tx pkt/s | tx B/s |',
+  '|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
 ];
 
 /** renderIdleTable renders {@link runIdle}'s rows as a markdown table (figures per router). */
@@ -85,7 +97,7 @@ export function renderIdleTable(rows: readonly IdleResult[]): string {
   const lines = [...IDLE_TABLE_HEADER];
   for (const r of rows) {
     lines.push(
-      `| ${r.hosts} | ${r.peers} | ${r.cpuMeanPercent.toFixed(3)} | ${r.cpuMaxPercent.toFixed(3)} | ${r.rssMeanMb.toFixed(1)} | ${r.rssMaxMb.toFixed(1)} | ${r.privateMeanMb.toFixed(1)} | ${r.heapUsedMeanMb.toFixed(1)} / ${r.heapTotalMeanMb.toFixed(1)} | ${r.externalMeanMb.toFixed(1)} | ${r.txPacketsPerSecond.toFixed(1)} | ${r.txBytesPerSecond.toFixed(0)} |`,
+      `| ${r.hosts} | ${r.peers} | ${r.cpuMeanPercent.toFixed(3)} | ${r.cpuMaxPercent.toFixed(3)} | ${r.rssMeanMb.toFixed(1)} | ${r.rssMaxMb.toFixed(1)} | ${r.privateMeanMb.toFixed(1)} | ${r.pssMeanMb.toFixed(1)} | ${r.ussMeanMb.toFixed(1)} | ${r.heapUsedMeanMb.toFixed(1)} / ${r.heapTotalMeanMb.toFixed(1)} | ${r.externalMeanMb.toFixed(1)} | ${r.txPacketsPerSecond.toFixed(1)} | ${r.txBytesPerSecond.toFixed(0)} |`,
     );
   }
   return lines.join('\n');
@@ -137,6 +149,7 @@ async function runOne(n: number, opts: IdleOptions): Promise<IdleResult> {
     const link1 = await Promise.all(hosts.map((h) => linkCounters(h)));
     const memory = await Promise.all(pids.map((p) => readRss(p)));
     const rss = memory.map((m) => m.rss);
+    if (opts.smaps === true) for (const line of await smapsBreakdown(pids[0]?.[0] ?? 0)) log(line);
     // After the window: scraping costs the router CPU, so it is not done inside it.
     const mem = await Promise.all(hosts.map((h) => heapOf(h)));
     let peers = Number.POSITIVE_INFINITY;
@@ -157,6 +170,8 @@ async function runOne(n: number, opts: IdleOptions): Promise<IdleResult> {
       rssMeanMb: mean(rss) / MB,
       rssMaxMb: Math.max(...rss) / MB,
       privateMeanMb: mean(memory.map((m) => m.anon)) / MB,
+      pssMeanMb: mean(memory.map((m) => m.pss)) / MB,
+      ussMeanMb: mean(memory.map((m) => m.uss)) / MB,
       heapUsedMeanMb: mean(mem.map((m) => m.heapUsed)) / MB,
       heapTotalMeanMb: mean(mem.map((m) => m.heapTotal)) / MB,
       externalMeanMb: mean(mem.map((m) => m.external)) / MB,
@@ -188,15 +203,68 @@ async function linkCounters(h: Host): Promise<LinkCounters> {
   return { txPackets: link?.stats64?.tx?.packets ?? 0, txBytes: link?.stats64?.tx?.bytes ?? 0 };
 }
 
-/** readRss sums VmRSS and RssAnon of `pids` in bytes (/proc/PID/status); a pid that has exited counts 0. */
-async function readRss(pids: readonly number[]): Promise<{ rss: number; anon: number }> {
-  const sum = { rss: 0, anon: 0 };
+/** MemoryFigures are a router's resident figures in bytes (see {@link IdleResult}). */
+interface MemoryFigures {
+  rss: number;
+  anon: number;
+  pss: number;
+  uss: number;
+}
+
+/**
+ * readRss sums VmRSS and RssAnon (/proc/PID/status) and Pss and Private_* (/proc/PID/smaps_rollup)
+ * of `pids` in bytes; a pid that has exited counts 0.
+ */
+async function readRss(pids: readonly number[]): Promise<MemoryFigures> {
+  const sum = { rss: 0, anon: 0, pss: 0, uss: 0 };
+  const kb = (text: string, field: string) =>
+    Number(new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(text)?.[1] ?? 0) * 1024;
   for (const pid of pids) {
-    const text = await readFile(`/proc/${pid}/status`, 'utf8').catch(() => '');
-    sum.rss += Number(/^VmRSS:\s+(\d+) kB/m.exec(text)?.[1] ?? 0) * 1024;
-    sum.anon += Number(/^RssAnon:\s+(\d+) kB/m.exec(text)?.[1] ?? 0) * 1024;
+    const status = await readFile(`/proc/${pid}/status`, 'utf8').catch(() => '');
+    const rollup = await readFile(`/proc/${pid}/smaps_rollup`, 'utf8').catch(() => '');
+    sum.rss += kb(status, 'VmRSS');
+    sum.anon += kb(status, 'RssAnon');
+    sum.pss += kb(rollup, 'Pss');
+    sum.uss += kb(rollup, 'Private_Clean') + kb(rollup, 'Private_Dirty');
   }
   return sum;
+}
+
+/**
+ * smapsBreakdown summarises /proc/PID/smaps as lines: resident kB per file (all its mappings) and
+ * per kind of anonymous mapping ([heap], [stack], and unnamed ones by size class, which is how V8's
+ * spaces, thread stacks and malloc's mmapped blocks tell apart), largest first.
+ */
+async function smapsBreakdown(pid: number): Promise<string[]> {
+  const text = await readFile(`/proc/${pid}/smaps`, 'utf8').catch(() => '');
+  const byName = new Map<string, { rss: number; priv: number; n: number }>();
+  let name = '';
+  for (const line of text.split('\n')) {
+    const head = /^[0-9a-f]+-[0-9a-f]+ \S+ \S+ \S+ \S+\s*(.*)$/.exec(line);
+    if (head) {
+      const [lo, hi] = (line.split(' ')[0] as string).split('-').map((x) => Number.parseInt(x, 16)) as [number, number];
+      const size = (hi - lo) / 1024;
+      name =
+        head[1] !== ''
+          ? (head[1] as string)
+          : `[anon ${size >= 1024 ? `${Math.round(size / 1024)} MB` : `${size} kB`}]`;
+      const e = byName.get(name) ?? { rss: 0, priv: 0, n: 0 };
+      e.n++;
+      byName.set(name, e);
+      continue;
+    }
+    const field = /^(Rss|Private_Clean|Private_Dirty):\s+(\d+) kB/.exec(line);
+    const e = byName.get(name);
+    if (field && e) {
+      if (field[1] === 'Rss') e.rss += Number(field[2]);
+      else e.priv += Number(field[2]);
+    }
+  }
+  const rows = [...byName].filter(([, e]) => e.rss > 0).sort((a, b) => b[1].rss - a[1].rss);
+  return [
+    `smaps of router ${pid}: resident kB (private kB) × mappings`,
+    ...rows.slice(0, 30).map(([n, e]) => `  ${String(e.rss).padStart(7)} (${String(e.priv).padStart(7)}) ×${e.n} ${n}`),
+  ];
 }
 
 /** HeapFigures are a router's V8 heap and external memory in bytes (0 when /metrics did not answer). */
@@ -235,6 +303,7 @@ async function main(): Promise<number> {
       settle: { type: 'string', default: '10' },
       flags: { type: 'string', default: '' },
       'node-options': { type: 'string' },
+      smaps: { type: 'boolean', default: false },
     },
   });
   const hosts = values.hosts.split(',').map(Number);
@@ -256,6 +325,7 @@ async function main(): Promise<number> {
     settleSeconds,
     flags: values.flags.trim() === '' ? [] : values.flags.trim().split(/\s+/),
     nodeOptions: values['node-options'],
+    smaps: values.smaps,
     log: (line) => console.error(`[${((Date.now() - started) / 1000).toFixed(0)} s] ${line}`),
   });
   console.log(renderIdleTable(rows));
