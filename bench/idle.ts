@@ -12,8 +12,8 @@
  *     [--node-options="--max-semi-space-size=1"] [--smaps]
  * ```
  *
- * `--smaps` also prints (stderr) where the first router's resident memory is, per mapping of
- * /proc/PID/smaps after the window: the largest mappings by RSS, file pages by file, anonymous by kind.
+ * `--smaps` also prints (stderr) where the routers' resident memory is after the window, from
+ * /proc/PID/smaps: mean kB per router by file and by kind of anonymous mapping.
  *
  * `--node-options` is handed to every router as NODE_OPTIONS (flags Node allows there, e.g.
  * `--require HOOK.cjs` for a profiling hook; `--cpu-prof` is not allowed there); routers are
@@ -49,7 +49,7 @@ export interface IdleOptions {
   flags?: readonly string[];
   /** nodeOptions is given to every router as NODE_OPTIONS (e.g. `--cpu-prof --cpu-prof-dir=DIR`). */
   nodeOptions?: string;
-  /** smaps: log the first router's per-mapping breakdown (/proc/PID/smaps) after the window. */
+  /** smaps: log the routers' mean per-mapping breakdown (/proc/PID/smaps) after the window. */
   smaps?: boolean;
   /** log receives progress lines. */
   log?: (line: string) => void;
@@ -149,7 +149,7 @@ async function runOne(n: number, opts: IdleOptions): Promise<IdleResult> {
     const link1 = await Promise.all(hosts.map((h) => linkCounters(h)));
     const memory = await Promise.all(pids.map((p) => readRss(p)));
     const rss = memory.map((m) => m.rss);
-    if (opts.smaps === true) for (const line of await smapsBreakdown(pids[0]?.[0] ?? 0)) log(line);
+    if (opts.smaps === true) for (const line of await smapsBreakdown(pids.flat())) log(line);
     // After the window: scraping costs the router CPU, so it is not done inside it.
     const mem = await Promise.all(hosts.map((h) => heapOf(h)));
     let peers = Number.POSITIVE_INFINITY;
@@ -231,39 +231,40 @@ async function readRss(pids: readonly number[]): Promise<MemoryFigures> {
 }
 
 /**
- * smapsBreakdown summarises /proc/PID/smaps as lines: resident kB per file (all its mappings) and
- * per kind of anonymous mapping ([heap], [stack], and unnamed ones by size class, which is how V8's
- * spaces, thread stacks and malloc's mmapped blocks tell apart), largest first.
+ * smapsBreakdown summarises /proc/PID/smaps of `pids` as lines, mean resident kB per router: per
+ * file (all its mappings), [heap] (glibc's brk heap), [stack], V8's heap pages (anonymous 256 kB
+ * mappings), V8's code pages (anonymous 240 kB, between guard pages) and all other anonymous
+ * memory (thread stacks, mmapped malloc blocks, buffers); largest first.
  */
-async function smapsBreakdown(pid: number): Promise<string[]> {
-  const text = await readFile(`/proc/${pid}/smaps`, 'utf8').catch(() => '');
-  const byName = new Map<string, { rss: number; priv: number; n: number }>();
-  let name = '';
-  for (const line of text.split('\n')) {
-    const head = /^[0-9a-f]+-[0-9a-f]+ \S+ \S+ \S+ \S+\s*(.*)$/.exec(line);
-    if (head) {
-      const [lo, hi] = (line.split(' ')[0] as string).split('-').map((x) => Number.parseInt(x, 16)) as [number, number];
-      const size = (hi - lo) / 1024;
-      name =
-        head[1] !== ''
-          ? (head[1] as string)
-          : `[anon ${size >= 1024 ? `${Math.round(size / 1024)} MB` : `${size} kB`}]`;
-      const e = byName.get(name) ?? { rss: 0, priv: 0, n: 0 };
-      e.n++;
-      byName.set(name, e);
-      continue;
-    }
-    const field = /^(Rss|Private_Clean|Private_Dirty):\s+(\d+) kB/.exec(line);
-    const e = byName.get(name);
-    if (field && e) {
-      if (field[1] === 'Rss') e.rss += Number(field[2]);
-      else e.priv += Number(field[2]);
+async function smapsBreakdown(pids: readonly number[]): Promise<string[]> {
+  const sum = new Map<string, { rss: number; priv: number }>();
+  for (const pid of pids) {
+    const text = await readFile(`/proc/${pid}/smaps`, 'utf8').catch(() => '');
+    let entry: { rss: number; priv: number } | undefined;
+    for (const line of text.split('\n')) {
+      const head = /^([0-9a-f]+)-([0-9a-f]+) \S+ \S+ \S+ \S+\s*(.*)$/.exec(line);
+      if (head) {
+        const kb = (Number.parseInt(head[2] as string, 16) - Number.parseInt(head[1] as string, 16)) / 1024;
+        const anon = kb === 256 ? 'V8 heap pages' : kb === 240 ? 'V8 code pages' : 'other anonymous';
+        const name = head[3] !== '' ? (head[3] as string) : anon;
+        entry = sum.get(name) ?? { rss: 0, priv: 0 };
+        sum.set(name, entry);
+        continue;
+      }
+      const field = /^(Rss|Private_Clean|Private_Dirty):\s+(\d+) kB/.exec(line);
+      if (field && entry) {
+        if (field[1] === 'Rss') entry.rss += Number(field[2]);
+        else entry.priv += Number(field[2]);
+      }
     }
   }
-  const rows = [...byName].filter(([, e]) => e.rss > 0).sort((a, b) => b[1].rss - a[1].rss);
+  const n = Math.max(1, pids.length);
+  const rows = [...sum].filter(([, e]) => e.rss > 0).sort((a, b) => b[1].rss - a[1].rss);
   return [
-    `smaps of router ${pid}: resident kB (private kB) × mappings`,
-    ...rows.slice(0, 30).map(([n, e]) => `  ${String(e.rss).padStart(7)} (${String(e.priv).padStart(7)}) ×${e.n} ${n}`),
+    `resident memory per mapping, mean of ${pids.length} routers: kB (private kB)`,
+    ...rows
+      .slice(0, 16)
+      .map(([name, e]) => `  ${(e.rss / n).toFixed(0).padStart(7)} (${(e.priv / n).toFixed(0).padStart(7)}) ${name}`),
   ];
 }
 
