@@ -9,8 +9,11 @@
  *
  * ```
  * node dist/bench/idle.js [--hosts 5,10,20] [--seconds 60] [--settle 10] [--flags="--encap vxlan"]
- *     [--node-options="--max-semi-space-size=1"]
+ *     [--node-options="--max-semi-space-size=1"] [--smaps]
  * ```
+ *
+ * `--smaps` also prints (stderr) where the routers' resident memory is after the window, from
+ * /proc/PID/smaps: mean kB per router by file and by kind of anonymous mapping.
  *
  * `--node-options` is handed to every router as NODE_OPTIONS (flags Node allows there, e.g.
  * `--require HOOK.cjs` for a profiling hook; `--cpu-prof` is not allowed there); routers are
@@ -46,6 +49,8 @@ export interface IdleOptions {
   flags?: readonly string[];
   /** nodeOptions is given to every router as NODE_OPTIONS (e.g. `--cpu-prof --cpu-prof-dir=DIR`). */
   nodeOptions?: string;
+  /** smaps: log the routers' mean per-mapping breakdown (/proc/PID/smaps) after the window. */
+  smaps?: boolean;
   /** log receives progress lines. */
   log?: (line: string) => void;
 }
@@ -65,6 +70,13 @@ export interface IdleResult {
   rssMaxMb: number;
   /** privateMeanMb is the anonymous (private) part of RSS (RssAnon): RSS less the file pages it shares. */
   privateMeanMb: number;
+  /**
+   * pssMeanMb is the proportional set size (smaps_rollup Pss): private pages plus each shared page
+   * divided by the processes sharing it; ussMeanMb is the unique set (Private_Clean + Private_Dirty),
+   * what stopping the router would give back.
+   */
+  pssMeanMb: number;
+  ussMeanMb: number;
   /** heapUsedMeanMb, heapTotalMeanMb, externalMeanMb: V8 heap and external (Buffers) memory, from /metrics. */
   heapUsedMeanMb: number;
   heapTotalMeanMb: number;
@@ -76,8 +88,8 @@ export interface IdleResult {
 
 /** IDLE_TABLE_HEADER is the markdown table head of {@link renderIdleTable}. */
 const IDLE_TABLE_HEADER = [
-  '| routers | peers each | CPU % of a core, mean | max | RSS MB, mean | max | private MB | heap used / total MB | external MB | underlay tx pkt/s | tx B/s |',
-  '|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
+  '| routers | peers each | CPU % of a core, mean | max | RSS MB, mean | max | private MB | PSS MB | USS MB | heap used / total MB | external MB | underlay tx pkt/s | tx B/s |',
+  '|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
 ];
 
 /** renderIdleTable renders {@link runIdle}'s rows as a markdown table (figures per router). */
@@ -85,7 +97,7 @@ export function renderIdleTable(rows: readonly IdleResult[]): string {
   const lines = [...IDLE_TABLE_HEADER];
   for (const r of rows) {
     lines.push(
-      `| ${r.hosts} | ${r.peers} | ${r.cpuMeanPercent.toFixed(3)} | ${r.cpuMaxPercent.toFixed(3)} | ${r.rssMeanMb.toFixed(1)} | ${r.rssMaxMb.toFixed(1)} | ${r.privateMeanMb.toFixed(1)} | ${r.heapUsedMeanMb.toFixed(1)} / ${r.heapTotalMeanMb.toFixed(1)} | ${r.externalMeanMb.toFixed(1)} | ${r.txPacketsPerSecond.toFixed(1)} | ${r.txBytesPerSecond.toFixed(0)} |`,
+      `| ${r.hosts} | ${r.peers} | ${r.cpuMeanPercent.toFixed(3)} | ${r.cpuMaxPercent.toFixed(3)} | ${r.rssMeanMb.toFixed(1)} | ${r.rssMaxMb.toFixed(1)} | ${r.privateMeanMb.toFixed(1)} | ${r.pssMeanMb.toFixed(1)} | ${r.ussMeanMb.toFixed(1)} | ${r.heapUsedMeanMb.toFixed(1)} / ${r.heapTotalMeanMb.toFixed(1)} | ${r.externalMeanMb.toFixed(1)} | ${r.txPacketsPerSecond.toFixed(1)} | ${r.txBytesPerSecond.toFixed(0)} |`,
     );
   }
   return lines.join('\n');
@@ -137,6 +149,7 @@ async function runOne(n: number, opts: IdleOptions): Promise<IdleResult> {
     const link1 = await Promise.all(hosts.map((h) => linkCounters(h)));
     const memory = await Promise.all(pids.map((p) => readRss(p)));
     const rss = memory.map((m) => m.rss);
+    if (opts.smaps === true) for (const line of await smapsBreakdown(pids.flat())) log(line);
     // After the window: scraping costs the router CPU, so it is not done inside it.
     const mem = await Promise.all(hosts.map((h) => heapOf(h)));
     let peers = Number.POSITIVE_INFINITY;
@@ -157,6 +170,8 @@ async function runOne(n: number, opts: IdleOptions): Promise<IdleResult> {
       rssMeanMb: mean(rss) / MB,
       rssMaxMb: Math.max(...rss) / MB,
       privateMeanMb: mean(memory.map((m) => m.anon)) / MB,
+      pssMeanMb: mean(memory.map((m) => m.pss)) / MB,
+      ussMeanMb: mean(memory.map((m) => m.uss)) / MB,
       heapUsedMeanMb: mean(mem.map((m) => m.heapUsed)) / MB,
       heapTotalMeanMb: mean(mem.map((m) => m.heapTotal)) / MB,
       externalMeanMb: mean(mem.map((m) => m.external)) / MB,
@@ -188,15 +203,69 @@ async function linkCounters(h: Host): Promise<LinkCounters> {
   return { txPackets: link?.stats64?.tx?.packets ?? 0, txBytes: link?.stats64?.tx?.bytes ?? 0 };
 }
 
-/** readRss sums VmRSS and RssAnon of `pids` in bytes (/proc/PID/status); a pid that has exited counts 0. */
-async function readRss(pids: readonly number[]): Promise<{ rss: number; anon: number }> {
-  const sum = { rss: 0, anon: 0 };
+/** MemoryFigures are a router's resident figures in bytes (see {@link IdleResult}). */
+interface MemoryFigures {
+  rss: number;
+  anon: number;
+  pss: number;
+  uss: number;
+}
+
+/**
+ * readRss sums VmRSS and RssAnon (/proc/PID/status) and Pss and Private_* (/proc/PID/smaps_rollup)
+ * of `pids` in bytes; a pid that has exited counts 0.
+ */
+async function readRss(pids: readonly number[]): Promise<MemoryFigures> {
+  const sum = { rss: 0, anon: 0, pss: 0, uss: 0 };
+  const kb = (text: string, field: string) =>
+    Number(new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(text)?.[1] ?? 0) * 1024;
   for (const pid of pids) {
-    const text = await readFile(`/proc/${pid}/status`, 'utf8').catch(() => '');
-    sum.rss += Number(/^VmRSS:\s+(\d+) kB/m.exec(text)?.[1] ?? 0) * 1024;
-    sum.anon += Number(/^RssAnon:\s+(\d+) kB/m.exec(text)?.[1] ?? 0) * 1024;
+    const status = await readFile(`/proc/${pid}/status`, 'utf8').catch(() => '');
+    const rollup = await readFile(`/proc/${pid}/smaps_rollup`, 'utf8').catch(() => '');
+    sum.rss += kb(status, 'VmRSS');
+    sum.anon += kb(status, 'RssAnon');
+    sum.pss += kb(rollup, 'Pss');
+    sum.uss += kb(rollup, 'Private_Clean') + kb(rollup, 'Private_Dirty');
   }
   return sum;
+}
+
+/**
+ * smapsBreakdown summarises /proc/PID/smaps of `pids` as lines, mean resident kB per router: per
+ * file (all its mappings), [heap] (glibc's brk heap), [stack], V8's heap pages (anonymous 256 kB
+ * mappings), V8's code pages (anonymous 240 kB, between guard pages) and all other anonymous
+ * memory (thread stacks, mmapped malloc blocks, buffers); largest first.
+ */
+async function smapsBreakdown(pids: readonly number[]): Promise<string[]> {
+  const sum = new Map<string, { rss: number; priv: number }>();
+  for (const pid of pids) {
+    const text = await readFile(`/proc/${pid}/smaps`, 'utf8').catch(() => '');
+    let entry: { rss: number; priv: number } | undefined;
+    for (const line of text.split('\n')) {
+      const head = /^([0-9a-f]+)-([0-9a-f]+) \S+ \S+ \S+ \S+\s*(.*)$/.exec(line);
+      if (head) {
+        const kb = (Number.parseInt(head[2] as string, 16) - Number.parseInt(head[1] as string, 16)) / 1024;
+        const anon = kb === 256 ? 'V8 heap pages' : kb === 240 ? 'V8 code pages' : 'other anonymous';
+        const name = head[3] !== '' ? (head[3] as string) : anon;
+        entry = sum.get(name) ?? { rss: 0, priv: 0 };
+        sum.set(name, entry);
+        continue;
+      }
+      const field = /^(Rss|Private_Clean|Private_Dirty):\s+(\d+) kB/.exec(line);
+      if (field && entry) {
+        if (field[1] === 'Rss') entry.rss += Number(field[2]);
+        else entry.priv += Number(field[2]);
+      }
+    }
+  }
+  const n = Math.max(1, pids.length);
+  const rows = [...sum].filter(([, e]) => e.rss > 0).sort((a, b) => b[1].rss - a[1].rss);
+  return [
+    `resident memory per mapping, mean of ${pids.length} routers: kB (private kB)`,
+    ...rows
+      .slice(0, 16)
+      .map(([name, e]) => `  ${(e.rss / n).toFixed(0).padStart(7)} (${(e.priv / n).toFixed(0).padStart(7)}) ${name}`),
+  ];
 }
 
 /** HeapFigures are a router's V8 heap and external memory in bytes (0 when /metrics did not answer). */
@@ -235,6 +304,7 @@ async function main(): Promise<number> {
       settle: { type: 'string', default: '10' },
       flags: { type: 'string', default: '' },
       'node-options': { type: 'string' },
+      smaps: { type: 'boolean', default: false },
     },
   });
   const hosts = values.hosts.split(',').map(Number);
@@ -256,6 +326,7 @@ async function main(): Promise<number> {
     settleSeconds,
     flags: values.flags.trim() === '' ? [] : values.flags.trim().split(/\s+/),
     nodeOptions: values['node-options'],
+    smaps: values.smaps,
     log: (line) => console.error(`[${((Date.now() - started) / 1000).toFixed(0)} s] ${line}`),
   });
   console.log(renderIdleTable(rows));

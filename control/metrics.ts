@@ -1,10 +1,10 @@
-import { monitorEventLoopDelay } from 'node:perf_hooks';
 import type { Registry } from 'prom-client';
 import type { Router } from '../router/index.js';
 import { DROP_NAMES } from '../router/index.js';
 import type { DnsService } from './dns.js';
 
 type PromClient = typeof import('prom-client');
+type PerfHooks = typeof import('node:perf_hooks');
 
 /**
  * EVENT_LOOP_RESOLUTION_MS is how often the event-loop delay monitor samples: once a second, so an
@@ -21,7 +21,7 @@ const LAG_STATS = ['min', 'max', 'mean', 'stddev', 'p50', 'p90', 'p99'] as const
  * sampling interval itself (~1.0 s at a 1 s resolution on an idle router), with gauges of how
  * late the loop actually was: each sample minus the resolution, never below 0. Same names.
  */
-function replaceEventLoopLag(register: Registry, { Gauge }: PromClient): void {
+function replaceEventLoopLag(register: Registry, { Gauge }: PromClient, { monitorEventLoopDelay }: PerfHooks): void {
   const prefix = 'weft_process_nodejs_eventloop_lag';
   for (const stat of LAG_STATS) register.removeSingleMetric(`${prefix}_${stat}_seconds`);
   register.removeSingleMetric(`${prefix}_seconds`);
@@ -101,14 +101,17 @@ export function createMetrics(router: Router, dns?: DnsService): Metrics {
   return {
     contentType: PROMETHEUS_CONTENT_TYPE,
     async metrics() {
-      registry ??= import('prom-client').then((prom) => createRegistry(prom, router, dns));
+      // node:perf_hooks is loaded with prom-client (which needs it too), not by every router at start.
+      registry ??= Promise.all([import('prom-client'), import('node:perf_hooks')]).then(([prom, perf]) =>
+        createRegistry(prom, perf, router, dns),
+      );
       return (await registry).metrics();
     },
   };
 }
 
 /** createRegistry builds the Prometheus registry behind {@link createMetrics}. */
-function createRegistry(prom: PromClient, router: Router, dns: DnsService | undefined): Registry {
+function createRegistry(prom: PromClient, perf: PerfHooks, router: Router, dns: DnsService | undefined): Registry {
   const { Counter, Gauge, Registry } = prom;
   const register = new Registry();
   // prom-client's event-loop delay monitor is replaced below; given the largest resolution it never samples.
@@ -117,7 +120,7 @@ function createRegistry(prom: PromClient, router: Router, dns: DnsService | unde
     prefix: 'weft_process_',
     eventLoopMonitoringPrecision: UNUSED_MONITOR_RESOLUTION_MS,
   });
-  replaceEventLoopLag(register, prom);
+  replaceEventLoopLag(register, prom, perf);
   // One status snapshot serves every metric of a scrape (building it is the costly part).
   let cached: ReturnType<Router['status']> | undefined;
   let cachedAt = 0;
