@@ -72,8 +72,10 @@ COPY --from=build /src/router/tun/native/build/Release/weft_native.node router/t
 # dist/weft.mjs is the one-file build (one module to load: less memory than dist/control/cli.js).
 RUN ln -s /opt/weft/dist/weft.mjs /usr/local/bin/weft
 VOLUME /var/lib/weft
-# Two malloc arenas, as `weft launch` gives a background router (DAEMON_MALLOC_ARENA_MAX).
-ENV WEFT_STATE_DIR=/var/lib/weft WEFT_API_SOCKET=/run/weft/weft.sock MALLOC_ARENA_MAX=2
+# Two malloc arenas and large blocks mapped apart, as `weft launch` gives a background router
+# (DAEMON_MALLOC_ARENA_MAX, DAEMON_MALLOC_MMAP_THRESHOLD in control/cli.ts).
+ENV WEFT_STATE_DIR=/var/lib/weft WEFT_API_SOCKET=/run/weft/weft.sock MALLOC_ARENA_MAX=2 MALLOC_MMAP_THRESHOLD_=65536
 STOPSIGNAL SIGTERM
-# The young generation capped from the start, as `weft launch` does for a background router.
-ENTRYPOINT ["node", "--max-semi-space-size=1", "/opt/weft/dist/weft.mjs", "launch", "--foreground"]
+# The young generation capped from the start and one V8 worker thread, as `weft launch` does for a
+# background router (DAEMON_NODE_ARGS).
+ENTRYPOINT ["node", "--max-semi-space-size=1", "--v8-pool-size=1", "/opt/weft/dist/weft.mjs", "launch", "--foreground"]

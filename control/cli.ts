@@ -706,17 +706,13 @@ function processAlive(pid: number): boolean {
  * growth but cannot shrink what loading grew). The datapath allocates nothing per packet; the
  * control plane's garbage is small and short-lived. A 20-peer idle router: 88 → 77 MB RSS (bench/idle.ts).
  */
-export const DAEMON_NODE_ARGS = ['--max-semi-space-size=1'] as const;
-
-/**
- * DAEMON_V8_POOL_ARGS give a background router one V8 platform worker thread instead of one per
- * core (4 here): fewer thread stacks, thread-local allocation buffers and malloc arenas. GC and
- * optimising compilation still run off the main thread, on that one. A 20-peer idle router: 78.0 →
- * 73.3 MB RSS, private 32.1 → 27.4 MB (bench/idle.ts, #12); the hot path measured the same
- * (bench/hotpath.ts, sleeve 64 B: 1.22 / 1.31 Mpps without, 1.45 / 1.18 with, interleaved, load 4–6).
- * Kept apart from DAEMON_NODE_ARGS, which k8s/weft.yaml repeats and its test compares.
- */
-export const DAEMON_V8_POOL_ARGS = ['--v8-pool-size=1'] as const;
+export const DAEMON_NODE_ARGS = ['--max-semi-space-size=1', '--v8-pool-size=1'] as const;
+// `--v8-pool-size=1`: one V8 platform worker thread instead of one per core (4 here): fewer thread
+// stacks, thread-local allocation buffers and malloc arenas. GC and optimising compilation still run
+// off the main thread, on that one. A 20-peer idle router: 78.0 → 73.3 MB RSS, private 32.1 → 27.4 MB
+// (bench/idle.ts, #12); the hot path measured the same (bench/hotpath.ts, sleeve 64 B: 1.22 / 1.31
+// Mpps without, 1.45 / 1.18 with, interleaved, load 4–6). The container image (Dockerfile) and the
+// DaemonSet (k8s/weft.yaml) run their router with the same options and environment.
 
 /**
  * DAEMON_MALLOC_ARENA_MAX is glibc's MALLOC_ARENA_MAX for a background router unless the user set
@@ -747,7 +743,7 @@ async function launchBackground(stateDir: string, api: ApiClient): Promise<strin
   const argv = process.argv.slice(2);
   const child = spawn(
     process.execPath,
-    [...DAEMON_NODE_ARGS, ...DAEMON_V8_POOL_ARGS, daemonScript(), ...argv, '--foreground'],
+    [...DAEMON_NODE_ARGS, daemonScript(), ...argv, '--foreground'],
     {
       detached: true,
       stdio: ['ignore', fd, fd],

@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { DAEMON_MALLOC_ARENA_MAX, DAEMON_MALLOC_MMAP_THRESHOLD, DAEMON_V8_POOL_ARGS } from '../control/cli.js';
+import { DAEMON_MALLOC_ARENA_MAX, DAEMON_MALLOC_MMAP_THRESHOLD, DAEMON_NODE_ARGS } from '../control/cli.js';
 import { TARGETS_MAX } from '../control/config.js';
 import { type Host, Lab, type Netns, requireRoot, waitUntil } from '../lab/netns.js';
 import { CLI, DAEMON_SCRIPT, launch, removeStateDirs, routerPids, stateDir, weft } from './weft.js';
@@ -63,7 +63,7 @@ describe.skipIf(reason)('bad launches', () => {
     const cmdline = readFileSync(`/proc/${pids[0]}/cmdline`, 'utf8').split('\0');
     expect(cmdline).toContain(DAEMON_SCRIPT);
     // ... with one V8 worker thread (before the script: a Node option, not a router flag).
-    expect(cmdline.slice(0, cmdline.indexOf(DAEMON_SCRIPT))).toEqual(expect.arrayContaining([...DAEMON_V8_POOL_ARGS]));
+    expect(cmdline.slice(0, cmdline.indexOf(DAEMON_SCRIPT))).toEqual(expect.arrayContaining([...DAEMON_NODE_ARGS]));
     // ... with two malloc arenas unless the caller chose a number.
     const environ = readFileSync(`/proc/${pids[0]}/environ`, 'utf8').split('\0');
     expect(environ).toContain(`MALLOC_ARENA_MAX=${process.env.MALLOC_ARENA_MAX ?? DAEMON_MALLOC_ARENA_MAX}`);

@@ -5,7 +5,7 @@ import { fileURLToPath } from 'node:url';
 import { loadAllYaml } from '@kubernetes/client-node';
 import { describe, expect, it } from 'vitest';
 import { parseNetConf } from '../cni/netconf.js';
-import { BUNDLE_FILE, DAEMON_MALLOC_ARENA_MAX, DAEMON_NODE_ARGS } from '../control/cli.js';
+import { BUNDLE_FILE, DAEMON_MALLOC_ARENA_MAX, DAEMON_MALLOC_MMAP_THRESHOLD, DAEMON_NODE_ARGS } from '../control/cli.js';
 import { HTTP_ADDR } from '../router/constants.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -60,7 +60,7 @@ describe('k8s/weft.yaml', () => {
     expect(hostPathOf(router, '/dev/net/tun')).toBe('/dev/net/tun');
     expect(pod.volumes.find((v: Doc) => v.hostPath?.path === '/dev/net/tun').hostPath.type).toBe('CharDevice');
     // The one-file build, with the Node options `weft launch` gives a background router.
-    expect(launchArgs().slice(0, 6)).toEqual([
+    expect(launchArgs().slice(0, 5 + DAEMON_NODE_ARGS.length)).toEqual([
       'exec',
       'node',
       ...DAEMON_NODE_ARGS,
@@ -69,6 +69,7 @@ describe('k8s/weft.yaml', () => {
       '--foreground',
     ]);
     expect(router.env).toContainEqual({ name: 'MALLOC_ARENA_MAX', value: DAEMON_MALLOC_ARENA_MAX });
+    expect(router.env).toContainEqual({ name: 'MALLOC_MMAP_THRESHOLD_', value: DAEMON_MALLOC_MMAP_THRESHOLD });
     expect(hostPathOf(router, flagValue('--state-dir') as string)).toBe('/var/lib/weft');
     // Pod egress (issue 16 part 3): masqueraded beyond the overlay, with the router's own nftables table.
     expect(launchArgs()).toContain('--masquerade');
