@@ -494,6 +494,33 @@ static napi_value SocketBuffers(napi_env env, napi_callback_info info) {
   return out;
 }
 
+/* recv_chunk receives up to n datagrams into t_msgs (set up by set_msg), retrying on EINTR:
+ * the count, 0 when none is queued, or -errno. */
+static int recv_chunk(int fd, unsigned n) {
+  for (;;) {
+    int r = recvmmsg(fd, t_msgs, n, MSG_DONTWAIT, NULL);
+    if (r >= 0) return r;
+    if (errno != EINTR) return errno == EAGAIN ? 0 : -errno;
+  }
+}
+
+/* set_msg points t_msgs[j] at one datagram: its address buffer, its bytes and its control space
+ * (NULL/0: none), flags and length cleared. Shared by the batched receives and sends. */
+static void set_msg(unsigned j, void *name, socklen_t namelen, uint8_t *base, size_t len, void *ctrl,
+                    size_t ctrllen) {
+  t_iovs[j].iov_base = base;
+  t_iovs[j].iov_len = len;
+  struct msghdr *h = &t_msgs[j].msg_hdr;
+  h->msg_name = name;
+  h->msg_namelen = namelen;
+  h->msg_iov = &t_iovs[j];
+  h->msg_iovlen = 1;
+  h->msg_control = ctrl;
+  h->msg_controllen = ctrllen;
+  h->msg_flags = 0;
+  t_msgs[j].msg_len = 0;
+}
+
 /* RecvBatch(fd, buf, offset, stride, max, lengths, addrs: Uint32Array, ports: Uint16Array
  *           [, gsoSizes: Uint16Array]) -> count | -errno
  * With gsoSizes (a socket opened with offload and UDP GRO on), gsoSizes[i] is the segment size
@@ -537,22 +564,12 @@ static napi_value RecvBatch(napi_env env, napi_callback_info info) {
     unsigned n = max - got < MMSG_CHUNK ? (unsigned)(max - got) : MMSG_CHUNK;
     for (unsigned j = 0; j < n; j++) {
       size_t pos = (size_t)(off + (got + j) * stride);
-      t_iovs[j].iov_base = buf + pos;
-      t_iovs[j].iov_len = buflen - pos < room0 ? buflen - pos : room0;
-      struct msghdr *h = &t_msgs[j].msg_hdr;
-      h->msg_name = &t_names[j];
-      h->msg_namelen = sizeof t_names[j];
-      h->msg_iov = &t_iovs[j];
-      h->msg_iovlen = 1;
-      h->msg_control = gso != NULL ? t_ctrl[j].buf : NULL;
-      h->msg_controllen = gso != NULL ? CTRL_BYTES : 0;
-      h->msg_flags = 0;
-      t_msgs[j].msg_len = 0;
+      set_msg(j, &t_names[j], sizeof t_names[j], buf + pos, buflen - pos < room0 ? buflen - pos : room0,
+              gso != NULL ? t_ctrl[j].buf : NULL, gso != NULL ? CTRL_BYTES : 0);
     }
-    int r = recvmmsg(fd, t_msgs, n, MSG_DONTWAIT, NULL);
+    int r = recv_chunk(fd, n);
     if (r < 0) {
-      if (errno == EINTR) continue;
-      if (errno != EAGAIN && got == 0) return num(env, -errno);
+      if (got == 0) return num(env, r);
       break;
     }
     for (int j = 0; j < r; j++) {
@@ -597,6 +614,38 @@ static int send_split(int fd, const struct sockaddr_in *to, uint8_t *p, size_t l
     sent++;
   }
   return sent;
+}
+
+/* send_chunk sends the n datagrams set up in t_msgs (datagram i: offs[i]/lens[i] of buf, with
+ * gso[i] when gso is not NULL), adding to *sent those accepted. sendmmsg stops at the first
+ * failing datagram and, if some were sent, hides its error; the next call then starts with it and
+ * reports the error. A datagram whose destination fails is skipped; a train the kernel refuses
+ * (EIO/EINVAL/EOPNOTSUPP with its UDP_SEGMENT message) is sent in pieces, counted in stats[0].
+ * Returns false when the socket cannot take more now (EAGAIN, ENOBUFS) or is gone: stop there. */
+static bool send_chunk(int fd, unsigned n, int64_t *sent, uint8_t *buf, const int32_t *offs,
+                       const int32_t *lens, const uint16_t *gso, uint32_t *stats) {
+  for (unsigned i = 0; i < n;) {
+    int r = sendmmsg(fd, t_msgs + i, n - i, MSG_DONTWAIT);
+    if (r > 0) {
+      *sent += r;
+      i += (unsigned)r;
+    } else if (r < 0 && errno == EINTR) {
+      continue;
+    } else if (r == 0 || errno == EAGAIN || errno == ENOBUFS || errno == EBADF || errno == ENOTSOCK) {
+      return false;
+    } else {
+      if (gso != NULL && t_msgs[i].msg_hdr.msg_control != NULL &&
+          (errno == EIO || errno == EINVAL || errno == EOPNOTSUPP)) {
+        /* the kernel refused the train (not its destination): send it in pieces */
+        if (stats != NULL) stats[0]++;
+        if (send_split(fd, (const struct sockaddr_in *)t_msgs[i].msg_hdr.msg_name, buf + offs[i],
+                       (size_t)lens[i], gso[i]) > 0)
+          (*sent)++;
+      }
+      i++; /* this destination failed: skip the datagram */
+    }
+  }
+  return true;
 }
 
 /* SendBatch(fd, buf, offsets, lengths, addrs: Uint32Array, ports: Uint16Array, count
@@ -651,16 +700,8 @@ static napi_value SendBatch(napi_env env, napi_callback_info info) {
       t_names[j].sin_family = AF_INET;
       t_names[j].sin_port = htons(ports[k]);
       t_names[j].sin_addr.s_addr = htonl(addrs[k]);
-      t_iovs[j].iov_base = buf + offs[k];
-      t_iovs[j].iov_len = (size_t)lens[k];
+      set_msg(j, &t_names[j], sizeof t_names[j], buf + offs[k], (size_t)lens[k], NULL, 0);
       struct msghdr *h = &t_msgs[j].msg_hdr;
-      h->msg_name = &t_names[j];
-      h->msg_namelen = sizeof t_names[j];
-      h->msg_iov = &t_iovs[j];
-      h->msg_iovlen = 1;
-      h->msg_control = NULL;
-      h->msg_controllen = 0;
-      h->msg_flags = 0;
       if (gso != NULL && gso[k] > 0 && (int32_t)gso[k] < lens[k]) {
         memset(t_ctrl[j].buf, 0, CTRL_BYTES);
         h->msg_control = t_ctrl[j].buf;
@@ -673,29 +714,8 @@ static napi_value SendBatch(napi_env env, napi_callback_info info) {
         memcpy(CMSG_DATA(c), &g, sizeof g);
       }
     }
-    /* sendmmsg stops at the first failing datagram and, if some were sent, hides its error;
-     * the next call then starts with it and reports the error. */
-    for (unsigned i = 0; i < n;) {
-      int r = sendmmsg(fd, t_msgs + i, n - i, MSG_DONTWAIT);
-      if (r > 0) {
-        sent += r;
-        i += (unsigned)r;
-      } else if (r < 0 && errno == EINTR) {
-        continue;
-      } else if (r == 0 || errno == EAGAIN || errno == ENOBUFS || errno == EBADF ||
-                 errno == ENOTSOCK) {
-        return num(env, (double)sent);
-      } else {
-        int64_t k = base + i;
-        if (t_msgs[i].msg_hdr.msg_control != NULL && (errno == EIO || errno == EINVAL ||
-                                                     errno == EOPNOTSUPP)) {
-          /* the kernel refused the train (not its destination): send it in pieces */
-          if (stats != NULL) stats[0]++;
-          if (send_split(fd, &t_names[i], buf + offs[k], (size_t)lens[k], gso[k]) > 0) sent++;
-        }
-        i++; /* this destination failed: skip the datagram */
-      }
-    }
+    if (!send_chunk(fd, n, &sent, buf, offs + base, lens + base, gso != NULL ? gso + base : NULL, stats))
+      return num(env, (double)sent);
     base += n;
   }
   return num(env, (double)sent);
@@ -948,22 +968,11 @@ static napi_value RecvBatch6(napi_env env, napi_callback_info info) {
     unsigned n = max - got < MMSG_CHUNK ? (unsigned)(max - got) : MMSG_CHUNK;
     for (unsigned j = 0; j < n; j++) {
       size_t pos = (size_t)(off + (got + j) * stride);
-      t_iovs[j].iov_base = buf + pos;
-      t_iovs[j].iov_len = buflen - pos < room0 ? buflen - pos : room0;
-      struct msghdr *h = &t_msgs[j].msg_hdr;
-      h->msg_name = &t_names6[j];
-      h->msg_namelen = sizeof t_names6[j];
-      h->msg_iov = &t_iovs[j];
-      h->msg_iovlen = 1;
-      h->msg_control = NULL;
-      h->msg_controllen = 0;
-      h->msg_flags = 0;
-      t_msgs[j].msg_len = 0;
+      set_msg(j, &t_names6[j], sizeof t_names6[j], buf + pos, buflen - pos < room0 ? buflen - pos : room0, NULL, 0);
     }
-    int r = recvmmsg(fd, t_msgs, n, MSG_DONTWAIT, NULL);
+    int r = recv_chunk(fd, n);
     if (r < 0) {
-      if (errno == EINTR) continue;
-      if (errno != EAGAIN && got == 0) return num(env, -errno);
+      if (got == 0) return num(env, r);
       break;
     }
     for (int j = 0; j < r; j++) {
@@ -1021,33 +1030,9 @@ static napi_value SendBatch6(napi_env env, napi_callback_info info) {
       t_names6[j].sin6_port = htons(ports[k]);
       memcpy(&t_names6[j].sin6_addr, addrs + 16 * k, 16);
       t_names6[j].sin6_scope_id = scopes[k];
-      t_iovs[j].iov_base = buf + offs[k];
-      t_iovs[j].iov_len = (size_t)lens[k];
-      struct msghdr *h = &t_msgs[j].msg_hdr;
-      h->msg_name = &t_names6[j];
-      h->msg_namelen = sizeof t_names6[j];
-      h->msg_iov = &t_iovs[j];
-      h->msg_iovlen = 1;
-      h->msg_control = NULL;
-      h->msg_controllen = 0;
-      h->msg_flags = 0;
+      set_msg(j, &t_names6[j], sizeof t_names6[j], buf + offs[k], (size_t)lens[k], NULL, 0);
     }
-    /* As in SendBatch: sendmmsg stops at the first failing datagram and reports its error on
-     * the next call, which then starts with it. */
-    for (unsigned i = 0; i < n;) {
-      int r = sendmmsg(fd, t_msgs + i, n - i, MSG_DONTWAIT);
-      if (r > 0) {
-        sent += r;
-        i += (unsigned)r;
-      } else if (r < 0 && errno == EINTR) {
-        continue;
-      } else if (r == 0 || errno == EAGAIN || errno == ENOBUFS || errno == EBADF ||
-                 errno == ENOTSOCK) {
-        return num(env, (double)sent);
-      } else {
-        i++; /* this destination failed: skip the datagram */
-      }
-    }
+    if (!send_chunk(fd, n, &sent, buf, offs + base, lens + base, NULL, NULL)) return num(env, (double)sent);
     base += n;
   }
   return num(env, (double)sent);
