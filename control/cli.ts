@@ -741,19 +741,15 @@ async function launchBackground(stateDir: string, api: ApiClient): Promise<strin
   const logFile = path.join(stateDir, 'weft.log');
   const fd = openSync(logFile, 'a');
   const argv = process.argv.slice(2);
-  const child = spawn(
-    process.execPath,
-    [...DAEMON_NODE_ARGS, daemonScript(), ...argv, '--foreground'],
-    {
-      detached: true,
-      stdio: ['ignore', fd, fd],
-      env: {
-        MALLOC_ARENA_MAX: DAEMON_MALLOC_ARENA_MAX,
-        MALLOC_MMAP_THRESHOLD_: DAEMON_MALLOC_MMAP_THRESHOLD,
-        ...process.env,
-      },
+  const child = spawn(process.execPath, [...DAEMON_NODE_ARGS, daemonScript(), ...argv, '--foreground'], {
+    detached: true,
+    stdio: ['ignore', fd, fd],
+    env: {
+      MALLOC_ARENA_MAX: DAEMON_MALLOC_ARENA_MAX,
+      MALLOC_MMAP_THRESHOLD_: DAEMON_MALLOC_MMAP_THRESHOLD,
+      ...process.env,
     },
-  );
+  });
   closeSync(fd);
   let exited: number | null = null;
   child.on('exit', (code) => {

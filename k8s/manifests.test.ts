@@ -5,7 +5,12 @@ import { fileURLToPath } from 'node:url';
 import { loadAllYaml } from '@kubernetes/client-node';
 import { describe, expect, it } from 'vitest';
 import { parseNetConf } from '../cni/netconf.js';
-import { BUNDLE_FILE, DAEMON_MALLOC_ARENA_MAX, DAEMON_MALLOC_MMAP_THRESHOLD, DAEMON_NODE_ARGS } from '../control/cli.js';
+import {
+  BUNDLE_FILE,
+  DAEMON_MALLOC_ARENA_MAX,
+  DAEMON_MALLOC_MMAP_THRESHOLD,
+  DAEMON_NODE_ARGS,
+} from '../control/cli.js';
 import { HTTP_ADDR } from '../router/constants.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
