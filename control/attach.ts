@@ -612,13 +612,19 @@ export class Attacher {
       // Host side: proxy ARP answers the container for every overlay address, /32 routes bring
       // replies back, and forwarding moves packets between the veth and the router's device.
       // proxy_delay 0: answer at once (the default delays proxy replies up to 0.8 s).
-      await Promise.all([
+      // Written at once; a failure is reported in this order whichever finishes first, so a host
+      // where /proc/sys is read-only always names the same file.
+      const written = await Promise.allSettled([
         writeFile(`/proc/sys/net/ipv4/conf/${ifname}/proxy_arp`, '1'),
         writeFile(`/proc/sys/net/ipv4/neigh/${ifname}/proxy_delay`, '0'),
         writeFile('/proc/sys/net/ipv4/ip_forward', '1'),
-      ]).catch((err: Error) => {
-        throw new WeftError('EWEFT_SYSTEM', `cannot set up forwarding for ${ifname}: ${err.message}`);
-      });
+      ]);
+      const failed = written.find((r) => r.status === 'rejected');
+      if (failed !== undefined) {
+        const reason: unknown = failed.reason;
+        const msg = reason instanceof Error ? reason.message : String(reason);
+        throw new WeftError('EWEFT_SYSTEM', `cannot set up forwarding for ${ifname}: ${msg}`);
+      }
       await sh('ip', ['-batch', '-'], [`link set ${ifname} up`, ...this.routeLines(ifname, cidrs)].join('\n'));
       this.router.claim(target, cidrs);
       const { state: _s, ...a } = record;
